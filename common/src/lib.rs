@@ -1,0 +1,11 @@
+//! Code that Tern's components share.
+#![forbid(unsafe_code)]
+
+pub mod grpc;
+pub mod ident;
+pub mod pki;
+pub mod resource;
+pub mod sync;
+pub mod telemetry;
+pub mod tls;
+pub mod token;

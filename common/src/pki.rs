@@ -1,0 +1,263 @@
+//! Certificates: the mesh root CA, zone intermediates, and workload leaves.
+//!
+//! Keys are generated where they are used. Only CSRs and certificates move
+//! between components.
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::ident::SpiffeId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("invalid PEM: {0}")]
+    Pem(String),
+    #[error("invalid certificate: {0}")]
+    Parse(String),
+    #[error("certificate has no SPIFFE URI SAN")]
+    NoSpiffeId,
+}
+
+/// A CA (root or intermediate) that can sign: its certificate as issued
+/// (the exact bytes that peers chain to) and its key.
+pub struct Ca {
+    cert_pem: String,
+    key: KeyPair,
+    /// The issuer form that rcgen signs with, rebuilt from `cert_pem`.
+    issuer: rcgen::Certificate,
+}
+
+impl Ca {
+    /// Create a self-signed mesh root CA.
+    pub fn new_root(trust_domain: &str, valid_for: Duration) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("Tern mesh root CA ({trust_domain})"));
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Tern");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        set_validity(&mut params, valid_for);
+        let cert = params.self_signed(&key)?;
+        Self::from_pem(&cert.pem(), &key.serialize_pem())
+    }
+
+    /// Load a CA from its PEM certificate and PEM PKCS#8 key.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let params = CertificateParams::from_ca_cert_pem(cert_pem)?;
+        let issuer = params.self_signed(&key)?;
+        Ok(Self {
+            cert_pem: cert_pem.to_string(),
+            key,
+            issuer,
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    pub fn cert_der(&self) -> Result<CertificateDer<'static>, PkiError> {
+        first_cert(&self.cert_pem)
+    }
+
+    /// SHA-256 fingerprint of the certificate as issued, in lowercase hex.
+    pub fn fingerprint(&self) -> Result<String, PkiError> {
+        Ok(fingerprint(&self.cert_der()?))
+    }
+
+    /// Sign a CSR as an intermediate CA (path length 0) for a zone. The
+    /// requested subject and SANs are ignored: the identity comes from us.
+    pub fn sign_intermediate(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        valid_for: Duration,
+    ) -> Result<String, PkiError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("Tern zone CA {}", id.as_str()));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.subject_alt_names = vec![uri_san(id)?];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, valid_for);
+        csr.params = params;
+        Ok(csr.signed_by(&self.issuer, &self.key)?.pem())
+    }
+
+    /// Sign a CSR as a workload/leaf certificate for `id`, usable for both
+    /// TLS client and server authentication.
+    pub fn sign_leaf(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        dns: &[String],
+        valid_for: Duration,
+    ) -> Result<String, PkiError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params = leaf_params(id, dns, valid_for)?;
+        Ok(csr.signed_by(&self.issuer, &self.key)?.pem())
+    }
+}
+
+fn leaf_params(
+    id: &SpiffeId,
+    dns: &[String],
+    valid_for: Duration,
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, id.as_str());
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.subject_alt_names = vec![uri_san(id)?];
+    for d in dns {
+        params.subject_alt_names.push(SanType::DnsName(
+            d.clone()
+                .try_into()
+                .map_err(|_| PkiError::Parse(format!("bad DNS name {d}")))?,
+        ));
+    }
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, valid_for);
+    Ok(params)
+}
+
+fn uri_san(id: &SpiffeId) -> Result<SanType, PkiError> {
+    Ok(SanType::URI(id.as_str().to_string().try_into().map_err(
+        |_| PkiError::Parse(format!("bad URI {}", id.as_str())),
+    )?))
+}
+
+fn set_validity(params: &mut CertificateParams, valid_for: Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    // Small backdating absorbs clock skew between components.
+    params.not_before = now - time::Duration::minutes(5).min(time::Duration::seconds(
+        (valid_for.as_secs() / 2).max(1) as i64,
+    ));
+    params.not_after = now + time::Duration::seconds(valid_for.as_secs().max(1) as i64);
+}
+
+/// A freshly generated key and a CSR for it. The key never leaves the caller.
+pub struct KeyAndCsr {
+    pub key_pem: String,
+    pub csr_pem: String,
+}
+
+pub fn new_key_and_csr(common_name: &str) -> Result<KeyAndCsr, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    let csr = params.serialize_request(&key)?;
+    Ok(KeyAndCsr {
+        key_pem: key.serialize_pem(),
+        csr_pem: csr.pem()?,
+    })
+}
+
+pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_bytes()).collect();
+    let certs = certs.map_err(|e| PkiError::Pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(PkiError::Pem("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
+pub fn first_cert(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
+    Ok(certs_from_pem(pem)?.remove(0))
+}
+
+pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
+    rustls_pemfile::private_key(&mut pem.as_bytes())
+        .map_err(|e| PkiError::Pem(e.to_string()))?
+        .ok_or_else(|| PkiError::Pem("no PRIVATE KEY block found".into()))
+}
+
+pub fn fingerprint(der: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SPIFFE ID (first `spiffe://` URI SAN) of a DER certificate.
+pub fn spiffe_id_of(der: &[u8]) -> Result<SpiffeId, PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| PkiError::Parse(e.to_string()))?
+        .ok_or(PkiError::NoSpiffeId)?;
+    for name in &san.value.general_names {
+        if let x509_parser::extensions::GeneralName::URI(u) = name {
+            if let Ok(id) = SpiffeId::parse(u) {
+                return Ok(id);
+            }
+        }
+    }
+    Err(PkiError::NoSpiffeId)
+}
+
+/// The expiry of a DER certificate.
+pub fn not_after(der: &[u8]) -> Result<SystemTime, PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let ts = cert.validity().not_after.timestamp();
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64))
+}
+
+/// The SHA-256 fingerprint of a PEM file's first certificate.
+pub fn pem_fingerprint(pem: &str) -> Result<String, PkiError> {
+    Ok(fingerprint(&first_cert(pem)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_intermediate_leaf_chain_carries_spiffe_ids() {
+        let root = Ca::new_root("tern", Duration::from_secs(3600)).unwrap();
+        let zone_id = SpiffeId::zone("tern", "eu-west-1");
+        let zk = new_key_and_csr("zone").unwrap();
+        let inter_pem = root
+            .sign_intermediate(&zk.csr_pem, &zone_id, Duration::from_secs(600))
+            .unwrap();
+        let inter = Ca::from_pem(&inter_pem, &zk.key_pem).unwrap();
+        let wid = SpiffeId::workload("tern", "eu-west-1", "web");
+        let wk = new_key_and_csr("ignored").unwrap();
+        let leaf = inter
+            .sign_leaf(&wk.csr_pem, &wid, &[], Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(spiffe_id_of(&first_cert(&leaf).unwrap()).unwrap(), wid);
+        assert_eq!(
+            spiffe_id_of(&first_cert(&inter_pem).unwrap()).unwrap(),
+            zone_id
+        );
+        // Reloading the CA keeps the fingerprint of the issued bytes.
+        let again = Ca::from_pem(root.cert_pem(), &root.key_pem()).unwrap();
+        assert_eq!(again.fingerprint().unwrap(), root.fingerprint().unwrap());
+        let exp = not_after(&first_cert(&leaf).unwrap()).unwrap();
+        assert!(exp > SystemTime::now() && exp < SystemTime::now() + Duration::from_secs(120));
+    }
+}

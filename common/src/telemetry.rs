@@ -1,0 +1,171 @@
+//! Logging, metrics and the admin port every component exposes:
+//! `/ready`, `/metrics`, `/config_dump` and `/log-level`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
+
+pub type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// Initialise tracing. `RUST_LOG` overrides `default`; `json` switches to
+/// JSON lines. Returns a handle to change the filter at run time.
+pub fn init_tracing(default: &str, json: bool) -> LogHandle {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let (filter, handle) = reload::Layer::new(filter);
+    let reg = tracing_subscriber::registry().with(filter);
+    if json {
+        let _ = reg
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init();
+    } else {
+        let _ = reg
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init();
+    }
+    handle
+}
+
+type DumpFn = dyn Fn() -> serde_json::Value + Send + Sync;
+type ReadyFn = dyn Fn() -> Result<(), String> + Send + Sync;
+
+#[derive(Clone)]
+pub struct Admin {
+    registry: Arc<Mutex<Registry>>,
+    ready: Arc<ReadyFn>,
+    dump: Arc<DumpFn>,
+    log: Option<LogHandle>,
+    /// When set, `/config_dump` and `/log-level` require `Authorization: Bearer <token>`.
+    token: Option<Arc<String>>,
+}
+
+impl Admin {
+    pub fn new(
+        registry: Registry,
+        ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+        dump: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            ready: Arc::new(ready),
+            dump: Arc::new(dump),
+            log: None,
+            token: None,
+        }
+    }
+    pub fn with_log_handle(mut self, h: LogHandle) -> Self {
+        self.log = Some(h);
+        self
+    }
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.map(Arc::new);
+        self
+    }
+
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/ready", get(ready))
+            .route("/metrics", get(metrics))
+            .route("/config_dump", get(config_dump))
+            .route("/log-level", axum::routing::put(log_level))
+            .with_state(self)
+    }
+
+    /// Serve the admin router on `addr` in the background.
+    pub async fn serve(self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        serve_router(self.router(), addr).await
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        match &self.token {
+            None => true,
+            Some(t) => bearer(headers).is_some_and(|b| constant_time_eq(b.as_bytes(), t.as_bytes())),
+        }
+    }
+}
+
+pub async fn serve_router(router: Router, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "admin server stopped");
+        }
+    });
+    Ok(local)
+}
+
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn ready(State(a): State<Admin>) -> impl IntoResponse {
+    match (a.ready)() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    }
+}
+
+async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
+    let mut out = String::new();
+    let reg = a.registry.lock().unwrap_or_else(|e| e.into_inner());
+    if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, HeaderMap::new(), String::new());
+    }
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            .parse()
+            .unwrap(),
+    );
+    (StatusCode::OK, h, out)
+}
+
+async fn config_dump(State(a): State<Admin>, headers: HeaderMap) -> axum::response::Response {
+    if !a.authorized(&headers) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
+    }
+    axum::Json((a.dump)()).into_response()
+}
+
+async fn log_level(State(a): State<Admin>, headers: HeaderMap, body: String) -> impl IntoResponse {
+    if !a.authorized(&headers) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n".to_string());
+    }
+    let Some(h) = &a.log else {
+        return (StatusCode::NOT_IMPLEMENTED, "no log handle\n".into());
+    };
+    match EnvFilter::try_new(body.trim()) {
+        Ok(f) => match h.reload(f) {
+            Ok(()) => (StatusCode::OK, format!("log level set to {}\n", body.trim())),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("invalid filter {:?}: {e}\n", body.trim()),
+        ),
+    }
+}
