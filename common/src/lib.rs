@@ -9,3 +9,6 @@ pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+
+pub use rustls;
+pub use tokio_rustls;

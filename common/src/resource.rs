@@ -114,6 +114,8 @@ impl fmt::Display for DocumentError {
 pub struct KindInfo {
     pub name: &'static str,
     pub plural: &'static str,
+    /// Written by the control plane itself, not by `apply`.
+    pub system: bool,
     pub validate: fn(&Value) -> Result<(), FieldError>,
 }
 
@@ -121,12 +123,20 @@ pub const KINDS: &[KindInfo] = &[
     KindInfo {
         name: "Mesh",
         plural: "meshes",
+        system: false,
         validate: |v| typed::<MeshSpec>(v).and_then(|s| s.check()),
     },
     KindInfo {
         name: "Zone",
         plural: "zones",
+        system: false,
         validate: |v| typed::<ZoneSpec>(v).map(|_| ()),
+    },
+    KindInfo {
+        name: "Revocation",
+        plural: "revocations",
+        system: true,
+        validate: |v| typed::<RevocationSpec>(v).map(|_| ()),
     },
 ];
 
@@ -417,6 +427,16 @@ pub struct ZoneSpec {
     pub description: Option<String>,
 }
 
+/// A revoked token, named by its id. Synced to every zone so that zones
+/// refuse revoked dataplane tokens too.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RevocationSpec {
+    pub revoked_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 fn yes() -> bool {
     true
 }
@@ -462,7 +482,7 @@ mod tests {
         let bad_kind = "apiVersion: tern.dev/v1alpha1\nkind: Gizmo\nmetadata: {name: a}\n";
         let e = &parse_documents("x", bad_kind).unwrap_err()[0];
         assert_eq!(e.error.path, "kind");
-        assert!(e.error.message.contains("Mesh, Zone"));
+        assert!(e.error.message.contains("Mesh, Zone"), "{e}");
         let bad_name = "apiVersion: tern.dev/v1alpha1\nkind: Zone\nmetadata:\n  name: Bad_Name\n";
         let e = &parse_documents("x", bad_name).unwrap_err()[0];
         assert_eq!(e.error.path, "metadata.name");

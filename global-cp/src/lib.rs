@@ -1,1 +1,101 @@
+//! Tern global control plane.
+//!
+//! Holds the mesh's resources in a durable store, the mesh root CA and the
+//! token signing key. Zones join with a signed token over server-authenticated
+//! TLS, receive an intermediate CA, and from then on sync over mTLS with
+//! their zone identity. Operators use the authenticated HTTP/JSON admin API
+//! (what `ternctl` talks to).
+#![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod authority;
+pub mod store;
+pub mod sync;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "global-cp", version, about = "Tern global control plane")]
+pub struct Config {
+    /// Where the embedded store, CA and admin credential live.
+    #[arg(long, env = "TERN_GLOBAL_DATA_DIR", default_value = "./tern-global-data")]
+    pub data_dir: PathBuf,
+    /// Zone sync endpoint (gRPC over TLS).
+    #[arg(long, env = "TERN_GLOBAL_SYNC_ADDR", default_value = "127.0.0.1:5685")]
+    pub sync_addr: SocketAddr,
+    /// Address zones use to reach the sync endpoint, written into zone
+    /// tokens. Defaults to --sync-addr.
+    #[arg(long, env = "TERN_GLOBAL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Admin API (HTTP/JSON, bearer token) plus /ready, /metrics, /config_dump.
+    #[arg(long, env = "TERN_GLOBAL_ADMIN_ADDR", default_value = "127.0.0.1:5681")]
+    pub admin_addr: SocketAddr,
+    /// SPIFFE trust domain of the mesh; fixed at first start.
+    #[arg(long, env = "TERN_TRUST_DOMAIN", default_value = "tern")]
+    pub trust_domain: String,
+    /// How long a zone may leave a delta unanswered before its stream is closed.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub ack_timeout: Duration,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub json_logs: bool,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), String> {
+        common::resource::check_name("--trust-domain", &self.trust_domain)
+            .map_err(|e| e.message)?;
+        if self.ack_timeout < Duration::from_secs(1) {
+            return Err("--ack-timeout must be at least 1s".into());
+        }
+        Ok(())
+    }
+    pub fn advertised(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.sync_addr.to_string())
+    }
+}
+
+pub struct State {
+    pub config: Config,
+    pub store: store::Store,
+    pub authority: authority::Authority,
+    pub zones: sync::ZoneTable,
+    pub metrics: sync::Metrics,
+}
+
+/// Start everything; returns once listeners are bound.
+pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    let store = store::Store::open(&config.data_dir.join("global.db"))
+        .with_context(|| format!("open store in {}", config.data_dir.display()))?;
+    let authority = authority::Authority::load_or_init(&store, &config)?;
+    let mut registry = prometheus_client::registry::Registry::with_prefix("tern_global");
+    let metrics = sync::Metrics::new(&mut registry);
+    let state = Arc::new(State {
+        store,
+        authority,
+        zones: sync::ZoneTable::default(),
+        metrics,
+        config: config.clone(),
+    });
+    let admin_token = admin::init_credential(&state)?;
+    sync::serve(state.clone()).await?;
+    admin::serve(state.clone(), registry, admin_token).await?;
+    tracing::info!(
+        sync = %config.sync_addr,
+        admin = %config.admin_addr,
+        trust_domain = %state.authority.trust_domain,
+        ca_fingerprint = %state.authority.root_fingerprint,
+        "global control plane started"
+    );
+    Ok(state)
+}

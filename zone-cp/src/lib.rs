@@ -1,1 +1,149 @@
+//! Tern zone control plane.
+//!
+//! Joins the global with a zone token (first start only), then syncs over
+//! mTLS with the zone identity. Keeps the zone registry of proxies, compiles
+//! per-proxy config, streams it to proxies as deltas, and signs their
+//! certificates with the zone's intermediate CA. Everything it learned from
+//! the global is kept on disk, so it serves proxies while the global is away.
+#![forbid(unsafe_code)]
 
+pub mod bootstrap;
+pub mod global_client;
+pub mod proxy_server;
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use common::telemetry::Admin;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "zone-cp", version, about = "Tern zone control plane")]
+pub struct Config {
+    /// This zone's name, as in the token.
+    #[arg(long, env = "TERN_ZONE")]
+    pub zone: String,
+    /// File holding the zone token from `ternctl generate zone-token`.
+    /// Needed to join; after that the zone uses its stored identity.
+    #[arg(long, env = "TERN_ZONE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    #[arg(long, env = "TERN_ZONE_DATA_DIR", default_value = "./tern-zone-data")]
+    pub data_dir: PathBuf,
+    /// Region of this zone (locality), given to its endpoints.
+    #[arg(long, env = "TERN_REGION", default_value = "default")]
+    pub region: String,
+    /// Where proxies connect (gRPC over TLS).
+    #[arg(long, env = "TERN_ZONE_PROXY_ADDR", default_value = "127.0.0.1:5678")]
+    pub proxy_addr: SocketAddr,
+    /// /ready, /metrics, /config_dump.
+    #[arg(long, env = "TERN_ZONE_ADMIN_ADDR", default_value = "127.0.0.1:5680")]
+    pub admin_addr: SocketAddr,
+    /// How long a proxy that lost its stream stays registered.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub deregister_after: Duration,
+    /// How long a proxy may leave a config delta unanswered.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub ack_timeout: Duration,
+    #[arg(long)]
+    pub json_logs: bool,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), String> {
+        common::resource::check_name("--zone", &self.zone).map_err(|e| e.message)?;
+        common::resource::check_name("--region", &self.region).map_err(|e| e.message)?;
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub proxies: Gauge,
+    pub global_connected: Gauge,
+    pub deltas_applied: Counter,
+    pub deltas_refused: Counter,
+    pub certs_issued: Counter,
+    pub proxy_refused: Counter,
+}
+
+impl Metrics {
+    fn new(reg: &mut Registry) -> Self {
+        let m = Self {
+            proxies: Gauge::default(),
+            global_connected: Gauge::default(),
+            deltas_applied: Counter::default(),
+            deltas_refused: Counter::default(),
+            certs_issued: Counter::default(),
+            proxy_refused: Counter::default(),
+        };
+        reg.register("proxies_connected", "Proxies with a live stream", m.proxies.clone());
+        reg.register("global_connected", "1 while the sync stream to the global is up", m.global_connected.clone());
+        reg.register("global_deltas_applied", "Deltas from the global applied", m.deltas_applied.clone());
+        reg.register("global_deltas_refused", "Deltas from the global refused (NACK)", m.deltas_refused.clone());
+        reg.register("certificates_issued", "Workload certificates signed", m.certs_issued.clone());
+        reg.register("proxy_refused", "Proxy connections refused", m.proxy_refused.clone());
+        m
+    }
+}
+
+pub struct Zone {
+    pub config: Config,
+    pub boot: bootstrap::Boot,
+    pub global: global_client::GlobalState,
+    pub registry: Arc<registry::Registry>,
+    pub metrics: Metrics,
+}
+
+pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    let boot = bootstrap::Boot::load_or_join(&config).await?;
+    let global = global_client::GlobalState::load(&config.data_dir)?;
+    let mut reg = Registry::with_prefix("tern_zone");
+    let metrics = Metrics::new(&mut reg);
+    let registry = Arc::new(registry::Registry::new(
+        &config.zone,
+        &config.region,
+        config.deregister_after,
+    ));
+    registry.load(&config.data_dir);
+    let zone = Arc::new(Zone {
+        registry: registry.clone(),
+        config: config.clone(),
+        boot,
+        global,
+        metrics,
+    });
+    bootstrap::Boot::spawn_rotation_for(zone.clone());
+    proxy_server::serve(zone.clone()).await?;
+    global_client::spawn(zone.clone());
+    let dz = zone.clone();
+    Admin::new(
+        reg,
+        || Ok(()),
+        move || {
+            json!({
+                "zone": dz.config.zone,
+                "region": dz.config.region,
+                "trustDomain": dz.boot.trust_domain,
+                "globalVersion": dz.global.version(),
+                "globalConnected": dz.global.connected(),
+                "resources": dz.global.keys(),
+                "proxies": dz.registry.dump(),
+            })
+        },
+    )
+    .serve(config.admin_addr)
+    .await
+    .with_context(|| format!("bind admin {}", config.admin_addr))?;
+    tracing::info!(zone = %config.zone, proxies = %config.proxy_addr, admin = %config.admin_addr, "zone control plane started");
+    Ok(zone)
+}

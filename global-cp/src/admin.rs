@@ -1,0 +1,409 @@
+//! The admin API: HTTP/JSON behind a bearer token, plus `/ready`,
+//! `/metrics` and `/config_dump`.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | /api/v1/{plural} | list resources of a kind |
+//! | GET, PUT, DELETE | /api/v1/{plural}/{name} | one resource |
+//! | GET, POST | /api/v1/tokens | list issued tokens, issue one |
+//! | POST | /api/v1/revocations | revoke a token by id |
+//! | GET | /api/v1/inspect/zones | zone status |
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use common::resource::{self, FieldError, Key, Resource};
+use common::telemetry::{self, Admin};
+use common::token::{self, TokenKind};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::store::StoreError;
+use crate::State;
+
+pub const ZONE_TOKEN_DEFAULT: Duration = Duration::from_secs(24 * 3600);
+pub const ZONE_TOKEN_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const DATAPLANE_TOKEN_DEFAULT: Duration = Duration::from_secs(90 * 24 * 3600);
+pub const DATAPLANE_TOKEN_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The admin credential: created at first start in `<data-dir>/admin-token`
+/// (mode 0600). `<data-dir>/ternctl.json` tells ternctl where and how to
+/// connect; point `TERN_CONFIG` at it.
+pub fn init_credential(state: &State) -> anyhow::Result<String> {
+    let dir = &state.config.data_dir;
+    let path = dir.join("admin-token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let t = format!("{}{}", token::random_id(), token::random_id());
+            write_private(&path, &t)?;
+            tracing::info!(path = %path.display(), "created admin credential");
+            t
+        }
+    };
+    let cfg = json!({ "server": format!("http://{}", state.config.admin_addr), "token": token });
+    write_private(&dir.join("ternctl.json"), &serde_json::to_string_pretty(&cfg)?)?;
+    Ok(token)
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Api {
+    state: Arc<State>,
+    token: Arc<String>,
+}
+
+pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyhow::Result<()> {
+    let dump_state = state.clone();
+    let ready_state = state.clone();
+    let admin = Admin::new(
+        registry,
+        move || {
+            ready_state
+                .store
+                .meta_get("trust_domain")
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+        move || {
+            json!({
+                "trustDomain": dump_state.authority.trust_domain,
+                "caFingerprint": dump_state.authority.root_fingerprint,
+                "revision": dump_state.store.revision(),
+                "syncAddr": dump_state.config.sync_addr.to_string(),
+                "advertise": dump_state.config.advertised(),
+                "zones": crate::sync::zone_views(&dump_state).unwrap_or_default(),
+            })
+        },
+    )
+    .with_token(Some(token.clone()));
+    let api = Api {
+        state: state.clone(),
+        token: Arc::new(token),
+    };
+    let router = Router::new()
+        .route("/api/v1/tokens", get(list_tokens).post(issue_token))
+        .route("/api/v1/revocations", post(revoke))
+        .route("/api/v1/inspect/zones", get(inspect_zones))
+        .route("/api/v1/:plural", get(list))
+        .route("/api/v1/:plural/:name", get(get_one).put(put_one).delete(delete_one))
+        .layer(axum::middleware::from_fn_with_state(api.clone(), auth))
+        .with_state(api)
+        .merge(admin.router());
+    telemetry::serve_router(router, state.config.admin_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind admin API {}: {e}", state.config.admin_addr))?;
+    Ok(())
+}
+
+async fn auth(
+    AxState(api): AxState<Api>,
+    headers: HeaderMap,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match telemetry::bearer(&headers) {
+        Some(t) if telemetry::constant_time_eq(t.as_bytes(), api.token.as_bytes()) => next.run(req).await,
+        Some(_) => err(StatusCode::UNAUTHORIZED, "the admin token is wrong; use the one in <data-dir>/admin-token"),
+        None => err(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <admin token>`; the token is in the global's <data-dir>/admin-token",
+        ),
+    }
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+fn field_err(status: StatusCode, e: &FieldError) -> Response {
+    (
+        status,
+        Json(json!({ "error": e.to_string(), "field": e.path, "message": e.message })),
+    )
+        .into_response()
+}
+
+fn store_err(e: StoreError) -> Response {
+    match e {
+        StoreError::Conflict { .. } | StoreError::Missing { .. } => err(StatusCode::CONFLICT, e.to_string()),
+        other => {
+            tracing::error!(error = %other, "store failure");
+            err(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
+        }
+    }
+}
+
+fn kind_of(plural: &str) -> Result<&'static resource::KindInfo, Response> {
+    resource::kind_info(plural).ok_or_else(|| {
+        err(
+            StatusCode::NOT_FOUND,
+            format!("unknown kind {plural:?}; known kinds: {}", resource::known_kinds()),
+        )
+    })
+}
+
+async fn list(AxState(api): AxState<Api>, Path(plural): Path<String>) -> Response {
+    let kind = match kind_of(&plural) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match api.state.store.list(Some(kind.name)) {
+        Ok(items) => Json(json!({
+            "items": items.into_iter().map(|s| s.resource).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn get_one(AxState(api): AxState<Api>, Path((plural, name)): Path<(String, String)>) -> Response {
+    let kind = match kind_of(&plural) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match api.state.store.get(kind.name, &name) {
+        Ok(Some(s)) => Json(s.resource).into_response(),
+        Ok(None) => err(StatusCode::NOT_FOUND, format!("{}/{name} not found", kind.name)),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn put_one(
+    AxState(api): AxState<Api>,
+    Path((plural, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let kind = match kind_of(&plural) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    if kind.system {
+        return err(
+            StatusCode::FORBIDDEN,
+            format!("{} resources are written by the control plane; use `ternctl revoke`", kind.name),
+        );
+    }
+    if body.len() > resource::MAX_RESOURCE_BYTES {
+        return err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("resource is {} bytes; the limit is {}", body.len(), resource::MAX_RESOURCE_BYTES),
+        );
+    }
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+    };
+    let r: Resource = match resource::from_value(value) {
+        Ok(r) => r,
+        Err(e) => return field_err(StatusCode::UNPROCESSABLE_ENTITY, &e),
+    };
+    if r.kind != kind.name || r.metadata.name != name {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("body is {}/{}, but the path names {}/{name}", r.kind, r.metadata.name, kind.name),
+        );
+    }
+    match api.state.store.put(r, &token::fmt_unix(token::now_unix())) {
+        Ok((stored, created)) => {
+            tracing::info!(resource = %stored.key(), version = ?stored.metadata.resource_version, created, "resource applied");
+            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            (status, Json(stored)).into_response()
+        }
+        Err(e) => store_err(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeleteQuery {
+    resource_version: Option<u64>,
+}
+
+async fn delete_one(
+    AxState(api): AxState<Api>,
+    Path((plural, name)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
+) -> Response {
+    let kind = match kind_of(&plural) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    if kind.system {
+        return err(StatusCode::FORBIDDEN, format!("{} resources cannot be deleted", kind.name));
+    }
+    let key = Key {
+        kind: kind.name.into(),
+        name: name.clone(),
+    };
+    match api.state.store.delete(&key, q.resource_version) {
+        Ok(true) => {
+            tracing::info!(resource = %key, "resource deleted");
+            Json(json!({ "deleted": key.to_string() })).into_response()
+        }
+        Ok(false) => err(StatusCode::NOT_FOUND, format!("{key} not found")),
+        Err(e) => store_err(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TokenRequest {
+    kind: TokenKind,
+    zone: String,
+    service: Option<String>,
+    valid_for: Option<String>,
+}
+
+async fn issue_token(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response {
+    let req: TokenRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad token request: {e}")),
+    };
+    if let Err(e) = resource::check_name("zone", &req.zone) {
+        return field_err(StatusCode::UNPROCESSABLE_ENTITY, &e);
+    }
+    let (default, max) = match req.kind {
+        TokenKind::Zone => (ZONE_TOKEN_DEFAULT, ZONE_TOKEN_MAX),
+        TokenKind::Dataplane => (DATAPLANE_TOKEN_DEFAULT, DATAPLANE_TOKEN_MAX),
+    };
+    let valid_for = match req.valid_for.as_deref().map(humantime::parse_duration) {
+        None => default,
+        Some(Ok(d)) if d >= Duration::from_secs(1) && d <= max => d,
+        Some(Ok(_)) => {
+            return err(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("validFor must be between 1s and {}", humantime::format_duration(max)),
+            )
+        }
+        Some(Err(e)) => return err(StatusCode::UNPROCESSABLE_ENTITY, format!("validFor: {e}")),
+    };
+    let service = match (req.kind, req.service.as_deref()) {
+        (TokenKind::Dataplane, None) => {
+            return err(StatusCode::UNPROCESSABLE_ENTITY, "a dataplane token needs a service")
+        }
+        (TokenKind::Dataplane, Some(s)) => {
+            if let Err(e) = resource::check_name("service", s) {
+                return field_err(StatusCode::UNPROCESSABLE_ENTITY, &e);
+            }
+            Some(s)
+        }
+        (TokenKind::Zone, _) => None,
+    };
+    let st = &api.state;
+    match st.authority.issue_token(
+        &st.store,
+        req.kind,
+        &req.zone,
+        service,
+        valid_for,
+        &st.config.advertised(),
+    ) {
+        Ok((token, claims)) => {
+            tracing::info!(kind = req.kind.as_str(), zone = %req.zone, id = %claims.jti, "token issued");
+            Json(json!({
+                "token": token,
+                "id": claims.jti,
+                "expiresAt": token::fmt_unix(claims.exp),
+            }))
+            .into_response()
+        }
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn list_tokens(AxState(api): AxState<Api>) -> Response {
+    let st = &api.state;
+    match st.store.tokens() {
+        Ok(t) => {
+            let items: Vec<Value> = t
+                .into_iter()
+                .map(|t| {
+                    let revoked = matches!(st.store.get("Revocation", &t.id), Ok(Some(_)));
+                    json!({
+                        "id": t.id, "kind": t.kind, "zone": t.zone, "service": t.service,
+                        "issuedAt": token::fmt_unix(t.issued_at),
+                        "expiresAt": token::fmt_unix(t.expires_at),
+                        "revoked": revoked,
+                        "expired": t.expires_at <= token::now_unix(),
+                    })
+                })
+                .collect();
+            Json(json!({ "items": items })).into_response()
+        }
+        Err(e) => store_err(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    id: String,
+    reason: Option<String>,
+}
+
+async fn revoke(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response {
+    let req: RevokeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad revoke request: {e}")),
+    };
+    let st = &api.state;
+    match st.store.tokens() {
+        Ok(t) if t.iter().any(|t| t.id == req.id) => {}
+        Ok(_) => {
+            return err(
+                StatusCode::NOT_FOUND,
+                format!("no token with id {:?} was issued by this mesh; `ternctl get tokens` lists them", req.id),
+            )
+        }
+        Err(e) => return store_err(e),
+    }
+    let now = token::fmt_unix(token::now_unix());
+    let r = Resource {
+        api_version: resource::API_VERSION.into(),
+        kind: "Revocation".into(),
+        metadata: resource::Metadata {
+            name: req.id.clone(),
+            ..Default::default()
+        },
+        spec: json!({ "revokedAt": now, "reason": req.reason }),
+    };
+    if matches!(st.store.get("Revocation", &req.id), Ok(Some(_))) {
+        return Json(json!({ "revoked": req.id, "already": true })).into_response();
+    }
+    match st.store.put(r, &now) {
+        Ok(_) => {
+            tracing::warn!(id = %req.id, "token revoked");
+            Json(json!({ "revoked": req.id })).into_response()
+        }
+        Err(e) => store_err(e),
+    }
+}
+
+async fn inspect_zones(AxState(api): AxState<Api>) -> Response {
+    match crate::sync::zone_views(&api.state) {
+        Ok(v) => Json(json!({ "items": v })).into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

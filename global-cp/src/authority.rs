@@ -1,0 +1,123 @@
+//! The mesh root CA, the global's own serving certificate, and the token
+//! signer. All created on first start and kept in the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::ident::SpiffeId;
+use common::pki::{self, Ca};
+use common::tls::{self, Identity};
+use common::token::{self, Claims, Signer, TokenKind};
+use tokio::sync::watch;
+
+use crate::store::{Store, TokenRecord};
+use crate::Config;
+
+
+pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+pub const ZONE_CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+const SERVING_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+pub struct Authority {
+    pub trust_domain: String,
+    pub root: Ca,
+    pub root_fingerprint: String,
+    pub signer: Signer,
+    /// The global's serving identity (spiffe://TD/global), rotated.
+    pub serving: watch::Sender<Arc<Identity>>,
+}
+
+impl Authority {
+    pub fn load_or_init(store: &Store, config: &Config) -> anyhow::Result<Self> {
+        let td = String::from_utf8(store.meta_init("trust_domain", config.trust_domain.as_bytes())?)?;
+        if td != config.trust_domain {
+            tracing::warn!(stored = %td, flag = %config.trust_domain,
+                "trust domain is fixed at first start; keeping the stored one");
+        }
+        let root = match (store.meta_get("root_cert")?, store.meta_get("root_key")?) {
+            (Some(c), Some(k)) => Ca::from_pem(&String::from_utf8(c)?, &String::from_utf8(k)?)
+                .context("load mesh root CA from the store")?,
+            _ => {
+                let ca = Ca::new_root(&td, ROOT_VALIDITY)?;
+                // meta_init keeps the first writer's CA if two starts race.
+                let c = store.meta_init("root_cert", ca.cert_pem().as_bytes())?;
+                let k = store.meta_init("root_key", ca.key_pem().as_bytes())?;
+                tracing::info!("created mesh root CA");
+                Ca::from_pem(&String::from_utf8(c)?, &String::from_utf8(k)?)?
+            }
+        };
+        let signer = match store.meta_get("token_key")? {
+            Some(k) => Signer::from_pkcs8(&k)?,
+            None => {
+                let (_, bytes) = Signer::generate();
+                Signer::from_pkcs8(&store.meta_init("token_key", &bytes)?)?
+            }
+        };
+        let root_fingerprint = root.fingerprint()?;
+        let serving = issue_serving(&root, &td)?;
+        Ok(Self {
+            trust_domain: td,
+            root,
+            root_fingerprint,
+            signer,
+            serving: watch::channel(Arc::new(serving)).0,
+        })
+    }
+
+    /// Issue a fresh serving certificate and publish it.
+    pub fn reissue(&self) -> anyhow::Result<()> {
+        let id = issue_serving(&self.root, &self.trust_domain)?;
+        self.serving.send_replace(Arc::new(id));
+        Ok(())
+    }
+
+    pub fn issue_token(
+        &self,
+        store: &Store,
+        kind: TokenKind,
+        zone: &str,
+        service: Option<&str>,
+        valid_for: Duration,
+        global_addr: &str,
+    ) -> anyhow::Result<(String, Claims)> {
+        let now = token::now_unix();
+        let claims = Claims {
+            jti: token::random_id(),
+            kind,
+            zone: zone.to_string(),
+            service: service.map(str::to_string),
+            iat: now,
+            exp: now + valid_for.as_secs(),
+            global: (kind == TokenKind::Zone).then(|| global_addr.to_string()),
+            ca: self.root_fingerprint.clone(),
+            td: self.trust_domain.clone(),
+        };
+        store.record_token(&TokenRecord {
+            id: claims.jti.clone(),
+            kind: kind.as_str().into(),
+            zone: zone.into(),
+            service: claims.service.clone(),
+            issued_at: claims.iat,
+            expires_at: claims.exp,
+        })?;
+        Ok((self.signer.sign(&claims), claims))
+    }
+}
+
+/// Time until a certificate that expires at `not_after` should be renewed.
+pub fn renew_in(not_after: std::time::SystemTime, lifetime: Duration) -> Duration {
+    let renew_at = not_after - lifetime / 3;
+    renew_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::from_secs(1))
+}
+
+fn issue_serving(root: &Ca, td: &str) -> anyhow::Result<Identity> {
+    let kc = pki::new_key_and_csr("tern-global")?;
+    let id = SpiffeId::global(td);
+    let leaf = root.sign_leaf(&kc.csr_pem, &id, &["localhost".into()], SERVING_VALIDITY)?;
+    // The root travels in the chain so that a zone can match its pin.
+    let chain = format!("{leaf}{}", root.cert_pem());
+    Ok(tls::Identity::from_pem(&chain, &kc.key_pem, root.cert_pem())?)
+}

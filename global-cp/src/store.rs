@@ -1,0 +1,440 @@
+//! The global store: resources with per-resource versions and a mesh-wide
+//! revision, tombstones for deletes (so zones can resume), token records,
+//! zone records and key material.
+//!
+//! SQLite in WAL mode with `synchronous=FULL`: a write is on disk before it
+//! is acknowledged, so a killed process loses nothing it acknowledged. The
+//! SQL is plain enough to run on PostgreSQL for HA replicas; that backend is
+//! not built yet.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use common::resource::{Key, Resource};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored resource is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{key} was changed concurrently: you sent resourceVersion {sent}, the stored one is {current}; get it again and reapply")]
+    Conflict { key: Key, sent: u64, current: u64 },
+    #[error("{key} does not exist, but resourceVersion {sent} was given")]
+    Missing { key: Key, sent: u64 },
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    revision: watch::Sender<u64>,
+}
+
+/// A stored resource with the mesh revision of its last change.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub revision: u64,
+    pub resource: Resource,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneRecord {
+    pub name: String,
+    pub token_id: String,
+    pub intermediate_fingerprint: String,
+    pub joined_at: u64,
+    pub last_seen: u64,
+    pub acked_version: u64,
+    pub last_nack: Option<String>,
+    pub last_nack_version: Option<u64>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    pub id: String,
+    pub kind: String,
+    pub zone: String,
+    pub service: Option<String>,
+    pub issued_at: u64,
+    pub expires_at: u64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS resources (
+  kind TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+  revision INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, name));
+CREATE INDEX IF NOT EXISTS resources_revision ON resources (revision);
+CREATE TABLE IF NOT EXISTS tombstones (
+  kind TEXT NOT NULL, name TEXT NOT NULL, revision INTEGER NOT NULL, PRIMARY KEY (kind, name));
+CREATE TABLE IF NOT EXISTS tokens (
+  id TEXT PRIMARY KEY, kind TEXT NOT NULL, zone TEXT NOT NULL, service TEXT,
+  issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS zones (
+  name TEXT PRIMARY KEY, token_id TEXT NOT NULL, intermediate_fp TEXT NOT NULL,
+  joined_at INTEGER NOT NULL, last_seen INTEGER NOT NULL DEFAULT 0,
+  acked_version INTEGER NOT NULL DEFAULT 0, last_nack TEXT, last_nack_version INTEGER);
+";
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let rev = Self::read_revision(&conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            revision: watch::channel(rev).0,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_revision(conn: &Connection) -> Result<u64, StoreError> {
+        let v: Option<Vec<u8>> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| r.get(0))
+            .optional()?;
+        Ok(v.and_then(|b| String::from_utf8(b).ok()?.parse().ok()).unwrap_or(0))
+    }
+
+    /// The current mesh revision, and a watch that changes with it.
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+    pub fn watch_revision(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+    /// Changes since this revision can be computed (tombstones are kept).
+    pub fn floor(&self) -> u64 {
+        self.meta_get("floor")
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Insert only if absent; returns the value now stored.
+    pub fn meta_init(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?)
+    }
+
+    fn bump(tx: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
+        let rev = Self::read_revision(tx)? + 1;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('revision', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [rev.to_string().into_bytes()],
+        )?;
+        Ok(rev)
+    }
+
+    pub fn get(&self, kind: &str, name: &str) -> Result<Option<Stored>, StoreError> {
+        let row: Option<(u64, String)> = self
+            .lock()
+            .query_row(
+                "SELECT revision, body FROM resources WHERE kind = ?1 AND name = ?2",
+                [kind, name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(revision, body)| decode(revision, &body)).transpose()
+    }
+
+    pub fn list(&self, kind: Option<&str>) -> Result<Vec<Stored>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT revision, body FROM resources WHERE (?1 IS NULL OR kind = ?1) ORDER BY kind, name",
+        )?;
+        let rows = stmt.query_map([kind], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (rev, body) = row?;
+            out.push(decode(rev, &body)?);
+        }
+        Ok(out)
+    }
+
+    /// Create or update. When `r.metadata.resource_version` is set it must
+    /// match the stored version. Returns the stored form and whether it was
+    /// created. An update that changes nothing keeps version and revision.
+    pub fn put(&self, mut r: Resource, now: &str) -> Result<(Resource, bool), StoreError> {
+        let key = r.key();
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let cur: Option<(u64, String)> = tx
+            .query_row(
+                "SELECT version, body FROM resources WHERE kind = ?1 AND name = ?2",
+                [&key.kind, &key.name],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let sent = r.metadata.resource_version;
+        let (version, created, created_at) = match (&cur, sent) {
+            (Some((v, _)), Some(s)) if *v != s => {
+                return Err(StoreError::Conflict {
+                    key,
+                    sent: s,
+                    current: *v,
+                })
+            }
+            (None, Some(s)) => return Err(StoreError::Missing { key, sent: s }),
+            (Some((v, body)), _) => {
+                let old: Resource = serde_json::from_str(body)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                if old.spec == r.spec && old.metadata.labels == r.metadata.labels {
+                    return Ok((old, false));
+                }
+                (v + 1, false, old.metadata.creation_timestamp)
+            }
+            (None, None) => (1, true, Some(now.to_string())),
+        };
+        r.metadata.resource_version = Some(version);
+        r.metadata.creation_timestamp = created_at;
+        r.metadata.update_timestamp = Some(now.to_string());
+        let body = serde_json::to_string(&r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rev = Self::bump(&tx)?;
+        tx.execute(
+            "INSERT INTO resources (kind, name, version, revision, body) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(kind, name) DO UPDATE SET version = excluded.version,
+               revision = excluded.revision, body = excluded.body",
+            params![key.kind, key.name, version, rev, body],
+        )?;
+        tx.execute(
+            "DELETE FROM tombstones WHERE kind = ?1 AND name = ?2",
+            [&key.kind, &key.name],
+        )?;
+        tx.commit()?;
+        drop(conn);
+        self.revision.send_replace(rev);
+        Ok((r, created))
+    }
+
+    /// Delete; with `expected` set, only if the stored version matches.
+    /// Returns false when there was nothing to delete.
+    pub fn delete(&self, key: &Key, expected: Option<u64>) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let cur: Option<u64> = tx
+            .query_row(
+                "SELECT version FROM resources WHERE kind = ?1 AND name = ?2",
+                [&key.kind, &key.name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(cur) = cur else { return Ok(false) };
+        if let Some(s) = expected {
+            if s != cur {
+                return Err(StoreError::Conflict {
+                    key: key.clone(),
+                    sent: s,
+                    current: cur,
+                });
+            }
+        }
+        let rev = Self::bump(&tx)?;
+        tx.execute(
+            "DELETE FROM resources WHERE kind = ?1 AND name = ?2",
+            [&key.kind, &key.name],
+        )?;
+        tx.execute(
+            "INSERT INTO tombstones (kind, name, revision) VALUES (?1, ?2, ?3)
+             ON CONFLICT(kind, name) DO UPDATE SET revision = excluded.revision",
+            params![key.kind, key.name, rev],
+        )?;
+        tx.commit()?;
+        drop(conn);
+        self.revision.send_replace(rev);
+        Ok(true)
+    }
+
+    /// Resources changed after `since`, and keys deleted after it.
+    pub fn changes_since(&self, since: u64) -> Result<(Vec<Stored>, Vec<Key>), StoreError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT revision, body FROM resources WHERE revision > ?1 ORDER BY revision")?;
+        let mut upserts = Vec::new();
+        for row in stmt.query_map([since], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))? {
+            let (rev, body) = row?;
+            upserts.push(decode(rev, &body)?);
+        }
+        let mut stmt = conn.prepare("SELECT kind, name FROM tombstones WHERE revision > ?1")?;
+        let removals = stmt
+            .query_map([since], |r| {
+                Ok(Key {
+                    kind: r.get(0)?,
+                    name: r.get(1)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((upserts, removals))
+    }
+
+    /// Drop tombstones older than `before`; zones behind it get a full resync.
+    pub fn compact(&self, before: u64) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.execute("DELETE FROM tombstones WHERE revision <= ?1", [before])?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('floor', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [before.to_string().into_bytes()],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO tokens (id, kind, zone, service, issued_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![t.id, t.kind, t.zone, t.service, t.issued_at, t.expires_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, kind, zone, service, issued_at, expires_at FROM tokens ORDER BY issued_at",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TokenRecord {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                zone: r.get(2)?,
+                service: r.get(3)?,
+                issued_at: r.get(4)?,
+                expires_at: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn zone_joined(&self, z: &ZoneRecord) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO zones (name, token_id, intermediate_fp, joined_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO UPDATE SET token_id = excluded.token_id,
+               intermediate_fp = excluded.intermediate_fp, joined_at = excluded.joined_at,
+               acked_version = 0",
+            params![z.name, z.token_id, z.intermediate_fingerprint, z.joined_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn zone_seen(
+        &self,
+        name: &str,
+        last_seen: u64,
+        acked: u64,
+        nack: Option<(u64, &str)>,
+    ) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE zones SET last_seen = ?2, acked_version = ?3,
+               last_nack_version = COALESCE(?4, last_nack_version), last_nack = COALESCE(?5, last_nack)
+             WHERE name = ?1",
+            params![name, last_seen, acked, nack.map(|n| n.0), nack.map(|n| n.1)],
+        )?;
+        Ok(())
+    }
+
+    pub fn zones(&self) -> Result<Vec<ZoneRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT name, token_id, intermediate_fp, joined_at, last_seen, acked_version, last_nack, last_nack_version
+             FROM zones ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ZoneRecord {
+                name: r.get(0)?,
+                token_id: r.get(1)?,
+                intermediate_fingerprint: r.get(2)?,
+                joined_at: r.get(3)?,
+                last_seen: r.get(4)?,
+                acked_version: r.get(5)?,
+                last_nack: r.get(6)?,
+                last_nack_version: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn zone(&self, name: &str) -> Result<Option<ZoneRecord>, StoreError> {
+        Ok(self.zones()?.into_iter().find(|z| z.name == name))
+    }
+}
+
+fn decode(revision: u64, body: &str) -> Result<Stored, StoreError> {
+    let resource = serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(Stored { revision, resource })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::resource::{Metadata, API_VERSION};
+
+    fn zone(name: &str, desc: &str) -> Resource {
+        Resource {
+            api_version: API_VERSION.into(),
+            kind: "Zone".into(),
+            metadata: Metadata {
+                name: name.into(),
+                ..Default::default()
+            },
+            spec: serde_json::json!({ "description": desc }),
+        }
+    }
+
+    #[test]
+    fn versions_conflicts_tombstones_and_reopen() {
+        let dir = std::env::temp_dir().join(format!("tern-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("g.db");
+        {
+            let s = Store::open(&path).unwrap();
+            let (r, created) = s.put(zone("a", "one"), "t").unwrap();
+            assert!(created);
+            assert_eq!(r.metadata.resource_version, Some(1));
+            // Unchanged: no new version or revision.
+            s.put(zone("a", "one"), "t").unwrap();
+            assert_eq!(s.revision(), 1);
+            let mut upd = zone("a", "two");
+            upd.metadata.resource_version = Some(1);
+            let (r, _) = s.put(upd.clone(), "t").unwrap();
+            assert_eq!(r.metadata.resource_version, Some(2));
+            // A stale writer conflicts instead of overwriting.
+            let err = s.put(upd, "t").unwrap_err();
+            assert!(matches!(err, StoreError::Conflict { sent: 1, current: 2, .. }), "{err}");
+            s.put(zone("b", "x"), "t").unwrap();
+            assert!(s.delete(&Key { kind: "Zone".into(), name: "a".into() }, None).unwrap());
+            let (up, rm) = s.changes_since(2).unwrap();
+            assert_eq!(up.len(), 1);
+            assert_eq!(rm, vec![Key { kind: "Zone".into(), name: "a".into() }]);
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.revision(), 4);
+        assert_eq!(s.list(Some("Zone")).unwrap().len(), 1);
+        assert_eq!(s.changes_since(0).unwrap().1.len(), 1);
+        s.compact(4).unwrap();
+        assert_eq!(s.floor(), 4);
+        assert!(s.changes_since(0).unwrap().1.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,564 @@
+//! Zone sync server: `Join` (token -> intermediate CA) and `Sync` (resources
+//! down as versioned deltas, inventory and ACK/NACK up).
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use common::ident::SpiffeId;
+use common::resource::{Resource, ZoneSpec};
+use common::sync::{chunk, Delta, DeltaSender, Want};
+use common::token::{self, TokenError, TokenKind};
+use common::{grpc, pki, tls};
+use futures_util::Stream;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use proto::v1::global_sync_server::{GlobalSync, GlobalSyncServer};
+use proto::v1::{self as pb, zone_message};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::store::ZoneRecord;
+use crate::State;
+
+/// Deltas are cut into messages of about this size; a single resource is
+/// bounded by MAX_RESOURCE_BYTES, far below the gRPC message limit.
+const CHUNK_BYTES: usize = 1024 * 1024;
+const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub zones_online: Gauge,
+    pub deltas_sent: Counter,
+    pub nacks: Counter,
+    pub joins: Family<Vec<(String, String)>, Counter>,
+}
+
+impl Metrics {
+    pub fn new(reg: &mut Registry) -> Self {
+        let m = Self {
+            zones_online: Gauge::default(),
+            deltas_sent: Counter::default(),
+            nacks: Counter::default(),
+            joins: Family::default(),
+        };
+        reg.register("zones_online", "Zones with a live sync stream", m.zones_online.clone());
+        reg.register("sync_deltas", "Deltas sent to zones", m.deltas_sent.clone());
+        reg.register("sync_nacks", "Deltas zones refused", m.nacks.clone());
+        reg.register("zone_joins", "Zone join attempts by result", m.joins.clone());
+        m
+    }
+}
+
+/// Live status of each zone, for the zones view.
+#[derive(Default)]
+pub struct ZoneTable {
+    inner: Mutex<HashMap<String, ZoneLive>>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneLive {
+    pub online: bool,
+    pub session: u64,
+    pub connected_since: u64,
+    pub last_seen: u64,
+    pub instance_id: String,
+    pub software_version: String,
+    pub acked_version: u64,
+    pub in_flight: Option<u64>,
+    pub last_nack: Option<(u64, String)>,
+    pub connected_proxies: u32,
+    pub services: BTreeMap<String, usize>,
+    #[serde(skip)]
+    pub inventory: BTreeMap<String, pb::ServiceInventory>,
+    #[serde(skip)]
+    kick: Option<watch::Sender<u64>>,
+}
+
+impl ZoneTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ZoneLive>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start a session for `zone`; an older session of the same zone ends.
+    fn begin(&self, zone: &str, hello: &pb::ZoneHello) -> (u64, watch::Receiver<u64>) {
+        let mut t = self.lock();
+        let z = t.entry(zone.to_string()).or_default();
+        z.session += 1;
+        z.online = true;
+        z.connected_since = token::now_unix();
+        z.last_seen = z.connected_since;
+        z.instance_id = hello.instance_id.clone();
+        z.software_version = hello.software_version.clone();
+        z.acked_version = hello.resume_from;
+        z.in_flight = None;
+        let session = z.session;
+        let rx = match &z.kick {
+            Some(k) => {
+                k.send_replace(session);
+                k.subscribe()
+            }
+            None => {
+                let (tx, rx) = watch::channel(session);
+                z.kick = Some(tx);
+                rx
+            }
+        };
+        (session, rx)
+    }
+
+    fn update(&self, zone: &str, session: u64, f: impl FnOnce(&mut ZoneLive)) {
+        if let Some(z) = self.lock().get_mut(zone) {
+            if z.session == session {
+                z.last_seen = token::now_unix();
+                f(z);
+            }
+        }
+    }
+
+    fn end(&self, zone: &str, session: u64) -> bool {
+        let mut t = self.lock();
+        match t.get_mut(zone) {
+            Some(z) if z.session == session => {
+                z.online = false;
+                z.in_flight = None;
+                z.last_seen = token::now_unix();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn snapshot(&self) -> HashMap<String, ZoneLive> {
+        self.lock().clone()
+    }
+}
+
+/// One row of `ternctl inspect zones`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneView {
+    pub name: String,
+    pub online: bool,
+    pub last_seen: Option<String>,
+    pub joined_at: String,
+    pub acked_version: u64,
+    pub global_version: u64,
+    pub in_flight: Option<u64>,
+    pub last_nack: Option<String>,
+    pub connected_proxies: u32,
+    pub services: BTreeMap<String, usize>,
+    pub software_version: String,
+}
+
+pub fn zone_views(state: &State) -> anyhow::Result<Vec<ZoneView>> {
+    let live = state.zones.snapshot();
+    let rev = state.store.revision();
+    Ok(state
+        .store
+        .zones()?
+        .into_iter()
+        .map(|r: ZoneRecord| {
+            let l = live.get(&r.name).cloned().unwrap_or_default();
+            let last_seen = l.last_seen.max(r.last_seen);
+            ZoneView {
+                online: l.online,
+                last_seen: (last_seen > 0).then(|| token::fmt_unix(last_seen)),
+                joined_at: token::fmt_unix(r.joined_at),
+                acked_version: if l.session > 0 { l.acked_version } else { r.acked_version },
+                global_version: rev,
+                in_flight: l.in_flight,
+                last_nack: l
+                    .last_nack
+                    .map(|(v, why)| format!("v{v}: {why}"))
+                    .or_else(|| r.last_nack.map(|n| format!("v{}: {n}", r.last_nack_version.unwrap_or(0)))),
+                connected_proxies: l.connected_proxies,
+                services: l.services,
+                software_version: l.software_version,
+                name: r.name,
+            }
+        })
+        .collect())
+}
+
+pub async fn serve(state: Arc<State>) -> anyhow::Result<()> {
+    state.authority_rotation();
+    let listener = tokio::net::TcpListener::bind(state.config.sync_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind sync endpoint {}: {e}", state.config.sync_addr))?;
+    let (cfg_tx, cfg_rx) = watch::channel(server_tls(&state)?);
+    // Follow serving-certificate rotation.
+    let st = state.clone();
+    tokio::spawn(async move {
+        let mut rx = st.authority.serving.subscribe();
+        while rx.changed().await.is_ok() {
+            match server_tls(&st) {
+                Ok(c) => {
+                    cfg_tx.send_replace(c);
+                }
+                Err(e) => tracing::error!(error = %e, "rebuild sync TLS config"),
+            }
+        }
+    });
+    let incoming = grpc::tls_incoming(listener, cfg_rx);
+    let svc = GlobalSyncServer::new(SyncService { state })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tokio::spawn(async move {
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await
+        {
+            tracing::error!(error = %e, "sync server stopped");
+        }
+    });
+    Ok(())
+}
+
+impl State {
+    fn authority_rotation(self: &Arc<Self>) {
+        // Authority lives inside State; rotate its serving cert in place.
+        let st = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let not_after = st.authority.serving.borrow().not_after;
+                let wait = crate::authority::renew_in(not_after, std::time::Duration::from_secs(30 * 24 * 3600));
+                tokio::time::sleep(wait).await;
+                match crate::authority::Authority::reissue(&st.authority) {
+                    Ok(()) => tracing::info!("rotated the global's serving certificate"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not rotate the serving certificate; retrying in 60s");
+                        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn server_tls(state: &State) -> anyhow::Result<Arc<common::rustls::ServerConfig>> {
+    let ident = state.authority.serving.borrow().clone();
+    Ok(Arc::new(tls::server_config_optional_mtls(
+        &ident,
+        &state.authority.trust_domain,
+        &[tls::ALPN_H2],
+    )?))
+}
+
+struct SyncService {
+    state: Arc<State>,
+}
+
+fn refuse_join(state: &State, zone: &str, why: impl std::fmt::Display) -> Status {
+    tracing::warn!(zone, reason = %why, "zone join refused");
+    state
+        .metrics
+        .joins
+        .get_or_create(&vec![("result".into(), "refused".into())])
+        .inc();
+    Status::permission_denied(format!("join refused: {why}"))
+}
+
+fn is_revoked(state: &State, jti: &str) -> bool {
+    matches!(state.store.get("Revocation", jti), Ok(Some(_)))
+}
+
+fn zone_enabled(state: &State, zone: &str) -> bool {
+    match state.store.get("Zone", zone) {
+        Ok(Some(s)) => ZoneSpec::from_resource(&s.resource).is_none_or(|z| z.enabled),
+        _ => true,
+    }
+}
+
+#[tonic::async_trait]
+impl GlobalSync for SyncService {
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let st = &self.state;
+        let r = req.into_inner();
+        let zone = r.zone.clone();
+        if let Err(e) = common::resource::check_name("zone", &zone) {
+            return Err(refuse_join(st, &zone, e.message));
+        }
+        let claims = token::verify(
+            &r.token,
+            &st.authority.signer.public_key(),
+            TokenKind::Zone,
+            token::now_unix(),
+        )
+        .and_then(|c| c.check_scope(&zone, None).map(|_| c))
+        .map_err(|e| refuse_join(st, &zone, e))?;
+        if is_revoked(st, &claims.jti) {
+            return Err(refuse_join(st, &zone, TokenError::Revoked { jti: claims.jti }));
+        }
+        if !zone_enabled(st, &zone) {
+            return Err(refuse_join(st, &zone, format!("zone {zone} is disabled (Zone/{zone} spec.enabled: false)")));
+        }
+        let id = SpiffeId::zone(&st.authority.trust_domain, &zone);
+        let inter = st
+            .authority
+            .root
+            .sign_intermediate(&r.ca_csr_pem, &id, crate::authority::ZONE_CA_VALIDITY)
+            .map_err(|e| Status::invalid_argument(format!("bad CA CSR: {e}")))?;
+        let fp = pki::pem_fingerprint(&inter).map_err(|e| Status::internal(e.to_string()))?;
+        let now = token::now_unix();
+        st.store
+            .zone_joined(&ZoneRecord {
+                name: zone.clone(),
+                token_id: claims.jti.clone(),
+                intermediate_fingerprint: fp,
+                joined_at: now,
+                ..Default::default()
+            })
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if matches!(st.store.get("Zone", &zone), Ok(None)) {
+            let res = Resource {
+                api_version: common::resource::API_VERSION.into(),
+                kind: "Zone".into(),
+                metadata: common::resource::Metadata {
+                    name: zone.clone(),
+                    ..Default::default()
+                },
+                spec: serde_json::json!({ "enabled": true }),
+            };
+            let _ = st.store.put(res, &token::fmt_unix(now));
+        }
+        st.metrics
+            .joins
+            .get_or_create(&vec![("result".into(), "ok".into())])
+            .inc();
+        tracing::info!(zone, token = %claims.jti, "zone joined");
+        Ok(Response::new(pb::JoinResponse {
+            intermediate_pem: inter,
+            root_pem: st.authority.root.cert_pem().to_string(),
+            trust_domain: st.authority.trust_domain.clone(),
+            token_public_key: st.authority.signer.public_key(),
+        }))
+    }
+
+    type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::GlobalMessage, Status>> + Send>>;
+
+    async fn sync(
+        &self,
+        req: Request<Streaming<pb::ZoneMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let st = self.state.clone();
+        let peer = grpc::peer_of(&req).ok_or_else(|| Status::unauthenticated("no TLS peer"))?;
+        let id = peer.identity.clone().ok_or_else(|| {
+            Status::unauthenticated("present the zone identity issued at join as a client certificate")
+        })?;
+        let zone = id.zone_name().unwrap_or_default().to_string();
+        if id != SpiffeId::zone_cp(&st.authority.trust_domain, &zone) {
+            return Err(Status::permission_denied(format!("{id} is not a zone control plane identity")));
+        }
+        let rec = st
+            .store
+            .zone(&zone)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::permission_denied(format!("zone {zone} has not joined")))?;
+        let issuer_fp = peer.chain.get(1).map(|d| pki::fingerprint(d)).unwrap_or_default();
+        if issuer_fp != rec.intermediate_fingerprint {
+            tracing::warn!(zone, "sync refused: identity from a superseded zone CA");
+            return Err(Status::permission_denied(format!(
+                "zone {zone} presented an identity from a zone CA that has been replaced; \
+                 the zone joined again elsewhere. Restart this zone-cp with a new zone token"
+            )));
+        }
+        if is_revoked(&st, &rec.token_id) {
+            tracing::warn!(zone, token = %rec.token_id, "sync refused: zone token revoked");
+            return Err(Status::permission_denied(format!(
+                "the token zone {zone} joined with ({}) has been revoked; generate a new one with \
+                 `ternctl generate zone-token --zone {zone}` and restart the zone-cp with it",
+                rec.token_id
+            )));
+        }
+        if !zone_enabled(&st, &zone) {
+            return Err(Status::permission_denied(format!("zone {zone} is disabled")));
+        }
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message()).await {
+            Ok(Ok(Some(pb::ZoneMessage { msg: Some(zone_message::Msg::Hello(h)) }))) => h,
+            _ => return Err(Status::invalid_argument("the first message must be a ZoneHello")),
+        };
+        if hello.zone != zone {
+            return Err(Status::permission_denied(format!(
+                "hello names zone {}, but the identity is zone {zone}",
+                hello.zone
+            )));
+        }
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(session(st, zone, hello, inbound, tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+fn to_pb(r: &Resource) -> pb::Resource {
+    pb::Resource {
+        kind: r.kind.clone(),
+        name: r.metadata.name.clone(),
+        version: r.metadata.resource_version.unwrap_or(0),
+        body: serde_json::to_vec(r).unwrap_or_default(),
+    }
+}
+
+/// Build the delta the sender wants from the store.
+fn build_delta(st: &State, want: Want) -> anyhow::Result<Option<Delta<pb::Resource>>> {
+    let version = st.store.revision();
+    let (full, upserts, removals) = match want {
+        Want::Nothing => return Ok(None),
+        Want::Full => (true, st.store.list(None)?, vec![]),
+        Want::Since(s) => {
+            let (u, r) = st.store.changes_since(s)?;
+            (false, u, r)
+        }
+    };
+    Ok(Some(Delta {
+        version,
+        full,
+        upserts: upserts
+            .iter()
+            .map(|s| (s.resource.key().to_string(), to_pb(&s.resource)))
+            .collect(),
+        removals: removals.iter().map(|k| k.to_string()).collect(),
+    }))
+}
+
+async fn session(
+    st: Arc<State>,
+    zone: String,
+    hello: pb::ZoneHello,
+    mut inbound: Streaming<pb::ZoneMessage>,
+    tx: mpsc::Sender<Result<pb::GlobalMessage, Status>>,
+) {
+    let (session, mut kick) = st.zones.begin(&zone, &hello);
+    st.metrics.zones_online.inc();
+    tracing::info!(zone, resume_from = hello.resume_from, instance = %hello.instance_id, "zone connected");
+    let mut sender = DeltaSender::new(hello.resume_from, st.config.ack_timeout);
+    let mut rev = st.store.watch_revision();
+    let reason: String = 'outer: loop {
+        let want = sender.want(st.store.revision(), st.store.floor());
+        match build_delta(&st, want) {
+            Ok(Some(d)) => {
+                let version = d.version;
+                let full = d.full;
+                let n = d.upserts.len() + d.removals.len();
+                for c in chunk(d, CHUNK_BYTES, |r: &pb::Resource| r.body.len()) {
+                    let (removals, upserts) = (
+                        c.removals
+                            .iter()
+                            .filter_map(|k| k.split_once('/'))
+                            .map(|(kind, name)| pb::ResourceKey { kind: kind.into(), name: name.into() })
+                            .collect(),
+                        c.upserts.into_iter().map(|(_, r)| r).collect(),
+                    );
+                    let msg = pb::GlobalMessage {
+                        msg: Some(pb::global_message::Msg::Delta(pb::Delta {
+                            version: c.version,
+                            full: c.full,
+                            upserts,
+                            removals,
+                            chunk: c.chunk,
+                            last_chunk: c.last,
+                        })),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        break 'outer "stream closed".into();
+                    }
+                }
+                sender.sent(version, Instant::now());
+                st.metrics.deltas_sent.inc();
+                st.zones.update(&zone, session, |z| z.in_flight = Some(version));
+                tracing::debug!(zone, version, full, items = n, "delta sent");
+            }
+            Ok(None) => {}
+            Err(e) => break format!("store error: {e}"),
+        }
+        let deadline = sender.deadline();
+        tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(m)) => if let Err(e) = handle(&st, &zone, session, &mut sender, m) {
+                    let _ = tx.send(Err(Status::failed_precondition(e.clone()))).await;
+                    break e;
+                },
+                Ok(None) => break "zone closed the stream".into(),
+                Err(e) => break format!("stream error: {}", e.message()),
+            },
+            _ = rev.changed() => {}
+            _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() => {
+                if let Err(e) = sender.check(Instant::now()) {
+                    let _ = tx.send(Err(Status::deadline_exceeded(e.to_string()))).await;
+                    break e.to_string();
+                }
+            }
+            _ = kick.changed() => {
+                if *kick.borrow() != session {
+                    break "replaced by a newer connection of the same zone".into();
+                }
+            }
+        }
+    };
+    if st.zones.end(&zone, session) {
+        let _ = st.store.zone_seen(&zone, token::now_unix(), sender.acked(), None);
+    }
+    st.metrics.zones_online.dec();
+    tracing::info!(zone, reason, acked = sender.acked(), "zone disconnected");
+}
+
+fn handle(
+    st: &State,
+    zone: &str,
+    session: u64,
+    sender: &mut DeltaSender,
+    m: pb::ZoneMessage,
+) -> Result<(), String> {
+    match m.msg {
+        Some(zone_message::Msg::Ack(a)) => {
+            sender.on_ack(a.version).map_err(|e| e.to_string())?;
+            st.zones.update(zone, session, |z| {
+                z.acked_version = a.version;
+                z.in_flight = None;
+                z.last_nack = None;
+            });
+            let _ = st.store.zone_seen(zone, token::now_unix(), a.version, None);
+        }
+        Some(zone_message::Msg::Nack(n)) => {
+            tracing::warn!(zone, version = n.version, reason = %n.reason, "zone refused a delta");
+            st.metrics.nacks.inc();
+            sender.on_nack(n.version, n.reason.clone()).map_err(|e| e.to_string())?;
+            st.zones.update(zone, session, |z| {
+                z.in_flight = None;
+                z.last_nack = Some((n.version, n.reason.clone()));
+            });
+            let _ = st
+                .store
+                .zone_seen(zone, token::now_unix(), sender.acked(), Some((n.version, &n.reason)));
+        }
+        Some(zone_message::Msg::Inventory(inv)) => {
+            st.zones.update(zone, session, |z| {
+                if inv.full {
+                    z.inventory.clear();
+                }
+                for name in &inv.removed {
+                    z.inventory.remove(name);
+                }
+                for s in inv.upserts {
+                    z.inventory.insert(s.name.clone(), s);
+                }
+                z.connected_proxies = inv.connected_proxies;
+                z.services = z
+                    .inventory
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.endpoints.iter().filter(|e| e.healthy).count()))
+                    .collect();
+            });
+        }
+        Some(zone_message::Msg::Hello(_)) => return Err("unexpected second ZoneHello".into()),
+        None => return Err("empty message".into()),
+    }
+    Ok(())
+}

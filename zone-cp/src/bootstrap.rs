@@ -1,0 +1,221 @@
+//! Joining the global: first start with a token, later starts from disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use common::ident::SpiffeId;
+use common::pki::{self, Ca};
+use common::tls::{self, Expect, Identity, PinnedCaVerifier};
+use common::token;
+use proto::v1::global_sync_client::GlobalSyncClient;
+use proto::v1::JoinRequest;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::Config;
+
+const IDENTITY_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Joined {
+    pub zone: String,
+    pub token_id: String,
+    pub global: String,
+    pub trust_domain: String,
+    pub token_public_key: Vec<u8>,
+}
+
+pub struct Boot {
+    pub zone: String,
+    pub trust_domain: String,
+    pub global_addr: String,
+    pub token_public_key: Vec<u8>,
+    pub ca: Ca,
+    pub root_pem: String,
+    pub root_fingerprint: String,
+    /// The zone-cp's own identity (spiffe://TD/zone/Z/cp); chain is leaf,
+    /// zone CA, root.
+    pub identity: watch::Sender<Arc<Identity>>,
+}
+
+fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    (
+        dir.join("zone.json"),
+        dir.join("zone-ca.pem"),
+        dir.join("zone-ca.key"),
+        dir.join("root.pem"),
+    )
+}
+
+impl Boot {
+    pub async fn load_or_join(cfg: &Config) -> anyhow::Result<Self> {
+        let (meta_p, ca_p, key_p, root_p) = paths(&cfg.data_dir);
+        let token = match &cfg.token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("read zone token {}", p.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let stored: Option<Joined> = std::fs::read(&meta_p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let rejoin = match (&stored, &token) {
+            (None, None) => bail!(
+                "zone {} has not joined yet and no --token-file was given; generate one with \
+                 `ternctl generate zone-token --zone {}`",
+                cfg.zone,
+                cfg.zone
+            ),
+            (None, Some(_)) => true,
+            (Some(s), _) if s.zone != cfg.zone => bail!(
+                "data dir {} belongs to zone {}, not {}",
+                cfg.data_dir.display(),
+                s.zone,
+                cfg.zone
+            ),
+            (Some(s), Some(t)) => token::decode_unverified(t)
+                .map(|c| c.jti != s.token_id)
+                .unwrap_or(true),
+            (Some(_), None) => false,
+        };
+        if rejoin {
+            let t = token.expect("checked above");
+            join(cfg, &t).await?;
+        }
+        let joined: Joined = serde_json::from_slice(&std::fs::read(&meta_p)?)
+            .context("read zone.json")?;
+        let ca = Ca::from_pem(&std::fs::read_to_string(&ca_p)?, &std::fs::read_to_string(&key_p)?)
+            .context("load zone CA")?;
+        let root_pem = std::fs::read_to_string(&root_p)?;
+        let identity = issue_identity(&ca, &root_pem, &joined.trust_domain, &joined.zone)?;
+        Ok(Self {
+            zone: joined.zone,
+            trust_domain: joined.trust_domain,
+            global_addr: joined.global,
+            token_public_key: joined.token_public_key,
+            root_fingerprint: pki::pem_fingerprint(&root_pem)?,
+            ca,
+            root_pem,
+            identity: watch::channel(Arc::new(identity)).0,
+        })
+    }
+
+}
+
+impl Boot {
+    pub fn spawn_rotation_for(z: Arc<crate::Zone>) {
+        tokio::spawn(async move {
+            loop {
+                let not_after = z.boot.identity.borrow().not_after;
+                let renew_at = not_after - IDENTITY_VALIDITY / 3;
+                let wait = renew_at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or(Duration::from_secs(1));
+                tokio::time::sleep(wait).await;
+                match issue_identity(&z.boot.ca, &z.boot.root_pem, &z.boot.trust_domain, &z.boot.zone) {
+                    Ok(id) => {
+                        z.boot.identity.send_replace(Arc::new(id));
+                        tracing::info!("rotated the zone control plane identity");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "identity rotation failed; retrying in 60s");
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+
+fn issue_identity(ca: &Ca, root_pem: &str, td: &str, zone: &str) -> anyhow::Result<Identity> {
+    let kc = pki::new_key_and_csr("zone-cp")?;
+    let leaf = ca.sign_leaf(
+        &kc.csr_pem,
+        &SpiffeId::zone_cp(td, zone),
+        &["localhost".into()],
+        IDENTITY_VALIDITY,
+    )?;
+    let chain = format!("{leaf}{}{root_pem}", ca.cert_pem());
+    Ok(Identity::from_pem(&chain, &kc.key_pem, root_pem)?)
+}
+
+async fn join(cfg: &Config, token_text: &str) -> anyhow::Result<()> {
+    let claims = token::decode_unverified(token_text).context("the zone token")?;
+    if claims.zone != cfg.zone {
+        bail!(
+            "the token was issued for zone {:?}, but this is zone {:?}; generate one with \
+             `ternctl generate zone-token --zone {}`",
+            claims.zone,
+            cfg.zone,
+            cfg.zone
+        );
+    }
+    if token::now_unix() >= claims.exp {
+        bail!(
+            "the zone token expired at {}; generate a new one with `ternctl generate zone-token --zone {}`",
+            token::fmt_unix(claims.exp),
+            cfg.zone
+        );
+    }
+    let global = claims
+        .global
+        .clone()
+        .context("the token carries no global address; is it a zone token?")?;
+    let verifier = PinnedCaVerifier::new(&claims.ca, Expect::Exact(SpiffeId::global(&claims.td)));
+    let tls = tls::client_config(None, Arc::new(verifier), &[tls::ALPN_H2])?;
+    let channel = common::grpc::tls_channel(global.clone(), Arc::new(tls));
+    let kc = pki::new_key_and_csr(&format!("zone {}", cfg.zone))?;
+    tracing::info!(zone = %cfg.zone, %global, token = %claims.jti, "joining the global control plane");
+    let resp = GlobalSyncClient::new(channel)
+        .join(JoinRequest {
+            token: token_text.to_string(),
+            zone: cfg.zone.clone(),
+            ca_csr_pem: kc.csr_pem,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("the global refused to join zone {}: {}", cfg.zone, s.message()))?
+        .into_inner();
+    if pki::pem_fingerprint(&resp.root_pem)? != claims.ca {
+        bail!("the global sent a root CA that does not match the token's pin");
+    }
+    let (meta_p, ca_p, key_p, root_p) = paths(&cfg.data_dir);
+    write_private(&key_p, &kc.key_pem)?;
+    write_private(&ca_p, &resp.intermediate_pem)?;
+    write_private(&root_p, &resp.root_pem)?;
+    let joined = Joined {
+        zone: cfg.zone.clone(),
+        token_id: claims.jti,
+        global,
+        trust_domain: resp.trust_domain,
+        token_public_key: resp.token_public_key,
+    };
+    // The resume point belongs to the previous membership.
+    let _ = std::fs::remove_file(cfg.data_dir.join("global-state.json"));
+    write_private(&meta_p, &serde_json::to_string_pretty(&joined)?)?;
+    tracing::info!(zone = %cfg.zone, "joined; zone CA stored");
+    Ok(())
+}
+
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("write {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

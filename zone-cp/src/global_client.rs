@@ -1,0 +1,242 @@
+//! The zone's side of the global sync: apply resource deltas (whole or not
+//! at all), persist them before ACKing, report inventory, reconnect with
+//! backoff and resume from the last applied version.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use common::ident::SpiffeId;
+use common::resource::{self, MeshSpec, Resource};
+use common::sync::{Backoff, Chunk, DeltaReceiver, Outcome};
+use common::tls::{self, Expect, SpiffeServerVerifier};
+use proto::v1::global_sync_client::GlobalSyncClient;
+use proto::v1::{self as pb, zone_message};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use crate::Zone;
+
+#[derive(Serialize, Deserialize, Default, Clone)]
+struct Persisted {
+    version: u64,
+    resources: BTreeMap<String, Value>,
+}
+
+/// What the zone knows from the global, on disk and in memory.
+pub struct GlobalState {
+    path: PathBuf,
+    inner: Mutex<Persisted>,
+    changed: watch::Sender<u64>,
+    connected: AtomicBool,
+}
+
+impl GlobalState {
+    pub fn load(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let path = dir.join("global-state.json");
+        let p: Persisted = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("{} is corrupt; delete it to resync from the global", path.display()))?,
+            Err(_) => Persisted::default(),
+        };
+        let v = p.version;
+        Ok(Self {
+            path,
+            inner: Mutex::new(p),
+            changed: watch::channel(v).0,
+            connected: AtomicBool::new(false),
+        })
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Persisted> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn version(&self) -> u64 {
+        self.lock().version
+    }
+    pub fn keys(&self) -> Vec<String> {
+        self.lock().resources.keys().cloned().collect()
+    }
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.lock().resources.contains_key(&format!("Revocation/{jti}"))
+    }
+    /// Workload certificate lifetime from `Mesh/default`, or the default.
+    pub fn workload_cert_ttl(&self) -> Duration {
+        let g = self.lock();
+        g.resources
+            .get("Mesh/default")
+            .and_then(|v| serde_json::from_value::<Resource>(v.clone()).ok())
+            .map(|r| MeshSpec::from_resource(&r))
+            .unwrap_or_default()
+            .mtls
+            .workload_cert_ttl
+            .0
+    }
+
+    fn snapshot(&self) -> (u64, BTreeMap<String, Value>) {
+        let g = self.lock();
+        (g.version, g.resources.clone())
+    }
+
+    /// Persist first, then publish: an ACK always means "on disk".
+    fn replace(&self, version: u64, resources: BTreeMap<String, Value>) -> anyhow::Result<()> {
+        let p = Persisted { version, resources };
+        crate::bootstrap::write_private(&self.path, &serde_json::to_string(&p)?)?;
+        *self.lock() = p;
+        self.changed.send_replace(version);
+        Ok(())
+    }
+}
+
+fn validate(_key: &str, v: &Value) -> Result<(), String> {
+    if v.is_null() {
+        return Err("body is not valid JSON".into());
+    }
+    let kind = v.get("kind").and_then(Value::as_str).unwrap_or("");
+    if resource::KINDS.iter().any(|k| k.name == kind) {
+        resource::from_value(v.clone()).map(|_| ()).map_err(|e| e.to_string())
+    } else {
+        // A kind from a newer global: kept, not enforced.
+        Ok(())
+    }
+}
+
+pub fn spawn(z: Arc<Zone>) {
+    tokio::spawn(async move {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        loop {
+            let started = std::time::Instant::now();
+            let res = run_once(&z).await;
+            z.global.connected.store(false, Ordering::Relaxed);
+            z.metrics.global_connected.set(0);
+            match res {
+                Ok(()) => tracing::warn!("sync stream to the global ended; reconnecting"),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "sync with the global failed; serving proxies from the last known config"),
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff.reset();
+            }
+            tokio::time::sleep(backoff.next_delay(common::sync::jitter())).await;
+        }
+    });
+}
+
+fn inventory_diff(
+    last: &BTreeMap<String, pb::ServiceInventory>,
+    now: &BTreeMap<String, pb::ServiceInventory>,
+    full: bool,
+    proxies: u32,
+) -> pb::Inventory {
+    pb::Inventory {
+        full,
+        upserts: now
+            .iter()
+            .filter(|(k, v)| full || last.get(*k) != Some(*v))
+            .map(|(_, v)| v.clone())
+            .collect(),
+        removed: if full {
+            vec![]
+        } else {
+            last.keys().filter(|k| !now.contains_key(*k)).cloned().collect()
+        },
+        connected_proxies: proxies,
+        last_chunk: true,
+    }
+}
+
+fn inv_msg(i: pb::Inventory) -> pb::ZoneMessage {
+    pb::ZoneMessage {
+        msg: Some(zone_message::Msg::Inventory(i)),
+    }
+}
+
+async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
+    let ident = z.boot.identity.borrow().clone();
+    let verifier = SpiffeServerVerifier::new(
+        ident.root_store(),
+        Expect::Exact(SpiffeId::global(&z.boot.trust_domain)),
+    );
+    let cfg = tls::client_config(Some(&ident), Arc::new(verifier), &[tls::ALPN_H2])?;
+    let channel = common::grpc::tls_channel(z.boot.global_addr.clone(), Arc::new(cfg));
+    let mut client = GlobalSyncClient::new(channel)
+        .max_decoding_message_size(8 * 1024 * 1024)
+        .max_encoding_message_size(8 * 1024 * 1024);
+    let (version, state) = z.global.snapshot();
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(pb::ZoneMessage {
+        msg: Some(zone_message::Msg::Hello(pb::ZoneHello {
+            zone: z.boot.zone.clone(),
+            resume_from: version,
+            instance_id: format!("{}-{}", z.boot.zone, std::process::id()),
+            software_version: env!("CARGO_PKG_VERSION").into(),
+        })),
+    })
+    .await?;
+    let mut reg_rx = z.registry.watch();
+    let mut last_inv = z.registry.inventory();
+    tx.send(inv_msg(inventory_diff(&BTreeMap::new(), &last_inv, true, z.registry.connected())))
+        .await?;
+    let mut inbound = client
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    z.global.connected.store(true, Ordering::Relaxed);
+    z.metrics.global_connected.set(1);
+    tracing::info!(resume_from = version, "connected to the global");
+    let mut receiver: DeltaReceiver<Value> = DeltaReceiver::new(version, state);
+    loop {
+        tokio::select! {
+            m = inbound.message() => {
+                let m = match m {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Ok(()),
+                    Err(s) => anyhow::bail!("{}", s.message()),
+                };
+                let Some(pb::global_message::Msg::Delta(d)) = m.msg else { continue };
+                let c = Chunk {
+                    version: d.version,
+                    full: d.full,
+                    chunk: d.chunk,
+                    last: d.last_chunk,
+                    upserts: d.upserts.into_iter().map(|r| {
+                        let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+                        (format!("{}/{}", r.kind, r.name), v)
+                    }).collect(),
+                    removals: d.removals.into_iter().map(|k| format!("{}/{}", k.kind, k.name)).collect(),
+                };
+                match receiver.on_chunk(c, validate)? {
+                    None => {}
+                    Some(Outcome::Ack(v)) => {
+                        z.global.replace(v, receiver.state().clone())?;
+                        z.metrics.deltas_applied.inc();
+                        tracing::info!(version = v, resources = receiver.state().len(), "applied config from the global");
+                        tx.send(pb::ZoneMessage { msg: Some(zone_message::Msg::Ack(pb::Ack { version: v })) }).await?;
+                    }
+                    Some(Outcome::Nack(v, reason)) => {
+                        // Keep the last good state; the receiver did not apply it.
+                        receiver = DeltaReceiver::new(z.global.version(), z.global.snapshot().1);
+                        z.metrics.deltas_refused.inc();
+                        tracing::warn!(version = v, %reason, "refused config from the global");
+                        tx.send(pb::ZoneMessage { msg: Some(zone_message::Msg::Nack(pb::Nack { version: v, reason })) }).await?;
+                    }
+                }
+            }
+            r = reg_rx.changed() => {
+                r?;
+                let now = z.registry.inventory();
+                tx.send(inv_msg(inventory_diff(&last_inv, &now, false, z.registry.connected()))).await?;
+                last_inv = now;
+            }
+        }
+    }
+}

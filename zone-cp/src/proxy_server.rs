@@ -1,0 +1,232 @@
+//! The proxy-facing gRPC server: authenticate a proxy by its dataplane
+//! token, sign its CSR, register it, and stream its config as deltas.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::ident::SpiffeId;
+use common::sync::DiffSender;
+use common::token::{self, TokenError, TokenKind};
+use common::{grpc, tls};
+use futures_util::Stream;
+use proto::v1::proxy_discovery_server::{ProxyDiscovery, ProxyDiscoveryServer};
+use proto::v1::{self as pb, proxy_message, zone_to_proxy};
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::registry::Entry;
+use crate::Zone;
+
+pub async fn serve(z: Arc<Zone>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(z.config.proxy_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind proxy endpoint {}: {e}", z.config.proxy_addr))?;
+    let build = |id: &tls::Identity| -> anyhow::Result<Arc<common::rustls::ServerConfig>> {
+        Ok(Arc::new(tls::server_config_no_client_auth(id, &[tls::ALPN_H2])?))
+    };
+    let (cfg_tx, cfg_rx) = watch::channel(build(&z.boot.identity.borrow())?);
+    let zz = z.clone();
+    tokio::spawn(async move {
+        let mut rx = zz.boot.identity.subscribe();
+        while rx.changed().await.is_ok() {
+            let id = rx.borrow().clone();
+            if let Ok(c) = build(&id) {
+                cfg_tx.send_replace(c);
+            }
+        }
+    });
+    let incoming = grpc::tls_incoming(listener, cfg_rx);
+    let svc = ProxyDiscoveryServer::new(Service { z });
+    tokio::spawn(async move {
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await
+        {
+            tracing::error!(error = %e, "proxy server stopped");
+        }
+    });
+    Ok(())
+}
+
+struct Service {
+    z: Arc<Zone>,
+}
+
+fn refuse(z: &Zone, service: &str, why: impl std::fmt::Display) -> Status {
+    tracing::warn!(service, reason = %why, "proxy refused");
+    z.metrics.proxy_refused.inc();
+    Status::permission_denied(why.to_string())
+}
+
+fn validate_registration(r: &pb::Registration) -> Result<(), String> {
+    common::resource::check_name("registration.service", &r.service).map_err(|e| e.to_string())?;
+    r.address
+        .parse::<IpAddr>()
+        .map_err(|_| format!("registration.address: {:?} is not an IP address", r.address))?;
+    if r.inbound_port == 0 || r.inbound_port > 65535 {
+        return Err(format!("registration.inboundPort: {} is not a port", r.inbound_port));
+    }
+    if !["http", "http2", "grpc", "tcp"].contains(&r.protocol.as_str()) {
+        return Err(format!(
+            "registration.protocol: {:?} is not one of http, http2, grpc, tcp",
+            r.protocol
+        ));
+    }
+    if r.instance.is_empty() || r.instance.len() > 253 {
+        return Err("registration.instance: must be 1-253 characters".into());
+    }
+    Ok(())
+}
+
+fn sign(z: &Zone, csr: &str, id: &SpiffeId) -> Result<pb::ZoneToProxy, Status> {
+    let ttl = z.global.workload_cert_ttl();
+    let leaf = z
+        .boot
+        .ca
+        .sign_leaf(csr, id, &[], ttl)
+        .map_err(|e| Status::invalid_argument(format!("bad CSR: {e}")))?;
+    let not_after = common::pki::first_cert(&leaf)
+        .ok()
+        .and_then(|d| common::pki::not_after(&d).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    z.metrics.certs_issued.inc();
+    Ok(pb::ZoneToProxy {
+        msg: Some(zone_to_proxy::Msg::Certificate(pb::Certificate {
+            chain_pem: format!("{leaf}{}", z.boot.ca.cert_pem()),
+            roots_pem: z.boot.root_pem.clone(),
+            not_after_unix: not_after,
+            spiffe_id: id.to_string(),
+        })),
+    })
+}
+
+#[tonic::async_trait]
+impl ProxyDiscovery for Service {
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<pb::ZoneToProxy, Status>> + Send>>;
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<pb::ProxyMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let z = self.z.clone();
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
+            Ok(Ok(Some(pb::ProxyMessage { msg: Some(proxy_message::Msg::Hello(h)) }))) => h,
+            _ => return Err(Status::invalid_argument("the first message must be a ProxyHello")),
+        };
+        let reg = hello
+            .registration
+            .ok_or_else(|| Status::invalid_argument("ProxyHello.registration is required"))?;
+        validate_registration(&reg).map_err(Status::invalid_argument)?;
+        let claims = token::verify(&hello.token, &z.boot.token_public_key, TokenKind::Dataplane, token::now_unix())
+            .and_then(|c| c.check_scope(&z.boot.zone, Some(&reg.service)).map(|_| c))
+            .map_err(|e| refuse(&z, &reg.service, e))?;
+        if z.global.is_revoked(&claims.jti) {
+            return Err(refuse(&z, &reg.service, TokenError::Revoked { jti: claims.jti }));
+        }
+        let id = SpiffeId::workload(&z.boot.trust_domain, &z.boot.zone, &reg.service);
+        let csr = hello
+            .csr
+            .ok_or_else(|| Status::invalid_argument("ProxyHello.csr is required"))?;
+        let cert = sign(&z, &csr.csr_pem, &id)?;
+        let (tx, rx) = mpsc::channel(16);
+        let _ = tx.send(Ok(cert)).await;
+        let session = z.registry.register(Entry {
+            instance: reg.instance.clone(),
+            service: reg.service.clone(),
+            address: reg.address.clone(),
+            port: reg.inbound_port,
+            protocol: reg.protocol.clone(),
+            labels: reg.labels.clone().into_iter().collect(),
+            identity: id.to_string(),
+            connected: true,
+            session: 0,
+        });
+        z.metrics.proxies.inc();
+        tokio::spawn(run(z, reg.instance, session, id, claims.jti, inbound, tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+async fn run(
+    z: Arc<Zone>,
+    instance: String,
+    session: u64,
+    id: SpiffeId,
+    jti: String,
+    mut inbound: Streaming<pb::ProxyMessage>,
+    tx: mpsc::Sender<Result<pb::ZoneToProxy, Status>>,
+) {
+    let mut sender: DiffSender<pb::Cluster> = DiffSender::new(z.config.ack_timeout);
+    let mut reg = z.registry.watch();
+    let mut global = z.global.watch();
+    let clean: bool = loop {
+        let desired: BTreeMap<String, pb::Cluster> = z.registry.clusters();
+        if let Some(d) = sender.next(&desired, Instant::now()) {
+            let msg = pb::ZoneToProxy {
+                msg: Some(zone_to_proxy::Msg::Config(pb::ProxyConfig {
+                    version: d.version,
+                    full: d.full,
+                    upserts: d.upserts.into_iter().map(|(_, c)| c).collect(),
+                    removed: d.removals,
+                })),
+            };
+            if tx.send(Ok(msg)).await.is_err() {
+                break false;
+            }
+        }
+        let deadline = sender.deadline();
+        tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(pb::ProxyMessage { msg: Some(m) })) => {
+                    let r = match m {
+                        proxy_message::Msg::Ack(a) => sender.on_ack(a.version).map_err(|e| e.to_string()),
+                        proxy_message::Msg::Nack(n) => {
+                            tracing::warn!(%instance, version = n.version, reason = %n.reason, "proxy refused config");
+                            sender.on_nack(n.version, n.reason).map_err(|e| e.to_string())
+                        }
+                        proxy_message::Msg::Csr(c) => match sign(&z, &c.csr_pem, &id) {
+                            Ok(cert) => {
+                                tracing::debug!(%instance, "certificate renewed");
+                                tx.send(Ok(cert)).await.map_err(|_| "stream closed".to_string())
+                            }
+                            Err(s) => Err(s.message().to_string()),
+                        },
+                        proxy_message::Msg::Hello(_) => Err("unexpected second hello".into()),
+                    };
+                    if let Err(e) = r {
+                        tracing::warn!(%instance, error = %e, "closing proxy stream");
+                        let _ = tx.send(Err(Status::failed_precondition(e))).await;
+                        break false;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break true,
+                Err(_) => break false,
+            },
+            _ = reg.changed() => {}
+            _ = global.changed() => {
+                if z.global.is_revoked(&jti) {
+                    tracing::warn!(%instance, token = %jti, "dataplane token revoked; closing its stream");
+                    let _ = tx.send(Err(Status::permission_denied(format!("token {jti} has been revoked")))).await;
+                    break false;
+                }
+            }
+            _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() => {
+                if let Err(e) = sender.check(Instant::now()) {
+                    tracing::warn!(%instance, error = %e, "proxy stalled");
+                    let _ = tx.send(Err(Status::deadline_exceeded(e.to_string()))).await;
+                    break false;
+                }
+            }
+        }
+    };
+    z.metrics.proxies.dec();
+    z.registry.disconnect(&instance, session, clean);
+}
