@@ -1,1 +1,330 @@
+//! Tern sidecar proxy.
+//!
+//! Two modes: driven by a zone control plane (`--cp-address` and a
+//! dataplane token), or standalone from a static bootstrap file
+//! (`--bootstrap`), for benchmarks and debugging.
+#![forbid(unsafe_code)]
 
+pub mod cp_client;
+pub mod metrics;
+pub mod proxy;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use common::telemetry::Admin;
+use proto::v1 as pb;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::state::{Protocol, Shared};
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "dataplane", version, about = "Tern sidecar proxy")]
+pub struct Config {
+    /// Run standalone from this bootstrap file (no control plane).
+    #[arg(long, conflicts_with_all = ["cp_address", "token_file"])]
+    pub bootstrap: Option<PathBuf>,
+    /// Zone control plane address, host:port.
+    #[arg(long, env = "TERN_CP_ADDRESS")]
+    pub cp_address: Option<String>,
+    /// File holding the dataplane token.
+    #[arg(long, env = "TERN_DATAPLANE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Service this proxy fronts.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Instance name (unique in the zone). Defaults to SERVICE-ADDRESS-PORT.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// IP other sidecars use to reach this proxy's inbound listener.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: std::net::IpAddr,
+    /// Inbound mTLS listener.
+    #[arg(long, default_value = "127.0.0.1:15006")]
+    pub inbound: SocketAddr,
+    /// The local app.
+    #[arg(long)]
+    pub app: Option<SocketAddr>,
+    /// What the local app speaks: http, http2, grpc or tcp.
+    #[arg(long, default_value = "http")]
+    pub protocol: String,
+    /// Host-routed outbound HTTP listener; empty to disable.
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    pub outbound: String,
+    /// Extra outbound listeners bound to one service: `SERVICE=ADDR`
+    /// (HTTP) or `tcp:SERVICE=ADDR` (opaque TCP). Repeatable.
+    #[arg(long = "outbound-port")]
+    pub outbound_ports: Vec<String>,
+    /// Labels of this instance, `key=value`. Repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Worker threads for the data path.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// On SIGTERM: deregister, keep serving this long, then exit.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+    #[arg(long)]
+    pub json_logs: bool,
+}
+
+/// Standalone bootstrap file.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Bootstrap {
+    pub identity: IdentityFiles,
+    /// Callers must present a SPIFFE ID in this trust domain.
+    pub trust_domain: String,
+    #[serde(default)]
+    pub inbound: Option<InboundSpec>,
+    #[serde(default)]
+    pub outbound: Vec<OutboundSpec>,
+    #[serde(default)]
+    pub clusters: Vec<ClusterSpec>,
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub roots: PathBuf,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct InboundSpec {
+    pub listen: SocketAddr,
+    pub app: SocketAddr,
+    #[serde(default = "http")]
+    pub protocol: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundSpec {
+    pub listen: SocketAddr,
+    /// Fixed destination; absent routes HTTP by Host header.
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default = "http")]
+    pub protocol: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    pub service: String,
+    #[serde(default = "http")]
+    pub protocol: String,
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub address: SocketAddr,
+    pub identity: String,
+}
+
+fn http() -> String {
+    "http".into()
+}
+
+struct Listeners {
+    inbound: Option<(SocketAddr, SocketAddr, Protocol)>,
+    outbound: Vec<(SocketAddr, Option<String>, Protocol)>,
+}
+
+fn parse_outbound_port(s: &str) -> anyhow::Result<(SocketAddr, Option<String>, Protocol)> {
+    let (proto, rest) = match s.strip_prefix("tcp:") {
+        Some(r) => (Protocol::Tcp, r),
+        None => (Protocol::Http1, s),
+    };
+    let (svc, addr) = rest
+        .split_once('=')
+        .with_context(|| format!("--outbound-port {s:?}: expected SERVICE=ADDR or tcp:SERVICE=ADDR"))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("--outbound-port {s:?}: {addr:?} is not host:port"))?;
+    Ok((addr, Some(svc.to_string()), proto))
+}
+
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub admin: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    cp: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Deregister (close the CP stream cleanly), then keep serving for
+    /// `drain` so callers learn of the removal before we stop.
+    pub async fn shutdown(self, drain: Duration) {
+        self.shutdown.send_replace(true);
+        if let Some(cp) = self.cp {
+            let _ = tokio::time::timeout(Duration::from_secs(3), cp).await;
+        }
+        tokio::time::sleep(drain).await;
+    }
+}
+
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    let mut reg = prometheus_client::registry::Registry::with_prefix("tern_proxy");
+    let metrics = metrics::Metrics::new(&mut reg);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (status_tx, status_rx) = watch::channel(cp_client::CpStatus::default());
+    let (shared, listeners, admin_addr, cp, standalone) = if let Some(path) = &cfg.bootstrap {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let b: Bootstrap = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
+        let ident = common::tls::Identity::from_pem(&read(&b.identity.cert)?, &read(&b.identity.key)?, &read(&b.identity.roots)?)
+            .with_context(|| format!("{}: identity", path.display()))?;
+        let shared = Arc::new(Shared::new(&b.trust_domain));
+        shared.set_identity(ident)?;
+        let clusters: Vec<pb::Cluster> = b
+            .clusters
+            .iter()
+            .map(|c| pb::Cluster {
+                service: c.service.clone(),
+                protocol: c.protocol.clone(),
+                endpoints: c
+                    .endpoints
+                    .iter()
+                    .map(|e| pb::Endpoint {
+                        address: e.address.ip().to_string(),
+                        port: e.address.port() as u32,
+                        healthy: true,
+                        identity: e.identity.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })
+            .collect();
+        shared
+            .apply(&clusters, 1)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut outbound = Vec::new();
+        for o in &b.outbound {
+            outbound.push((o.listen, o.service.clone(), Protocol::parse(&o.protocol).map_err(anyhow::Error::msg)?));
+        }
+        let inbound = match &b.inbound {
+            Some(i) => Some((i.listen, i.app, Protocol::parse(&i.protocol).map_err(anyhow::Error::msg)?)),
+            None => None,
+        };
+        (shared, Listeners { inbound, outbound }, b.admin.unwrap_or(cfg.admin), None, true)
+    } else {
+        let (Some(addr), Some(tf), Some(service)) = (&cfg.cp_address, &cfg.token_file, &cfg.service) else {
+            bail!("give --bootstrap FILE, or all of --cp-address, --token-file and --service");
+        };
+        let token = std::fs::read_to_string(tf).with_context(|| format!("read token {}", tf.display()))?;
+        let claims = common::token::decode_unverified(&token).context("the dataplane token")?;
+        let protocol = Protocol::parse(&cfg.protocol).map_err(anyhow::Error::msg)?;
+        let mut labels = BTreeMap::new();
+        for l in &cfg.labels {
+            let (k, v) = l.split_once('=').with_context(|| format!("--label {l:?}: expected key=value"))?;
+            labels.insert(k.to_string(), v.to_string());
+        }
+        let instance = cfg
+            .instance
+            .clone()
+            .unwrap_or_else(|| format!("{service}-{}-{}", cfg.address, cfg.inbound.port()));
+        let shared = Arc::new(Shared::new(&claims.td));
+        let registration = pb::Registration {
+            service: service.clone(),
+            address: cfg.address.to_string(),
+            inbound_port: cfg.inbound.port() as u32,
+            protocol: cfg.protocol.clone(),
+            labels: labels.into_iter().collect(),
+            region: String::new(),
+            instance,
+        };
+        let mut outbound = Vec::new();
+        if !cfg.outbound.is_empty() {
+            outbound.push((cfg.outbound.parse().with_context(|| format!("--outbound {:?}", cfg.outbound))?, None, Protocol::Http1));
+        }
+        for o in &cfg.outbound_ports {
+            outbound.push(parse_outbound_port(o)?);
+        }
+        let inbound = cfg.app.map(|app| (cfg.inbound, app, protocol));
+        let cp = cp_client::spawn(
+            shared.clone(),
+            metrics.clone(),
+            cp_client::CpOptions {
+                address: addr.clone(),
+                token: token.trim().to_string(),
+                registration,
+            },
+            status_tx,
+            shutdown_rx,
+        );
+        (shared, Listeners { inbound, outbound }, cfg.admin, Some(cp), false)
+    };
+
+    let app_addr = listeners.inbound.map(|i| i.1);
+    let app_proto = listeners.inbound.map(|i| i.2).unwrap_or(Protocol::Http1);
+    let proxy = proxy::Proxy::new(shared.clone(), metrics.clone(), app_addr, app_proto);
+    if let Some((listen, _, _)) = listeners.inbound {
+        let l = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("bind inbound {listen}"))?;
+        tokio::spawn(proxy.clone().serve_inbound(l));
+    }
+    for (listen, service, protocol) in listeners.outbound {
+        if protocol == Protocol::Tcp && service.is_none() {
+            bail!("a TCP outbound listener needs a service");
+        }
+        let l = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("bind outbound {listen}"))?;
+        tokio::spawn(proxy.clone().serve_outbound(l, service.map(Arc::from), protocol));
+    }
+
+    let sh_ready = shared.clone();
+    let sh_dump = shared.clone();
+    let st_ready = status_rx.clone();
+    let st_dump = status_rx;
+    let admin = Admin::new(
+        reg,
+        move || {
+            if sh_ready.tls.load().is_none() {
+                return Err("no workload certificate yet".into());
+            }
+            if !standalone && !st_ready.borrow().has_config {
+                return Err("no config from the control plane yet".into());
+            }
+            Ok(())
+        },
+        move || {
+            let tls = sh_dump.tls.load();
+            serde_json::json!({
+                "identity": tls.as_ref().map(|t| t.ident.id.to_string()),
+                "certificateNotAfter": tls.as_ref().map(|t| humantime::format_rfc3339_seconds(t.ident.not_after).to_string()),
+                "configVersion": sh_dump.clusters.load().version,
+                "clusters": sh_dump.clusters.load().dump(),
+                "controlPlane": if standalone { serde_json::Value::Null } else { serde_json::to_value(&*st_dump.borrow()).unwrap_or_default() },
+            })
+        },
+    );
+    let admin_addr = admin
+        .serve(admin_addr)
+        .await
+        .with_context(|| format!("bind admin {admin_addr}"))?;
+    Ok(Running {
+        shared,
+        admin: admin_addr,
+        shutdown: shutdown_tx,
+        cp,
+    })
+}

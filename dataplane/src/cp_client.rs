@@ -1,0 +1,205 @@
+//! The proxy's stream to its zone control plane: register with a dataplane
+//! token, get a certificate for a locally generated key, receive config as
+//! deltas (ACK/NACK), renew the certificate before it expires, and
+//! reconnect with backoff. A clean shutdown closes the stream, which
+//! deregisters the proxy at once.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use common::ident::SpiffeId;
+use common::pki;
+use common::sync::{Backoff, Chunk, DeltaReceiver, Outcome};
+use common::tls::{self, Expect, Identity, PinnedCaVerifier};
+use common::token;
+use proto::v1::proxy_discovery_client::ProxyDiscoveryClient;
+use proto::v1::{self as pb, proxy_message, zone_to_proxy};
+use tokio::sync::{mpsc, watch};
+
+use crate::state::Shared;
+use crate::metrics::Metrics;
+
+pub struct CpOptions {
+    pub address: String,
+    pub token: String,
+    pub registration: pb::Registration,
+}
+
+/// Status the admin port reports.
+#[derive(Default, Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CpStatus {
+    pub connected: bool,
+    pub config_version: u64,
+    pub has_config: bool,
+    pub last_error: Option<String>,
+    pub last_nack: Option<String>,
+}
+
+pub fn spawn(
+    shared: Arc<Shared>,
+    metrics: Metrics,
+    opts: CpOptions,
+    status: watch::Sender<CpStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            let started = std::time::Instant::now();
+            let res = run_once(&shared, &metrics, &opts, &status, &mut shutdown).await;
+            status.send_modify(|s| s.connected = false);
+            if *shutdown.borrow() {
+                return;
+            }
+            if let Err(e) = &res {
+                let msg = format!("{e:#}");
+                tracing::warn!(error = %msg, "control plane stream failed; keeping the last config");
+                status.send_modify(|s| s.last_error = Some(msg));
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff.reset();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay(common::sync::jitter())) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    })
+}
+
+fn validate(_k: &str, c: &pb::Cluster) -> Result<(), String> {
+    crate::state::Protocol::parse(&c.protocol)?;
+    for e in &c.endpoints {
+        e.address
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| format!("bad endpoint address {:?}", e.address))?;
+        u16::try_from(e.port).map_err(|_| format!("bad port {}", e.port))?;
+        SpiffeId::parse(&e.identity).map_err(|x| x.to_string())?;
+    }
+    Ok(())
+}
+
+fn renew_delay(ident: &Identity) -> Duration {
+    // Renew at two thirds of the remaining lifetime, at least 1s from now.
+    let left = ident
+        .not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    (left * 2 / 3).max(Duration::from_secs(1))
+}
+
+async fn run_once(
+    shared: &Arc<Shared>,
+    metrics: &Metrics,
+    opts: &CpOptions,
+    status: &watch::Sender<CpStatus>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let claims = token::decode_unverified(&opts.token).context("the dataplane token")?;
+    let verifier = PinnedCaVerifier::new(&claims.ca, Expect::Exact(SpiffeId::zone_cp(&claims.td, &claims.zone)));
+    let cfg = tls::client_config(None, Arc::new(verifier), &[tls::ALPN_H2])?;
+    let channel = common::grpc::tls_channel(opts.address.clone(), Arc::new(cfg));
+    let mut client = ProxyDiscoveryClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
+    let mut key = pki::new_key_and_csr(&opts.registration.service)?;
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(pb::ProxyMessage {
+        msg: Some(proxy_message::Msg::Hello(pb::ProxyHello {
+            token: opts.token.clone(),
+            registration: Some(opts.registration.clone()),
+            csr: Some(pb::CertificateRequest { csr_pem: key.csr_pem.clone() }),
+        })),
+    })
+    .await?;
+    let mut inbound = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| anyhow::anyhow!("the zone control plane at {} refused: {}", opts.address, s.message()))?
+        .into_inner();
+    status.send_modify(|s| {
+        s.connected = true;
+        s.last_error = None;
+    });
+    tracing::info!(cp = %opts.address, "connected to the zone control plane");
+    let mut receiver: DeltaReceiver<pb::Cluster> = DeltaReceiver::new(0, Default::default());
+    let mut renew_at: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            m = inbound.message() => {
+                let m = match m {
+                    Ok(Some(m)) => m,
+                    Ok(None) => anyhow::bail!("the zone control plane closed the stream"),
+                    Err(s) => anyhow::bail!("{}", s.message()),
+                };
+                match m.msg {
+                    Some(zone_to_proxy::Msg::Certificate(c)) => {
+                        let ident = Identity::from_pem(&c.chain_pem, &key.key_pem, &c.roots_pem)?;
+                        renew_at = Some(tokio::time::Instant::now() + renew_delay(&ident));
+                        shared.set_identity(ident)?;
+                    }
+                    Some(zone_to_proxy::Msg::Config(c)) => {
+                        let chunk = Chunk {
+                            version: c.version,
+                            full: c.full,
+                            chunk: 0,
+                            last: true,
+                            upserts: c.upserts.into_iter().map(|c| (c.service.clone(), c)).collect(),
+                            removals: c.removed,
+                        };
+                        let before = receiver.clone();
+                        let reply = match receiver.on_chunk(chunk, validate)? {
+                            Some(Outcome::Ack(v)) => {
+                                let clusters: Vec<pb::Cluster> = receiver.state().values().cloned().collect();
+                                match shared.apply(&clusters, v) {
+                                    Ok(()) => {
+                                        metrics.config_updates.inc();
+                                        status.send_modify(|s| {
+                                            s.config_version = v;
+                                            s.has_config = true;
+                                            s.last_nack = None;
+                                        });
+                                        tracing::debug!(version = v, services = clusters.len(), "config applied");
+                                        proxy_message::Msg::Ack(pb::Ack { version: v })
+                                    }
+                                    Err(why) => {
+                                        receiver = before;
+                                        metrics.config_rejected.inc();
+                                        proxy_message::Msg::Nack(pb::Nack { version: v, reason: why })
+                                    }
+                                }
+                            }
+                            Some(Outcome::Nack(v, why)) => {
+                                receiver = before;
+                                metrics.config_rejected.inc();
+                                tracing::warn!(version = v, reason = %why, "refused config");
+                                status.send_modify(|s| s.last_nack = Some(why.clone()));
+                                proxy_message::Msg::Nack(pb::Nack { version: v, reason: why })
+                            }
+                            None => continue,
+                        };
+                        tx.send(pb::ProxyMessage { msg: Some(reply) }).await?;
+                    }
+                    None => {}
+                }
+            }
+            _ = async { tokio::time::sleep_until(renew_at.unwrap()).await }, if renew_at.is_some() => {
+                key = pki::new_key_and_csr(&opts.registration.service)?;
+                renew_at = None;
+                tracing::info!("renewing the workload certificate");
+                tx.send(pb::ProxyMessage {
+                    msg: Some(proxy_message::Msg::Csr(pb::CertificateRequest { csr_pem: key.csr_pem.clone() })),
+                }).await?;
+            }
+            _ = shutdown.changed() => {
+                // Dropping the sender ends our half of the stream cleanly;
+                // the zone-cp deregisters us at once.
+                drop(tx);
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Ok(Some(_)) = inbound.message().await {}
+                }).await;
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Prometheus metrics, one registry with the `tern_proxy` prefix.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirLabel {
+    pub direction: Direction,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReqLabel {
+    pub direction: Direction,
+    /// Status class: 2xx, 4xx, 5xx...
+    pub status: u16,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub requests: Family<ReqLabel, Counter>,
+    pub latency: Family<DirLabel, Histogram>,
+    pub connections_open: Family<DirLabel, Gauge>,
+    pub connections: Family<DirLabel, Counter>,
+    pub tls_failures: Family<DirLabel, Counter>,
+    pub retries: Counter,
+    pub upstream_connect_errors: Counter,
+    pub config_updates: Counter,
+    pub config_rejected: Counter,
+}
+
+impl Metrics {
+    pub fn new(reg: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18))),
+            connections_open: Family::default(),
+            connections: Family::default(),
+            tls_failures: Family::default(),
+            retries: Counter::default(),
+            upstream_connect_errors: Counter::default(),
+            config_updates: Counter::default(),
+            config_rejected: Counter::default(),
+        };
+        reg.register("requests", "HTTP requests by direction and status class", m.requests.clone());
+        reg.register(
+            "request_duration_seconds",
+            "Time to response headers",
+            m.latency.clone(),
+        );
+        reg.register("connections_open", "Open connections", m.connections_open.clone());
+        reg.register("connections", "Accepted connections", m.connections.clone());
+        reg.register("tls_handshake_failures", "Failed mTLS handshakes", m.tls_failures.clone());
+        reg.register("retries", "Requests retried on another endpoint", m.retries.clone());
+        reg.register("upstream_connect_errors", "Failed connections to endpoints", m.upstream_connect_errors.clone());
+        reg.register("config_updates", "Config versions applied", m.config_updates.clone());
+        reg.register("config_rejected", "Config versions refused (NACK)", m.config_rejected.clone());
+        m
+    }
+
+    pub fn observe(&self, direction: Direction, status: u16, secs: f64) {
+        self.requests
+            .get_or_create(&ReqLabel {
+                direction,
+                status: status / 100 * 100,
+            })
+            .inc();
+        self.latency.get_or_create(&DirLabel { direction }).observe(secs);
+    }
+}

@@ -1,0 +1,586 @@
+//! The data path: outbound (app -> mesh) and inbound (mesh -> app).
+//!
+//! Outbound: the app sends plain HTTP (or TCP) to a local listener. HTTP is
+//! routed by the listener's fixed service, or by the `Host` header on the
+//! shared listener; then carried over mTLS as HTTP/2 to a destination
+//! sidecar picked round-robin among healthy endpoints, on a pooled,
+//! multiplexed connection. A request that failed to connect is retried on
+//! another endpoint; an idempotent bodyless request is retried on any error.
+//!
+//! Inbound: mTLS only. The caller must chain to the mesh root; its SPIFFE ID
+//! is passed to the app in `x-tern-client-id`. ALPN picks HTTP/2 or opaque
+//! TCP (`tern/tcp`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::ident::SpiffeId;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{client::TlsStream, TlsAcceptor, TlsConnector};
+
+use crate::metrics::{DirLabel, Direction, Metrics};
+use crate::state::{Protocol, Shared, ALPN_TCP};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+pub const CLIENT_ID_HEADER: &str = "x-tern-client-id";
+const EJECT_FOR: Duration = Duration::from_secs(5);
+const MAX_ATTEMPTS: usize = 3;
+
+fn empty() -> Body {
+    Empty::new().map_err(|n| match n {}).boxed()
+}
+
+fn error_response(status: StatusCode, msg: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(msg + "\n")).map_err(|n| match n {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("x-tern-error", HeaderValue::from_static("proxy"));
+    r
+}
+
+/// Hop-by-hop headers are per connection and never forwarded.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h.get(header::CONNECTION).cloned() {
+        if let Ok(s) = conn.to_str() {
+            for name in s.split(',') {
+                if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                    h.remove(n);
+                }
+            }
+        }
+    }
+    for n in [
+        header::CONNECTION,
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::TRAILER,
+    ] {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+}
+
+// ---------------------------------------------------------------------------
+// Mesh connector: TCP + mTLS to a destination sidecar, checking its identity.
+// ---------------------------------------------------------------------------
+
+pub struct MeshConn {
+    io: TokioIo<TlsStream<TcpStream>>,
+    h2: bool,
+}
+
+impl Connection for MeshConn {
+    fn connected(&self) -> Connected {
+        let c = Connected::new();
+        if self.h2 {
+            c.negotiated_h2()
+        } else {
+            c
+        }
+    }
+}
+
+impl hyper::rt::Read for MeshConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for MeshConn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[derive(Clone)]
+pub struct MeshConnector {
+    shared: Arc<Shared>,
+    metrics: Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no workload certificate yet; the proxy fails closed until it has one")]
+    NoCertificate,
+    #[error("endpoint {0} is not in the current config")]
+    UnknownEndpoint(String),
+    #[error("connect to {addr}: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+    #[error("TLS config: {0}")]
+    Tls(String),
+}
+
+/// Open an mTLS connection to `addr`, requiring `expect`.
+pub async fn connect_mesh(
+    shared: &Shared,
+    addr: SocketAddr,
+    expect: &SpiffeId,
+    tcp: bool,
+) -> Result<(TlsStream<TcpStream>, bool), ConnectError> {
+    let tls = shared.tls.load_full().ok_or(ConnectError::NoCertificate)?;
+    let cfg = tls.client_for(expect, tcp).map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let tcp_stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Io {
+            addr,
+            source: io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+        })?
+        .map_err(|source| ConnectError::Io { addr, source })?;
+    let _ = tcp_stream.set_nodelay(true);
+    let stream = TlsConnector::from(cfg)
+        .connect(common::tls::sni(), tcp_stream)
+        .await
+        .map_err(|source| ConnectError::Io { addr, source })?;
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(common::tls::ALPN_H2);
+    Ok((stream, h2))
+}
+
+impl tower::Service<Uri> for MeshConnector {
+    type Response = MeshConn;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<MeshConn, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let shared = self.shared.clone();
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let auth = uri.authority().map(|a| a.as_str()).unwrap_or("");
+            let addr: SocketAddr = auth
+                .parse()
+                .map_err(|_| ConnectError::UnknownEndpoint(auth.to_string()))?;
+            let expect = shared
+                .identities
+                .load()
+                .get(&addr)
+                .cloned()
+                .ok_or_else(|| ConnectError::UnknownEndpoint(auth.to_string()))?;
+            match connect_mesh(&shared, addr, &expect, false).await {
+                Ok((io, h2)) => Ok(MeshConn {
+                    io: TokioIo::new(io),
+                    h2,
+                }),
+                Err(e) => {
+                    metrics.upstream_connect_errors.inc();
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The proxy
+// ---------------------------------------------------------------------------
+
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    pub metrics: Metrics,
+    upstream: Client<MeshConnector, Body>,
+    app: Client<HttpConnector, Body>,
+    app_addr: Option<SocketAddr>,
+    app_protocol: Protocol,
+}
+
+impl Proxy {
+    pub fn new(
+        shared: Arc<Shared>,
+        metrics: Metrics,
+        app_addr: Option<SocketAddr>,
+        app_protocol: Protocol,
+    ) -> Arc<Self> {
+        let connector = MeshConnector {
+            shared: shared.clone(),
+            metrics: metrics.clone(),
+        };
+        let upstream = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .http2_keep_alive_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(3)));
+        let app = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .http2_only(app_protocol == Protocol::Http2)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(http);
+        Arc::new(Self {
+            shared,
+            metrics,
+            upstream,
+            app,
+            app_addr,
+            app_protocol,
+        })
+    }
+
+    // ----- outbound -----
+
+    /// Serve an outbound listener. `service` fixes the destination; `None`
+    /// routes HTTP by Host header.
+    pub async fn serve_outbound(self: Arc<Self>, listener: TcpListener, service: Option<Arc<str>>, protocol: Protocol) {
+        loop {
+            let (tcp, _) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let me = self.clone();
+            let service = service.clone();
+            tokio::spawn(async move {
+                let dir = DirLabel { direction: Direction::Outbound };
+                me.metrics.connections.get_or_create(&dir).inc();
+                me.metrics.connections_open.get_or_create(&dir).inc();
+                if protocol == Protocol::Tcp {
+                    if let Some(s) = service {
+                        me.outbound_tcp(tcp, &s).await;
+                    }
+                } else {
+                    let svc = {
+                        let me = me.clone();
+                        hyper::service::service_fn(move |req| {
+                            let me = me.clone();
+                            let service = service.clone();
+                            async move { Ok::<_, Infallible>(me.outbound_http(service, req).await) }
+                        })
+                    };
+                    let _ = server_builder().serve_connection(TokioIo::new(tcp), svc).await;
+                }
+                me.metrics.connections_open.get_or_create(&dir).dec();
+            });
+        }
+    }
+
+    async fn outbound_tcp(&self, mut client: TcpStream, service: &str) {
+        let cluster = self.shared.clusters.load().by_service.get(service).cloned();
+        let Some(cluster) = cluster else {
+            tracing::info!(service, "TCP: no such service");
+            return;
+        };
+        let mut tried = Vec::new();
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(ep) = cluster.pick(&tried) else { break };
+            tried.push(ep.addr);
+            match connect_mesh(&self.shared, ep.addr, &ep.identity, true).await {
+                Ok((mut up, _)) => {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                    return;
+                }
+                Err(e) => {
+                    self.metrics.upstream_connect_errors.inc();
+                    ep.eject(EJECT_FOR);
+                    tracing::info!(service, endpoint = %ep.addr, error = %e, "TCP connect failed; trying another endpoint");
+                }
+            }
+        }
+    }
+
+    pub async fn outbound_http(&self, fixed: Option<Arc<str>>, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let resp = self.route_outbound(fixed, req).await;
+        self.metrics
+            .observe(Direction::Outbound, resp.status().as_u16(), start.elapsed().as_secs_f64());
+        resp
+    }
+
+    async fn route_outbound(&self, fixed: Option<Arc<str>>, req: Request<Incoming>) -> Response<Body> {
+        let service: String = match &fixed {
+            Some(s) => s.to_string(),
+            None => match host_service(&req) {
+                Some(s) => s,
+                None => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "no Host header: name the destination service in Host".into(),
+                    )
+                }
+            },
+        };
+        let clusters = self.shared.clusters.load();
+        let Some(cluster) = clusters.by_service.get(&service).cloned() else {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unknown service {service:?}: it has no endpoints in this proxy's config"),
+            );
+        };
+        drop(clusters);
+        if self.shared.tls.load().is_none() {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no workload certificate yet; the proxy fails closed until it has one".into(),
+            );
+        }
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(CLIENT_ID_HEADER);
+        let idempotent = matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        );
+        let bodyless = body.is_end_stream();
+        let mut body = Some(body.boxed());
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let mut tried = Vec::new();
+        let mut last_err = String::new();
+        for attempt in 0..MAX_ATTEMPTS {
+            let Some(ep) = cluster.pick(&tried) else { break };
+            tried.push(ep.addr);
+            let b = match body.take() {
+                Some(b) => b,
+                None if bodyless => empty(),
+                None => break,
+            };
+            if attempt > 0 {
+                self.metrics.retries.inc();
+            }
+            let mut r = Request::new(b);
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = format!("http://{}{}", ep.addr, path).parse().expect("valid uri");
+            *r.headers_mut() = parts.headers.clone();
+            *r.version_mut() = Version::HTTP_2;
+            match self.upstream.request(r).await {
+                Ok(resp) => return resp.map(|b| b.boxed()),
+                Err(e) => {
+                    let connect = e.is_connect();
+                    if connect {
+                        ep.eject(EJECT_FOR);
+                    }
+                    last_err = format!("{}: {}", ep.addr, error_chain(&e));
+                    tracing::debug!(service, endpoint = %ep.addr, error = %last_err, "upstream request failed");
+                    // A failed connect sent nothing, so it is always safe to
+                    // retry; otherwise only idempotent requests with no body.
+                    if !(connect || (idempotent && bodyless)) {
+                        break;
+                    }
+                }
+            }
+        }
+        error_response(
+            StatusCode::BAD_GATEWAY,
+            format!("service {service}: no endpoint answered ({last_err})"),
+        )
+    }
+
+    // ----- inbound -----
+
+    pub async fn serve_inbound(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let me = self.clone();
+            tokio::spawn(async move {
+                let dir = DirLabel { direction: Direction::Inbound };
+                me.metrics.connections.get_or_create(&dir).inc();
+                me.metrics.connections_open.get_or_create(&dir).inc();
+                me.inbound_conn(tcp, remote).await;
+                me.metrics.connections_open.get_or_create(&dir).dec();
+            });
+        }
+    }
+
+    async fn inbound_conn(self: &Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
+        let dir = DirLabel { direction: Direction::Inbound };
+        // Fail closed: no certificate, no service.
+        let Some(tls) = self.shared.tls.load_full() else {
+            self.metrics.tls_failures.get_or_create(&dir).inc();
+            return;
+        };
+        let stream = match tokio::time::timeout(
+            Duration::from_secs(10),
+            TlsAcceptor::from(tls.server.clone()).accept(tcp),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.metrics.tls_failures.get_or_create(&dir).inc();
+                tracing::info!(%remote, error = %e, "inbound TLS refused");
+                return;
+            }
+            Err(_) => {
+                self.metrics.tls_failures.get_or_create(&dir).inc();
+                return;
+            }
+        };
+        let (_, conn) = stream.get_ref();
+        let Some(peer) = common::tls::peer_identity(conn.peer_certificates()) else {
+            return;
+        };
+        let tcp_mode = conn.alpn_protocol() == Some(ALPN_TCP);
+        let Some(app) = self.app_addr else {
+            tracing::info!(%remote, "inbound connection, but this proxy has no local app");
+            return;
+        };
+        if tcp_mode {
+            let mut stream = stream;
+            match TcpStream::connect(app).await {
+                Ok(mut up) => {
+                    let _ = up.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
+                }
+                Err(e) => tracing::warn!(%app, error = %e, "local app refused the connection"),
+            }
+            return;
+        }
+        let peer: HeaderValue = match HeaderValue::from_str(peer.as_str()) {
+            Ok(v) => v,
+            Err(_) => return,
+        };
+        let me = self.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let me = me.clone();
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(me.inbound_http(app, peer, req).await) }
+        });
+        let _ = server_builder().serve_connection(TokioIo::new(stream), svc).await;
+    }
+
+    async fn inbound_http(&self, app: SocketAddr, peer: HeaderValue, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(CLIENT_ID_HEADER, peer);
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        parts.uri = format!("http://{app}{path}").parse().expect("valid uri");
+        parts.version = if self.app_protocol == Protocol::Http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let req = Request::from_parts(parts, body.boxed());
+        let resp = match self.app.request(req).await {
+            Ok(r) => r.map(|b| b.boxed()),
+            Err(e) => error_response(StatusCode::BAD_GATEWAY, format!("local app at {app}: {}", error_chain(&e))),
+        };
+        self.metrics
+            .observe(Direction::Inbound, resp.status().as_u16(), start.elapsed().as_secs_f64());
+        resp
+    }
+}
+
+fn server_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1().timer(TokioTimer::new());
+    b.http2().timer(TokioTimer::new());
+    b
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The destination service named by Host or :authority: `web`,
+/// `web:8080` and `web.mesh` all mean `web`.
+pub fn host_service<B>(req: &Request<B>) -> Option<String> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    let host = host.strip_suffix(".mesh").unwrap_or(host);
+    if host.is_empty() {
+        None
+    } else {
+        Some(host.to_ascii_lowercase())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_routing() {
+        let r = |h: &str| Request::builder().header("host", h).body(()).unwrap();
+        assert_eq!(host_service(&r("web")).as_deref(), Some("web"));
+        assert_eq!(host_service(&r("web:8080")).as_deref(), Some("web"));
+        assert_eq!(host_service(&r("Web.mesh")).as_deref(), Some("web"));
+        let r2 = Request::builder().uri("http://api:80/x").body(()).unwrap();
+        assert_eq!(host_service(&r2).as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "x-custom, keep-alive".parse().unwrap());
+        h.insert("x-custom", "1".parse().unwrap());
+        h.insert("keep-alive", "5".parse().unwrap());
+        h.insert("x-app", "kept".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-app"));
+    }
+}

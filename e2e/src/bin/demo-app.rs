@@ -1,0 +1,68 @@
+//! Demo service: answers HTTP/1.1 and h2c with a JSON description of who
+//! served the request and who called (`x-tern-client-id`), or echoes TCP.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    #[arg(long, default_value = "demo")]
+    name: String,
+    #[arg(long, default_value = "")]
+    zone: String,
+    /// Echo raw TCP instead of serving HTTP.
+    #[arg(long)]
+    tcp_echo: bool,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let who = Arc::new((args.name, args.zone, args.listen.to_string()));
+    loop {
+        let (mut tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        if args.tcp_echo {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+            continue;
+        }
+        let who = who.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let who = who.clone();
+                async move {
+                    let client = req
+                        .headers()
+                        .get("x-tern-client-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let method = req.method().to_string();
+                    let path = req.uri().path().to_string();
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let v = serde_json::json!({
+                        "service": who.0, "zone": who.1, "instance": who.2,
+                        "clientId": client, "method": method, "path": path,
+                        "bodyBytes": body.len(),
+                    });
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(v.to_string() + "\n"))))
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}

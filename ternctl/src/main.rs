@@ -1,0 +1,425 @@
+//! ternctl: the Tern command-line client. Talks to the global control
+//! plane's admin API.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use common::resource::{self, Resource};
+use http_body_util::{BodyExt, Full};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "ternctl", version, about = "Manage a Tern mesh")]
+struct Cli {
+    /// Admin API of the global control plane, e.g. http://127.0.0.1:5681.
+    #[arg(long, env = "TERN_SERVER", global = true)]
+    server: Option<String>,
+    /// Admin token (default: from the config file).
+    #[arg(long, env = "TERN_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Config file with {"server": ..., "token": ...}; the global writes one
+    /// to <data-dir>/ternctl.json. Default: ~/.tern/config.json.
+    #[arg(long, env = "TERN_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create or update resources from files, folders or stdin (`-f -`).
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// List resources of a kind, or show one.
+    Get {
+        /// mesh(es), zone(s), revocation(s) or tokens.
+        kind: String,
+        name: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Delete a resource.
+    Delete { kind: String, name: String },
+    /// Issue tokens.
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+    /// Revoke a token by its id (or give the whole token).
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Inspect runtime state.
+    Inspect {
+        #[command(subcommand)]
+        what: Inspect,
+    },
+    /// Save a config file (e.g. <data-dir>/ternctl.json) as the default.
+    UseConfig { path: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// A token a zone control plane joins with.
+    ZoneToken {
+        #[arg(long)]
+        zone: String,
+        /// e.g. 1h, 24h (default), 7d; at most 30d.
+        #[arg(long)]
+        valid_for: Option<String>,
+    },
+    /// A token a sidecar registers with, scoped to a zone and service.
+    DataplaneToken {
+        #[arg(long)]
+        zone: String,
+        #[arg(long)]
+        service: String,
+        /// Default 90d, at most 365d.
+        #[arg(long)]
+        valid_for: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Inspect {
+    /// Zones: online, last seen, versions, NACKs, proxies.
+    Zones {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Deserialize)]
+struct FileConfig {
+    server: String,
+    token: String,
+}
+
+struct Api {
+    server: String,
+    token: String,
+    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+fn default_config_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".tern/config.json"))
+}
+
+impl Api {
+    fn new(cli: &Cli) -> anyhow::Result<Self> {
+        let path = cli.config.clone().or_else(default_config_path);
+        let file: Option<FileConfig> = match &path {
+            Some(p) if p.exists() => Some(
+                serde_json::from_slice(&std::fs::read(p).with_context(|| format!("read {}", p.display()))?)
+                    .with_context(|| format!("{} is not a ternctl config", p.display()))?,
+            ),
+            Some(p) if cli.config.is_some() => bail!("config file {} does not exist", p.display()),
+            _ => None,
+        };
+        let server = cli
+            .server
+            .clone()
+            .or_else(|| file.as_ref().map(|f| f.server.clone()))
+            .unwrap_or_else(|| "http://127.0.0.1:5681".into());
+        let token = cli
+            .token
+            .clone()
+            .or_else(|| file.as_ref().map(|f| f.token.clone()))
+            .context(
+                "no admin token: set TERN_CONFIG to the global's <data-dir>/ternctl.json, \
+                 run `ternctl use-config <data-dir>/ternctl.json`, or pass --token",
+            )?;
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+        Ok(Self {
+            server: server.trim_end_matches('/').to_string(),
+            token,
+            client,
+        })
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
+        let url = format!("{}{}", self.server, path);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("authorization", format!("Bearer {}", self.token));
+        let bytes = match body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                Bytes::from(serde_json::to_vec(b)?)
+            }
+            None => Bytes::new(),
+        };
+        let resp = self
+            .client
+            .request(req.body(Full::new(bytes))?)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the global control plane at {}: {e:?}; is it running? (--server / TERN_CONFIG)", self.server))?;
+        let status = resp.status().as_u16();
+        let b = resp.into_body().collect().await?.to_bytes();
+        let v = serde_json::from_slice(&b).unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&b) }));
+        Ok((status, v))
+    }
+
+    async fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let (status, v) = self.call(method, path, body).await?;
+        if status >= 400 {
+            bail!("{}", v.get("error").and_then(Value::as_str).unwrap_or("request failed"));
+        }
+        Ok(v)
+    }
+}
+
+/// Files given to apply: each file, each *.yaml/*.yml/*.json in a folder
+/// (sorted), or stdin for `-`.
+fn read_sources(args: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for a in args {
+        if a == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("read stdin")?;
+            out.push(("<stdin>".to_string(), s));
+            continue;
+        }
+        let p = Path::new(a);
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("read folder {a}"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+                .collect();
+            entries.sort();
+            for e in entries {
+                let text = std::fs::read_to_string(&e).with_context(|| format!("read {}", e.display()))?;
+                out.push((e.display().to_string(), text));
+            }
+        } else {
+            let text = std::fs::read_to_string(p).with_context(|| format!("read {a}"))?;
+            out.push((a.clone(), text));
+        }
+    }
+    Ok(out)
+}
+
+fn plural(kind: &str) -> anyhow::Result<&'static str> {
+    resource::kind_info(kind)
+        .map(|k| k.plural)
+        .with_context(|| format!("unknown kind {kind:?}; known kinds: {}, and tokens", resource::known_kinds()))
+}
+
+fn print_value(v: &Value, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        _ => print!("{}", serde_yaml::to_string(v)?),
+    }
+    Ok(())
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<width$}", c, width = w[i])).collect();
+        println!("{}", s.join("   ").trim_end());
+    };
+    line(headers.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn s(v: &Value, p: &str) -> String {
+    match v.pointer(p) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Cmd::UseConfig { path } = &cli.cmd {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let _: FileConfig = serde_json::from_str(&text).with_context(|| format!("{} is not a ternctl config", path.display()))?;
+        let dest = default_config_path().context("HOME is not set")?;
+        std::fs::create_dir_all(dest.parent().unwrap())?;
+        std::fs::write(&dest, text)?;
+        println!("ternctl now uses {}", dest.display());
+        return Ok(());
+    }
+    if let Cmd::Apply { files } = &cli.cmd {
+        // Validate everything locally before sending anything.
+        let mut docs: Vec<(String, usize, Resource)> = Vec::new();
+        let mut errors = Vec::new();
+        for (name, text) in read_sources(files)? {
+            match resource::parse_documents(&name, &text) {
+                Ok(rs) => docs.extend(rs.into_iter().enumerate().map(|(i, r)| (name.clone(), i + 1, r))),
+                Err(es) => errors.extend(es),
+            }
+        }
+        if !errors.is_empty() {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            bail!("{} invalid document(s); nothing was applied", errors.len());
+        }
+        if docs.is_empty() {
+            bail!("no resources found in {}", files.join(", "));
+        }
+        let api = Api::new(&cli)?;
+        let mut failed = 0;
+        for (file, _, r) in docs {
+            let info = resource::kind_info(&r.kind).expect("validated");
+            let path = format!("/api/v1/{}/{}", info.plural, r.metadata.name);
+            let (status, v) = api.call("PUT", &path, Some(&serde_json::to_value(&r)?)).await?;
+            let what = format!("{}/{}", r.kind.to_lowercase(), r.metadata.name);
+            match status {
+                201 => println!("{what} created"),
+                200 => println!("{what} applied (version {})", s(&v, "/metadata/resourceVersion")),
+                _ => {
+                    failed += 1;
+                    eprintln!("error: {file}: {what}: {}", v.get("error").and_then(Value::as_str).unwrap_or("failed"));
+                }
+            }
+        }
+        if failed > 0 {
+            bail!("{failed} resource(s) were not applied");
+        }
+        return Ok(());
+    }
+    let api = Api::new(&cli)?;
+    match cli.cmd {
+        Cmd::Apply { .. } | Cmd::UseConfig { .. } => unreachable!(),
+        Cmd::Get { kind, name, output } if kind == "tokens" || kind == "token" => {
+            let v = api.ok("GET", "/api/v1/tokens", None).await?;
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            let items: Vec<Value> = items.into_iter().filter(|t| name.as_ref().is_none_or(|n| t["id"] == *n)).collect();
+            if output != Output::Table {
+                return print_value(&json!(items), output);
+            }
+            table(
+                &["ID", "KIND", "ZONE", "SERVICE", "EXPIRES", "STATE"],
+                items
+                    .iter()
+                    .map(|t| {
+                        let state = if t["revoked"] == true { "revoked" } else if t["expired"] == true { "expired" } else { "valid" };
+                        vec![s(t, "/id"), s(t, "/kind"), s(t, "/zone"), s(t, "/service"), s(t, "/expiresAt"), state.into()]
+                    })
+                    .collect(),
+            );
+        }
+        Cmd::Get { kind, name, output } => {
+            let p = plural(&kind)?;
+            let items: Vec<Value> = match &name {
+                Some(n) => vec![api.ok("GET", &format!("/api/v1/{p}/{n}"), None).await?],
+                None => api.ok("GET", &format!("/api/v1/{p}"), None).await?["items"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            if output != Output::Table {
+                let v = if name.is_some() { items[0].clone() } else { json!({ "items": items }) };
+                return print_value(&v, output);
+            }
+            if items.is_empty() {
+                eprintln!("no {p} found");
+                return Ok(());
+            }
+            table(
+                &["NAME", "VERSION", "UPDATED", "SPEC"],
+                items
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            s(r, "/metadata/name"),
+                            s(r, "/metadata/resourceVersion"),
+                            s(r, "/metadata/updateTimestamp"),
+                            r.get("spec").map(|x| x.to_string()).unwrap_or_default(),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        Cmd::Delete { kind, name } => {
+            let p = plural(&kind)?;
+            api.ok("DELETE", &format!("/api/v1/{p}/{name}"), None).await?;
+            println!("{}/{name} deleted", kind.to_lowercase());
+        }
+        Cmd::Generate { what } => {
+            let body = match what {
+                Generate::ZoneToken { zone, valid_for } => json!({ "kind": "zone", "zone": zone, "validFor": valid_for }),
+                Generate::DataplaneToken { zone, service, valid_for } => {
+                    json!({ "kind": "dataplane", "zone": zone, "service": service, "validFor": valid_for })
+                }
+            };
+            let v = api.ok("POST", "/api/v1/tokens", Some(&body)).await?;
+            eprintln!("token {} expires at {}", s(&v, "/id"), s(&v, "/expiresAt"));
+            println!("{}", s(&v, "/token"));
+        }
+        Cmd::Revoke { id, reason } => {
+            let id = match common::token::decode_unverified(&id) {
+                Ok(c) => c.jti,
+                Err(_) => id,
+            };
+            api.ok("POST", "/api/v1/revocations", Some(&json!({ "id": id, "reason": reason }))).await?;
+            println!("token {id} revoked");
+        }
+        Cmd::Inspect { what: Inspect::Zones { output } } => {
+            let v = api.ok("GET", "/api/v1/inspect/zones", None).await?;
+            if output != Output::Table {
+                return print_value(&v["items"], output);
+            }
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            table(
+                &["ZONE", "STATUS", "LAST SEEN", "ACKED/GLOBAL", "PROXIES", "SERVICES", "LAST NACK"],
+                items
+                    .iter()
+                    .map(|z| {
+                        let svcs = z["services"]
+                            .as_object()
+                            .map(|m| m.iter().map(|(k, v)| format!("{k}({v})")).collect::<Vec<_>>().join(","))
+                            .unwrap_or_default();
+                        vec![
+                            s(z, "/name"),
+                            if z["online"] == true { "online".into() } else { "offline".into() },
+                            s(z, "/lastSeen"),
+                            format!("{}/{}", s(z, "/ackedVersion"), s(z, "/globalVersion")),
+                            s(z, "/connectedProxies"),
+                            if svcs.is_empty() { "-".into() } else { svcs },
+                            s(z, "/lastNack"),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
