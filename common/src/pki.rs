@@ -39,9 +39,10 @@ impl Ca {
     pub fn new_root(trust_domain: &str, valid_for: Duration) -> Result<Self, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("Tern mesh root CA ({trust_domain})"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("Tern mesh root CA ({trust_domain})"),
+        );
         params
             .distinguished_name
             .push(DnType::OrganizationName, "Tern");
@@ -124,7 +125,9 @@ fn leaf_params(
     valid_for: Duration,
 ) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, id.as_str());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, id.as_str());
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
@@ -153,9 +156,10 @@ fn uri_san(id: &SpiffeId) -> Result<SanType, PkiError> {
 fn set_validity(params: &mut CertificateParams, valid_for: Duration) {
     let now = time::OffsetDateTime::now_utc();
     // Small backdating absorbs clock skew between components.
-    params.not_before = now - time::Duration::minutes(5).min(time::Duration::seconds(
-        (valid_for.as_secs() / 2).max(1) as i64,
-    ));
+    params.not_before = now
+        - time::Duration::minutes(5).min(time::Duration::seconds(
+            (valid_for.as_secs() / 2).max(1) as i64
+        ));
     params.not_after = now + time::Duration::seconds(valid_for.as_secs().max(1) as i64);
 }
 
@@ -168,7 +172,9 @@ pub struct KeyAndCsr {
 pub fn new_key_and_csr(common_name: &str) -> Result<KeyAndCsr, PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     let csr = params.serialize_request(&key)?;
     Ok(KeyAndCsr {
         key_pem: key.serialize_pem(),

@@ -142,9 +142,9 @@ pub const KINDS: &[KindInfo] = &[
 
 /// Find a kind by its name, plural or lowercase name (`Mesh`, `meshes`, `mesh`).
 pub fn kind_info(s: &str) -> Option<&'static KindInfo> {
-    KINDS.iter().find(|k| {
-        k.name == s || k.plural.eq_ignore_ascii_case(s) || k.name.eq_ignore_ascii_case(s)
-    })
+    KINDS
+        .iter()
+        .find(|k| k.name == s || k.plural.eq_ignore_ascii_case(s) || k.name.eq_ignore_ascii_case(s))
 }
 
 pub fn known_kinds() -> String {
@@ -231,7 +231,10 @@ pub fn validate(r: &Resource) -> Result<(), FieldError> {
 pub fn from_value(v: Value) -> Result<Resource, FieldError> {
     let r: Resource = serde_path_to_error::deserialize(v).map_err(|e| {
         let p = e.path().to_string();
-        FieldError::new(if p == "." { String::new() } else { p }, e.inner().to_string())
+        FieldError::new(
+            if p == "." { String::new() } else { p },
+            e.inner().to_string(),
+        )
     })?;
     validate(&r)?;
     Ok(r)
@@ -245,13 +248,14 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Resource>, Vec<Do
     let mut errors = Vec::new();
     for (idx, (start_line, chunk)) in split_documents(text).into_iter().enumerate() {
         let document = idx + 1;
-        let err = |line: Option<usize>, resource: Option<String>, error: FieldError| DocumentError {
-            file: source.to_string(),
-            document,
-            resource,
-            line,
-            error,
-        };
+        let err =
+            |line: Option<usize>, resource: Option<String>, error: FieldError| DocumentError {
+                file: source.to_string(),
+                document,
+                resource,
+                line,
+                error,
+            };
         if chunk.lines().all(|l| {
             let t = l.trim();
             t.is_empty() || t.starts_with('#')
@@ -264,14 +268,22 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Resource>, Vec<Do
                 let line = e.location().map(|l| start_line + l.line() - 1);
                 let msg = e.to_string();
                 let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-                errors.push(err(line, None, FieldError::new("", format!("invalid YAML: {msg}"))));
+                errors.push(err(
+                    line,
+                    None,
+                    FieldError::new("", format!("invalid YAML: {msg}")),
+                ));
                 continue;
             }
         };
         let json: Value = match serde_json::to_value(&yaml) {
             Ok(v) => v,
             Err(e) => {
-                errors.push(err(Some(start_line), None, FieldError::new("", e.to_string())));
+                errors.push(err(
+                    Some(start_line),
+                    None,
+                    FieldError::new("", e.to_string()),
+                ));
                 continue;
             }
         };
@@ -284,7 +296,10 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Resource>, Vec<Do
             errors.push(err(
                 Some(start_line),
                 None,
-                FieldError::new("", "a document must be a mapping with apiVersion, kind, metadata and spec"),
+                FieldError::new(
+                    "",
+                    "a document must be a mapping with apiVersion, kind, metadata and spec",
+                ),
             ));
             continue;
         }
@@ -474,7 +489,11 @@ mod tests {
         assert!(e.error.message.contains("workloadCertTTL"), "{e}");
         assert!(e.error.message.contains("workloadCertTtl"), "{e}");
         assert_eq!(e.line, Some(11));
-        assert!(e.to_string().starts_with("m.yaml:11: document 2 (Mesh/default)"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("m.yaml:11: document 2 (Mesh/default)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -497,8 +516,14 @@ mod tests {
         let e = &parse_documents("x", bad_yaml).unwrap_err()[0];
         assert!(e.error.message.starts_with("invalid YAML"), "{e}");
         let bad_api = "apiVersion: v1\nkind: Zone\nmetadata: {name: a}\n";
-        assert_eq!(parse_documents("x", bad_api).unwrap_err()[0].error.path, "apiVersion");
+        assert_eq!(
+            parse_documents("x", bad_api).unwrap_err()[0].error.path,
+            "apiVersion"
+        );
         let extra = "apiVersion: tern.dev/v1alpha1\nkind: Zone\nmetadata: {name: a}\nspec: {enabled: true, colour: red}\n";
-        assert!(parse_documents("x", extra).unwrap_err()[0].error.message.contains("colour"));
+        assert!(parse_documents("x", extra).unwrap_err()[0]
+            .error
+            .message
+            .contains("colour"));
     }
 }

@@ -93,7 +93,9 @@ impl Admin {
     fn authorized(&self, headers: &HeaderMap) -> bool {
         match &self.token {
             None => true,
-            Some(t) => bearer(headers).is_some_and(|b| constant_time_eq(b.as_bytes(), t.as_bytes())),
+            Some(t) => {
+                bearer(headers).is_some_and(|b| constant_time_eq(b.as_bytes(), t.as_bytes()))
+            }
         }
     }
 }
@@ -124,7 +126,10 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn ready(State(a): State<Admin>) -> impl IntoResponse {
     match (a.ready)() {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 
@@ -132,7 +137,11 @@ async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
     let mut out = String::new();
     let reg = a.registry.lock().unwrap_or_else(|e| e.into_inner());
     if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {
-        return (StatusCode::INTERNAL_SERVER_ERROR, HeaderMap::new(), String::new());
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            HeaderMap::new(),
+            String::new(),
+        );
     }
     let mut h = HeaderMap::new();
     h.insert(
@@ -153,14 +162,20 @@ async fn config_dump(State(a): State<Admin>, headers: HeaderMap) -> axum::respon
 
 async fn log_level(State(a): State<Admin>, headers: HeaderMap, body: String) -> impl IntoResponse {
     if !a.authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n".to_string());
+        return (
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token\n".to_string(),
+        );
     }
     let Some(h) = &a.log else {
         return (StatusCode::NOT_IMPLEMENTED, "no log handle\n".into());
     };
     match EnvFilter::try_new(body.trim()) {
         Ok(f) => match h.reload(f) {
-            Ok(()) => (StatusCode::OK, format!("log level set to {}\n", body.trim())),
+            Ok(()) => (
+                StatusCode::OK,
+                format!("log level set to {}\n", body.trim()),
+            ),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         },
         Err(e) => (

@@ -162,10 +162,7 @@ fn webpki_err(e: impl std::fmt::Display) -> TlsError {
 }
 
 /// A workload leaf under /zone/Z/ must be issued by zone Z's intermediate.
-fn check_zone_scope(
-    leaf: &SpiffeId,
-    intermediates: &[CertificateDer<'_>],
-) -> Result<(), TlsError> {
+fn check_zone_scope(leaf: &SpiffeId, intermediates: &[CertificateDer<'_>]) -> Result<(), TlsError> {
     let Some(leaf_zone) = leaf.zone_name() else {
         return Ok(());
     };

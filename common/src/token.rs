@@ -49,7 +49,9 @@ pub enum TokenError {
     Malformed(&'static str),
     #[error("token signature is invalid: the token was altered or was not issued by this mesh")]
     BadSignature,
-    #[error("token {jti} expired at {at}; generate a new one with `ternctl generate {kind}-token`")]
+    #[error(
+        "token {jti} expired at {at}; generate a new one with `ternctl generate {kind}-token`"
+    )]
     Expired {
         jti: String,
         at: String,

@@ -17,8 +17,8 @@ use proto::v1::proxy_discovery_client::ProxyDiscoveryClient;
 use proto::v1::{self as pb, proxy_message, zone_to_proxy};
 use tokio::sync::{mpsc, watch};
 
-use crate::state::Shared;
 use crate::metrics::Metrics;
+use crate::state::Shared;
 
 pub struct CpOptions {
     pub address: String,
@@ -98,7 +98,10 @@ async fn run_once(
     shutdown: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let claims = token::decode_unverified(&opts.token).context("the dataplane token")?;
-    let verifier = PinnedCaVerifier::new(&claims.ca, Expect::Exact(SpiffeId::zone_cp(&claims.td, &claims.zone)));
+    let verifier = PinnedCaVerifier::new(
+        &claims.ca,
+        Expect::Exact(SpiffeId::zone_cp(&claims.td, &claims.zone)),
+    );
     let cfg = tls::client_config(None, Arc::new(verifier), &[tls::ALPN_H2])?;
     let channel = common::grpc::tls_channel(opts.address.clone(), Arc::new(cfg));
     let mut client = ProxyDiscoveryClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
@@ -108,14 +111,22 @@ async fn run_once(
         msg: Some(proxy_message::Msg::Hello(pb::ProxyHello {
             token: opts.token.clone(),
             registration: Some(opts.registration.clone()),
-            csr: Some(pb::CertificateRequest { csr_pem: key.csr_pem.clone() }),
+            csr: Some(pb::CertificateRequest {
+                csr_pem: key.csr_pem.clone(),
+            }),
         })),
     })
     .await?;
     let mut inbound = client
         .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| anyhow::anyhow!("the zone control plane at {} refused: {}", opts.address, s.message()))?
+        .map_err(|s| {
+            anyhow::anyhow!(
+                "the zone control plane at {} refused: {}",
+                opts.address,
+                s.message()
+            )
+        })?
         .into_inner();
     status.send_modify(|s| {
         s.connected = true;

@@ -152,9 +152,9 @@ fn parse_outbound_port(s: &str) -> anyhow::Result<(SocketAddr, Option<String>, P
         Some(r) => (Protocol::Tcp, r),
         None => (Protocol::Http1, s),
     };
-    let (svc, addr) = rest
-        .split_once('=')
-        .with_context(|| format!("--outbound-port {s:?}: expected SERVICE=ADDR or tcp:SERVICE=ADDR"))?;
+    let (svc, addr) = rest.split_once('=').with_context(|| {
+        format!("--outbound-port {s:?}: expected SERVICE=ADDR or tcp:SERVICE=ADDR")
+    })?;
     let addr: SocketAddr = addr
         .parse()
         .with_context(|| format!("--outbound-port {s:?}: {addr:?} is not host:port"))?;
@@ -186,11 +186,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (status_tx, status_rx) = watch::channel(cp_client::CpStatus::default());
     let (shared, listeners, admin_addr, cp, standalone) = if let Some(path) = &cfg.bootstrap {
-        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        let b: Bootstrap = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
-        let ident = common::tls::Identity::from_pem(&read(&b.identity.cert)?, &read(&b.identity.key)?, &read(&b.identity.roots)?)
-            .with_context(|| format!("{}: identity", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let b: Bootstrap =
+            serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))
+        };
+        let ident = common::tls::Identity::from_pem(
+            &read(&b.identity.cert)?,
+            &read(&b.identity.key)?,
+            &read(&b.identity.roots)?,
+        )
+        .with_context(|| format!("{}: identity", path.display()))?;
         let shared = Arc::new(Shared::new(&b.trust_domain));
         shared.set_identity(ident)?;
         let clusters: Vec<pb::Cluster> = b
@@ -217,23 +225,42 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let mut outbound = Vec::new();
         for o in &b.outbound {
-            outbound.push((o.listen, o.service.clone(), Protocol::parse(&o.protocol).map_err(anyhow::Error::msg)?));
+            outbound.push((
+                o.listen,
+                o.service.clone(),
+                Protocol::parse(&o.protocol).map_err(anyhow::Error::msg)?,
+            ));
         }
         let inbound = match &b.inbound {
-            Some(i) => Some((i.listen, i.app, Protocol::parse(&i.protocol).map_err(anyhow::Error::msg)?)),
+            Some(i) => Some((
+                i.listen,
+                i.app,
+                Protocol::parse(&i.protocol).map_err(anyhow::Error::msg)?,
+            )),
             None => None,
         };
-        (shared, Listeners { inbound, outbound }, b.admin.unwrap_or(cfg.admin), None, true)
+        (
+            shared,
+            Listeners { inbound, outbound },
+            b.admin.unwrap_or(cfg.admin),
+            None,
+            true,
+        )
     } else {
-        let (Some(addr), Some(tf), Some(service)) = (&cfg.cp_address, &cfg.token_file, &cfg.service) else {
+        let (Some(addr), Some(tf), Some(service)) =
+            (&cfg.cp_address, &cfg.token_file, &cfg.service)
+        else {
             bail!("give --bootstrap FILE, or all of --cp-address, --token-file and --service");
         };
-        let token = std::fs::read_to_string(tf).with_context(|| format!("read token {}", tf.display()))?;
+        let token =
+            std::fs::read_to_string(tf).with_context(|| format!("read token {}", tf.display()))?;
         let claims = common::token::decode_unverified(&token).context("the dataplane token")?;
         let protocol = Protocol::parse(&cfg.protocol).map_err(anyhow::Error::msg)?;
         let mut labels = BTreeMap::new();
         for l in &cfg.labels {
-            let (k, v) = l.split_once('=').with_context(|| format!("--label {l:?}: expected key=value"))?;
+            let (k, v) = l
+                .split_once('=')
+                .with_context(|| format!("--label {l:?}: expected key=value"))?;
             labels.insert(k.to_string(), v.to_string());
         }
         let instance = cfg
@@ -252,7 +279,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         };
         let mut outbound = Vec::new();
         if !cfg.outbound.is_empty() {
-            outbound.push((cfg.outbound.parse().with_context(|| format!("--outbound {:?}", cfg.outbound))?, None, Protocol::Http1));
+            outbound.push((
+                cfg.outbound
+                    .parse()
+                    .with_context(|| format!("--outbound {:?}", cfg.outbound))?,
+                None,
+                Protocol::Http1,
+            ));
         }
         for o in &cfg.outbound_ports {
             outbound.push(parse_outbound_port(o)?);
@@ -269,7 +302,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             status_tx,
             shutdown_rx,
         );
-        (shared, Listeners { inbound, outbound }, cfg.admin, Some(cp), false)
+        (
+            shared,
+            Listeners { inbound, outbound },
+            cfg.admin,
+            Some(cp),
+            false,
+        )
     };
 
     let app_addr = listeners.inbound.map(|i| i.1);
@@ -288,7 +327,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         let l = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("bind outbound {listen}"))?;
-        tokio::spawn(proxy.clone().serve_outbound(l, service.map(Arc::from), protocol));
+        tokio::spawn(
+            proxy
+                .clone()
+                .serve_outbound(l, service.map(Arc::from), protocol),
+        );
     }
 
     let sh_ready = shared.clone();

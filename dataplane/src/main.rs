@@ -8,7 +8,9 @@ fn main() -> anyhow::Result<()> {
     }
     // One worker: a current-thread runtime, no work-stealing overhead.
     let rt = if cfg.workers == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(cfg.workers)

@@ -42,7 +42,9 @@ impl Metrics {
     pub fn new(reg: &mut Registry) -> Self {
         let m = Self {
             requests: Family::default(),
-            latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18))),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+            }),
             connections_open: Family::default(),
             connections: Family::default(),
             tls_failures: Family::default(),
@@ -51,19 +53,47 @@ impl Metrics {
             config_updates: Counter::default(),
             config_rejected: Counter::default(),
         };
-        reg.register("requests", "HTTP requests by direction and status class", m.requests.clone());
+        reg.register(
+            "requests",
+            "HTTP requests by direction and status class",
+            m.requests.clone(),
+        );
         reg.register(
             "request_duration_seconds",
             "Time to response headers",
             m.latency.clone(),
         );
-        reg.register("connections_open", "Open connections", m.connections_open.clone());
+        reg.register(
+            "connections_open",
+            "Open connections",
+            m.connections_open.clone(),
+        );
         reg.register("connections", "Accepted connections", m.connections.clone());
-        reg.register("tls_handshake_failures", "Failed mTLS handshakes", m.tls_failures.clone());
-        reg.register("retries", "Requests retried on another endpoint", m.retries.clone());
-        reg.register("upstream_connect_errors", "Failed connections to endpoints", m.upstream_connect_errors.clone());
-        reg.register("config_updates", "Config versions applied", m.config_updates.clone());
-        reg.register("config_rejected", "Config versions refused (NACK)", m.config_rejected.clone());
+        reg.register(
+            "tls_handshake_failures",
+            "Failed mTLS handshakes",
+            m.tls_failures.clone(),
+        );
+        reg.register(
+            "retries",
+            "Requests retried on another endpoint",
+            m.retries.clone(),
+        );
+        reg.register(
+            "upstream_connect_errors",
+            "Failed connections to endpoints",
+            m.upstream_connect_errors.clone(),
+        );
+        reg.register(
+            "config_updates",
+            "Config versions applied",
+            m.config_updates.clone(),
+        );
+        reg.register(
+            "config_rejected",
+            "Config versions refused (NACK)",
+            m.config_rejected.clone(),
+        );
         m
     }
 
@@ -74,6 +104,8 @@ impl Metrics {
                 status: status / 100 * 100,
             })
             .inc();
-        self.latency.get_or_create(&DirLabel { direction }).observe(secs);
+        self.latency
+            .get_or_create(&DirLabel { direction })
+            .observe(secs);
     }
 }

@@ -47,7 +47,11 @@ fn empty() -> Body {
 }
 
 fn error_response(status: StatusCode, msg: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(msg + "\n")).map_err(|n| match n {}).boxed());
+    let mut r = Response::new(
+        Full::new(Bytes::from(msg + "\n"))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
     *r.status_mut() = status;
     r.headers_mut()
         .insert("x-tern-error", HeaderValue::from_static("proxy"));
@@ -111,7 +115,11 @@ impl hyper::rt::Read for MeshConn {
 }
 
 impl hyper::rt::Write for MeshConn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -158,7 +166,9 @@ pub async fn connect_mesh(
     tcp: bool,
 ) -> Result<(TlsStream<TcpStream>, bool), ConnectError> {
     let tls = shared.tls.load_full().ok_or(ConnectError::NoCertificate)?;
-    let cfg = tls.client_for(expect, tcp).map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let cfg = tls
+        .client_for(expect, tcp)
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
     let tcp_stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::Io {
@@ -268,7 +278,12 @@ impl Proxy {
 
     /// Serve an outbound listener. `service` fixes the destination; `None`
     /// routes HTTP by Host header.
-    pub async fn serve_outbound(self: Arc<Self>, listener: TcpListener, service: Option<Arc<str>>, protocol: Protocol) {
+    pub async fn serve_outbound(
+        self: Arc<Self>,
+        listener: TcpListener,
+        service: Option<Arc<str>>,
+        protocol: Protocol,
+    ) {
         loop {
             let (tcp, _) = match listener.accept().await {
                 Ok(x) => x,
@@ -282,7 +297,9 @@ impl Proxy {
             let me = self.clone();
             let service = service.clone();
             tokio::spawn(async move {
-                let dir = DirLabel { direction: Direction::Outbound };
+                let dir = DirLabel {
+                    direction: Direction::Outbound,
+                };
                 me.metrics.connections.get_or_create(&dir).inc();
                 me.metrics.connections_open.get_or_create(&dir).inc();
                 if protocol == Protocol::Tcp {
@@ -298,7 +315,9 @@ impl Proxy {
                             async move { Ok::<_, Infallible>(me.outbound_http(service, req).await) }
                         })
                     };
-                    let _ = server_builder().serve_connection(TokioIo::new(tcp), svc).await;
+                    let _ = server_builder()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
                 }
                 me.metrics.connections_open.get_or_create(&dir).dec();
             });
@@ -313,7 +332,9 @@ impl Proxy {
         };
         let mut tried = Vec::new();
         for _ in 0..MAX_ATTEMPTS {
-            let Some(ep) = cluster.pick(&tried) else { break };
+            let Some(ep) = cluster.pick(&tried) else {
+                break;
+            };
             tried.push(ep.addr);
             match connect_mesh(&self.shared, ep.addr, &ep.identity, true).await {
                 Ok((mut up, _)) => {
@@ -329,15 +350,26 @@ impl Proxy {
         }
     }
 
-    pub async fn outbound_http(&self, fixed: Option<Arc<str>>, req: Request<Incoming>) -> Response<Body> {
+    pub async fn outbound_http(
+        &self,
+        fixed: Option<Arc<str>>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         let start = Instant::now();
         let resp = self.route_outbound(fixed, req).await;
-        self.metrics
-            .observe(Direction::Outbound, resp.status().as_u16(), start.elapsed().as_secs_f64());
+        self.metrics.observe(
+            Direction::Outbound,
+            resp.status().as_u16(),
+            start.elapsed().as_secs_f64(),
+        );
         resp
     }
 
-    async fn route_outbound(&self, fixed: Option<Arc<str>>, req: Request<Incoming>) -> Response<Body> {
+    async fn route_outbound(
+        &self,
+        fixed: Option<Arc<str>>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         let service: String = match &fixed {
             Some(s) => s.to_string(),
             None => match host_service(&req) {
@@ -369,7 +401,12 @@ impl Proxy {
         parts.headers.remove(CLIENT_ID_HEADER);
         let idempotent = matches!(
             parts.method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
         );
         let bodyless = body.is_end_stream();
         let mut body = Some(body.boxed());
@@ -381,7 +418,9 @@ impl Proxy {
         let mut tried = Vec::new();
         let mut last_err = String::new();
         for attempt in 0..MAX_ATTEMPTS {
-            let Some(ep) = cluster.pick(&tried) else { break };
+            let Some(ep) = cluster.pick(&tried) else {
+                break;
+            };
             tried.push(ep.addr);
             let b = match body.take() {
                 Some(b) => b,
@@ -393,7 +432,9 @@ impl Proxy {
             }
             let mut r = Request::new(b);
             *r.method_mut() = parts.method.clone();
-            *r.uri_mut() = format!("http://{}{}", ep.addr, path).parse().expect("valid uri");
+            *r.uri_mut() = format!("http://{}{}", ep.addr, path)
+                .parse()
+                .expect("valid uri");
             *r.headers_mut() = parts.headers.clone();
             *r.version_mut() = Version::HTTP_2;
             match self.upstream.request(r).await {
@@ -434,7 +475,9 @@ impl Proxy {
             let _ = tcp.set_nodelay(true);
             let me = self.clone();
             tokio::spawn(async move {
-                let dir = DirLabel { direction: Direction::Inbound };
+                let dir = DirLabel {
+                    direction: Direction::Inbound,
+                };
                 me.metrics.connections.get_or_create(&dir).inc();
                 me.metrics.connections_open.get_or_create(&dir).inc();
                 me.inbound_conn(tcp, remote).await;
@@ -444,7 +487,9 @@ impl Proxy {
     }
 
     async fn inbound_conn(self: &Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
-        let dir = DirLabel { direction: Direction::Inbound };
+        let dir = DirLabel {
+            direction: Direction::Inbound,
+        };
         // Fail closed: no certificate, no service.
         let Some(tls) = self.shared.tls.load_full() else {
             self.metrics.tls_failures.get_or_create(&dir).inc();
@@ -497,15 +542,26 @@ impl Proxy {
             let peer = peer.clone();
             async move { Ok::<_, Infallible>(me.inbound_http(app, peer, req).await) }
         });
-        let _ = server_builder().serve_connection(TokioIo::new(stream), svc).await;
+        let _ = server_builder()
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
     }
 
-    async fn inbound_http(&self, app: SocketAddr, peer: HeaderValue, req: Request<Incoming>) -> Response<Body> {
+    async fn inbound_http(
+        &self,
+        app: SocketAddr,
+        peer: HeaderValue,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(CLIENT_ID_HEADER, peer);
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         parts.uri = format!("http://{app}{path}").parse().expect("valid uri");
         parts.version = if self.app_protocol == Protocol::Http2 {
             Version::HTTP_2
@@ -515,10 +571,16 @@ impl Proxy {
         let req = Request::from_parts(parts, body.boxed());
         let resp = match self.app.request(req).await {
             Ok(r) => r.map(|b| b.boxed()),
-            Err(e) => error_response(StatusCode::BAD_GATEWAY, format!("local app at {app}: {}", error_chain(&e))),
+            Err(e) => error_response(
+                StatusCode::BAD_GATEWAY,
+                format!("local app at {app}: {}", error_chain(&e)),
+            ),
         };
-        self.metrics
-            .observe(Direction::Inbound, resp.status().as_u16(), start.elapsed().as_secs_f64());
+        self.metrics.observe(
+            Direction::Inbound,
+            resp.status().as_u16(),
+            start.elapsed().as_secs_f64(),
+        );
         resp
     }
 }

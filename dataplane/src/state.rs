@@ -29,7 +29,9 @@ impl Protocol {
             "http" | "http1" => Ok(Self::Http1),
             "http2" | "grpc" => Ok(Self::Http2),
             "tcp" => Ok(Self::Tcp),
-            other => Err(format!("unknown protocol {other:?}; use http, http2, grpc or tcp")),
+            other => Err(format!(
+                "unknown protocol {other:?}; use http, http2, grpc or tcp"
+            )),
         }
     }
 }
@@ -52,14 +54,23 @@ impl Tls {
     }
 
     /// Client config that presents our identity and requires `expect`.
-    pub fn client_for(&self, expect: &SpiffeId, tcp: bool) -> Result<Arc<ClientConfig>, tls::TlsConfigError> {
+    pub fn client_for(
+        &self,
+        expect: &SpiffeId,
+        tcp: bool,
+    ) -> Result<Arc<ClientConfig>, tls::TlsConfigError> {
         let mut g = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = g.get(&(expect.clone(), tcp)) {
             return Ok(c.clone());
         }
-        let verifier = SpiffeServerVerifier::new(self.ident.root_store(), Expect::Exact(expect.clone()));
+        let verifier =
+            SpiffeServerVerifier::new(self.ident.root_store(), Expect::Exact(expect.clone()));
         let alpn: &[&[u8]] = if tcp { &[ALPN_TCP] } else { &[tls::ALPN_H2] };
-        let c = Arc::new(tls::client_config(Some(&self.ident), Arc::new(verifier), alpn)?);
+        let c = Arc::new(tls::client_config(
+            Some(&self.ident),
+            Arc::new(verifier),
+            alpn,
+        )?);
         g.insert((expect.clone(), tcp), c.clone());
         Ok(c)
     }
@@ -112,7 +123,11 @@ impl Cluster {
             return None;
         }
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        let candidates = || (0..n).map(|i| &self.endpoints[(start + i) % n]).filter(|e| !tried.contains(&e.addr));
+        let candidates = || {
+            (0..n)
+                .map(|i| &self.endpoints[(start + i) % n])
+                .filter(|e| !tried.contains(&e.addr))
+        };
         candidates()
             .find(|e| !e.ejected())
             .or_else(|| candidates().next())
@@ -137,16 +152,21 @@ impl Clusters {
             .map(|e| ((e.addr, &e.identity), e))
             .collect();
         for c in cfg {
-            let protocol = Protocol::parse(&c.protocol).map_err(|e| format!("cluster {}: {e}", c.service))?;
+            let protocol =
+                Protocol::parse(&c.protocol).map_err(|e| format!("cluster {}: {e}", c.service))?;
             let mut endpoints = Vec::new();
             for e in c.endpoints.iter().filter(|e| e.healthy) {
-                let ip: std::net::IpAddr = e
-                    .address
-                    .parse()
-                    .map_err(|_| format!("cluster {}: bad endpoint address {:?}", c.service, e.address))?;
-                let port = u16::try_from(e.port).map_err(|_| format!("cluster {}: bad port {}", c.service, e.port))?;
+                let ip: std::net::IpAddr = e.address.parse().map_err(|_| {
+                    format!(
+                        "cluster {}: bad endpoint address {:?}",
+                        c.service, e.address
+                    )
+                })?;
+                let port = u16::try_from(e.port)
+                    .map_err(|_| format!("cluster {}: bad port {}", c.service, e.port))?;
                 let addr = SocketAddr::new(ip, port);
-                let identity = SpiffeId::parse(&e.identity).map_err(|x| format!("cluster {}: {x}", c.service))?;
+                let identity = SpiffeId::parse(&e.identity)
+                    .map_err(|x| format!("cluster {}: {x}", c.service))?;
                 let ep = match known.get(&(addr, &identity)) {
                     Some(old) => (*old).clone(),
                     None => Arc::new(Endpoint {
@@ -169,7 +189,10 @@ impl Clusters {
                 }),
             );
         }
-        Ok(Self { by_service, version })
+        Ok(Self {
+            by_service,
+            version,
+        })
     }
 
     /// Expected identity per endpoint address, for the connector.

@@ -49,7 +49,10 @@ pub fn init_credential(state: &State) -> anyhow::Result<String> {
         }
     };
     let cfg = json!({ "server": format!("http://{}", state.config.admin_addr), "token": token });
-    write_private(&dir.join("ternctl.json"), &serde_json::to_string_pretty(&cfg)?)?;
+    write_private(
+        &dir.join("ternctl.json"),
+        &serde_json::to_string_pretty(&cfg)?,
+    )?;
     Ok(token)
 }
 
@@ -107,7 +110,10 @@ pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyh
         .route("/api/v1/revocations", post(revoke))
         .route("/api/v1/inspect/zones", get(inspect_zones))
         .route("/api/v1/:plural", get(list))
-        .route("/api/v1/:plural/:name", get(get_one).put(put_one).delete(delete_one))
+        .route(
+            "/api/v1/:plural/:name",
+            get(get_one).put(put_one).delete(delete_one),
+        )
         .layer(axum::middleware::from_fn_with_state(api.clone(), auth))
         .with_state(api)
         .merge(admin.router());
@@ -147,7 +153,9 @@ fn field_err(status: StatusCode, e: &FieldError) -> Response {
 
 fn store_err(e: StoreError) -> Response {
     match e {
-        StoreError::Conflict { .. } | StoreError::Missing { .. } => err(StatusCode::CONFLICT, e.to_string()),
+        StoreError::Conflict { .. } | StoreError::Missing { .. } => {
+            err(StatusCode::CONFLICT, e.to_string())
+        }
         other => {
             tracing::error!(error = %other, "store failure");
             err(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
@@ -159,7 +167,10 @@ fn kind_of(plural: &str) -> Result<&'static resource::KindInfo, Response> {
     resource::kind_info(plural).ok_or_else(|| {
         err(
             StatusCode::NOT_FOUND,
-            format!("unknown kind {plural:?}; known kinds: {}", resource::known_kinds()),
+            format!(
+                "unknown kind {plural:?}; known kinds: {}",
+                resource::known_kinds()
+            ),
         )
     })
 }
@@ -178,14 +189,20 @@ async fn list(AxState(api): AxState<Api>, Path(plural): Path<String>) -> Respons
     }
 }
 
-async fn get_one(AxState(api): AxState<Api>, Path((plural, name)): Path<(String, String)>) -> Response {
+async fn get_one(
+    AxState(api): AxState<Api>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Response {
     let kind = match kind_of(&plural) {
         Ok(k) => k,
         Err(r) => return r,
     };
     match api.state.store.get(kind.name, &name) {
         Ok(Some(s)) => Json(s.resource).into_response(),
-        Ok(None) => err(StatusCode::NOT_FOUND, format!("{}/{name} not found", kind.name)),
+        Ok(None) => err(
+            StatusCode::NOT_FOUND,
+            format!("{}/{name} not found", kind.name),
+        ),
         Err(e) => store_err(e),
     }
 }
@@ -202,13 +219,20 @@ async fn put_one(
     if kind.system {
         return err(
             StatusCode::FORBIDDEN,
-            format!("{} resources are written by the control plane; use `ternctl revoke`", kind.name),
+            format!(
+                "{} resources are written by the control plane; use `ternctl revoke`",
+                kind.name
+            ),
         );
     }
     if body.len() > resource::MAX_RESOURCE_BYTES {
         return err(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("resource is {} bytes; the limit is {}", body.len(), resource::MAX_RESOURCE_BYTES),
+            format!(
+                "resource is {} bytes; the limit is {}",
+                body.len(),
+                resource::MAX_RESOURCE_BYTES
+            ),
         );
     }
     let value: Value = match serde_json::from_slice(&body) {
@@ -222,13 +246,20 @@ async fn put_one(
     if r.kind != kind.name || r.metadata.name != name {
         return err(
             StatusCode::BAD_REQUEST,
-            format!("body is {}/{}, but the path names {}/{name}", r.kind, r.metadata.name, kind.name),
+            format!(
+                "body is {}/{}, but the path names {}/{name}",
+                r.kind, r.metadata.name, kind.name
+            ),
         );
     }
     match api.state.store.put(r, &token::fmt_unix(token::now_unix())) {
         Ok((stored, created)) => {
             tracing::info!(resource = %stored.key(), version = ?stored.metadata.resource_version, created, "resource applied");
-            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             (status, Json(stored)).into_response()
         }
         Err(e) => store_err(e),
@@ -251,7 +282,10 @@ async fn delete_one(
         Err(r) => return r,
     };
     if kind.system {
-        return err(StatusCode::FORBIDDEN, format!("{} resources cannot be deleted", kind.name));
+        return err(
+            StatusCode::FORBIDDEN,
+            format!("{} resources cannot be deleted", kind.name),
+        );
     }
     let key = Key {
         kind: kind.name.into(),
@@ -294,14 +328,20 @@ async fn issue_token(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Res
         Some(Ok(_)) => {
             return err(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("validFor must be between 1s and {}", humantime::format_duration(max)),
+                format!(
+                    "validFor must be between 1s and {}",
+                    humantime::format_duration(max)
+                ),
             )
         }
         Some(Err(e)) => return err(StatusCode::UNPROCESSABLE_ENTITY, format!("validFor: {e}")),
     };
     let service = match (req.kind, req.service.as_deref()) {
         (TokenKind::Dataplane, None) => {
-            return err(StatusCode::UNPROCESSABLE_ENTITY, "a dataplane token needs a service")
+            return err(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "a dataplane token needs a service",
+            )
         }
         (TokenKind::Dataplane, Some(s)) => {
             if let Err(e) = resource::check_name("service", s) {
@@ -374,7 +414,10 @@ async fn revoke(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response
         Ok(_) => {
             return err(
                 StatusCode::NOT_FOUND,
-                format!("no token with id {:?} was issued by this mesh; `ternctl get tokens` lists them", req.id),
+                format!(
+                "no token with id {:?} was issued by this mesh; `ternctl get tokens` lists them",
+                req.id
+            ),
             )
         }
         Err(e) => return store_err(e),

@@ -14,7 +14,6 @@ use tokio::sync::watch;
 use crate::store::{Store, TokenRecord};
 use crate::Config;
 
-
 pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub const ZONE_CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 const SERVING_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -30,7 +29,8 @@ pub struct Authority {
 
 impl Authority {
     pub fn load_or_init(store: &Store, config: &Config) -> anyhow::Result<Self> {
-        let td = String::from_utf8(store.meta_init("trust_domain", config.trust_domain.as_bytes())?)?;
+        let td =
+            String::from_utf8(store.meta_init("trust_domain", config.trust_domain.as_bytes())?)?;
         if td != config.trust_domain {
             tracing::warn!(stored = %td, flag = %config.trust_domain,
                 "trust domain is fixed at first start; keeping the stored one");
@@ -119,5 +119,9 @@ fn issue_serving(root: &Ca, td: &str) -> anyhow::Result<Identity> {
     let leaf = root.sign_leaf(&kc.csr_pem, &id, &["localhost".into()], SERVING_VALIDITY)?;
     // The root travels in the chain so that a zone can match its pin.
     let chain = format!("{leaf}{}", root.cert_pem());
-    Ok(tls::Identity::from_pem(&chain, &kc.key_pem, root.cert_pem())?)
+    Ok(tls::Identity::from_pem(
+        &chain,
+        &kc.key_pem,
+        root.cert_pem(),
+    )?)
 }

@@ -6,6 +6,8 @@
 //! their zone identity. Operators use the authenticated HTTP/JSON admin API
 //! (what `ternctl` talks to).
 #![forbid(unsafe_code)]
+// tonic::Status and axum::Response are large by design; handlers return them.
+#![allow(clippy::result_large_err)]
 
 pub mod admin;
 pub mod authority;
@@ -24,7 +26,11 @@ use clap::Parser;
 #[command(name = "global-cp", version, about = "Tern global control plane")]
 pub struct Config {
     /// Where the embedded store, CA and admin credential live.
-    #[arg(long, env = "TERN_GLOBAL_DATA_DIR", default_value = "./tern-global-data")]
+    #[arg(
+        long,
+        env = "TERN_GLOBAL_DATA_DIR",
+        default_value = "./tern-global-data"
+    )]
     pub data_dir: PathBuf,
     /// Zone sync endpoint (gRPC over TLS).
     #[arg(long, env = "TERN_GLOBAL_SYNC_ADDR", default_value = "127.0.0.1:5685")]

@@ -99,9 +99,12 @@ impl Store {
 
     fn read_revision(conn: &Connection) -> Result<u64, StoreError> {
         let v: Option<Vec<u8>> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
-        Ok(v.and_then(|b| String::from_utf8(b).ok()?.parse().ok()).unwrap_or(0))
+        Ok(v.and_then(|b| String::from_utf8(b).ok()?.parse().ok())
+            .unwrap_or(0))
     }
 
     /// The current mesh revision, and a watch that changes with it.
@@ -156,7 +159,8 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        row.map(|(revision, body)| decode(revision, &body)).transpose()
+        row.map(|(revision, body)| decode(revision, &body))
+            .transpose()
     }
 
     pub fn list(&self, kind: Option<&str>) -> Result<Vec<Stored>, StoreError> {
@@ -164,7 +168,9 @@ impl Store {
         let mut stmt = conn.prepare(
             "SELECT revision, body FROM resources WHERE (?1 IS NULL OR kind = ?1) ORDER BY kind, name",
         )?;
-        let rows = stmt.query_map([kind], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))?;
+        let rows = stmt.query_map([kind], |r| {
+            Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (rev, body) = row?;
@@ -198,8 +204,8 @@ impl Store {
             }
             (None, Some(s)) => return Err(StoreError::Missing { key, sent: s }),
             (Some((v, body)), _) => {
-                let old: Resource = serde_json::from_str(body)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let old: Resource =
+                    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 if old.spec == r.spec && old.metadata.labels == r.metadata.labels {
                     return Ok((old, false));
                 }
@@ -269,10 +275,13 @@ impl Store {
     /// Resources changed after `since`, and keys deleted after it.
     pub fn changes_since(&self, since: u64) -> Result<(Vec<Stored>, Vec<Key>), StoreError> {
         let conn = self.lock();
-        let mut stmt =
-            conn.prepare("SELECT revision, body FROM resources WHERE revision > ?1 ORDER BY revision")?;
+        let mut stmt = conn.prepare(
+            "SELECT revision, body FROM resources WHERE revision > ?1 ORDER BY revision",
+        )?;
         let mut upserts = Vec::new();
-        for row in stmt.query_map([since], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))? {
+        for row in stmt.query_map([since], |r| {
+            Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?))
+        })? {
             let (rev, body) = row?;
             upserts.push(decode(rev, &body)?);
         }
@@ -421,12 +430,36 @@ mod tests {
             assert_eq!(r.metadata.resource_version, Some(2));
             // A stale writer conflicts instead of overwriting.
             let err = s.put(upd, "t").unwrap_err();
-            assert!(matches!(err, StoreError::Conflict { sent: 1, current: 2, .. }), "{err}");
+            assert!(
+                matches!(
+                    err,
+                    StoreError::Conflict {
+                        sent: 1,
+                        current: 2,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
             s.put(zone("b", "x"), "t").unwrap();
-            assert!(s.delete(&Key { kind: "Zone".into(), name: "a".into() }, None).unwrap());
+            assert!(s
+                .delete(
+                    &Key {
+                        kind: "Zone".into(),
+                        name: "a".into()
+                    },
+                    None
+                )
+                .unwrap());
             let (up, rm) = s.changes_since(2).unwrap();
             assert_eq!(up.len(), 1);
-            assert_eq!(rm, vec![Key { kind: "Zone".into(), name: "a".into() }]);
+            assert_eq!(
+                rm,
+                vec![Key {
+                    kind: "Zone".into(),
+                    name: "a".into()
+                }]
+            );
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.revision(), 4);

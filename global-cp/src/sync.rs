@@ -46,10 +46,18 @@ impl Metrics {
             nacks: Counter::default(),
             joins: Family::default(),
         };
-        reg.register("zones_online", "Zones with a live sync stream", m.zones_online.clone());
+        reg.register(
+            "zones_online",
+            "Zones with a live sync stream",
+            m.zones_online.clone(),
+        );
         reg.register("sync_deltas", "Deltas sent to zones", m.deltas_sent.clone());
         reg.register("sync_nacks", "Deltas zones refused", m.nacks.clone());
-        reg.register("zone_joins", "Zone join attempts by result", m.joins.clone());
+        reg.register(
+            "zone_joins",
+            "Zone join attempts by result",
+            m.joins.clone(),
+        );
         m
     }
 }
@@ -170,13 +178,20 @@ pub fn zone_views(state: &State) -> anyhow::Result<Vec<ZoneView>> {
                 online: l.online,
                 last_seen: (last_seen > 0).then(|| token::fmt_unix(last_seen)),
                 joined_at: token::fmt_unix(r.joined_at),
-                acked_version: if l.session > 0 { l.acked_version } else { r.acked_version },
+                acked_version: if l.session > 0 {
+                    l.acked_version
+                } else {
+                    r.acked_version
+                },
                 global_version: rev,
                 in_flight: l.in_flight,
                 last_nack: l
                     .last_nack
                     .map(|(v, why)| format!("v{v}: {why}"))
-                    .or_else(|| r.last_nack.map(|n| format!("v{}: {n}", r.last_nack_version.unwrap_or(0)))),
+                    .or_else(|| {
+                        r.last_nack
+                            .map(|n| format!("v{}: {n}", r.last_nack_version.unwrap_or(0)))
+                    }),
                 connected_proxies: l.connected_proxies,
                 services: l.services,
                 software_version: l.software_version,
@@ -228,7 +243,10 @@ impl State {
         tokio::spawn(async move {
             loop {
                 let not_after = st.authority.serving.borrow().not_after;
-                let wait = crate::authority::renew_in(not_after, std::time::Duration::from_secs(30 * 24 * 3600));
+                let wait = crate::authority::renew_in(
+                    not_after,
+                    std::time::Duration::from_secs(30 * 24 * 3600),
+                );
                 tokio::time::sleep(wait).await;
                 match crate::authority::Authority::reissue(&st.authority) {
                     Ok(()) => tracing::info!("rotated the global's serving certificate"),
@@ -278,7 +296,10 @@ fn zone_enabled(state: &State, zone: &str) -> bool {
 
 #[tonic::async_trait]
 impl GlobalSync for SyncService {
-    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
         let st = &self.state;
         let r = req.into_inner();
         let zone = r.zone.clone();
@@ -294,10 +315,18 @@ impl GlobalSync for SyncService {
         .and_then(|c| c.check_scope(&zone, None).map(|_| c))
         .map_err(|e| refuse_join(st, &zone, e))?;
         if is_revoked(st, &claims.jti) {
-            return Err(refuse_join(st, &zone, TokenError::Revoked { jti: claims.jti }));
+            return Err(refuse_join(
+                st,
+                &zone,
+                TokenError::Revoked { jti: claims.jti },
+            ));
         }
         if !zone_enabled(st, &zone) {
-            return Err(refuse_join(st, &zone, format!("zone {zone} is disabled (Zone/{zone} spec.enabled: false)")));
+            return Err(refuse_join(
+                st,
+                &zone,
+                format!("zone {zone} is disabled (Zone/{zone} spec.enabled: false)"),
+            ));
         }
         let id = SpiffeId::zone(&st.authority.trust_domain, &zone);
         let inter = st
@@ -350,18 +379,26 @@ impl GlobalSync for SyncService {
         let st = self.state.clone();
         let peer = grpc::peer_of(&req).ok_or_else(|| Status::unauthenticated("no TLS peer"))?;
         let id = peer.identity.clone().ok_or_else(|| {
-            Status::unauthenticated("present the zone identity issued at join as a client certificate")
+            Status::unauthenticated(
+                "present the zone identity issued at join as a client certificate",
+            )
         })?;
         let zone = id.zone_name().unwrap_or_default().to_string();
         if id != SpiffeId::zone_cp(&st.authority.trust_domain, &zone) {
-            return Err(Status::permission_denied(format!("{id} is not a zone control plane identity")));
+            return Err(Status::permission_denied(format!(
+                "{id} is not a zone control plane identity"
+            )));
         }
         let rec = st
             .store
             .zone(&zone)
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::permission_denied(format!("zone {zone} has not joined")))?;
-        let issuer_fp = peer.chain.get(1).map(|d| pki::fingerprint(d)).unwrap_or_default();
+        let issuer_fp = peer
+            .chain
+            .get(1)
+            .map(|d| pki::fingerprint(d))
+            .unwrap_or_default();
         if issuer_fp != rec.intermediate_fingerprint {
             tracing::warn!(zone, "sync refused: identity from a superseded zone CA");
             return Err(Status::permission_denied(format!(
@@ -378,13 +415,23 @@ impl GlobalSync for SyncService {
             )));
         }
         if !zone_enabled(&st, &zone) {
-            return Err(Status::permission_denied(format!("zone {zone} is disabled")));
+            return Err(Status::permission_denied(format!(
+                "zone {zone} is disabled"
+            )));
         }
         let mut inbound = req.into_inner();
-        let hello = match tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message()).await {
-            Ok(Ok(Some(pb::ZoneMessage { msg: Some(zone_message::Msg::Hello(h)) }))) => h,
-            _ => return Err(Status::invalid_argument("the first message must be a ZoneHello")),
-        };
+        let hello =
+            match tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message()).await
+            {
+                Ok(Ok(Some(pb::ZoneMessage {
+                    msg: Some(zone_message::Msg::Hello(h)),
+                }))) => h,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "the first message must be a ZoneHello",
+                    ))
+                }
+            };
         if hello.zone != zone {
             return Err(Status::permission_denied(format!(
                 "hello names zone {}, but the identity is zone {zone}",
@@ -393,7 +440,9 @@ impl GlobalSync for SyncService {
         }
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(session(st, zone, hello, inbound, tx));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -452,7 +501,10 @@ async fn session(
                         c.removals
                             .iter()
                             .filter_map(|k| k.split_once('/'))
-                            .map(|(kind, name)| pb::ResourceKey { kind: kind.into(), name: name.into() })
+                            .map(|(kind, name)| pb::ResourceKey {
+                                kind: kind.into(),
+                                name: name.into(),
+                            })
                             .collect(),
                         c.upserts.into_iter().map(|(_, r)| r).collect(),
                     );
@@ -472,7 +524,8 @@ async fn session(
                 }
                 sender.sent(version, Instant::now());
                 st.metrics.deltas_sent.inc();
-                st.zones.update(&zone, session, |z| z.in_flight = Some(version));
+                st.zones
+                    .update(&zone, session, |z| z.in_flight = Some(version));
                 tracing::debug!(zone, version, full, items = n, "delta sent");
             }
             Ok(None) => {}
@@ -503,7 +556,9 @@ async fn session(
         }
     };
     if st.zones.end(&zone, session) {
-        let _ = st.store.zone_seen(&zone, token::now_unix(), sender.acked(), None);
+        let _ = st
+            .store
+            .zone_seen(&zone, token::now_unix(), sender.acked(), None);
     }
     st.metrics.zones_online.dec();
     tracing::info!(zone, reason, acked = sender.acked(), "zone disconnected");
@@ -529,14 +584,19 @@ fn handle(
         Some(zone_message::Msg::Nack(n)) => {
             tracing::warn!(zone, version = n.version, reason = %n.reason, "zone refused a delta");
             st.metrics.nacks.inc();
-            sender.on_nack(n.version, n.reason.clone()).map_err(|e| e.to_string())?;
+            sender
+                .on_nack(n.version, n.reason.clone())
+                .map_err(|e| e.to_string())?;
             st.zones.update(zone, session, |z| {
                 z.in_flight = None;
                 z.last_nack = Some((n.version, n.reason.clone()));
             });
-            let _ = st
-                .store
-                .zone_seen(zone, token::now_unix(), sender.acked(), Some((n.version, &n.reason)));
+            let _ = st.store.zone_seen(
+                zone,
+                token::now_unix(),
+                sender.acked(),
+                Some((n.version, &n.reason)),
+            );
         }
         Some(zone_message::Msg::Inventory(inv)) => {
             st.zones.update(zone, session, |z| {

@@ -113,7 +113,10 @@ struct FileConfig {
 struct Api {
     server: String,
     token: String,
-    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
 }
 
 fn default_config_path() -> Option<PathBuf> {
@@ -125,8 +128,10 @@ impl Api {
         let path = cli.config.clone().or_else(default_config_path);
         let file: Option<FileConfig> = match &path {
             Some(p) if p.exists() => Some(
-                serde_json::from_slice(&std::fs::read(p).with_context(|| format!("read {}", p.display()))?)
-                    .with_context(|| format!("{} is not a ternctl config", p.display()))?,
+                serde_json::from_slice(
+                    &std::fs::read(p).with_context(|| format!("read {}", p.display()))?,
+                )
+                .with_context(|| format!("{} is not a ternctl config", p.display()))?,
             ),
             Some(p) if cli.config.is_some() => bail!("config file {} does not exist", p.display()),
             _ => None,
@@ -144,8 +149,9 @@ impl Api {
                 "no admin token: set TERN_CONFIG to the global's <data-dir>/ternctl.json, \
                  run `ternctl use-config <data-dir>/ternctl.json`, or pass --token",
             )?;
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
         Ok(Self {
             server: server.trim_end_matches('/').to_string(),
             token,
@@ -153,7 +159,12 @@ impl Api {
         })
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         let url = format!("{}{}", self.server, path);
         let mut req = hyper::Request::builder()
             .method(method)
@@ -173,14 +184,20 @@ impl Api {
             .map_err(|e| anyhow::anyhow!("cannot reach the global control plane at {}: {e:?}; is it running? (--server / TERN_CONFIG)", self.server))?;
         let status = resp.status().as_u16();
         let b = resp.into_body().collect().await?.to_bytes();
-        let v = serde_json::from_slice(&b).unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&b) }));
+        let v = serde_json::from_slice(&b)
+            .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&b) }));
         Ok((status, v))
     }
 
     async fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         let (status, v) = self.call(method, path, body).await?;
         if status >= 400 {
-            bail!("{}", v.get("error").and_then(Value::as_str).unwrap_or("request failed"));
+            bail!(
+                "{}",
+                v.get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("request failed")
+            );
         }
         Ok(v)
     }
@@ -193,7 +210,9 @@ fn read_sources(args: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     for a in args {
         if a == "-" {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("read stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("read stdin")?;
             out.push(("<stdin>".to_string(), s));
             continue;
         }
@@ -202,11 +221,17 @@ fn read_sources(args: &[String]) -> anyhow::Result<Vec<(String, String)>> {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
                 .with_context(|| format!("read folder {a}"))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+                .filter(|p| {
+                    matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml" | "json")
+                    )
+                })
                 .collect();
             entries.sort();
             for e in entries {
-                let text = std::fs::read_to_string(&e).with_context(|| format!("read {}", e.display()))?;
+                let text =
+                    std::fs::read_to_string(&e).with_context(|| format!("read {}", e.display()))?;
                 out.push((e.display().to_string(), text));
             }
         } else {
@@ -220,7 +245,12 @@ fn read_sources(args: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 fn plural(kind: &str) -> anyhow::Result<&'static str> {
     resource::kind_info(kind)
         .map(|k| k.plural)
-        .with_context(|| format!("unknown kind {kind:?}; known kinds: {}, and tokens", resource::known_kinds()))
+        .with_context(|| {
+            format!(
+                "unknown kind {kind:?}; known kinds: {}, and tokens",
+                resource::known_kinds()
+            )
+        })
 }
 
 fn print_value(v: &Value, output: Output) -> anyhow::Result<()> {
@@ -239,7 +269,11 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<width$}", c, width = w[i])).collect();
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<width$}", c, width = w[i]))
+            .collect();
         println!("{}", s.join("   ").trim_end());
     };
     line(headers.iter().map(|s| s.to_string()).collect());
@@ -258,8 +292,10 @@ fn s(v: &Value, p: &str) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Cmd::UseConfig { path } = &cli.cmd {
-        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        let _: FileConfig = serde_json::from_str(&text).with_context(|| format!("{} is not a ternctl config", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let _: FileConfig = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a ternctl config", path.display()))?;
         let dest = default_config_path().context("HOME is not set")?;
         std::fs::create_dir_all(dest.parent().unwrap())?;
         std::fs::write(&dest, text)?;
@@ -272,7 +308,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let mut errors = Vec::new();
         for (name, text) in read_sources(files)? {
             match resource::parse_documents(&name, &text) {
-                Ok(rs) => docs.extend(rs.into_iter().enumerate().map(|(i, r)| (name.clone(), i + 1, r))),
+                Ok(rs) => docs.extend(
+                    rs.into_iter()
+                        .enumerate()
+                        .map(|(i, r)| (name.clone(), i + 1, r)),
+                ),
                 Err(es) => errors.extend(es),
             }
         }
@@ -290,14 +330,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         for (file, _, r) in docs {
             let info = resource::kind_info(&r.kind).expect("validated");
             let path = format!("/api/v1/{}/{}", info.plural, r.metadata.name);
-            let (status, v) = api.call("PUT", &path, Some(&serde_json::to_value(&r)?)).await?;
+            let (status, v) = api
+                .call("PUT", &path, Some(&serde_json::to_value(&r)?))
+                .await?;
             let what = format!("{}/{}", r.kind.to_lowercase(), r.metadata.name);
             match status {
                 201 => println!("{what} created"),
-                200 => println!("{what} applied (version {})", s(&v, "/metadata/resourceVersion")),
+                200 => println!(
+                    "{what} applied (version {})",
+                    s(&v, "/metadata/resourceVersion")
+                ),
                 _ => {
                     failed += 1;
-                    eprintln!("error: {file}: {what}: {}", v.get("error").and_then(Value::as_str).unwrap_or("failed"));
+                    eprintln!(
+                        "error: {file}: {what}: {}",
+                        v.get("error").and_then(Value::as_str).unwrap_or("failed")
+                    );
                 }
             }
         }
@@ -312,7 +360,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Get { kind, name, output } if kind == "tokens" || kind == "token" => {
             let v = api.ok("GET", "/api/v1/tokens", None).await?;
             let items = v["items"].as_array().cloned().unwrap_or_default();
-            let items: Vec<Value> = items.into_iter().filter(|t| name.as_ref().is_none_or(|n| t["id"] == *n)).collect();
+            let items: Vec<Value> = items
+                .into_iter()
+                .filter(|t| name.as_ref().is_none_or(|n| t["id"] == *n))
+                .collect();
             if output != Output::Table {
                 return print_value(&json!(items), output);
             }
@@ -321,8 +372,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 items
                     .iter()
                     .map(|t| {
-                        let state = if t["revoked"] == true { "revoked" } else if t["expired"] == true { "expired" } else { "valid" };
-                        vec![s(t, "/id"), s(t, "/kind"), s(t, "/zone"), s(t, "/service"), s(t, "/expiresAt"), state.into()]
+                        let state = if t["revoked"] == true {
+                            "revoked"
+                        } else if t["expired"] == true {
+                            "expired"
+                        } else {
+                            "valid"
+                        };
+                        vec![
+                            s(t, "/id"),
+                            s(t, "/kind"),
+                            s(t, "/zone"),
+                            s(t, "/service"),
+                            s(t, "/expiresAt"),
+                            state.into(),
+                        ]
                     })
                     .collect(),
             );
@@ -337,7 +401,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or_default(),
             };
             if output != Output::Table {
-                let v = if name.is_some() { items[0].clone() } else { json!({ "items": items }) };
+                let v = if name.is_some() {
+                    items[0].clone()
+                } else {
+                    json!({ "items": items })
+                };
                 return print_value(&v, output);
             }
             if items.is_empty() {
@@ -361,13 +429,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Delete { kind, name } => {
             let p = plural(&kind)?;
-            api.ok("DELETE", &format!("/api/v1/{p}/{name}"), None).await?;
+            api.ok("DELETE", &format!("/api/v1/{p}/{name}"), None)
+                .await?;
             println!("{}/{name} deleted", kind.to_lowercase());
         }
         Cmd::Generate { what } => {
             let body = match what {
-                Generate::ZoneToken { zone, valid_for } => json!({ "kind": "zone", "zone": zone, "validFor": valid_for }),
-                Generate::DataplaneToken { zone, service, valid_for } => {
+                Generate::ZoneToken { zone, valid_for } => {
+                    json!({ "kind": "zone", "zone": zone, "validFor": valid_for })
+                }
+                Generate::DataplaneToken {
+                    zone,
+                    service,
+                    valid_for,
+                } => {
                     json!({ "kind": "dataplane", "zone": zone, "service": service, "validFor": valid_for })
                 }
             };
@@ -380,27 +455,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(c) => c.jti,
                 Err(_) => id,
             };
-            api.ok("POST", "/api/v1/revocations", Some(&json!({ "id": id, "reason": reason }))).await?;
+            api.ok(
+                "POST",
+                "/api/v1/revocations",
+                Some(&json!({ "id": id, "reason": reason })),
+            )
+            .await?;
             println!("token {id} revoked");
         }
-        Cmd::Inspect { what: Inspect::Zones { output } } => {
+        Cmd::Inspect {
+            what: Inspect::Zones { output },
+        } => {
             let v = api.ok("GET", "/api/v1/inspect/zones", None).await?;
             if output != Output::Table {
                 return print_value(&v["items"], output);
             }
             let items = v["items"].as_array().cloned().unwrap_or_default();
             table(
-                &["ZONE", "STATUS", "LAST SEEN", "ACKED/GLOBAL", "PROXIES", "SERVICES", "LAST NACK"],
+                &[
+                    "ZONE",
+                    "STATUS",
+                    "LAST SEEN",
+                    "ACKED/GLOBAL",
+                    "PROXIES",
+                    "SERVICES",
+                    "LAST NACK",
+                ],
                 items
                     .iter()
                     .map(|z| {
                         let svcs = z["services"]
                             .as_object()
-                            .map(|m| m.iter().map(|(k, v)| format!("{k}({v})")).collect::<Vec<_>>().join(","))
+                            .map(|m| {
+                                m.iter()
+                                    .map(|(k, v)| format!("{k}({v})"))
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
                             .unwrap_or_default();
                         vec![
                             s(z, "/name"),
-                            if z["online"] == true { "online".into() } else { "offline".into() },
+                            if z["online"] == true {
+                                "online".into()
+                            } else {
+                                "offline".into()
+                            },
                             s(z, "/lastSeen"),
                             format!("{}/{}", s(z, "/ackedVersion"), s(z, "/globalVersion")),
                             s(z, "/connectedProxies"),

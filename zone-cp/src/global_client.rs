@@ -39,8 +39,12 @@ impl GlobalState {
     pub fn load(dir: &std::path::Path) -> anyhow::Result<Self> {
         let path = dir.join("global-state.json");
         let p: Persisted = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .with_context(|| format!("{} is corrupt; delete it to resync from the global", path.display()))?,
+            Ok(b) => serde_json::from_slice(&b).with_context(|| {
+                format!(
+                    "{} is corrupt; delete it to resync from the global",
+                    path.display()
+                )
+            })?,
             Err(_) => Persisted::default(),
         };
         let v = p.version;
@@ -67,7 +71,9 @@ impl GlobalState {
         self.changed.subscribe()
     }
     pub fn is_revoked(&self, jti: &str) -> bool {
-        self.lock().resources.contains_key(&format!("Revocation/{jti}"))
+        self.lock()
+            .resources
+            .contains_key(&format!("Revocation/{jti}"))
     }
     /// Workload certificate lifetime from `Mesh/default`, or the default.
     pub fn workload_cert_ttl(&self) -> Duration {
@@ -103,7 +109,9 @@ fn validate(_key: &str, v: &Value) -> Result<(), String> {
     }
     let kind = v.get("kind").and_then(Value::as_str).unwrap_or("");
     if resource::KINDS.iter().any(|k| k.name == kind) {
-        resource::from_value(v.clone()).map(|_| ()).map_err(|e| e.to_string())
+        resource::from_value(v.clone())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     } else {
         // A kind from a newer global: kept, not enforced.
         Ok(())
@@ -120,7 +128,9 @@ pub fn spawn(z: Arc<Zone>) {
             z.metrics.global_connected.set(0);
             match res {
                 Ok(()) => tracing::warn!("sync stream to the global ended; reconnecting"),
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "sync with the global failed; serving proxies from the last known config"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "sync with the global failed; serving proxies from the last known config")
+                }
             }
             if started.elapsed() > Duration::from_secs(30) {
                 backoff.reset();
@@ -146,7 +156,10 @@ fn inventory_diff(
         removed: if full {
             vec![]
         } else {
-            last.keys().filter(|k| !now.contains_key(*k)).cloned().collect()
+            last.keys()
+                .filter(|k| !now.contains_key(*k))
+                .cloned()
+                .collect()
         },
         connected_proxies: proxies,
         last_chunk: true,
@@ -183,8 +196,13 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
     .await?;
     let mut reg_rx = z.registry.watch();
     let mut last_inv = z.registry.inventory();
-    tx.send(inv_msg(inventory_diff(&BTreeMap::new(), &last_inv, true, z.registry.connected())))
-        .await?;
+    tx.send(inv_msg(inventory_diff(
+        &BTreeMap::new(),
+        &last_inv,
+        true,
+        z.registry.connected(),
+    )))
+    .await?;
     let mut inbound = client
         .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await

@@ -6,6 +6,8 @@
 //! certificates with the zone's intermediate CA. Everything it learned from
 //! the global is kept on disk, so it serves proxies while the global is away.
 #![forbid(unsafe_code)]
+// tonic::Status and axum::Response are large by design; handlers return them.
+#![allow(clippy::result_large_err)]
 
 pub mod bootstrap;
 pub mod global_client;
@@ -84,12 +86,36 @@ impl Metrics {
             certs_issued: Counter::default(),
             proxy_refused: Counter::default(),
         };
-        reg.register("proxies_connected", "Proxies with a live stream", m.proxies.clone());
-        reg.register("global_connected", "1 while the sync stream to the global is up", m.global_connected.clone());
-        reg.register("global_deltas_applied", "Deltas from the global applied", m.deltas_applied.clone());
-        reg.register("global_deltas_refused", "Deltas from the global refused (NACK)", m.deltas_refused.clone());
-        reg.register("certificates_issued", "Workload certificates signed", m.certs_issued.clone());
-        reg.register("proxy_refused", "Proxy connections refused", m.proxy_refused.clone());
+        reg.register(
+            "proxies_connected",
+            "Proxies with a live stream",
+            m.proxies.clone(),
+        );
+        reg.register(
+            "global_connected",
+            "1 while the sync stream to the global is up",
+            m.global_connected.clone(),
+        );
+        reg.register(
+            "global_deltas_applied",
+            "Deltas from the global applied",
+            m.deltas_applied.clone(),
+        );
+        reg.register(
+            "global_deltas_refused",
+            "Deltas from the global refused (NACK)",
+            m.deltas_refused.clone(),
+        );
+        reg.register(
+            "certificates_issued",
+            "Workload certificates signed",
+            m.certs_issued.clone(),
+        );
+        reg.register(
+            "proxy_refused",
+            "Proxy connections refused",
+            m.proxy_refused.clone(),
+        );
         m
     }
 }

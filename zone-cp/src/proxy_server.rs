@@ -25,7 +25,10 @@ pub async fn serve(z: Arc<Zone>) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("bind proxy endpoint {}: {e}", z.config.proxy_addr))?;
     let build = |id: &tls::Identity| -> anyhow::Result<Arc<common::rustls::ServerConfig>> {
-        Ok(Arc::new(tls::server_config_no_client_auth(id, &[tls::ALPN_H2])?))
+        Ok(Arc::new(tls::server_config_no_client_auth(
+            id,
+            &[tls::ALPN_H2],
+        )?))
     };
     let (cfg_tx, cfg_rx) = watch::channel(build(&z.boot.identity.borrow())?);
     let zz = z.clone();
@@ -68,7 +71,10 @@ fn validate_registration(r: &pb::Registration) -> Result<(), String> {
         .parse::<IpAddr>()
         .map_err(|_| format!("registration.address: {:?} is not an IP address", r.address))?;
     if r.inbound_port == 0 || r.inbound_port > 65535 {
-        return Err(format!("registration.inboundPort: {} is not a port", r.inbound_port));
+        return Err(format!(
+            "registration.inboundPort: {} is not a port",
+            r.inbound_port
+        ));
     }
     if !["http", "http2", "grpc", "tcp"].contains(&r.protocol.as_str()) {
         return Err(format!(
@@ -117,18 +123,33 @@ impl ProxyDiscovery for Service {
         let z = self.z.clone();
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
-            Ok(Ok(Some(pb::ProxyMessage { msg: Some(proxy_message::Msg::Hello(h)) }))) => h,
-            _ => return Err(Status::invalid_argument("the first message must be a ProxyHello")),
+            Ok(Ok(Some(pb::ProxyMessage {
+                msg: Some(proxy_message::Msg::Hello(h)),
+            }))) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a ProxyHello",
+                ))
+            }
         };
         let reg = hello
             .registration
             .ok_or_else(|| Status::invalid_argument("ProxyHello.registration is required"))?;
         validate_registration(&reg).map_err(Status::invalid_argument)?;
-        let claims = token::verify(&hello.token, &z.boot.token_public_key, TokenKind::Dataplane, token::now_unix())
-            .and_then(|c| c.check_scope(&z.boot.zone, Some(&reg.service)).map(|_| c))
-            .map_err(|e| refuse(&z, &reg.service, e))?;
+        let claims = token::verify(
+            &hello.token,
+            &z.boot.token_public_key,
+            TokenKind::Dataplane,
+            token::now_unix(),
+        )
+        .and_then(|c| c.check_scope(&z.boot.zone, Some(&reg.service)).map(|_| c))
+        .map_err(|e| refuse(&z, &reg.service, e))?;
         if z.global.is_revoked(&claims.jti) {
-            return Err(refuse(&z, &reg.service, TokenError::Revoked { jti: claims.jti }));
+            return Err(refuse(
+                &z,
+                &reg.service,
+                TokenError::Revoked { jti: claims.jti },
+            ));
         }
         let id = SpiffeId::workload(&z.boot.trust_domain, &z.boot.zone, &reg.service);
         let csr = hello
@@ -150,7 +171,9 @@ impl ProxyDiscovery for Service {
         });
         z.metrics.proxies.inc();
         tokio::spawn(run(z, reg.instance, session, id, claims.jti, inbound, tx));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 

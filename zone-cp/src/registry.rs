@@ -92,7 +92,10 @@ impl Registry {
 
     /// Register (or re-register) a proxy; returns its session id.
     pub fn register(&self, mut e: Entry) -> u64 {
-        let session = self.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let session = self
+            .sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         e.session = session;
         e.connected = true;
         tracing::info!(instance = %e.instance, service = %e.service, address = %e.address, port = e.port, "proxy registered");
@@ -143,17 +146,19 @@ impl Registry {
     fn endpoints(&self) -> BTreeMap<String, Vec<pb::Endpoint>> {
         let mut out: BTreeMap<String, Vec<pb::Endpoint>> = BTreeMap::new();
         for e in self.lock().values() {
-            out.entry(e.service.clone()).or_default().push(pb::Endpoint {
-                address: e.address.clone(),
-                port: e.port,
-                healthy: true,
-                labels: e.labels.clone().into_iter().collect(),
-                region: self.region.clone(),
-                zone: self.zone.clone(),
-                identity: e.identity.clone(),
-                protocol: e.protocol.clone(),
-                instance: e.instance.clone(),
-            });
+            out.entry(e.service.clone())
+                .or_default()
+                .push(pb::Endpoint {
+                    address: e.address.clone(),
+                    port: e.port,
+                    healthy: true,
+                    labels: e.labels.clone().into_iter().collect(),
+                    region: self.region.clone(),
+                    zone: self.zone.clone(),
+                    identity: e.identity.clone(),
+                    protocol: e.protocol.clone(),
+                    instance: e.instance.clone(),
+                });
         }
         out
     }

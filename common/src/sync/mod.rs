@@ -384,7 +384,9 @@ impl<V: Clone + PartialEq> DiffSender<V> {
     }
 
     pub fn deadline(&self) -> Option<Instant> {
-        self.in_flight.as_ref().map(|(_, _, t)| *t + self.ack_timeout)
+        self.in_flight
+            .as_ref()
+            .map(|(_, _, t)| *t + self.ack_timeout)
     }
     pub fn last_nack(&self) -> Option<(u64, &str)> {
         self.nacked.as_ref().map(|(_, v, r)| (*v, r.as_str()))

@@ -144,11 +144,18 @@ fn nack_keeps_old_state_and_is_not_resent_until_a_change() {
     src.put("b", "fine");
     let (_, o) = round(&src, &mut tx, &mut rx, t0).unwrap();
     assert_eq!(o, Outcome::Nack(3, "a: value \"bad\" is invalid".into()));
-    assert_eq!(rx.state().get("a").unwrap(), "good", "applied whole or not at all");
+    assert_eq!(
+        rx.state().get("a").unwrap(),
+        "good",
+        "applied whole or not at all"
+    );
     assert!(!rx.state().contains_key("b"));
     assert_eq!(rx.version(), 1);
     assert_eq!(tx.last_nack().unwrap().0, 3);
-    assert!(round(&src, &mut tx, &mut rx, t0).is_none(), "no resend loop");
+    assert!(
+        round(&src, &mut tx, &mut rx, t0).is_none(),
+        "no resend loop"
+    );
     // The operator fixes it: the next delta is from the acked version, so it
     // carries b as well.
     src.put("a", "fixed");
@@ -178,7 +185,11 @@ fn reconnect_resumes_from_applied_version() {
     let mut tx = DeltaSender::new(rx.version(), Duration::from_secs(5));
     assert_eq!(tx.want(src.rev, src.floor), Want::Since(100));
     let (n, o) = round(&src, &mut tx, &mut rx, t0).unwrap();
-    assert_eq!((n, o), (2, Outcome::Ack(102)), "only the two changes travel");
+    assert_eq!(
+        (n, o),
+        (2, Outcome::Ack(102)),
+        "only the two changes travel"
+    );
     assert_eq!(rx.state().len(), 99);
 }
 
@@ -218,7 +229,13 @@ fn an_unanswered_delta_stalls_after_the_ack_timeout() {
         tx.check(t0 + Duration::from_secs(6)),
         Err(SyncError::Stalled { version: 1, .. })
     ));
-    assert!(matches!(tx.on_ack(2), Err(SyncError::UnexpectedAck { got: 2, want: Some(1) })));
+    assert!(matches!(
+        tx.on_ack(2),
+        Err(SyncError::UnexpectedAck {
+            got: 2,
+            want: Some(1)
+        })
+    ));
 }
 
 #[test]
@@ -247,7 +264,11 @@ fn chunks_are_bounded_per_item_and_ordered() {
     assert!(rx.on_chunk(cs[0].clone(), refuse_bad).unwrap().is_none());
     assert!(matches!(
         rx.on_chunk(cs[1].clone(), refuse_bad),
-        Err(SyncError::ChunkOrder { got: 2, want: 1, .. })
+        Err(SyncError::ChunkOrder {
+            got: 2,
+            want: 1,
+            ..
+        })
     ));
 }
 
@@ -256,8 +277,10 @@ fn diff_sender_sends_full_then_differences() {
     let t0 = Instant::now();
     let mut tx: DiffSender<String> = DiffSender::new(Duration::from_secs(3));
     let mut rx: DeltaReceiver<String> = DeltaReceiver::new(0, BTreeMap::new());
-    let mut desired: BTreeMap<String, String> =
-        [("web", "ep1"), ("db", "ep2")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let mut desired: BTreeMap<String, String> = [("web", "ep1"), ("db", "ep2")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     let mut exchange = |tx: &mut DiffSender<String>, desired: &BTreeMap<String, String>| {
         let d = tx.next(desired, t0)?;
         let shape = (d.full, d.upserts.len(), d.removals.len());
@@ -282,7 +305,10 @@ fn diff_sender_sends_full_then_differences() {
     let (_, state) = exchange(&mut tx, &desired).unwrap();
     assert_eq!(state.get("web").unwrap(), "ep1,ep3");
     assert!(tx.last_nack().unwrap().1.contains("invalid"));
-    assert!(exchange(&mut tx, &desired).is_none(), "a refused state is not resent");
+    assert!(
+        exchange(&mut tx, &desired).is_none(),
+        "a refused state is not resent"
+    );
     desired.insert("web".into(), "ep4".into());
     let (_, state) = exchange(&mut tx, &desired).unwrap();
     assert_eq!(state, desired);

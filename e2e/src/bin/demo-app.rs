@@ -51,7 +51,12 @@ async fn main() -> anyhow::Result<()> {
                         .to_string();
                     let method = req.method().to_string();
                     let path = req.uri().path().to_string();
-                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
                     let v = serde_json::json!({
                         "service": who.0, "zone": who.1, "instance": who.2,
                         "clientId": client, "method": method, "path": path,

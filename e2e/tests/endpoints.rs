@@ -1,0 +1,141 @@
+//! Endpoint changes and certificate rotation reach the sidecars with no
+//! failed requests.
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn adding_and_removing_an_endpoint_fails_no_request() {
+    let s = Scratch::new("endpoints");
+    let net = Net(23);
+    let g = Global::start(&s.0, net);
+    let zt = g.token_file("z.token", &["generate", "zone-token", "--zone", "z1"]);
+    let z = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&zt));
+    let web_t = g.token_file(
+        "web.token",
+        &[
+            "generate",
+            "dataplane-token",
+            "--zone",
+            "z1",
+            "--service",
+            "web",
+        ],
+    );
+    let api_t = g.token_file(
+        "api.token",
+        &[
+            "generate",
+            "dataplane-token",
+            "--zone",
+            "z1",
+            "--service",
+            "api",
+        ],
+    );
+    let mut a = Workload::start(&s.0, net, 11, "api", &z, &api_t);
+    let web = Workload::start(&s.0, net, 10, "web", &z, &web_t);
+    wait_for("web sees api-a", T, || {
+        (web.endpoints("api").len() == 1).then_some(())
+    });
+    let ia = net.addr(11, 8080).to_string();
+    let ib = net.addr(12, 8080).to_string();
+
+    let load = Load::start(web.outbound(), "api", "POST");
+    load.wait_more(20);
+
+    // Add an endpoint: traffic spreads to it.
+    let _b = Workload::start(&s.0, net, 12, "api", &z, &api_t);
+    wait_for("web sees both api endpoints", T, || {
+        (web.endpoints("api").len() == 2).then_some(())
+    });
+    wait_for("api-b serves traffic", T, || {
+        load.snapshot().served_by.contains(&ib).then_some(())
+    });
+    let before = load.snapshot().served_by.len();
+
+    // Remove an endpoint (graceful stop): traffic leaves it, nothing fails.
+    a.sidecar.terminate(Duration::from_secs(10));
+    a.app.kill();
+    wait_for("web drops api-a", T, || {
+        (web.endpoints("api").len() == 1).then_some(())
+    });
+    load.wait_more(50);
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
+    assert!(stats.served_by[..before].contains(&ia));
+    let tail = &stats.served_by[stats.served_by.len() - 30..];
+    assert!(
+        tail.iter().all(|i| *i == ib),
+        "after removal only api-b answers: {tail:?}"
+    );
+    // POST is not idempotent: no request was retried blindly.
+    assert!(stats.ok > 70);
+}
+
+#[test]
+fn short_lived_certificates_rotate_without_failed_requests() {
+    let s = Scratch::new("rotation");
+    let net = Net(24);
+    let g = Global::start(&s.0, net);
+    let mesh = "apiVersion: tern.dev/v1alpha1\nkind: Mesh\nmetadata:\n  name: default\nspec:\n  mtls:\n    workloadCertTtl: 12s\n";
+    let o = g.ternctl_stdin(&["apply", "-f", "-"], Some(mesh));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let zt = g.token_file("z.token", &["generate", "zone-token", "--zone", "z1"]);
+    let z = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&zt));
+    wait_for("zone synced the mesh", T, || {
+        g.zone("z1")
+            .filter(|v| v["ackedVersion"] == v["globalVersion"] && v["online"] == true)
+    });
+    let web_t = g.token_file(
+        "web.token",
+        &[
+            "generate",
+            "dataplane-token",
+            "--zone",
+            "z1",
+            "--service",
+            "web",
+        ],
+    );
+    let api_t = g.token_file(
+        "api.token",
+        &[
+            "generate",
+            "dataplane-token",
+            "--zone",
+            "z1",
+            "--service",
+            "api",
+        ],
+    );
+    let _api = Workload::start(&s.0, net, 11, "api", &z, &api_t);
+    let web = Workload::start(&s.0, net, 10, "web", &z, &web_t);
+    wait_for("web sees api", T, || {
+        (!web.endpoints("api").is_empty()).then_some(())
+    });
+    let first = web.dump()["certificateNotAfter"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let load = Load::start(web.outbound(), "api", "GET");
+    // Two rotations of both sidecars' certificates under load.
+    let mut seen = vec![first];
+    while seen.len() < 3 {
+        let last = seen.last().unwrap().clone();
+        let next = wait_for("a renewed certificate", T, || {
+            web.dump()["certificateNotAfter"]
+                .as_str()
+                .filter(|n| *n != last)
+                .map(str::to_string)
+        });
+        seen.push(next);
+    }
+    load.wait_more(20);
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
+}

@@ -1,0 +1,199 @@
+//! Requests cross two sidecars over mTLS and the destination sees the
+//! caller's SPIFFE ID; plain and foreign-CA clients are refused; opaque TCP
+//! is carried too.
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::ident::SpiffeId;
+use common::pki::{self, Ca};
+use common::rustls;
+use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Connect to a sidecar's inbound port with our own TLS client, send an
+/// HTTP/1.1 request over ALPN tern/tcp, return what came back (or the error).
+fn raw_tls_request(
+    addr: SocketAddr,
+    ident: Option<&Identity>,
+    server_roots: &Identity,
+) -> Result<String, String> {
+    tls::install_provider();
+    let verifier = SpiffeServerVerifier::new(
+        server_roots.root_store(),
+        Expect::TrustDomain("tern".into()),
+    );
+    let cfg =
+        tls::client_config(ident, Arc::new(verifier), &[b"tern/tcp"]).map_err(|e| e.to_string())?;
+    let conn =
+        rustls::ClientConnection::new(Arc::new(cfg), tls::sni()).map_err(|e| e.to_string())?;
+    let sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    s.write_all(b"GET /raw HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => Ok(String::from_utf8_lossy(&out).to_string()),
+        Err(e) if !out.is_empty() => {
+            Ok(String::from_utf8_lossy(&out).to_string() + &format!(" [{e}]"))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn leaf_from(ca: &Ca, roots_pem: &str, chain_extra: &str, id: &SpiffeId) -> Identity {
+    let kc = pki::new_key_and_csr("test").unwrap();
+    let leaf = ca
+        .sign_leaf(&kc.csr_pem, id, &[], Duration::from_secs(600))
+        .unwrap();
+    Identity::from_pem(&format!("{leaf}{chain_extra}"), &kc.key_pem, roots_pem).unwrap()
+}
+
+#[test]
+fn requests_cross_two_sidecars_with_caller_identity_and_bad_clients_are_refused() {
+    let s = Scratch::new("mtls");
+    let net = Net(22);
+    let g = Global::start(&s.0, net);
+    let zt = g.token_file("z.token", &["generate", "zone-token", "--zone", "z1"]);
+    let z = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&zt));
+    let web_t = g.token_file(
+        "web.token",
+        &[
+            "generate",
+            "dataplane-token",
+            "--zone",
+            "z1",
+            "--service",
+            "web",
+        ],
+    );
+    let api_t = g.token_file(
+        "api.token",
+        &[
+            "generate",
+            "dataplane-token",
+            "--zone",
+            "z1",
+            "--service",
+            "api",
+        ],
+    );
+    let echo_t = g.token_file(
+        "echo.token",
+        &[
+            "generate",
+            "dataplane-token",
+            "--zone",
+            "z1",
+            "--service",
+            "echo",
+        ],
+    );
+    let api = Workload::start(&s.0, net, 11, "api", &z, &api_t);
+    let _echo = Workload::start_full(
+        &s.0,
+        net,
+        12,
+        "echo",
+        &z,
+        &echo_t,
+        &["--tcp-echo"],
+        &["--protocol", "tcp"],
+    );
+    let tcp_port = net.addr(10, 16000).to_string();
+    let web = Workload::start_with(
+        &s.0,
+        net,
+        10,
+        "web",
+        &z,
+        &web_t,
+        &["--outbound-port", &format!("tcp:echo={tcp_port}")],
+    );
+    wait_for("web knows api and echo", T, || {
+        (!web.endpoints("api").is_empty() && !web.endpoints("echo").is_empty()).then_some(())
+    });
+
+    // HTTP/1.1 through both sidecars: the app sees the caller's identity.
+    let r = get(web.outbound(), "api", "/hello").unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["service"], "api");
+    assert_eq!(j["clientId"], "spiffe://tern/zone/z1/svc/web");
+    // A caller cannot forge the identity header: the sidecars replace it.
+    let r = http(
+        web.outbound(),
+        "GET",
+        "api",
+        "/",
+        &[("x-tern-client-id", "spiffe://tern/zone/z1/svc/admin")],
+    )
+    .unwrap();
+    assert_eq!(r.json()["clientId"], "spiffe://tern/zone/z1/svc/web");
+    // Unknown service: a clear error from the proxy.
+    let r = get(web.outbound(), "nope", "/").unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("unknown service \"nope\""), "{}", r.body);
+
+    // Opaque TCP through both sidecars.
+    let mut c = TcpStream::connect(&tcp_port).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"ping over mtls").unwrap();
+    let mut buf = [0u8; 14];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping over mtls");
+
+    // The sidecar's TLS material: what a real mesh member would have.
+    let zone_ca = Ca::from_pem(
+        &std::fs::read_to_string(z.data.join("zone-ca.pem")).unwrap(),
+        &std::fs::read_to_string(z.data.join("zone-ca.key")).unwrap(),
+    )
+    .unwrap();
+    let root_pem = std::fs::read_to_string(z.data.join("root.pem")).unwrap();
+    let member = leaf_from(
+        &zone_ca,
+        &root_pem,
+        zone_ca.cert_pem(),
+        &SpiffeId::workload("tern", "z1", "web"),
+    );
+
+    // Positive control: a certificate from the mesh gets through.
+    let ok = raw_tls_request(api.inbound(), Some(&member), &member).unwrap();
+    assert!(ok.starts_with("HTTP/1.1 200"), "mesh member refused: {ok}");
+
+    // A plain-text client gets no HTTP answer.
+    let plain = get(api.inbound(), "api", "/");
+    assert!(plain.is_err(), "plain HTTP must be refused: {plain:?}");
+    // TLS without a client certificate is refused.
+    let r = raw_tls_request(api.inbound(), None, &member);
+    assert!(
+        r.as_ref().map_or(true, |s| !s.contains("HTTP/1.1")),
+        "no client cert must be refused: {r:?}"
+    );
+    // A certificate from another CA, claiming a mesh identity, is refused.
+    let foreign = Ca::new_root("tern", Duration::from_secs(3600)).unwrap();
+    let forged = leaf_from(
+        &foreign,
+        &root_pem,
+        "",
+        &SpiffeId::workload("tern", "z1", "web"),
+    );
+    let r = raw_tls_request(api.inbound(), Some(&forged), &member);
+    assert!(
+        r.as_ref().map_or(true, |s| !s.contains("HTTP/1.1")),
+        "foreign CA must be refused: {r:?}"
+    );
+    let m = get(api.admin(), "x", "/metrics").unwrap().body;
+    let failures: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("tern_proxy_tls_handshake_failures_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failures >= 3.0, "TLS failures are counted:\n{m}");
+}

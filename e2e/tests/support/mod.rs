@@ -1,0 +1,640 @@
+//! End-to-end harness: real binaries, each test on its own loopback subnet
+//! (127.0.N.x), processes killed when their guard drops (also on panic),
+//! and waits on conditions, never on fixed sleeps.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Directory holding the workspace binaries, built once per test process.
+pub fn bin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/<test> -> target/<profile>
+        let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let profile_release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--bins", "--workspace"]);
+        if profile_release {
+            cmd.arg("--release");
+        }
+        let st = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(st.success(), "cargo build --bins failed");
+        dir
+    })
+    .clone()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+    /// Crash it: SIGKILL, no cleanup.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    /// Ask it to stop (SIGTERM) and wait for it to exit.
+    pub fn terminate(&mut self, timeout: Duration) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    /// Wait for it to exit on its own; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let c = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- log of {} ({}) ----\n{}",
+                self.name,
+                self.log.display(),
+                tail(&self.log_text(), 40)
+            );
+        }
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A scratch directory removed at the end (kept on failure for debugging).
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(test: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("tern-e2e-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn spawn(dir: &Path, name: &str, program: &str, args: &[String]) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let f = std::fs::File::create(&log).unwrap();
+    let child = Command::new(bin(program))
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("TERN_E2E_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {program}: {e}"));
+    Proc {
+        name: name.into(),
+        child: Some(child),
+        log,
+    }
+}
+
+/// Poll `f` until it returns Some, or panic naming `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.body.trim()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {text:?}")))?;
+    // The demo app answers with a small body; decode chunked if used.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok(HttpResponse {
+        status,
+        headers: head.to_string(),
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<HttpResponse> {
+    http(addr, "GET", host, path, &[])
+}
+
+/// The layout of one test's mesh on 127.0.N.x.
+#[derive(Clone, Copy)]
+pub struct Net(pub u8);
+
+impl Net {
+    pub fn ip(&self, host: u8) -> String {
+        format!("127.0.{}.{host}", self.0)
+    }
+    pub fn addr(&self, host: u8, port: u16) -> SocketAddr {
+        format!("127.0.{}.{host}:{port}", self.0).parse().unwrap()
+    }
+}
+
+/// A running global control plane plus ternctl access to it.
+pub struct Global {
+    pub proc: Proc,
+    pub net: Net,
+    pub data: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Global {
+    pub fn start(dir: &Path, net: Net) -> Global {
+        let data = dir.join("global");
+        let proc = spawn(dir, "global", "global-cp", &Self::args(&data, net));
+        let g = Global {
+            proc,
+            net,
+            data,
+            dir: dir.to_path_buf(),
+        };
+        g.wait_ready();
+        g
+    }
+    fn args(data: &Path, net: Net) -> Vec<String> {
+        vec![
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--sync-addr".into(),
+            net.addr(1, 5685).to_string(),
+            "--admin-addr".into(),
+            net.addr(1, 5681).to_string(),
+            "--ack-timeout".into(),
+            "5s".into(),
+        ]
+    }
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = spawn(
+            &self.dir,
+            "global-restarted",
+            "global-cp",
+            &Self::args(&self.data, self.net),
+        );
+        self.wait_ready();
+    }
+    fn wait_ready(&self) {
+        let admin = self.net.addr(1, 5681);
+        wait_for("global admin /ready", Duration::from_secs(20), || {
+            get(admin, "x", "/ready").ok().filter(|r| r.status == 200)
+        });
+    }
+    pub fn ternctl(&self, args: &[&str]) -> Output {
+        self.ternctl_stdin(args, None)
+    }
+    pub fn ternctl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut c = Command::new(bin("ternctl"));
+        c.args(args)
+            .env("TERN_CONFIG", self.data.join("ternctl.json"))
+            .env_remove("TERN_SERVER")
+            .env_remove("TERN_ADMIN_TOKEN")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("run ternctl");
+        if let Some(s) = stdin {
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+    /// Run ternctl, require success, return stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let o = self.ternctl(args);
+        assert!(
+            o.status.success(),
+            "ternctl {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).to_string()
+    }
+    pub fn token_file(&self, name: &str, args: &[&str]) -> PathBuf {
+        let t = self.ctl(args);
+        let p = self.dir.join(name);
+        std::fs::write(&p, t.trim()).unwrap();
+        p
+    }
+    pub fn zones(&self) -> serde_json::Value {
+        let out = self.ctl(&["inspect", "zones", "-o", "json"]);
+        serde_json::from_str(&out).unwrap()
+    }
+    pub fn zone(&self, name: &str) -> Option<serde_json::Value> {
+        self.zones()
+            .as_array()?
+            .iter()
+            .find(|z| z["name"] == name)
+            .cloned()
+    }
+    pub fn sync_addr(&self) -> SocketAddr {
+        self.net.addr(1, 5685)
+    }
+}
+
+/// A zone control plane on host `h` of the test subnet.
+pub struct ZoneCp {
+    pub proc: Proc,
+    pub name: String,
+    pub host: u8,
+    pub net: Net,
+    pub data: PathBuf,
+    pub dir: PathBuf,
+    pub region: String,
+}
+
+impl ZoneCp {
+    pub fn args(&self, token: Option<&Path>) -> Vec<String> {
+        let mut a = vec![
+            "--zone".into(),
+            self.name.clone(),
+            "--data-dir".into(),
+            self.data.display().to_string(),
+            "--region".into(),
+            self.region.clone(),
+            "--proxy-addr".into(),
+            self.net.addr(self.host, 5678).to_string(),
+            "--admin-addr".into(),
+            self.net.addr(self.host, 5680).to_string(),
+            "--deregister-after".into(),
+            "3s".into(),
+            "--ack-timeout".into(),
+            "5s".into(),
+        ];
+        if let Some(t) = token {
+            a.push("--token-file".into());
+            a.push(t.display().to_string());
+        }
+        a
+    }
+    pub fn start(
+        dir: &Path,
+        net: Net,
+        host: u8,
+        name: &str,
+        region: &str,
+        token: Option<&Path>,
+    ) -> ZoneCp {
+        let data = dir.join(format!("zone-{name}"));
+        let mut z = ZoneCp {
+            proc: Proc {
+                name: String::new(),
+                child: None,
+                log: PathBuf::new(),
+            },
+            name: name.into(),
+            host,
+            net,
+            data,
+            dir: dir.to_path_buf(),
+            region: region.into(),
+        };
+        z.proc = spawn(dir, &format!("zone-{name}"), "zone-cp", &z.args(token));
+        z
+    }
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = spawn(
+            &self.dir,
+            &format!("zone-{}-restarted", self.name),
+            "zone-cp",
+            &self.args(None),
+        );
+    }
+    pub fn proxy_addr(&self) -> String {
+        self.net.addr(self.host, 5678).to_string()
+    }
+    pub fn dump(&self) -> serde_json::Value {
+        get(self.net.addr(self.host, 5680), "x", "/config_dump")
+            .map(|r| r.json())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A demo app plus its sidecar, on host `h`: app on :8080, inbound :15006,
+/// outbound :15001, admin :15000.
+pub struct Workload {
+    pub app: Proc,
+    pub sidecar: Proc,
+    pub host: u8,
+    pub net: Net,
+}
+
+impl Workload {
+    pub fn start(
+        dir: &Path,
+        net: Net,
+        host: u8,
+        service: &str,
+        zone: &ZoneCp,
+        token: &Path,
+    ) -> Workload {
+        Self::start_with(dir, net, host, service, zone, token, &[])
+    }
+    pub fn start_with(
+        dir: &Path,
+        net: Net,
+        host: u8,
+        service: &str,
+        zone: &ZoneCp,
+        token: &Path,
+        extra: &[&str],
+    ) -> Workload {
+        Self::start_full(dir, net, host, service, zone, token, &[], extra)
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_full(
+        dir: &Path,
+        net: Net,
+        host: u8,
+        service: &str,
+        zone: &ZoneCp,
+        token: &Path,
+        app_extra: &[&str],
+        extra: &[&str],
+    ) -> Workload {
+        let ip = net.ip(host);
+        let mut app_args: Vec<String> = vec![
+            "--listen".into(),
+            format!("{ip}:8080"),
+            "--name".into(),
+            service.into(),
+            "--zone".into(),
+            zone.name.clone(),
+        ];
+        app_args.extend(app_extra.iter().map(|s| s.to_string()));
+        let app = spawn(dir, &format!("app-{service}-{host}"), "demo-app", &app_args);
+        let mut args: Vec<String> = vec![
+            "--cp-address".into(),
+            zone.proxy_addr(),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--service".into(),
+            service.into(),
+            "--address".into(),
+            ip.clone(),
+            "--inbound".into(),
+            format!("{ip}:15006"),
+            "--app".into(),
+            format!("{ip}:8080"),
+            "--outbound".into(),
+            format!("{ip}:15001"),
+            "--admin".into(),
+            format!("{ip}:15000"),
+            "--drain".into(),
+            "1s".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let sidecar = spawn(
+            dir,
+            &format!("sidecar-{service}-{host}"),
+            "dataplane",
+            &args,
+        );
+        let w = Workload {
+            app,
+            sidecar,
+            host,
+            net,
+        };
+        wait_for(
+            &format!("sidecar {service} on {ip} ready"),
+            Duration::from_secs(20),
+            || {
+                get(w.admin(), "x", "/ready")
+                    .ok()
+                    .filter(|r| r.status == 200)
+            },
+        );
+        w
+    }
+    pub fn admin(&self) -> SocketAddr {
+        self.net.addr(self.host, 15000)
+    }
+    pub fn outbound(&self) -> SocketAddr {
+        self.net.addr(self.host, 15001)
+    }
+    pub fn inbound(&self) -> SocketAddr {
+        self.net.addr(self.host, 15006)
+    }
+    pub fn dump(&self) -> serde_json::Value {
+        get(self.admin(), "x", "/config_dump")
+            .map(|r| r.json())
+            .unwrap_or_default()
+    }
+    /// Endpoints of `service` in this sidecar's config.
+    pub fn endpoints(&self, service: &str) -> Vec<String> {
+        self.dump()["clusters"][service]["endpoints"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e["address"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Steady load through a sidecar in a background thread: counts successes
+/// and failures and which instance answered.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub stats: std::sync::Arc<std::sync::Mutex<LoadStats>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct LoadStats {
+    pub ok: u64,
+    pub failed: u64,
+    pub failures: Vec<String>,
+    /// Instance of each successful answer, in order.
+    pub served_by: Vec<String>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, host: &str, method: &'static str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stats = std::sync::Arc::new(std::sync::Mutex::new(LoadStats::default()));
+        let (st, sx, host) = (stop.clone(), stats.clone(), host.to_string());
+        let handle = std::thread::spawn(move || {
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = http(addr, method, &host, "/load", &[]);
+                let mut s = sx.lock().unwrap();
+                match r {
+                    Ok(r) if r.status == 200 => {
+                        s.ok += 1;
+                        let inst = r.json()["instance"].as_str().unwrap_or("").to_string();
+                        s.served_by.push(inst);
+                    }
+                    Ok(r) => {
+                        s.failed += 1;
+                        s.failures.push(format!("{} {}", r.status, r.body.trim()));
+                    }
+                    Err(e) => {
+                        s.failed += 1;
+                        s.failures.push(e.to_string());
+                    }
+                }
+                drop(s);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Load {
+            stop,
+            stats,
+            handle: Some(handle),
+        }
+    }
+    pub fn snapshot(&self) -> LoadStats {
+        self.stats.lock().unwrap().clone()
+    }
+    /// Wait until `n` more requests succeeded than now.
+    pub fn wait_more(&self, n: u64) {
+        let base = self.snapshot().ok;
+        wait_for(
+            &format!("{n} more successful requests"),
+            Duration::from_secs(30),
+            || (self.snapshot().ok >= base + n).then_some(()),
+        );
+    }
+    pub fn finish(mut self) -> LoadStats {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.snapshot()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
