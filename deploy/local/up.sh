@@ -27,11 +27,24 @@ trap cleanup EXIT INT TERM
 start() { # name, command...
   local name=$1; shift
   "$@" >"$state/logs/$name.log" 2>&1 &
-  pids+=($!)
+  last=$!
+  pids+=($last)
 }
-wait_http() { # url
-  for _ in $(seq 1 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
-  echo "timed out waiting for $1 (see $state/logs)"; exit 1
+# Refuse to start over another mesh (or anything) on our addresses.
+for a in 127.0.0.1:5681 127.0.0.1:5685 127.0.1.1:5678 127.0.1.1:5680 127.0.2.1:5678 127.0.2.1:5680 \
+         127.0.1.10:15000 127.0.1.11:15000 127.0.1.12:15000 127.0.2.10:15000 127.0.2.11:15000; do
+  if (exec 3<>"/dev/tcp/${a%:*}/${a#*:}") 2>/dev/null; then
+    echo "something already listens on $a; stop it (another local mesh?) and run again" >&2
+    exit 1
+  fi
+done
+wait_http() { # url: ready, and served by the process we just started
+  for _ in $(seq 1 200); do
+    kill -0 "$last" 2>/dev/null || { echo "a process exited during startup; see $state/logs:" >&2; tail -n 3 "$state"/logs/*.log >&2; exit 1; }
+    curl -sf -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  echo "timed out waiting for $1 (see $state/logs)" >&2; exit 1
 }
 
 export TERN_CONFIG=$state/global/ternctl.json
