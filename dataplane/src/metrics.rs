@@ -25,8 +25,16 @@ pub struct ReqLabel {
     pub status: u16,
 }
 
+/// Handles resolved once, so a request touches atomics, not the family map.
+#[derive(Clone)]
+struct Hot {
+    by_class: [Counter; 6],
+    latency: Histogram,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    hot: [Hot; 2],
     pub requests: Family<ReqLabel, Counter>,
     pub latency: Family<DirLabel, Histogram>,
     pub connections_open: Family<DirLabel, Gauge>,
@@ -40,11 +48,18 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(reg: &mut Registry) -> Self {
+        let requests: Family<ReqLabel, Counter> = Family::default();
+        let latency: Family<DirLabel, Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)));
+        let hot = [Direction::Inbound, Direction::Outbound].map(|direction| Hot {
+            by_class: [0u16, 100, 200, 300, 400, 500]
+                .map(|status| requests.get_or_create(&ReqLabel { direction, status }).clone()),
+            latency: latency.get_or_create(&DirLabel { direction }).clone(),
+        });
         let m = Self {
-            requests: Family::default(),
-            latency: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0001, 2.0, 18))
-            }),
+            hot,
+            requests,
+            latency,
             connections_open: Family::default(),
             connections: Family::default(),
             tls_failures: Family::default(),
@@ -98,14 +113,8 @@ impl Metrics {
     }
 
     pub fn observe(&self, direction: Direction, status: u16, secs: f64) {
-        self.requests
-            .get_or_create(&ReqLabel {
-                direction,
-                status: status / 100 * 100,
-            })
-            .inc();
-        self.latency
-            .get_or_create(&DirLabel { direction })
-            .observe(secs);
+        let h = &self.hot[direction as usize];
+        h.by_class[(status / 100).min(5) as usize].inc();
+        h.latency.observe(secs);
     }
 }

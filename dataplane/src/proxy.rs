@@ -24,8 +24,7 @@ use bytes::Bytes;
 use common::ident::SpiffeId;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
@@ -34,24 +33,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{client::TlsStream, TlsAcceptor, TlsConnector};
 
 use crate::metrics::{DirLabel, Direction, Metrics};
-use crate::state::{Protocol, Shared, ALPN_TCP};
+use crate::state::{Alpn, Protocol, Shared, ALPN_TCP};
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// A proxied body, or one the proxy wrote itself (errors, empty retries).
+/// An enum rather than a box: no allocation per request.
+pub type Body = Either<Incoming, Full<Bytes>>;
 
 pub const CLIENT_ID_HEADER: &str = "x-tern-client-id";
 const EJECT_FOR: Duration = Duration::from_secs(5);
 const MAX_ATTEMPTS: usize = 3;
 
 fn empty() -> Body {
-    Empty::new().map_err(|n| match n {}).boxed()
+    Either::Right(Full::new(Bytes::new()))
 }
 
 fn error_response(status: StatusCode, msg: String) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(Bytes::from(msg + "\n"))
-            .map_err(|n| match n {})
-            .boxed(),
-    );
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(msg + "\n"))));
     *r.status_mut() = status;
     r.headers_mut()
         .insert("x-tern-error", HeaderValue::from_static("proxy"));
@@ -144,6 +141,7 @@ impl hyper::rt::Write for MeshConn {
 pub struct MeshConnector {
     shared: Arc<Shared>,
     metrics: Metrics,
+    alpn: Alpn,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,11 +161,11 @@ pub async fn connect_mesh(
     shared: &Shared,
     addr: SocketAddr,
     expect: &SpiffeId,
-    tcp: bool,
+    alpn: Alpn,
 ) -> Result<(TlsStream<TcpStream>, bool), ConnectError> {
     let tls = shared.tls.load_full().ok_or(ConnectError::NoCertificate)?;
     let cfg = tls
-        .client_for(expect, tcp)
+        .client_for(expect, alpn)
         .map_err(|e| ConnectError::Tls(e.to_string()))?;
     let tcp_stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
         .await
@@ -197,6 +195,7 @@ impl tower::Service<Uri> for MeshConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let shared = self.shared.clone();
         let metrics = self.metrics.clone();
+        let alpn = self.alpn;
         Box::pin(async move {
             let auth = uri.authority().map(|a| a.as_str()).unwrap_or("");
             let addr: SocketAddr = auth
@@ -208,7 +207,7 @@ impl tower::Service<Uri> for MeshConnector {
                 .get(&addr)
                 .cloned()
                 .ok_or_else(|| ConnectError::UnknownEndpoint(auth.to_string()))?;
-            match connect_mesh(&shared, addr, &expect, false).await {
+            match connect_mesh(&shared, addr, &expect, alpn).await {
                 Ok((io, h2)) => Ok(MeshConn {
                     io: TokioIo::new(io),
                     h2,
@@ -229,9 +228,11 @@ impl tower::Service<Uri> for MeshConnector {
 pub struct Proxy {
     pub shared: Arc<Shared>,
     pub metrics: Metrics,
-    upstream: Client<MeshConnector, Body>,
+    upstream_h2: Client<MeshConnector, Body>,
+    upstream_h1: Client<MeshConnector, Body>,
     app: Client<HttpConnector, Body>,
     app_addr: Option<SocketAddr>,
+    app_authority: http::uri::Authority,
     app_protocol: Protocol,
 }
 
@@ -242,18 +243,25 @@ impl Proxy {
         app_addr: Option<SocketAddr>,
         app_protocol: Protocol,
     ) -> Arc<Self> {
-        let connector = MeshConnector {
+        let connector = |alpn| MeshConnector {
             shared: shared.clone(),
             metrics: metrics.clone(),
+            alpn,
         };
-        let upstream = Client::builder(TokioExecutor::new())
+        let upstream_h2 = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .http2_keep_alive_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+            .build(connector(Alpn::H2));
+        let upstream_h1 = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector(Alpn::Http1));
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(3)));
@@ -267,9 +275,15 @@ impl Proxy {
         Arc::new(Self {
             shared,
             metrics,
-            upstream,
+            upstream_h2,
+            upstream_h1,
             app,
             app_addr,
+            app_authority: app_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "127.0.0.1:0".into())
+                .parse()
+                .expect("socket address is an authority"),
             app_protocol,
         })
     }
@@ -336,7 +350,7 @@ impl Proxy {
                 break;
             };
             tried.push(ep.addr);
-            match connect_mesh(&self.shared, ep.addr, &ep.identity, true).await {
+            match connect_mesh(&self.shared, ep.addr, &ep.identity, Alpn::Tcp).await {
                 Ok((mut up, _)) => {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
                     return;
@@ -409,12 +423,16 @@ impl Proxy {
                 | Method::DELETE
         );
         let bodyless = body.is_end_stream();
-        let mut body = Some(body.boxed());
+        let mut body = Some(Either::Left(body));
         let path = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let (client, version) = match cluster.protocol {
+            Protocol::Http2 => (&self.upstream_h2, Version::HTTP_2),
+            _ => (&self.upstream_h1, Version::HTTP_11),
+        };
         let mut tried = Vec::new();
         let mut last_err = String::new();
         for attempt in 0..MAX_ATTEMPTS {
@@ -432,13 +450,16 @@ impl Proxy {
             }
             let mut r = Request::new(b);
             *r.method_mut() = parts.method.clone();
-            *r.uri_mut() = format!("http://{}{}", ep.addr, path)
-                .parse()
-                .expect("valid uri");
+            *r.uri_mut() = Uri::builder()
+                .scheme(http::uri::Scheme::HTTP)
+                .authority(ep.authority.clone())
+                .path_and_query(path.clone())
+                .build()
+                .expect("valid parts");
             *r.headers_mut() = parts.headers.clone();
-            *r.version_mut() = Version::HTTP_2;
-            match self.upstream.request(r).await {
-                Ok(resp) => return resp.map(|b| b.boxed()),
+            *r.version_mut() = version;
+            match client.request(r).await {
+                Ok(resp) => return resp.map(Either::Left),
                 Err(e) => {
                     let connect = e.is_connect();
                     if connect {
@@ -560,17 +581,22 @@ impl Proxy {
         let path = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        parts.uri = format!("http://{app}{path}").parse().expect("valid uri");
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        parts.uri = Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(self.app_authority.clone())
+            .path_and_query(path)
+            .build()
+            .expect("valid parts");
         parts.version = if self.app_protocol == Protocol::Http2 {
             Version::HTTP_2
         } else {
             Version::HTTP_11
         };
-        let req = Request::from_parts(parts, body.boxed());
+        let req = Request::from_parts(parts, Either::Left(body));
         let resp = match self.app.request(req).await {
-            Ok(r) => r.map(|b| b.boxed()),
+            Ok(r) => r.map(Either::Left),
             Err(e) => error_response(
                 StatusCode::BAD_GATEWAY,
                 format!("local app at {app}: {}", error_chain(&e)),

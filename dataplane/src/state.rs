@@ -15,6 +15,28 @@ use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
 use proto::v1 as pb;
 
 pub const ALPN_TCP: &[u8] = b"tern/tcp";
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// What a connection between sidecars carries, chosen by ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Alpn {
+    /// HTTP/2: h2 and gRPC apps, many requests multiplexed per connection.
+    H2,
+    /// HTTP/1.1 apps: pooled keep-alive connections, no protocol translation.
+    Http1,
+    /// Opaque TCP.
+    Tcp,
+}
+
+impl Alpn {
+    pub fn id(self) -> &'static [u8] {
+        match self {
+            Alpn::H2 => tls::ALPN_H2,
+            Alpn::Http1 => ALPN_HTTP1,
+            Alpn::Tcp => ALPN_TCP,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -40,12 +62,12 @@ impl Protocol {
 pub struct Tls {
     pub ident: Arc<Identity>,
     pub server: Arc<ServerConfig>,
-    clients: Mutex<HashMap<(SpiffeId, bool), Arc<ClientConfig>>>,
+    clients: Mutex<HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>>,
 }
 
 impl Tls {
     pub fn new(ident: Identity, trust_domain: &str) -> Result<Self, tls::TlsConfigError> {
-        let server = tls::server_config_mtls(&ident, trust_domain, &[tls::ALPN_H2, ALPN_TCP])?;
+        let server = tls::server_config_mtls(&ident, trust_domain, &[tls::ALPN_H2, ALPN_HTTP1, ALPN_TCP])?;
         Ok(Self {
             ident: Arc::new(ident),
             server: Arc::new(server),
@@ -57,21 +79,20 @@ impl Tls {
     pub fn client_for(
         &self,
         expect: &SpiffeId,
-        tcp: bool,
+        alpn: Alpn,
     ) -> Result<Arc<ClientConfig>, tls::TlsConfigError> {
         let mut g = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = g.get(&(expect.clone(), tcp)) {
+        if let Some(c) = g.get(&(expect.clone(), alpn)) {
             return Ok(c.clone());
         }
         let verifier =
             SpiffeServerVerifier::new(self.ident.root_store(), Expect::Exact(expect.clone()));
-        let alpn: &[&[u8]] = if tcp { &[ALPN_TCP] } else { &[tls::ALPN_H2] };
         let c = Arc::new(tls::client_config(
             Some(&self.ident),
             Arc::new(verifier),
-            alpn,
+            &[alpn.id()],
         )?);
-        g.insert((expect.clone(), tcp), c.clone());
+        g.insert((expect.clone(), alpn), c.clone());
         Ok(c)
     }
 }
@@ -79,6 +100,8 @@ impl Tls {
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, built once.
+    pub authority: http::uri::Authority,
     pub identity: SpiffeId,
     pub zone: String,
     pub region: String,
@@ -171,6 +194,7 @@ impl Clusters {
                     Some(old) => (*old).clone(),
                     None => Arc::new(Endpoint {
                         addr,
+                        authority: addr.to_string().parse().map_err(|_| format!("bad address {addr}"))?,
                         identity,
                         zone: e.zone.clone(),
                         region: e.region.clone(),
