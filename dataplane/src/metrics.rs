@@ -1,16 +1,26 @@
 //! Prometheus metrics, one registry with the `tern_proxy` prefix.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Direction {
-    Inbound,
-    Outbound,
+    Inbound = 0,
+    Outbound = 1,
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, e: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        e.write_str(match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,8 +31,8 @@ pub struct DirLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReqLabel {
     pub direction: Direction,
-    /// Status class: 2xx, 4xx, 5xx...
-    pub status: u16,
+    /// Status class: 1xx .. 5xx.
+    pub status: &'static str,
 }
 
 /// Handles resolved once, so a request touches atomics, not the family map.
@@ -52,8 +62,11 @@ impl Metrics {
         let latency: Family<DirLabel, Histogram> =
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)));
         let hot = [Direction::Inbound, Direction::Outbound].map(|direction| Hot {
-            by_class: [0u16, 100, 200, 300, 400, 500]
-                .map(|status| requests.get_or_create(&ReqLabel { direction, status }).clone()),
+            by_class: ["1xx", "1xx", "2xx", "3xx", "4xx", "5xx"].map(|status| {
+                requests
+                    .get_or_create(&ReqLabel { direction, status })
+                    .clone()
+            }),
             latency: latency.get_or_create(&DirLabel { direction }).clone(),
         });
         let m = Self {

@@ -67,7 +67,8 @@ pub struct Tls {
 
 impl Tls {
     pub fn new(ident: Identity, trust_domain: &str) -> Result<Self, tls::TlsConfigError> {
-        let server = tls::server_config_mtls(&ident, trust_domain, &[tls::ALPN_H2, ALPN_HTTP1, ALPN_TCP])?;
+        let server =
+            tls::server_config_mtls(&ident, trust_domain, &[tls::ALPN_H2, ALPN_HTTP1, ALPN_TCP])?;
         Ok(Self {
             ident: Arc::new(ident),
             server: Arc::new(server),
@@ -194,7 +195,10 @@ impl Clusters {
                     Some(old) => (*old).clone(),
                     None => Arc::new(Endpoint {
                         addr,
-                        authority: addr.to_string().parse().map_err(|_| format!("bad address {addr}"))?,
+                        authority: addr
+                            .to_string()
+                            .parse()
+                            .map_err(|_| format!("bad address {addr}"))?,
                         identity,
                         zone: e.zone.clone(),
                         region: e.region.clone(),

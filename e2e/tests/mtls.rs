@@ -95,7 +95,19 @@ fn requests_cross_two_sidecars_with_caller_identity_and_bad_clients_are_refused(
             "echo",
         ],
     );
+    let grpc_t = g.token_file(
+        "grpc.token",
+        &[
+            "generate",
+            "dataplane-token",
+            "--zone",
+            "z1",
+            "--service",
+            "grpc",
+        ],
+    );
     let api = Workload::start(&s.0, net, 11, "api", &z, &api_t);
+    let _grpc = Workload::start_with(&s.0, net, 13, "grpc", &z, &grpc_t, &["--protocol", "grpc"]);
     let _echo = Workload::start_full(
         &s.0,
         net,
@@ -126,6 +138,23 @@ fn requests_cross_two_sidecars_with_caller_identity_and_bad_clients_are_refused(
     let j = r.json();
     assert_eq!(j["service"], "api");
     assert_eq!(j["clientId"], "spiffe://tern/zone/z1/svc/web");
+    assert_eq!(j["version"], "HTTP/1.1", "HTTP/1.1 apps get HTTP/1.1");
+    // An HTTP/2 (gRPC) service: carried as HTTP/2 end to end, even when the
+    // caller spoke HTTP/1.1 to its sidecar.
+    wait_for("web knows grpc", T, || {
+        (!web.endpoints("grpc").is_empty()).then_some(())
+    });
+    let r = http(
+        web.outbound(),
+        "POST",
+        "grpc",
+        "/tern.Echo/Say",
+        &[("content-type", "application/grpc")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["version"], "HTTP/2.0");
+    assert_eq!(r.json()["clientId"], "spiffe://tern/zone/z1/svc/web");
     // A caller cannot forge the identity header: the sidecars replace it.
     let r = http(
         web.outbound(),

@@ -22,7 +22,8 @@ struct Cli {
     #[arg(long, env = "TERN_ADMIN_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
     /// Config file with {"server": ..., "token": ...}; the global writes one
-    /// to <data-dir>/ternctl.json. Default: ~/.tern/config.json.
+    /// to <data-dir>/ternctl.json. Default: ~/.tern/config.json, else
+    /// ./tern-global-data/ternctl.json (the global's default data dir).
     #[arg(long, env = "TERN_CONFIG", global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -125,7 +126,12 @@ fn default_config_path() -> Option<PathBuf> {
 
 impl Api {
     fn new(cli: &Cli) -> anyhow::Result<Self> {
-        let path = cli.config.clone().or_else(default_config_path);
+        let local = PathBuf::from("tern-global-data/ternctl.json");
+        let path = cli.config.clone().or_else(|| {
+            default_config_path()
+                .filter(|p| p.exists())
+                .or_else(|| local.exists().then_some(local))
+        });
         let file: Option<FileConfig> = match &path {
             Some(p) if p.exists() => Some(
                 serde_json::from_slice(

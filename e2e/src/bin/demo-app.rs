@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
                         .unwrap_or("")
                         .to_string();
                     let method = req.method().to_string();
+                    let version = format!("{:?}", req.version());
                     let path = req.uri().path().to_string();
                     let body = req
                         .into_body()
@@ -59,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
                         .unwrap_or_default();
                     let v = serde_json::json!({
                         "service": who.0, "zone": who.1, "instance": who.2,
-                        "clientId": client, "method": method, "path": path,
+                        "clientId": client, "method": method, "path": path, "version": version,
                         "bodyBytes": body.len(),
                     });
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(v.to_string() + "\n"))))
