@@ -5,6 +5,7 @@
 //! | global control plane | `spiffe://TD/global` |
 //! | zone intermediate CA | `spiffe://TD/zone/ZONE` |
 //! | zone control plane | `spiffe://TD/zone/ZONE/cp` |
+//! | east-west gateway | `spiffe://TD/zone/ZONE/gateway` |
 //! | workload (sidecar) | `spiffe://TD/zone/ZONE/svc/SERVICE` |
 
 use std::fmt;
@@ -39,6 +40,12 @@ impl SpiffeId {
     }
     pub fn zone_cp(td: &str, zone: &str) -> Self {
         Self(format!("spiffe://{td}/zone/{zone}/cp"))
+    }
+    pub fn gateway(td: &str, zone: &str) -> Self {
+        Self(format!("spiffe://{td}/zone/{zone}/gateway"))
+    }
+    pub fn is_gateway(&self) -> bool {
+        matches!(self.segments().as_slice(), ["zone", _, "gateway"])
     }
     pub fn workload(td: &str, zone: &str, service: &str) -> Self {
         Self(format!("spiffe://{td}/zone/{zone}/svc/{service}"))

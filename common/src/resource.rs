@@ -133,6 +133,12 @@ pub const KINDS: &[KindInfo] = &[
         validate: |v| typed::<ZoneSpec>(v).map(|_| ()),
     },
     KindInfo {
+        name: "ZoneIngress",
+        plural: "zoneingresses",
+        system: true,
+        validate: |v| typed::<ZoneIngressSpec>(v).map(|_| ()),
+    },
+    KindInfo {
         name: "Revocation",
         plural: "revocations",
         system: true,
@@ -440,6 +446,37 @@ pub struct ZoneSpec {
     pub enabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Failover order of other regions for this zone's callers, after its
+    /// own zone and its own region. Regions not listed come after, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub region_order: Vec<String>,
+}
+
+/// What other zones need to reach a zone: its region, its gateways' public
+/// QUIC addresses and the health of its services. Written by the global from
+/// the zone's inventory, named after the zone, withdrawn when the zone has
+/// been offline longer than the TTL.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ZoneIngressSpec {
+    pub region: String,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSummary>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceSummary {
+    pub protocol: String,
+    pub healthy: u32,
+}
+
+impl ZoneIngressSpec {
+    pub fn from_resource(r: &Resource) -> Option<Self> {
+        typed(&r.spec).ok()
+    }
 }
 
 /// A revoked token, named by its id. Synced to every zone so that zones
@@ -501,7 +538,7 @@ mod tests {
         let bad_kind = "apiVersion: tern.dev/v1alpha1\nkind: Gizmo\nmetadata: {name: a}\n";
         let e = &parse_documents("x", bad_kind).unwrap_err()[0];
         assert_eq!(e.error.path, "kind");
-        assert!(e.error.message.contains("Mesh, Zone"), "{e}");
+        assert!(e.error.message.contains("Mesh, Zone, ZoneIngress"), "{e}");
         let bad_name = "apiVersion: tern.dev/v1alpha1\nkind: Zone\nmetadata:\n  name: Bad_Name\n";
         let e = &parse_documents("x", bad_name).unwrap_err()[0];
         assert_eq!(e.error.path, "metadata.name");

@@ -19,6 +19,8 @@ const PREFIX: &str = "tern1";
 pub enum TokenKind {
     Zone,
     Dataplane,
+    /// An east-west gateway of one zone.
+    Gateway,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +86,7 @@ impl TokenKind {
         match self {
             TokenKind::Zone => "zone",
             TokenKind::Dataplane => "dataplane",
+            TokenKind::Gateway => "gateway",
         }
     }
 }

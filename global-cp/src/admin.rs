@@ -320,7 +320,7 @@ async fn issue_token(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Res
     }
     let (default, max) = match req.kind {
         TokenKind::Zone => (ZONE_TOKEN_DEFAULT, ZONE_TOKEN_MAX),
-        TokenKind::Dataplane => (DATAPLANE_TOKEN_DEFAULT, DATAPLANE_TOKEN_MAX),
+        TokenKind::Dataplane | TokenKind::Gateway => (DATAPLANE_TOKEN_DEFAULT, DATAPLANE_TOKEN_MAX),
     };
     let valid_for = match req.valid_for.as_deref().map(humantime::parse_duration) {
         None => default,
@@ -349,7 +349,7 @@ async fn issue_token(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Res
             }
             Some(s)
         }
-        (TokenKind::Zone, _) => None,
+        (TokenKind::Zone | TokenKind::Gateway, _) => None,
     };
     let st = &api.state;
     match st.authority.issue_token(

@@ -48,6 +48,10 @@ pub struct Config {
     /// How long a zone may leave a delta unanswered before its stream is closed.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub ack_timeout: Duration,
+    /// How long a zone may be offline before the global withdraws its
+    /// services and gateway addresses from the other zones.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub zone_offline_ttl: Duration,
     /// Log as JSON lines.
     #[arg(long)]
     pub json_logs: bool,
@@ -95,6 +99,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
     });
     let admin_token = admin::init_credential(&state)?;
     sync::serve(state.clone()).await?;
+    sync::withdraw_stale_at_start(&state);
     admin::serve(state.clone(), registry, admin_token).await?;
     tracing::info!(
         sync = %config.sync_addr,

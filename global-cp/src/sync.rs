@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use common::ident::SpiffeId;
-use common::resource::{Resource, ZoneSpec};
+use common::resource::{Key, Resource, ServiceSummary, ZoneIngressSpec, ZoneSpec};
 use common::sync::{chunk, Delta, DeltaSender, Want};
 use common::token::{self, TokenError, TokenKind};
 use common::{grpc, pki, tls};
@@ -82,6 +82,8 @@ pub struct ZoneLive {
     pub last_nack: Option<(u64, String)>,
     pub connected_proxies: u32,
     pub services: BTreeMap<String, usize>,
+    pub region: String,
+    pub gateways: Vec<String>,
     #[serde(skip)]
     pub inventory: BTreeMap<String, pb::ServiceInventory>,
     #[serde(skip)]
@@ -144,6 +146,17 @@ impl ZoneTable {
 
     pub fn snapshot(&self) -> HashMap<String, ZoneLive> {
         self.lock().clone()
+    }
+
+    fn online_session(&self, zone: &str) -> Option<u64> {
+        self.lock()
+            .get(zone)
+            .filter(|z| z.online)
+            .map(|z| z.session)
+    }
+
+    fn session(&self, zone: &str) -> u64 {
+        self.lock().get(zone).map(|z| z.session).unwrap_or(0)
     }
 }
 
@@ -446,6 +459,81 @@ impl GlobalSync for SyncService {
     }
 }
 
+/// Write the zone's ZoneIngress from its live inventory (a no-op when it
+/// did not change: the store keeps version and revision).
+fn publish_ingress(st: &State, zone: &str) {
+    let Some(z) = st.zones.snapshot().remove(zone) else {
+        return;
+    };
+    let spec = ZoneIngressSpec {
+        region: z.region.clone(),
+        gateways: z.gateways.clone(),
+        services: z
+            .inventory
+            .values()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    ServiceSummary {
+                        protocol: s
+                            .endpoints
+                            .first()
+                            .map(|e| e.protocol.clone())
+                            .unwrap_or_default(),
+                        healthy: s.endpoints.iter().filter(|e| e.healthy).count() as u32,
+                    },
+                )
+            })
+            .collect(),
+    };
+    let r = Resource {
+        api_version: common::resource::API_VERSION.into(),
+        kind: "ZoneIngress".into(),
+        metadata: common::resource::Metadata {
+            name: zone.to_string(),
+            ..Default::default()
+        },
+        spec: serde_json::to_value(&spec).unwrap_or_default(),
+    };
+    if let Err(e) = st.store.put(r, &token::fmt_unix(token::now_unix())) {
+        tracing::error!(zone, error = %e, "could not publish the zone's ingress");
+    }
+}
+
+/// Withdraw a zone's ZoneIngress once it has been offline for the TTL,
+/// unless it came back (a new session) meanwhile.
+fn withdraw_after_ttl(st: Arc<State>, zone: String, session: u64) {
+    tokio::spawn(async move {
+        tokio::time::sleep(st.config.zone_offline_ttl).await;
+        if st.zones.online_session(&zone).is_some() || st.zones.session(&zone) != session {
+            return;
+        }
+        let key = Key {
+            kind: "ZoneIngress".into(),
+            name: zone.clone(),
+        };
+        match st.store.delete(&key, None) {
+            Ok(true) => tracing::warn!(
+                zone,
+                ttl = ?st.config.zone_offline_ttl,
+                "zone offline past its TTL: withdrew its services and gateways"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::error!(zone, error = %e, "could not withdraw the zone"),
+        }
+    });
+}
+
+/// After a restart nobody is online yet: give every published zone the TTL
+/// to reconnect.
+pub fn withdraw_stale_at_start(st: &Arc<State>) {
+    if let Ok(items) = st.store.list(Some("ZoneIngress")) {
+        for s in items {
+            withdraw_after_ttl(st.clone(), s.resource.metadata.name.clone(), 0);
+        }
+    }
+}
+
 fn to_pb(r: &Resource) -> pb::Resource {
     pb::Resource {
         kind: r.kind.clone(),
@@ -615,7 +703,10 @@ fn handle(
                     .iter()
                     .map(|(k, v)| (k.clone(), v.endpoints.iter().filter(|e| e.healthy).count()))
                     .collect();
+                z.region = inv.region.clone();
+                z.gateways = inv.gateways.clone();
             });
+            publish_ingress(st, zone);
         }
         Some(zone_message::Msg::Hello(_)) => return Err("unexpected second ZoneHello".into()),
         None => return Err("empty message".into()),

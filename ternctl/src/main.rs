@@ -84,6 +84,14 @@ enum Generate {
         #[arg(long)]
         valid_for: Option<String>,
     },
+    /// A token an east-west gateway registers with, scoped to a zone.
+    GatewayToken {
+        #[arg(long)]
+        zone: String,
+        /// Default 90d, at most 365d.
+        #[arg(long)]
+        valid_for: Option<String>,
+    },
     /// A token a sidecar registers with, scoped to a zone and service.
     DataplaneToken {
         #[arg(long)]
@@ -443,6 +451,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let body = match what {
                 Generate::ZoneToken { zone, valid_for } => {
                     json!({ "kind": "zone", "zone": zone, "validFor": valid_for })
+                }
+                Generate::GatewayToken { zone, valid_for } => {
+                    json!({ "kind": "gateway", "zone": zone, "validFor": valid_for })
                 }
                 Generate::DataplaneToken {
                     zone,

@@ -88,6 +88,30 @@ impl GlobalState {
             .0
     }
 
+    /// Other zones' ingress (region, gateways, service health), by zone.
+    pub fn ingresses(&self) -> Vec<(String, common::resource::ZoneIngressSpec)> {
+        let g = self.lock();
+        g.resources
+            .range("ZoneIngress/".to_string().."ZoneIngress0".to_string())
+            .filter_map(|(k, v)| {
+                let r: Resource = serde_json::from_value(v.clone()).ok()?;
+                let spec = common::resource::ZoneIngressSpec::from_resource(&r)?;
+                Some((k["ZoneIngress/".len()..].to_string(), spec))
+            })
+            .collect()
+    }
+
+    /// `spec.regionOrder` of a Zone resource.
+    pub fn region_order(&self, zone: &str) -> Vec<String> {
+        let g = self.lock();
+        g.resources
+            .get(&format!("Zone/{zone}"))
+            .and_then(|v| serde_json::from_value::<Resource>(v.clone()).ok())
+            .and_then(|r| common::resource::ZoneSpec::from_resource(&r))
+            .map(|s| s.region_order)
+            .unwrap_or_default()
+    }
+
     fn snapshot(&self) -> (u64, BTreeMap<String, Value>) {
         let g = self.lock();
         (g.version, g.resources.clone())
@@ -141,12 +165,21 @@ pub fn spawn(z: Arc<Zone>) {
 }
 
 fn inventory_diff(
+    z: &Zone,
     last: &BTreeMap<String, pb::ServiceInventory>,
     now: &BTreeMap<String, pb::ServiceInventory>,
     full: bool,
-    proxies: u32,
 ) -> pb::Inventory {
+    let proxies = z.registry.connected();
     pb::Inventory {
+        region: z.registry.region().to_string(),
+        gateways: z
+            .registry
+            .gateways()
+            .into_iter()
+            .filter(|g| g.connected)
+            .map(|g| g.public_address)
+            .collect(),
         full,
         upserts: now
             .iter()
@@ -197,10 +230,10 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
     let mut reg_rx = z.registry.watch();
     let mut last_inv = z.registry.inventory();
     tx.send(inv_msg(inventory_diff(
+        z,
         &BTreeMap::new(),
         &last_inv,
         true,
-        z.registry.connected(),
     )))
     .await?;
     let mut inbound = client
@@ -252,7 +285,7 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
             r = reg_rx.changed() => {
                 r?;
                 let now = z.registry.inventory();
-                tx.send(inv_msg(inventory_diff(&last_inv, &now, false, z.registry.connected()))).await?;
+                tx.send(inv_msg(inventory_diff(z, &last_inv, &now, false))).await?;
                 last_inv = now;
             }
         }

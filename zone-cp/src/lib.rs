@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod bootstrap;
+pub mod compile;
 pub mod global_client;
 pub mod proxy_server;
 pub mod registry;

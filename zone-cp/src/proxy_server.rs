@@ -17,6 +17,7 @@ use proto::v1::{self as pb, proxy_message, zone_to_proxy};
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::compile::{self, ProxyKind};
 use crate::registry::Entry;
 use crate::Zone;
 
@@ -82,6 +83,24 @@ fn validate_registration(r: &pb::Registration) -> Result<(), String> {
             r.protocol
         ));
     }
+    match r.kind.as_str() {
+        "" | "sidecar" => {}
+        "gateway" => {
+            r.public_address
+                .parse::<std::net::SocketAddr>()
+                .map_err(|_| {
+                    format!(
+                        "registration.publicAddress: {:?} is not IP:port",
+                        r.public_address
+                    )
+                })?;
+        }
+        other => {
+            return Err(format!(
+                "registration.kind: {other:?} is not sidecar or gateway"
+            ))
+        }
+    }
     if r.instance.is_empty() || r.instance.len() > 253 {
         return Err("registration.instance: must be 1-253 characters".into());
     }
@@ -136,13 +155,22 @@ impl ProxyDiscovery for Service {
             .registration
             .ok_or_else(|| Status::invalid_argument("ProxyHello.registration is required"))?;
         validate_registration(&reg).map_err(Status::invalid_argument)?;
+        let kind = if reg.kind == "gateway" {
+            ProxyKind::Gateway
+        } else {
+            ProxyKind::Sidecar
+        };
+        let (token_kind, scope) = match kind {
+            ProxyKind::Gateway => (TokenKind::Gateway, None),
+            ProxyKind::Sidecar => (TokenKind::Dataplane, Some(reg.service.as_str())),
+        };
         let claims = token::verify(
             &hello.token,
             &z.boot.token_public_key,
-            TokenKind::Dataplane,
+            token_kind,
             token::now_unix(),
         )
-        .and_then(|c| c.check_scope(&z.boot.zone, Some(&reg.service)).map(|_| c))
+        .and_then(|c| c.check_scope(&z.boot.zone, scope).map(|_| c))
         .map_err(|e| refuse(&z, &reg.service, e))?;
         if z.global.is_revoked(&claims.jti) {
             return Err(refuse(
@@ -151,7 +179,12 @@ impl ProxyDiscovery for Service {
                 TokenError::Revoked { jti: claims.jti },
             ));
         }
-        let id = SpiffeId::workload(&z.boot.trust_domain, &z.boot.zone, &reg.service);
+        let id = match kind {
+            ProxyKind::Gateway => SpiffeId::gateway(&z.boot.trust_domain, &z.boot.zone),
+            ProxyKind::Sidecar => {
+                SpiffeId::workload(&z.boot.trust_domain, &z.boot.zone, &reg.service)
+            }
+        };
         let csr = hello
             .csr
             .ok_or_else(|| Status::invalid_argument("ProxyHello.csr is required"))?;
@@ -166,19 +199,37 @@ impl ProxyDiscovery for Service {
             protocol: reg.protocol.clone(),
             labels: reg.labels.clone().into_iter().collect(),
             identity: id.to_string(),
+            kind: if kind == ProxyKind::Gateway {
+                "gateway"
+            } else {
+                "sidecar"
+            }
+            .into(),
+            public_address: reg.public_address.clone(),
             connected: true,
             session: 0,
         });
         z.metrics.proxies.inc();
-        tokio::spawn(run(z, reg.instance, session, id, claims.jti, inbound, tx));
+        tokio::spawn(run(
+            z,
+            kind,
+            reg.instance,
+            session,
+            id,
+            claims.jti,
+            inbound,
+            tx,
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     z: Arc<Zone>,
+    kind: ProxyKind,
     instance: String,
     session: u64,
     id: SpiffeId,
@@ -190,7 +241,7 @@ async fn run(
     let mut reg = z.registry.watch();
     let mut global = z.global.watch();
     let clean: bool = loop {
-        let desired: BTreeMap<String, pb::Cluster> = z.registry.clusters();
+        let desired: BTreeMap<String, pb::Cluster> = compile::clusters(&z, kind);
         if let Some(d) = sender.next(&desired, Instant::now()) {
             let msg = pb::ZoneToProxy {
                 msg: Some(zone_to_proxy::Msg::Config(pb::ProxyConfig {

@@ -22,6 +22,12 @@ pub struct Entry {
     pub protocol: String,
     pub labels: BTreeMap<String, String>,
     pub identity: String,
+    /// "sidecar" or "gateway".
+    #[serde(default)]
+    pub kind: String,
+    /// Gateways: the QUIC address other zones dial.
+    #[serde(default)]
+    pub public_address: String,
     pub connected: bool,
     #[serde(skip)]
     pub session: u64,
@@ -143,9 +149,22 @@ impl Registry {
         self.lock().values().filter(|e| e.connected).count() as u32
     }
 
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Registered gateways (connected or in grace).
+    pub fn gateways(&self) -> Vec<Entry> {
+        self.lock()
+            .values()
+            .filter(|e| e.kind == "gateway")
+            .cloned()
+            .collect()
+    }
+
     fn endpoints(&self) -> BTreeMap<String, Vec<pb::Endpoint>> {
         let mut out: BTreeMap<String, Vec<pb::Endpoint>> = BTreeMap::new();
-        for e in self.lock().values() {
+        for e in self.lock().values().filter(|e| e.kind != "gateway") {
             out.entry(e.service.clone())
                 .or_default()
                 .push(pb::Endpoint {
@@ -158,6 +177,9 @@ impl Registry {
                     identity: e.identity.clone(),
                     protocol: e.protocol.clone(),
                     instance: e.instance.clone(),
+                    weight: 1,
+                    via_gateway: false,
+                    priority: 0,
                 });
         }
         out

@@ -79,6 +79,12 @@ pub struct Inventory {
     /// false while more chunks of the same update follow.
     #[prost(bool, tag = "5")]
     pub last_chunk: bool,
+    /// The zone's region, and its gateways' public QUIC addresses. Sent with
+    /// every inventory message; small.
+    #[prost(string, tag = "6")]
+    pub region: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "7")]
+    pub gateways: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ServiceInventory {
@@ -111,6 +117,19 @@ pub struct Endpoint {
     pub protocol: ::prost::alloc::string::String,
     #[prost(string, tag = "9")]
     pub instance: ::prost::alloc::string::String,
+    /// Relative weight within its locality: 1 for a local endpoint; for a
+    /// remote zone reached through a gateway, that zone's healthy endpoints.
+    #[prost(uint32, tag = "10")]
+    pub weight: u32,
+    /// Set when the endpoint is another zone reached through a local gateway:
+    /// `address`/`port` are then the local gateway's, and `zone`/`region` the
+    /// destination's.
+    #[prost(bool, tag = "11")]
+    pub via_gateway: bool,
+    /// Locality tier computed by the zone control plane: 0 = the caller's own
+    /// zone, 1 = its region, 2.. = other regions in the zone's failover order.
+    #[prost(uint32, tag = "12")]
+    pub priority: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GlobalMessage {
@@ -210,6 +229,13 @@ pub struct Registration {
     pub region: ::prost::alloc::string::String,
     #[prost(string, tag = "7")]
     pub instance: ::prost::alloc::string::String,
+    /// "sidecar" (default) or "gateway".
+    #[prost(string, tag = "8")]
+    pub kind: ::prost::alloc::string::String,
+    /// Gateways: the QUIC address other zones' gateways dial (may differ from
+    /// the bind address behind NAT or a load balancer).
+    #[prost(string, tag = "9")]
+    pub public_address: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CertificateRequest {
