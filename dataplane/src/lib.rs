@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cp_client;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod state;
@@ -70,6 +71,13 @@ pub struct Config {
     /// Worker threads for the data path.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Per-attempt timeout of idempotent requests; a timed-out attempt is
+    /// retried in the next locality.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub per_try_timeout: Duration,
+    /// How often endpoints are probed (TCP connect); 0 disables.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
     /// On SIGTERM: deregister, keep serving this long, then exit.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
@@ -276,6 +284,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             labels: labels.into_iter().collect(),
             region: String::new(),
             instance,
+            kind: "sidecar".into(),
+            public_address: String::new(),
         };
         let mut outbound = Vec::new();
         if !cfg.outbound.is_empty() {
@@ -313,7 +323,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let app_addr = listeners.inbound.map(|i| i.1);
     let app_proto = listeners.inbound.map(|i| i.2).unwrap_or(Protocol::Http1);
-    let proxy = proxy::Proxy::new(shared.clone(), metrics.clone(), app_addr, app_proto);
+    let proxy = proxy::Proxy::new(
+        shared.clone(),
+        metrics.clone(),
+        app_addr,
+        app_proto,
+        cfg.per_try_timeout,
+    );
+    if !cfg.health_interval.is_zero() {
+        tokio::spawn(health::probe_loop(shared.clone(), cfg.health_interval));
+    }
     if let Some((listen, _, _)) = listeners.inbound {
         let l = tokio::net::TcpListener::bind(listen)
             .await

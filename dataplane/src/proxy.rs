@@ -33,7 +33,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{client::TlsStream, TlsAcceptor, TlsConnector};
 
 use crate::metrics::{DirLabel, Direction, Metrics};
-use crate::state::{Alpn, Protocol, Shared, ALPN_TCP};
+use crate::state::{Alpn, Endpoint, Protocol, Shared, Target, ALPN_TCP};
+use tokio::io::AsyncWriteExt;
 
 /// A proxied body, or one the proxy wrote itself (errors, empty retries).
 /// An enum rather than a box: no allocation per request.
@@ -85,8 +86,69 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 // Mesh connector: TCP + mTLS to a destination sidecar, checking its identity.
 // ---------------------------------------------------------------------------
 
+/// A mesh connection: straight to the destination sidecar, or through a
+/// local gateway, with the end-to-end mTLS session inside the gateway hop.
+pub enum MeshStream {
+    Direct(TlsStream<TcpStream>),
+    Gateway(Box<TlsStream<TlsStream<TcpStream>>>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            MeshStream::Direct($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            MeshStream::Gateway($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for MeshStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for MeshStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MeshStream::Direct(s) => s.is_write_vectored(),
+            MeshStream::Gateway(s) => s.is_write_vectored(),
+        }
+    }
+}
+
 pub struct MeshConn {
-    io: TokioIo<TlsStream<TcpStream>>,
+    io: TokioIo<MeshStream>,
     h2: bool,
 }
 
@@ -154,32 +216,82 @@ pub enum ConnectError {
     Io { addr: SocketAddr, source: io::Error },
     #[error("TLS config: {0}")]
     Tls(String),
+    #[error("flow header: {0}")]
+    Header(#[from] common::flow::HeaderError),
 }
 
-/// Open an mTLS connection to `addr`, requiring `expect`.
-pub async fn connect_mesh(
-    shared: &Shared,
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn timed<T>(
     addr: SocketAddr,
-    expect: &SpiffeId,
-    alpn: Alpn,
-) -> Result<(TlsStream<TcpStream>, bool), ConnectError> {
-    let tls = shared.tls.load_full().ok_or(ConnectError::NoCertificate)?;
-    let cfg = tls
-        .client_for(expect, alpn)
-        .map_err(|e| ConnectError::Tls(e.to_string()))?;
-    let tcp_stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
+    f: impl Future<Output = io::Result<T>>,
+) -> Result<T, ConnectError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, f)
         .await
         .map_err(|_| ConnectError::Io {
             addr,
-            source: io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            source: io::Error::new(io::ErrorKind::TimedOut, "timed out"),
         })?
-        .map_err(|source| ConnectError::Io { addr, source })?;
-    let _ = tcp_stream.set_nodelay(true);
-    let stream = TlsConnector::from(cfg)
-        .connect(common::tls::sni(), tcp_stream)
-        .await
-        .map_err(|source| ConnectError::Io { addr, source })?;
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(common::tls::ALPN_H2);
+        .map_err(|source| ConnectError::Io { addr, source })
+}
+
+/// Open the end-to-end mTLS session to `target`: directly, or through the
+/// local gateway named by `target.addr` (an mTLS hop to the gateway, the
+/// flow header, then the end-to-end handshake inside).
+pub async fn connect_mesh(
+    shared: &Shared,
+    target: &Target,
+    alpn: Alpn,
+) -> Result<(MeshStream, bool), ConnectError> {
+    let tls = shared.tls.load_full().ok_or(ConnectError::NoCertificate)?;
+    let addr = target.addr;
+    let cfg = tls
+        .client_for(&target.identity, alpn)
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let tcp = timed(addr, TcpStream::connect(addr)).await?;
+    let _ = tcp.set_nodelay(true);
+    let stream = match &target.via {
+        None => MeshStream::Direct(
+            timed(
+                addr,
+                TlsConnector::from(cfg).connect(common::tls::sni(), tcp),
+            )
+            .await?,
+        ),
+        Some(via) => {
+            let own_zone = tls.ident.id.zone_name().unwrap_or_default().to_string();
+            let td = tls.ident.id.trust_domain().to_string();
+            let gw_id = SpiffeId::gateway(&td, &own_zone);
+            let gw_cfg = tls
+                .client_for(&gw_id, Alpn::Gateway)
+                .map_err(|e| ConnectError::Tls(e.to_string()))?;
+            let mut outer = timed(
+                addr,
+                TlsConnector::from(gw_cfg).connect(common::tls::sni(), tcp),
+            )
+            .await?;
+            let header = common::flow::FlowHeader {
+                service: via.service.clone(),
+                dest_zone: via.dest_zone.clone(),
+                source_zone: own_zone,
+                port: None,
+                traceparent: None,
+            }
+            .encode()?;
+            timed(addr, outer.write_all(&header)).await?;
+            let inner = timed(
+                addr,
+                TlsConnector::from(cfg).connect(common::tls::sni(), outer),
+            )
+            .await?;
+            MeshStream::Gateway(Box::new(inner))
+        }
+    };
+    let alpn_got = match &stream {
+        MeshStream::Direct(s) => s.get_ref().1.alpn_protocol().map(|a| a.to_vec()),
+        MeshStream::Gateway(s) => s.get_ref().1.alpn_protocol().map(|a| a.to_vec()),
+    };
+    let h2 = alpn_got.as_deref() == Some(common::tls::ALPN_H2);
     Ok((stream, h2))
 }
 
@@ -198,16 +310,13 @@ impl tower::Service<Uri> for MeshConnector {
         let alpn = self.alpn;
         Box::pin(async move {
             let auth = uri.authority().map(|a| a.as_str()).unwrap_or("");
-            let addr: SocketAddr = auth
-                .parse()
-                .map_err(|_| ConnectError::UnknownEndpoint(auth.to_string()))?;
-            let expect = shared
-                .identities
+            let target = shared
+                .targets
                 .load()
-                .get(&addr)
+                .get(auth)
                 .cloned()
                 .ok_or_else(|| ConnectError::UnknownEndpoint(auth.to_string()))?;
-            match connect_mesh(&shared, addr, &expect, alpn).await {
+            match connect_mesh(&shared, &target, alpn).await {
                 Ok((io, h2)) => Ok(MeshConn {
                     io: TokioIo::new(io),
                     h2,
@@ -234,6 +343,7 @@ pub struct Proxy {
     app_addr: Option<SocketAddr>,
     app_authority: http::uri::Authority,
     app_protocol: Protocol,
+    per_try_timeout: Duration,
 }
 
 impl Proxy {
@@ -242,6 +352,7 @@ impl Proxy {
         metrics: Metrics,
         app_addr: Option<SocketAddr>,
         app_protocol: Protocol,
+        per_try_timeout: Duration,
     ) -> Arc<Self> {
         let connector = |alpn| MeshConnector {
             shared: shared.clone(),
@@ -285,6 +396,7 @@ impl Proxy {
                 .parse()
                 .expect("socket address is an authority"),
             app_protocol,
+            per_try_timeout,
         })
     }
 
@@ -344,13 +456,15 @@ impl Proxy {
             tracing::info!(service, "TCP: no such service");
             return;
         };
-        let mut tried = Vec::new();
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut min_tier = 0;
         for _ in 0..MAX_ATTEMPTS {
-            let Some(ep) = cluster.pick(&tried) else {
+            let Some((ep, tier)) = cluster.pick(&tried, min_tier) else {
                 break;
             };
-            tried.push(ep.addr);
-            match connect_mesh(&self.shared, ep.addr, &ep.identity, Alpn::Tcp).await {
+            tried.push(ep.clone());
+            min_tier = tier + 1;
+            match connect_mesh(&self.shared, &ep.target, Alpn::Tcp).await {
                 Ok((mut up, _)) => {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
                     return;
@@ -358,7 +472,7 @@ impl Proxy {
                 Err(e) => {
                     self.metrics.upstream_connect_errors.inc();
                     ep.eject(EJECT_FOR);
-                    tracing::info!(service, endpoint = %ep.addr, error = %e, "TCP connect failed; trying another endpoint");
+                    tracing::info!(service, endpoint = %ep.authority, error = %e, "TCP connect failed; trying another endpoint");
                 }
             }
         }
@@ -433,13 +547,14 @@ impl Proxy {
             Protocol::Http2 => (&self.upstream_h2, Version::HTTP_2),
             _ => (&self.upstream_h1, Version::HTTP_11),
         };
-        let mut tried = Vec::new();
+        let retryable = idempotent && bodyless;
+        let mut tried: Vec<Arc<Endpoint>> = Vec::with_capacity(MAX_ATTEMPTS);
+        let mut min_tier = 0;
         let mut last_err = String::new();
         for attempt in 0..MAX_ATTEMPTS {
-            let Some(ep) = cluster.pick(&tried) else {
+            let Some((ep, tier)) = cluster.pick(&tried, min_tier) else {
                 break;
             };
-            tried.push(ep.addr);
             let b = match body.take() {
                 Some(b) => b,
                 None if bodyless => empty(),
@@ -458,22 +573,45 @@ impl Proxy {
                 .expect("valid parts");
             *r.headers_mut() = parts.headers.clone();
             *r.version_mut() = version;
-            match client.request(r).await {
+            let res = if retryable {
+                match tokio::time::timeout(self.per_try_timeout, client.request(r)).await {
+                    Ok(r) => r.map_err(|e| (e.is_connect(), error_chain(&e))),
+                    Err(_) => Err((
+                        false,
+                        format!(
+                            "no response within the per-try timeout of {:?}",
+                            self.per_try_timeout
+                        ),
+                    )),
+                }
+            } else {
+                client
+                    .request(r)
+                    .await
+                    .map_err(|e| (e.is_connect(), error_chain(&e)))
+            };
+            match res {
+                // A proxy on the way could not reach the app: for a
+                // retryable request that is a failed attempt, not an answer.
+                Ok(resp) if retryable && is_proxy_failure(&resp) => {
+                    ep.eject(EJECT_FOR);
+                    last_err = format!("{}: {} from the mesh", ep.authority, resp.status());
+                }
                 Ok(resp) => return resp.map(Either::Left),
-                Err(e) => {
-                    let connect = e.is_connect();
-                    if connect {
-                        ep.eject(EJECT_FOR);
-                    }
-                    last_err = format!("{}: {}", ep.addr, error_chain(&e));
-                    tracing::debug!(service, endpoint = %ep.addr, error = %last_err, "upstream request failed");
+                Err((connect, msg)) => {
                     // A failed connect sent nothing, so it is always safe to
                     // retry; otherwise only idempotent requests with no body.
-                    if !(connect || (idempotent && bodyless)) {
+                    ep.eject(EJECT_FOR);
+                    last_err = format!("{}: {msg}", ep.authority);
+                    tracing::debug!(service, endpoint = %ep.authority, error = %last_err, "attempt failed");
+                    if !(connect || retryable) {
                         break;
                     }
                 }
             }
+            tried.push(ep);
+            // Cross-locality retry: the next attempt goes to the next tier.
+            min_tier = tier + 1;
         }
         error_response(
             StatusCode::BAD_GATEWAY,
@@ -609,6 +747,13 @@ impl Proxy {
         );
         resp
     }
+}
+
+fn is_proxy_failure<B>(resp: &Response<B>) -> bool {
+    matches!(
+        resp.status(),
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+    ) && resp.headers().contains_key("x-tern-error")
 }
 
 fn server_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {

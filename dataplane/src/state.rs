@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,8 @@ use proto::v1 as pb;
 
 pub const ALPN_TCP: &[u8] = b"tern/tcp";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// Sidecar -> local gateway hop.
+pub const ALPN_GATEWAY: &[u8] = b"tern/gw";
 
 /// What a connection between sidecars carries, chosen by ALPN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,6 +28,8 @@ pub enum Alpn {
     Http1,
     /// Opaque TCP.
     Tcp,
+    /// The mTLS hop from a sidecar to its zone's gateway.
+    Gateway,
 }
 
 impl Alpn {
@@ -34,6 +38,7 @@ impl Alpn {
             Alpn::H2 => tls::ALPN_H2,
             Alpn::Http1 => ALPN_HTTP1,
             Alpn::Tcp => ALPN_TCP,
+            Alpn::Gateway => ALPN_GATEWAY,
         }
     }
 }
@@ -43,6 +48,8 @@ pub enum Protocol {
     Http1,
     Http2,
     Tcp,
+    /// Gateways only: another zone's gateways.
+    Quic,
 }
 
 impl Protocol {
@@ -51,6 +58,7 @@ impl Protocol {
             "http" | "http1" => Ok(Self::Http1),
             "http2" | "grpc" => Ok(Self::Http2),
             "tcp" => Ok(Self::Tcp),
+            "quic" => Ok(Self::Quic),
             other => Err(format!(
                 "unknown protocol {other:?}; use http, http2, grpc or tcp"
             )),
@@ -98,16 +106,38 @@ impl Tls {
     }
 }
 
+/// Where a connection to an endpoint goes and whom it must reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The TCP address dialed: the endpoint's sidecar, or a local gateway.
+    pub addr: SocketAddr,
+    /// The SPIFFE ID the end-to-end mTLS session must reach.
+    pub identity: SpiffeId,
+    /// Set when the endpoint is another zone reached through a local gateway.
+    pub via: Option<Via>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    pub dest_zone: String,
+    pub service: String,
+}
+
 #[derive(Debug)]
 pub struct Endpoint {
-    pub addr: SocketAddr,
-    /// `addr` as a URI authority, built once.
+    pub target: Arc<Target>,
+    /// Unique per target, used as the URI authority, so pooled connections
+    /// never mix targets (one gateway address carries many zones/services).
     pub authority: http::uri::Authority,
-    pub identity: SpiffeId,
     pub zone: String,
     pub region: String,
+    /// Locality tier: 0 own zone, 1 own region, 2.. other regions.
+    pub priority: u32,
+    pub weight: u32,
     /// Passive health: ejected until this many ms after `epoch()`.
     ejected_until: AtomicU64,
+    /// Active health: the last probe's result.
+    probe_ok: AtomicBool,
 }
 
 fn epoch() -> Instant {
@@ -128,34 +158,125 @@ impl Endpoint {
         self.ejected_until
             .store(now_ms() + for_.as_millis() as u64, Ordering::Relaxed);
     }
+    pub fn available(&self) -> bool {
+        self.probe_ok.load(Ordering::Relaxed) && !self.ejected()
+    }
+    /// Record an active probe. A recovery clears any ejection, so a
+    /// restored endpoint gets traffic back within one probe interval.
+    pub fn set_probe(&self, ok: bool) {
+        let was = self.probe_ok.swap(ok, Ordering::Relaxed);
+        if ok && !was {
+            self.ejected_until.store(0, Ordering::Relaxed);
+        }
+    }
 }
+
+/// How much load a tier may take per unit of health, as in Envoy: a tier
+/// keeps all traffic until fewer than 1/1.4 (~71%) of its weight is healthy,
+/// then spills the rest over to the next tier in proportion.
+pub const OVERPROVISIONING: f64 = 1.4;
 
 #[derive(Debug)]
 pub struct Cluster {
     pub service: String,
     pub protocol: Protocol,
     pub endpoints: Vec<Arc<Endpoint>>,
-    rr: AtomicUsize,
+    /// Endpoints grouped by priority, lowest (closest) first.
+    pub tiers: Vec<Vec<Arc<Endpoint>>>,
+    rng: AtomicU64,
 }
 
+/// A pick: the endpoint, and the index of its tier.
+pub type Pick = (Arc<Endpoint>, usize);
+
 impl Cluster {
-    /// Round robin over endpoints that are not ejected and not in `tried`.
-    /// When every endpoint is ejected, ejection is ignored (panic mode).
-    pub fn pick(&self, tried: &[SocketAddr]) -> Option<Arc<Endpoint>> {
-        let n = self.endpoints.len();
-        if n == 0 {
-            return None;
+    fn next_rand(&self) -> f64 {
+        // xorshift64*, lock-free; quality is ample for load spreading.
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.store(x, Ordering::Relaxed);
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Share of traffic each tier takes (sums to 1 when anything is up).
+    pub fn tier_loads(&self, tried: &[Arc<Endpoint>], min_tier: usize) -> Vec<f64> {
+        let mut remaining = 1.0f64;
+        self.tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if i < min_tier {
+                    return 0.0;
+                }
+                let total: u64 = t.iter().map(|e| e.weight.max(1) as u64).sum();
+                let healthy: u64 = t
+                    .iter()
+                    .filter(|e| e.available() && !tried.iter().any(|x| Arc::ptr_eq(x, e)))
+                    .map(|e| e.weight.max(1) as u64)
+                    .sum();
+                let frac = if total == 0 {
+                    0.0
+                } else {
+                    healthy as f64 / total as f64
+                };
+                let load = (frac * OVERPROVISIONING).min(remaining);
+                remaining -= load;
+                load
+            })
+            .collect()
+    }
+
+    /// Pick an endpoint: a tier by locality and health, then an available
+    /// endpoint in it by weight. Endpoints in `tried` and tiers before
+    /// `min_tier` are skipped. When nothing is available, any untried
+    /// endpoint is used (panic mode) rather than failing outright.
+    pub fn pick(&self, tried: &[Arc<Endpoint>], min_tier: usize) -> Option<Pick> {
+        let loads = self.tier_loads(tried, min_tier);
+        let sum: f64 = loads.iter().sum();
+        let untried = |e: &&Arc<Endpoint>| !tried.iter().any(|x| Arc::ptr_eq(x, e));
+        if sum <= 0.0 {
+            return self
+                .tiers
+                .iter()
+                .enumerate()
+                .skip(min_tier)
+                .find_map(|(i, t)| t.iter().find(untried).map(|e| (e.clone(), i)))
+                .or_else(|| {
+                    self.tiers
+                        .iter()
+                        .enumerate()
+                        .find_map(|(i, t)| t.iter().find(untried).map(|e| (e.clone(), i)))
+                });
         }
-        let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        let candidates = || {
-            (0..n)
-                .map(|i| &self.endpoints[(start + i) % n])
-                .filter(|e| !tried.contains(&e.addr))
-        };
-        candidates()
-            .find(|e| !e.ejected())
-            .or_else(|| candidates().next())
-            .cloned()
+        let mut r = self.next_rand() * sum;
+        let mut tier = loads.len() - 1;
+        for (i, l) in loads.iter().enumerate() {
+            if *l > 0.0 && r < *l {
+                tier = i;
+                break;
+            }
+            r -= l;
+        }
+        while loads[tier] <= 0.0 && tier > 0 {
+            tier -= 1;
+        }
+        let cands: Vec<&Arc<Endpoint>> = self.tiers[tier]
+            .iter()
+            .filter(|e| e.available())
+            .filter(untried)
+            .collect();
+        let total: u64 = cands.iter().map(|e| e.weight.max(1) as u64).sum();
+        let mut x = (self.next_rand() * total as f64) as u64;
+        for e in &cands {
+            let w = e.weight.max(1) as u64;
+            if x < w {
+                return Some(((*e).clone(), tier));
+            }
+            x -= w;
+        }
+        cands.last().map(|e| ((*e).clone(), tier))
     }
 }
 
@@ -165,16 +286,29 @@ pub struct Clusters {
     pub version: u64,
 }
 
+fn authority_for(addr: SocketAddr, via: &Option<Via>) -> Result<http::uri::Authority, String> {
+    let s = match via {
+        None => addr.to_string(),
+        Some(v) => {
+            let ip = addr.ip().to_string().replace([':', '.'], "-");
+            format!("{}.{}.gw-{ip}:{}", v.service, v.dest_zone, addr.port())
+        }
+    };
+    s.parse()
+        .map_err(|_| format!("cannot form an authority from {s:?}"))
+}
+
 impl Clusters {
     /// Build from config, keeping endpoint health from `old`.
     pub fn build(cfg: &[pb::Cluster], old: &Clusters, version: u64) -> Result<Self, String> {
         let mut by_service = HashMap::new();
-        let known: HashMap<(SocketAddr, &SpiffeId), &Arc<Endpoint>> = old
+        let known: HashMap<(&str, &SpiffeId), &Arc<Endpoint>> = old
             .by_service
             .values()
             .flat_map(|c| c.endpoints.iter())
-            .map(|e| ((e.addr, &e.identity), e))
+            .map(|e| ((e.authority.as_str(), &e.target.identity), e))
             .collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ version;
         for c in cfg {
             let protocol =
                 Protocol::parse(&c.protocol).map_err(|e| format!("cluster {}: {e}", c.service))?;
@@ -191,29 +325,56 @@ impl Clusters {
                 let addr = SocketAddr::new(ip, port);
                 let identity = SpiffeId::parse(&e.identity)
                     .map_err(|x| format!("cluster {}: {x}", c.service))?;
-                let ep = match known.get(&(addr, &identity)) {
-                    Some(old) => (*old).clone(),
-                    None => Arc::new(Endpoint {
-                        addr,
-                        authority: addr
-                            .to_string()
-                            .parse()
-                            .map_err(|_| format!("bad address {addr}"))?,
-                        identity,
+                let via = e.via_gateway.then(|| Via {
+                    dest_zone: e.zone.clone(),
+                    service: c.service.clone(),
+                });
+                let authority = authority_for(addr, &via)?;
+                let ep = match known.get(&(authority.as_str(), &identity)) {
+                    Some(old) if old.priority == e.priority && old.weight == e.weight.max(1) => {
+                        (*old).clone()
+                    }
+                    _ => Arc::new(Endpoint {
+                        target: Arc::new(Target {
+                            addr,
+                            identity,
+                            via,
+                        }),
+                        authority,
                         zone: e.zone.clone(),
                         region: e.region.clone(),
+                        priority: e.priority,
+                        weight: e.weight.max(1),
                         ejected_until: AtomicU64::new(0),
+                        probe_ok: AtomicBool::new(true),
                     }),
                 };
                 endpoints.push(ep);
             }
+            let mut prios: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
+            prios.sort_unstable();
+            prios.dedup();
+            let tiers = prios
+                .iter()
+                .map(|p| {
+                    endpoints
+                        .iter()
+                        .filter(|e| e.priority == *p)
+                        .cloned()
+                        .collect()
+                })
+                .collect();
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             by_service.insert(
                 c.service.clone(),
                 Arc::new(Cluster {
                     service: c.service.clone(),
                     protocol,
                     endpoints,
-                    rr: AtomicUsize::new(0),
+                    tiers,
+                    rng: AtomicU64::new(seed | 1),
                 }),
             );
         }
@@ -223,12 +384,12 @@ impl Clusters {
         })
     }
 
-    /// Expected identity per endpoint address, for the connector.
-    pub fn identities(&self) -> HashMap<SocketAddr, SpiffeId> {
+    /// Target per authority, for the connector.
+    pub fn targets(&self) -> HashMap<String, Arc<Target>> {
         self.by_service
             .values()
             .flat_map(|c| c.endpoints.iter())
-            .map(|e| (e.addr, e.identity.clone()))
+            .map(|e| (e.authority.to_string(), e.target.clone()))
             .collect()
     }
 
@@ -239,11 +400,16 @@ impl Clusters {
                 name.clone(),
                 serde_json::json!({
                     "protocol": format!("{:?}", c.protocol),
+                    "tierLoads": c.tier_loads(&[], 0),
                     "endpoints": c.endpoints.iter().map(|e| serde_json::json!({
-                        "address": e.addr.to_string(),
-                        "identity": e.identity.to_string(),
+                        "address": e.target.addr.to_string(),
+                        "authority": e.authority.to_string(),
+                        "identity": e.target.identity.to_string(),
                         "zone": e.zone, "region": e.region,
+                        "priority": e.priority, "weight": e.weight,
+                        "viaGateway": e.target.via.is_some(),
                         "ejected": e.ejected(),
+                        "probeOk": e.probe_ok.load(Ordering::Relaxed),
                     })).collect::<Vec<_>>(),
                 }),
             );
@@ -256,7 +422,7 @@ impl Clusters {
 pub struct Shared {
     pub tls: ArcSwapOption<Tls>,
     pub clusters: ArcSwap<Clusters>,
-    pub identities: ArcSwap<HashMap<SocketAddr, SpiffeId>>,
+    pub targets: ArcSwap<HashMap<String, Arc<Target>>>,
     pub trust_domain: ArcSwap<String>,
 }
 
@@ -265,7 +431,7 @@ impl Shared {
         Self {
             tls: ArcSwapOption::empty(),
             clusters: ArcSwap::from_pointee(Clusters::default()),
-            identities: ArcSwap::from_pointee(HashMap::new()),
+            targets: ArcSwap::from_pointee(HashMap::new()),
             trust_domain: ArcSwap::from_pointee(trust_domain.to_string()),
         }
     }
@@ -280,8 +446,107 @@ impl Shared {
 
     pub fn apply(&self, cfg: &[pb::Cluster], version: u64) -> Result<(), String> {
         let new = Clusters::build(cfg, &self.clusters.load(), version)?;
-        self.identities.store(Arc::new(new.identities()));
+        self.targets.store(Arc::new(new.targets()));
         self.clusters.store(Arc::new(new));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(ip: &str, zone: &str, prio: u32, weight: u32, via: bool) -> pb::Endpoint {
+        pb::Endpoint {
+            address: ip.into(),
+            port: 15006,
+            healthy: true,
+            zone: zone.into(),
+            identity: format!("spiffe://tern/zone/{zone}/svc/api"),
+            weight,
+            via_gateway: via,
+            priority: prio,
+            ..Default::default()
+        }
+    }
+
+    fn cluster() -> Arc<Cluster> {
+        let cfg = vec![pb::Cluster {
+            service: "api".into(),
+            protocol: "http".into(),
+            endpoints: vec![
+                ep("127.0.0.1", "z1", 0, 1, false),
+                ep("127.0.0.2", "z1", 0, 1, false),
+                ep("127.0.0.5", "z2", 1, 4, true),
+                ep("127.0.0.5", "z3", 2, 1, true),
+            ],
+        }];
+        Clusters::build(&cfg, &Clusters::default(), 1)
+            .unwrap()
+            .by_service["api"]
+            .clone()
+    }
+
+    fn zone_shares(c: &Cluster, n: usize) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for _ in 0..n {
+            let (e, _) = c.pick(&[], 0).unwrap();
+            *m.entry(e.zone.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn local_zone_keeps_all_traffic_while_healthy() {
+        let c = cluster();
+        assert_eq!(c.tiers.len(), 3);
+        // One gateway address carries two zones: distinct authorities.
+        assert_ne!(c.tiers[1][0].authority, c.tiers[2][0].authority);
+        let s = zone_shares(&c, 2000);
+        assert_eq!(s.get("z1"), Some(&2000), "{s:?}");
+    }
+
+    #[test]
+    fn spills_over_in_proportion_then_fails_over_whole() {
+        let c = cluster();
+        c.tiers[0][0].eject(Duration::from_secs(60));
+        // 50% healthy * 1.4 = 70% stays local, 30% spills to the region.
+        let s = zone_shares(&c, 4000);
+        let local = *s.get("z1").unwrap() as f64 / 4000.0;
+        assert!((0.64..0.76).contains(&local), "local share {local}: {s:?}");
+        assert!(
+            !s.contains_key("z3"),
+            "the next region is not needed: {s:?}"
+        );
+        c.tiers[0][1].set_probe(false);
+        let s = zone_shares(&c, 1000);
+        assert_eq!(s.get("z2"), Some(&1000), "{s:?}");
+        c.tiers[1][0].eject(Duration::from_secs(60));
+        let s = zone_shares(&c, 1000);
+        assert_eq!(s.get("z3"), Some(&1000), "{s:?}");
+        // A recovered probe clears the ejection.
+        c.tiers[0][0].set_probe(false);
+        c.tiers[0][0].set_probe(true);
+        assert!(c.tiers[0][0].available());
+    }
+
+    #[test]
+    fn retries_move_to_the_next_locality_and_panic_mode_still_answers() {
+        let c = cluster();
+        let (first, tier) = c.pick(&[], 0).unwrap();
+        assert_eq!(tier, 0);
+        let (second, tier) = c.pick(&[first.clone()], 1).unwrap();
+        assert_eq!((second.zone.as_str(), tier), ("z2", 1));
+        let (third, tier) = c.pick(&[first.clone(), second.clone()], 2).unwrap();
+        assert_eq!((third.zone.as_str(), tier), ("z3", 2));
+        // Nothing left past tier 2: fall back to an untried local endpoint.
+        let (fourth, tier) = c.pick(&[first.clone(), second, third], 3).unwrap();
+        assert_eq!(tier, 0);
+        assert!(!Arc::ptr_eq(&fourth, &first));
+        // Everything ejected: still pick something rather than fail.
+        for e in &c.endpoints {
+            e.eject(Duration::from_secs(60));
+        }
+        assert!(c.pick(&[], 0).is_some());
     }
 }
