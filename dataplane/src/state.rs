@@ -421,6 +421,8 @@ impl Clusters {
 /// What the data path reads on every request or connection.
 pub struct Shared {
     pub tls: ArcSwapOption<Tls>,
+    /// Bumped whenever a new identity is installed.
+    pub identity_changed: tokio::sync::watch::Sender<u64>,
     pub clusters: ArcSwap<Clusters>,
     pub targets: ArcSwap<HashMap<String, Arc<Target>>>,
     pub trust_domain: ArcSwap<String>,
@@ -430,6 +432,7 @@ impl Shared {
     pub fn new(trust_domain: &str) -> Self {
         Self {
             tls: ArcSwapOption::empty(),
+            identity_changed: tokio::sync::watch::channel(0).0,
             clusters: ArcSwap::from_pointee(Clusters::default()),
             targets: ArcSwap::from_pointee(HashMap::new()),
             trust_domain: ArcSwap::from_pointee(trust_domain.to_string()),
@@ -441,6 +444,7 @@ impl Shared {
         let t = Tls::new(ident, &td)?;
         tracing::info!(id = %t.ident.id, not_after = %humantime::format_rfc3339_seconds(t.ident.not_after), "workload certificate installed");
         self.tls.store(Some(Arc::new(t)));
+        self.identity_changed.send_modify(|n| *n += 1);
         Ok(())
     }
 

@@ -1,0 +1,293 @@
+//! Connections to other zones' gateways: one long-lived QUIC connection per
+//! remote gateway, opened ahead of need, kept alive, re-dialed when it
+//! dies, and skipped for a moment after a failed dial so flows fail fast.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use common::ident::SpiffeId;
+use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
+use dataplane::state::Shared;
+
+use crate::metrics::Metrics;
+use crate::{Config, QUIC_ALPN};
+
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+const DOWN_FOR: Duration = Duration::from_secs(2);
+pub const GATEWAYS_PREFIX: &str = "@gateways/";
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<quinn::Connection>,
+    zone: String,
+    down_until: Option<Instant>,
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    td: String,
+    transport: Arc<quinn::TransportConfig>,
+    metrics: Metrics,
+    ident: RwLock<Option<Identity>>,
+    slots: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+#[derive(Clone)]
+pub struct Remotes {
+    inner: Arc<Inner>,
+}
+
+pub fn peer_id(conn: &quinn::Connection) -> Option<SpiffeId> {
+    let any = conn.peer_identity()?;
+    let certs = any
+        .downcast::<Vec<common::rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    certs
+        .first()
+        .and_then(|c| common::pki::spiffe_id_of(c).ok())
+}
+
+impl Remotes {
+    pub fn new(endpoint: quinn::Endpoint, cfg: &Config, td: &str, metrics: Metrics) -> Self {
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(cfg.keep_alive));
+        t.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(cfg.idle_timeout)
+                .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::from_u32(3000))),
+        ));
+        t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(16_384));
+        t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+        Self {
+            inner: Arc::new(Inner {
+                endpoint,
+                td: td.to_string(),
+                transport: Arc::new(t),
+                metrics,
+                ident: RwLock::new(None),
+                slots: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn clone_handle(&self) -> Self {
+        self.clone()
+    }
+
+    pub fn transport(&self) -> Arc<quinn::TransportConfig> {
+        self.inner.transport.clone()
+    }
+
+    pub fn set_identity(&self, ident: &Identity) {
+        *self.inner.ident.write().unwrap_or_else(|e| e.into_inner()) = Some(ident.clone());
+    }
+
+    fn slot(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<Slot>> {
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(addr)
+            .or_default()
+            .clone()
+    }
+
+    async fn dial(&self, addr: SocketAddr, zone: &str) -> anyhow::Result<quinn::Connection> {
+        let ident = self
+            .inner
+            .ident
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .context("no gateway certificate yet")?;
+        let verifier = SpiffeServerVerifier::new(
+            ident.root_store(),
+            Expect::Exact(SpiffeId::gateway(&self.inner.td, zone)),
+        );
+        let rustls_cfg = tls::client_config(Some(&ident), Arc::new(verifier), &[QUIC_ALPN])?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_cfg)?;
+        let mut cc = quinn::ClientConfig::new(Arc::new(quic));
+        cc.transport_config(self.inner.transport.clone());
+        let connecting = self.inner.endpoint.connect_with(cc, addr, "tern.mesh")?;
+        let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
+            .await
+            .map_err(|_| anyhow::anyhow!("QUIC handshake with {addr} timed out"))??;
+        tracing::info!(%addr, zone, "connected to remote gateway");
+        Ok(conn)
+    }
+
+    /// A live connection to the gateway at `addr`, dialing if needed (one
+    /// dial at a time per address).
+    pub async fn get(&self, addr: SocketAddr, zone: &str) -> anyhow::Result<quinn::Connection> {
+        let slot = self.slot(addr);
+        let mut s = slot.lock().await;
+        s.zone = zone.to_string();
+        if let Some(c) = &s.conn {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+            s.conn = None;
+        }
+        if s.down_until.is_some_and(|t| t > Instant::now()) {
+            anyhow::bail!("gateway {addr} of zone {zone} is unreachable (recent dial failed)");
+        }
+        match self.dial(addr, zone).await {
+            Ok(c) => {
+                s.conn = Some(c.clone());
+                s.down_until = None;
+                Ok(c)
+            }
+            Err(e) => {
+                s.down_until = Some(Instant::now() + DOWN_FOR);
+                self.inner.metrics.handshake_failure(zone);
+                Err(e)
+            }
+        }
+    }
+
+    /// Open a stream to some gateway of `zone`, preferring live connections.
+    pub async fn open_stream(
+        &self,
+        shared: &Shared,
+        zone: &str,
+    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+        let clusters = shared.clusters.load_full();
+        let cluster = clusters
+            .by_service
+            .get(&format!("{GATEWAYS_PREFIX}{zone}"))
+            .with_context(|| format!("no gateways known for zone {zone}"))?;
+        let mut addrs: Vec<SocketAddr> = cluster.endpoints.iter().map(|e| e.target.addr).collect();
+        // Live connections first.
+        let live: Vec<bool> = {
+            let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+            addrs
+                .iter()
+                .map(|a| {
+                    slots
+                        .get(a)
+                        .and_then(|s| {
+                            s.try_lock().ok().map(|s| {
+                                s.conn.as_ref().is_some_and(|c| c.close_reason().is_none())
+                            })
+                        })
+                        .unwrap_or(false)
+                })
+                .collect()
+        };
+        let mut order: Vec<(bool, SocketAddr)> = live.into_iter().zip(addrs.drain(..)).collect();
+        order.sort_by_key(|(l, _)| !*l);
+        let mut last = anyhow::anyhow!("zone {zone} has no gateways");
+        for (_, addr) in order {
+            match self.get(addr, zone).await {
+                Ok(conn) => match conn.open_bi().await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = anyhow::anyhow!("open stream to {addr}: {e}"),
+                },
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Keep connections to every known remote gateway up, and publish
+    /// their RTT and loss.
+    pub async fn maintain(self, shared: Arc<Shared>) {
+        let mut tick = tokio::time::interval(self.inner.transport_interval());
+        loop {
+            tick.tick().await;
+            if shared.tls.load().is_none() {
+                continue;
+            }
+            let clusters = shared.clusters.load_full();
+            let mut wanted: HashMap<SocketAddr, String> = HashMap::new();
+            for (name, c) in &clusters.by_service {
+                if let Some(zone) = name.strip_prefix(GATEWAYS_PREFIX) {
+                    for e in &c.endpoints {
+                        wanted.insert(e.target.addr, zone.to_string());
+                    }
+                }
+            }
+            // Forget gateways no longer in the config.
+            let stale: Vec<(SocketAddr, Arc<tokio::sync::Mutex<Slot>>)> = {
+                let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+                let gone: Vec<SocketAddr> = slots
+                    .keys()
+                    .filter(|a| !wanted.contains_key(a))
+                    .cloned()
+                    .collect();
+                gone.into_iter()
+                    .filter_map(|a| slots.remove(&a).map(|s| (a, s)))
+                    .collect()
+            };
+            for (addr, s) in stale {
+                if let Some(c) = s.lock().await.conn.take() {
+                    tracing::info!(%addr, "remote gateway withdrawn; closing its connection");
+                    c.close(0u32.into(), b"withdrawn");
+                }
+            }
+            let mut per_zone: BTreeMap<String, i64> = BTreeMap::new();
+            for (addr, zone) in wanted {
+                let slot = self.slot(addr);
+                let live = {
+                    let s = slot.lock().await;
+                    match &s.conn {
+                        Some(c) if c.close_reason().is_none() => {
+                            let st = c.stats();
+                            self.inner.metrics.path(
+                                &zone,
+                                c.rtt(),
+                                st.path.lost_packets,
+                                st.path.sent_packets,
+                            );
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                *per_zone.entry(zone.clone()).or_default() += live as i64;
+                if !live {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.get(addr, &zone).await {
+                            tracing::debug!(%addr, zone, error = %e, "dial failed");
+                        }
+                    });
+                }
+            }
+            for (zone, n) in per_zone {
+                self.inner.metrics.set_connections(&zone, n);
+            }
+        }
+    }
+
+    pub fn dump(&self) -> serde_json::Value {
+        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let items: Vec<serde_json::Value> = slots
+            .iter()
+            .filter_map(|(addr, s)| {
+                let s = s.try_lock().ok()?;
+                let conn = s.conn.as_ref().filter(|c| c.close_reason().is_none());
+                Some(serde_json::json!({
+                    "address": addr.to_string(),
+                    "zone": s.zone,
+                    "connected": conn.is_some(),
+                    "rttMs": conn.map(|c| c.rtt().as_secs_f64() * 1000.0),
+                    "lostPackets": conn.map(|c| c.stats().path.lost_packets),
+                }))
+            })
+            .collect();
+        serde_json::Value::Array(items)
+    }
+
+    pub fn close_all(&self) {
+        self.inner.endpoint.close(0u32.into(), b"shutting down");
+    }
+}
+
+impl Inner {
+    fn transport_interval(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+}
