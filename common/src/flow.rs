@@ -144,7 +144,7 @@ impl FlowHeader {
                     })
             };
             match tag {
-                1 | 2 | 3 => {
+                1..=3 => {
                     let s = text()?;
                     if !name_ok(&s) {
                         return Err(HeaderError::Invalid {

@@ -200,6 +200,41 @@ impl Cluster {
         (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// A tier's endpoints grouped into destinations: a local endpoint is its
+    /// own group; a remote zone is one group whose members are the paths to
+    /// it through each local gateway. Health and weight count groups, so a
+    /// dead gateway does not make a healthy zone look half down.
+    fn groups<'a>(
+        tier: &'a [Arc<Endpoint>],
+        tried: &[Arc<Endpoint>],
+    ) -> Vec<(u64, Vec<&'a Arc<Endpoint>>, bool)> {
+        type Group<'a> = (Option<&'a str>, u64, Vec<&'a Arc<Endpoint>>, bool);
+        let mut out: Vec<Group<'a>> = Vec::new();
+        for e in tier {
+            let key = e.target.via.as_ref().map(|v| v.dest_zone.as_str());
+            let ok = e.available() && !tried.iter().any(|x| Arc::ptr_eq(x, e));
+            let slot = match key {
+                Some(k) => out.iter_mut().position(|g| g.0 == Some(k)),
+                None => None,
+            };
+            match slot {
+                Some(i) => {
+                    if ok {
+                        out[i].2.push(e);
+                    }
+                    out[i].3 |= ok;
+                }
+                None => out.push((
+                    key,
+                    e.weight.max(1) as u64,
+                    if ok { vec![e] } else { vec![] },
+                    ok,
+                )),
+            }
+        }
+        out.into_iter().map(|(_, w, m, ok)| (w, m, ok)).collect()
+    }
+
     /// Share of traffic each tier takes (sums to 1 when anything is up).
     pub fn tier_loads(&self, tried: &[Arc<Endpoint>], min_tier: usize) -> Vec<f64> {
         let mut remaining = 1.0f64;
@@ -210,12 +245,9 @@ impl Cluster {
                 if i < min_tier {
                     return 0.0;
                 }
-                let total: u64 = t.iter().map(|e| e.weight.max(1) as u64).sum();
-                let healthy: u64 = t
-                    .iter()
-                    .filter(|e| e.available() && !tried.iter().any(|x| Arc::ptr_eq(x, e)))
-                    .map(|e| e.weight.max(1) as u64)
-                    .sum();
+                let groups = Self::groups(t, tried);
+                let total: u64 = groups.iter().map(|g| g.0).sum();
+                let healthy: u64 = groups.iter().filter(|g| g.2).map(|g| g.0).sum();
                 let frac = if total == 0 {
                     0.0
                 } else {
@@ -228,9 +260,9 @@ impl Cluster {
             .collect()
     }
 
-    /// Pick an endpoint: a tier by locality and health, then an available
-    /// endpoint in it by weight. Endpoints in `tried` and tiers before
-    /// `min_tier` are skipped. When nothing is available, any untried
+    /// Pick an endpoint: a tier by locality and health, then a destination
+    /// in it by weight, then one of its paths. Endpoints in `tried` and tiers
+    /// before `min_tier` are skipped. When nothing is available, any untried
     /// endpoint is used (panic mode) rather than failing outright.
     pub fn pick(&self, tried: &[Arc<Endpoint>], min_tier: usize) -> Option<Pick> {
         let loads = self.tier_loads(tried, min_tier);
@@ -262,21 +294,25 @@ impl Cluster {
         while loads[tier] <= 0.0 && tier > 0 {
             tier -= 1;
         }
-        let cands: Vec<&Arc<Endpoint>> = self.tiers[tier]
-            .iter()
-            .filter(|e| e.available())
-            .filter(untried)
+        let groups: Vec<(u64, Vec<&Arc<Endpoint>>, bool)> = Self::groups(&self.tiers[tier], tried)
+            .into_iter()
+            .filter(|g| g.2)
             .collect();
-        let total: u64 = cands.iter().map(|e| e.weight.max(1) as u64).sum();
+        let total: u64 = groups.iter().map(|g| g.0).sum();
         let mut x = (self.next_rand() * total as f64) as u64;
-        for e in &cands {
-            let w = e.weight.max(1) as u64;
-            if x < w {
-                return Some(((*e).clone(), tier));
+        let mut chosen = groups.last()?;
+        for g in &groups {
+            if x < g.0 {
+                chosen = g;
+                break;
             }
-            x -= w;
+            x -= g.0;
         }
-        cands.last().map(|e| ((*e).clone(), tier))
+        let paths = &chosen.1;
+        let i = (self.next_rand() * paths.len() as f64) as usize;
+        paths
+            .get(i.min(paths.len() - 1))
+            .map(|e| ((*e).clone(), tier))
     }
 }
 
@@ -535,11 +571,37 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_gateway_path_does_not_halve_a_remote_zone() {
+        let cfg = vec![pb::Cluster {
+            service: "api".into(),
+            protocol: "http".into(),
+            endpoints: vec![
+                ep("127.0.0.5", "z2", 1, 3, true),
+                ep("127.0.0.6", "z2", 1, 3, true),
+                ep("127.0.0.5", "z3", 2, 1, true),
+            ],
+        }];
+        let c = Clusters::build(&cfg, &Clusters::default(), 1)
+            .unwrap()
+            .by_service["api"]
+            .clone();
+        c.tiers[0][0].set_probe(false);
+        for _ in 0..500 {
+            let (e, tier) = c.pick(&[], 0).unwrap();
+            assert_eq!(
+                tier, 0,
+                "z2 is still fully healthy through its other gateway"
+            );
+            assert_eq!(e.target.addr.to_string(), "127.0.0.6:15006");
+        }
+    }
+
+    #[test]
     fn retries_move_to_the_next_locality_and_panic_mode_still_answers() {
         let c = cluster();
         let (first, tier) = c.pick(&[], 0).unwrap();
         assert_eq!(tier, 0);
-        let (second, tier) = c.pick(&[first.clone()], 1).unwrap();
+        let (second, tier) = c.pick(std::slice::from_ref(&first), 1).unwrap();
         assert_eq!((second.zone.as_str(), tier), ("z2", 1));
         let (third, tier) = c.pick(&[first.clone(), second.clone()], 2).unwrap();
         assert_eq!((third.zone.as_str(), tier), ("z3", 2));

@@ -1,1 +1,2 @@
-//! Helpers for Tern end-to-end tests live in tests/support.
+//! Tern end-to-end support: the WAN link emulator (also used by benchmarks).
+pub mod linkemu;

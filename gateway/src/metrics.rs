@@ -86,7 +86,7 @@ impl Metrics {
             m.handshake_failures.clone(),
         );
         reg.register(
-            "connections",
+            "quic_connections",
             "Live QUIC connections to a remote zone",
             m.connections.clone(),
         );

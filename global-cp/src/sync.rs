@@ -647,6 +647,7 @@ async fn session(
         let _ = st
             .store
             .zone_seen(&zone, token::now_unix(), sender.acked(), None);
+        withdraw_after_ttl(st.clone(), zone.clone(), session);
     }
     st.metrics.zones_online.dec();
     tracing::info!(zone, reason, acked = sender.acked(), "zone disconnected");

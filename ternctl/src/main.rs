@@ -74,6 +74,8 @@ enum Cmd {
     UseConfig { path: PathBuf },
 }
 
+// The subcommands are `zone-token`, `gateway-token`, `dataplane-token`.
+#[allow(clippy::enum_variant_names)]
 #[derive(Subcommand)]
 enum Generate {
     /// A token a zone control plane joins with.

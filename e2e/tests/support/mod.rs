@@ -265,8 +265,13 @@ pub struct Global {
 
 impl Global {
     pub fn start(dir: &Path, net: Net) -> Global {
+        Self::start_with(dir, net, &[])
+    }
+    pub fn start_with(dir: &Path, net: Net, extra: &[&str]) -> Global {
         let data = dir.join("global");
-        let proc = spawn(dir, "global", "global-cp", &Self::args(&data, net));
+        let mut args = Self::args(&data, net);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = spawn(dir, "global", "global-cp", &args);
         let g = Global {
             proc,
             net,
@@ -576,6 +581,15 @@ pub struct LoadStats {
     pub failures: Vec<String>,
     /// Instance of each successful answer, in order.
     pub served_by: Vec<String>,
+    /// Zone of each successful answer, in order.
+    pub zones: Vec<String>,
+}
+
+impl LoadStats {
+    /// True when the last `n` answers all came from `zone`.
+    pub fn last_from(&self, n: usize, zone: &str) -> bool {
+        self.zones.len() >= n && self.zones[self.zones.len() - n..].iter().all(|z| z == zone)
+    }
 }
 
 impl Load {
@@ -590,8 +604,10 @@ impl Load {
                 match r {
                     Ok(r) if r.status == 200 => {
                         s.ok += 1;
-                        let inst = r.json()["instance"].as_str().unwrap_or("").to_string();
-                        s.served_by.push(inst);
+                        let j = r.json();
+                        s.served_by
+                            .push(j["instance"].as_str().unwrap_or("").to_string());
+                        s.zones.push(j["zone"].as_str().unwrap_or("").to_string());
                     }
                     Ok(r) => {
                         s.failed += 1;
@@ -637,4 +653,84 @@ impl Drop for Load {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// An east-west gateway on host `h`: local mTLS :15443, QUIC :15444
+/// (UDP), admin :15090.
+pub struct GatewayProc {
+    pub proc: Proc,
+    pub net: Net,
+    pub host: u8,
+}
+
+impl GatewayProc {
+    pub fn start(
+        dir: &Path,
+        net: Net,
+        host: u8,
+        zone: &ZoneCp,
+        token: &Path,
+        extra: &[&str],
+    ) -> GatewayProc {
+        let ip = net.ip(host);
+        let mut args: Vec<String> = vec![
+            "--cp-address".into(),
+            zone.proxy_addr(),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--local".into(),
+            format!("{ip}:15443"),
+            "--quic-bind".into(),
+            format!("{ip}:15444"),
+            "--admin".into(),
+            format!("{ip}:15090"),
+            "--keep-alive".into(),
+            "300ms".into(),
+            "--idle-timeout".into(),
+            "1500ms".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = spawn(
+            dir,
+            &format!("gateway-{}-{host}", zone.name),
+            "gateway",
+            &args,
+        );
+        let g = GatewayProc { proc, net, host };
+        wait_for(
+            &format!("gateway {ip} ready"),
+            Duration::from_secs(20),
+            || {
+                get(g.admin(), "x", "/ready")
+                    .ok()
+                    .filter(|r| r.status == 200)
+            },
+        );
+        g
+    }
+    pub fn admin(&self) -> SocketAddr {
+        self.net.addr(self.host, 15090)
+    }
+    pub fn quic(&self) -> SocketAddr {
+        self.net.addr(self.host, 15444)
+    }
+    pub fn dump(&self) -> serde_json::Value {
+        get(self.admin(), "x", "/config_dump")
+            .map(|r| r.json())
+            .unwrap_or_default()
+    }
+    /// Sum of a metric's samples whose line contains `filter`.
+    pub fn metric(&self, name: &str, filter: &str) -> f64 {
+        metric_sum(self.admin(), name, filter)
+    }
+}
+
+pub fn metric_sum(admin: SocketAddr, name: &str, filter: &str) -> f64 {
+    let body = get(admin, "x", "/metrics")
+        .map(|r| r.body)
+        .unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

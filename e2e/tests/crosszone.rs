@@ -1,0 +1,509 @@
+//! Cross-zone traffic over QUIC east-west gateways with locality-aware
+//! failover. Three zones in two regions, each on its own addresses:
+//!
+//! | zone | region | zone-cp | gateways | api | other |
+//! |---|---|---|---|---|---|
+//! | z1 | eu | .2 | .21 .22 | .12 | web .10 (the caller) |
+//! | z2 | eu | .3 | .31 .32 | .13 | |
+//! | z3 | us | .4 | .41 | .14 | billing .15 (only here) |
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use e2e::linkemu::{Conditions, Link};
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+const SIDECAR_FLAGS: &[&str] = &["--per-try-timeout", "1s", "--health-interval", "300ms"];
+
+struct World {
+    s: Scratch,
+    net: Net,
+    g: Global,
+    zones: Vec<ZoneCp>,
+    gateways: Vec<(String, GatewayProc)>,
+    apis: Vec<Option<Workload>>,
+    web: Workload,
+    _links: Vec<Link>,
+    _others: Vec<Workload>,
+}
+
+fn zone_of(i: usize) -> &'static str {
+    ["z1", "z2", "z3"][i]
+}
+
+impl World {
+    /// `wrap_z2`: put a link emulator in front of z2's gateways and have
+    /// them advertise it (the advertised address differs from the bind).
+    fn build(test: &str, net: Net, capture: Option<&Path>, wrap_z2: bool) -> World {
+        let s = Scratch::new(test);
+        let g = Global::start_with(&s.0, net, &["--zone-offline-ttl", "2s"]);
+        let regions = ["eu", "eu", "us"];
+        let mut zones = Vec::new();
+        for (i, region) in regions.iter().enumerate() {
+            let z = zone_of(i);
+            let t = g.token_file(
+                &format!("{z}.token"),
+                &["generate", "zone-token", "--zone", z],
+            );
+            zones.push(ZoneCp::start(&s.0, net, 2 + i as u8, z, region, Some(&t)));
+        }
+        let mut links = Vec::new();
+        let mut gateways = Vec::new();
+        for (i, hosts) in [vec![21u8, 22], vec![31, 32], vec![41]]
+            .into_iter()
+            .enumerate()
+        {
+            let z = zone_of(i);
+            let t = g.token_file(
+                &format!("{z}-gw.token"),
+                &["generate", "gateway-token", "--zone", z],
+            );
+            for h in hosts {
+                let mut extra: Vec<String> = Vec::new();
+                if wrap_z2 && z == "z2" {
+                    let link = Link::udp_blocking(
+                        net.addr(h + 100, 15444),
+                        net.addr(h, 15444),
+                        Conditions::default(),
+                    )
+                    .unwrap();
+                    extra.push("--public-address".into());
+                    extra.push(link.listen.to_string());
+                    links.push(link);
+                }
+                if let (Some(dir), "z3") = (capture, z) {
+                    extra.push("--debug-capture".into());
+                    extra.push(dir.display().to_string());
+                }
+                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                gateways.push((
+                    z.to_string(),
+                    GatewayProc::start(&s.0, net, h, &zones[i], &t, &extra),
+                ));
+            }
+        }
+        let mut apis = Vec::new();
+        for (i, zc) in zones.iter().enumerate() {
+            let z = zone_of(i);
+            let t = g.token_file(
+                &format!("api-{z}.token"),
+                &[
+                    "generate",
+                    "dataplane-token",
+                    "--zone",
+                    z,
+                    "--service",
+                    "api",
+                ],
+            );
+            apis.push(Some(Workload::start_with(
+                &s.0,
+                net,
+                12 + i as u8,
+                "api",
+                zc,
+                &t,
+                SIDECAR_FLAGS,
+            )));
+        }
+        let bt = g.token_file(
+            "billing.token",
+            &[
+                "generate",
+                "dataplane-token",
+                "--zone",
+                "z3",
+                "--service",
+                "billing",
+            ],
+        );
+        let billing = Workload::start_with(&s.0, net, 15, "billing", &zones[2], &bt, SIDECAR_FLAGS);
+        let wt = g.token_file(
+            "web.token",
+            &[
+                "generate",
+                "dataplane-token",
+                "--zone",
+                "z1",
+                "--service",
+                "web",
+            ],
+        );
+        let web = Workload::start_with(&s.0, net, 10, "web", &zones[0], &wt, SIDECAR_FLAGS);
+        let w = World {
+            s,
+            net,
+            g,
+            zones,
+            gateways,
+            apis,
+            web,
+            _links: links,
+            _others: vec![billing],
+        };
+        wait_for(
+            "web sees api in all three zones through both gateways",
+            T,
+            || {
+                let zs = w.api_zones();
+                (zs.iter().filter(|z| *z == "z2").count() == 2
+                    && zs.contains(&"z3".to_string())
+                    && zs.contains(&"z1".to_string()))
+                .then_some(())
+            },
+        );
+        w
+    }
+
+    fn api_zones(&self) -> Vec<String> {
+        self.web.dump()["clusters"]["api"]["endpoints"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e["zone"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn kill_api(&mut self, i: usize) {
+        let mut w = self.apis[i].take().expect("running");
+        w.sidecar.kill();
+        w.app.kill();
+    }
+
+    fn restore_api(&mut self, i: usize) {
+        let z = zone_of(i);
+        let t = self.s.0.join(format!("api-{z}.token"));
+        self.apis[i] = Some(Workload::start_with(
+            &self.s.0,
+            self.net,
+            12 + i as u8,
+            "api",
+            &self.zones[i],
+            &t,
+            SIDECAR_FLAGS,
+        ));
+    }
+
+    fn gateway(&self, host: u8) -> &GatewayProc {
+        &self
+            .gateways
+            .iter()
+            .find(|(_, g)| g.host == host)
+            .unwrap()
+            .1
+    }
+}
+
+fn captured_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn cross_zone_requests_are_end_to_end_mtls_and_local_is_preferred() {
+    let net = Net(31);
+    let cap = std::env::temp_dir().join(format!("tern-e2e-capture-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cap);
+    let w = World::build("crosszone-basics", net, Some(&cap), false);
+
+    // billing runs only in z3 (other region): reached through z1's gateway,
+    // QUIC, z3's gateway, billing's sidecar. The app sees the caller.
+    let r = get(w.web.outbound(), "billing", "/secret-path-7f3a").unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["zone"], "z3");
+    assert_eq!(
+        j["clientId"], "spiffe://tern/zone/z1/svc/web",
+        "the caller's identity, not a gateway's"
+    );
+    assert_eq!(j["path"], "/secret-path-7f3a");
+
+    // The receiving gateway carried only the inner session's ciphertext.
+    let files = captured_files(&cap);
+    assert!(!files.is_empty(), "the capture flag wrote the flows");
+    let inbound: Vec<Vec<u8>> = files
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with("-in.bin"))
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(inbound.iter().any(|b| b.len() > 100), "bytes were captured");
+    for b in &inbound {
+        assert_eq!(
+            b.first(),
+            Some(&0x16),
+            "a flow starts with a TLS handshake record"
+        );
+    }
+    for f in &files {
+        let b = std::fs::read(f).unwrap();
+        let text = String::from_utf8_lossy(&b);
+        assert!(
+            !text.contains("secret-path-7f3a")
+                && !text.contains("clientId")
+                && !text.contains("HTTP/1.1"),
+            "plaintext in {}",
+            f.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&cap);
+
+    // While z1's api is healthy, z1 serves all of it.
+    for _ in 0..40 {
+        let r = get(w.web.outbound(), "api", "/").unwrap();
+        assert_eq!(r.json()["zone"], "z1");
+    }
+
+    // A peer that sends a malformed header gets its stream reset with an
+    // error code; the gateway keeps serving.
+    malformed_flows_are_reset(&w);
+    let r = get(w.web.outbound(), "billing", "/after-resets").unwrap();
+    assert_eq!(r.status, 200, "the gateway still serves: {r:?}");
+    assert!(
+        w.gateway(41)
+            .metric("tern_gateway_stream_resets_total", "code=\"16\"")
+            >= 1.0
+    );
+
+    // Per-remote-zone gateway metrics.
+    let out: f64 = [21u8, 22]
+        .iter()
+        .map(|h| {
+            w.gateway(*h).metric(
+                "tern_gateway_streams_total",
+                "zone=\"z3\",direction=\"outbound\"",
+            )
+        })
+        .sum();
+    assert!(out >= 1.0, "z1's gateways count streams to z3");
+    wait_for("path RTT to z3 measured", T, || {
+        let rtt = w
+            .gateway(21)
+            .metric("tern_gateway_rtt_seconds", "zone=\"z3\"")
+            + w.gateway(22)
+                .metric("tern_gateway_rtt_seconds", "zone=\"z3\"");
+        (rtt > 0.0).then_some(())
+    });
+    let _ = &w.g;
+}
+
+#[test]
+fn failover_goes_to_the_same_region_then_the_other_region_and_back() {
+    let net = Net(32);
+    let mut w = World::build("crosszone-failover", net, None, false);
+    let load = Load::start(w.web.outbound(), "api", "GET");
+    load.wait_more(20);
+    assert!(load.snapshot().last_from(20, "z1"));
+
+    // Kill z1's api: the same-region zone z2 takes over.
+    w.kill_api(0);
+    wait_for("traffic on z2", T, || {
+        load.snapshot().last_from(20, "z2").then_some(())
+    });
+    // Kill z2's api too: the other region takes over.
+    w.kill_api(1);
+    wait_for("traffic on z3", T, || {
+        load.snapshot().last_from(20, "z3").then_some(())
+    });
+
+    // Kill one of z1's two gateways: flows continue through the other.
+    let dead = w.gateways.iter().position(|(_, g)| g.host == 21).unwrap();
+    w.gateways[dead].1.proc.kill();
+    let gw21 = net.addr(21, 15443).to_string();
+    wait_for("web stops using the dead gateway", T, || {
+        let eps = w.web.dump()["clusters"]["api"]["endpoints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        eps.iter()
+            .filter(|e| e["address"] == gw21.as_str())
+            .all(|e| e["probeOk"] == false)
+            .then_some(())
+    });
+    load.wait_more(30);
+    assert!(
+        load.snapshot().last_from(30, "z3"),
+        "z3 is still served, through the other gateway"
+    );
+    let z3_via_22 = w.gateway(22).dump()["remotes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .any(|r| r["zone"] == "z3" && r["connected"] == true)
+        })
+        .unwrap_or(false);
+    assert!(
+        z3_via_22,
+        "the surviving gateway holds the QUIC connection to z3"
+    );
+
+    // Restore z1's api: traffic is local again within 5 s.
+    w.restore_api(0);
+    let restored = Instant::now();
+    wait_for(
+        "traffic back on z1 within 5s of the restore",
+        Duration::from_secs(5),
+        || load.snapshot().last_from(10, "z1").then_some(()),
+    );
+    let took = restored.elapsed();
+    let stats = load.finish();
+    eprintln!(
+        "failover drill: {} requests, back local {took:?} after restore",
+        stats.ok
+    );
+    assert_eq!(
+        stats.failed, 0,
+        "no idempotent request may fail: {:?}",
+        stats.failures
+    );
+    assert!(stats.zones.contains(&"z2".to_string()) && stats.zones.contains(&"z3".to_string()));
+}
+
+#[test]
+fn a_cut_link_fails_over_and_an_offline_zone_is_withdrawn() {
+    let net = Net(33);
+    let mut w = World::build("crosszone-cut", net, None, true);
+    // Only z2 (through the link emulator) and z3 serve api.
+    w.kill_api(0);
+    let load = Load::start(w.web.outbound(), "api", "GET");
+    wait_for("traffic on z2", T, || {
+        load.snapshot().last_from(20, "z2").then_some(())
+    });
+    let gw = w.gateway(31).proc.pid();
+    let _ = gw;
+
+    // Cut the link between z1 and z2: failover to z3, nothing fails.
+    for l in &w._links {
+        l.cut(true);
+    }
+    wait_for("traffic on z3 after the cut", T, || {
+        load.snapshot().last_from(20, "z3").then_some(())
+    });
+    // Mend it: z2 (same region) serves again.
+    for l in &w._links {
+        l.cut(false);
+    }
+    wait_for("traffic back on z2 after the link returns", T, || {
+        load.snapshot().last_from(20, "z2").then_some(())
+    });
+    let stats = load.finish();
+    assert_eq!(
+        stats.failed, 0,
+        "no idempotent request may fail: {:?}",
+        stats.failures
+    );
+
+    // z3's control plane dies: after the 2s TTL the global withdraws z3,
+    // and web's sidecar drops its endpoints.
+    w.zones[2].proc.kill();
+    wait_for("z3 withdrawn from web's config", T, || {
+        (!w.api_zones().contains(&"z3".to_string())).then_some(())
+    });
+    assert!(!w.g.ctl(&["get", "zoneingresses"]).contains("z3"));
+    let z3 = w.g.zone("z3").unwrap();
+    assert_eq!(z3["online"], false);
+    assert!(
+        w.api_zones().contains(&"z2".to_string()),
+        "other zones stay"
+    );
+}
+
+/// Speak QUIC to z3's gateway as a gateway of z2 (a certificate signed by
+/// z2's CA, as a real z2 gateway would hold).
+fn malformed_flows_are_reset(w: &World) {
+    use common::flow::{code, FlowHeader};
+    use common::ident::SpiffeId;
+    use common::pki::{self, Ca};
+    use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
+    use std::sync::Arc;
+
+    let zdir = &w.zones[1].data;
+    let ca = Ca::from_pem(
+        &std::fs::read_to_string(zdir.join("zone-ca.pem")).unwrap(),
+        &std::fs::read_to_string(zdir.join("zone-ca.key")).unwrap(),
+    )
+    .unwrap();
+    let root = std::fs::read_to_string(zdir.join("root.pem")).unwrap();
+    let kc = pki::new_key_and_csr("test-gw").unwrap();
+    let leaf = ca
+        .sign_leaf(
+            &kc.csr_pem,
+            &SpiffeId::gateway("tern", "z2"),
+            &[],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let ident =
+        Identity::from_pem(&format!("{leaf}{}", ca.cert_pem()), &kc.key_pem, &root).unwrap();
+    tls::install_provider();
+    let verifier = SpiffeServerVerifier::new(
+        ident.root_store(),
+        Expect::Exact(SpiffeId::gateway("tern", "z3")),
+    );
+    let cfg = tls::client_config(Some(&ident), Arc::new(verifier), &[b"tern-gw/1"]).unwrap();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
+    let target = w.gateway(41).quic();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = ep
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(quic)),
+                target,
+                "tern.mesh",
+            )
+            .unwrap()
+            .await
+            .expect("a z2 gateway identity is accepted");
+        let reset_code = |payload: Vec<u8>| {
+            let conn = conn.clone();
+            async move {
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                send.write_all(&payload).await.unwrap();
+                let _ = send.finish();
+                match tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 16)).await
+                {
+                    Ok(Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(c)))) => {
+                        Some(c.into_inner())
+                    }
+                    other => panic!("expected a stream reset, got {other:?}"),
+                }
+            }
+        };
+        let header = |service: &str, zone: &str| {
+            FlowHeader {
+                service: service.into(),
+                dest_zone: zone.into(),
+                source_zone: "z2".into(),
+                port: None,
+                traceparent: None,
+            }
+            .encode()
+            .unwrap()
+        };
+        assert_eq!(
+            reset_code(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await,
+            Some(code::MALFORMED_HEADER as u64)
+        );
+        assert_eq!(
+            reset_code(b"TF\x01\xff\xff".to_vec()).await,
+            Some(code::MALFORMED_HEADER as u64)
+        );
+        assert_eq!(
+            reset_code(header("nope", "z3")).await,
+            Some(code::UNKNOWN_SERVICE as u64)
+        );
+        assert_eq!(
+            reset_code(header("billing", "z9")).await,
+            Some(code::UNKNOWN_ZONE as u64)
+        );
+        conn.close(0u32.into(), b"done");
+    });
+}
