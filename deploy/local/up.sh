@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
 # Start a local Tern mesh on loopback, on the embedded store:
-#   a global control plane, two zones (eu-west / us-east) each with a zone
-#   control plane, a demo `api` service (two instances in eu-west-1, one in
-#   us-east-1), a `web` client sidecar per zone, and demo traffic.
+#   a global control plane; three zones in two regions, each with a zone
+#   control plane, an east-west gateway (QUIC) and an `api` instance;
+#   `web` in eu-west-1 calling `api` (local first, failover by locality) and
+#   `billing`, which runs only in us-east-1 (always cross-region).
+# It prints which zone answered each call, then runs a failover drill: api
+# in eu-west-1 goes down for 10 s and comes back.
 # Everything lives under ./.tern-local; Ctrl-C stops it all.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 state=${TERN_LOCAL_DIR:-$root/.tern-local}
 profile=${TERN_PROFILE:-release}
+
+# Refuse to start over another mesh (or anything) on our addresses.
+for a in 127.0.0.1:5681 127.0.0.1:5685 \
+         127.0.1.1:5678 127.0.2.1:5678 127.0.3.1:5678 \
+         127.0.1.5:15443 127.0.2.5:15443 127.0.3.5:15443 \
+         127.0.1.10:15000 127.0.1.11:15000 127.0.2.11:15000 127.0.3.11:15000 127.0.3.12:15000; do
+  if (exec 3<>"/dev/tcp/${a%:*}/${a#*:}") 2>/dev/null; then
+    echo "something already listens on $a; stop it (another local mesh?) and run again" >&2
+    exit 1
+  fi
+done
 
 echo "building Tern ($profile)..."
 if [ "$profile" = release ]; then cargo build --release --bins -q; else cargo build --bins -q; fi
@@ -30,14 +44,6 @@ start() { # name, command...
   last=$!
   pids+=($last)
 }
-# Refuse to start over another mesh (or anything) on our addresses.
-for a in 127.0.0.1:5681 127.0.0.1:5685 127.0.1.1:5678 127.0.1.1:5680 127.0.2.1:5678 127.0.2.1:5680 \
-         127.0.1.10:15000 127.0.1.11:15000 127.0.1.12:15000 127.0.2.10:15000 127.0.2.11:15000; do
-  if (exec 3<>"/dev/tcp/${a%:*}/${a#*:}") 2>/dev/null; then
-    echo "something already listens on $a; stop it (another local mesh?) and run again" >&2
-    exit 1
-  fi
-done
 wait_http() { # url: ready, and served by the process we just started
   for _ in $(seq 1 200); do
     kill -0 "$last" 2>/dev/null || { echo "a process exited during startup; see $state/logs:" >&2; tail -n 3 "$state"/logs/*.log >&2; exit 1; }
@@ -48,7 +54,7 @@ wait_http() { # url: ready, and served by the process we just started
 }
 
 export TERN_CONFIG=$state/global/ternctl.json
-start global "$bin/global-cp" --data-dir "$state/global" --sync-addr 127.0.0.1:5685 --admin-addr 127.0.0.1:5681
+start global "$bin/global-cp" --data-dir "$state/global" --sync-addr 127.0.0.1:5685 --admin-addr 127.0.0.1:5681 --zone-offline-ttl 30s
 wait_http http://127.0.0.1:5681/ready
 ctl() { "$bin/ternctl" "$@"; }
 
@@ -62,57 +68,83 @@ spec:
     workloadCertTtl: 1h
 YAML
 
-zone() { # name region ip
-  local name=$1 region=$2 ip=$3
+zone() { # name region subnet
+  local name=$1 region=$2 n=$3
   ctl generate zone-token --zone "$name" 2>/dev/null >"$state/$name.token"
   start "zone-$name" "$bin/zone-cp" --zone "$name" --region "$region" --token-file "$state/$name.token" \
-    --data-dir "$state/zone-$name" --proxy-addr "$ip:5678" --admin-addr "$ip:5680"
-  wait_http "http://$ip:5680/ready"
+    --data-dir "$state/zone-$name" --proxy-addr "127.0.$n.1:5678" --admin-addr "127.0.$n.1:5680" --deregister-after 5s
+  wait_http "http://127.0.$n.1:5680/ready"
+  ctl generate gateway-token --zone "$name" 2>/dev/null >"$state/$name-gw.token"
+  start "gateway-$name" "$bin/gateway" --cp-address "127.0.$n.1:5678" --token-file "$state/$name-gw.token" \
+    --local "127.0.$n.5:15443" --quic-bind "127.0.$n.5:15444" --admin "127.0.$n.5:15090"
+  wait_http "http://127.0.$n.5:15090/ready"
 }
-workload() { # zone zone-ip service ip [outbound]
-  local z=$1 zip=$2 svc=$3 ip=$4
+workload() { # zone subnet service host
+  local z=$1 n=$2 svc=$3 ip=127.0.$2.$4
   local tok=$state/$svc-$z.token
   [ -f "$tok" ] || ctl generate dataplane-token --zone "$z" --service "$svc" 2>/dev/null >"$tok"
   start "app-$svc-$ip" "$bin/demo-app" --listen "$ip:8080" --name "$svc" --zone "$z"
-  start "sidecar-$svc-$ip" "$bin/dataplane" --cp-address "$zip:5678" --token-file "$tok" --service "$svc" \
-    --address "$ip" --inbound "$ip:15006" --app "$ip:8080" --outbound "$ip:15001" --admin "$ip:15000"
+  start "sidecar-$svc-$ip" "$bin/dataplane" --cp-address "127.0.$n.1:5678" --token-file "$tok" --service "$svc" \
+    --address "$ip" --inbound "$ip:15006" --app "$ip:8080" --outbound "$ip:15001" --admin "$ip:15000" \
+    --per-try-timeout 2s --health-interval 500ms
   wait_http "http://$ip:15000/ready"
 }
 
-zone eu-west-1 eu-west 127.0.1.1
-zone us-east-1 us-east 127.0.2.1
-workload eu-west-1 127.0.1.1 api 127.0.1.11
-workload eu-west-1 127.0.1.1 api 127.0.1.12
-workload eu-west-1 127.0.1.1 web 127.0.1.10
-workload us-east-1 127.0.2.1 api 127.0.2.11
-workload us-east-1 127.0.2.1 web 127.0.2.10
+zone eu-west-1 eu-west 1
+zone eu-west-2 eu-west 2
+zone us-east-1 us-east 3
+workload eu-west-1 1 api 11; api_eu1=("${pids[-2]}" "${pids[-1]}")
+workload eu-west-2 2 api 11
+workload us-east-1 3 api 11
+workload us-east-1 3 billing 12
+workload eu-west-1 1 web 10
 
-# Demo traffic: web -> api in each zone, through both sidecars, over mTLS.
-traffic() { # web-ip
-  while true; do
-    curl -s -H 'Host: api' "http://$1:15001/demo" >>"$state/logs/traffic-$1.log" 2>&1 || echo "request failed" >>"$state/logs/traffic-$1.log"
-    sleep 0.5
-  done
-}
-traffic 127.0.1.10 & pids+=($!)
-traffic 127.0.2.10 & pids+=($!)
+# Wait until web sees api in all three zones.
+for _ in $(seq 1 100); do
+  n=$(curl -s http://127.0.1.10:15000/config_dump | grep -o '"zone":"[a-z0-9-]*"' | sort -u | wc -l)
+  [ "$n" -ge 3 ] && break; sleep 0.2
+done
 
 cat <<EOF
 
-Tern is running: a global control plane and two zones on loopback.
+Tern is running: a global control plane and three zones in two regions, on loopback.
 
   export TERN_CONFIG=$TERN_CONFIG
-  $bin/ternctl inspect zones                 # zones, versions, proxies
-  $bin/ternctl get meshes -o yaml
-  $bin/ternctl get tokens
-  curl -s -H 'Host: api' http://127.0.1.10:15001/hello   # web -> api in eu-west-1, over mTLS
+  $bin/ternctl inspect zones                  # zones, versions, proxies, services
+  $bin/ternctl get zoneingresses -o yaml      # what each zone publishes: gateways, healthy services
+  curl -s -H 'Host: api' http://127.0.1.10:15001/hello       # web -> api (local zone first)
+  curl -s -H 'Host: billing' http://127.0.1.10:15001/hello   # web -> billing, only in us-east-1 (QUIC gateways)
 
 Admin ports (/ready /metrics /config_dump):
-  global       http://127.0.0.1:5681   (API needs the token in $state/global/admin-token)
-  zone-cp eu   http://127.0.1.1:5680    zone-cp us   http://127.0.2.1:5680
-  sidecars     http://127.0.1.10:15000 (web, eu)  http://127.0.1.11:15000 (api, eu)  http://127.0.2.10:15000 (web, us)
-
-Demo traffic: tail -f $state/logs/traffic-127.0.1.10.log  (which api instance answered, and the caller's SPIFFE ID)
+  global          http://127.0.0.1:5681   (API needs the token in $state/global/admin-token)
+  zone-cps        http://127.0.1.1:5680  http://127.0.2.1:5680  http://127.0.3.1:5680
+  gateways        http://127.0.1.5:15090 http://127.0.2.5:15090 http://127.0.3.5:15090
+  web's sidecar   http://127.0.1.10:15000/config_dump   (locality tiers, endpoint health)
 Logs: $state/logs        Ctrl-C stops everything.
+
+Demo traffic from web (eu-west-1); each line says which zone answered:
 EOF
-wait
+
+zone_of() { sed -n 's/.*"zone":"\([a-z0-9-]*\)".*/\1/p'; }
+call() { # service
+  local out
+  out=$(curl -s -m 5 -H "Host: $1" "http://127.0.1.10:15001/demo" 2>/dev/null) || out=""
+  local z; z=$(printf '%s' "$out" | zone_of)
+  printf '%s' "${z:-FAILED}"
+}
+tick=0
+drill_at=8; restore_at=18
+while true; do
+  a=$(call api); b=$(call billing)
+  printf '%s  web -> api: %-10s  web -> billing: %s\n' "$(date +%T)" "$a" "$b"
+  tick=$((tick + 1))
+  if [ "$tick" -eq "$drill_at" ]; then
+    echo ">>> failover drill: api in eu-west-1 goes down (killed) for 10 s; expect eu-west-2 (same region), then back"
+    kill -9 "${api_eu1[@]}" 2>/dev/null || true
+  fi
+  if [ "$tick" -eq "$restore_at" ]; then
+    echo ">>> restoring api in eu-west-1"
+    workload eu-west-1 1 api 11
+  fi
+  sleep 1
+done
