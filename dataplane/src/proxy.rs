@@ -238,11 +238,31 @@ async fn timed<T>(
         .map_err(|source| ConnectError::Io { addr, source })
 }
 
+/// The mTLS hop to a gateway of our own zone (ALPN `tern/gw`).
+pub async fn dial_gateway(
+    shared: &Shared,
+    addr: SocketAddr,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
+    let tls = shared.tls.load_full().ok_or(ConnectError::NoCertificate)?;
+    let own_zone = tls.ident.id.zone_name().unwrap_or_default().to_string();
+    let gw_id = SpiffeId::gateway(tls.ident.id.trust_domain(), &own_zone);
+    let gw_cfg = tls
+        .client_for(&gw_id, Alpn::Gateway)
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let tcp = timed(addr, TcpStream::connect(addr)).await?;
+    let _ = tcp.set_nodelay(true);
+    timed(
+        addr,
+        TlsConnector::from(gw_cfg).connect(common::tls::sni(), tcp),
+    )
+    .await
+}
+
 /// Open the end-to-end mTLS session to `target`: directly, or through the
 /// local gateway named by `target.addr` (an mTLS hop to the gateway, the
 /// flow header, then the end-to-end handshake inside).
 pub async fn connect_mesh(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     target: &Target,
     alpn: Alpn,
 ) -> Result<(MeshStream, bool), ConnectError> {
@@ -251,28 +271,27 @@ pub async fn connect_mesh(
     let cfg = tls
         .client_for(&target.identity, alpn)
         .map_err(|e| ConnectError::Tls(e.to_string()))?;
-    let tcp = timed(addr, TcpStream::connect(addr)).await?;
-    let _ = tcp.set_nodelay(true);
     let stream = match &target.via {
-        None => MeshStream::Direct(
-            timed(
-                addr,
-                TlsConnector::from(cfg).connect(common::tls::sni(), tcp),
+        None => {
+            let tcp = timed(addr, TcpStream::connect(addr)).await?;
+            let _ = tcp.set_nodelay(true);
+            MeshStream::Direct(
+                timed(
+                    addr,
+                    TlsConnector::from(cfg).connect(common::tls::sni(), tcp),
+                )
+                .await?,
             )
-            .await?,
-        ),
+        }
         Some(via) => {
             let own_zone = tls.ident.id.zone_name().unwrap_or_default().to_string();
-            let td = tls.ident.id.trust_domain().to_string();
-            let gw_id = SpiffeId::gateway(&td, &own_zone);
-            let gw_cfg = tls
-                .client_for(&gw_id, Alpn::Gateway)
-                .map_err(|e| ConnectError::Tls(e.to_string()))?;
-            let mut outer = timed(
-                addr,
-                TlsConnector::from(gw_cfg).connect(common::tls::sni(), tcp),
-            )
-            .await?;
+            // A pre-handshaked connection to the gateway when there is one,
+            // so a new flow pays only for its end-to-end handshake.
+            let mut outer = match shared.spares.take(addr) {
+                Some(s) => s,
+                None => dial_gateway(shared, addr).await?,
+            };
+            shared.spares.refill(shared.clone(), addr);
             let header = common::flow::FlowHeader {
                 service: via.service.clone(),
                 dest_zone: via.dest_zone.clone(),

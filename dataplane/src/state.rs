@@ -454,8 +454,75 @@ impl Clusters {
     }
 }
 
+/// Pre-handshaked mTLS connections to this zone's gateways, taken by new
+/// cross-zone flows and refilled in the background. Spares older than
+/// [`SPARE_MAX_AGE`] are dropped (the gateway closes idle ones later).
+#[derive(Default)]
+pub struct Spares {
+    pool: Mutex<HashMap<SocketAddr, Vec<(Instant, SpareConn)>>>,
+    refilling: Mutex<std::collections::HashSet<SocketAddr>>,
+}
+
+pub type SpareConn = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+pub const SPARES_PER_GATEWAY: usize = 2;
+pub const SPARE_MAX_AGE: Duration = Duration::from_secs(20);
+
+impl Spares {
+    pub fn take(&self, addr: SocketAddr) -> Option<SpareConn> {
+        let mut g = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let v = g.get_mut(&addr)?;
+        while let Some((born, c)) = v.pop() {
+            if born.elapsed() < SPARE_MAX_AGE {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn count(&self, addr: SocketAddr) -> usize {
+        let mut g = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let v = g.entry(addr).or_default();
+        v.retain(|(born, _)| born.elapsed() < SPARE_MAX_AGE);
+        v.len()
+    }
+
+    /// Top the pool for `addr` up in the background (one refill at a time).
+    pub fn refill(&self, shared: Arc<Shared>, addr: SocketAddr) {
+        if !self
+            .refilling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr)
+        {
+            return;
+        }
+        tokio::spawn(async move {
+            while shared.spares.count(addr) < SPARES_PER_GATEWAY {
+                match crate::proxy::dial_gateway(&shared, addr).await {
+                    Ok(c) => shared
+                        .spares
+                        .pool
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(addr)
+                        .or_default()
+                        .push((Instant::now(), c)),
+                    Err(_) => break,
+                }
+            }
+            shared
+                .spares
+                .refilling
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&addr);
+        });
+    }
+}
+
 /// What the data path reads on every request or connection.
 pub struct Shared {
+    pub spares: Spares,
     pub tls: ArcSwapOption<Tls>,
     /// Bumped whenever a new identity is installed.
     pub identity_changed: tokio::sync::watch::Sender<u64>,
@@ -467,6 +534,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(trust_domain: &str) -> Self {
         Self {
+            spares: Spares::default(),
             tls: ArcSwapOption::empty(),
             identity_changed: tokio::sync::watch::channel(0).0,
             clusters: ArcSwap::from_pointee(Clusters::default()),

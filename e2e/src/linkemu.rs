@@ -223,9 +223,12 @@ fn forward_datagram(
     }
     let d = one_way(&c, rng);
     if d.is_zero() {
-        tokio::spawn(async move {
-            let _ = sock.send_to(&data, to).await;
-        });
+        // Inline, without a task hop: a clean link adds as little as it can.
+        if sock.try_send_to(&data, to).is_err() {
+            tokio::spawn(async move {
+                let _ = sock.send_to(&data, to).await;
+            });
+        }
     } else {
         tokio::spawn(async move {
             tokio::time::sleep(d).await;
@@ -268,7 +271,11 @@ async fn pump(
     };
     let writer = async move {
         while let Some((due, data)) = q.recv().await {
-            tokio::time::sleep_until(due).await;
+            // Only sleep when there is a delay: the timer's 1 ms granularity
+            // would otherwise add latency to a "clean" link.
+            if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
             // A cut holds everything until the link is restored.
             while gate.borrow_and_update().cut {
                 if gate.changed().await.is_err() {

@@ -16,6 +16,7 @@
 //! through the same client the sidecar uses (`dataplane::cp_client`).
 #![forbid(unsafe_code)]
 
+pub mod dup;
 pub mod metrics;
 pub mod remote;
 
@@ -37,6 +38,9 @@ use tokio::sync::watch;
 pub const QUIC_ALPN: &[u8] = b"tern-gw/1";
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a sidecar's spare connection may wait for its flow header
+/// (sidecars drop spares after 20 s).
+const SPARE_IDLE: Duration = Duration::from_secs(30);
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "gateway", version, about = "Tern east-west gateway")]
@@ -72,6 +76,14 @@ pub struct Config {
     /// (after the header) to files in this folder. Off by default.
     #[arg(long)]
     pub debug_capture: Option<PathBuf>,
+    /// Duplicate datagrams to a remote gateway while the path's measured
+    /// loss is at least this fraction (doubles WAN bytes while on; see
+    /// docs/architecture.md). 1 disables.
+    #[arg(long, default_value_t = 0.005)]
+    pub duplicate_above_loss: f64,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
     #[arg(long)]
     pub json_logs: bool,
 }
@@ -158,13 +170,21 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     );
     let socket = std::net::UdpSocket::bind(cfg.quic_bind)
         .with_context(|| format!("bind QUIC {}", cfg.quic_bind))?;
-    let endpoint = quinn::Endpoint::new(
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let dup = Arc::new(dup::DupSocket::new(runtime.wrap_udp_socket(socket)?));
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         None,
-        socket,
-        Arc::new(quinn::TokioRuntime),
+        dup.clone(),
+        runtime,
     )?;
-    let remotes = remote::Remotes::new(endpoint.clone(), &cfg, &claims.td, metrics.clone());
+    let remotes = remote::Remotes::new(
+        endpoint.clone(),
+        &cfg,
+        &claims.td,
+        metrics.clone(),
+        dup.clone(),
+    );
     let gw = Arc::new(Gateway {
         zone: claims.zone.clone(),
         trust_domain: claims.td.clone(),
@@ -294,9 +314,11 @@ impl Gateway {
         if peer.zone_name() != Some(self.zone.as_str()) {
             anyhow::bail!("{peer} is not a workload of zone {}", self.zone);
         }
-        let mut header = tokio::time::timeout(HEADER_TIMEOUT, flow::read(&mut tls))
+        // Sidecars keep spare connections ready for new flows, so the header
+        // may come a while after the handshake.
+        let mut header = tokio::time::timeout(SPARE_IDLE, flow::read(&mut tls))
             .await
-            .context("flow header timed out")??;
+            .context("no flow header on an idle connection")??;
         if header.dest_zone == self.zone {
             anyhow::bail!(
                 "flow for our own zone {}; sidecars reach it directly",
@@ -340,6 +362,7 @@ impl Gateway {
                 };
                 let zone = peer.zone_name().unwrap_or_default().to_string();
                 tracing::info!(%remote, %zone, "gateway connected");
+                me.remotes.watch_loss(&conn, &zone);
                 loop {
                     match conn.accept_bi().await {
                         Ok((send, recv)) => {

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub handshake_failures: Family<ZoneLabel, Counter>,
     pub connections: Family<ZoneLabel, Gauge>,
     pub stream_resets: Family<CodeLabel, Counter>,
+    pub duplication_active: Family<ZoneLabel, Gauge>,
+    pub duplicated_packets: Gauge,
 }
 
 impl Metrics {
@@ -49,7 +51,19 @@ impl Metrics {
             handshake_failures: Family::default(),
             connections: Family::default(),
             stream_resets: Family::default(),
+            duplication_active: Family::default(),
+            duplicated_packets: Gauge::default(),
         };
+        reg.register(
+            "duplication_active",
+            "1 while datagrams to a remote zone are sent twice (lossy path)",
+            m.duplication_active.clone(),
+        );
+        reg.register(
+            "duplicated_packets",
+            "Datagrams sent a second time for loss protection",
+            m.duplicated_packets.clone(),
+        );
         reg.register(
             "streams",
             "Flows (QUIC streams) by remote zone and direction",
@@ -134,6 +148,12 @@ impl Metrics {
         self.sent_packets
             .get_or_create(&Self::z(zone))
             .set(sent as i64);
+    }
+    pub fn set_duplication(&self, zone: &str, active: bool, total: u64) {
+        self.duplication_active
+            .get_or_create(&Self::z(zone))
+            .set(active as i64);
+        self.duplicated_packets.set(total as i64);
     }
     pub fn set_connections(&self, zone: &str, n: i64) {
         self.connections.get_or_create(&Self::z(zone)).set(n);

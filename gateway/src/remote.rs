@@ -31,6 +31,8 @@ struct Inner {
     td: String,
     transport: Arc<quinn::TransportConfig>,
     metrics: Metrics,
+    dup: Arc<crate::dup::DupSocket>,
+    dup_threshold: f64,
     ident: RwLock<Option<Identity>>,
     slots: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Slot>>>>,
 }
@@ -51,7 +53,13 @@ pub fn peer_id(conn: &quinn::Connection) -> Option<SpiffeId> {
 }
 
 impl Remotes {
-    pub fn new(endpoint: quinn::Endpoint, cfg: &Config, td: &str, metrics: Metrics) -> Self {
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        cfg: &Config,
+        td: &str,
+        metrics: Metrics,
+        dup: Arc<crate::dup::DupSocket>,
+    ) -> Self {
         let mut t = quinn::TransportConfig::default();
         t.keep_alive_interval(Some(cfg.keep_alive));
         t.max_idle_timeout(Some(
@@ -66,10 +74,23 @@ impl Remotes {
                 td: td.to_string(),
                 transport: Arc::new(t),
                 metrics,
+                dup,
+                dup_threshold: cfg.duplicate_above_loss,
                 ident: RwLock::new(None),
                 slots: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Turn on datagram duplication toward this peer if its path is lossy.
+    pub fn watch_loss(&self, conn: &quinn::Connection, zone: &str) {
+        crate::dup::monitor(
+            conn.clone(),
+            self.inner.dup.clone(),
+            self.inner.dup_threshold,
+            self.inner.metrics.clone(),
+            zone.to_string(),
+        );
     }
 
     pub fn clone_handle(&self) -> Self {
@@ -115,6 +136,7 @@ impl Remotes {
             .await
             .map_err(|_| anyhow::anyhow!("QUIC handshake with {addr} timed out"))??;
         tracing::info!(%addr, zone, "connected to remote gateway");
+        self.watch_loss(&conn, zone);
         Ok(conn)
     }
 
