@@ -194,3 +194,22 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+/// The data-path runtime: one worker is a current-thread runtime (no
+/// work-stealing overhead), more is a multi-thread one. Exits with status
+/// 64 on zero, as for any bad configuration.
+pub fn data_runtime(program: &str, workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match workers {
+        0 => {
+            eprintln!("{program}: invalid configuration: --workers must be at least 1");
+            std::process::exit(64);
+        }
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+}

@@ -2,21 +2,7 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let cfg = dataplane::Config::parse();
-    if cfg.workers == 0 {
-        eprintln!("dataplane: invalid configuration: --workers must be at least 1");
-        std::process::exit(64);
-    }
-    // One worker: a current-thread runtime, no work-stealing overhead.
-    let rt = if cfg.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cfg.workers)
-            .enable_all()
-            .build()?
-    };
+    let rt = common::telemetry::data_runtime("dataplane", cfg.workers)?;
     rt.block_on(async move {
         common::telemetry::init_tracing("info", cfg.json_logs);
         common::tls::install_provider();

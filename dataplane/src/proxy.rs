@@ -24,7 +24,7 @@ use bytes::Bytes;
 use common::ident::SpiffeId;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
@@ -41,6 +41,10 @@ use tokio::io::AsyncWriteExt;
 pub type Body = Either<Incoming, Full<Bytes>>;
 
 pub const CLIENT_ID_HEADER: &str = "x-tern-client-id";
+/// Request header marking a request idempotent (safe to retry elsewhere).
+pub const IDEMPOTENT_HEADER: &str = "x-tern-idempotent";
+/// Largest body buffered to replay a marked-idempotent request.
+pub const MAX_REPLAY_BODY: usize = 64 * 1024;
 const EJECT_FOR: Duration = Duration::from_secs(5);
 const MAX_ATTEMPTS: usize = 3;
 
@@ -549,17 +553,38 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(CLIENT_ID_HEADER);
-        let idempotent = matches!(
+        // Retried in the next locality: GET/HEAD/OPTIONS/TRACE without a
+        // body, and anything the caller marks idempotent (gRPC has no wire
+        // marker; a client interceptor sets the header). Marked requests
+        // are buffered so each attempt can replay them.
+        let marked = parts
+            .headers
+            .remove(IDEMPOTENT_HEADER)
+            .is_some_and(|v| v == "true" || v == "1");
+        let safe_method = matches!(
             parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         );
         let bodyless = body.is_end_stream();
-        let mut body = Some(Either::Left(body));
+        let (replay, mut body): (Option<Bytes>, Option<Body>) = if marked && !bodyless {
+            match http_body_util::Limited::new(body, MAX_REPLAY_BODY)
+                .collect()
+                .await
+            {
+                Ok(c) => (Some(c.to_bytes()), None),
+                Err(_) => {
+                    return error_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "{IDEMPOTENT_HEADER} requests are buffered for retries; \
+                             the body exceeds {MAX_REPLAY_BODY} bytes or failed to arrive"
+                        ),
+                    )
+                }
+            }
+        } else {
+            (None, Some(Either::Left(body)))
+        };
         let path = parts
             .uri
             .path_and_query()
@@ -569,7 +594,7 @@ impl Proxy {
             Protocol::Http2 => (&self.upstream_h2, Version::HTTP_2),
             _ => (&self.upstream_h1, Version::HTTP_11),
         };
-        let retryable = idempotent && bodyless;
+        let retryable = (safe_method && bodyless) || marked;
         let mut tried: Vec<Arc<Endpoint>> = Vec::with_capacity(MAX_ATTEMPTS);
         let mut min_tier = 0;
         let mut last_err = String::new();
@@ -577,10 +602,11 @@ impl Proxy {
             let Some((ep, tier)) = cluster.pick(&tried, min_tier) else {
                 break;
             };
-            let b = match body.take() {
-                Some(b) => b,
-                None if bodyless => empty(),
-                None => break,
+            let b = match (&replay, body.take()) {
+                (Some(bytes), _) => Either::Right(Full::new(bytes.clone())),
+                (None, Some(b)) => b,
+                (None, None) if bodyless => empty(),
+                (None, None) => break,
             };
             if attempt > 0 {
                 self.metrics.retries.inc();

@@ -296,6 +296,30 @@ fn failover_goes_to_the_same_region_then_the_other_region_and_back() {
     let net = Net(32);
     let mut w = World::build("crosszone-failover", net, None, false);
     let load = Load::start(w.web.outbound(), "api", "GET");
+    // POSTs the caller marks idempotent (as a gRPC interceptor would) are
+    // buffered by the sidecar and replayed in the next locality too.
+    let body = "x".repeat(2048);
+    let r = http_body(
+        w.web.outbound(),
+        "POST",
+        "api",
+        "/",
+        &[("x-tern-idempotent", "true")],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(
+        r.json()["bodyBytes"],
+        2048,
+        "the whole body reaches the app: {r:?}"
+    );
+    let marked = Load::start_with(
+        w.web.outbound(),
+        "api",
+        "POST",
+        vec![("x-tern-idempotent", "true")],
+        body,
+    );
     load.wait_more(20);
     assert!(load.snapshot().last_from(20, "z1"));
 
@@ -351,6 +375,13 @@ fn failover_goes_to_the_same_region_then_the_other_region_and_back() {
     );
     let took = restored.elapsed();
     let stats = load.finish();
+    let mstats = marked.finish();
+    assert_eq!(
+        mstats.failed, 0,
+        "no marked-idempotent POST may fail: {:?}",
+        mstats.failures
+    );
+    assert!(mstats.ok > 20);
     eprintln!(
         "failover drill: {} requests, back local {took:?} after restore",
         stats.ok

@@ -10,33 +10,10 @@ const T: Duration = Duration::from_secs(30);
 
 #[test]
 fn adding_and_removing_an_endpoint_fails_no_request() {
-    let s = Scratch::new("endpoints");
     let net = Net(23);
-    let g = Global::start(&s.0, net);
-    let zt = g.token_file("z.token", &["generate", "zone-token", "--zone", "z1"]);
-    let z = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&zt));
-    let web_t = g.token_file(
-        "web.token",
-        &[
-            "generate",
-            "dataplane-token",
-            "--zone",
-            "z1",
-            "--service",
-            "web",
-        ],
-    );
-    let api_t = g.token_file(
-        "api.token",
-        &[
-            "generate",
-            "dataplane-token",
-            "--zone",
-            "z1",
-            "--service",
-            "api",
-        ],
-    );
+    let (s, g, z) = one_zone("endpoints", net);
+    let web_t = g.dp_token("z1", "web");
+    let api_t = g.dp_token("z1", "api");
     let mut a = Workload::start(&s.0, net, 11, "api", &z, &api_t);
     let web = Workload::start(&s.0, net, 10, "web", &z, &web_t);
     wait_for("web sees api-a", T, || {
@@ -91,28 +68,8 @@ fn short_lived_certificates_rotate_without_failed_requests() {
         g.zone("z1")
             .filter(|v| v["ackedVersion"] == v["globalVersion"] && v["online"] == true)
     });
-    let web_t = g.token_file(
-        "web.token",
-        &[
-            "generate",
-            "dataplane-token",
-            "--zone",
-            "z1",
-            "--service",
-            "web",
-        ],
-    );
-    let api_t = g.token_file(
-        "api.token",
-        &[
-            "generate",
-            "dataplane-token",
-            "--zone",
-            "z1",
-            "--service",
-            "api",
-        ],
-    );
+    let web_t = g.dp_token("z1", "web");
+    let api_t = g.dp_token("z1", "api");
     let _api = Workload::start(&s.0, net, 11, "api", &z, &api_t);
     let web = Workload::start(&s.0, net, 10, "web", &z, &web_t);
     wait_for("web sees api", T, || {

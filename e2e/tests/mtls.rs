@@ -57,55 +57,12 @@ fn leaf_from(ca: &Ca, roots_pem: &str, chain_extra: &str, id: &SpiffeId) -> Iden
 
 #[test]
 fn requests_cross_two_sidecars_with_caller_identity_and_bad_clients_are_refused() {
-    let s = Scratch::new("mtls");
     let net = Net(22);
-    let g = Global::start(&s.0, net);
-    let zt = g.token_file("z.token", &["generate", "zone-token", "--zone", "z1"]);
-    let z = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&zt));
-    let web_t = g.token_file(
-        "web.token",
-        &[
-            "generate",
-            "dataplane-token",
-            "--zone",
-            "z1",
-            "--service",
-            "web",
-        ],
-    );
-    let api_t = g.token_file(
-        "api.token",
-        &[
-            "generate",
-            "dataplane-token",
-            "--zone",
-            "z1",
-            "--service",
-            "api",
-        ],
-    );
-    let echo_t = g.token_file(
-        "echo.token",
-        &[
-            "generate",
-            "dataplane-token",
-            "--zone",
-            "z1",
-            "--service",
-            "echo",
-        ],
-    );
-    let grpc_t = g.token_file(
-        "grpc.token",
-        &[
-            "generate",
-            "dataplane-token",
-            "--zone",
-            "z1",
-            "--service",
-            "grpc",
-        ],
-    );
+    let (s, g, z) = one_zone("mtls", net);
+    let web_t = g.dp_token("z1", "web");
+    let api_t = g.dp_token("z1", "api");
+    let echo_t = g.dp_token("z1", "echo");
+    let grpc_t = g.dp_token("z1", "grpc");
     let api = Workload::start(&s.0, net, 11, "api", &z, &api_t);
     let _grpc = Workload::start_with(&s.0, net, 13, "grpc", &z, &grpc_t, &["--protocol", "grpc"]);
     let _echo = Workload::start_full(

@@ -58,33 +58,10 @@ fn killed_global_loses_nothing_and_zones_resume() {
 
 #[test]
 fn sidecars_keep_serving_while_their_zone_cp_restarts() {
-    let s = Scratch::new("zone-restart");
     let net = Net(26);
-    let g = Global::start(&s.0, net);
-    let zt = g.token_file("z.token", &["generate", "zone-token", "--zone", "z1"]);
-    let mut z = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&zt));
-    let web_t = g.token_file(
-        "web.token",
-        &[
-            "generate",
-            "dataplane-token",
-            "--zone",
-            "z1",
-            "--service",
-            "web",
-        ],
-    );
-    let api_t = g.token_file(
-        "api.token",
-        &[
-            "generate",
-            "dataplane-token",
-            "--zone",
-            "z1",
-            "--service",
-            "api",
-        ],
-    );
+    let (s, g, mut z) = one_zone("zone-restart", net);
+    let web_t = g.dp_token("z1", "web");
+    let api_t = g.dp_token("z1", "api");
     let _api = Workload::start(&s.0, net, 11, "api", &z, &api_t);
     let web = Workload::start(&s.0, net, 10, "web", &z, &web_t);
     wait_for("web sees api", T, || {

@@ -8,20 +8,7 @@ fn main() -> anyhow::Result<()> {
         );
         std::process::exit(64);
     }
-    if cfg.workers == 0 {
-        eprintln!("gateway: invalid configuration: --workers must be at least 1");
-        std::process::exit(64);
-    }
-    let rt = if cfg.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cfg.workers)
-            .enable_all()
-            .build()?
-    };
+    let rt = common::telemetry::data_runtime("gateway", cfg.workers)?;
     rt.block_on(async move {
         common::telemetry::init_tracing("info", cfg.json_logs);
         common::tls::install_provider();

@@ -190,15 +190,29 @@ pub fn http(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<HttpResponse> {
+    http_body(addr, method, host, path, headers, "")
+}
+
+/// One HTTP/1.1 request with a body on a fresh connection.
+pub fn http_body(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
     );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
+    req.push_str(body);
     s.write_all(req.as_bytes())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
@@ -346,6 +360,27 @@ impl Global {
         let p = self.dir.join(name);
         std::fs::write(&p, t.trim()).unwrap();
         p
+    }
+    /// A zone token for `zone`, written to a file.
+    pub fn zone_token(&self, zone: &str) -> PathBuf {
+        self.token_file(
+            &format!("{zone}.token"),
+            &["generate", "zone-token", "--zone", zone],
+        )
+    }
+    /// A dataplane token for `service` in `zone`, written to a file.
+    pub fn dp_token(&self, zone: &str, service: &str) -> PathBuf {
+        self.token_file(
+            &format!("{service}-{zone}.token"),
+            &[
+                "generate",
+                "dataplane-token",
+                "--zone",
+                zone,
+                "--service",
+                service,
+            ],
+        )
     }
     pub fn zones(&self) -> serde_json::Value {
         let out = self.ctl(&["inspect", "zones", "-o", "json"]);
@@ -594,12 +629,21 @@ impl LoadStats {
 
 impl Load {
     pub fn start(addr: SocketAddr, host: &str, method: &'static str) -> Load {
+        Self::start_with(addr, host, method, vec![], String::new())
+    }
+    pub fn start_with(
+        addr: SocketAddr,
+        host: &str,
+        method: &'static str,
+        headers: Vec<(&'static str, &'static str)>,
+        body: String,
+    ) -> Load {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stats = std::sync::Arc::new(std::sync::Mutex::new(LoadStats::default()));
         let (st, sx, host) = (stop.clone(), stats.clone(), host.to_string());
         let handle = std::thread::spawn(move || {
             while !st.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = http(addr, method, &host, "/load", &[]);
+                let r = http_body(addr, method, &host, "/load", &headers, &body);
                 let mut s = sx.lock().unwrap();
                 match r {
                     Ok(r) if r.status == 200 => {
@@ -733,4 +777,13 @@ pub fn metric_sum(admin: SocketAddr, name: &str, filter: &str) -> f64 {
         .filter(|l| l.starts_with(name) && l.contains(filter))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The common start: a global and one zone `z1` (region r1) on host 2.
+pub fn one_zone(test: &str, net: Net) -> (Scratch, Global, ZoneCp) {
+    let s = Scratch::new(test);
+    let g = Global::start(&s.0, net);
+    let zt = g.zone_token("z1");
+    let z = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&zt));
+    (s, g, z)
 }
