@@ -595,7 +595,8 @@ impl Proxy {
             _ => (&self.upstream_h1, Version::HTTP_11),
         };
         let retryable = (safe_method && bodyless) || marked;
-        let mut tried: Vec<Arc<Endpoint>> = Vec::with_capacity(MAX_ATTEMPTS);
+        // Allocated only when an attempt fails.
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut min_tier = 0;
         let mut last_err = String::new();
         for attempt in 0..MAX_ATTEMPTS {

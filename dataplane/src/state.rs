@@ -183,6 +183,8 @@ pub struct Cluster {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Endpoints grouped by priority, lowest (closest) first.
     pub tiers: Vec<Vec<Arc<Endpoint>>>,
+    /// Per tier: whether it holds gateway paths (else the fast path applies).
+    tier_has_via: Vec<bool>,
     rng: AtomicU64,
 }
 
@@ -245,9 +247,20 @@ impl Cluster {
                 if i < min_tier {
                     return 0.0;
                 }
-                let groups = Self::groups(t, tried);
-                let total: u64 = groups.iter().map(|g| g.0).sum();
-                let healthy: u64 = groups.iter().filter(|g| g.2).map(|g| g.0).sum();
+                let (total, healthy) = if self.tier_has_via[i] {
+                    let groups = Self::groups(t, tried);
+                    (
+                        groups.iter().map(|g| g.0).sum::<u64>(),
+                        groups.iter().filter(|g| g.2).map(|g| g.0).sum::<u64>(),
+                    )
+                } else {
+                    // Local endpoints only: no allocation on the hot path.
+                    t.iter().fold((0u64, 0u64), |(tot, ok), e| {
+                        let w = e.weight.max(1) as u64;
+                        let up = e.available() && !tried.iter().any(|x| Arc::ptr_eq(x, e));
+                        (tot + w, ok + if up { w } else { 0 })
+                    })
+                };
                 let frac = if total == 0 {
                     0.0
                 } else {
@@ -293,6 +306,25 @@ impl Cluster {
         }
         while loads[tier] <= 0.0 && tier > 0 {
             tier -= 1;
+        }
+        if !self.tier_has_via[tier] {
+            let up = |e: &&Arc<Endpoint>| e.available() && !tried.iter().any(|x| Arc::ptr_eq(x, e));
+            let total: u64 = self.tiers[tier]
+                .iter()
+                .filter(up)
+                .map(|e| e.weight.max(1) as u64)
+                .sum();
+            let mut x = (self.next_rand() * total as f64) as u64;
+            let mut last = None;
+            for e in self.tiers[tier].iter().filter(up) {
+                let w = e.weight.max(1) as u64;
+                if x < w {
+                    return Some((e.clone(), tier));
+                }
+                x -= w;
+                last = Some(e);
+            }
+            return last.map(|e| (e.clone(), tier));
         }
         let groups: Vec<(u64, Vec<&Arc<Endpoint>>, bool)> = Self::groups(&self.tiers[tier], tried)
             .into_iter()
@@ -390,7 +422,7 @@ impl Clusters {
             let mut prios: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
             prios.sort_unstable();
             prios.dedup();
-            let tiers = prios
+            let tiers: Vec<Vec<Arc<Endpoint>>> = prios
                 .iter()
                 .map(|p| {
                     endpoints
@@ -399,6 +431,10 @@ impl Clusters {
                         .cloned()
                         .collect()
                 })
+                .collect();
+            let tier_has_via = tiers
+                .iter()
+                .map(|t| t.iter().any(|e| e.target.via.is_some()))
                 .collect();
             seed = seed
                 .wrapping_mul(6364136223846793005)
@@ -410,6 +446,7 @@ impl Clusters {
                     protocol,
                     endpoints,
                     tiers,
+                    tier_has_via,
                     rng: AtomicU64::new(seed | 1),
                 }),
             );
