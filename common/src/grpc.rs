@@ -89,15 +89,7 @@ pub fn tls_incoming(
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let (tcp, remote) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
+            let (tcp, remote) = accept(&listener, "gRPC").await;
             let acceptor = TlsAcceptor::from(config.borrow().clone());
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -160,4 +152,22 @@ pub fn tls_channel(addr: String, config: Arc<ClientConfig>) -> Channel {
 /// The peer info tonic attached to a request.
 pub fn peer_of<T>(req: &tonic::Request<T>) -> Option<PeerInfo> {
     req.extensions().get::<PeerInfo>().cloned()
+}
+
+/// Accept the next TCP connection with `TCP_NODELAY` set. A failed accept
+/// (e.g. out of file descriptors) is logged and retried after a short pause
+/// instead of ending the listener.
+pub async fn accept(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, remote)) => {
+                let _ = tcp.set_nodelay(true);
+                return (tcp, remote);
+            }
+            Err(e) => {
+                tracing::warn!(listener = what, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod flow;
+pub mod fsutil;
 pub mod grpc;
 pub mod ident;
 pub mod pki;

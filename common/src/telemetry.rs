@@ -213,3 +213,16 @@ pub fn data_runtime(program: &str, workers: usize) -> std::io::Result<tokio::run
             .build(),
     }
 }
+
+/// Parse a daemon's flags; bad flags exit with status 64 (EX_USAGE), as
+/// every other configuration error does. `--help`/`--version` exit 0.
+pub fn parse_config<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    }
+}

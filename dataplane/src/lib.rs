@@ -30,7 +30,7 @@ use crate::state::{Protocol, Shared};
 #[command(name = "dataplane", version, about = "Tern sidecar proxy")]
 pub struct Config {
     /// Run standalone from this bootstrap file (no control plane).
-    #[arg(long, conflicts_with_all = ["cp_address", "token_file"])]
+    #[arg(long, conflicts_with_all = ["cp_address", "token_file", "service", "outbound_ports"])]
     pub bootstrap: Option<PathBuf>,
     /// Zone control plane address, host:port.
     #[arg(long, env = "TERN_CP_ADDRESS")]

@@ -1,7 +1,5 @@
-use clap::Parser;
-
 fn main() -> anyhow::Result<()> {
-    let cfg = dataplane::Config::parse();
+    let cfg: dataplane::Config = common::telemetry::parse_config();
     let rt = common::telemetry::data_runtime("dataplane", cfg.workers)?;
     rt.block_on(async move {
         common::telemetry::init_tracing("info", cfg.json_logs);

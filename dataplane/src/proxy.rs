@@ -437,15 +437,7 @@ impl Proxy {
         protocol: Protocol,
     ) {
         loop {
-            let (tcp, _) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
+            let (tcp, _) = common::grpc::accept(&listener, "outbound").await;
             let me = self.clone();
             let service = service.clone();
             tokio::spawn(async move {
@@ -672,15 +664,7 @@ impl Proxy {
 
     pub async fn serve_inbound(self: Arc<Self>, listener: TcpListener) {
         loop {
-            let (tcp, remote) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "inbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
+            let (tcp, remote) = common::grpc::accept(&listener, "inbound").await;
             let me = self.clone();
             tokio::spawn(async move {
                 let dir = DirLabel {

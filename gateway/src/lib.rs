@@ -280,15 +280,7 @@ impl Gateway {
 
     async fn serve_local(self: Arc<Self>, listener: TcpListener) {
         loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "local accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
+            let (tcp, peer) = common::grpc::accept(&listener, "gateway local").await;
             let me = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = me.local_flow(tcp).await {

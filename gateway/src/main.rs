@@ -1,7 +1,5 @@
-use clap::Parser;
-
 fn main() -> anyhow::Result<()> {
-    let cfg = gateway::Config::parse();
+    let cfg: gateway::Config = common::telemetry::parse_config();
     if !(cfg.duplicate_above_loss > 0.0 && cfg.duplicate_above_loss <= 1.0) {
         eprintln!(
             "gateway: invalid configuration: --duplicate-above-loss must be in (0, 1]; 1 disables"

@@ -9,7 +9,6 @@
 //! | POST | /api/v1/revocations | revoke a token by id |
 //! | GET | /api/v1/inspect/zones | zone status |
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use common::fsutil::write_private;
 use common::resource::{self, FieldError, Key, Resource};
 use common::telemetry::{self, Admin};
 use common::token::{self, TokenKind};
@@ -54,21 +54,6 @@ pub fn init_credential(state: &State) -> anyhow::Result<String> {
         &serde_json::to_string_pretty(&cfg)?,
     )?;
     Ok(token)
-}
-
-fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 #[derive(Clone)]
@@ -163,6 +148,18 @@ fn store_err(e: StoreError) -> Response {
     }
 }
 
+/// A kind that `apply`/`delete` may write, or the response refusing it.
+fn writable_kind(plural: &str, refusal: &str) -> Result<&'static resource::KindInfo, Response> {
+    let kind = kind_of(plural)?;
+    if kind.system {
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            format!("{} resources {refusal}", kind.name),
+        ));
+    }
+    Ok(kind)
+}
+
 fn kind_of(plural: &str) -> Result<&'static resource::KindInfo, Response> {
     resource::kind_info(plural).ok_or_else(|| {
         err(
@@ -212,19 +209,13 @@ async fn put_one(
     Path((plural, name)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    let kind = match kind_of(&plural) {
+    let kind = match writable_kind(
+        &plural,
+        "are written by the control plane; use `ternctl revoke`",
+    ) {
         Ok(k) => k,
         Err(r) => return r,
     };
-    if kind.system {
-        return err(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} resources are written by the control plane; use `ternctl revoke`",
-                kind.name
-            ),
-        );
-    }
     if body.len() > resource::MAX_RESOURCE_BYTES {
         return err(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -277,16 +268,10 @@ async fn delete_one(
     Path((plural, name)): Path<(String, String)>,
     Query(q): Query<DeleteQuery>,
 ) -> Response {
-    let kind = match kind_of(&plural) {
+    let kind = match writable_kind(&plural, "cannot be deleted") {
         Ok(k) => k,
         Err(r) => return r,
     };
-    if kind.system {
-        return err(
-            StatusCode::FORBIDDEN,
-            format!("{} resources cannot be deleted", kind.name),
-        );
-    }
     let key = Key {
         kind: kind.name.into(),
         name: name.clone(),

@@ -105,6 +105,24 @@ impl Authority {
     }
 }
 
+/// Re-issue the global's serving certificate at two thirds of its life;
+/// the sync listener picks the new one up from the watch.
+pub fn spawn_rotation(state: Arc<crate::State>) {
+    tokio::spawn(async move {
+        loop {
+            let not_after = state.authority.serving.borrow().not_after;
+            tokio::time::sleep(renew_in(not_after, SERVING_VALIDITY)).await;
+            match state.authority.reissue() {
+                Ok(()) => tracing::info!("rotated the global's serving certificate"),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not rotate the serving certificate; retrying in 60s");
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+            }
+        }
+    });
+}
+
 /// Time until a certificate that expires at `not_after` should be renewed.
 pub fn renew_in(not_after: std::time::SystemTime, lifetime: Duration) -> Duration {
     let renew_at = not_after - lifetime / 3;

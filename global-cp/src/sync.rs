@@ -215,7 +215,7 @@ pub fn zone_views(state: &State) -> anyhow::Result<Vec<ZoneView>> {
 }
 
 pub async fn serve(state: Arc<State>) -> anyhow::Result<()> {
-    state.authority_rotation();
+    crate::authority::spawn_rotation(state.clone());
     let listener = tokio::net::TcpListener::bind(state.config.sync_addr)
         .await
         .map_err(|e| anyhow::anyhow!("bind sync endpoint {}: {e}", state.config.sync_addr))?;
@@ -247,30 +247,6 @@ pub async fn serve(state: Arc<State>) -> anyhow::Result<()> {
         }
     });
     Ok(())
-}
-
-impl State {
-    fn authority_rotation(self: &Arc<Self>) {
-        // Authority lives inside State; rotate its serving cert in place.
-        let st = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let not_after = st.authority.serving.borrow().not_after;
-                let wait = crate::authority::renew_in(
-                    not_after,
-                    std::time::Duration::from_secs(30 * 24 * 3600),
-                );
-                tokio::time::sleep(wait).await;
-                match crate::authority::Authority::reissue(&st.authority) {
-                    Ok(()) => tracing::info!("rotated the global's serving certificate"),
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not rotate the serving certificate; retrying in 60s");
-                        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-                    }
-                }
-            }
-        });
-    }
 }
 
 fn server_tls(state: &State) -> anyhow::Result<Arc<common::rustls::ServerConfig>> {

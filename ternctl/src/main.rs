@@ -535,6 +535,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // An empty variable means "not set", not "set to nothing".
+    for k in ["TERN_CONFIG", "TERN_SERVER", "TERN_ADMIN_TOKEN"] {
+        if std::env::var_os(k).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(k);
+        }
+    }
     let cli = Cli::parse();
     if let Err(e) = run(cli).await {
         eprintln!("error: {e:#}");

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use common::fsutil::write_private;
 use common::ident::SpiffeId;
 use common::pki::{self, Ca};
 use common::tls::{self, Expect, Identity, PinnedCaVerifier};
@@ -198,22 +199,5 @@ async fn join(cfg: &Config, token_text: &str) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(cfg.data_dir.join("global-state.json"));
     write_private(&meta_p, &serde_json::to_string_pretty(&joined)?)?;
     tracing::info!(zone = %cfg.zone, "joined; zone CA stored");
-    Ok(())
-}
-
-pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("write {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
     Ok(())
 }

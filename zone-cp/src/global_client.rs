@@ -120,7 +120,7 @@ impl GlobalState {
     /// Persist first, then publish: an ACK always means "on disk".
     fn replace(&self, version: u64, resources: BTreeMap<String, Value>) -> anyhow::Result<()> {
         let p = Persisted { version, resources };
-        crate::bootstrap::write_private(&self.path, &serde_json::to_string(&p)?)?;
+        common::fsutil::write_private(&self.path, &serde_json::to_string(&p)?)?;
         *self.lock() = p;
         self.changed.send_replace(version);
         Ok(())

@@ -1,8 +1,6 @@
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = zone_cp::Config::parse();
+    let config: zone_cp::Config = common::telemetry::parse_config();
     if let Err(e) = config.validate() {
         eprintln!("zone-cp: invalid configuration: {e}");
         std::process::exit(64);

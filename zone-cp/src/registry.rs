@@ -84,7 +84,7 @@ impl Registry {
         let snapshot: Vec<Entry> = self.lock().values().cloned().collect();
         if let Some(p) = self.path.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             if let Ok(s) = serde_json::to_string(&snapshot) {
-                if let Err(e) = crate::bootstrap::write_private(p, &s) {
+                if let Err(e) = common::fsutil::write_private(p, &s) {
                     tracing::warn!(error = %e, "could not persist the registry");
                 }
             }
