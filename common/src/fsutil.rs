@@ -1,13 +1,117 @@
-//! Small, durable file writes for state the control planes keep on disk.
+//! Files that hold keys and credentials, and durable writes of state the
+//! control planes keep on disk.
+//!
+//! Every file holding a key or a credential is mode 0600 in a folder of mode
+//! 0700, whatever the umask, and a component refuses to start on one that
+//! other users can access (as ssh does with private keys).
 
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} holds {what} and other users can access it (mode {mode:04o}); \
+         run `chmod {fix} {path}` and start again"
+    )]
+    Exposed {
+        path: PathBuf,
+        what: &'static str,
+        mode: u32,
+        fix: &'static str,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FsError + '_ {
+    move |source| FsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn exposed(path: &Path, what: &'static str, fix: &'static str) -> Result<(), FsError> {
+    let mode = std::fs::metadata(path)
+        .map_err(io(path))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(FsError::Exposed {
+            path: path.to_path_buf(),
+            what,
+            mode,
+            fix,
+        });
+    }
+    Ok(())
+}
+
+/// Refuse a key or credential file that other users can access.
+pub fn check_private_file(path: &Path) -> Result<(), FsError> {
+    exposed(path, "a key or credential", "600")
+}
+
+/// Refuse a folder of keys and credentials that other users can access.
+pub fn check_private_dir(path: &Path) -> Result<(), FsError> {
+    exposed(path, "keys and credentials", "700")
+}
+
+/// Read a key or credential file, refusing one that others can access.
+pub fn read_secret(path: &Path) -> Result<String, FsError> {
+    check_private_file(path)?;
+    std::fs::read_to_string(path).map_err(io(path))
+}
+
+/// The folder for a component's keys and state: created with mode 0700
+/// (parents as the umask says), or, when it exists, checked to be closed to
+/// other users. Files in it that hold secrets are checked too.
+pub fn private_dir(path: &Path, secret_files: &[&str]) -> Result<(), FsError> {
+    if !path.exists() {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(path)
+            .map_err(io(path))?;
+        // The umask can only remove bits; make sure of the result.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io(path))?;
+    }
+    check_private_dir(path)?;
+    for f in secret_files {
+        let p = path.join(f);
+        if p.exists() {
+            check_private_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Create an empty file with mode 0600 if it does not exist (so that a
+/// library creating it later, e.g. SQLite, keeps that mode).
+pub fn create_private_file(path: &Path) -> Result<(), FsError> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io(path)(e)),
+    }
+}
 
 /// Write `contents` to `path` so that a crash leaves either the old file or
 /// the new one: write a temporary file (mode 0600), fsync it, rename it over
 /// `path`, then fsync the folder so the rename itself is on disk.
 pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let with_path = |e: std::io::Error, p: &Path| {
         std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
     };
@@ -18,6 +122,9 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
+        .map_err(|e| with_path(e, &tmp))?;
+    // A temporary file left by a crash keeps its old mode; fix it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|e| with_path(e, &tmp))?;
     f.write_all(contents.as_bytes())
         .map_err(|e| with_path(e, &tmp))?;
@@ -50,5 +157,41 @@ mod tests {
         let e = super::write_private(&dir.join("missing/x.json"), "x").unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn private_dirs_and_files_are_closed_to_others() {
+        use super::*;
+        let base = std::env::temp_dir().join(format!("tern-fsperm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join("a/data");
+        private_dir(&dir, &["key"]).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        // A key file others can read: refused, naming the fix.
+        let key = dir.join("key");
+        std::fs::write(&key, "secret").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = private_dir(&dir, &["key"]).unwrap_err().to_string();
+        assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
+        assert!(read_secret(&key).is_err());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_secret(&key).unwrap(), "secret");
+        // Group access alone is enough to refuse.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(check_private_file(&key).is_err());
+        // An existing folder open to others: refused.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = private_dir(&dir, &[]).unwrap_err().to_string();
+        assert!(e.contains("chmod 700"), "{e}");
+        // create_private_file keeps an existing file and makes new ones 0600.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let db = dir.join("db");
+        create_private_file(&db).unwrap();
+        assert_eq!(mode(&db), 0o600);
+        std::fs::write(&db, "x").unwrap();
+        create_private_file(&db).unwrap();
+        assert_eq!(std::fs::read_to_string(&db).unwrap(), "x");
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

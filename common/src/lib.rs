@@ -11,6 +11,7 @@ pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod trust;
 
 pub use rustls;
 pub use tokio_rustls;

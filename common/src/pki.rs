@@ -119,6 +119,18 @@ impl Ca {
     }
 }
 
+#[cfg(test)]
+impl Ca {
+    /// Tests: sign arbitrary parameters (to make certificates that break a rule).
+    pub(crate) fn sign_params(
+        &self,
+        params: CertificateParams,
+        key: &KeyPair,
+    ) -> Result<String, PkiError> {
+        Ok(params.signed_by(key, &self.issuer, &self.key)?.pem())
+    }
+}
+
 fn leaf_params(
     id: &SpiffeId,
     dns: &[String],
@@ -161,6 +173,14 @@ fn set_validity(params: &mut CertificateParams, valid_for: Duration) {
             (valid_for.as_secs() / 2).max(1) as i64
         ));
     params.not_after = now + time::Duration::seconds(valid_for.as_secs().max(1) as i64);
+}
+
+/// SHA-256 (hex) of the public key a CSR certifies. Parsing also checks the
+/// CSR's own signature, i.e. that its sender holds the key.
+pub fn csr_key_fingerprint(csr_pem: &str) -> Result<String, PkiError> {
+    use rcgen::PublicKeyData;
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+    Ok(fingerprint(csr.public_key.der_bytes()))
 }
 
 /// A freshly generated key and a CSR for it. The key never leaves the caller.
@@ -206,22 +226,57 @@ pub fn fingerprint(der: &[u8]) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The SPIFFE ID (first `spiffe://` URI SAN) of a DER certificate.
+/// The SPIFFE ID of a DER certificate: its one URI SAN. A certificate with
+/// several URI SANs is refused (the SPIFFE X.509 profile allows exactly one),
+/// so no two readers can disagree about whom it names.
 pub fn spiffe_id_of(der: &[u8]) -> Result<SpiffeId, PkiError> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    spiffe_id_in(&cert)
+}
+
+fn spiffe_id_in(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<SpiffeId, PkiError> {
     let san = cert
         .subject_alternative_name()
         .map_err(|e| PkiError::Parse(e.to_string()))?
         .ok_or(PkiError::NoSpiffeId)?;
-    for name in &san.value.general_names {
-        if let x509_parser::extensions::GeneralName::URI(u) = name {
-            if let Ok(id) = SpiffeId::parse(u) {
-                return Ok(id);
-            }
-        }
+    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+        _ => None,
+    });
+    let (Some(uri), None) = (uris.next(), uris.next()) else {
+        return Err(PkiError::Parse(
+            "a mesh certificate must carry exactly one URI SAN".into(),
+        ));
+    };
+    SpiffeId::parse(uri).map_err(|e| PkiError::Parse(e.to_string()))
+}
+
+/// What the trust rules read from a leaf: its SPIFFE ID and the raw DER
+/// name of its issuer.
+pub struct LeafNames {
+    pub id: SpiffeId,
+    pub issuer: Vec<u8>,
+}
+
+impl LeafNames {
+    pub fn parse(der: &[u8]) -> Result<Self, PkiError> {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+        Ok(Self {
+            id: spiffe_id_in(&cert)?,
+            issuer: cert.issuer().as_raw().to_vec(),
+        })
     }
-    Err(PkiError::NoSpiffeId)
+}
+
+/// The raw DER subject name of a certificate.
+pub fn subject_raw(der: &[u8]) -> Result<Vec<u8>, PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok(cert.subject().as_raw().to_vec())
 }
 
 /// The expiry of a DER certificate.

@@ -144,6 +144,12 @@ pub const KINDS: &[KindInfo] = &[
         system: true,
         validate: |v| typed::<RevocationSpec>(v).map(|_| ()),
     },
+    KindInfo {
+        name: "ZoneCa",
+        plural: "zonecas",
+        system: true,
+        validate: |v| typed::<ZoneCaSpec>(v).and_then(|s| s.check()),
+    },
 ];
 
 /// Find a kind by its name, plural or lowercase name (`Mesh`, `meshes`, `mesh`).
@@ -487,6 +493,49 @@ pub struct RevocationSpec {
     pub revoked_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// The intermediate CAs of one zone that mesh members accept, named after
+/// the zone. Written by the global when the zone joins, renews its CA,
+/// re-joins or is revoked; synced to every zone and from there to every
+/// proxy. A zone with no `ZoneCa` (revoked) is trusted by no one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ZoneCaSpec {
+    /// Newest first. More than one while a renewal overlaps.
+    pub certificates: Vec<ZoneCaEntry>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ZoneCaEntry {
+    /// SHA-256 of the certificate, lowercase hex.
+    pub fingerprint: String,
+    pub issued_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+}
+
+impl ZoneCaSpec {
+    fn check(&self) -> Result<(), FieldError> {
+        for (i, c) in self.certificates.iter().enumerate() {
+            if c.fingerprint.len() != 64
+                || !c
+                    .fingerprint
+                    .chars()
+                    .all(|ch| ch.is_ascii_digit() || ('a'..='f').contains(&ch))
+            {
+                return Err(FieldError::new(
+                    format!("spec.certificates[{i}].fingerprint"),
+                    "must be a SHA-256 fingerprint: 64 lowercase hex digits",
+                ));
+            }
+        }
+        Ok(())
+    }
+    pub fn from_resource(r: &Resource) -> Option<Self> {
+        typed(&r.spec).ok()
+    }
 }
 
 fn yes() -> bool {

@@ -1,15 +1,14 @@
 //! rustls configurations for the mesh: TLS 1.3 only, identities are SPIFFE
-//! URI SANs, not DNS names.
+//! URI SANs, not DNS names. Every verifier applies one [`TrustPolicy`]
+//! (`crate::trust`): the chain must reach a mesh root, and its issuer must be
+//! allowed to issue the identity it names.
 //!
-//! * [`SpiffeServerVerifier`]: a client checks the server chains to the mesh
-//!   root and presents the expected SPIFFE ID.
-//! * [`SpiffeClientVerifier`]: a server requires a client certificate that
-//!   chains to the mesh root, within the trust domain.
+//! * [`SpiffeServerVerifier`]: a client checks the server and that it
+//!   presents the expected SPIFFE ID.
+//! * [`SpiffeClientVerifier`]: a server requires (or, for first-contact
+//!   ports, allows) a client certificate.
 //! * [`PinnedCaVerifier`]: first contact, where the client has only a
 //!   fingerprint of the mesh root from its token.
-//!
-//! All three also check that a workload leaf under `/zone/Z/...` was issued by
-//! the intermediate of zone `Z`, so one zone cannot mint another's identities.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -18,32 +17,29 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{
-    ClientConfig, DigitallySignedStruct, DistinguishedName, Error as TlsError, RootCertStore,
-    ServerConfig, SignatureScheme,
+    ClientConfig, DigitallySignedStruct, DistinguishedName, Error as TlsError, ServerConfig,
+    SignatureScheme,
 };
 
 use crate::ident::SpiffeId;
 use crate::pki::{self, PkiError};
+use crate::trust::{TrustPolicy, ZoneCas};
 
 pub const ALPN_H2: &[u8] = b"h2";
 
-/// A private key and the certificate chain (leaf first) that names it, plus
-/// the roots it trusts.
+/// A private key and the certificate chain (leaf first) that names it.
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub id: SpiffeId,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: Arc<PrivateKeyDer<'static>>,
-    pub roots: Vec<CertificateDer<'static>>,
     pub not_after: SystemTime,
 }
 
 impl Identity {
-    pub fn from_pem(chain_pem: &str, key_pem: &str, roots_pem: &str) -> Result<Self, PkiError> {
+    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         let chain = pki::certs_from_pem(chain_pem)?;
-        let roots = pki::certs_from_pem(roots_pem)?;
         let key = pki::key_from_pem(key_pem)?;
         let id = pki::spiffe_id_of(&chain[0])?;
         let not_after = pki::not_after(&chain[0])?;
@@ -51,23 +47,9 @@ impl Identity {
             id,
             chain,
             key: Arc::new(key),
-            roots,
             not_after,
         })
     }
-
-    pub fn root_store(&self) -> Arc<RootCertStore> {
-        root_store(&self.roots)
-    }
-}
-
-pub fn root_store(roots: &[CertificateDer<'static>]) -> Arc<RootCertStore> {
-    let mut store = RootCertStore::empty();
-    for r in roots {
-        // A malformed root is skipped; verification then fails closed.
-        let _ = store.add(r.clone());
-    }
-    Arc::new(store)
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
@@ -87,20 +69,13 @@ pub enum TlsConfigError {
     Verifier(String),
 }
 
-/// Server side, with mTLS: the client must chain to `roots` and present a
-/// SPIFFE ID in `trust_domain`.
+/// Server side, with mTLS: the client must pass `policy`.
 pub fn server_config_mtls(
     ident: &Identity,
-    trust_domain: &str,
+    policy: Arc<TrustPolicy>,
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, TlsConfigError> {
-    let verifier = SpiffeClientVerifier::new(ident.root_store(), trust_domain)?;
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(ident.chain.clone(), ident.key.clone_key())?;
-    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    Ok(cfg)
+    server_config_with(ident, SpiffeClientVerifier::new(policy), alpn)
 }
 
 /// Server side, server-authenticated only (first contact: join, proxy hello).
@@ -118,14 +93,23 @@ pub fn server_config_no_client_auth(
 
 /// Server side that asks for a client certificate but lets a client without
 /// one through; the handler decides. Used where one port serves both first
-/// contact (token) and authenticated streams.
+/// contact (token) and authenticated streams. A certificate that is
+/// presented must pass `policy`.
 pub fn server_config_optional_mtls(
     ident: &Identity,
-    trust_domain: &str,
+    policy: Arc<TrustPolicy>,
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, TlsConfigError> {
-    let mut verifier = SpiffeClientVerifier::new(ident.root_store(), trust_domain)?;
+    let mut verifier = SpiffeClientVerifier::new(policy);
     verifier.mandatory = false;
+    server_config_with(ident, verifier, alpn)
+}
+
+fn server_config_with(
+    ident: &Identity,
+    verifier: SpiffeClientVerifier,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, TlsConfigError> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
@@ -157,33 +141,6 @@ pub fn sni() -> ServerName<'static> {
     ServerName::try_from("tern.mesh").expect("static name")
 }
 
-fn webpki_err(e: impl std::fmt::Display) -> TlsError {
-    TlsError::General(e.to_string())
-}
-
-/// A workload leaf under /zone/Z/ must be issued by zone Z's intermediate.
-fn check_zone_scope(leaf: &SpiffeId, intermediates: &[CertificateDer<'_>]) -> Result<(), TlsError> {
-    let Some(leaf_zone) = leaf.zone_name() else {
-        return Ok(());
-    };
-    for i in intermediates {
-        if let Ok(ca_id) = pki::spiffe_id_of(i) {
-            if let Some(z) = ca_id.zone_name() {
-                if z != leaf_zone {
-                    return Err(TlsError::General(format!(
-                        "identity {leaf} was issued by the CA of zone {z}"
-                    )));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn leaf_identity(end_entity: &CertificateDer<'_>) -> Result<SpiffeId, TlsError> {
-    pki::spiffe_id_of(end_entity).map_err(webpki_err)
-}
-
 /// What a client expects of the server's identity.
 #[derive(Clone, Debug)]
 pub enum Expect {
@@ -213,39 +170,19 @@ impl Expect {
 
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
+    policy: Arc<TrustPolicy>,
     expect: Expect,
     provider: Arc<CryptoProvider>,
 }
 
 impl SpiffeServerVerifier {
-    pub fn new(roots: Arc<RootCertStore>, expect: Expect) -> Self {
+    pub fn new(policy: Arc<TrustPolicy>, expect: Expect) -> Self {
         Self {
-            roots,
+            policy,
             expect,
             provider: provider(),
         }
     }
-}
-
-fn verify_chain(
-    roots: &RootCertStore,
-    end_entity: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    now: UnixTime,
-    provider: &CryptoProvider,
-) -> Result<SpiffeId, TlsError> {
-    let cert = ParsedCertificate::try_from(end_entity)?;
-    rustls::client::verify_server_cert_signed_by_trust_anchor(
-        &cert,
-        roots,
-        intermediates,
-        now,
-        provider.signature_verification_algorithms.all,
-    )?;
-    let id = leaf_identity(end_entity)?;
-    check_zone_scope(&id, intermediates)?;
-    Ok(id)
 }
 
 macro_rules! handshake_sigs {
@@ -293,8 +230,8 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        let id = verify_chain(&self.roots, end_entity, intermediates, now, &self.provider)?;
-        self.expect.check(&id)?;
+        let v = self.policy.verify(end_entity, intermediates, now)?;
+        self.expect.check(&v.id)?;
         Ok(ServerCertVerified::assertion())
     }
     handshake_sigs!();
@@ -338,9 +275,14 @@ impl ServerCertVerifier for PinnedCaVerifier {
                     self.pin
                 ))
             })?;
-        let roots = root_store(&[anchor.clone().into_owned()]);
-        let id = verify_chain(&roots, end_entity, intermediates, now, &self.provider)?;
-        self.expect.check(&id)?;
+        let td = match &self.expect {
+            Expect::Exact(id) => id.trust_domain().to_string(),
+            Expect::TrustDomain(td) => td.clone(),
+        };
+        // First contact: the client does not know the zone list yet.
+        let policy = TrustPolicy::new(&td, vec![anchor.clone().into_owned()], ZoneCas::Any);
+        let v = policy.verify(end_entity, intermediates, now)?;
+        self.expect.check(&v.id)?;
         Ok(ServerCertVerified::assertion())
     }
     handshake_sigs!();
@@ -348,23 +290,18 @@ impl ServerCertVerifier for PinnedCaVerifier {
 
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    trust_domain: String,
+    policy: Arc<TrustPolicy>,
     mandatory: bool,
     provider: Arc<CryptoProvider>,
 }
 
 impl SpiffeClientVerifier {
-    pub fn new(roots: Arc<RootCertStore>, trust_domain: &str) -> Result<Self, TlsConfigError> {
-        let inner = WebPkiClientVerifier::builder_with_provider(roots, provider())
-            .build()
-            .map_err(|e| TlsConfigError::Verifier(e.to_string()))?;
-        Ok(Self {
-            inner,
-            trust_domain: trust_domain.to_string(),
+    pub fn new(policy: Arc<TrustPolicy>) -> Self {
+        Self {
+            policy,
             mandatory: true,
             provider: provider(),
-        })
+        }
     }
 }
 
@@ -384,16 +321,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let id = leaf_identity(end_entity)?;
-        if id.trust_domain() != self.trust_domain {
-            return Err(TlsError::General(format!(
-                "client identity {id} is outside trust domain {}",
-                self.trust_domain
-            )));
-        }
-        check_zone_scope(&id, intermediates)?;
+        // Mesh leaves carry both serverAuth and clientAuth; the policy
+        // checks the chain as webpki does for servers.
+        self.policy.verify(end_entity, intermediates, now)?;
         Ok(ClientCertVerified::assertion())
     }
     handshake_sigs!();

@@ -43,6 +43,10 @@ pub struct Claims {
     pub ca: String,
     /// Trust domain of the mesh.
     pub td: String,
+    /// Dataplane and gateway tokens: how many instances may be registered
+    /// with this token at once (absent: the zone-cp's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -230,6 +234,7 @@ mod tests {
             global: Some("127.0.0.1:5685".into()),
             ca: "ff".into(),
             td: "tern".into(),
+            max_instances: None,
         }
     }
 

@@ -11,8 +11,9 @@ use anyhow::Context;
 use common::ident::SpiffeId;
 use common::pki;
 use common::sync::{Backoff, Chunk, DeltaReceiver, Outcome};
-use common::tls::{self, Expect, Identity, PinnedCaVerifier};
+use common::tls::{self, Expect, Identity, PinnedCaVerifier, SpiffeServerVerifier};
 use common::token;
+use common::trust::{TrustPolicy, ZoneCas};
 use proto::v1::proxy_discovery_client::ProxyDiscoveryClient;
 use proto::v1::{self as pb, proxy_message, zone_to_proxy};
 use tokio::sync::{mpsc, watch};
@@ -81,6 +82,16 @@ fn validate(_k: &str, c: &pb::Cluster) -> Result<(), String> {
     Ok(())
 }
 
+/// The policy a `Trust` message describes.
+pub fn trust_policy(td: &str, t: &pb::Trust) -> Result<TrustPolicy, pki::PkiError> {
+    let zones = t
+        .zone_cas
+        .iter()
+        .map(|(z, l)| (z.clone(), l.fingerprints.iter().cloned().collect()))
+        .collect();
+    TrustPolicy::from_pem(td, &t.roots_pem, ZoneCas::Only(zones))
+}
+
 fn renew_delay(ident: &Identity) -> Duration {
     // Renew at two thirds of the remaining lifetime, at least 1s from now.
     let left = ident
@@ -98,11 +109,20 @@ async fn run_once(
     shutdown: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let claims = token::decode_unverified(&opts.token).context("the dataplane token")?;
-    let verifier = PinnedCaVerifier::new(
-        &claims.ca,
-        Expect::Exact(SpiffeId::zone_cp(&claims.td, &claims.zone)),
-    );
-    let cfg = tls::client_config(None, Arc::new(verifier), &[tls::ALPN_H2])?;
+    let expect = Expect::Exact(SpiffeId::zone_cp(&claims.td, &claims.zone));
+    // First contact trusts only the root pinned in the token. Later
+    // connections trust the roots the zone-cp sent (they change when the
+    // mesh rotates its root), and any CA of this zone: a zone-cp that
+    // re-joined has a new one.
+    let verifier: Arc<dyn common::rustls::client::danger::ServerCertVerifier> = match shared.trust()
+    {
+        Some(p) => Arc::new(SpiffeServerVerifier::new(
+            Arc::new(p.with_zones(ZoneCas::Any)),
+            expect,
+        )),
+        None => Arc::new(PinnedCaVerifier::new(&claims.ca, expect)),
+    };
+    let cfg = tls::client_config(None, verifier, &[tls::ALPN_H2])?;
     let channel = common::grpc::tls_channel(opts.address.clone(), Arc::new(cfg));
     let mut client = ProxyDiscoveryClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
     let mut key = pki::new_key_and_csr(&opts.registration.service)?;
@@ -144,8 +164,14 @@ async fn run_once(
                     Err(s) => anyhow::bail!("{}", s.message()),
                 };
                 match m.msg {
+                    Some(zone_to_proxy::Msg::Trust(t)) => {
+                        let policy = trust_policy(&claims.td, &t)
+                            .context("the trust bundle from the zone control plane")?;
+                        tracing::info!(roots = policy.roots().len(), zones = t.zone_cas.len(), "trust updated");
+                        shared.set_trust(policy)?;
+                    }
                     Some(zone_to_proxy::Msg::Certificate(c)) => {
-                        let ident = Identity::from_pem(&c.chain_pem, &key.key_pem, &c.roots_pem)?;
+                        let ident = Identity::from_pem(&c.chain_pem, &key.key_pem)?;
                         renew_at = Some(tokio::time::Instant::now() + renew_delay(&ident));
                         shared.set_identity(ident)?;
                     }

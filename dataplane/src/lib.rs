@@ -201,13 +201,23 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         let read = |p: &PathBuf| {
             std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))
         };
-        let ident = common::tls::Identity::from_pem(
-            &read(&b.identity.cert)?,
-            &read(&b.identity.key)?,
+        let key_path = &b.identity.key;
+        common::fsutil::check_private_file(key_path)?;
+        let ident = common::tls::Identity::from_pem(&read(&b.identity.cert)?, &read(key_path)?)
+            .with_context(|| format!("{}: identity", path.display()))?;
+        // Standalone: trust whatever the roots file holds; no zones here.
+        let policy = common::trust::TrustPolicy::from_pem(
+            &b.trust_domain,
             &read(&b.identity.roots)?,
+            common::trust::ZoneCas::Any,
         )
-        .with_context(|| format!("{}: identity", path.display()))?;
-        let shared = Arc::new(Shared::new(&b.trust_domain));
+        .with_context(|| format!("{}: identity.roots", path.display()))?;
+        let inbound_protocol = match &b.inbound {
+            Some(i) => Protocol::parse(&i.protocol).map_err(anyhow::Error::msg)?,
+            None => Protocol::Http1,
+        };
+        let shared = Arc::new(Shared::new(inbound_protocol));
+        shared.set_trust(policy)?;
         shared.set_identity(ident)?;
         let clusters: Vec<pb::Cluster> = b
             .clusters
@@ -260,9 +270,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         else {
             bail!("give --bootstrap FILE, or all of --cp-address, --token-file and --service");
         };
-        let token =
-            std::fs::read_to_string(tf).with_context(|| format!("read token {}", tf.display()))?;
-        let claims = common::token::decode_unverified(&token).context("the dataplane token")?;
+        let token = common::fsutil::read_secret(tf)?;
+        common::token::decode_unverified(&token).context("the dataplane token")?;
         let protocol = Protocol::parse(&cfg.protocol).map_err(anyhow::Error::msg)?;
         let mut labels = BTreeMap::new();
         for l in &cfg.labels {
@@ -275,7 +284,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             .instance
             .clone()
             .unwrap_or_else(|| format!("{service}-{}-{}", cfg.address, cfg.inbound.port()));
-        let shared = Arc::new(Shared::new(&claims.td));
+        let shared = Arc::new(Shared::new(protocol));
         let registration = pb::Registration {
             service: service.clone(),
             address: cfg.address.to_string(),
@@ -286,6 +295,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             instance,
             kind: "sidecar".into(),
             public_address: String::new(),
+            instance_uid: common::token::random_id(),
         };
         let mut outbound = Vec::new();
         if !cfg.outbound.is_empty() {

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub connections_open: Family<DirLabel, Gauge>,
     pub connections: Family<DirLabel, Counter>,
     pub tls_failures: Family<DirLabel, Counter>,
+    pub connections_distrusted: Counter,
     pub retries: Counter,
     pub upstream_connect_errors: Counter,
     pub config_updates: Counter,
@@ -76,6 +77,7 @@ impl Metrics {
             connections_open: Family::default(),
             connections: Family::default(),
             tls_failures: Family::default(),
+            connections_distrusted: Counter::default(),
             retries: Counter::default(),
             upstream_connect_errors: Counter::default(),
             config_updates: Counter::default(),
@@ -101,6 +103,11 @@ impl Metrics {
             "tls_handshake_failures",
             "Failed mTLS handshakes",
             m.tls_failures.clone(),
+        );
+        reg.register(
+            "connections_distrusted",
+            "Live connections closed because the trust policy stopped accepting the peer (zone revoked or re-joined, root retired)",
+            m.connections_distrusted.clone(),
         );
         reg.register(
             "retries",

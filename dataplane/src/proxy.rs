@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::ident::SpiffeId;
+use common::rustls::pki_types::CertificateDer;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
@@ -41,6 +42,9 @@ use tokio::io::AsyncWriteExt;
 pub type Body = Either<Incoming, Full<Bytes>>;
 
 pub const CLIENT_ID_HEADER: &str = "x-tern-client-id";
+/// Response header on errors a mesh proxy generated itself. Callers eject
+/// and retry on them, so an app's own value is removed.
+pub const ERROR_HEADER: &str = "x-tern-error";
 /// Request header marking a request idempotent (safe to retry elsewhere).
 pub const IDEMPOTENT_HEADER: &str = "x-tern-idempotent";
 /// Largest body buffered to replay a marked-idempotent request.
@@ -56,7 +60,7 @@ fn error_response(status: StatusCode, msg: String) -> Response<Body> {
     let mut r = Response::new(Either::Right(Full::new(Bytes::from(msg + "\n"))));
     *r.status_mut() = status;
     r.headers_mut()
-        .insert("x-tern-error", HeaderValue::from_static("proxy"));
+        .insert(ERROR_HEADER, HeaderValue::from_static("proxy"));
     r
 }
 
@@ -708,35 +712,60 @@ impl Proxy {
         let Some(peer) = common::tls::peer_identity(conn.peer_certificates()) else {
             return;
         };
-        let tcp_mode = conn.alpn_protocol() == Some(ALPN_TCP);
+        let chain: Arc<[CertificateDer<'static>]> = conn
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default();
+        // The caller gets the mode the app's protocol allows, nothing else:
+        // an HTTP app's bytes are always parsed here, so the identity
+        // header is always ours. (rustls already refused an ALPN outside
+        // the list; a caller that offered none is refused here.)
+        let alpn = conn.alpn_protocol();
+        if !alpn.is_some_and(|a| tls.inbound_alpns().contains(&a)) {
+            self.metrics.tls_failures.get_or_create(&dir).inc();
+            tracing::info!(%remote, %peer, alpn = ?alpn.map(String::from_utf8_lossy), app = ?self.app_protocol, "inbound refused: mode does not match the app's protocol");
+            return;
+        }
+        let tcp_mode = alpn == Some(ALPN_TCP);
         let Some(app) = self.app_addr else {
             tracing::info!(%remote, "inbound connection, but this proxy has no local app");
             return;
         };
-        if tcp_mode {
-            let mut stream = stream;
-            match TcpStream::connect(app).await {
-                Ok(mut up) => {
-                    let _ = up.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
+        let serve = async {
+            if tcp_mode {
+                let mut stream = stream;
+                match TcpStream::connect(app).await {
+                    Ok(mut up) => {
+                        let _ = up.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
+                    }
+                    Err(e) => tracing::warn!(%app, error = %e, "local app refused the connection"),
                 }
-                Err(e) => tracing::warn!(%app, error = %e, "local app refused the connection"),
+                return;
             }
-            return;
-        }
-        let peer: HeaderValue = match HeaderValue::from_str(peer.as_str()) {
-            Ok(v) => v,
-            Err(_) => return,
+            let peer: HeaderValue = match HeaderValue::from_str(peer.as_str()) {
+                Ok(v) => v,
+                Err(_) => return,
+            };
+            let me = self.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let me = me.clone();
+                let peer = peer.clone();
+                async move { Ok::<_, Infallible>(me.inbound_http(app, peer, req).await) }
+            });
+            let _ = server_builder()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         };
-        let me = self.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            let me = me.clone();
-            let peer = peer.clone();
-            async move { Ok::<_, Infallible>(me.inbound_http(app, peer, req).await) }
-        });
-        let _ = server_builder()
-            .serve_connection(TokioIo::new(stream), svc)
-            .await;
+        // A peer whose zone is revoked (or whose root is retired) loses its
+        // open connections too, not only new handshakes.
+        tokio::select! {
+            _ = serve => {}
+            why = self.shared.distrusted(chain) => {
+                self.metrics.connections_distrusted.inc();
+                tracing::warn!(%remote, %peer, reason = %why, "closed an inbound connection: its peer is no longer trusted");
+            }
+        }
     }
 
     async fn inbound_http(
@@ -767,7 +796,11 @@ impl Proxy {
         };
         let req = Request::from_parts(parts, Either::Left(body));
         let resp = match self.app.request(req).await {
-            Ok(r) => r.map(Either::Left),
+            Ok(mut r) => {
+                // Only a mesh proxy may say "this failure was the mesh's".
+                r.headers_mut().remove(ERROR_HEADER);
+                r.map(Either::Left)
+            }
             Err(e) => error_response(
                 StatusCode::BAD_GATEWAY,
                 format!("local app at {app}: {}", error_chain(&e)),
@@ -786,7 +819,7 @@ fn is_proxy_failure<B>(resp: &Response<B>) -> bool {
     matches!(
         resp.status(),
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
-    ) && resp.headers().contains_key("x-tern-error")
+    ) && resp.headers().contains_key(ERROR_HEADER)
 }
 
 fn server_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use common::ident::SpiffeId;
+use common::rustls::pki_types::CertificateDer;
 use common::rustls::{ClientConfig, ServerConfig};
 use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
+use common::trust::TrustPolicy;
 use proto::v1 as pb;
 
 pub const ALPN_TCP: &[u8] = b"tern/tcp";
@@ -53,6 +55,18 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// What an inbound listener accepts for an app that speaks this: HTTP
+    /// apps take HTTP/2 or HTTP/1.1 (the sidecar translates), a TCP app
+    /// only opaque TCP. A caller cannot pick a mode that would hand its own
+    /// bytes (and headers) to an HTTP app unparsed.
+    pub fn inbound_alpns(self) -> &'static [&'static [u8]] {
+        match self {
+            Protocol::Http1 | Protocol::Http2 => &[tls::ALPN_H2, ALPN_HTTP1],
+            Protocol::Tcp => &[ALPN_TCP],
+            Protocol::Quic => &[],
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "http" | "http1" => Ok(Self::Http1),
@@ -66,22 +80,34 @@ impl Protocol {
     }
 }
 
-/// Identity plus the rustls configs built from it.
+/// Identity and trust, plus the rustls configs built from them.
 pub struct Tls {
     pub ident: Arc<Identity>,
+    pub policy: Arc<TrustPolicy>,
     pub server: Arc<ServerConfig>,
+    inbound: Protocol,
     clients: Mutex<HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>>,
 }
 
 impl Tls {
-    pub fn new(ident: Identity, trust_domain: &str) -> Result<Self, tls::TlsConfigError> {
-        let server =
-            tls::server_config_mtls(&ident, trust_domain, &[tls::ALPN_H2, ALPN_HTTP1, ALPN_TCP])?;
+    pub fn new(
+        ident: Arc<Identity>,
+        policy: Arc<TrustPolicy>,
+        inbound: Protocol,
+    ) -> Result<Self, tls::TlsConfigError> {
+        let server = tls::server_config_mtls(&ident, policy.clone(), inbound.inbound_alpns())?;
         Ok(Self {
-            ident: Arc::new(ident),
+            ident,
+            policy,
             server: Arc::new(server),
+            inbound,
             clients: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The ALPN ids the inbound listener accepts.
+    pub fn inbound_alpns(&self) -> &'static [&'static [u8]] {
+        self.inbound.inbound_alpns()
     }
 
     /// Client config that presents our identity and requires `expect`.
@@ -95,7 +121,7 @@ impl Tls {
             return Ok(c.clone());
         }
         let verifier =
-            SpiffeServerVerifier::new(self.ident.root_store(), Expect::Exact(expect.clone()));
+            SpiffeServerVerifier::new(self.policy.clone(), Expect::Exact(expect.clone()));
         let c = Arc::new(tls::client_config(
             Some(&self.ident),
             Arc::new(verifier),
@@ -560,32 +586,83 @@ impl Spares {
 /// What the data path reads on every request or connection.
 pub struct Shared {
     pub spares: Spares,
+    /// Built once both an identity and a trust policy are known; until then
+    /// the proxy fails closed.
     pub tls: ArcSwapOption<Tls>,
-    /// Bumped whenever a new identity is installed.
+    identity: ArcSwapOption<Identity>,
+    trust: ArcSwapOption<TrustPolicy>,
+    /// Serializes rebuilds of `tls`.
+    rebuild: Mutex<()>,
+    /// Bumped whenever `tls` is rebuilt (new identity or new trust).
     pub identity_changed: tokio::sync::watch::Sender<u64>,
+    /// Bumped whenever the trust policy changes; live connections re-check
+    /// their peers against it.
+    pub trust_changed: tokio::sync::watch::Sender<u64>,
     pub clusters: ArcSwap<Clusters>,
     pub targets: ArcSwap<HashMap<String, Arc<Target>>>,
-    pub trust_domain: ArcSwap<String>,
+    /// What the local app speaks, which fixes what the inbound accepts.
+    pub inbound: Protocol,
 }
 
 impl Shared {
-    pub fn new(trust_domain: &str) -> Self {
+    pub fn new(inbound: Protocol) -> Self {
         Self {
+            inbound,
             spares: Spares::default(),
             tls: ArcSwapOption::empty(),
+            identity: ArcSwapOption::empty(),
+            trust: ArcSwapOption::empty(),
+            rebuild: Mutex::new(()),
             identity_changed: tokio::sync::watch::channel(0).0,
+            trust_changed: tokio::sync::watch::channel(0).0,
             clusters: ArcSwap::from_pointee(Clusters::default()),
             targets: ArcSwap::from_pointee(HashMap::new()),
-            trust_domain: ArcSwap::from_pointee(trust_domain.to_string()),
         }
     }
 
     pub fn set_identity(&self, ident: Identity) -> Result<(), tls::TlsConfigError> {
-        let td = self.trust_domain.load();
-        let t = Tls::new(ident, &td)?;
-        tracing::info!(id = %t.ident.id, not_after = %humantime::format_rfc3339_seconds(t.ident.not_after), "workload certificate installed");
-        self.tls.store(Some(Arc::new(t)));
-        self.identity_changed.send_modify(|n| *n += 1);
+        tracing::info!(id = %ident.id, not_after = %humantime::format_rfc3339_seconds(ident.not_after), "workload certificate installed");
+        let _g = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        self.identity.store(Some(Arc::new(ident)));
+        self.rebuild_tls()
+    }
+
+    /// Install a new trust policy; live connections re-check their peers.
+    pub fn set_trust(&self, policy: TrustPolicy) -> Result<(), tls::TlsConfigError> {
+        let _g = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        self.trust.store(Some(Arc::new(policy)));
+        self.rebuild_tls()?;
+        self.trust_changed.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    pub fn trust(&self) -> Option<Arc<TrustPolicy>> {
+        self.trust.load_full()
+    }
+
+    /// Resolves, with the reason, once the trust policy changes so that it
+    /// no longer accepts `chain` (a live connection's peer, leaf first).
+    /// Pending for as long as the peer stays trusted.
+    pub async fn distrusted(&self, chain: Arc<[CertificateDer<'static>]>) -> String {
+        let mut rx = self.trust_changed.subscribe();
+        loop {
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if let Some(p) = self.trust() {
+                if let Err(e) = p.verify_chain_now(&chain) {
+                    return e.to_string();
+                }
+            }
+        }
+    }
+
+    fn rebuild_tls(&self) -> Result<(), tls::TlsConfigError> {
+        if let (Some(ident), Some(policy)) = (self.identity.load_full(), self.trust.load_full()) {
+            self.tls
+                .store(Some(Arc::new(Tls::new(ident, policy, self.inbound)?)));
+            self.identity_changed.send_modify(|n| *n += 1);
+        }
         Ok(())
     }
 

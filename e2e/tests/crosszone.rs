@@ -448,33 +448,12 @@ fn a_cut_link_fails_over_and_an_offline_zone_is_withdrawn() {
 fn malformed_flows_are_reset(w: &World) {
     use common::flow::{code, FlowHeader};
     use common::ident::SpiffeId;
-    use common::pki::{self, Ca};
-    use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
+    use common::tls::{self, Expect, SpiffeServerVerifier};
     use std::sync::Arc;
 
-    let zdir = &w.zones[1].data;
-    let ca = Ca::from_pem(
-        &std::fs::read_to_string(zdir.join("zone-ca.pem")).unwrap(),
-        &std::fs::read_to_string(zdir.join("zone-ca.key")).unwrap(),
-    )
-    .unwrap();
-    let root = std::fs::read_to_string(zdir.join("root.pem")).unwrap();
-    let kc = pki::new_key_and_csr("test-gw").unwrap();
-    let leaf = ca
-        .sign_leaf(
-            &kc.csr_pem,
-            &SpiffeId::gateway("tern", "z2"),
-            &[],
-            Duration::from_secs(600),
-        )
-        .unwrap();
-    let ident =
-        Identity::from_pem(&format!("{leaf}{}", ca.cert_pem()), &kc.key_pem, &root).unwrap();
+    let (ident, roots) = zone_member(&w.zones[1].data, &SpiffeId::gateway("tern", "z2"));
     tls::install_provider();
-    let verifier = SpiffeServerVerifier::new(
-        ident.root_store(),
-        Expect::Exact(SpiffeId::gateway("tern", "z3")),
-    );
+    let verifier = SpiffeServerVerifier::new(roots, Expect::Exact(SpiffeId::gateway("tern", "z3")));
     let cfg = tls::client_config(Some(&ident), Arc::new(verifier), &[b"tern-gw/1"]).unwrap();
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
     let target = w.gateway(41).quic();

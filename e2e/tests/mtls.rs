@@ -12,31 +12,33 @@ use common::ident::SpiffeId;
 use common::pki::{self, Ca};
 use common::rustls;
 use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
+use common::trust::TrustPolicy;
 use support::*;
 
 const T: Duration = Duration::from_secs(30);
 
-/// Connect to a sidecar's inbound port with our own TLS client, send an
-/// HTTP/1.1 request over ALPN tern/tcp, return what came back (or the error).
-fn raw_tls_request(
+/// Connect to a sidecar's inbound port with our own TLS client offering
+/// `alpn`, send a raw HTTP/1.1 request, return what came back (or the error).
+pub fn raw_tls_request(
     addr: SocketAddr,
     ident: Option<&Identity>,
-    server_roots: &Identity,
+    roots: Arc<TrustPolicy>,
+    alpn: &[u8],
+    extra_headers: &str,
 ) -> Result<String, String> {
     tls::install_provider();
-    let verifier = SpiffeServerVerifier::new(
-        server_roots.root_store(),
-        Expect::TrustDomain("tern".into()),
-    );
-    let cfg =
-        tls::client_config(ident, Arc::new(verifier), &[b"tern/tcp"]).map_err(|e| e.to_string())?;
+    let verifier = SpiffeServerVerifier::new(roots, Expect::TrustDomain("tern".into()));
+    let cfg = tls::client_config(ident, Arc::new(verifier), &[alpn]).map_err(|e| e.to_string())?;
     let conn =
         rustls::ClientConnection::new(Arc::new(cfg), tls::sni()).map_err(|e| e.to_string())?;
     let sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut s = rustls::StreamOwned::new(conn, sock);
-    s.write_all(b"GET /raw HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!("GET /raw HTTP/1.1\r\nHost: api\r\nConnection: close\r\n{extra_headers}\r\n")
+            .as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     match s.read_to_end(&mut out) {
         Ok(_) => Ok(String::from_utf8_lossy(&out).to_string()),
@@ -47,12 +49,12 @@ fn raw_tls_request(
     }
 }
 
-fn leaf_from(ca: &Ca, roots_pem: &str, chain_extra: &str, id: &SpiffeId) -> Identity {
+fn leaf_from(ca: &Ca, chain_extra: &str, id: &SpiffeId) -> Identity {
     let kc = pki::new_key_and_csr("test").unwrap();
     let leaf = ca
         .sign_leaf(&kc.csr_pem, id, &[], Duration::from_secs(600))
         .unwrap();
-    Identity::from_pem(&format!("{leaf}{chain_extra}"), &kc.key_pem, roots_pem).unwrap()
+    Identity::from_pem(&format!("{leaf}{chain_extra}"), &kc.key_pem).unwrap()
 }
 
 #[test]
@@ -136,41 +138,25 @@ fn requests_cross_two_sidecars_with_caller_identity_and_bad_clients_are_refused(
     assert_eq!(&buf, b"ping over mtls");
 
     // The sidecar's TLS material: what a real mesh member would have.
-    let zone_ca = Ca::from_pem(
-        &std::fs::read_to_string(z.data.join("zone-ca.pem")).unwrap(),
-        &std::fs::read_to_string(z.data.join("zone-ca.key")).unwrap(),
-    )
-    .unwrap();
-    let root_pem = std::fs::read_to_string(z.data.join("root.pem")).unwrap();
-    let member = leaf_from(
-        &zone_ca,
-        &root_pem,
-        zone_ca.cert_pem(),
-        &SpiffeId::workload("tern", "z1", "web"),
-    );
+    let (member, roots) = zone_member(&z.data, &SpiffeId::workload("tern", "z1", "web"));
 
     // Positive control: a certificate from the mesh gets through.
-    let ok = raw_tls_request(api.inbound(), Some(&member), &member).unwrap();
+    let ok = raw_tls_request(api.inbound(), Some(&member), roots.clone(), b"http/1.1", "").unwrap();
     assert!(ok.starts_with("HTTP/1.1 200"), "mesh member refused: {ok}");
 
     // A plain-text client gets no HTTP answer.
     let plain = get(api.inbound(), "api", "/");
     assert!(plain.is_err(), "plain HTTP must be refused: {plain:?}");
     // TLS without a client certificate is refused.
-    let r = raw_tls_request(api.inbound(), None, &member);
+    let r = raw_tls_request(api.inbound(), None, roots.clone(), b"http/1.1", "");
     assert!(
         r.as_ref().map_or(true, |s| !s.contains("HTTP/1.1")),
         "no client cert must be refused: {r:?}"
     );
     // A certificate from another CA, claiming a mesh identity, is refused.
     let foreign = Ca::new_root("tern", Duration::from_secs(3600)).unwrap();
-    let forged = leaf_from(
-        &foreign,
-        &root_pem,
-        "",
-        &SpiffeId::workload("tern", "z1", "web"),
-    );
-    let r = raw_tls_request(api.inbound(), Some(&forged), &member);
+    let forged = leaf_from(&foreign, "", &SpiffeId::workload("tern", "z1", "web"));
+    let r = raw_tls_request(api.inbound(), Some(&forged), roots, b"http/1.1", "");
     assert!(
         r.as_ref().map_or(true, |s| !s.contains("HTTP/1.1")),
         "foreign CA must be refused: {r:?}"

@@ -133,13 +133,13 @@ impl Running {
 }
 
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
-    let token = std::fs::read_to_string(&cfg.token_file)
-        .with_context(|| format!("read token {}", cfg.token_file.display()))?;
+    let token = common::fsutil::read_secret(&cfg.token_file)?;
     let claims = common::token::decode_unverified(&token).context("the gateway token")?;
     let mut reg = prometheus_client::registry::Registry::with_prefix("tern_gateway");
     let dp_metrics = dataplane::metrics::Metrics::new(&mut reg);
     let metrics = metrics::Metrics::new(&mut reg);
-    let shared = Arc::new(Shared::new(&claims.td));
+    // The gateway serves no app; its own listeners pick their ALPN.
+    let shared = Arc::new(Shared::new(Protocol::Quic));
     let public = cfg.public_address.unwrap_or(cfg.quic_bind);
     let instance = cfg
         .instance
@@ -153,6 +153,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         instance,
         kind: "gateway".into(),
         public_address: public.to_string(),
+        instance_uid: common::token::random_id(),
         ..Default::default()
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -184,6 +185,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         &claims.td,
         metrics.clone(),
         dup.clone(),
+        shared.clone(),
     );
     let gw = Arc::new(Gateway {
         zone: claims.zone.clone(),
@@ -202,7 +204,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tokio::spawn(async move {
             loop {
                 if let Some(tls) = gw.shared.tls.load_full() {
-                    match gw.install_identity(&tls.ident, &endpoint) {
+                    match gw.install_identity(&tls, &endpoint) {
                         Ok(()) => tracing::info!(id = %tls.ident.id, "gateway identity installed"),
                         Err(e) => {
                             tracing::error!(error = %format!("{e:#}"), "could not install the gateway identity")
@@ -262,17 +264,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 impl Gateway {
     fn install_identity(
         &self,
-        ident: &common::tls::Identity,
+        tls: &dataplane::state::Tls,
         endpoint: &quinn::Endpoint,
     ) -> anyhow::Result<()> {
-        let server = common::tls::server_config_mtls(ident, &self.trust_domain, &[QUIC_ALPN])?;
+        let server = common::tls::server_config_mtls(&tls.ident, tls.policy.clone(), &[QUIC_ALPN])?;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server)?;
         let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
         sc.transport_config(self.remotes.transport());
         endpoint.set_server_config(Some(sc));
-        let local = common::tls::server_config_mtls(ident, &self.trust_domain, &[ALPN_GATEWAY])?;
+        let local =
+            common::tls::server_config_mtls(&tls.ident, tls.policy.clone(), &[ALPN_GATEWAY])?;
         self.local_tls.set(Arc::new(local));
-        self.remotes.set_identity(ident);
+        self.remotes.set_identity(&tls.ident, tls.policy.clone());
         Ok(())
     }
 
@@ -303,6 +306,12 @@ impl Gateway {
         .context("TLS handshake timed out")??;
         let peer = common::tls::peer_identity(tls.get_ref().1.peer_certificates())
             .context("no client identity")?;
+        let chain: Arc<[common::rustls::pki_types::CertificateDer<'static>]> = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default();
         if peer.zone_name() != Some(self.zone.as_str()) {
             anyhow::bail!("{peer} is not a workload of zone {}", self.zone);
         }
@@ -324,9 +333,16 @@ impl Gateway {
         send.write_all(&header.encode()?).await?;
         self.metrics.stream_opened(&zone, "outbound");
         let mut quic = tokio::io::join(recv, send);
-        let res = tokio::io::copy_bidirectional(&mut tls, &mut quic).await;
-        if let Ok((up, down)) = res {
-            self.metrics.bytes(&zone, up, down);
+        tokio::select! {
+            res = tokio::io::copy_bidirectional(&mut tls, &mut quic) => {
+                if let Ok((up, down)) = res {
+                    self.metrics.bytes(&zone, up, down);
+                }
+            }
+            why = self.shared.distrusted(chain) => {
+                self.metrics.distrusted.inc();
+                anyhow::bail!("closed a flow from {peer}: no longer trusted ({why})");
+            }
         }
         Ok(())
     }
@@ -354,6 +370,7 @@ impl Gateway {
                 };
                 let zone = peer.zone_name().unwrap_or_default().to_string();
                 tracing::info!(%remote, %zone, "gateway connected");
+                me.remotes.close_when_distrusted(&conn);
                 me.remotes.watch_loss(&conn, &zone);
                 loop {
                     match conn.accept_bi().await {

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub stream_resets: Family<CodeLabel, Counter>,
     pub duplication_active: Family<ZoneLabel, Gauge>,
     pub duplicated_packets: Gauge,
+    pub distrusted: Counter,
 }
 
 impl Metrics {
@@ -53,7 +54,13 @@ impl Metrics {
             stream_resets: Family::default(),
             duplication_active: Family::default(),
             duplicated_packets: Gauge::default(),
+            distrusted: Counter::default(),
         };
+        reg.register(
+            "connections_distrusted",
+            "Gateway connections closed because the trust policy stopped accepting the peer (zone revoked or re-joined, root retired)",
+            m.distrusted.clone(),
+        );
         reg.register(
             "duplication_active",
             "1 while datagrams to a remote zone are sent twice (lossy path)",

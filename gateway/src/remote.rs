@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use common::ident::SpiffeId;
+use common::rustls::pki_types::CertificateDer;
 use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
+use common::trust::TrustPolicy;
 use dataplane::state::Shared;
 
 use crate::metrics::Metrics;
@@ -33,7 +35,8 @@ struct Inner {
     metrics: Metrics,
     dup: Arc<crate::dup::DupSocket>,
     dup_threshold: f64,
-    ident: RwLock<Option<Identity>>,
+    ident: RwLock<Option<(Identity, Arc<TrustPolicy>)>>,
+    shared: Arc<Shared>,
     slots: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
@@ -42,12 +45,16 @@ pub struct Remotes {
     inner: Arc<Inner>,
 }
 
+/// The certificate chain a QUIC peer presented, leaf first.
+pub fn peer_chain(conn: &quinn::Connection) -> Option<Vec<CertificateDer<'static>>> {
+    conn.peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()
+        .map(|c| *c)
+}
+
 pub fn peer_id(conn: &quinn::Connection) -> Option<SpiffeId> {
-    let any = conn.peer_identity()?;
-    let certs = any
-        .downcast::<Vec<common::rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
-    certs
+    peer_chain(conn)?
         .first()
         .and_then(|c| common::pki::spiffe_id_of(c).ok())
 }
@@ -59,6 +66,7 @@ impl Remotes {
         td: &str,
         metrics: Metrics,
         dup: Arc<crate::dup::DupSocket>,
+        shared: Arc<Shared>,
     ) -> Self {
         let mut t = quinn::TransportConfig::default();
         t.keep_alive_interval(Some(cfg.keep_alive));
@@ -77,6 +85,7 @@ impl Remotes {
                 dup,
                 dup_threshold: cfg.duplicate_above_loss,
                 ident: RwLock::new(None),
+                shared,
                 slots: Mutex::new(HashMap::new()),
             }),
         }
@@ -101,8 +110,33 @@ impl Remotes {
         self.inner.transport.clone()
     }
 
-    pub fn set_identity(&self, ident: &Identity) {
-        *self.inner.ident.write().unwrap_or_else(|e| e.into_inner()) = Some(ident.clone());
+    pub fn set_identity(&self, ident: &Identity, policy: Arc<TrustPolicy>) {
+        *self.inner.ident.write().unwrap_or_else(|e| e.into_inner()) =
+            Some((ident.clone(), policy));
+    }
+
+    /// Close `conn` as soon as the trust policy stops accepting its peer
+    /// (its zone revoked or re-joined, its root retired): every flow on it
+    /// ends with it.
+    pub fn close_when_distrusted(&self, conn: &quinn::Connection) {
+        let Some(chain) = peer_chain(conn) else {
+            return;
+        };
+        let (conn, shared, metrics) = (
+            conn.clone(),
+            self.inner.shared.clone(),
+            self.inner.metrics.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                why = shared.distrusted(chain.into()) => {
+                    tracing::warn!(remote = %conn.remote_address(), reason = %why, "closing a gateway connection: its peer is no longer trusted");
+                    metrics.distrusted.inc();
+                    conn.close(0x2u32.into(), b"peer no longer trusted");
+                }
+                _ = conn.closed() => {}
+            }
+        });
     }
 
     fn slot(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<Slot>> {
@@ -116,7 +150,7 @@ impl Remotes {
     }
 
     async fn dial(&self, addr: SocketAddr, zone: &str) -> anyhow::Result<quinn::Connection> {
-        let ident = self
+        let (ident, policy) = self
             .inner
             .ident
             .read()
@@ -124,7 +158,7 @@ impl Remotes {
             .clone()
             .context("no gateway certificate yet")?;
         let verifier = SpiffeServerVerifier::new(
-            ident.root_store(),
+            policy,
             Expect::Exact(SpiffeId::gateway(&self.inner.td, zone)),
         );
         let rustls_cfg = tls::client_config(Some(&ident), Arc::new(verifier), &[QUIC_ALPN])?;
@@ -137,6 +171,7 @@ impl Remotes {
             .map_err(|_| anyhow::anyhow!("QUIC handshake with {addr} timed out"))??;
         tracing::info!(%addr, zone, "connected to remote gateway");
         self.watch_loss(&conn, zone);
+        self.close_when_distrusted(&conn);
         Ok(conn)
     }
 

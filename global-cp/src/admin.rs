@@ -8,6 +8,7 @@
 //! | GET, POST | /api/v1/tokens | list issued tokens, issue one |
 //! | POST | /api/v1/revocations | revoke a token by id |
 //! | GET | /api/v1/inspect/zones | zone status |
+//! | GET | /api/v1/audit | membership, CA and revocation events, newest first |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,7 +78,7 @@ pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyh
         move || {
             json!({
                 "trustDomain": dump_state.authority.trust_domain,
-                "caFingerprint": dump_state.authority.root_fingerprint,
+                "caFingerprint": dump_state.authority.root_fingerprint(),
                 "revision": dump_state.store.revision(),
                 "syncAddr": dump_state.config.sync_addr.to_string(),
                 "advertise": dump_state.config.advertised(),
@@ -94,6 +95,7 @@ pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyh
         .route("/api/v1/tokens", get(list_tokens).post(issue_token))
         .route("/api/v1/revocations", post(revoke))
         .route("/api/v1/inspect/zones", get(inspect_zones))
+        .route("/api/v1/audit", get(audit))
         .route("/api/v1/:plural", get(list))
         .route(
             "/api/v1/:plural/:name",
@@ -293,7 +295,15 @@ struct TokenRequest {
     zone: String,
     service: Option<String>,
     valid_for: Option<String>,
+    /// Zone tokens: authorize replacing an already joined zone's CA.
+    #[serde(default)]
+    rejoin: bool,
+    /// Dataplane and gateway tokens: instances registered at once.
+    max_instances: Option<u32>,
 }
+
+/// The most instances one dataplane or gateway token may be allowed.
+pub const MAX_INSTANCES_LIMIT: u32 = 10_000;
 
 async fn issue_token(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response {
     let req: TokenRequest = match serde_json::from_slice(&body) {
@@ -336,6 +346,32 @@ async fn issue_token(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Res
         }
         (TokenKind::Zone | TokenKind::Gateway, _) => None,
     };
+    if req.rejoin && req.kind != TokenKind::Zone {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rejoin applies to zone tokens only",
+        );
+    }
+    match (req.kind, req.max_instances) {
+        (TokenKind::Zone, Some(_)) => {
+            return err(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "maxInstances applies to dataplane and gateway tokens only",
+            )
+        }
+        (_, Some(n)) if n == 0 || n > MAX_INSTANCES_LIMIT => {
+            return err(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("maxInstances must be between 1 and {MAX_INSTANCES_LIMIT}"),
+            )
+        }
+        _ => {}
+    }
+    let purpose = match (req.kind, req.rejoin) {
+        (TokenKind::Zone, true) => "rejoin",
+        (TokenKind::Zone, false) => "join",
+        _ => "",
+    };
     let st = &api.state;
     match st.authority.issue_token(
         &st.store,
@@ -344,9 +380,22 @@ async fn issue_token(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Res
         service,
         valid_for,
         &st.config.advertised(),
+        purpose,
+        req.max_instances,
     ) {
         Ok((token, claims)) => {
-            tracing::info!(kind = req.kind.as_str(), zone = %req.zone, id = %claims.jti, "token issued");
+            tracing::info!(kind = req.kind.as_str(), zone = %req.zone, id = %claims.jti, purpose, "token issued");
+            if req.rejoin {
+                tracing::warn!(zone = %req.zone, id = %claims.jti, "re-join of the zone authorized");
+                if let Err(e) = st.store.record_audit(
+                    "zone.rejoin-authorized",
+                    &req.zone,
+                    &format!("token {}", claims.jti),
+                    token::now_unix(),
+                ) {
+                    return store_err(e);
+                }
+            }
             Json(json!({
                 "token": token,
                 "id": claims.jti,
@@ -370,6 +419,9 @@ async fn list_tokens(AxState(api): AxState<Api>) -> Response {
                         "id": t.id, "kind": t.kind, "zone": t.zone, "service": t.service,
                         "issuedAt": token::fmt_unix(t.issued_at),
                         "expiresAt": token::fmt_unix(t.expires_at),
+                        "purpose": t.purpose,
+                        "usedAt": t.used_at.map(token::fmt_unix),
+                        "usedBy": t.used_by,
                         "revoked": revoked,
                         "expired": t.expires_at <= token::now_unix(),
                     })
@@ -420,11 +472,37 @@ async fn revoke(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response
     if matches!(st.store.get("Revocation", &req.id), Ok(Some(_))) {
         return Json(json!({ "revoked": req.id, "already": true })).into_response();
     }
-    match st.store.put(r, &now) {
-        Ok(_) => {
-            tracing::warn!(id = %req.id, "token revoked");
-            Json(json!({ "revoked": req.id })).into_response()
+    // The revocation, and what it takes away (a zone's trust and ingress),
+    // reach the zones as one change.
+    let now_unix = token::now_unix();
+    let res = st.store.transact(|tx| {
+        tx.put(r, &now)?;
+        tx.audit(
+            "token.revoked",
+            &req.id,
+            req.reason.as_deref().unwrap_or(""),
+            now_unix,
+        )?;
+        crate::membership::on_revoked(tx, &req.id, now_unix)
+    });
+    match res {
+        Ok(zone) => {
+            tracing::warn!(id = %req.id, zone = ?zone, "token revoked");
+            Json(json!({ "revoked": req.id, "zone": zone })).into_response()
         }
+        Err(e) => store_err(e),
+    }
+}
+
+async fn audit(AxState(api): AxState<Api>) -> Response {
+    match api.state.store.audit(1000) {
+        Ok(items) => Json(json!({
+            "items": items.into_iter().map(|a| json!({
+                "at": token::fmt_unix(a.at), "action": a.action,
+                "subject": a.subject, "detail": a.detail,
+            })).collect::<Vec<_>>()
+        }))
+        .into_response(),
         Err(e) => store_err(e),
     }
 }

@@ -1,7 +1,7 @@
-//! The mesh root CA, the global's own serving certificate, and the token
+//! The mesh root CA(s), the global's own serving certificate, and the token
 //! signer. All created on first start and kept in the store.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,6 +9,7 @@ use common::ident::SpiffeId;
 use common::pki::{self, Ca};
 use common::tls::{self, Identity};
 use common::token::{self, Claims, Signer, TokenKind};
+use common::trust::{TrustPolicy, ZoneCas};
 use tokio::sync::watch;
 
 use crate::store::{Store, TokenRecord};
@@ -18,13 +19,31 @@ pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub const ZONE_CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 const SERVING_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// The roots: the active one signs; all of `trusted` are accepted.
+pub struct Roots {
+    pub active: Ca,
+    pub active_fingerprint: String,
+    /// PEM of every trusted root, active first.
+    pub trusted_pem: Vec<String>,
+    /// Certificates sent after a leaf or intermediate so that members that
+    /// trust only an older root can still build a path (cross-signed roots
+    /// during a rotation). Usually empty.
+    pub chain_extra_pem: String,
+}
+
+impl Roots {
+    pub fn trusted_bundle(&self) -> String {
+        self.trusted_pem.concat()
+    }
+}
+
 pub struct Authority {
     pub trust_domain: String,
-    pub root: Ca,
-    pub root_fingerprint: String,
+    roots: RwLock<Arc<Roots>>,
     pub signer: Signer,
     /// The global's serving identity (spiffe://TD/global), rotated.
     pub serving: watch::Sender<Arc<Identity>>,
+    pub zone_ca_validity: Duration,
 }
 
 impl Authority {
@@ -54,24 +73,48 @@ impl Authority {
                 Signer::from_pkcs8(&store.meta_init("token_key", &bytes)?)?
             }
         };
-        let root_fingerprint = root.fingerprint()?;
-        let serving = issue_serving(&root, &td)?;
+        let roots = Roots {
+            active_fingerprint: root.fingerprint()?,
+            trusted_pem: vec![root.cert_pem().to_string()],
+            chain_extra_pem: String::new(),
+            active: root,
+        };
+        let serving = issue_serving(&roots, &td)?;
         Ok(Self {
             trust_domain: td,
-            root,
-            root_fingerprint,
+            roots: RwLock::new(Arc::new(roots)),
             signer,
             serving: watch::channel(Arc::new(serving)).0,
+            zone_ca_validity: config.zone_ca_validity,
         })
+    }
+
+    pub fn roots(&self) -> Arc<Roots> {
+        self.roots.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn root_fingerprint(&self) -> String {
+        self.roots().active_fingerprint.clone()
+    }
+
+    /// What the global accepts from clients: any trusted root; zones are
+    /// checked by the sync handler against their records.
+    pub fn policy(&self) -> anyhow::Result<TrustPolicy> {
+        Ok(TrustPolicy::from_pem(
+            &self.trust_domain,
+            &self.roots().trusted_bundle(),
+            ZoneCas::Any,
+        )?)
     }
 
     /// Issue a fresh serving certificate and publish it.
     pub fn reissue(&self) -> anyhow::Result<()> {
-        let id = issue_serving(&self.root, &self.trust_domain)?;
+        let id = issue_serving(&self.roots(), &self.trust_domain)?;
         self.serving.send_replace(Arc::new(id));
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn issue_token(
         &self,
         store: &Store,
@@ -80,6 +123,8 @@ impl Authority {
         service: Option<&str>,
         valid_for: Duration,
         global_addr: &str,
+        purpose: &str,
+        max_instances: Option<u32>,
     ) -> anyhow::Result<(String, Claims)> {
         let now = token::now_unix();
         let claims = Claims {
@@ -90,8 +135,9 @@ impl Authority {
             iat: now,
             exp: now + valid_for.as_secs(),
             global: (kind == TokenKind::Zone).then(|| global_addr.to_string()),
-            ca: self.root_fingerprint.clone(),
+            ca: self.root_fingerprint(),
             td: self.trust_domain.clone(),
+            max_instances,
         };
         store.record_token(&TokenRecord {
             id: claims.jti.clone(),
@@ -100,6 +146,9 @@ impl Authority {
             service: claims.service.clone(),
             issued_at: claims.iat,
             expires_at: claims.exp,
+            used_at: None,
+            used_by: None,
+            purpose: purpose.into(),
         })?;
         Ok((self.signer.sign(&claims), claims))
     }
@@ -131,15 +180,14 @@ pub fn renew_in(not_after: std::time::SystemTime, lifetime: Duration) -> Duratio
         .unwrap_or(Duration::from_secs(1))
 }
 
-fn issue_serving(root: &Ca, td: &str) -> anyhow::Result<Identity> {
+fn issue_serving(roots: &Roots, td: &str) -> anyhow::Result<Identity> {
     let kc = pki::new_key_and_csr("tern-global")?;
     let id = SpiffeId::global(td);
-    let leaf = root.sign_leaf(&kc.csr_pem, &id, &["localhost".into()], SERVING_VALIDITY)?;
-    // The root travels in the chain so that a zone can match its pin.
-    let chain = format!("{leaf}{}", root.cert_pem());
-    Ok(tls::Identity::from_pem(
-        &chain,
-        &kc.key_pem,
-        root.cert_pem(),
-    )?)
+    let leaf = roots
+        .active
+        .sign_leaf(&kc.csr_pem, &id, &["localhost".into()], SERVING_VALIDITY)?;
+    // The roots travel in the chain so that a zone can match its token's
+    // pin (whichever trusted root that is).
+    let chain = format!("{leaf}{}{}", roots.chain_extra_pem, roots.trusted_bundle());
+    Ok(tls::Identity::from_pem(&chain, &kc.key_pem)?)
 }

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod authority;
+pub mod membership;
 pub mod store;
 pub mod sync;
 
@@ -52,6 +53,10 @@ pub struct Config {
     /// services and gateway addresses from the other zones.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub zone_offline_ttl: Duration,
+    /// Lifetime of the intermediate CA each zone gets. Zones renew it over
+    /// their sync stream once two thirds of it have passed.
+    #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+    pub zone_ca_validity: Duration,
     /// Log as JSON lines.
     #[arg(long)]
     pub json_logs: bool,
@@ -64,6 +69,11 @@ impl Config {
         if self.ack_timeout < Duration::from_secs(1) {
             return Err("--ack-timeout must be at least 1s".into());
         }
+        if self.zone_ca_validity < Duration::from_secs(30)
+            || self.zone_ca_validity > crate::authority::ROOT_VALIDITY
+        {
+            return Err("--zone-ca-validity must be between 30s and 10 years".into());
+        }
         Ok(())
     }
     pub fn advertised(&self) -> String {
@@ -72,6 +82,10 @@ impl Config {
             .unwrap_or_else(|| self.sync_addr.to_string())
     }
 }
+
+/// Files in the data dir that hold keys or credentials; checked at start.
+/// (The store's WAL and SHM files are checked by the store.)
+pub const SECRET_FILES: &[&str] = &["global.db", "admin-token", "ternctl.json"];
 
 pub struct State {
     pub config: Config,
@@ -83,8 +97,8 @@ pub struct State {
 
 /// Start everything; returns once listeners are bound.
 pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    // The store holds the root CA and token signing keys.
+    common::fsutil::private_dir(&config.data_dir, SECRET_FILES)?;
     let store = store::Store::open(&config.data_dir.join("global.db"))
         .with_context(|| format!("open store in {}", config.data_dir.display()))?;
     let authority = authority::Authority::load_or_init(&store, &config)?;
@@ -97,6 +111,8 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
         metrics,
         config: config.clone(),
     });
+    membership::reconcile(&state, config.zone_ca_validity)
+        .context("bring zone records up to date")?;
     let admin_token = admin::init_credential(&state)?;
     sync::serve(state.clone()).await?;
     sync::withdraw_stale_at_start(&state);
@@ -105,7 +121,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
         sync = %config.sync_addr,
         admin = %config.admin_addr,
         trust_domain = %state.authority.trust_domain,
-        ca_fingerprint = %state.authority.root_fingerprint,
+        ca_fingerprint = %state.authority.root_fingerprint(),
         "global control plane started"
     );
     Ok(state)

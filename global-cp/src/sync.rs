@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use common::ident::SpiffeId;
-use common::resource::{Key, Resource, ServiceSummary, ZoneIngressSpec, ZoneSpec};
+use common::resource::{Key, Resource, ServiceSummary, ZoneIngressSpec};
 use common::sync::{chunk, Delta, DeltaSender, Want};
-use common::token::{self, TokenError, TokenKind};
-use common::{grpc, pki, tls};
+use common::token;
+use common::trust::{Issuer, Verified};
+use common::{grpc, tls};
 use futures_util::Stream;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::membership;
 use crate::store::ZoneRecord;
 use crate::State;
 
@@ -253,7 +255,7 @@ fn server_tls(state: &State) -> anyhow::Result<Arc<common::rustls::ServerConfig>
     let ident = state.authority.serving.borrow().clone();
     Ok(Arc::new(tls::server_config_optional_mtls(
         &ident,
-        &state.authority.trust_domain,
+        Arc::new(state.authority.policy()?),
         &[tls::ALPN_H2],
     )?))
 }
@@ -262,25 +264,12 @@ struct SyncService {
     state: Arc<State>,
 }
 
-fn refuse_join(state: &State, zone: &str, why: impl std::fmt::Display) -> Status {
-    tracing::warn!(zone, reason = %why, "zone join refused");
+fn count_join(state: &State, result: &str) {
     state
         .metrics
         .joins
-        .get_or_create(&vec![("result".into(), "refused".into())])
+        .get_or_create(&vec![("result".into(), result.into())])
         .inc();
-    Status::permission_denied(format!("join refused: {why}"))
-}
-
-fn is_revoked(state: &State, jti: &str) -> bool {
-    matches!(state.store.get("Revocation", jti), Ok(Some(_)))
-}
-
-fn zone_enabled(state: &State, zone: &str) -> bool {
-    match state.store.get("Zone", zone) {
-        Ok(Some(s)) => ZoneSpec::from_resource(&s.resource).is_none_or(|z| z.enabled),
-        _ => true,
-    }
 }
 
 #[tonic::async_trait]
@@ -291,71 +280,23 @@ impl GlobalSync for SyncService {
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let st = &self.state;
         let r = req.into_inner();
-        let zone = r.zone.clone();
-        if let Err(e) = common::resource::check_name("zone", &zone) {
-            return Err(refuse_join(st, &zone, e.message));
-        }
-        let claims = token::verify(
-            &r.token,
-            &st.authority.signer.public_key(),
-            TokenKind::Zone,
-            token::now_unix(),
-        )
-        .and_then(|c| c.check_scope(&zone, None).map(|_| c))
-        .map_err(|e| refuse_join(st, &zone, e))?;
-        if is_revoked(st, &claims.jti) {
-            return Err(refuse_join(
-                st,
-                &zone,
-                TokenError::Revoked { jti: claims.jti },
-            ));
-        }
-        if !zone_enabled(st, &zone) {
-            return Err(refuse_join(
-                st,
-                &zone,
-                format!("zone {zone} is disabled (Zone/{zone} spec.enabled: false)"),
-            ));
-        }
-        let id = SpiffeId::zone(&st.authority.trust_domain, &zone);
-        let inter = st
-            .authority
-            .root
-            .sign_intermediate(&r.ca_csr_pem, &id, crate::authority::ZONE_CA_VALIDITY)
-            .map_err(|e| Status::invalid_argument(format!("bad CA CSR: {e}")))?;
-        let fp = pki::pem_fingerprint(&inter).map_err(|e| Status::internal(e.to_string()))?;
-        let now = token::now_unix();
-        st.store
-            .zone_joined(&ZoneRecord {
-                name: zone.clone(),
-                token_id: claims.jti.clone(),
-                intermediate_fingerprint: fp,
-                joined_at: now,
-                ..Default::default()
-            })
-            .map_err(|e| Status::internal(e.to_string()))?;
-        if matches!(st.store.get("Zone", &zone), Ok(None)) {
-            let res = Resource {
-                api_version: common::resource::API_VERSION.into(),
-                kind: "Zone".into(),
-                metadata: common::resource::Metadata {
-                    name: zone.clone(),
-                    ..Default::default()
-                },
-                spec: serde_json::json!({ "enabled": true }),
-            };
-            let _ = st.store.put(res, &token::fmt_unix(now));
-        }
-        st.metrics
-            .joins
-            .get_or_create(&vec![("result".into(), "ok".into())])
-            .inc();
-        tracing::info!(zone, token = %claims.jti, "zone joined");
+        let admitted = match membership::join(st, &r.zone, &r.token, &r.ca_csr_pem) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(zone = %r.zone, reason = %e, "zone join refused");
+                count_join(st, "refused");
+                return Err(e.into());
+            }
+        };
+        count_join(st, "ok");
+        tracing::info!(zone = %r.zone, token = %admitted.token_id, "zone joined");
+        let roots = st.authority.roots();
         Ok(Response::new(pb::JoinResponse {
-            intermediate_pem: inter,
-            root_pem: st.authority.root.cert_pem().to_string(),
+            intermediate_pem: admitted.intermediate_pem,
+            root_pem: roots.trusted_bundle(),
             trust_domain: st.authority.trust_domain.clone(),
             token_public_key: st.authority.signer.public_key(),
+            chain_extra_pem: roots.chain_extra_pem.clone(),
         }))
     }
 
@@ -378,35 +319,26 @@ impl GlobalSync for SyncService {
                 "{id} is not a zone control plane identity"
             )));
         }
-        let rec = st
-            .store
-            .zone(&zone)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::permission_denied(format!("zone {zone} has not joined")))?;
-        let issuer_fp = peer
+        // Which of the zone's CAs issued this identity; it must be live.
+        let chain: Vec<_> = peer
             .chain
-            .get(1)
-            .map(|d| pki::fingerprint(d))
-            .unwrap_or_default();
-        if issuer_fp != rec.intermediate_fingerprint {
-            tracing::warn!(zone, "sync refused: identity from a superseded zone CA");
-            return Err(Status::permission_denied(format!(
-                "zone {zone} presented an identity from a zone CA that has been replaced; \
-                 the zone joined again elsewhere. Restart this zone-cp with a new zone token"
-            )));
-        }
-        if is_revoked(&st, &rec.token_id) {
-            tracing::warn!(zone, token = %rec.token_id, "sync refused: zone token revoked");
-            return Err(Status::permission_denied(format!(
-                "the token zone {zone} joined with ({}) has been revoked; generate a new one with \
-                 `ternctl generate zone-token --zone {zone}` and restart the zone-cp with it",
-                rec.token_id
-            )));
-        }
-        if !zone_enabled(&st, &zone) {
-            return Err(Status::permission_denied(format!(
-                "zone {zone} is disabled"
-            )));
+            .iter()
+            .map(|d| common::rustls::pki_types::CertificateDer::from(d.clone()))
+            .collect();
+        let issuer_fp = match st.authority.policy().map(|p| p.verify_chain_now(&chain)) {
+            Ok(Ok(Verified {
+                issuer: Issuer::Zone { fingerprint, .. },
+                ..
+            })) => fingerprint,
+            _ => {
+                return Err(Status::permission_denied(format!(
+                    "{id} is not an identity issued by a zone CA"
+                )))
+            }
+        };
+        if let Err(why) = membership::authorized(&st, &zone, &issuer_fp) {
+            tracing::warn!(zone, reason = %why, "sync refused");
+            return Err(Status::permission_denied(why));
         }
         let mut inbound = req.into_inner();
         let hello =
@@ -428,7 +360,7 @@ impl GlobalSync for SyncService {
             )));
         }
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(session(st, zone, hello, inbound, tx));
+        tokio::spawn(session(st, zone, issuer_fp, hello, inbound, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -544,6 +476,7 @@ fn build_delta(st: &State, want: Want) -> anyhow::Result<Option<Delta<pb::Resour
 async fn session(
     st: Arc<State>,
     zone: String,
+    issuer_fp: String,
     hello: pb::ZoneHello,
     mut inbound: Streaming<pb::ZoneMessage>,
     tx: mpsc::Sender<Result<pb::GlobalMessage, Status>>,
@@ -598,6 +531,23 @@ async fn session(
         let deadline = sender.deadline();
         tokio::select! {
             m = inbound.message() => match m {
+                Ok(Some(pb::ZoneMessage { msg: Some(zone_message::Msg::RenewCa(r)) })) => {
+                    let reply = match membership::renew(&st, &zone, &issuer_fp, &r.csr_pem) {
+                        Ok(pem) => pb::CaIssued {
+                            intermediate_pem: pem,
+                            chain_extra_pem: st.authority.roots().chain_extra_pem.clone(),
+                            error: String::new(),
+                        },
+                        Err(e) => {
+                            tracing::warn!(zone, error = %e, "zone CA renewal refused");
+                            pb::CaIssued { error: e.to_string(), ..Default::default() }
+                        }
+                    };
+                    let msg = pb::GlobalMessage { msg: Some(pb::global_message::Msg::CaIssued(reply)) };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        break "stream closed".into();
+                    }
+                }
                 Ok(Some(m)) => if let Err(e) = handle(&st, &zone, session, &mut sender, m) {
                     let _ = tx.send(Err(Status::failed_precondition(e.clone()))).await;
                     break e;
@@ -605,7 +555,15 @@ async fn session(
                 Ok(None) => break "zone closed the stream".into(),
                 Err(e) => break format!("stream error: {}", e.message()),
             },
-            _ = rev.changed() => {}
+            _ = rev.changed() => {
+                // A revoked token, a disabled Zone or a replaced CA ends a
+                // live session at once, not only the next connection.
+                if let Err(why) = membership::authorized(&st, &zone, &issuer_fp) {
+                    tracing::warn!(zone, reason = %why, "closing the zone's sync stream");
+                    let _ = tx.send(Err(Status::permission_denied(why.clone()))).await;
+                    break why;
+                }
+            }
             _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() => {
                 if let Err(e) = sender.check(Instant::now()) {
                     let _ = tx.send(Err(Status::deadline_exceeded(e.to_string()))).await;
@@ -686,6 +644,9 @@ fn handle(
             publish_ingress(st, zone);
         }
         Some(zone_message::Msg::Hello(_)) => return Err("unexpected second ZoneHello".into()),
+        Some(zone_message::Msg::RenewCa(_)) => {
+            return Err("CaRenewal is answered by the session loop".into())
+        }
         None => return Err("empty message".into()),
     }
     Ok(())

@@ -70,21 +70,35 @@ enum Cmd {
         #[command(subcommand)]
         what: Inspect,
     },
-    /// Save a config file (e.g. <data-dir>/ternctl.json) as the default.
+    /// Save a config file (e.g. <data-dir>/ternctl.json) as the default
+    /// (~/.tern/config.json, mode 0600).
     UseConfig { path: PathBuf },
+    /// Membership, CA and revocation events recorded by the global, newest
+    /// first.
+    Audit {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 // The subcommands are `zone-token`, `gateway-token`, `dataplane-token`.
 #[allow(clippy::enum_variant_names)]
 #[derive(Subcommand)]
 enum Generate {
-    /// A token a zone control plane joins with.
+    /// A token a zone control plane joins with (once).
     ZoneToken {
         #[arg(long)]
         zone: String,
         /// e.g. 1h, 24h (default), 7d; at most 30d.
         #[arg(long)]
         valid_for: Option<String>,
+        /// Authorize a re-join of a zone that has already joined (its zone
+        /// control plane lost its data): the zone gets a new CA and whoever
+        /// holds the current one is cut off. Recorded in `ternctl audit`.
+        #[arg(long)]
+        rejoin: bool,
+        #[command(flatten)]
+        out: TokenOut,
     },
     /// A token an east-west gateway registers with, scoped to a zone.
     GatewayToken {
@@ -93,6 +107,11 @@ enum Generate {
         /// Default 90d, at most 365d.
         #[arg(long)]
         valid_for: Option<String>,
+        /// Gateways registered with this token at once (default 16).
+        #[arg(long)]
+        max_instances: Option<u32>,
+        #[command(flatten)]
+        out: TokenOut,
     },
     /// A token a sidecar registers with, scoped to a zone and service.
     DataplaneToken {
@@ -103,7 +122,20 @@ enum Generate {
         /// Default 90d, at most 365d.
         #[arg(long)]
         valid_for: Option<String>,
+        /// Proxies registered with this token at once (default 1000).
+        #[arg(long)]
+        max_instances: Option<u32>,
+        #[command(flatten)]
+        out: TokenOut,
     },
+}
+
+#[derive(clap::Args)]
+struct TokenOut {
+    /// Write the token to this file (mode 0600) instead of stdout.
+    /// Components refuse token files that other users can read.
+    #[arg(long)]
+    file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -134,6 +166,13 @@ fn default_config_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".tern/config.json"))
 }
 
+/// Read a ternctl config (it holds the admin token), refusing one that
+/// other users can read.
+fn read_config(p: &Path) -> anyhow::Result<FileConfig> {
+    let text = common::fsutil::read_secret(p)?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a ternctl config", p.display()))
+}
+
 impl Api {
     fn new(cli: &Cli) -> anyhow::Result<Self> {
         let local = PathBuf::from("tern-global-data/ternctl.json");
@@ -143,12 +182,7 @@ impl Api {
                 .or_else(|| local.exists().then_some(local))
         });
         let file: Option<FileConfig> = match &path {
-            Some(p) if p.exists() => Some(
-                serde_json::from_slice(
-                    &std::fs::read(p).with_context(|| format!("read {}", p.display()))?,
-                )
-                .with_context(|| format!("{} is not a ternctl config", p.display()))?,
-            ),
+            Some(p) if p.exists() => Some(read_config(p)?),
             Some(p) if cli.config.is_some() => bail!("config file {} does not exist", p.display()),
             _ => None,
         };
@@ -313,8 +347,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let _: FileConfig = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a ternctl config", path.display()))?;
         let dest = default_config_path().context("HOME is not set")?;
-        std::fs::create_dir_all(dest.parent().unwrap())?;
-        std::fs::write(&dest, text)?;
+        // It holds the admin token: 0600 in a 0700 folder.
+        common::fsutil::private_dir(dest.parent().expect("has a parent"), &[])?;
+        common::fsutil::write_private(&dest, &text)?;
         println!("ternctl now uses {}", dest.display());
         return Ok(());
     }
@@ -389,11 +424,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .iter()
                     .map(|t| {
                         let state = if t["revoked"] == true {
-                            "revoked"
+                            "revoked".to_string()
+                        } else if !t["usedAt"].is_null() {
+                            format!("used by {}", s(t, "/usedBy"))
                         } else if t["expired"] == true {
-                            "expired"
+                            "expired".to_string()
+                        } else if t["purpose"] == "rejoin" {
+                            "valid (rejoin)".to_string()
                         } else {
-                            "valid"
+                            "valid".to_string()
                         };
                         vec![
                             s(t, "/id"),
@@ -401,7 +440,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             s(t, "/zone"),
                             s(t, "/service"),
                             s(t, "/expiresAt"),
-                            state.into(),
+                            state,
                         ]
                     })
                     .collect(),
@@ -450,24 +489,75 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}/{name} deleted", kind.to_lowercase());
         }
         Cmd::Generate { what } => {
-            let body = match what {
-                Generate::ZoneToken { zone, valid_for } => {
-                    json!({ "kind": "zone", "zone": zone, "validFor": valid_for })
-                }
-                Generate::GatewayToken { zone, valid_for } => {
-                    json!({ "kind": "gateway", "zone": zone, "validFor": valid_for })
-                }
+            let (body, out) = match what {
+                Generate::ZoneToken {
+                    zone,
+                    valid_for,
+                    rejoin,
+                    out,
+                } => (
+                    json!({ "kind": "zone", "zone": zone, "validFor": valid_for, "rejoin": rejoin }),
+                    out,
+                ),
+                Generate::GatewayToken {
+                    zone,
+                    valid_for,
+                    max_instances,
+                    out,
+                } => (
+                    json!({ "kind": "gateway", "zone": zone, "validFor": valid_for, "maxInstances": max_instances }),
+                    out,
+                ),
                 Generate::DataplaneToken {
                     zone,
                     service,
                     valid_for,
-                } => {
-                    json!({ "kind": "dataplane", "zone": zone, "service": service, "validFor": valid_for })
-                }
+                    max_instances,
+                    out,
+                } => (
+                    json!({ "kind": "dataplane", "zone": zone, "service": service, "validFor": valid_for, "maxInstances": max_instances }),
+                    out,
+                ),
             };
             let v = api.ok("POST", "/api/v1/tokens", Some(&body)).await?;
-            eprintln!("token {} expires at {}", s(&v, "/id"), s(&v, "/expiresAt"));
-            println!("{}", s(&v, "/token"));
+            let token = s(&v, "/token");
+            match out.file {
+                Some(p) => {
+                    common::fsutil::write_private(&p, &format!("{token}\n"))
+                        .with_context(|| format!("write the token to {}", p.display()))?;
+                    eprintln!(
+                        "token {} expires at {}; written to {} (mode 0600)",
+                        s(&v, "/id"),
+                        s(&v, "/expiresAt"),
+                        p.display()
+                    );
+                }
+                None => {
+                    eprintln!("token {} expires at {}", s(&v, "/id"), s(&v, "/expiresAt"));
+                    println!("{token}");
+                }
+            }
+        }
+        Cmd::Audit { output } => {
+            let v = api.ok("GET", "/api/v1/audit", None).await?;
+            if output != Output::Table {
+                return print_value(&v["items"], output);
+            }
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            table(
+                &["TIME", "ACTION", "SUBJECT", "DETAIL"],
+                items
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            s(a, "/at"),
+                            s(a, "/action"),
+                            s(a, "/subject"),
+                            s(a, "/detail"),
+                        ]
+                    })
+                    .collect(),
+            );
         }
         Cmd::Revoke { id, reason } => {
             let id = match common::token::decode_unverified(&id) {

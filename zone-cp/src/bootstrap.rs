@@ -10,6 +10,7 @@ use common::ident::SpiffeId;
 use common::pki::{self, Ca};
 use common::tls::{self, Expect, Identity, PinnedCaVerifier};
 use common::token;
+use common::trust::{TrustPolicy, ZoneCas};
 use proto::v1::global_sync_client::GlobalSyncClient;
 use proto::v1::JoinRequest;
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,19 @@ pub struct Joined {
     pub token_public_key: Vec<u8>,
 }
 
+/// A join in progress: the key whose CSR went to the global with a token.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Pending {
+    token_id: String,
+    key_pem: String,
+    csr_pem: String,
+}
+
+/// Certificates presented after the zone CA (a cross-signed root while the
+/// mesh rotates its root); usually empty.
+const CHAIN_EXTRA: &str = "zone-ca-chain-extra.pem";
+
 pub struct Boot {
     pub zone: String,
     pub trust_domain: String,
@@ -41,6 +55,10 @@ pub struct Boot {
     /// zone CA, root.
     pub identity: watch::Sender<Arc<Identity>>,
 }
+
+/// Files in the data dir that hold keys. (Everything the zone-cp writes is
+/// mode 0600 in a 0700 folder; these are also checked at start.)
+pub const SECRET_FILES: &[&str] = &["zone-ca.key", "join-pending.json"];
 
 fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     (
@@ -56,8 +74,8 @@ impl Boot {
         let (meta_p, ca_p, key_p, root_p) = paths(&cfg.data_dir);
         let token = match &cfg.token_file {
             Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("read zone token {}", p.display()))?
+                common::fsutil::read_secret(p)
+                    .context("the zone token")?
                     .trim()
                     .to_string(),
             ),
@@ -112,6 +130,12 @@ impl Boot {
 }
 
 impl Boot {
+    /// What the zone-cp trusts as a client of the global: the mesh roots.
+    pub fn policy(&self) -> TrustPolicy {
+        TrustPolicy::from_pem(&self.trust_domain, &self.root_pem, ZoneCas::Any)
+            .unwrap_or_else(|_| TrustPolicy::new(&self.trust_domain, vec![], ZoneCas::Any))
+    }
+
     pub fn spawn_rotation_for(z: Arc<crate::Zone>) {
         tokio::spawn(async move {
             loop {
@@ -150,7 +174,7 @@ fn issue_identity(ca: &Ca, root_pem: &str, td: &str, zone: &str) -> anyhow::Resu
         IDENTITY_VALIDITY,
     )?;
     let chain = format!("{leaf}{}{root_pem}", ca.cert_pem());
-    Ok(Identity::from_pem(&chain, &kc.key_pem, root_pem)?)
+    Ok(Identity::from_pem(&chain, &kc.key_pem)?)
 }
 
 async fn join(cfg: &Config, token_text: &str) -> anyhow::Result<()> {
@@ -163,13 +187,35 @@ async fn join(cfg: &Config, token_text: &str) -> anyhow::Result<()> {
     let verifier = PinnedCaVerifier::new(&claims.ca, Expect::Exact(SpiffeId::global(&claims.td)));
     let tls = tls::client_config(None, Arc::new(verifier), &[tls::ALPN_H2])?;
     let channel = common::grpc::tls_channel(global.clone(), Arc::new(tls));
-    let kc = pki::new_key_and_csr(&format!("zone {}", cfg.zone))?;
+    // The key is kept before asking, so that a join whose answer is lost can
+    // be retried with the same token: the global recognizes the same key.
+    let pending_p = cfg.data_dir.join("join-pending.json");
+    let kc = match std::fs::read(&pending_p)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Pending>(&b).ok())
+        .filter(|p| p.token_id == claims.jti)
+    {
+        Some(p) => pki::KeyAndCsr {
+            key_pem: p.key_pem,
+            csr_pem: p.csr_pem,
+        },
+        None => {
+            let kc = pki::new_key_and_csr(&format!("zone {}", cfg.zone))?;
+            let p = Pending {
+                token_id: claims.jti.clone(),
+                key_pem: kc.key_pem.clone(),
+                csr_pem: kc.csr_pem.clone(),
+            };
+            write_private(&pending_p, &serde_json::to_string(&p)?)?;
+            kc
+        }
+    };
     tracing::info!(zone = %cfg.zone, %global, token = %claims.jti, "joining the global control plane");
     let resp = GlobalSyncClient::new(channel)
         .join(JoinRequest {
             token: token_text.to_string(),
             zone: cfg.zone.clone(),
-            ca_csr_pem: kc.csr_pem,
+            ca_csr_pem: kc.csr_pem.clone(),
         })
         .await
         .map_err(|s| {
@@ -181,13 +227,15 @@ async fn join(cfg: &Config, token_text: &str) -> anyhow::Result<()> {
             )
         })?
         .into_inner();
-    if pki::pem_fingerprint(&resp.root_pem)? != claims.ca {
-        bail!("the global sent a root CA that does not match the token's pin");
+    let roots = pki::certs_from_pem(&resp.root_pem).context("the roots the global sent")?;
+    if !roots.iter().any(|r| pki::fingerprint(r) == claims.ca) {
+        bail!("the global sent roots that do not include the one the token pins");
     }
     let (meta_p, ca_p, key_p, root_p) = paths(&cfg.data_dir);
     write_private(&key_p, &kc.key_pem)?;
     write_private(&ca_p, &resp.intermediate_pem)?;
     write_private(&root_p, &resp.root_pem)?;
+    write_private(&cfg.data_dir.join(CHAIN_EXTRA), &resp.chain_extra_pem)?;
     let joined = Joined {
         zone: cfg.zone.clone(),
         token_id: claims.jti,
@@ -198,6 +246,7 @@ async fn join(cfg: &Config, token_text: &str) -> anyhow::Result<()> {
     // The resume point belongs to the previous membership.
     let _ = std::fs::remove_file(cfg.data_dir.join("global-state.json"));
     write_private(&meta_p, &serde_json::to_string_pretty(&joined)?)?;
+    let _ = std::fs::remove_file(&pending_p);
     tracing::info!(zone = %cfg.zone, "joined; zone CA stored");
     Ok(())
 }

@@ -42,6 +42,30 @@ pub fn priority(own_region: &str, region: &str, order: &[String], all_regions: &
         .unwrap_or(ranked.len()) as u32
 }
 
+/// What every proxy of the zone trusts: the mesh roots, and the zone
+/// intermediates the global lists (`ZoneCa`), plus this zone's own current
+/// CA, which the zone-cp knows before the global's list reaches it.
+pub fn trust(z: &Zone) -> pb::Trust {
+    let mut cas = z.global.zone_cas();
+    if let Ok(own) = z.boot.ca.fingerprint() {
+        cas.entry(z.boot.zone.clone()).or_default().insert(own);
+    }
+    pb::Trust {
+        roots_pem: z.boot.root_pem.clone(),
+        zone_cas: cas
+            .into_iter()
+            .map(|(zone, fps)| {
+                (
+                    zone,
+                    pb::ZoneCaList {
+                        fingerprints: fps.into_iter().collect(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
 pub fn clusters(z: &Zone, kind: ProxyKind) -> BTreeMap<String, pb::Cluster> {
     let mut out = z.registry.clusters();
     let td = &z.boot.trust_domain;

@@ -88,6 +88,26 @@ impl GlobalState {
             .0
     }
 
+    /// The zone intermediates the mesh trusts, by zone (fingerprints), from
+    /// the `ZoneCa` resources.
+    pub fn zone_cas(&self) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+        let g = self.lock();
+        g.resources
+            .range("ZoneCa/".to_string().."ZoneCa0".to_string())
+            .filter_map(|(k, v)| {
+                let r: Resource = serde_json::from_value(v.clone()).ok()?;
+                let spec = common::resource::ZoneCaSpec::from_resource(&r)?;
+                Some((
+                    k["ZoneCa/".len()..].to_string(),
+                    spec.certificates
+                        .into_iter()
+                        .map(|c| c.fingerprint)
+                        .collect(),
+                ))
+            })
+            .collect()
+    }
+
     /// Other zones' ingress (region, gateways, service health), by zone.
     pub fn ingresses(&self) -> Vec<(String, common::resource::ZoneIngressSpec)> {
         let g = self.lock();
@@ -208,7 +228,7 @@ fn inv_msg(i: pb::Inventory) -> pb::ZoneMessage {
 async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
     let ident = z.boot.identity.borrow().clone();
     let verifier = SpiffeServerVerifier::new(
-        ident.root_store(),
+        Arc::new(z.boot.policy()),
         Expect::Exact(SpiffeId::global(&z.boot.trust_domain)),
     );
     let cfg = tls::client_config(Some(&ident), Arc::new(verifier), &[tls::ALPN_H2])?;

@@ -130,8 +130,8 @@ pub struct Zone {
 }
 
 pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    // The zone CA's key lives here.
+    common::fsutil::private_dir(&config.data_dir, bootstrap::SECRET_FILES)?;
     let boot = bootstrap::Boot::load_or_join(&config).await?;
     let global = global_client::GlobalState::load(&config.data_dir)?;
     let mut reg = Registry::with_prefix("tern_zone");

@@ -124,7 +124,6 @@ fn sign(z: &Zone, csr: &str, id: &SpiffeId) -> Result<pb::ZoneToProxy, Status> {
     Ok(pb::ZoneToProxy {
         msg: Some(zone_to_proxy::Msg::Certificate(pb::Certificate {
             chain_pem: format!("{leaf}{}", z.boot.ca.cert_pem()),
-            roots_pem: z.boot.root_pem.clone(),
             not_after_unix: not_after,
             spiffe_id: id.to_string(),
         })),
@@ -190,6 +189,13 @@ impl ProxyDiscovery for Service {
             .ok_or_else(|| Status::invalid_argument("ProxyHello.csr is required"))?;
         let cert = sign(&z, &csr.csr_pem, &id)?;
         let (tx, rx) = mpsc::channel(16);
+        // Trust first: the proxy fails closed until it has both.
+        let trust = compile::trust(&z);
+        let _ = tx
+            .send(Ok(pb::ZoneToProxy {
+                msg: Some(zone_to_proxy::Msg::Trust(trust.clone())),
+            }))
+            .await;
         let _ = tx.send(Ok(cert)).await;
         let session = z.registry.register(Entry {
             instance: reg.instance.clone(),
@@ -217,6 +223,7 @@ impl ProxyDiscovery for Service {
             session,
             id,
             claims.jti,
+            trust,
             inbound,
             tx,
         ));
@@ -234,6 +241,7 @@ async fn run(
     session: u64,
     id: SpiffeId,
     jti: String,
+    mut trust: pb::Trust,
     mut inbound: Streaming<pb::ProxyMessage>,
     tx: mpsc::Sender<Result<pb::ZoneToProxy, Status>>,
 ) {
@@ -290,6 +298,14 @@ async fn run(
                     tracing::warn!(%instance, token = %jti, "dataplane token revoked; closing its stream");
                     let _ = tx.send(Err(Status::permission_denied(format!("token {jti} has been revoked")))).await;
                     break false;
+                }
+                let now = compile::trust(&z);
+                if now != trust {
+                    trust = now;
+                    let msg = pb::ZoneToProxy { msg: Some(zone_to_proxy::Msg::Trust(trust.clone())) };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        break false;
+                    }
                 }
             }
             _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() => {

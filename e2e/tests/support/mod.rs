@@ -256,6 +256,13 @@ pub fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<HttpResp
     http(addr, "GET", host, path, &[])
 }
 
+/// Write a credential file with mode 0600.
+pub fn write_secret(p: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(p, text).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// The layout of one test's mesh on 127.0.N.x.
 #[derive(Clone, Copy)]
 pub struct Net(pub u8);
@@ -355,10 +362,12 @@ impl Global {
         );
         String::from_utf8_lossy(&o.stdout).to_string()
     }
+    /// Run a `ternctl generate ...` and keep the token in a file of mode
+    /// 0600 (components refuse credentials others can read).
     pub fn token_file(&self, name: &str, args: &[&str]) -> PathBuf {
         let t = self.ctl(args);
         let p = self.dir.join(name);
-        std::fs::write(&p, t.trim()).unwrap();
+        write_secret(&p, t.trim());
         p
     }
     /// A zone token for `zone`, written to a file.
@@ -777,6 +786,45 @@ pub fn metric_sum(admin: SocketAddr, name: &str, filter: &str) -> f64 {
         .filter(|l| l.starts_with(name) && l.contains(filter))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A certificate for `id` signed by the zone CA stored in `zone_data` (what
+/// a real member of that zone holds, or what an attacker holding that zone's
+/// CA could mint), and the mesh roots as a trust policy.
+pub fn zone_member(
+    zone_data: &Path,
+    id: &common::ident::SpiffeId,
+) -> (
+    common::tls::Identity,
+    std::sync::Arc<common::trust::TrustPolicy>,
+) {
+    let ca = zone_ca(zone_data);
+    let kc = common::pki::new_key_and_csr("test").unwrap();
+    let leaf = ca
+        .sign_leaf(&kc.csr_pem, id, &[], Duration::from_secs(600))
+        .unwrap();
+    let ident =
+        common::tls::Identity::from_pem(&format!("{leaf}{}", ca.cert_pem()), &kc.key_pem).unwrap();
+    (ident, std::sync::Arc::new(mesh_roots(zone_data)))
+}
+
+/// The zone CA a zone-cp keeps in its data folder.
+pub fn zone_ca(zone_data: &Path) -> common::pki::Ca {
+    common::pki::Ca::from_pem(
+        &std::fs::read_to_string(zone_data.join("zone-ca.pem")).unwrap(),
+        &std::fs::read_to_string(zone_data.join("zone-ca.key")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The mesh roots a zone-cp keeps, as a policy that accepts any zone CA.
+pub fn mesh_roots(zone_data: &Path) -> common::trust::TrustPolicy {
+    common::trust::TrustPolicy::from_pem(
+        "tern",
+        &std::fs::read_to_string(zone_data.join("root.pem")).unwrap(),
+        common::trust::ZoneCas::Any,
+    )
+    .unwrap()
 }
 
 /// The common start: a global and one zone `z1` (region r1) on host 2.

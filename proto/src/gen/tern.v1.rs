@@ -13,6 +13,7 @@ pub struct JoinRequest {
 pub struct JoinResponse {
     #[prost(string, tag = "1")]
     pub intermediate_pem: ::prost::alloc::string::String,
+    /// Every root the mesh trusts (two while a root rotation overlaps).
     #[prost(string, tag = "2")]
     pub root_pem: ::prost::alloc::string::String,
     #[prost(string, tag = "3")]
@@ -20,10 +21,14 @@ pub struct JoinResponse {
     /// Ed25519 public key that verifies dataplane tokens issued by the global.
     #[prost(bytes = "vec", tag = "4")]
     pub token_public_key: ::prost::alloc::vec::Vec<u8>,
+    /// Certificates to present after the intermediate (a new root
+    /// cross-signed by the old one while a rotation overlaps); usually empty.
+    #[prost(string, tag = "5")]
+    pub chain_extra_pem: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ZoneMessage {
-    #[prost(oneof = "zone_message::Msg", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "zone_message::Msg", tags = "1, 2, 3, 4, 5")]
     pub msg: ::core::option::Option<zone_message::Msg>,
 }
 /// Nested message and enum types in `ZoneMessage`.
@@ -38,7 +43,17 @@ pub mod zone_message {
         Nack(super::Nack),
         #[prost(message, tag = "4")]
         Inventory(super::Inventory),
+        #[prost(message, tag = "5")]
+        RenewCa(super::CaRenewal),
     }
+}
+/// The zone asks for a new intermediate for a new key, over its
+/// authenticated stream (well before the current one expires, or when the
+/// mesh has a new active root). Answered with CaIssued.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CaRenewal {
+    #[prost(string, tag = "1")]
+    pub csr_pem: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ZoneHello {
@@ -133,7 +148,7 @@ pub struct Endpoint {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GlobalMessage {
-    #[prost(oneof = "global_message::Msg", tags = "1")]
+    #[prost(oneof = "global_message::Msg", tags = "1, 2")]
     pub msg: ::core::option::Option<global_message::Msg>,
 }
 /// Nested message and enum types in `GlobalMessage`.
@@ -142,7 +157,19 @@ pub mod global_message {
     pub enum Msg {
         #[prost(message, tag = "1")]
         Delta(super::Delta),
+        #[prost(message, tag = "2")]
+        CaIssued(super::CaIssued),
     }
+}
+/// The answer to CaRenewal: the new intermediate, or why not.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CaIssued {
+    #[prost(string, tag = "1")]
+    pub intermediate_pem: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub chain_extra_pem: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub error: ::prost::alloc::string::String,
 }
 /// A versioned change set. When full is set the receiver replaces its whole
 /// state with the union of this delta's chunks.
@@ -236,6 +263,10 @@ pub struct Registration {
     /// the bind address behind NAT or a load balancer).
     #[prost(string, tag = "9")]
     pub public_address: ::prost::alloc::string::String,
+    /// Random, generated once per proxy process. While a registration is
+    /// connected, only the process that made it may take it over.
+    #[prost(string, tag = "10")]
+    pub instance_uid: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CertificateRequest {
@@ -244,7 +275,7 @@ pub struct CertificateRequest {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ZoneToProxy {
-    #[prost(oneof = "zone_to_proxy::Msg", tags = "1, 2")]
+    #[prost(oneof = "zone_to_proxy::Msg", tags = "1, 2, 3")]
     pub msg: ::core::option::Option<zone_to_proxy::Msg>,
 }
 /// Nested message and enum types in `ZoneToProxy`.
@@ -255,19 +286,38 @@ pub mod zone_to_proxy {
         Certificate(super::Certificate),
         #[prost(message, tag = "2")]
         Config(super::ProxyConfig),
+        #[prost(message, tag = "3")]
+        Trust(super::Trust),
     }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Certificate {
-    /// Leaf first, then the zone intermediate.
+    /// Leaf first, then the zone intermediate (and any cross-signed root).
     #[prost(string, tag = "1")]
     pub chain_pem: ::prost::alloc::string::String,
-    #[prost(string, tag = "2")]
-    pub roots_pem: ::prost::alloc::string::String,
     #[prost(int64, tag = "3")]
     pub not_after_unix: i64,
     #[prost(string, tag = "4")]
     pub spiffe_id: ::prost::alloc::string::String,
+}
+/// What a proxy accepts from peers: the mesh roots and, per zone, the
+/// fingerprints (SHA-256 of the certificate) of the zone intermediates that
+/// are current. A zone that is revoked or re-joined drops off the list. Sent
+/// before the first certificate and again whenever it changes.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Trust {
+    #[prost(string, tag = "1")]
+    pub roots_pem: ::prost::alloc::string::String,
+    #[prost(map = "string, message", tag = "2")]
+    pub zone_cas: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ZoneCaList,
+    >,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ZoneCaList {
+    #[prost(string, repeated, tag = "1")]
+    pub fingerprints: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ProxyConfig {

@@ -1,11 +1,17 @@
 //! The global store: resources with per-resource versions and a mesh-wide
-//! revision, tombstones for deletes (so zones can resume), token records,
-//! zone records and key material.
+//! revision, tombstones for deletes (so zones can resume), and key material
+//! (`meta`). Token, zone, zone-CA and audit records are in [`records`].
 //!
 //! SQLite in WAL mode with `synchronous=FULL`: a write is on disk before it
-//! is acknowledged, so a killed process loses nothing it acknowledged. The
+//! is acknowledged, so a killed process loses nothing it acknowledged.
+//! Several writes that belong together (a zone joining: its token used, its
+//! CA recorded, its `ZoneCa` published) go in one transaction
+//! ([`Store::transact`]). The database holds the mesh root CA key: it is
+//! created mode 0600 (SQLite gives its WAL and SHM files the same mode). The
 //! SQL is plain enough to run on PostgreSQL for HA replicas; that backend is
 //! not built yet.
+
+pub mod records;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -13,6 +19,8 @@ use std::sync::Mutex;
 use common::resource::{Key, Resource};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::watch;
+
+pub use records::{AuditRecord, TokenRecord, ZoneCaRecord, ZoneRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -24,6 +32,8 @@ pub enum StoreError {
     Conflict { key: Key, sent: u64, current: u64 },
     #[error("{key} does not exist, but resourceVersion {sent} was given")]
     Missing { key: Key, sent: u64 },
+    #[error("{0}")]
+    Files(#[from] common::fsutil::FsError),
 }
 
 pub struct Store {
@@ -36,30 +46,6 @@ pub struct Store {
 pub struct Stored {
     pub revision: u64,
     pub resource: Resource,
-}
-
-#[derive(Clone, Debug, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ZoneRecord {
-    pub name: String,
-    pub token_id: String,
-    pub intermediate_fingerprint: String,
-    pub joined_at: u64,
-    pub last_seen: u64,
-    pub acked_version: u64,
-    pub last_nack: Option<String>,
-    pub last_nack_version: Option<u64>,
-}
-
-#[derive(Clone, Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenRecord {
-    pub id: String,
-    pub kind: String,
-    pub zone: String,
-    pub service: Option<String>,
-    pub issued_at: u64,
-    pub expires_at: u64,
 }
 
 const SCHEMA: &str = "
@@ -77,15 +63,52 @@ CREATE TABLE IF NOT EXISTS zones (
   name TEXT PRIMARY KEY, token_id TEXT NOT NULL, intermediate_fp TEXT NOT NULL,
   joined_at INTEGER NOT NULL, last_seen INTEGER NOT NULL DEFAULT 0,
   acked_version INTEGER NOT NULL DEFAULT 0, last_nack TEXT, last_nack_version INTEGER);
+CREATE TABLE IF NOT EXISTS zone_cas (
+  fingerprint TEXT PRIMARY KEY, zone TEXT NOT NULL, pem TEXT,
+  issued_at INTEGER NOT NULL, not_after INTEGER NOT NULL, root_fp TEXT NOT NULL,
+  key_fp TEXT NOT NULL, token_id TEXT, retired_at INTEGER, retired_why TEXT);
+CREATE INDEX IF NOT EXISTS zone_cas_zone ON zone_cas (zone);
+CREATE TABLE IF NOT EXISTS audit (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, action TEXT NOT NULL,
+  subject TEXT NOT NULL, detail TEXT NOT NULL);
 ";
+
+/// Columns added after the first release of a table: (table, column, type).
+const COLUMNS: &[(&str, &str, &str)] = &[
+    ("tokens", "used_at", "INTEGER"),
+    ("tokens", "used_by", "TEXT"),
+    ("tokens", "purpose", "TEXT NOT NULL DEFAULT ''"),
+];
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    for (table, column, decl) in COLUMNS {
+        let exists: bool = conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))?
+            .exists([column])?;
+        if !exists {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    Ok(())
+}
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        common::fsutil::create_private_file(path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let p = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            if p.exists() {
+                common::fsutil::check_private_file(&p)?;
+            }
+        }
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         let rev = Self::read_revision(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -140,16 +163,6 @@ impl Store {
         Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?)
     }
 
-    fn bump(tx: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
-        let rev = Self::read_revision(tx)? + 1;
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('revision', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [rev.to_string().into_bytes()],
-        )?;
-        Ok(rev)
-    }
-
     pub fn get(&self, kind: &str, name: &str) -> Result<Option<Stored>, StoreError> {
         let row: Option<(u64, String)> = self
             .lock()
@@ -179,97 +192,36 @@ impl Store {
         Ok(out)
     }
 
-    /// Create or update. When `r.metadata.resource_version` is set it must
-    /// match the stored version. Returns the stored form and whether it was
-    /// created. An update that changes nothing keeps version and revision.
-    pub fn put(&self, mut r: Resource, now: &str) -> Result<(Resource, bool), StoreError> {
-        let key = r.key();
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let cur: Option<(u64, String)> = tx
-            .query_row(
-                "SELECT version, body FROM resources WHERE kind = ?1 AND name = ?2",
-                [&key.kind, &key.name],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?;
-        let sent = r.metadata.resource_version;
-        let (version, created, created_at) = match (&cur, sent) {
-            (Some((v, _)), Some(s)) if *v != s => {
-                return Err(StoreError::Conflict {
-                    key,
-                    sent: s,
-                    current: *v,
-                })
-            }
-            (None, Some(s)) => return Err(StoreError::Missing { key, sent: s }),
-            (Some((v, body)), _) => {
-                let old: Resource =
-                    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                if old.spec == r.spec && old.metadata.labels == r.metadata.labels {
-                    return Ok((old, false));
-                }
-                (v + 1, false, old.metadata.creation_timestamp)
-            }
-            (None, None) => (1, true, Some(now.to_string())),
+    /// Run `f` in one transaction: every resource it writes gets the same new
+    /// revision, published once the transaction is on disk. An error rolls
+    /// everything back.
+    pub fn transact<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let (out, rev) = {
+            let mut conn = self.lock();
+            let tx = conn.transaction().map_err(StoreError::from)?;
+            let mut t = Tx { tx, rev: None };
+            let out = f(&mut t)?;
+            let rev = t.rev;
+            t.tx.commit().map_err(StoreError::from)?;
+            (out, rev)
         };
-        r.metadata.resource_version = Some(version);
-        r.metadata.creation_timestamp = created_at;
-        r.metadata.update_timestamp = Some(now.to_string());
-        let body = serde_json::to_string(&r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let rev = Self::bump(&tx)?;
-        tx.execute(
-            "INSERT INTO resources (kind, name, version, revision, body) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(kind, name) DO UPDATE SET version = excluded.version,
-               revision = excluded.revision, body = excluded.body",
-            params![key.kind, key.name, version, rev, body],
-        )?;
-        tx.execute(
-            "DELETE FROM tombstones WHERE kind = ?1 AND name = ?2",
-            [&key.kind, &key.name],
-        )?;
-        tx.commit()?;
-        drop(conn);
-        self.revision.send_replace(rev);
-        Ok((r, created))
+        if let Some(rev) = rev {
+            self.revision.send_replace(rev);
+        }
+        Ok(out)
     }
 
-    /// Delete; with `expected` set, only if the stored version matches.
-    /// Returns false when there was nothing to delete.
+    /// Create or update; see [`Tx::put`].
+    pub fn put(&self, r: Resource, now: &str) -> Result<(Resource, bool), StoreError> {
+        self.transact(|tx| tx.put(r, now))
+    }
+
+    /// Delete; see [`Tx::delete`].
     pub fn delete(&self, key: &Key, expected: Option<u64>) -> Result<bool, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let cur: Option<u64> = tx
-            .query_row(
-                "SELECT version FROM resources WHERE kind = ?1 AND name = ?2",
-                [&key.kind, &key.name],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(cur) = cur else { return Ok(false) };
-        if let Some(s) = expected {
-            if s != cur {
-                return Err(StoreError::Conflict {
-                    key: key.clone(),
-                    sent: s,
-                    current: cur,
-                });
-            }
-        }
-        let rev = Self::bump(&tx)?;
-        tx.execute(
-            "DELETE FROM resources WHERE kind = ?1 AND name = ?2",
-            [&key.kind, &key.name],
-        )?;
-        tx.execute(
-            "INSERT INTO tombstones (kind, name, revision) VALUES (?1, ?2, ?3)
-             ON CONFLICT(kind, name) DO UPDATE SET revision = excluded.revision",
-            params![key.kind, key.name, rev],
-        )?;
-        tx.commit()?;
-        drop(conn);
-        self.revision.send_replace(rev);
-        Ok(true)
+        self.transact(|tx| tx.delete(key, expected))
     }
 
     /// Resources changed after `since`, and keys deleted after it.
@@ -308,83 +260,130 @@ impl Store {
         )?;
         Ok(())
     }
+}
 
-    pub fn record_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
-        self.lock().execute(
-            "INSERT INTO tokens (id, kind, zone, service, issued_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![t.id, t.kind, t.zone, t.service, t.issued_at, t.expires_at],
-        )?;
-        Ok(())
+/// One transaction on the store (see [`Store::transact`]).
+pub struct Tx<'a> {
+    tx: rusqlite::Transaction<'a>,
+    rev: Option<u64>,
+}
+
+impl Tx<'_> {
+    pub(crate) fn sql(&self) -> &rusqlite::Transaction<'_> {
+        &self.tx
     }
 
-    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT id, kind, zone, service, issued_at, expires_at FROM tokens ORDER BY issued_at",
+    /// The revision this transaction's resource writes get.
+    fn bump(&mut self) -> Result<u64, StoreError> {
+        if let Some(r) = self.rev {
+            return Ok(r);
+        }
+        let rev = Store::read_revision(&self.tx)? + 1;
+        self.tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('revision', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [rev.to_string().into_bytes()],
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(TokenRecord {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                zone: r.get(2)?,
-                service: r.get(3)?,
-                issued_at: r.get(4)?,
-                expires_at: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.rev = Some(rev);
+        Ok(rev)
     }
 
-    pub fn zone_joined(&self, z: &ZoneRecord) -> Result<(), StoreError> {
-        self.lock().execute(
-            "INSERT INTO zones (name, token_id, intermediate_fp, joined_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(name) DO UPDATE SET token_id = excluded.token_id,
-               intermediate_fp = excluded.intermediate_fp, joined_at = excluded.joined_at,
-               acked_version = 0",
-            params![z.name, z.token_id, z.intermediate_fingerprint, z.joined_at],
-        )?;
-        Ok(())
+    pub fn get(&self, kind: &str, name: &str) -> Result<Option<Stored>, StoreError> {
+        let row: Option<(u64, String)> = self
+            .tx
+            .query_row(
+                "SELECT revision, body FROM resources WHERE kind = ?1 AND name = ?2",
+                [kind, name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(revision, body)| decode(revision, &body))
+            .transpose()
     }
 
-    pub fn zone_seen(
-        &self,
-        name: &str,
-        last_seen: u64,
-        acked: u64,
-        nack: Option<(u64, &str)>,
-    ) -> Result<(), StoreError> {
-        self.lock().execute(
-            "UPDATE zones SET last_seen = ?2, acked_version = ?3,
-               last_nack_version = COALESCE(?4, last_nack_version), last_nack = COALESCE(?5, last_nack)
-             WHERE name = ?1",
-            params![name, last_seen, acked, nack.map(|n| n.0), nack.map(|n| n.1)],
+    /// Create or update. When `r.metadata.resource_version` is set it must
+    /// match the stored version. Returns the stored form and whether it was
+    /// created. An update that changes nothing keeps version and revision.
+    pub fn put(&mut self, mut r: Resource, now: &str) -> Result<(Resource, bool), StoreError> {
+        let key = r.key();
+        let cur: Option<(u64, String)> = self
+            .tx
+            .query_row(
+                "SELECT version, body FROM resources WHERE kind = ?1 AND name = ?2",
+                [&key.kind, &key.name],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let sent = r.metadata.resource_version;
+        let (version, created, created_at) = match (&cur, sent) {
+            (Some((v, _)), Some(s)) if *v != s => {
+                return Err(StoreError::Conflict {
+                    key,
+                    sent: s,
+                    current: *v,
+                })
+            }
+            (None, Some(s)) => return Err(StoreError::Missing { key, sent: s }),
+            (Some((v, body)), _) => {
+                let old: Resource =
+                    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                if old.spec == r.spec && old.metadata.labels == r.metadata.labels {
+                    return Ok((old, false));
+                }
+                (v + 1, false, old.metadata.creation_timestamp)
+            }
+            (None, None) => (1, true, Some(now.to_string())),
+        };
+        r.metadata.resource_version = Some(version);
+        r.metadata.creation_timestamp = created_at;
+        r.metadata.update_timestamp = Some(now.to_string());
+        let body = serde_json::to_string(&r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rev = self.bump()?;
+        self.tx.execute(
+            "INSERT INTO resources (kind, name, version, revision, body) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(kind, name) DO UPDATE SET version = excluded.version,
+               revision = excluded.revision, body = excluded.body",
+            params![key.kind, key.name, version, rev, body],
         )?;
-        Ok(())
+        self.tx.execute(
+            "DELETE FROM tombstones WHERE kind = ?1 AND name = ?2",
+            [&key.kind, &key.name],
+        )?;
+        Ok((r, created))
     }
 
-    pub fn zones(&self) -> Result<Vec<ZoneRecord>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT name, token_id, intermediate_fp, joined_at, last_seen, acked_version, last_nack, last_nack_version
-             FROM zones ORDER BY name",
+    /// Delete; with `expected` set, only if the stored version matches.
+    /// Returns false when there was nothing to delete.
+    pub fn delete(&mut self, key: &Key, expected: Option<u64>) -> Result<bool, StoreError> {
+        let cur: Option<u64> = self
+            .tx
+            .query_row(
+                "SELECT version FROM resources WHERE kind = ?1 AND name = ?2",
+                [&key.kind, &key.name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(cur) = cur else { return Ok(false) };
+        if let Some(s) = expected {
+            if s != cur {
+                return Err(StoreError::Conflict {
+                    key: key.clone(),
+                    sent: s,
+                    current: cur,
+                });
+            }
+        }
+        let rev = self.bump()?;
+        self.tx.execute(
+            "DELETE FROM resources WHERE kind = ?1 AND name = ?2",
+            [&key.kind, &key.name],
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(ZoneRecord {
-                name: r.get(0)?,
-                token_id: r.get(1)?,
-                intermediate_fingerprint: r.get(2)?,
-                joined_at: r.get(3)?,
-                last_seen: r.get(4)?,
-                acked_version: r.get(5)?,
-                last_nack: r.get(6)?,
-                last_nack_version: r.get(7)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    pub fn zone(&self, name: &str) -> Result<Option<ZoneRecord>, StoreError> {
-        Ok(self.zones()?.into_iter().find(|z| z.name == name))
+        self.tx.execute(
+            "INSERT INTO tombstones (kind, name, revision) VALUES (?1, ?2, ?3)
+             ON CONFLICT(kind, name) DO UPDATE SET revision = excluded.revision",
+            params![key.kind, key.name, rev],
+        )?;
+        Ok(true)
     }
 }
 
