@@ -183,6 +183,21 @@ pub fn csr_key_fingerprint(csr_pem: &str) -> Result<String, PkiError> {
     Ok(fingerprint(csr.public_key.der_bytes()))
 }
 
+/// SHA-256 (hex) of the public key a DER certificate certifies (same bytes
+/// as [`csr_key_fingerprint`] and [`key_fingerprint`] hash).
+pub fn cert_key_fingerprint(der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok(fingerprint(
+        &cert.tbs_certificate.subject_pki.subject_public_key.data,
+    ))
+}
+
+/// SHA-256 (hex) of the public half of a PEM private key.
+pub fn key_fingerprint(key_pem: &str) -> Result<String, PkiError> {
+    Ok(fingerprint(KeyPair::from_pem(key_pem)?.public_key_raw()))
+}
+
 /// A freshly generated key and a CSR for it. The key never leaves the caller.
 pub struct KeyAndCsr {
     pub key_pem: String,
@@ -281,10 +296,27 @@ pub fn subject_raw(der: &[u8]) -> Result<Vec<u8>, PkiError> {
 
 /// The expiry of a DER certificate.
 pub fn not_after(der: &[u8]) -> Result<SystemTime, PkiError> {
+    Ok(validity(der)?.1)
+}
+
+/// When a DER certificate starts and stops being valid.
+pub fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), PkiError> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
-    let ts = cert.validity().not_after.timestamp();
-    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64))
+    let at = |ts: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64);
+    Ok((
+        at(cert.validity().not_before.timestamp()),
+        at(cert.validity().not_after.timestamp()),
+    ))
+}
+
+/// When a certificate valid from `not_before` to `not_after` is renewed:
+/// once a third of its life has passed. Two thirds are then still left, so
+/// a certificate authority that is unreachable for up to that long (16 h of
+/// a 24 h certificate) stops nothing; the holder keeps retrying meanwhile.
+pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    not_before + life / 3
 }
 
 /// The SHA-256 fingerprint of a PEM file's first certificate.
@@ -320,5 +352,28 @@ mod tests {
         assert_eq!(again.fingerprint().unwrap(), root.fingerprint().unwrap());
         let exp = not_after(&first_cert(&leaf).unwrap()).unwrap();
         assert!(exp > SystemTime::now() && exp < SystemTime::now() + Duration::from_secs(120));
+    }
+
+    /// With the default workload certificate lifetime, a zone-cp outage of
+    /// 12 hours that starts at any moment of a certificate's life ends
+    /// before the certificate in hand expires.
+    #[test]
+    fn the_default_lifetime_outlasts_a_twelve_hour_outage() {
+        let ttl = crate::resource::MtlsSpec::default().workload_cert_ttl.0;
+        let outage = Duration::from_secs(12 * 3600);
+        // Issued with the same backdating the CAs use.
+        let nb = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let backdate = Duration::from_secs(300).min(ttl / 2);
+        let na = nb + backdate + ttl;
+        let renew = renew_at(nb, na);
+        // Worst case: the outage starts just before the renewal is due; the
+        // certificate in hand must last the whole outage.
+        let left = na.duration_since(renew).unwrap();
+        assert!(
+            left > outage,
+            "{left:?} left at renewal is not more than the {outage:?} outage"
+        );
+        // Renewal is not absurdly frequent either (every 8 h for 24 h certs).
+        assert!(renew.duration_since(nb).unwrap() >= Duration::from_secs(3600));
     }
 }

@@ -405,7 +405,8 @@ pub struct MeshSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MtlsSpec {
-    /// Lifetime of workload certificates. Proxies rotate at two thirds of it.
+    /// Lifetime of workload certificates. Proxies renew once a third of it
+    /// has passed, so the default (24h) outlasts a 12h zone-cp outage.
     #[serde(default = "default_cert_ttl")]
     pub workload_cert_ttl: Dur,
 }
@@ -419,7 +420,7 @@ impl Default for MtlsSpec {
 }
 
 fn default_cert_ttl() -> Dur {
-    Dur(Duration::from_secs(3600))
+    Dur(Duration::from_secs(24 * 3600))
 }
 
 pub const MIN_CERT_TTL: Duration = Duration::from_secs(10);

@@ -34,6 +34,7 @@ pub struct Identity {
     pub id: SpiffeId,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: Arc<PrivateKeyDer<'static>>,
+    pub not_before: SystemTime,
     pub not_after: SystemTime,
 }
 
@@ -42,13 +43,22 @@ impl Identity {
         let chain = pki::certs_from_pem(chain_pem)?;
         let key = pki::key_from_pem(key_pem)?;
         let id = pki::spiffe_id_of(&chain[0])?;
-        let not_after = pki::not_after(&chain[0])?;
+        let (not_before, not_after) = pki::validity(&chain[0])?;
         Ok(Self {
             id,
             chain,
             key: Arc::new(key),
+            not_before,
             not_after,
         })
+    }
+
+    /// How long until this certificate should be renewed (at least 1s).
+    pub fn renew_in(&self) -> std::time::Duration {
+        pki::renew_at(self.not_before, self.not_after)
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .max(std::time::Duration::from_secs(1))
     }
 }
 

@@ -5,7 +5,7 @@
 //! deregisters the proxy at once.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use common::ident::SpiffeId;
@@ -92,15 +92,6 @@ pub fn trust_policy(td: &str, t: &pb::Trust) -> Result<TrustPolicy, pki::PkiErro
     TrustPolicy::from_pem(td, &t.roots_pem, ZoneCas::Only(zones))
 }
 
-fn renew_delay(ident: &Identity) -> Duration {
-    // Renew at two thirds of the remaining lifetime, at least 1s from now.
-    let left = ident
-        .not_after
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    (left * 2 / 3).max(Duration::from_secs(1))
-}
-
 async fn run_once(
     shared: &Arc<Shared>,
     metrics: &Metrics,
@@ -172,7 +163,7 @@ async fn run_once(
                     }
                     Some(zone_to_proxy::Msg::Certificate(c)) => {
                         let ident = Identity::from_pem(&c.chain_pem, &key.key_pem)?;
-                        renew_at = Some(tokio::time::Instant::now() + renew_delay(&ident));
+                        renew_at = Some(tokio::time::Instant::now() + ident.renew_in());
                         shared.set_identity(ident)?;
                     }
                     Some(zone_to_proxy::Msg::Config(c)) => {

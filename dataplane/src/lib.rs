@@ -280,10 +280,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 .with_context(|| format!("--label {l:?}: expected key=value"))?;
             labels.insert(k.to_string(), v.to_string());
         }
-        let instance = cfg
-            .instance
-            .clone()
-            .unwrap_or_else(|| format!("{service}-{}-{}", cfg.address, cfg.inbound.port()));
+        let instance = cfg.instance.clone().unwrap_or_else(|| {
+            format!("{service}-{}-{}", cfg.address, cfg.inbound.port()).replace(':', "-")
+        });
         let shared = Arc::new(Shared::new(protocol));
         let registration = pb::Registration {
             service: service.clone(),

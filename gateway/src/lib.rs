@@ -141,10 +141,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     // The gateway serves no app; its own listeners pick their ALPN.
     let shared = Arc::new(Shared::new(Protocol::Quic));
     let public = cfg.public_address.unwrap_or(cfg.quic_bind);
-    let instance = cfg
-        .instance
-        .clone()
-        .unwrap_or_else(|| format!("gateway-{}-{}", cfg.local.ip(), cfg.local.port()));
+    let instance = cfg.instance.clone().unwrap_or_else(|| {
+        format!("gateway-{}-{}", cfg.local.ip(), cfg.local.port()).replace(':', "-")
+    });
     let registration = pb::Registration {
         service: "gateway".into(),
         address: cfg.local.ip().to_string(),

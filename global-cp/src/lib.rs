@@ -116,6 +116,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
     let admin_token = admin::init_credential(&state)?;
     sync::serve(state.clone()).await?;
     sync::withdraw_stale_at_start(&state);
+    membership::spawn_maintenance(state.clone());
     admin::serve(state.clone(), registry, admin_token).await?;
     tracing::info!(
         sync = %config.sync_addr,

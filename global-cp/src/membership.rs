@@ -18,10 +18,6 @@ use common::token::{self, TokenError, TokenKind};
 use crate::store::{StoreError, Tx, ZoneCaRecord, ZoneRecord};
 use crate::State;
 
-/// A zone keeps at most this many live intermediates (the newest and the
-/// one it renewed from, while certificates it issued are still valid).
-const MAX_LIVE_CAS: usize = 2;
-
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
@@ -315,13 +311,27 @@ pub fn authorized(st: &State, zone: &str, issuer_fp: &str) -> Result<(), String>
 }
 
 /// Issue a new intermediate to a zone for a new key (renewal, or a new
-/// active root). The previous one stays trusted until it expires, so
-/// certificates it issued keep working.
-pub fn renew(st: &State, zone: &str, issuer_fp: &str, csr_pem: &str) -> Result<String, Refused> {
+/// active root). The one the zone signs with now (`current_fp`) stays
+/// trusted until it expires, so certificates it issued keep working; the
+/// zone's other intermediates are retired.
+pub fn renew(
+    st: &State,
+    zone: &str,
+    issuer_fp: &str,
+    csr_pem: &str,
+    current_fp: &str,
+) -> Result<String, Refused> {
     authorized(st, zone, issuer_fp).map_err(Refused::Denied)?;
+    let now = token::now_unix();
+    let live_now = live(st.store.zone_cas(zone)?, now);
+    if !live_now.iter().any(|c| c.fingerprint == current_fp) {
+        return Err(denied(format!(
+            "zone {zone} asked to renew from CA {}, which is not one of its live CAs",
+            &current_fp[..16.min(current_fp.len())]
+        )));
+    }
     let key_fp = pki::csr_key_fingerprint(csr_pem)
         .map_err(|e| Refused::Invalid(format!("bad CA CSR: {e}")))?;
-    let now = token::now_unix();
     let id = SpiffeId::zone(&st.authority.trust_domain, zone);
     let inter = st
         .authority
@@ -334,18 +344,15 @@ pub fn renew(st: &State, zone: &str, issuer_fp: &str, csr_pem: &str) -> Result<S
     st.store.transact(|tx| {
         tx.add_zone_ca(&rec)?;
         tx.zone_renewed(zone, &fp)?;
-        // Keep the newest few; older ones stop being trusted now.
-        for old in live(tx.zone_cas(zone)?, now).iter().skip(MAX_LIVE_CAS) {
-            tx.retire_zone_ca(&old.fingerprint, "superseded by two renewals", now)?;
+        for old in live(tx.zone_cas(zone)?, now) {
+            if old.fingerprint != fp && old.fingerprint != current_fp {
+                tx.retire_zone_ca(&old.fingerprint, "superseded by a renewal", now)?;
+            }
         }
         tx.audit(
             "zone.ca-renewed",
             zone,
-            &format!(
-                "CA {} (was {})",
-                &fp[..16],
-                &issuer_fp[..16.min(issuer_fp.len())]
-            ),
+            &format!("CA {} (from {})", &fp[..16], &current_fp[..16]),
             now,
         )?;
         publish(tx, zone, now)?;
@@ -418,3 +425,58 @@ pub fn reconcile(st: &State, zone_ca_validity: Duration) -> Result<(), StoreErro
         Ok(())
     })
 }
+
+/// Every minute: drop expired CAs from `ZoneCa`, publish CA expiry metrics,
+/// and warn about zones whose CA nears expiry without a renewal.
+pub fn spawn_maintenance(st: std::sync::Arc<State>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            if let Err(e) = reconcile(&st, st.authority.zone_ca_validity) {
+                tracing::error!(error = %e, "zone CA maintenance failed");
+            }
+            let root_end = st
+                .authority
+                .roots()
+                .active
+                .cert_der()
+                .ok()
+                .and_then(|d| pki::not_after(&d).ok());
+            if let Some(t) = root_end {
+                st.metrics.root_ca_expiry.set(unix(t) as i64);
+                if t < std::time::SystemTime::now() + Duration::from_secs(365 * 24 * 3600) {
+                    tracing::warn!(not_after = %humantime::format_rfc3339_seconds(t),
+                        "the mesh root CA expires within a year; rotate it with `ternctl ca rotate start`");
+                }
+            }
+            let now = token::now_unix();
+            for z in st.store.zones().unwrap_or_default() {
+                let newest = live(st.store.zone_cas(&z.name).unwrap_or_default(), now)
+                    .into_iter()
+                    .map(|c| (c.not_after, c.issued_at))
+                    .max();
+                let Some((end, issued)) = newest else {
+                    continue;
+                };
+                st.metrics
+                    .zone_ca_expiry
+                    .get_or_create(&vec![("zone".into(), z.name.clone())])
+                    .set(end as i64);
+                if now + (end - issued.min(end)) / 6 >= end {
+                    tracing::warn!(zone = %z.name, not_after = %token::fmt_unix(end),
+                        "the zone's CA expires soon and it has not renewed it; is its zone-cp connected?");
+                }
+            }
+        }
+    });
+}
+
+fn unix(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub deltas_sent: Counter,
     pub nacks: Counter,
     pub joins: Family<Vec<(String, String)>, Counter>,
+    pub root_ca_expiry: Gauge,
+    pub zone_ca_expiry: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl Metrics {
@@ -47,7 +49,19 @@ impl Metrics {
             deltas_sent: Counter::default(),
             nacks: Counter::default(),
             joins: Family::default(),
+            root_ca_expiry: Gauge::default(),
+            zone_ca_expiry: Family::default(),
         };
+        reg.register(
+            "root_ca_expiry_timestamp_seconds",
+            "When the active mesh root CA expires (unix seconds); rotate it with `ternctl ca rotate`",
+            m.root_ca_expiry.clone(),
+        );
+        reg.register(
+            "zone_ca_expiry_timestamp_seconds",
+            "When each zone's newest intermediate CA expires (unix seconds); zones renew at two thirds of its life",
+            m.zone_ca_expiry.clone(),
+        );
         reg.register(
             "zones_online",
             "Zones with a live sync stream",
@@ -532,7 +546,7 @@ async fn session(
         tokio::select! {
             m = inbound.message() => match m {
                 Ok(Some(pb::ZoneMessage { msg: Some(zone_message::Msg::RenewCa(r)) })) => {
-                    let reply = match membership::renew(&st, &zone, &issuer_fp, &r.csr_pem) {
+                    let reply = match membership::renew(&st, &zone, &issuer_fp, &r.csr_pem, &r.current_fingerprint) {
                         Ok(pem) => pb::CaIssued {
                             intermediate_pem: pem,
                             chain_extra_pem: st.authority.roots().chain_extra_pem.clone(),

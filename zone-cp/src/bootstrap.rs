@@ -1,8 +1,10 @@
 //! Joining the global: first start with a token, later starts from disk.
+//! [`Boot`] holds what membership gave the zone: its CA (swapped when it is
+//! renewed, see `ca.rs`), the mesh roots, and the zone-cp's own identity.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use common::fsutil::write_private;
@@ -41,18 +43,50 @@ struct Pending {
 
 /// Certificates presented after the zone CA (a cross-signed root while the
 /// mesh rotates its root); usually empty.
-const CHAIN_EXTRA: &str = "zone-ca-chain-extra.pem";
+pub const CHAIN_EXTRA: &str = "zone-ca-chain-extra.pem";
+
+/// The CA the zone signs with, and what follows it in chains.
+pub struct ZoneCa {
+    pub ca: Ca,
+    pub fingerprint: String,
+    /// Certificates after the CA in every chain (a cross-signed root while
+    /// the mesh rotates its root); usually empty.
+    pub chain_extra: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl ZoneCa {
+    pub fn new(cert_pem: &str, key_pem: &str, chain_extra: &str) -> anyhow::Result<Self> {
+        let ca = Ca::from_pem(cert_pem, key_pem).context("load zone CA")?;
+        let der = ca.cert_der()?;
+        let (not_before, not_after) = pki::validity(&der)?;
+        Ok(Self {
+            fingerprint: pki::fingerprint(&der),
+            ca,
+            chain_extra: chain_extra.to_string(),
+            not_before,
+            not_after,
+        })
+    }
+    /// The CA and what follows it, to append to a leaf.
+    pub fn chain_pem(&self) -> String {
+        format!("{}{}", self.ca.cert_pem(), self.chain_extra)
+    }
+}
 
 pub struct Boot {
     pub zone: String,
     pub trust_domain: String,
     pub global_addr: String,
     pub token_public_key: Vec<u8>,
-    pub ca: Ca,
-    pub root_pem: String,
-    pub root_fingerprint: String,
+    pub data_dir: PathBuf,
+    ca: RwLock<Arc<ZoneCa>>,
+    roots: RwLock<Arc<String>>,
+    /// Bumped when the CA or the roots change.
+    pub ca_changed: watch::Sender<u64>,
     /// The zone-cp's own identity (spiffe://TD/zone/Z/cp); chain is leaf,
-    /// zone CA, root.
+    /// zone CA, roots.
     pub identity: watch::Sender<Arc<Identity>>,
 }
 
@@ -60,7 +94,7 @@ pub struct Boot {
 /// mode 0600 in a 0700 folder; these are also checked at start.)
 pub const SECRET_FILES: &[&str] = &["zone-ca.key", "join-pending.json"];
 
-fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+pub fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     (
         dir.join("zone.json"),
         dir.join("zone-ca.pem"),
@@ -109,11 +143,13 @@ impl Boot {
         }
         let joined: Joined =
             serde_json::from_slice(&std::fs::read(&meta_p)?).context("read zone.json")?;
-        let ca = Ca::from_pem(
+        crate::ca::recover(&cfg.data_dir)?;
+        let extra = std::fs::read_to_string(cfg.data_dir.join(CHAIN_EXTRA)).unwrap_or_default();
+        let ca = ZoneCa::new(
             &std::fs::read_to_string(&ca_p)?,
             &std::fs::read_to_string(&key_p)?,
-        )
-        .context("load zone CA")?;
+            &extra,
+        )?;
         let root_pem = std::fs::read_to_string(&root_p)?;
         let identity = issue_identity(&ca, &root_pem, &joined.trust_domain, &joined.zone)?;
         Ok(Self {
@@ -121,36 +157,60 @@ impl Boot {
             trust_domain: joined.trust_domain,
             global_addr: joined.global,
             token_public_key: joined.token_public_key,
-            root_fingerprint: pki::pem_fingerprint(&root_pem)?,
-            ca,
-            root_pem,
+            data_dir: cfg.data_dir.clone(),
+            ca: RwLock::new(Arc::new(ca)),
+            roots: RwLock::new(Arc::new(root_pem)),
+            ca_changed: watch::channel(0).0,
             identity: watch::channel(Arc::new(identity)).0,
         })
     }
 }
 
 impl Boot {
+    pub fn ca(&self) -> Arc<ZoneCa> {
+        self.ca.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The mesh roots (PEM, one or more).
+    pub fn roots_pem(&self) -> Arc<String> {
+        self.roots.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// What the zone-cp trusts as a client of the global: the mesh roots.
     pub fn policy(&self) -> TrustPolicy {
-        TrustPolicy::from_pem(&self.trust_domain, &self.root_pem, ZoneCas::Any)
+        TrustPolicy::from_pem(&self.trust_domain, &self.roots_pem(), ZoneCas::Any)
             .unwrap_or_else(|_| TrustPolicy::new(&self.trust_domain, vec![], ZoneCas::Any))
     }
 
+    /// Start signing with a new CA (already on disk) and re-issue the
+    /// zone-cp's identity from it.
+    pub fn install_ca(&self, ca: ZoneCa) -> anyhow::Result<()> {
+        let id = issue_identity(&ca, &self.roots_pem(), &self.trust_domain, &self.zone)?;
+        *self.ca.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ca);
+        self.identity.send_replace(Arc::new(id));
+        self.ca_changed.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Take a new set of mesh roots (already on disk).
+    pub fn install_roots(&self, roots_pem: String) {
+        *self.roots.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(roots_pem);
+        self.ca_changed.send_modify(|n| *n += 1);
+    }
+
+    /// Re-issue the zone-cp's identity at a third of its life, and at once
+    /// when the CA or the roots change.
     pub fn spawn_rotation_for(z: Arc<crate::Zone>) {
         tokio::spawn(async move {
+            let mut changed = z.boot.ca_changed.subscribe();
             loop {
-                let not_after = z.boot.identity.borrow().not_after;
-                let renew_at = not_after - IDENTITY_VALIDITY / 3;
-                let wait = renew_at
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or(Duration::from_secs(1));
-                tokio::time::sleep(wait).await;
-                match issue_identity(
-                    &z.boot.ca,
-                    &z.boot.root_pem,
-                    &z.boot.trust_domain,
-                    &z.boot.zone,
-                ) {
+                let wait = z.boot.identity.borrow().renew_in();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    r = changed.changed() => if r.is_err() { return },
+                }
+                let ca = z.boot.ca();
+                match issue_identity(&ca, &z.boot.roots_pem(), &z.boot.trust_domain, &z.boot.zone) {
                     Ok(id) => {
                         z.boot.identity.send_replace(Arc::new(id));
                         tracing::info!("rotated the zone control plane identity");
@@ -165,15 +225,20 @@ impl Boot {
     }
 }
 
-fn issue_identity(ca: &Ca, root_pem: &str, td: &str, zone: &str) -> anyhow::Result<Identity> {
+fn issue_identity(ca: &ZoneCa, root_pem: &str, td: &str, zone: &str) -> anyhow::Result<Identity> {
     let kc = pki::new_key_and_csr("zone-cp")?;
-    let leaf = ca.sign_leaf(
+    // Never past the CA's own expiry.
+    let left = ca
+        .not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    let leaf = ca.ca.sign_leaf(
         &kc.csr_pem,
         &SpiffeId::zone_cp(td, zone),
         &["localhost".into()],
-        IDENTITY_VALIDITY,
+        IDENTITY_VALIDITY.min(left).max(Duration::from_secs(1)),
     )?;
-    let chain = format!("{leaf}{}{root_pem}", ca.cert_pem());
+    let chain = format!("{leaf}{}{root_pem}", ca.chain_pem());
     Ok(Identity::from_pem(&chain, &kc.key_pem)?)
 }
 

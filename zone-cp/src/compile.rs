@@ -47,11 +47,11 @@ pub fn priority(own_region: &str, region: &str, order: &[String], all_regions: &
 /// CA, which the zone-cp knows before the global's list reaches it.
 pub fn trust(z: &Zone) -> pb::Trust {
     let mut cas = z.global.zone_cas();
-    if let Ok(own) = z.boot.ca.fingerprint() {
-        cas.entry(z.boot.zone.clone()).or_default().insert(own);
-    }
+    cas.entry(z.boot.zone.clone())
+        .or_default()
+        .insert(z.boot.ca().fingerprint.clone());
     pb::Trust {
-        roots_pem: z.boot.root_pem.clone(),
+        roots_pem: z.boot.roots_pem().to_string(),
         zone_cas: cas
             .into_iter()
             .map(|(zone, fps)| {

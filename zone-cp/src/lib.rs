@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod bootstrap;
+pub mod ca;
 pub mod compile;
 pub mod global_client;
 pub mod proxy_server;
@@ -75,6 +76,8 @@ pub struct Metrics {
     pub deltas_refused: Counter,
     pub certs_issued: Counter,
     pub proxy_refused: Counter,
+    pub ca_expiry: Gauge,
+    pub ca_renewals: prometheus_client::metrics::family::Family<Vec<(String, String)>, Counter>,
 }
 
 impl Metrics {
@@ -86,7 +89,19 @@ impl Metrics {
             deltas_refused: Counter::default(),
             certs_issued: Counter::default(),
             proxy_refused: Counter::default(),
+            ca_expiry: Gauge::default(),
+            ca_renewals: Default::default(),
         };
+        reg.register(
+            "ca_expiry_timestamp_seconds",
+            "When the zone's intermediate CA expires (unix seconds); it is renewed once two thirds of its life have passed",
+            m.ca_expiry.clone(),
+        );
+        reg.register(
+            "ca_renewals",
+            "Zone CA renewals by result",
+            m.ca_renewals.clone(),
+        );
         reg.register(
             "proxies_connected",
             "Proxies with a live stream",
@@ -149,6 +164,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
         global,
         metrics,
     });
+    zone.metrics.ca_expiry.set(unix(zone.boot.ca().not_after));
     bootstrap::Boot::spawn_rotation_for(zone.clone());
     proxy_server::serve(zone.clone()).await?;
     global_client::spawn(zone.clone());
@@ -161,6 +177,8 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
                 "zone": dz.config.zone,
                 "region": dz.config.region,
                 "trustDomain": dz.boot.trust_domain,
+                "caFingerprint": dz.boot.ca().fingerprint,
+                "caNotAfter": humantime::format_rfc3339_seconds(dz.boot.ca().not_after).to_string(),
                 "globalVersion": dz.global.version(),
                 "globalConnected": dz.global.connected(),
                 "resources": dz.global.keys(),
@@ -173,4 +191,10 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
     .with_context(|| format!("bind admin {}", config.admin_addr))?;
     tracing::info!(zone = %config.zone, proxies = %config.proxy_addr, admin = %config.admin_addr, "zone control plane started");
     Ok(zone)
+}
+
+fn unix(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

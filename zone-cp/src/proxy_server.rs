@@ -2,7 +2,6 @@
 //! token, sign its CSR, register it, and stream its config as deltas.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,57 +59,36 @@ struct Service {
     z: Arc<Zone>,
 }
 
+/// Instances one dataplane token may register at once, unless the token
+/// says otherwise (`ternctl generate dataplane-token --max-instances`).
+pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+/// The same for gateway tokens.
+pub const DEFAULT_MAX_GATEWAYS: u32 = 16;
+
 fn refuse(z: &Zone, service: &str, why: impl std::fmt::Display) -> Status {
     tracing::warn!(service, reason = %why, "proxy refused");
     z.metrics.proxy_refused.inc();
     Status::permission_denied(why.to_string())
 }
 
-fn validate_registration(r: &pb::Registration) -> Result<(), String> {
-    common::resource::check_name("registration.service", &r.service).map_err(|e| e.to_string())?;
-    r.address
-        .parse::<IpAddr>()
-        .map_err(|_| format!("registration.address: {:?} is not an IP address", r.address))?;
-    if r.inbound_port == 0 || r.inbound_port > 65535 {
-        return Err(format!(
-            "registration.inboundPort: {} is not a port",
-            r.inbound_port
+/// Sign a proxy's CSR. The certificate never outlives the token that
+/// authorized it, nor the zone CA that signs it.
+fn sign(z: &Zone, csr: &str, id: &SpiffeId, token_exp: u64) -> Result<pb::ZoneToProxy, Status> {
+    let ca = z.boot.ca();
+    let now = token::now_unix();
+    let ca_end = ca
+        .not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let cap = token_exp.min(ca_end).saturating_sub(now);
+    if cap == 0 {
+        return Err(Status::permission_denied(
+            "the token (or the zone CA) has expired; no certificate can be issued",
         ));
     }
-    if !["http", "http2", "grpc", "tcp"].contains(&r.protocol.as_str()) {
-        return Err(format!(
-            "registration.protocol: {:?} is not one of http, http2, grpc, tcp",
-            r.protocol
-        ));
-    }
-    match r.kind.as_str() {
-        "" | "sidecar" => {}
-        "gateway" => {
-            r.public_address
-                .parse::<std::net::SocketAddr>()
-                .map_err(|_| {
-                    format!(
-                        "registration.publicAddress: {:?} is not IP:port",
-                        r.public_address
-                    )
-                })?;
-        }
-        other => {
-            return Err(format!(
-                "registration.kind: {other:?} is not sidecar or gateway"
-            ))
-        }
-    }
-    if r.instance.is_empty() || r.instance.len() > 253 {
-        return Err("registration.instance: must be 1-253 characters".into());
-    }
-    Ok(())
-}
-
-fn sign(z: &Zone, csr: &str, id: &SpiffeId) -> Result<pb::ZoneToProxy, Status> {
-    let ttl = z.global.workload_cert_ttl();
-    let leaf = z
-        .boot
+    let ttl = z.global.workload_cert_ttl().min(Duration::from_secs(cap));
+    let leaf = ca
         .ca
         .sign_leaf(csr, id, &[], ttl)
         .map_err(|e| Status::invalid_argument(format!("bad CSR: {e}")))?;
@@ -123,7 +101,7 @@ fn sign(z: &Zone, csr: &str, id: &SpiffeId) -> Result<pb::ZoneToProxy, Status> {
     z.metrics.certs_issued.inc();
     Ok(pb::ZoneToProxy {
         msg: Some(zone_to_proxy::Msg::Certificate(pb::Certificate {
-            chain_pem: format!("{leaf}{}", z.boot.ca.cert_pem()),
+            chain_pem: format!("{leaf}{}", ca.chain_pem()),
             not_after_unix: not_after,
             spiffe_id: id.to_string(),
         })),
@@ -153,7 +131,7 @@ impl ProxyDiscovery for Service {
         let reg = hello
             .registration
             .ok_or_else(|| Status::invalid_argument("ProxyHello.registration is required"))?;
-        validate_registration(&reg).map_err(Status::invalid_argument)?;
+        crate::registry::validate(&reg).map_err(Status::invalid_argument)?;
         let kind = if reg.kind == "gateway" {
             ProxyKind::Gateway
         } else {
@@ -187,7 +165,44 @@ impl ProxyDiscovery for Service {
         let csr = hello
             .csr
             .ok_or_else(|| Status::invalid_argument("ProxyHello.csr is required"))?;
-        let cert = sign(&z, &csr.csr_pem, &id)?;
+        let max = claims.max_instances.unwrap_or(match kind {
+            ProxyKind::Gateway => DEFAULT_MAX_GATEWAYS,
+            ProxyKind::Sidecar => DEFAULT_MAX_INSTANCES,
+        });
+        // Registered first: a proxy that may not register gets no certificate.
+        let session = z
+            .registry
+            .register(
+                Entry {
+                    instance: reg.instance.clone(),
+                    service: reg.service.clone(),
+                    address: reg.address.clone(),
+                    port: reg.inbound_port,
+                    protocol: reg.protocol.clone(),
+                    labels: reg.labels.clone().into_iter().collect(),
+                    identity: id.to_string(),
+                    kind: if kind == ProxyKind::Gateway {
+                        "gateway"
+                    } else {
+                        "sidecar"
+                    }
+                    .into(),
+                    public_address: reg.public_address.clone(),
+                    connected: true,
+                    session: 0,
+                    uid: reg.instance_uid.clone(),
+                    token_id: claims.jti.clone(),
+                },
+                max,
+            )
+            .map_err(|e| refuse(&z, &reg.service, e))?;
+        let cert = match sign(&z, &csr.csr_pem, &id, claims.exp) {
+            Ok(c) => c,
+            Err(e) => {
+                z.registry.disconnect(&reg.instance, session, true);
+                return Err(e);
+            }
+        };
         let (tx, rx) = mpsc::channel(16);
         // Trust first: the proxy fails closed until it has both.
         let trust = compile::trust(&z);
@@ -197,24 +212,6 @@ impl ProxyDiscovery for Service {
             }))
             .await;
         let _ = tx.send(Ok(cert)).await;
-        let session = z.registry.register(Entry {
-            instance: reg.instance.clone(),
-            service: reg.service.clone(),
-            address: reg.address.clone(),
-            port: reg.inbound_port,
-            protocol: reg.protocol.clone(),
-            labels: reg.labels.clone().into_iter().collect(),
-            identity: id.to_string(),
-            kind: if kind == ProxyKind::Gateway {
-                "gateway"
-            } else {
-                "sidecar"
-            }
-            .into(),
-            public_address: reg.public_address.clone(),
-            connected: true,
-            session: 0,
-        });
         z.metrics.proxies.inc();
         tokio::spawn(run(
             z,
@@ -222,7 +219,7 @@ impl ProxyDiscovery for Service {
             reg.instance,
             session,
             id,
-            claims.jti,
+            (claims.jti, claims.exp),
             trust,
             inbound,
             tx,
@@ -233,6 +230,23 @@ impl ProxyDiscovery for Service {
     }
 }
 
+/// Send the proxy its trust again if it changed; false when the stream is gone.
+async fn resend_trust(
+    z: &Zone,
+    trust: &mut pb::Trust,
+    tx: &mpsc::Sender<Result<pb::ZoneToProxy, Status>>,
+) -> bool {
+    let now = compile::trust(z);
+    if now == *trust {
+        return true;
+    }
+    *trust = now;
+    let msg = pb::ZoneToProxy {
+        msg: Some(zone_to_proxy::Msg::Trust(trust.clone())),
+    };
+    tx.send(Ok(msg)).await.is_ok()
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run(
     z: Arc<Zone>,
@@ -240,7 +254,7 @@ async fn run(
     instance: String,
     session: u64,
     id: SpiffeId,
-    jti: String,
+    (jti, token_exp): (String, u64),
     mut trust: pb::Trust,
     mut inbound: Streaming<pb::ProxyMessage>,
     tx: mpsc::Sender<Result<pb::ZoneToProxy, Status>>,
@@ -248,6 +262,7 @@ async fn run(
     let mut sender: DiffSender<pb::Cluster> = DiffSender::new(z.config.ack_timeout);
     let mut reg = z.registry.watch();
     let mut global = z.global.watch();
+    let mut ca_changed = z.boot.ca_changed.subscribe();
     let clean: bool = loop {
         let desired: BTreeMap<String, pb::Cluster> = compile::clusters(&z, kind);
         if let Some(d) = sender.next(&desired, Instant::now()) {
@@ -273,7 +288,7 @@ async fn run(
                             tracing::warn!(%instance, version = n.version, reason = %n.reason, "proxy refused config");
                             sender.on_nack(n.version, n.reason).map_err(|e| e.to_string())
                         }
-                        proxy_message::Msg::Csr(c) => match sign(&z, &c.csr_pem, &id) {
+                        proxy_message::Msg::Csr(c) => match sign(&z, &c.csr_pem, &id, token_exp) {
                             Ok(cert) => {
                                 tracing::debug!(%instance, "certificate renewed");
                                 tx.send(Ok(cert)).await.map_err(|_| "stream closed".to_string())
@@ -293,19 +308,22 @@ async fn run(
                 Err(_) => break false,
             },
             _ = reg.changed() => {}
-            _ = global.changed() => {
-                if z.global.is_revoked(&jti) {
-                    tracing::warn!(%instance, token = %jti, "dataplane token revoked; closing its stream");
-                    let _ = tx.send(Err(Status::permission_denied(format!("token {jti} has been revoked")))).await;
+            _ = ca_changed.changed() => {
+                if !resend_trust(&z, &mut trust, &tx).await {
                     break false;
                 }
-                let now = compile::trust(&z);
-                if now != trust {
-                    trust = now;
-                    let msg = pb::ZoneToProxy { msg: Some(zone_to_proxy::Msg::Trust(trust.clone())) };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        break false;
-                    }
+            }
+            _ = global.changed() => {
+                if z.global.is_revoked(&jti) {
+                    // Out of the registry at once (no grace), and no more
+                    // certificates: a reconnect is refused.
+                    tracing::warn!(%instance, token = %jti, "token revoked; closing the proxy's stream and deregistering it");
+                    let _ = tx.send(Err(Status::permission_denied(format!("token {jti} has been revoked")))).await;
+                    z.registry.remove(&instance, session);
+                    break false;
+                }
+                if !resend_trust(&z, &mut trust, &tx).await {
+                    break false;
                 }
             }
             _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() => {

@@ -2,6 +2,11 @@
 //!
 //! Kept on disk, so that after a zone-cp restart the proxies that are still
 //! running stay in the config until they reconnect or their grace runs out.
+//!
+//! A registration belongs to the identity that made it: another identity
+//! cannot replace it, and while it is connected only the same proxy process
+//! (its random `instance_uid`) may take it over. One token registers a
+//! bounded number of instances.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,6 +36,116 @@ pub struct Entry {
     pub connected: bool,
     #[serde(skip)]
     pub session: u64,
+    /// The registering process's random id.
+    #[serde(default, skip_serializing)]
+    pub uid: String,
+    /// The token it registered with.
+    #[serde(default)]
+    pub token_id: String,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Refusal {
+    #[error(
+        "instance {instance:?} is registered by {owner}; instance names are unique in the \
+         zone, pick another with --instance"
+    )]
+    OtherIdentity { instance: String, owner: String },
+    #[error(
+        "instance {instance:?} is connected from another proxy process; two proxies cannot \
+         share an instance name (pick another with --instance), or wait for the old one's \
+         stream to end"
+    )]
+    InUse { instance: String },
+    #[error(
+        "token {token} already has {max} registered instances, its limit; generate a token \
+         with a higher --max-instances"
+    )]
+    TooMany { token: String, max: u32 },
+}
+
+/// Labels a proxy may register.
+pub const MAX_LABELS: usize = 32;
+
+/// Check a registration before anything is recorded: names, addresses and
+/// the size of what it asks to publish.
+pub fn validate(r: &pb::Registration) -> Result<(), String> {
+    common::resource::check_name("registration.service", &r.service).map_err(|e| e.to_string())?;
+    r.address
+        .parse::<std::net::IpAddr>()
+        .map_err(|_| format!("registration.address: {:?} is not an IP address", r.address))?;
+    if r.inbound_port == 0 || r.inbound_port > 65535 {
+        return Err(format!(
+            "registration.inboundPort: {} is not a port",
+            r.inbound_port
+        ));
+    }
+    if !["http", "http2", "grpc", "tcp"].contains(&r.protocol.as_str()) {
+        return Err(format!(
+            "registration.protocol: {:?} is not one of http, http2, grpc, tcp",
+            r.protocol
+        ));
+    }
+    match r.kind.as_str() {
+        "" | "sidecar" => {}
+        "gateway" => {
+            r.public_address
+                .parse::<std::net::SocketAddr>()
+                .map_err(|_| {
+                    format!(
+                        "registration.publicAddress: {:?} is not IP:port",
+                        r.public_address
+                    )
+                })?;
+        }
+        other => {
+            return Err(format!(
+                "registration.kind: {other:?} is not sidecar or gateway"
+            ))
+        }
+    }
+    let word = |s: &str, extra: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    };
+    let i = &r.instance;
+    if i.is_empty()
+        || i.len() > 253
+        || !word(i, "-._")
+        || !i.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !i.ends_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        return Err(format!(
+            "registration.instance: {:?} must be 1-253 letters, digits, '-', '.' or '_', \
+             starting and ending with a letter or digit",
+            i.chars().take(64).collect::<String>()
+        ));
+    }
+    if r.instance_uid.len() > 64 || !word(&r.instance_uid, "") {
+        return Err("registration.instanceUid: at most 64 letters and digits".into());
+    }
+    if r.labels.len() > MAX_LABELS {
+        return Err(format!(
+            "registration.labels: {} labels; at most {MAX_LABELS}",
+            r.labels.len()
+        ));
+    }
+    for (k, v) in &r.labels {
+        if k.is_empty() || k.len() > 128 || !word(k, "-._/") || v.len() > 63 || !word(v, "-._") {
+            return Err(format!(
+                "registration.labels: {:?}={:?}: keys are 1-128 characters (letters, digits, \
+                 '-', '.', '_', '/'), values at most 63 (letters, digits, '-', '.', '_')",
+                k.chars().take(64).collect::<String>(),
+                v.chars().take(64).collect::<String>()
+            ));
+        }
+    }
+    if !r.region.is_empty() {
+        common::resource::check_name("registration.region", &r.region)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 pub struct Registry {
@@ -96,8 +211,33 @@ impl Registry {
         self.generation.subscribe()
     }
 
-    /// Register (or re-register) a proxy; returns its session id.
-    pub fn register(&self, mut e: Entry) -> u64 {
+    /// Register (or re-register) a proxy; returns its session id. `max` is
+    /// how many instances its token may hold at once.
+    pub fn register(&self, mut e: Entry, max: u32) -> Result<u64, Refusal> {
+        let mut g = self.lock();
+        if let Some(old) = g.get(&e.instance) {
+            if old.identity != e.identity {
+                return Err(Refusal::OtherIdentity {
+                    instance: e.instance,
+                    owner: old.identity.clone(),
+                });
+            }
+            if old.connected && (old.uid.is_empty() || old.uid != e.uid) {
+                return Err(Refusal::InUse {
+                    instance: e.instance,
+                });
+            }
+        }
+        let held = g
+            .values()
+            .filter(|x| x.token_id == e.token_id && x.instance != e.instance)
+            .count() as u32;
+        if held >= max {
+            return Err(Refusal::TooMany {
+                token: e.token_id,
+                max,
+            });
+        }
         let session = self
             .sessions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -105,9 +245,22 @@ impl Registry {
         e.session = session;
         e.connected = true;
         tracing::info!(instance = %e.instance, service = %e.service, address = %e.address, port = e.port, "proxy registered");
-        self.lock().insert(e.instance.clone(), e);
+        g.insert(e.instance.clone(), e);
+        drop(g);
         self.bump();
-        session
+        Ok(session)
+    }
+
+    /// Remove a registration at once (its token was revoked), if `session`
+    /// still owns it.
+    pub fn remove(&self, instance: &str, session: u64) {
+        let mut g = self.lock();
+        if g.get(instance).is_some_and(|e| e.session == session) {
+            g.remove(instance);
+            drop(g);
+            tracing::info!(instance, "proxy deregistered (token revoked)");
+            self.bump();
+        }
     }
 
     /// The proxy's stream ended. A clean close (the proxy is shutting down)
@@ -212,5 +365,122 @@ impl Registry {
 
     pub fn dump(&self) -> serde_json::Value {
         serde_json::to_value(self.lock().values().cloned().collect::<Vec<_>>()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(instance: &str, service: &str, uid: &str, token: &str) -> Entry {
+        Entry {
+            instance: instance.into(),
+            service: service.into(),
+            address: "10.0.0.1".into(),
+            port: 15006,
+            protocol: "http".into(),
+            labels: BTreeMap::new(),
+            identity: format!("spiffe://tern/zone/z/svc/{service}"),
+            kind: "sidecar".into(),
+            public_address: String::new(),
+            connected: true,
+            session: 0,
+            uid: uid.into(),
+            token_id: token.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registration_belongs_to_its_identity_and_process() {
+        let r = Arc::new(Registry::new("z", "r", Duration::from_secs(60)));
+        let s1 = r
+            .register(entry("api-1", "api", "p1", "t-api"), 10)
+            .unwrap();
+        // Another service's token cannot take the name over.
+        let e = r
+            .register(entry("api-1", "web", "p9", "t-web"), 10)
+            .unwrap_err();
+        assert!(matches!(e, Refusal::OtherIdentity { .. }), "{e}");
+        // The same service from another process cannot while it is live.
+        let e = r
+            .register(entry("api-1", "api", "p2", "t-api"), 10)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            Refusal::InUse {
+                instance: "api-1".into()
+            }
+        );
+        // The same process reconnecting takes its own registration back.
+        let s2 = r
+            .register(entry("api-1", "api", "p1", "t-api"), 10)
+            .unwrap();
+        assert_ne!(s1, s2);
+        // A stale session cannot remove the newer one.
+        r.disconnect("api-1", s1, true);
+        r.remove("api-1", s1);
+        assert_eq!(r.connected(), 1);
+        // Once its stream broke, a restarted proxy (new process) may take
+        // the name over.
+        r.disconnect("api-1", s2, false);
+        r.register(entry("api-1", "api", "p3", "t-api"), 10)
+            .unwrap();
+        // A revoked token's registration is removed at once.
+        let s = r
+            .register(entry("api-2", "api", "p4", "t-api"), 10)
+            .unwrap();
+        r.remove("api-2", s);
+        assert!(r.lock().get("api-2").is_none());
+    }
+
+    #[tokio::test]
+    async fn one_token_registers_a_bounded_number_of_instances() {
+        let r = Arc::new(Registry::new("z", "r", Duration::from_secs(60)));
+        r.register(entry("a-1", "api", "p1", "t"), 2).unwrap();
+        r.register(entry("a-2", "api", "p2", "t"), 2).unwrap();
+        let e = r.register(entry("a-3", "api", "p3", "t"), 2).unwrap_err();
+        assert!(matches!(e, Refusal::TooMany { max: 2, .. }), "{e}");
+        // Re-registering an instance it holds does not count twice.
+        r.disconnect("a-2", 2, false);
+        r.register(entry("a-2", "api", "p2", "t"), 2).unwrap();
+        // Another token has its own budget.
+        r.register(entry("a-3", "api", "p3", "u"), 2).unwrap();
+    }
+
+    #[test]
+    fn registrations_are_bounded_and_well_formed() {
+        let good = pb::Registration {
+            service: "api".into(),
+            address: "10.0.0.1".into(),
+            inbound_port: 15006,
+            protocol: "http".into(),
+            instance: "api-10.0.0.1-15006".into(),
+            instance_uid: "0123abcd".into(),
+            ..Default::default()
+        };
+        assert!(validate(&good).is_ok());
+        let bad = |f: &dyn Fn(&mut pb::Registration)| {
+            let mut r = good.clone();
+            f(&mut r);
+            validate(&r).unwrap_err()
+        };
+        assert!(bad(&|r| r.instance = "x y".into()).contains("registration.instance"));
+        assert!(bad(&|r| r.instance = "-x".into()).contains("registration.instance"));
+        assert!(bad(&|r| r.instance = "a".repeat(254)).contains("registration.instance"));
+        assert!(bad(&|r| r.instance_uid = "x".repeat(65)).contains("instanceUid"));
+        assert!(
+            bad(&|r| { r.labels = (0..33).map(|i| (format!("k{i}"), "v".into())).collect() })
+                .contains("at most 32")
+        );
+        assert!(
+            bad(&|r| { r.labels = [("k".to_string(), "v".repeat(64))].into_iter().collect() })
+                .contains("registration.labels")
+        );
+        assert!(
+            bad(&|r| { r.labels = [("k\n".to_string(), "v".into())].into_iter().collect() })
+                .contains("registration.labels")
+        );
+        assert!(bad(&|r| r.service = "Api".into()).contains("registration.service"));
+        assert!(bad(&|r| r.address = "example.com".into()).contains("registration.address"));
     }
 }

@@ -54,6 +54,11 @@ pub mod zone_message {
 pub struct CaRenewal {
     #[prost(string, tag = "1")]
     pub csr_pem: ::prost::alloc::string::String,
+    /// Fingerprint of the intermediate the zone signs with now. It stays
+    /// trusted beside the new one (certificates it issued are still in use);
+    /// the zone's other intermediates are retired.
+    #[prost(string, tag = "2")]
+    pub current_fingerprint: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ZoneHello {

@@ -1,0 +1,193 @@
+//! The zone's intermediate CA over time: when it is due for renewal, asking
+//! the global for a new one over the authenticated sync stream, and
+//! installing it so that a crash never leaves a certificate and a key on
+//! disk that do not belong together.
+//!
+//! The new key is generated and kept (`ca-renew-pending.json`) before the
+//! request goes out; the answer is checked to certify that key and to name
+//! this zone's CA; the certificate is written before the key, and a start
+//! after a crash in between completes the swap (`recover`).
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::{bail, Context};
+use common::fsutil::write_private;
+use common::ident::SpiffeId;
+use common::pki;
+use proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+use crate::bootstrap::{paths, Boot, ZoneCa, CHAIN_EXTRA};
+
+pub const PENDING: &str = "ca-renew-pending.json";
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Pending {
+    key_pem: String,
+    csr_pem: String,
+}
+
+/// Why the CA should be renewed at `now`, if it should: two thirds of its
+/// life have passed, or it was not issued by the mesh's active root.
+pub fn due(ca: &ZoneCa, now: SystemTime, signed_by_active_root: bool) -> Option<String> {
+    let life = ca
+        .not_after
+        .duration_since(ca.not_before)
+        .unwrap_or_default();
+    if now >= ca.not_before + life * 2 / 3 {
+        return Some(format!(
+            "it expires at {}",
+            humantime::format_rfc3339_seconds(ca.not_after)
+        ));
+    }
+    if !signed_by_active_root {
+        return Some("the mesh has a new active root".into());
+    }
+    None
+}
+
+/// True once less than a sixth of the CA's life is left: renewal should
+/// have happened long before, so operators are warned.
+pub fn expiry_near(ca: &ZoneCa, now: SystemTime) -> bool {
+    let life = ca
+        .not_after
+        .duration_since(ca.not_before)
+        .unwrap_or_default();
+    now + life / 6 >= ca.not_after
+}
+
+fn load_pending(dir: &Path) -> Option<Pending> {
+    std::fs::read(dir.join(PENDING))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// The renewal request: for the pending key when there is one (a request
+/// whose answer was lost), else for a new key, kept before it is sent.
+pub fn request(dir: &Path, current: &ZoneCa, zone: &str) -> anyhow::Result<pb::CaRenewal> {
+    let p = match load_pending(dir) {
+        Some(p) => p,
+        None => {
+            let kc = pki::new_key_and_csr(&format!("zone {zone}"))?;
+            let p = Pending {
+                key_pem: kc.key_pem,
+                csr_pem: kc.csr_pem,
+            };
+            write_private(&dir.join(PENDING), &serde_json::to_string(&p)?)?;
+            p
+        }
+    };
+    Ok(pb::CaRenewal {
+        csr_pem: p.csr_pem,
+        current_fingerprint: current.fingerprint.clone(),
+    })
+}
+
+/// Check and install a renewed CA; returns its fingerprint.
+pub fn install(boot: &Boot, issued: &pb::CaIssued) -> anyhow::Result<String> {
+    let dir = &boot.data_dir;
+    let p = load_pending(dir).context("a renewed CA arrived, but no renewal is pending")?;
+    let der = pki::first_cert(&issued.intermediate_pem).context("the renewed CA")?;
+    if pki::cert_key_fingerprint(&der)? != pki::csr_key_fingerprint(&p.csr_pem)? {
+        bail!("the renewed CA does not certify the key this zone asked for");
+    }
+    let want = SpiffeId::zone(&boot.trust_domain, &boot.zone);
+    if pki::spiffe_id_of(&der)? != want {
+        bail!("the renewed CA does not name {want}");
+    }
+    let new = ZoneCa::new(
+        &issued.intermediate_pem,
+        &p.key_pem,
+        &issued.chain_extra_pem,
+    )?;
+    let (_, ca_p, key_p, _) = paths(dir);
+    // Certificate first, then key: `recover` completes a swap cut short.
+    write_private(&ca_p, &issued.intermediate_pem)?;
+    write_private(&key_p, &p.key_pem)?;
+    write_private(&dir.join(CHAIN_EXTRA), &issued.chain_extra_pem)?;
+    let _ = std::fs::remove_file(dir.join(PENDING));
+    let fp = new.fingerprint.clone();
+    boot.install_ca(new)?;
+    Ok(fp)
+}
+
+/// At start: if a crash came between writing a renewed CA's certificate and
+/// its key, the pending key belongs to the certificate on disk; finish.
+pub fn recover(dir: &Path) -> anyhow::Result<()> {
+    let Some(p) = load_pending(dir) else {
+        return Ok(());
+    };
+    let (_, ca_p, key_p, _) = paths(dir);
+    let cert = pki::first_cert(&std::fs::read_to_string(&ca_p)?)?;
+    let cert_key = pki::cert_key_fingerprint(&cert)?;
+    let on_disk = pki::key_fingerprint(&std::fs::read_to_string(&key_p)?)?;
+    if cert_key != on_disk && cert_key == pki::key_fingerprint(&p.key_pem)? {
+        tracing::warn!("completing a zone CA renewal that a crash interrupted");
+        write_private(&key_p, &p.key_pem)?;
+        let _ = std::fs::remove_file(dir.join(PENDING));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn zone_ca(valid_for: Duration) -> (ZoneCa, pki::Ca) {
+        let root = pki::Ca::new_root("tern", Duration::from_secs(3600)).unwrap();
+        let kc = pki::new_key_and_csr("z").unwrap();
+        let pem = root
+            .sign_intermediate(&kc.csr_pem, &SpiffeId::zone("tern", "z"), valid_for)
+            .unwrap();
+        (ZoneCa::new(&pem, &kc.key_pem, "").unwrap(), root)
+    }
+
+    #[test]
+    fn renewal_is_due_after_two_thirds_of_the_life() {
+        let (ca, _) = zone_ca(Duration::from_secs(3 * 3600));
+        let life = ca.not_after.duration_since(ca.not_before).unwrap();
+        assert_eq!(due(&ca, ca.not_before + life / 2, true), None);
+        assert!(due(&ca, ca.not_before + life * 2 / 3, true).is_some());
+        assert!(due(&ca, ca.not_before, false).is_some(), "new active root");
+        assert!(!expiry_near(&ca, ca.not_before + life / 2));
+        assert!(expiry_near(&ca, ca.not_before + life * 5 / 6));
+    }
+
+    #[test]
+    fn a_crash_between_certificate_and_key_is_completed_at_start() {
+        let dir = std::env::temp_dir().join(format!("tern-ca-recover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (old, root) = zone_ca(Duration::from_secs(3600));
+        let (_, ca_p, key_p, _) = paths(&dir);
+        write_private(&ca_p, old.ca.cert_pem()).unwrap();
+        write_private(&key_p, &old.ca.key_pem()).unwrap();
+        // Nothing pending: nothing changes.
+        recover(&dir).unwrap();
+        let req = request(&dir, &old, "z").unwrap();
+        assert_eq!(req.current_fingerprint, old.fingerprint);
+        // Asking again reuses the pending key.
+        assert_eq!(request(&dir, &old, "z").unwrap().csr_pem, req.csr_pem);
+        let new_pem = root
+            .sign_intermediate(
+                &req.csr_pem,
+                &SpiffeId::zone("tern", "z"),
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        // The crash: the new certificate is on disk, the key is still old.
+        write_private(&ca_p, &new_pem).unwrap();
+        recover(&dir).unwrap();
+        let key = std::fs::read_to_string(&key_p).unwrap();
+        ZoneCa::new(&new_pem, &key, "").unwrap();
+        assert_eq!(
+            pki::key_fingerprint(&key).unwrap(),
+            pki::cert_key_fingerprint(&pki::first_cert(&new_pem).unwrap()).unwrap()
+        );
+        assert!(!dir.join(PENDING).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
