@@ -310,13 +310,14 @@ pub fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), PkiError> {
     ))
 }
 
-/// When a certificate valid from `not_before` to `not_after` is renewed:
-/// once a third of its life has passed. Two thirds are then still left, so
-/// a certificate authority that is unreachable for up to that long (16 h of
-/// a 24 h certificate) stops nothing; the holder keeps retrying meanwhile.
-pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
-    let life = not_after.duration_since(not_before).unwrap_or_default();
-    not_before + life / 3
+/// When a certificate is renewed: once a third of the life it had when its
+/// holder `received` it has passed. (Counted from receipt, not from
+/// `notBefore`, which is backdated for clock skew.) Two thirds are then
+/// still left, so a certificate authority unreachable for up to that long
+/// (16 h of a 24 h certificate) stops nothing; the holder keeps retrying.
+pub fn renew_at(received: SystemTime, not_after: SystemTime) -> SystemTime {
+    let left = not_after.duration_since(received).unwrap_or_default();
+    received + left / 3
 }
 
 /// The SHA-256 fingerprint of a PEM file's first certificate.
@@ -361,11 +362,9 @@ mod tests {
     fn the_default_lifetime_outlasts_a_twelve_hour_outage() {
         let ttl = crate::resource::MtlsSpec::default().workload_cert_ttl.0;
         let outage = Duration::from_secs(12 * 3600);
-        // Issued with the same backdating the CAs use.
-        let nb = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let backdate = Duration::from_secs(300).min(ttl / 2);
-        let na = nb + backdate + ttl;
-        let renew = renew_at(nb, na);
+        let received = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let na = received + ttl;
+        let renew = renew_at(received, na);
         // Worst case: the outage starts just before the renewal is due; the
         // certificate in hand must last the whole outage.
         let left = na.duration_since(renew).unwrap();
@@ -373,7 +372,13 @@ mod tests {
             left > outage,
             "{left:?} left at renewal is not more than the {outage:?} outage"
         );
-        // Renewal is not absurdly frequent either (every 8 h for 24 h certs).
-        assert!(renew.duration_since(nb).unwrap() >= Duration::from_secs(3600));
+        // Renewal is not absurdly frequent either (every 8 h for 24 h certs),
+        // and short test lifetimes renew a third of the way in, not at once.
+        assert!(renew.duration_since(received).unwrap() >= Duration::from_secs(3600));
+        let short = renew_at(received, received + Duration::from_secs(30));
+        assert_eq!(
+            short.duration_since(received).unwrap(),
+            Duration::from_secs(10)
+        );
     }
 }

@@ -36,6 +36,8 @@ pub struct Identity {
     pub key: Arc<PrivateKeyDer<'static>>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When this process loaded it; renewal is counted from here.
+    pub received: SystemTime,
 }
 
 impl Identity {
@@ -50,12 +52,13 @@ impl Identity {
             key: Arc::new(key),
             not_before,
             not_after,
+            received: SystemTime::now(),
         })
     }
 
     /// How long until this certificate should be renewed (at least 1s).
     pub fn renew_in(&self) -> std::time::Duration {
-        pki::renew_at(self.not_before, self.not_after)
+        pki::renew_at(self.received, self.not_after)
             .duration_since(SystemTime::now())
             .unwrap_or_default()
             .max(std::time::Duration::from_secs(1))

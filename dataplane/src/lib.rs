@@ -381,7 +381,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             let tls = sh_dump.tls.load();
             serde_json::json!({
                 "identity": tls.as_ref().map(|t| t.ident.id.to_string()),
+                "certificateNotBefore": tls.as_ref().map(|t| humantime::format_rfc3339_seconds(t.ident.not_before).to_string()),
                 "certificateNotAfter": tls.as_ref().map(|t| humantime::format_rfc3339_seconds(t.ident.not_after).to_string()),
+                "certificateIssuer": tls.as_ref().and_then(|t| t.ident.chain.get(1)).map(|c| common::pki::fingerprint(c)),
+                "trust": tls.as_ref().map(|t| serde_json::json!({
+                    "roots": t.policy.root_fingerprints(),
+                    "zoneCas": match t.policy.zones() {
+                        common::trust::ZoneCas::Any => serde_json::json!("any"),
+                        common::trust::ZoneCas::Only(m) => serde_json::to_value(m).unwrap_or_default(),
+                    },
+                })),
                 "configVersion": sh_dump.clusters.load().version,
                 "clusters": sh_dump.clusters.load().dump(),
                 "controlPlane": if standalone { serde_json::Value::Null } else { serde_json::to_value(&*st_dump.borrow()).unwrap_or_default() },

@@ -699,8 +699,13 @@ impl Proxy {
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                self.metrics.tls_failures.get_or_create(&dir).inc();
-                tracing::info!(%remote, error = %e, "inbound TLS refused");
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    // A TCP health probe: connected, sent nothing, closed.
+                    tracing::debug!(%remote, "inbound connection closed before a TLS hello");
+                } else {
+                    self.metrics.tls_failures.get_or_create(&dir).inc();
+                    tracing::info!(%remote, error = %e, "inbound TLS refused");
+                }
                 return;
             }
             Err(_) => {

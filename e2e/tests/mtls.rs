@@ -4,50 +4,15 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::ident::SpiffeId;
 use common::pki::{self, Ca};
-use common::rustls;
-use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
-use common::trust::TrustPolicy;
+use common::tls::Identity;
 use support::*;
 
 const T: Duration = Duration::from_secs(30);
-
-/// Connect to a sidecar's inbound port with our own TLS client offering
-/// `alpn`, send a raw HTTP/1.1 request, return what came back (or the error).
-pub fn raw_tls_request(
-    addr: SocketAddr,
-    ident: Option<&Identity>,
-    roots: Arc<TrustPolicy>,
-    alpn: &[u8],
-    extra_headers: &str,
-) -> Result<String, String> {
-    tls::install_provider();
-    let verifier = SpiffeServerVerifier::new(roots, Expect::TrustDomain("tern".into()));
-    let cfg = tls::client_config(ident, Arc::new(verifier), &[alpn]).map_err(|e| e.to_string())?;
-    let conn =
-        rustls::ClientConnection::new(Arc::new(cfg), tls::sni()).map_err(|e| e.to_string())?;
-    let sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut s = rustls::StreamOwned::new(conn, sock);
-    s.write_all(
-        format!("GET /raw HTTP/1.1\r\nHost: api\r\nConnection: close\r\n{extra_headers}\r\n")
-            .as_bytes(),
-    )
-    .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    match s.read_to_end(&mut out) {
-        Ok(_) => Ok(String::from_utf8_lossy(&out).to_string()),
-        Err(e) if !out.is_empty() => {
-            Ok(String::from_utf8_lossy(&out).to_string() + &format!(" [{e}]"))
-        }
-        Err(e) => Err(e.to_string()),
-    }
-}
 
 fn leaf_from(ca: &Ca, chain_extra: &str, id: &SpiffeId) -> Identity {
     let kc = pki::new_key_and_csr("test").unwrap();
@@ -141,14 +106,27 @@ fn requests_cross_two_sidecars_with_caller_identity_and_bad_clients_are_refused(
     let (member, roots) = zone_member(&z.data, &SpiffeId::workload("tern", "z1", "web"));
 
     // Positive control: a certificate from the mesh gets through.
-    let ok = raw_tls_request(api.inbound(), Some(&member), roots.clone(), b"http/1.1", "").unwrap();
+    let ok = tls_request(
+        api.inbound(),
+        Some(&member),
+        roots.clone(),
+        &[b"http/1.1"],
+        &raw_get("/raw", ""),
+    )
+    .unwrap();
     assert!(ok.starts_with("HTTP/1.1 200"), "mesh member refused: {ok}");
 
     // A plain-text client gets no HTTP answer.
     let plain = get(api.inbound(), "api", "/");
     assert!(plain.is_err(), "plain HTTP must be refused: {plain:?}");
     // TLS without a client certificate is refused.
-    let r = raw_tls_request(api.inbound(), None, roots.clone(), b"http/1.1", "");
+    let r = tls_request(
+        api.inbound(),
+        None,
+        roots.clone(),
+        &[b"http/1.1"],
+        &raw_get("/raw", ""),
+    );
     assert!(
         r.as_ref().map_or(true, |s| !s.contains("HTTP/1.1")),
         "no client cert must be refused: {r:?}"
@@ -156,7 +134,13 @@ fn requests_cross_two_sidecars_with_caller_identity_and_bad_clients_are_refused(
     // A certificate from another CA, claiming a mesh identity, is refused.
     let foreign = Ca::new_root("tern", Duration::from_secs(3600)).unwrap();
     let forged = leaf_from(&foreign, "", &SpiffeId::workload("tern", "z1", "web"));
-    let r = raw_tls_request(api.inbound(), Some(&forged), roots, b"http/1.1", "");
+    let r = tls_request(
+        api.inbound(),
+        Some(&forged),
+        roots,
+        &[b"http/1.1"],
+        &raw_get("/raw", ""),
+    );
     assert!(
         r.as_ref().map_or(true, |s| !s.contains("HTTP/1.1")),
         "foreign CA must be refused: {r:?}"

@@ -1,5 +1,6 @@
 //! Demo service: answers HTTP/1.1 and h2c with a JSON description of who
 //! served the request and who called (`x-tern-client-id`), or echoes TCP.
+//! `/fake-mesh-error` answers 503 with the mesh's own error header.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -49,6 +50,17 @@ async fn main() -> anyhow::Result<()> {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_string();
+                    // An app pretending to be the mesh, to prove sidecars
+                    // strip the header callers eject and retry on.
+                    if req.uri().path() == "/fake-mesh-error" {
+                        let mut r = Response::new(Full::new(Bytes::from("app error\n")));
+                        *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                        r.headers_mut().insert(
+                            "x-tern-error",
+                            hyper::header::HeaderValue::from_static("app"),
+                        );
+                        return Ok::<_, Infallible>(r);
+                    }
                     let method = req.method().to_string();
                     let version = format!("{:?}", req.version());
                     let path = req.uri().path().to_string();

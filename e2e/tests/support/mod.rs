@@ -1,6 +1,8 @@
 //! End-to-end harness: real binaries, each test on its own loopback subnet
 //! (127.0.N.x), processes killed when their guard drops (also on panic),
-//! and waits on conditions, never on fixed sleeps.
+//! and waits on conditions, never on fixed sleeps. Every wait's limit is
+//! multiplied by one patience setting, `TERN_E2E_PATIENCE` (default 1; raise
+//! it on a slow machine).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -32,6 +34,23 @@ pub fn bin_dir() -> PathBuf {
         dir
     })
     .clone()
+}
+
+/// The patience factor every wait limit is multiplied by.
+pub fn patience() -> f64 {
+    static P: OnceLock<f64> = OnceLock::new();
+    *P.get_or_init(|| {
+        std::env::var("TERN_E2E_PATIENCE")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|p| *p >= 1.0)
+            .unwrap_or(1.0)
+    })
+}
+
+/// A wait limit scaled by the patience setting.
+pub fn patient(d: Duration) -> Duration {
+    d.mul_f64(patience())
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -77,7 +96,7 @@ impl Proc {
     /// Wait for it to exit on its own; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let c = self.child.as_mut()?;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + patient(timeout);
         while Instant::now() < deadline {
             if let Ok(Some(st)) = c.try_wait() {
                 self.child = None;
@@ -135,9 +154,31 @@ impl Drop for Scratch {
 }
 
 pub fn spawn(dir: &Path, name: &str, program: &str, args: &[String]) -> Proc {
+    spawn_with_umask(dir, name, program, args, None)
+}
+
+/// Start a program, optionally under a given umask (through `sh`, so the
+/// test needs no unsafe code).
+pub fn spawn_with_umask(
+    dir: &Path,
+    name: &str,
+    program: &str,
+    args: &[String],
+    umask: Option<u32>,
+) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let f = std::fs::File::create(&log).unwrap();
-    let child = Command::new(bin(program))
+    let mut cmd = match umask {
+        None => Command::new(bin(program)),
+        Some(m) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("umask {m:03o}; exec \"$0\" \"$@\""))
+                .arg(bin(program));
+            c
+        }
+    };
+    let child = cmd
         .args(args)
         .env(
             "RUST_LOG",
@@ -155,8 +196,10 @@ pub fn spawn(dir: &Path, name: &str, program: &str, args: &[String]) -> Proc {
     }
 }
 
-/// Poll `f` until it returns Some, or panic naming `what` after `timeout`.
+/// Poll `f` until it returns Some, or panic naming `what` after `timeout`
+/// (times the patience setting).
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let timeout = patient(timeout);
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -289,10 +332,14 @@ impl Global {
         Self::start_with(dir, net, &[])
     }
     pub fn start_with(dir: &Path, net: Net, extra: &[&str]) -> Global {
+        Self::start_opts(dir, net, extra, None)
+    }
+    /// Start under a given umask.
+    pub fn start_opts(dir: &Path, net: Net, extra: &[&str], umask: Option<u32>) -> Global {
         let data = dir.join("global");
         let mut args = Self::args(&data, net);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = spawn(dir, "global", "global-cp", &args);
+        let proc = spawn_with_umask(dir, "global", "global-cp", &args, umask);
         let g = Global {
             proc,
             net,
@@ -302,7 +349,7 @@ impl Global {
         g.wait_ready();
         g
     }
-    fn args(data: &Path, net: Net) -> Vec<String> {
+    pub fn args(data: &Path, net: Net) -> Vec<String> {
         vec![
             "--data-dir".into(),
             data.display().to_string(),
@@ -450,7 +497,54 @@ impl ZoneCp {
         region: &str,
         token: Option<&Path>,
     ) -> ZoneCp {
-        let data = dir.join(format!("zone-{name}"));
+        Self::start_opts(dir, net, host, name, region, token, None)
+    }
+    /// A zone-cp with its own data folder `zone-NAME-LABEL` (a second
+    /// party for the same zone).
+    pub fn start_in(
+        dir: &Path,
+        net: Net,
+        host: u8,
+        name: &str,
+        region: &str,
+        token: Option<&Path>,
+        label: &str,
+    ) -> ZoneCp {
+        Self::start_full(
+            dir,
+            net,
+            host,
+            name,
+            region,
+            token,
+            None,
+            &format!("{name}-{label}"),
+        )
+    }
+    /// Start under a given umask.
+    pub fn start_opts(
+        dir: &Path,
+        net: Net,
+        host: u8,
+        name: &str,
+        region: &str,
+        token: Option<&Path>,
+        umask: Option<u32>,
+    ) -> ZoneCp {
+        Self::start_full(dir, net, host, name, region, token, umask, name)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn start_full(
+        dir: &Path,
+        net: Net,
+        host: u8,
+        name: &str,
+        region: &str,
+        token: Option<&Path>,
+        umask: Option<u32>,
+        data_name: &str,
+    ) -> ZoneCp {
+        let data = dir.join(format!("zone-{data_name}"));
         let mut z = ZoneCp {
             proc: Proc {
                 name: String::new(),
@@ -464,7 +558,13 @@ impl ZoneCp {
             dir: dir.to_path_buf(),
             region: region.into(),
         };
-        z.proc = spawn(dir, &format!("zone-{name}"), "zone-cp", &z.args(token));
+        z.proc = spawn_with_umask(
+            dir,
+            &format!("zone-{data_name}"),
+            "zone-cp",
+            &z.args(token),
+            umask,
+        );
         z
     }
     pub fn restart(&mut self) {
@@ -806,6 +906,43 @@ pub fn zone_member(
     let ident =
         common::tls::Identity::from_pem(&format!("{leaf}{}", ca.cert_pem()), &kc.key_pem).unwrap();
     (ident, std::sync::Arc::new(mesh_roots(zone_data)))
+}
+
+/// Speak TLS to `addr` as `ident` (or with no certificate), offering these
+/// ALPN ids (none when empty), send `request` and return what came back
+/// before the peer closed, or the error.
+pub fn tls_request(
+    addr: SocketAddr,
+    ident: Option<&common::tls::Identity>,
+    roots: std::sync::Arc<common::trust::TrustPolicy>,
+    alpns: &[&[u8]],
+    request: &[u8],
+) -> Result<String, String> {
+    use common::tls::{self, Expect, SpiffeServerVerifier};
+    tls::install_provider();
+    let verifier = SpiffeServerVerifier::new(roots, Expect::TrustDomain("tern".into()));
+    let cfg = tls::client_config(ident, std::sync::Arc::new(verifier), alpns)
+        .map_err(|e| e.to_string())?;
+    let conn = common::rustls::ClientConnection::new(std::sync::Arc::new(cfg), tls::sni())
+        .map_err(|e| e.to_string())?;
+    let sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut s = common::rustls::StreamOwned::new(conn, sock);
+    s.write_all(request).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => Ok(String::from_utf8_lossy(&out).to_string()),
+        Err(e) if !out.is_empty() => {
+            Ok(String::from_utf8_lossy(&out).to_string() + &format!(" [{e}]"))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// An HTTP/1.1 GET with extra header lines, closing the connection after.
+pub fn raw_get(path: &str, extra_headers: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n{extra_headers}\r\n")
+        .into_bytes()
 }
 
 /// The zone CA a zone-cp keeps in its data folder.
