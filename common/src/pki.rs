@@ -37,12 +37,17 @@ pub struct Ca {
 impl Ca {
     /// Create a self-signed mesh root CA.
     pub fn new_root(trust_domain: &str, valid_for: Duration) -> Result<Self, PkiError> {
+        Self::new_root_named(&format!("Tern mesh root CA ({trust_domain})"), valid_for)
+    }
+
+    /// Create a self-signed root with this common name (each generation of
+    /// a mesh's root gets its own, so chains never confuse them).
+    pub fn new_root_named(common_name: &str, valid_for: Duration) -> Result<Self, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(
-            DnType::CommonName,
-            format!("Tern mesh root CA ({trust_domain})"),
-        );
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params
             .distinguished_name
             .push(DnType::OrganizationName, "Tern");
@@ -80,6 +85,18 @@ impl Ca {
     /// SHA-256 fingerprint of the certificate as issued, in lowercase hex.
     pub fn fingerprint(&self) -> Result<String, PkiError> {
         Ok(fingerprint(&self.cert_der()?))
+    }
+
+    /// Certify `other` (a newer root) with this CA's key: the same subject
+    /// and key as `other`, issued by us, valid no longer than we are. Peers
+    /// that trust only us can then build a path through the newer root.
+    pub fn cross_sign(&self, other: &Ca) -> Result<String, PkiError> {
+        let mut params = CertificateParams::from_ca_cert_pem(other.cert_pem())?;
+        let mine = CertificateParams::from_ca_cert_pem(&self.cert_pem)?;
+        if params.not_after > mine.not_after {
+            params.not_after = mine.not_after;
+        }
+        Ok(params.signed_by(&other.key, &self.issuer, &self.key)?.pem())
     }
 
     /// Sign a CSR as an intermediate CA (path length 0) for a zone. The
@@ -299,6 +316,17 @@ pub fn not_after(der: &[u8]) -> Result<SystemTime, PkiError> {
     Ok(validity(der)?.1)
 }
 
+/// True when `issuer`'s key signed `cert` (both DER).
+pub fn issued_by(cert: &[u8], issuer: &[u8]) -> bool {
+    let (Ok((_, c)), Ok((_, i))) = (
+        x509_parser::parse_x509_certificate(cert),
+        x509_parser::parse_x509_certificate(issuer),
+    ) else {
+        return false;
+    };
+    c.verify_signature(Some(i.public_key())).is_ok()
+}
+
 /// When a DER certificate starts and stops being valid.
 pub fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), PkiError> {
     let (_, cert) =
@@ -353,6 +381,61 @@ mod tests {
         assert_eq!(again.fingerprint().unwrap(), root.fingerprint().unwrap());
         let exp = not_after(&first_cert(&leaf).unwrap()).unwrap();
         assert!(exp > SystemTime::now() && exp < SystemTime::now() + Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_cross_signed_root_links_the_new_root_to_the_old() {
+        use crate::trust::{TrustPolicy, ZoneCas};
+        crate::tls::install_provider();
+        let old = Ca::new_root("tern", Duration::from_secs(3600)).unwrap();
+        let new =
+            Ca::new_root_named("Tern mesh root CA (tern) 2", Duration::from_secs(7200)).unwrap();
+        let cross = first_cert(&old.cross_sign(&new).unwrap()).unwrap();
+        assert!(issued_by(&cross, &old.cert_der().unwrap()));
+        assert!(!issued_by(&cross, &new.cert_der().unwrap()));
+        // Never outlives the old root.
+        assert!(not_after(&cross).unwrap() <= not_after(&old.cert_der().unwrap()).unwrap());
+        // A zone CA under the new root, presented with the cross-signed
+        // root, verifies for a member that trusts only the old root.
+        let kc = new_key_and_csr("z").unwrap();
+        let zone = Ca::from_pem(
+            &new.sign_intermediate(
+                &kc.csr_pem,
+                &SpiffeId::zone("tern", "a"),
+                Duration::from_secs(600),
+            )
+            .unwrap(),
+            &kc.key_pem,
+        )
+        .unwrap();
+        assert!(issued_by(
+            &zone.cert_der().unwrap(),
+            &new.cert_der().unwrap()
+        ));
+        let wk = new_key_and_csr("w").unwrap();
+        let leaf = first_cert(
+            &zone
+                .sign_leaf(
+                    &wk.csr_pem,
+                    &SpiffeId::workload("tern", "a", "web"),
+                    &[],
+                    Duration::from_secs(60),
+                )
+                .unwrap(),
+        )
+        .unwrap();
+        let old_only = TrustPolicy::new("tern", vec![old.cert_der().unwrap()], ZoneCas::Any);
+        let now = rustls::pki_types::UnixTime::now();
+        assert!(old_only
+            .verify(&leaf, &[zone.cert_der().unwrap(), cross.clone()], now)
+            .is_ok());
+        assert!(old_only
+            .verify(&leaf, &[zone.cert_der().unwrap()], now)
+            .is_err());
+        let new_only = TrustPolicy::new("tern", vec![new.cert_der().unwrap()], ZoneCas::Any);
+        assert!(new_only
+            .verify(&leaf, &[zone.cert_der().unwrap(), cross], now)
+            .is_ok());
     }
 
     /// With the default workload certificate lifetime, a zone-cp outage of

@@ -150,6 +150,12 @@ pub const KINDS: &[KindInfo] = &[
         system: true,
         validate: |v| typed::<ZoneCaSpec>(v).and_then(|s| s.check()),
     },
+    KindInfo {
+        name: "MeshTrust",
+        plural: "meshtrusts",
+        system: true,
+        validate: |v| typed::<MeshTrustSpec>(v).map(|_| ()),
+    },
 ];
 
 /// Find a kind by its name, plural or lowercase name (`Mesh`, `meshes`, `mesh`).
@@ -536,6 +542,42 @@ impl ZoneCaSpec {
     }
     pub fn from_resource(r: &Resource) -> Option<Self> {
         typed(&r.spec).ok()
+    }
+}
+
+/// The mesh's roots, named `default`. Written by the global at first start
+/// and by `ternctl ca rotate`; synced to every zone, which hands the roots
+/// to its proxies and renews its CA under the active one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshTrustSpec {
+    /// Fingerprint of the root that signs new zone CAs.
+    pub active: String,
+    /// Every root mesh members accept, active first (two while a rotation
+    /// overlaps).
+    pub roots: Vec<MeshRoot>,
+    /// The active root certified by the previous one, sent after zone CAs
+    /// while the previous one is trusted, so members that do not know the
+    /// new root yet still build a path. Empty outside a rotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cross_signed: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshRoot {
+    pub fingerprint: String,
+    pub not_after: String,
+    /// PEM.
+    pub certificate: String,
+}
+
+impl MeshTrustSpec {
+    pub fn from_resource(r: &Resource) -> Option<Self> {
+        typed(&r.spec).ok()
+    }
+    pub fn roots_pem(&self) -> String {
+        self.roots.iter().map(|r| r.certificate.as_str()).collect()
     }
 }
 

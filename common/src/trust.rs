@@ -147,11 +147,28 @@ impl TrustPolicy {
                 Err(e) => first_err = Some(e),
             }
         }
-        for i in intermediates {
-            if pki::subject_raw(i).ok().as_deref() != Some(leaf.issuer.as_slice()) {
+        // The direct issuer is the one candidate (subject = the leaf's issuer)
+        // that verifies; the other candidates are left out so that it is
+        // known which one did. Certificates with other subjects (a
+        // cross-signed root) may complete the path above it.
+        let subjects: Vec<Option<Vec<u8>>> = intermediates
+            .iter()
+            .map(|c| pki::subject_raw(c).ok())
+            .collect();
+        let is_candidate = |k: usize| subjects[k].as_deref() == Some(leaf.issuer.as_slice());
+        for (k, i) in intermediates.iter().enumerate() {
+            if !is_candidate(k) {
                 continue;
             }
-            match chains_to(std::slice::from_ref(i)) {
+            let mut via = vec![i.clone()];
+            via.extend(
+                intermediates
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| !is_candidate(*j))
+                    .map(|(_, c)| c.clone()),
+            );
+            match chains_to(&via) {
                 Ok(()) => {
                     let ca = pki::spiffe_id_of(i).ok();
                     check_issuance(&self.trust_domain, &leaf.id, &IssuedBy::Intermediate(ca))

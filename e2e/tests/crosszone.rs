@@ -250,7 +250,6 @@ fn cross_zone_requests_are_end_to_end_mtls_and_local_is_preferred() {
             f.display()
         );
     }
-    let _ = std::fs::remove_dir_all(&cap);
 
     // While z1's api is healthy, z1 serves all of it.
     for _ in 0..40 {
@@ -289,6 +288,9 @@ fn cross_zone_requests_are_end_to_end_mtls_and_local_is_preferred() {
         (rtt > 0.0).then_some(())
     });
     let _ = &w.g;
+    // The gateway keeps capturing later flows; remove the folder last.
+    drop(w);
+    let _ = std::fs::remove_dir_all(&cap);
 }
 
 #[test]

@@ -9,6 +9,8 @@
 //! | POST | /api/v1/revocations | revoke a token by id |
 //! | GET | /api/v1/inspect/zones | zone status |
 //! | GET | /api/v1/audit | membership, CA and revocation events, newest first |
+//! | GET | /api/v1/ca | the mesh roots, a rotation in progress, each zone's CA |
+//! | POST | /api/v1/ca/rotate | `{"action": "start"}` or `{"action": "finish", "force": false}` |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,6 +98,8 @@ pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyh
         .route("/api/v1/revocations", post(revoke))
         .route("/api/v1/inspect/zones", get(inspect_zones))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/ca", get(ca_status))
+        .route("/api/v1/ca/rotate", post(ca_rotate))
         .route("/api/v1/:plural", get(list))
         .route(
             "/api/v1/:plural/:name",
@@ -491,6 +495,52 @@ async fn revoke(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response
             Json(json!({ "revoked": req.id, "zone": zone })).into_response()
         }
         Err(e) => store_err(e),
+    }
+}
+
+fn refused(e: crate::membership::Refused) -> Response {
+    use crate::membership::Refused;
+    match e {
+        Refused::Denied(m) => err(StatusCode::CONFLICT, m),
+        Refused::Invalid(m) => err(StatusCode::UNPROCESSABLE_ENTITY, m),
+        other => err(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+async fn ca_status(AxState(api): AxState<Api>) -> Response {
+    match crate::rotation::status(&api.state) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    action: String,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn ca_rotate(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response {
+    let req: RotateRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad rotate request: {e}")),
+    };
+    let st = api.state.clone();
+    // Key generation and signing: off the async threads.
+    let res = tokio::task::spawn_blocking(move || match req.action.as_str() {
+        "start" => crate::rotation::start(&st),
+        "finish" => crate::rotation::finish(&st, req.force),
+        other => Err(crate::membership::Refused::Invalid(format!(
+            "unknown action {other:?}; use start or finish"
+        ))),
+    })
+    .await;
+    match res {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => refused(e),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -16,6 +16,10 @@ use crate::store::{Store, TokenRecord};
 use crate::Config;
 
 pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Store keys (meta) of a root rotation in progress.
+pub const META_PREVIOUS_ROOT: &str = "root_previous";
+pub const META_CROSS: &str = "root_cross";
+pub const META_ROTATION: &str = "root_rotation";
 pub const ZONE_CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 const SERVING_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -73,10 +77,17 @@ impl Authority {
                 Signer::from_pkcs8(&store.meta_init("token_key", &bytes)?)?
             }
         };
+        // During a root rotation the previous root stays trusted, and the
+        // active one certified by it travels in chains.
+        let text = |k: &str| -> anyhow::Result<Option<String>> {
+            Ok(store.meta_get(k)?.map(String::from_utf8).transpose()?)
+        };
+        let mut trusted_pem = vec![root.cert_pem().to_string()];
+        trusted_pem.extend(text(META_PREVIOUS_ROOT)?);
         let roots = Roots {
             active_fingerprint: root.fingerprint()?,
-            trusted_pem: vec![root.cert_pem().to_string()],
-            chain_extra_pem: String::new(),
+            trusted_pem,
+            chain_extra_pem: text(META_CROSS)?.unwrap_or_default(),
             active: root,
         };
         let serving = issue_serving(&roots, &td)?;
@@ -91,6 +102,13 @@ impl Authority {
 
     pub fn roots(&self) -> Arc<Roots> {
         self.roots.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Switch to a new set of roots (already in the store) and re-issue the
+    /// serving certificate under the active one.
+    pub fn install_roots(&self, roots: Roots) -> anyhow::Result<()> {
+        *self.roots.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(roots);
+        self.reissue()
     }
 
     pub fn root_fingerprint(&self) -> String {
@@ -149,6 +167,7 @@ impl Authority {
             used_at: None,
             used_by: None,
             purpose: purpose.into(),
+            pin: claims.ca.clone(),
         })?;
         Ok((self.signer.sign(&claims), claims))
     }

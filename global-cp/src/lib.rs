@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod authority;
 pub mod membership;
+pub mod rotation;
 pub mod store;
 pub mod sync;
 
@@ -113,6 +114,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
     });
     membership::reconcile(&state, config.zone_ca_validity)
         .context("bring zone records up to date")?;
+    rotation::ensure_published(&state).context("publish the mesh roots")?;
     let admin_token = admin::init_credential(&state)?;
     sync::serve(state.clone()).await?;
     sync::withdraw_stale_at_start(&state);

@@ -73,6 +73,11 @@ enum Cmd {
     /// Save a config file (e.g. <data-dir>/ternctl.json) as the default
     /// (~/.tern/config.json, mode 0600).
     UseConfig { path: PathBuf },
+    /// The mesh root CA: status and rotation.
+    Ca {
+        #[command(subcommand)]
+        what: CaCmd,
+    },
     /// Membership, CA and revocation events recorded by the global, newest
     /// first.
     Audit {
@@ -136,6 +141,36 @@ struct TokenOut {
     /// Components refuse token files that other users can read.
     #[arg(long)]
     file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// The roots, a rotation in progress, and whether each zone's CA is
+    /// under the active root.
+    Status {
+        #[arg(short, long, value_enum, default_value = "yaml")]
+        output: Output,
+    },
+    /// Rotate the mesh root: `start` makes a new root active while the old
+    /// one stays trusted; zones renew their CAs on their own; `finish`
+    /// retires the old root.
+    Rotate {
+        #[command(subcommand)]
+        step: RotateStep,
+    },
+}
+
+#[derive(Subcommand)]
+enum RotateStep {
+    /// Create a new active root; both are trusted until `finish`.
+    Start,
+    /// Retire the old root. Refused while a zone is still on it, while
+    /// certificates under it may be valid, or while unexpired tokens pin
+    /// it, unless --force.
+    Finish {
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -537,6 +572,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{token}");
                 }
             }
+        }
+        Cmd::Ca {
+            what: CaCmd::Status { output },
+        } => {
+            let v = api.ok("GET", "/api/v1/ca", None).await?;
+            print_value(
+                &v,
+                if output == Output::Table {
+                    Output::Yaml
+                } else {
+                    output
+                },
+            )?;
+        }
+        Cmd::Ca {
+            what: CaCmd::Rotate { step },
+        } => {
+            let body = match step {
+                RotateStep::Start => json!({ "action": "start" }),
+                RotateStep::Finish { force } => json!({ "action": "finish", "force": force }),
+            };
+            let v = api.ok("POST", "/api/v1/ca/rotate", Some(&body)).await?;
+            print_value(&v, Output::Yaml)?;
         }
         Cmd::Audit { output } => {
             let v = api.ok("GET", "/api/v1/audit", None).await?;

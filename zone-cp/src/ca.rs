@@ -19,6 +19,7 @@ use proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use crate::bootstrap::{paths, Boot, ZoneCa, CHAIN_EXTRA};
+use crate::Zone;
 
 pub const PENDING: &str = "ca-renew-pending.json";
 
@@ -111,6 +112,45 @@ pub fn install(boot: &Boot, issued: &pb::CaIssued) -> anyhow::Result<String> {
     let fp = new.fingerprint.clone();
     boot.install_ca(new)?;
     Ok(fp)
+}
+
+/// True unless the mesh has an active root that did not sign `ca` (a root
+/// rotation started: renew under the new root).
+pub fn on_active_root(z: &Zone, ca: &ZoneCa) -> bool {
+    let Some(t) = z.global.mesh_trust() else {
+        return true;
+    };
+    let Some(root) = t.roots.iter().find(|r| r.fingerprint == t.active) else {
+        return true;
+    };
+    match (pki::first_cert(&root.certificate), ca.ca.cert_der()) {
+        (Ok(root), Ok(ca)) => pki::issued_by(&ca, &root),
+        _ => true,
+    }
+}
+
+/// Take the roots and cross-signed chain the mesh publishes (`MeshTrust`):
+/// kept on disk, handed to proxies, and presented after the zone CA.
+pub fn follow_mesh_trust(z: &Zone) -> anyhow::Result<()> {
+    let Some(t) = z.global.mesh_trust() else {
+        return Ok(());
+    };
+    let dir = &z.boot.data_dir;
+    let bundle = t.roots_pem();
+    if !bundle.is_empty() && bundle != *z.boot.roots_pem() {
+        let (_, _, _, root_p) = paths(dir);
+        write_private(&root_p, &bundle)?;
+        z.boot.install_roots(bundle);
+        tracing::info!(roots = t.roots.len(), active = %&t.active[..16.min(t.active.len())], "took the mesh's roots");
+    }
+    let extra = t.cross_signed.concat();
+    let ca = z.boot.ca();
+    if extra != ca.chain_extra {
+        write_private(&dir.join(CHAIN_EXTRA), &extra)?;
+        z.boot
+            .install_ca(ZoneCa::new(ca.ca.cert_pem(), &ca.ca.key_pem(), &extra)?)?;
+    }
+    Ok(())
 }
 
 /// At start: if a crash came between writing a renewed CA's certificate and

@@ -108,6 +108,14 @@ impl GlobalState {
             .collect()
     }
 
+    /// The mesh's roots (`MeshTrust/default`), once synced.
+    pub fn mesh_trust(&self) -> Option<common::resource::MeshTrustSpec> {
+        let g = self.lock();
+        let v = g.resources.get("MeshTrust/default")?;
+        let r: Resource = serde_json::from_value(v.clone()).ok()?;
+        common::resource::MeshTrustSpec::from_resource(&r)
+    }
+
     /// Other zones' ingress (region, gateways, service health), by zone.
     pub fn ingresses(&self) -> Vec<(String, common::resource::ZoneIngressSpec)> {
         let g = self.lock();
@@ -298,6 +306,7 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
                     None => {}
                     Some(Outcome::Ack(v)) => {
                         z.global.replace(v, receiver.state().clone())?;
+                        crate::ca::follow_mesh_trust(z)?;
                         renewal.install_when_listed(z);
                         z.metrics.deltas_applied.inc();
                         tracing::info!(version = v, resources = receiver.state().len(), "applied config from the global");
@@ -359,7 +368,7 @@ impl Renewal {
                 "the zone CA expires soon and has not been renewed; check the sync stream to the global"
             );
         }
-        let why = crate::ca::due(&ca, now, true)?;
+        let why = crate::ca::due(&ca, now, crate::ca::on_active_root(z, &ca))?;
         if self.ready.is_some() || self.asked.is_some_and(|t| t.elapsed() < CA_RETRY) {
             return None;
         }

@@ -164,6 +164,8 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
         global,
         metrics,
     });
+    // What was synced last may be newer than the files (a crash between).
+    ca::follow_mesh_trust(&zone)?;
     zone.metrics.ca_expiry.set(unix(zone.boot.ca().not_after));
     bootstrap::Boot::spawn_rotation_for(zone.clone());
     proxy_server::serve(zone.clone()).await?;

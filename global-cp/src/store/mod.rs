@@ -78,6 +78,7 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("tokens", "used_at", "INTEGER"),
     ("tokens", "used_by", "TEXT"),
     ("tokens", "purpose", "TEXT NOT NULL DEFAULT ''"),
+    ("tokens", "pin", "TEXT NOT NULL DEFAULT ''"),
 ];
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -286,6 +287,27 @@ impl Tx<'_> {
         )?;
         self.rev = Some(rev);
         Ok(rev)
+    }
+
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tx
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn meta_set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    pub fn meta_delete(&self, key: &str) -> Result<(), StoreError> {
+        self.tx.execute("DELETE FROM meta WHERE key = ?1", [key])?;
+        Ok(())
     }
 
     pub fn get(&self, kind: &str, name: &str) -> Result<Option<Stored>, StoreError> {

@@ -22,6 +22,9 @@ pub struct TokenRecord {
     /// Zone tokens: "join", or "rejoin" (an admin authorized replacing a
     /// joined zone's CA).
     pub purpose: String,
+    /// Fingerprint of the root the token pins for first contact (empty for
+    /// tokens recorded before pins were: they pin the mesh's first root).
+    pub pin: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -70,7 +73,7 @@ pub struct AuditRecord {
 }
 
 const TOKEN_COLS: &str =
-    "id, kind, zone, service, issued_at, expires_at, used_at, used_by, purpose";
+    "id, kind, zone, service, issued_at, expires_at, used_at, used_by, purpose, pin";
 
 fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
     Ok(TokenRecord {
@@ -83,6 +86,7 @@ fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
         used_at: r.get(6)?,
         used_by: r.get(7)?,
         purpose: r.get(8)?,
+        pin: r.get(9)?,
     })
 }
 
@@ -253,6 +257,14 @@ impl Tx<'_> {
 
     pub fn zone(&self, name: &str) -> Result<Option<ZoneRecord>, StoreError> {
         zone_in(self.sql(), name)
+    }
+
+    pub fn zones(&self) -> Result<Vec<ZoneRecord>, StoreError> {
+        let mut stmt = self
+            .sql()
+            .prepare(&format!("SELECT {ZONE_COLS} FROM zones ORDER BY name"))?;
+        let rows = stmt.query_map([], zone_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn zone_joined(&self, z: &ZoneRecord) -> Result<(), StoreError> {
