@@ -14,6 +14,8 @@
 # Every proxy gets one worker thread. Prints JSON lines, then Tern/Envoy ratios.
 # Usage: bench/crosszone.sh        env: ROUNDS (3), DUR seconds per run (10)
 set -uo pipefail
+# Token files are credentials: components refuse ones other users can read.
+umask 077
 root=$(cd "$(dirname "$0")/.." && pwd)
 shared=$root/../shared/bench
 ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10}

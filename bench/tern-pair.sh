@@ -14,14 +14,17 @@ if [ ! -x "$bin" ]; then
   (cd "$root" && cargo build --release -q -p dataplane)
 fi
 work=$(mktemp -d /tmp/tern-pair.XXXXXX)
+# Sidecars refuse key files other users can read; keep private copies.
+install -m 600 "$CERTS/server.key" "$work/server.key"
+install -m 600 "$CERTS/client.key" "$work/client.key"
 cat > "$work/server.yaml" <<YAML
-identity: { cert: $CERTS/server.pem, key: $CERTS/server.key, roots: $CERTS/ca.pem }
+identity: { cert: $CERTS/server.pem, key: $work/server.key, roots: $CERTS/ca.pem }
 trustDomain: bench
 inbound: { listen: 127.0.0.1:15006, app: 127.0.0.1:18080, protocol: http }
 admin: 127.0.0.1:19106
 YAML
 cat > "$work/client.yaml" <<YAML
-identity: { cert: $CERTS/client.pem, key: $CERTS/client.key, roots: $CERTS/ca.pem }
+identity: { cert: $CERTS/client.pem, key: $work/client.key, roots: $CERTS/ca.pem }
 trustDomain: bench
 outbound:
   - { listen: 127.0.0.1:15001, service: server }

@@ -62,8 +62,19 @@ pub fn spawn(
             if started.elapsed() > Duration::from_secs(30) {
                 backoff.reset();
             }
+            let mut delay = backoff.next_delay(common::sync::jitter());
+            // As the certificate nears expiry, try harder: never wait more
+            // than a tenth of the time it has left.
+            if let Some(t) = shared.tls.load_full() {
+                let left = t
+                    .ident
+                    .not_after
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                delay = delay.min((left / 10).max(Duration::from_millis(100)));
+            }
             tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay(common::sync::jitter())) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => return,
             }
         }

@@ -28,7 +28,8 @@ echo "building Tern ($profile)..."
 if [ "$profile" = release ]; then cargo build --release --bins -q; else cargo build --bins -q; fi
 bin=$root/target/$profile
 
-rm -rf "$state"; mkdir -p "$state/logs"
+# Token files and keys live here: private to this user.
+rm -rf "$state"; mkdir -p "$state/logs"; chmod 700 "$state"
 pids=()
 cleanup() {
   trap - EXIT INT TERM
@@ -65,16 +66,16 @@ metadata:
   name: default
 spec:
   mtls:
-    workloadCertTtl: 1h
+    workloadCertTtl: 24h
 YAML
 
 zone() { # name region subnet
   local name=$1 region=$2 n=$3
-  ctl generate zone-token --zone "$name" 2>/dev/null >"$state/$name.token"
+  ctl generate zone-token --zone "$name" --file "$state/$name.token" 2>/dev/null
   start "zone-$name" "$bin/zone-cp" --zone "$name" --region "$region" --token-file "$state/$name.token" \
     --data-dir "$state/zone-$name" --proxy-addr "127.0.$n.1:5678" --admin-addr "127.0.$n.1:5680" --deregister-after 5s
   wait_http "http://127.0.$n.1:5680/ready"
-  ctl generate gateway-token --zone "$name" 2>/dev/null >"$state/$name-gw.token"
+  ctl generate gateway-token --zone "$name" --file "$state/$name-gw.token" 2>/dev/null
   start "gateway-$name" "$bin/gateway" --cp-address "127.0.$n.1:5678" --token-file "$state/$name-gw.token" \
     --local "127.0.$n.5:15443" --quic-bind "127.0.$n.5:15444" --admin "127.0.$n.5:15090"
   wait_http "http://127.0.$n.5:15090/ready"
@@ -82,7 +83,7 @@ zone() { # name region subnet
 workload() { # zone subnet service host
   local z=$1 n=$2 svc=$3 ip=127.0.$2.$4
   local tok=$state/$svc-$z.token
-  [ -f "$tok" ] || ctl generate dataplane-token --zone "$z" --service "$svc" 2>/dev/null >"$tok"
+  [ -f "$tok" ] || ctl generate dataplane-token --zone "$z" --service "$svc" --file "$tok" 2>/dev/null
   start "app-$svc-$ip" "$bin/demo-app" --listen "$ip:8080" --name "$svc" --zone "$z"
   start "sidecar-$svc-$ip" "$bin/dataplane" --cp-address "127.0.$n.1:5678" --token-file "$tok" --service "$svc" \
     --address "$ip" --inbound "$ip:15006" --app "$ip:8080" --outbound "$ip:15001" --admin "$ip:15000" \

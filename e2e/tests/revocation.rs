@@ -121,10 +121,6 @@ fn a_revoked_zone_is_cut_off_live_and_its_certificates_are_refused_mesh_wide() {
             .any(|r| r["zone"] == "z2" && r["connected"] == true)
             .then_some(())
     });
-    wait_for("api trusts z2's CA", T, || {
-        api.dump()["trust"]["zoneCas"]["z2"].as_array().map(|_| ())
-    });
-
     // A workload of z2 (as z2's CA issues it) holds an open connection to
     // api in z1.
     let (z2_web, roots) = zone_member(&z2.data, &SpiffeId::workload("tern", "z2", "web"));
@@ -147,6 +143,9 @@ fn a_revoked_zone_is_cut_off_live_and_its_certificates_are_refused_mesh_wide() {
     );
     online(&g, "z2", true);
     assert!(kept.get().contains("z2/svc/web"), "still trusted");
+    wait_for("api trusts z2's CA", T, || {
+        api.dump()["trust"]["zoneCas"]["z2"].as_array().map(|_| ())
+    });
 
     // Revoke z2's join token.
     let jti = common::token::decode_unverified(&std::fs::read_to_string(&z2_token).unwrap())
@@ -205,7 +204,10 @@ fn a_revoked_zone_is_cut_off_live_and_its_certificates_are_refused_mesh_wide() {
 #[test]
 fn a_revoked_dataplane_token_disconnects_and_deregisters_its_proxy() {
     let net = Net(44);
-    let (s, g, z) = one_zone("revoke-proxy", net);
+    let (s, g, mut z) = one_zone("revoke-proxy", net);
+    // A long grace for broken streams: a revoked proxy must go at once.
+    online(&g, "z1", true);
+    z.restart_with(&["--deregister-after", "10m"]);
     let api_t = g.dp_token("z1", "api");
     let api = Workload::start(&s.0, net, 11, "api", &z, &api_t);
     let web = Workload::start(&s.0, net, 10, "web", &z, &g.dp_token("z1", "web"));

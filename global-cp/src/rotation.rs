@@ -348,7 +348,7 @@ pub fn status(st: &State) -> Result<Value, Refused> {
         "zones": zones.iter().map(|z| json!({
             "zone": z.zone,
             "onActiveRoot": z.renewed_at.is_some(),
-            "renewedAt": z.renewed_at.map(token::fmt_unix),
+            "caIssuedAt": z.renewed_at.map(token::fmt_unix),
         })).collect::<Vec<_>>(),
     }))
 }

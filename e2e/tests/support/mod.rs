@@ -13,9 +13,14 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Directory holding the workspace binaries, built once per test process.
+/// `TERN_E2E_BIN_DIR` points the tests at binaries built elsewhere (another
+/// profile, or an earlier version) instead.
 pub fn bin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("TERN_E2E_BIN_DIR") {
+            return PathBuf::from(d);
+        }
         let exe = std::env::current_exe().unwrap();
         // target/<profile>/deps/<test> -> target/<profile>
         let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
@@ -457,6 +462,8 @@ impl Global {
 /// A zone control plane on host `h` of the test subnet.
 pub struct ZoneCp {
     pub proc: Proc,
+    /// Extra `--flag value` pairs (replacing a default of the same flag).
+    pub extra: Vec<String>,
     pub name: String,
     pub host: u8,
     pub net: Net,
@@ -486,6 +493,13 @@ impl ZoneCp {
         if let Some(t) = token {
             a.push("--token-file".into());
             a.push(t.display().to_string());
+        }
+        // Extra `--flag value` pairs replace a default of the same flag.
+        for pair in self.extra.chunks(2) {
+            match a.iter().position(|x| *x == pair[0]) {
+                Some(i) if pair.len() == 2 => a[i + 1] = pair[1].clone(),
+                _ => a.extend(pair.iter().cloned()),
+            }
         }
         a
     }
@@ -551,6 +565,7 @@ impl ZoneCp {
                 child: None,
                 log: PathBuf::new(),
             },
+            extra: Vec::new(),
             name: name.into(),
             host,
             net,
@@ -575,6 +590,11 @@ impl ZoneCp {
             "zone-cp",
             &self.args(None),
         );
+    }
+    /// Restart with extra flags (e.g. a longer `--deregister-after`).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart();
     }
     pub fn proxy_addr(&self) -> String {
         self.net.addr(self.host, 5678).to_string()
