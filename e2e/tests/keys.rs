@@ -136,29 +136,11 @@ fn key_files_are_private_whatever_the_umask_and_exposed_ones_are_refused() {
 
     // A dataplane token others can read: the sidecar refuses to start.
     chmod(&tok, 0o644);
-    let ip = net.ip(11);
     let mut dp = spawn(
         &s.0,
         "sidecar-exposed",
         "dataplane",
-        &[
-            "--cp-address".into(),
-            z.proxy_addr(),
-            "--token-file".into(),
-            tok.display().to_string(),
-            "--service".into(),
-            "api".into(),
-            "--address".into(),
-            ip.clone(),
-            "--inbound".into(),
-            format!("{ip}:15006"),
-            "--app".into(),
-            format!("{ip}:8080"),
-            "--outbound".into(),
-            format!("{ip}:15001"),
-            "--admin".into(),
-            format!("{ip}:15000"),
-        ],
+        &sidecar_args(net, 11, "api", &z, &tok),
     );
     refused_with(&mut dp, &tok, "chmod 600");
 

@@ -179,31 +179,13 @@ fn start_sidecar(
     token: &std::path::Path,
     instance: &str,
 ) -> Proc {
-    let ip = net.ip(host);
+    let mut args = sidecar_args(net, host, service, z, token);
+    args.extend(["--instance".to_string(), instance.to_string()]);
     spawn(
         &s.0,
         &format!("sidecar-{service}-{host}"),
         "dataplane",
-        &[
-            "--cp-address".into(),
-            z.proxy_addr(),
-            "--token-file".into(),
-            token.display().to_string(),
-            "--service".into(),
-            service.into(),
-            "--instance".into(),
-            instance.into(),
-            "--address".into(),
-            ip.clone(),
-            "--inbound".into(),
-            format!("{ip}:15006"),
-            "--app".into(),
-            format!("{ip}:8080"),
-            "--outbound".into(),
-            format!("{ip}:15001"),
-            "--admin".into(),
-            format!("{ip}:15000"),
-        ],
+        &args,
     )
 }
 

@@ -91,7 +91,6 @@ pub fn join(st: &State, zone: &str, token_text: &str, csr_pem: &str) -> Result<A
     }
     let key_fp = pki::csr_key_fingerprint(csr_pem)
         .map_err(|e| Refused::Invalid(format!("bad CA CSR: {e}")))?;
-    let id = SpiffeId::zone(&st.authority.trust_domain, zone);
     st.store.transact(|tx| {
         let rec = tx.token(&jti)?.ok_or_else(|| {
             denied(format!(
@@ -146,13 +145,7 @@ pub fn join(st: &State, zone: &str, token_text: &str, csr_pem: &str) -> Result<A
                 "token {jti} was already used to join; a zone token joins once"
             )));
         }
-        let inter = st
-            .authority
-            .roots()
-            .active
-            .sign_intermediate(csr_pem, &id, st.authority.zone_ca_validity)
-            .map_err(|e| Refused::Invalid(format!("bad CA CSR: {e}")))?;
-        let fp = pki::pem_fingerprint(&inter).map_err(|e| Refused::Internal(e.to_string()))?;
+        let (inter, fp) = sign_zone_ca(st, zone, csr_pem)?;
         if rejoin {
             tx.retire_zone_cas(
                 zone,
@@ -200,6 +193,19 @@ pub fn join(st: &State, zone: &str, token_text: &str, csr_pem: &str) -> Result<A
             token_id: jti.clone(),
         })
     })
+}
+
+/// Sign a zone's CA CSR with the active root; the PEM and its fingerprint.
+fn sign_zone_ca(st: &State, zone: &str, csr_pem: &str) -> Result<(String, String), Refused> {
+    let id = SpiffeId::zone(&st.authority.trust_domain, zone);
+    let pem = st
+        .authority
+        .roots()
+        .active
+        .sign_intermediate(csr_pem, &id, st.authority.zone_ca_validity)
+        .map_err(|e| Refused::Invalid(format!("bad CA CSR: {e}")))?;
+    let fp = pki::pem_fingerprint(&pem).map_err(|e| Refused::Internal(e.to_string()))?;
+    Ok((pem, fp))
 }
 
 fn ca_record(
@@ -332,14 +338,7 @@ pub fn renew(
     }
     let key_fp = pki::csr_key_fingerprint(csr_pem)
         .map_err(|e| Refused::Invalid(format!("bad CA CSR: {e}")))?;
-    let id = SpiffeId::zone(&st.authority.trust_domain, zone);
-    let inter = st
-        .authority
-        .roots()
-        .active
-        .sign_intermediate(csr_pem, &id, st.authority.zone_ca_validity)
-        .map_err(|e| Refused::Invalid(format!("bad CA CSR: {e}")))?;
-    let fp = pki::pem_fingerprint(&inter).map_err(|e| Refused::Internal(e.to_string()))?;
+    let (inter, fp) = sign_zone_ca(st, zone, csr_pem)?;
     let rec = ca_record(st, zone, &inter, &fp, &key_fp, None, now)?;
     st.store.transact(|tx| {
         tx.add_zone_ca(&rec)?;

@@ -659,26 +659,7 @@ impl Workload {
         ];
         app_args.extend(app_extra.iter().map(|s| s.to_string()));
         let app = spawn(dir, &format!("app-{service}-{host}"), "demo-app", &app_args);
-        let mut args: Vec<String> = vec![
-            "--cp-address".into(),
-            zone.proxy_addr(),
-            "--token-file".into(),
-            token.display().to_string(),
-            "--service".into(),
-            service.into(),
-            "--address".into(),
-            ip.clone(),
-            "--inbound".into(),
-            format!("{ip}:15006"),
-            "--app".into(),
-            format!("{ip}:8080"),
-            "--outbound".into(),
-            format!("{ip}:15001"),
-            "--admin".into(),
-            format!("{ip}:15000"),
-            "--drain".into(),
-            "1s".into(),
-        ];
+        let mut args = sidecar_args(net, host, service, zone, token);
         args.extend(extra.iter().map(|s| s.to_string()));
         let sidecar = spawn(
             dir,
@@ -728,6 +709,32 @@ impl Workload {
             })
             .unwrap_or_default()
     }
+}
+
+/// A sidecar's flags for host `h`: inbound :15006, app :8080, outbound
+/// :15001, admin :15000.
+pub fn sidecar_args(net: Net, host: u8, service: &str, zone: &ZoneCp, token: &Path) -> Vec<String> {
+    let ip = net.ip(host);
+    vec![
+        "--cp-address".into(),
+        zone.proxy_addr(),
+        "--token-file".into(),
+        token.display().to_string(),
+        "--service".into(),
+        service.into(),
+        "--address".into(),
+        ip.clone(),
+        "--inbound".into(),
+        format!("{ip}:15006"),
+        "--app".into(),
+        format!("{ip}:8080"),
+        "--outbound".into(),
+        format!("{ip}:15001"),
+        "--admin".into(),
+        format!("{ip}:15000"),
+        "--drain".into(),
+        "1s".into(),
+    ]
 }
 
 /// Steady load through a sidecar in a background thread: counts successes

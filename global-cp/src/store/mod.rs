@@ -165,16 +165,7 @@ impl Store {
     }
 
     pub fn get(&self, kind: &str, name: &str) -> Result<Option<Stored>, StoreError> {
-        let row: Option<(u64, String)> = self
-            .lock()
-            .query_row(
-                "SELECT revision, body FROM resources WHERE kind = ?1 AND name = ?2",
-                [kind, name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        row.map(|(revision, body)| decode(revision, &body))
-            .transpose()
+        get_in(&self.lock(), kind, name)
     }
 
     pub fn list(&self, kind: Option<&str>) -> Result<Vec<Stored>, StoreError> {
@@ -311,16 +302,7 @@ impl Tx<'_> {
     }
 
     pub fn get(&self, kind: &str, name: &str) -> Result<Option<Stored>, StoreError> {
-        let row: Option<(u64, String)> = self
-            .tx
-            .query_row(
-                "SELECT revision, body FROM resources WHERE kind = ?1 AND name = ?2",
-                [kind, name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        row.map(|(revision, body)| decode(revision, &body))
-            .transpose()
+        get_in(&self.tx, kind, name)
     }
 
     /// Create or update. When `r.metadata.resource_version` is set it must
@@ -407,6 +389,18 @@ impl Tx<'_> {
         )?;
         Ok(true)
     }
+}
+
+fn get_in(c: &Connection, kind: &str, name: &str) -> Result<Option<Stored>, StoreError> {
+    let row: Option<(u64, String)> = c
+        .query_row(
+            "SELECT revision, body FROM resources WHERE kind = ?1 AND name = ?2",
+            [kind, name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    row.map(|(revision, body)| decode(revision, &body))
+        .transpose()
 }
 
 fn decode(revision: u64, body: &str) -> Result<Stored, StoreError> {
