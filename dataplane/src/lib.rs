@@ -7,6 +7,7 @@
 
 pub mod cp_client;
 pub mod health;
+pub mod live;
 pub mod metrics;
 pub mod proxy;
 pub mod state;

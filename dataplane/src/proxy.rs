@@ -7,9 +7,12 @@
 //! multiplexed connection. A request that failed to connect is retried on
 //! another endpoint; an idempotent bodyless request is retried on any error.
 //!
-//! Inbound: mTLS only. The caller must chain to the mesh root; its SPIFFE ID
-//! is passed to the app in `x-tern-client-id`. ALPN picks HTTP/2 or opaque
-//! TCP (`tern/tcp`).
+//! Inbound: mTLS only. The caller must pass the trust rules
+//! (`common::trust`); its SPIFFE ID is passed to the app in
+//! `x-tern-client-id`, replacing any the caller sent. The mode must be the
+//! one the app's protocol declares (HTTP/2 or HTTP/1.1 for HTTP apps,
+//! `tern/tcp` for TCP apps). Open connections close when the trust policy
+//! stops accepting their peer.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -764,12 +767,9 @@ impl Proxy {
         };
         // A peer whose zone is revoked (or whose root is retired) loses its
         // open connections too, not only new handshakes.
-        tokio::select! {
-            _ = serve => {}
-            why = self.shared.distrusted(chain) => {
-                self.metrics.connections_distrusted.inc();
-                tracing::warn!(%remote, %peer, reason = %why, "closed an inbound connection: its peer is no longer trusted");
-            }
+        if let Err(why) = self.shared.live.while_trusted(chain, serve).await {
+            self.metrics.connections_distrusted.inc();
+            tracing::warn!(%remote, %peer, reason = %why, "closed an inbound connection: its peer is no longer trusted");
         }
     }
 

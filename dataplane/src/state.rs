@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use common::ident::SpiffeId;
-use common::rustls::pki_types::CertificateDer;
 use common::rustls::{ClientConfig, ServerConfig};
 use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
 use common::trust::TrustPolicy;
@@ -595,9 +594,8 @@ pub struct Shared {
     rebuild: Mutex<()>,
     /// Bumped whenever `tls` is rebuilt (new identity or new trust).
     pub identity_changed: tokio::sync::watch::Sender<u64>,
-    /// Bumped whenever the trust policy changes; live connections re-check
-    /// their peers against it.
-    pub trust_changed: tokio::sync::watch::Sender<u64>,
+    /// Open connections and their peers, re-checked when trust changes.
+    pub live: crate::live::LiveConns,
     pub clusters: ArcSwap<Clusters>,
     pub targets: ArcSwap<HashMap<String, Arc<Target>>>,
     /// What the local app speaks, which fixes what the inbound accepts.
@@ -614,7 +612,7 @@ impl Shared {
             trust: ArcSwapOption::empty(),
             rebuild: Mutex::new(()),
             identity_changed: tokio::sync::watch::channel(0).0,
-            trust_changed: tokio::sync::watch::channel(0).0,
+            live: Default::default(),
             clusters: ArcSwap::from_pointee(Clusters::default()),
             targets: ArcSwap::from_pointee(HashMap::new()),
         }
@@ -627,34 +625,25 @@ impl Shared {
         self.rebuild_tls()
     }
 
-    /// Install a new trust policy; live connections re-check their peers.
+    /// Install a new trust policy; open connections whose peer it refuses
+    /// are cut.
     pub fn set_trust(&self, policy: TrustPolicy) -> Result<(), tls::TlsConfigError> {
         let _g = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
-        self.trust.store(Some(Arc::new(policy)));
+        let policy = Arc::new(policy);
+        self.trust.store(Some(policy.clone()));
         self.rebuild_tls()?;
-        self.trust_changed.send_modify(|n| *n += 1);
+        let cut = self.live.sweep(&policy);
+        if cut > 0 {
+            tracing::warn!(
+                connections = cut,
+                "closed connections whose peer is no longer trusted"
+            );
+        }
         Ok(())
     }
 
     pub fn trust(&self) -> Option<Arc<TrustPolicy>> {
         self.trust.load_full()
-    }
-
-    /// Resolves, with the reason, once the trust policy changes so that it
-    /// no longer accepts `chain` (a live connection's peer, leaf first).
-    /// Pending for as long as the peer stays trusted.
-    pub async fn distrusted(&self, chain: Arc<[CertificateDer<'static>]>) -> String {
-        let mut rx = self.trust_changed.subscribe();
-        loop {
-            if rx.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-            if let Some(p) = self.trust() {
-                if let Err(e) = p.verify_chain_now(&chain) {
-                    return e.to_string();
-                }
-            }
-        }
     }
 
     fn rebuild_tls(&self) -> Result<(), tls::TlsConfigError> {

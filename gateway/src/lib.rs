@@ -332,13 +332,11 @@ impl Gateway {
         send.write_all(&header.encode()?).await?;
         self.metrics.stream_opened(&zone, "outbound");
         let mut quic = tokio::io::join(recv, send);
-        tokio::select! {
-            res = tokio::io::copy_bidirectional(&mut tls, &mut quic) => {
-                if let Ok((up, down)) = res {
-                    self.metrics.bytes(&zone, up, down);
-                }
-            }
-            why = self.shared.distrusted(chain) => {
+        let splice = tokio::io::copy_bidirectional(&mut tls, &mut quic);
+        match self.shared.live.while_trusted(chain, splice).await {
+            Ok(Ok((up, down))) => self.metrics.bytes(&zone, up, down),
+            Ok(Err(_)) => {}
+            Err(why) => {
                 self.metrics.distrusted.inc();
                 anyhow::bail!("closed a flow from {peer}: no longer trusted ({why})");
             }
@@ -369,7 +367,7 @@ impl Gateway {
                 };
                 let zone = peer.zone_name().unwrap_or_default().to_string();
                 tracing::info!(%remote, %zone, "gateway connected");
-                me.remotes.close_when_distrusted(&conn);
+                let _live = me.remotes.close_when_distrusted(&conn);
                 me.remotes.watch_loss(&conn, &zone);
                 loop {
                     match conn.accept_bi().await {

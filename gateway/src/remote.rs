@@ -12,6 +12,7 @@ use common::ident::SpiffeId;
 use common::rustls::pki_types::CertificateDer;
 use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
 use common::trust::TrustPolicy;
+use dataplane::live::LiveGuard;
 use dataplane::state::Shared;
 
 use crate::metrics::Metrics;
@@ -24,6 +25,8 @@ pub const GATEWAYS_PREFIX: &str = "@gateways/";
 #[derive(Default)]
 struct Slot {
     conn: Option<quinn::Connection>,
+    /// Registers `conn`'s peer for trust re-checks.
+    live: Option<LiveGuard>,
     zone: String,
     down_until: Option<Instant>,
 }
@@ -117,26 +120,18 @@ impl Remotes {
 
     /// Close `conn` as soon as the trust policy stops accepting its peer
     /// (its zone revoked or re-joined, its root retired): every flow on it
-    /// ends with it.
-    pub fn close_when_distrusted(&self, conn: &quinn::Connection) {
-        let Some(chain) = peer_chain(conn) else {
-            return;
-        };
-        let (conn, shared, metrics) = (
-            conn.clone(),
-            self.inner.shared.clone(),
-            self.inner.metrics.clone(),
-        );
-        tokio::spawn(async move {
-            tokio::select! {
-                why = shared.distrusted(chain.into()) => {
-                    tracing::warn!(remote = %conn.remote_address(), reason = %why, "closing a gateway connection: its peer is no longer trusted");
-                    metrics.distrusted.inc();
-                    conn.close(0x2u32.into(), b"peer no longer trusted");
-                }
-                _ = conn.closed() => {}
-            }
-        });
+    /// ends with it. Keep the guard as long as the connection.
+    pub fn close_when_distrusted(&self, conn: &quinn::Connection) -> Option<LiveGuard> {
+        let chain = peer_chain(conn)?;
+        let (conn, metrics) = (conn.clone(), self.inner.metrics.clone());
+        Some(self.inner.shared.live.watch(
+            chain.into(),
+            Box::new(move |why| {
+                tracing::warn!(remote = %conn.remote_address(), reason = %why, "closing a gateway connection: its peer is no longer trusted");
+                metrics.distrusted.inc();
+                conn.close(0x2u32.into(), b"peer no longer trusted");
+            }),
+        ))
     }
 
     fn slot(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<Slot>> {
@@ -171,7 +166,6 @@ impl Remotes {
             .map_err(|_| anyhow::anyhow!("QUIC handshake with {addr} timed out"))??;
         tracing::info!(%addr, zone, "connected to remote gateway");
         self.watch_loss(&conn, zone);
-        self.close_when_distrusted(&conn);
         Ok(conn)
     }
 
@@ -192,6 +186,7 @@ impl Remotes {
         }
         match self.dial(addr, zone).await {
             Ok(c) => {
+                s.live = self.close_when_distrusted(&c);
                 s.conn = Some(c.clone());
                 s.down_until = None;
                 Ok(c)

@@ -9,7 +9,7 @@
 //! after a crash in between completes the swap (`recover`).
 
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use common::fsutil::write_private;
@@ -169,6 +169,100 @@ pub fn recover(dir: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(dir.join(PENDING));
     }
     Ok(())
+}
+
+/// How often the zone checks whether its CA is due for renewal.
+pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How long to wait for an answer, or after a refusal, before asking again.
+const CA_RETRY: Duration = Duration::from_secs(60);
+
+/// The zone's side of CA renewal on one sync stream.
+#[derive(Default)]
+pub struct Renewal {
+    asked: Option<std::time::Instant>,
+    warned: Option<std::time::Instant>,
+    /// A renewed CA waiting for the mesh to list it (the global publishes
+    /// the new `ZoneCa` before it answers; the zone signs with the new CA
+    /// only once that list has arrived, so peers already trust it).
+    ready: Option<pb::CaIssued>,
+}
+
+impl Renewal {
+    /// A renewal request, when one is due and none is waiting.
+    pub fn next(&mut self, z: &Zone) -> Option<pb::CaRenewal> {
+        let ca = z.boot.ca();
+        let now = std::time::SystemTime::now();
+        if expiry_near(&ca, now)
+            && self
+                .warned
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
+        {
+            self.warned = Some(std::time::Instant::now());
+            tracing::warn!(
+                not_after = %humantime::format_rfc3339_seconds(ca.not_after),
+                "the zone CA expires soon and has not been renewed; check the sync stream to the global"
+            );
+        }
+        let why = due(&ca, now, on_active_root(z, &ca))?;
+        if self.ready.is_some() || self.asked.is_some_and(|t| t.elapsed() < CA_RETRY) {
+            return None;
+        }
+        match request(&z.boot.data_dir, &ca, &z.boot.zone) {
+            Ok(req) => {
+                tracing::info!(reason = %why, "asking the global to renew the zone CA");
+                self.asked = Some(std::time::Instant::now());
+                Some(req)
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "could not prepare a zone CA renewal");
+                None
+            }
+        }
+    }
+
+    pub fn answered(&mut self, z: &Zone, c: pb::CaIssued) {
+        if !c.error.is_empty() {
+            tracing::warn!(reason = %c.error, "the global refused to renew the zone CA; retrying later");
+            self.count(z, "refused");
+            return;
+        }
+        self.ready = Some(c);
+        self.install_when_listed(z);
+    }
+
+    /// Install the renewed CA once the mesh's `ZoneCa` list has it.
+    pub fn install_when_listed(&mut self, z: &Zone) {
+        let Some(c) = &self.ready else { return };
+        let fp = common::pki::pem_fingerprint(&c.intermediate_pem).unwrap_or_default();
+        let listed = z
+            .global
+            .zone_cas()
+            .get(&z.boot.zone)
+            .is_some_and(|l| l.contains(&fp));
+        if !listed {
+            return;
+        }
+        let c = self.ready.take().expect("checked");
+        match install(&z.boot, &c) {
+            Ok(fp) => {
+                self.asked = None;
+                z.metrics.ca_expiry.set(crate::unix(z.boot.ca().not_after));
+                tracing::info!(ca = %&fp[..16], "installed the renewed zone CA");
+                self.count(z, "ok");
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "could not install the renewed zone CA");
+                self.count(z, "failed");
+            }
+        }
+    }
+
+    fn count(&self, z: &Zone, result: &str) {
+        z.metrics
+            .ca_renewals
+            .get_or_create(&vec![("result".into(), result.into())])
+            .inc();
+    }
 }
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ struct Service {
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 /// The same for gateway tokens.
 pub const DEFAULT_MAX_GATEWAYS: u32 = 16;
+/// Warn at each certificate issued when the proxy's token has less left.
+const TOKEN_EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn refuse(z: &Zone, service: &str, why: impl std::fmt::Display) -> Status {
     tracing::warn!(service, reason = %why, "proxy refused");
@@ -86,6 +88,10 @@ fn sign(z: &Zone, csr: &str, id: &SpiffeId, token_exp: u64) -> Result<pb::ZoneTo
         return Err(Status::permission_denied(
             "the token (or the zone CA) has expired; no certificate can be issued",
         ));
+    }
+    if token_exp.saturating_sub(now) < TOKEN_EXPIRY_WARNING.as_secs() {
+        tracing::warn!(%id, expires = %token::fmt_unix(token_exp),
+            "this proxy's token expires soon, and its certificate with it; give it a new token");
     }
     let ttl = z.global.workload_cert_ttl().min(Duration::from_secs(cap));
     let leaf = ca
