@@ -34,6 +34,8 @@ clusters:
 admin: 127.0.0.1:19101
 YAML
 export RUST_LOG=${RUST_LOG:-warn}
-"$bin" --bootstrap "$work/server.yaml" --workers 1 &
-"$bin" --bootstrap "$work/client.yaml" --workers 1 &
+# No drain on SIGTERM: standalone sidecars have no control plane to leave,
+# and the next contender needs the ports at once.
+"$bin" --bootstrap "$work/server.yaml" --workers 1 --drain 0s &
+"$bin" --bootstrap "$work/client.yaml" --workers 1 --drain 0s &
 wait
