@@ -554,6 +554,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     out,
                 ),
             };
+            // Check the destination first: a token issued but not written
+            // would be valid and held by nobody.
+            if let Some(p) = &out.file {
+                let dir = p
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                if !dir.is_dir() {
+                    bail!(
+                        "cannot write the token to {}: folder {} does not exist",
+                        p.display(),
+                        dir.display()
+                    );
+                }
+            }
             let v = api.ok("POST", "/api/v1/tokens", Some(&body)).await?;
             let token = s(&v, "/token");
             match out.file {
