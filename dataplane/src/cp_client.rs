@@ -82,7 +82,7 @@ pub fn spawn(
 }
 
 fn validate(_k: &str, c: &pb::Cluster) -> Result<(), String> {
-    crate::state::Protocol::parse(&c.protocol)?;
+    crate::protocol::Protocol::parse(&c.protocol)?;
     for e in &c.endpoints {
         e.address
             .parse::<std::net::IpAddr>()

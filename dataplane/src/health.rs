@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::state::{Endpoint, Shared};
+use crate::balance::Endpoint;
+use crate::state::Shared;
 
 pub async fn probe_loop(shared: Arc<Shared>, interval: Duration) {
     let timeout = (interval / 2).max(Duration::from_millis(100));
@@ -20,7 +21,7 @@ pub async fn probe_loop(shared: Arc<Shared>, interval: Duration) {
         let clusters = shared.clusters.load_full();
         let mut by_addr: HashMap<SocketAddr, Vec<Arc<Endpoint>>> = HashMap::new();
         for c in clusters.by_service.values() {
-            if c.protocol == crate::state::Protocol::Quic {
+            if c.protocol == crate::protocol::Protocol::Quic {
                 continue; // another zone's gateways: the gateway watches those
             }
             for e in &c.endpoints {

@@ -5,11 +5,17 @@
 //! (`--bootstrap`), for benchmarks and debugging.
 #![forbid(unsafe_code)]
 
+pub mod balance;
+pub mod connect;
 pub mod cp_client;
 pub mod health;
+pub mod inbound;
 pub mod live;
 pub mod metrics;
+pub mod outbound;
+pub mod protocol;
 pub mod proxy;
+pub mod spares;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -25,7 +31,8 @@ use proto::v1 as pb;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::state::{Protocol, Shared};
+use crate::protocol::Protocol;
+use crate::state::Shared;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "dataplane", version, about = "Tern sidecar proxy")]

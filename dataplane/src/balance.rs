@@ -1,0 +1,526 @@
+//! The locality-aware balancer: endpoints grouped into tiers by the
+//! priority the zone-cp set (own zone, own region, other regions), Envoy-style
+//! spill-over between tiers, remote zones counted once across the gateway
+//! paths that reach them, and passive (ejection) and active (probe) health.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::ident::SpiffeId;
+use proto::v1 as pb;
+
+use crate::protocol::Protocol;
+
+/// Where a connection to an endpoint goes and whom it must reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The TCP address dialed: the endpoint's sidecar, or a local gateway.
+    pub addr: SocketAddr,
+    /// The SPIFFE ID the end-to-end mTLS session must reach.
+    pub identity: SpiffeId,
+    /// Set when the endpoint is another zone reached through a local gateway.
+    pub via: Option<Via>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    pub dest_zone: String,
+    pub service: String,
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub target: Arc<Target>,
+    /// Unique per target, used as the URI authority, so pooled connections
+    /// never mix targets (one gateway address carries many zones/services).
+    pub authority: http::uri::Authority,
+    pub zone: String,
+    pub region: String,
+    /// Locality tier: 0 own zone, 1 own region, 2.. other regions.
+    pub priority: u32,
+    pub weight: u32,
+    /// Passive health: ejected until this many ms after `epoch()`.
+    ejected_until: AtomicU64,
+    /// Active health: the last probe's result.
+    probe_ok: AtomicBool,
+}
+
+fn epoch() -> Instant {
+    static E: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *E.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+impl Endpoint {
+    pub fn ejected(&self) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ms()
+    }
+    /// Outlier detection: stop picking this endpoint for a while.
+    pub fn eject(&self, for_: Duration) {
+        self.ejected_until
+            .store(now_ms() + for_.as_millis() as u64, Ordering::Relaxed);
+    }
+    pub fn available(&self) -> bool {
+        self.probe_ok.load(Ordering::Relaxed) && !self.ejected()
+    }
+    /// Record an active probe. A recovery clears any ejection, so a
+    /// restored endpoint gets traffic back within one probe interval.
+    pub fn set_probe(&self, ok: bool) {
+        let was = self.probe_ok.swap(ok, Ordering::Relaxed);
+        if ok && !was {
+            self.ejected_until.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How much load a tier may take per unit of health, as in Envoy: a tier
+/// keeps all traffic until fewer than 1/1.4 (~71%) of its weight is healthy,
+/// then spills the rest over to the next tier in proportion.
+pub const OVERPROVISIONING: f64 = 1.4;
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub service: String,
+    pub protocol: Protocol,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Endpoints grouped by priority, lowest (closest) first.
+    pub tiers: Vec<Vec<Arc<Endpoint>>>,
+    /// Per tier: whether it holds gateway paths (else the fast path applies).
+    tier_has_via: Vec<bool>,
+    rng: AtomicU64,
+}
+
+/// A pick: the endpoint, and the index of its tier.
+pub type Pick = (Arc<Endpoint>, usize);
+
+impl Cluster {
+    fn next_rand(&self) -> f64 {
+        // xorshift64*, lock-free; quality is ample for load spreading.
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.store(x, Ordering::Relaxed);
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A tier's endpoints grouped into destinations: a local endpoint is its
+    /// own group; a remote zone is one group whose members are the paths to
+    /// it through each local gateway. Health and weight count groups, so a
+    /// dead gateway does not make a healthy zone look half down.
+    fn groups<'a>(
+        tier: &'a [Arc<Endpoint>],
+        tried: &[Arc<Endpoint>],
+    ) -> Vec<(u64, Vec<&'a Arc<Endpoint>>, bool)> {
+        type Group<'a> = (Option<&'a str>, u64, Vec<&'a Arc<Endpoint>>, bool);
+        let mut out: Vec<Group<'a>> = Vec::new();
+        for e in tier {
+            let key = e.target.via.as_ref().map(|v| v.dest_zone.as_str());
+            let ok = e.available() && !tried.iter().any(|x| Arc::ptr_eq(x, e));
+            let slot = match key {
+                Some(k) => out.iter_mut().position(|g| g.0 == Some(k)),
+                None => None,
+            };
+            match slot {
+                Some(i) => {
+                    if ok {
+                        out[i].2.push(e);
+                    }
+                    out[i].3 |= ok;
+                }
+                None => out.push((
+                    key,
+                    e.weight.max(1) as u64,
+                    if ok { vec![e] } else { vec![] },
+                    ok,
+                )),
+            }
+        }
+        out.into_iter().map(|(_, w, m, ok)| (w, m, ok)).collect()
+    }
+
+    /// Share of traffic each tier takes (sums to 1 when anything is up).
+    pub fn tier_loads(&self, tried: &[Arc<Endpoint>], min_tier: usize) -> Vec<f64> {
+        let mut remaining = 1.0f64;
+        self.tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if i < min_tier {
+                    return 0.0;
+                }
+                let (total, healthy) = if self.tier_has_via[i] {
+                    let groups = Self::groups(t, tried);
+                    (
+                        groups.iter().map(|g| g.0).sum::<u64>(),
+                        groups.iter().filter(|g| g.2).map(|g| g.0).sum::<u64>(),
+                    )
+                } else {
+                    // Local endpoints only: no allocation on the hot path.
+                    t.iter().fold((0u64, 0u64), |(tot, ok), e| {
+                        let w = e.weight.max(1) as u64;
+                        let up = e.available() && !tried.iter().any(|x| Arc::ptr_eq(x, e));
+                        (tot + w, ok + if up { w } else { 0 })
+                    })
+                };
+                let frac = if total == 0 {
+                    0.0
+                } else {
+                    healthy as f64 / total as f64
+                };
+                let load = (frac * OVERPROVISIONING).min(remaining);
+                remaining -= load;
+                load
+            })
+            .collect()
+    }
+
+    /// Pick an endpoint: a tier by locality and health, then a destination
+    /// in it by weight, then one of its paths. Endpoints in `tried` and tiers
+    /// before `min_tier` are skipped. When nothing is available, any untried
+    /// endpoint is used (panic mode) rather than failing outright.
+    pub fn pick(&self, tried: &[Arc<Endpoint>], min_tier: usize) -> Option<Pick> {
+        let loads = self.tier_loads(tried, min_tier);
+        let sum: f64 = loads.iter().sum();
+        let untried = |e: &&Arc<Endpoint>| !tried.iter().any(|x| Arc::ptr_eq(x, e));
+        if sum <= 0.0 {
+            return self
+                .tiers
+                .iter()
+                .enumerate()
+                .skip(min_tier)
+                .find_map(|(i, t)| t.iter().find(untried).map(|e| (e.clone(), i)))
+                .or_else(|| {
+                    self.tiers
+                        .iter()
+                        .enumerate()
+                        .find_map(|(i, t)| t.iter().find(untried).map(|e| (e.clone(), i)))
+                });
+        }
+        let mut r = self.next_rand() * sum;
+        let mut tier = loads.len() - 1;
+        for (i, l) in loads.iter().enumerate() {
+            if *l > 0.0 && r < *l {
+                tier = i;
+                break;
+            }
+            r -= l;
+        }
+        while loads[tier] <= 0.0 && tier > 0 {
+            tier -= 1;
+        }
+        if !self.tier_has_via[tier] {
+            let up = |e: &&Arc<Endpoint>| e.available() && !tried.iter().any(|x| Arc::ptr_eq(x, e));
+            let total: u64 = self.tiers[tier]
+                .iter()
+                .filter(up)
+                .map(|e| e.weight.max(1) as u64)
+                .sum();
+            let mut x = (self.next_rand() * total as f64) as u64;
+            let mut last = None;
+            for e in self.tiers[tier].iter().filter(up) {
+                let w = e.weight.max(1) as u64;
+                if x < w {
+                    return Some((e.clone(), tier));
+                }
+                x -= w;
+                last = Some(e);
+            }
+            return last.map(|e| (e.clone(), tier));
+        }
+        let groups: Vec<(u64, Vec<&Arc<Endpoint>>, bool)> = Self::groups(&self.tiers[tier], tried)
+            .into_iter()
+            .filter(|g| g.2)
+            .collect();
+        let total: u64 = groups.iter().map(|g| g.0).sum();
+        let mut x = (self.next_rand() * total as f64) as u64;
+        let mut chosen = groups.last()?;
+        for g in &groups {
+            if x < g.0 {
+                chosen = g;
+                break;
+            }
+            x -= g.0;
+        }
+        let paths = &chosen.1;
+        let i = (self.next_rand() * paths.len() as f64) as usize;
+        paths
+            .get(i.min(paths.len() - 1))
+            .map(|e| ((*e).clone(), tier))
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Clusters {
+    pub by_service: HashMap<String, Arc<Cluster>>,
+    pub version: u64,
+}
+
+fn authority_for(addr: SocketAddr, via: &Option<Via>) -> Result<http::uri::Authority, String> {
+    let s = match via {
+        None => addr.to_string(),
+        Some(v) => {
+            let ip = addr.ip().to_string().replace([':', '.'], "-");
+            format!("{}.{}.gw-{ip}:{}", v.service, v.dest_zone, addr.port())
+        }
+    };
+    s.parse()
+        .map_err(|_| format!("cannot form an authority from {s:?}"))
+}
+
+impl Clusters {
+    /// Build from config, keeping endpoint health from `old`.
+    pub fn build(cfg: &[pb::Cluster], old: &Clusters, version: u64) -> Result<Self, String> {
+        let mut by_service = HashMap::new();
+        let known: HashMap<(&str, &SpiffeId), &Arc<Endpoint>> = old
+            .by_service
+            .values()
+            .flat_map(|c| c.endpoints.iter())
+            .map(|e| ((e.authority.as_str(), &e.target.identity), e))
+            .collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ version;
+        for c in cfg {
+            let protocol =
+                Protocol::parse(&c.protocol).map_err(|e| format!("cluster {}: {e}", c.service))?;
+            let mut endpoints = Vec::new();
+            for e in c.endpoints.iter().filter(|e| e.healthy) {
+                let ip: std::net::IpAddr = e.address.parse().map_err(|_| {
+                    format!(
+                        "cluster {}: bad endpoint address {:?}",
+                        c.service, e.address
+                    )
+                })?;
+                let port = u16::try_from(e.port)
+                    .map_err(|_| format!("cluster {}: bad port {}", c.service, e.port))?;
+                let addr = SocketAddr::new(ip, port);
+                let identity = SpiffeId::parse(&e.identity)
+                    .map_err(|x| format!("cluster {}: {x}", c.service))?;
+                let via = e.via_gateway.then(|| Via {
+                    dest_zone: e.zone.clone(),
+                    service: c.service.clone(),
+                });
+                let authority = authority_for(addr, &via)?;
+                let ep = match known.get(&(authority.as_str(), &identity)) {
+                    Some(old) if old.priority == e.priority && old.weight == e.weight.max(1) => {
+                        (*old).clone()
+                    }
+                    _ => Arc::new(Endpoint {
+                        target: Arc::new(Target {
+                            addr,
+                            identity,
+                            via,
+                        }),
+                        authority,
+                        zone: e.zone.clone(),
+                        region: e.region.clone(),
+                        priority: e.priority,
+                        weight: e.weight.max(1),
+                        ejected_until: AtomicU64::new(0),
+                        probe_ok: AtomicBool::new(true),
+                    }),
+                };
+                endpoints.push(ep);
+            }
+            let mut prios: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
+            prios.sort_unstable();
+            prios.dedup();
+            let tiers: Vec<Vec<Arc<Endpoint>>> = prios
+                .iter()
+                .map(|p| {
+                    endpoints
+                        .iter()
+                        .filter(|e| e.priority == *p)
+                        .cloned()
+                        .collect()
+                })
+                .collect();
+            let tier_has_via = tiers
+                .iter()
+                .map(|t| t.iter().any(|e| e.target.via.is_some()))
+                .collect();
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            by_service.insert(
+                c.service.clone(),
+                Arc::new(Cluster {
+                    service: c.service.clone(),
+                    protocol,
+                    endpoints,
+                    tiers,
+                    tier_has_via,
+                    rng: AtomicU64::new(seed | 1),
+                }),
+            );
+        }
+        Ok(Self {
+            by_service,
+            version,
+        })
+    }
+
+    /// Target per authority, for the connector.
+    pub fn targets(&self) -> HashMap<String, Arc<Target>> {
+        self.by_service
+            .values()
+            .flat_map(|c| c.endpoints.iter())
+            .map(|e| (e.authority.to_string(), e.target.clone()))
+            .collect()
+    }
+
+    pub fn dump(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for (name, c) in &self.by_service {
+            out.insert(
+                name.clone(),
+                serde_json::json!({
+                    "protocol": format!("{:?}", c.protocol),
+                    "tierLoads": c.tier_loads(&[], 0),
+                    "endpoints": c.endpoints.iter().map(|e| serde_json::json!({
+                        "address": e.target.addr.to_string(),
+                        "authority": e.authority.to_string(),
+                        "identity": e.target.identity.to_string(),
+                        "zone": e.zone, "region": e.region,
+                        "priority": e.priority, "weight": e.weight,
+                        "viaGateway": e.target.via.is_some(),
+                        "ejected": e.ejected(),
+                        "probeOk": e.probe_ok.load(Ordering::Relaxed),
+                    })).collect::<Vec<_>>(),
+                }),
+            );
+        }
+        serde_json::Value::Object(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn ep(ip: &str, zone: &str, prio: u32, weight: u32, via: bool) -> pb::Endpoint {
+        pb::Endpoint {
+            address: ip.into(),
+            port: 15006,
+            healthy: true,
+            zone: zone.into(),
+            identity: format!("spiffe://tern/zone/{zone}/svc/api"),
+            weight,
+            via_gateway: via,
+            priority: prio,
+            ..Default::default()
+        }
+    }
+
+    fn cluster() -> Arc<Cluster> {
+        let cfg = vec![pb::Cluster {
+            service: "api".into(),
+            protocol: "http".into(),
+            endpoints: vec![
+                ep("127.0.0.1", "z1", 0, 1, false),
+                ep("127.0.0.2", "z1", 0, 1, false),
+                ep("127.0.0.5", "z2", 1, 4, true),
+                ep("127.0.0.5", "z3", 2, 1, true),
+            ],
+        }];
+        Clusters::build(&cfg, &Clusters::default(), 1)
+            .unwrap()
+            .by_service["api"]
+            .clone()
+    }
+
+    fn zone_shares(c: &Cluster, n: usize) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for _ in 0..n {
+            let (e, _) = c.pick(&[], 0).unwrap();
+            *m.entry(e.zone.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn local_zone_keeps_all_traffic_while_healthy() {
+        let c = cluster();
+        assert_eq!(c.tiers.len(), 3);
+        // One gateway address carries two zones: distinct authorities.
+        assert_ne!(c.tiers[1][0].authority, c.tiers[2][0].authority);
+        let s = zone_shares(&c, 2000);
+        assert_eq!(s.get("z1"), Some(&2000), "{s:?}");
+    }
+
+    #[test]
+    fn spills_over_in_proportion_then_fails_over_whole() {
+        let c = cluster();
+        c.tiers[0][0].eject(Duration::from_secs(60));
+        // 50% healthy * 1.4 = 70% stays local, 30% spills to the region.
+        let s = zone_shares(&c, 4000);
+        let local = *s.get("z1").unwrap() as f64 / 4000.0;
+        assert!((0.64..0.76).contains(&local), "local share {local}: {s:?}");
+        assert!(
+            !s.contains_key("z3"),
+            "the next region is not needed: {s:?}"
+        );
+        c.tiers[0][1].set_probe(false);
+        let s = zone_shares(&c, 1000);
+        assert_eq!(s.get("z2"), Some(&1000), "{s:?}");
+        c.tiers[1][0].eject(Duration::from_secs(60));
+        let s = zone_shares(&c, 1000);
+        assert_eq!(s.get("z3"), Some(&1000), "{s:?}");
+        // A recovered probe clears the ejection.
+        c.tiers[0][0].set_probe(false);
+        c.tiers[0][0].set_probe(true);
+        assert!(c.tiers[0][0].available());
+    }
+
+    #[test]
+    fn a_dead_gateway_path_does_not_halve_a_remote_zone() {
+        let cfg = vec![pb::Cluster {
+            service: "api".into(),
+            protocol: "http".into(),
+            endpoints: vec![
+                ep("127.0.0.5", "z2", 1, 3, true),
+                ep("127.0.0.6", "z2", 1, 3, true),
+                ep("127.0.0.5", "z3", 2, 1, true),
+            ],
+        }];
+        let c = Clusters::build(&cfg, &Clusters::default(), 1)
+            .unwrap()
+            .by_service["api"]
+            .clone();
+        c.tiers[0][0].set_probe(false);
+        for _ in 0..500 {
+            let (e, tier) = c.pick(&[], 0).unwrap();
+            assert_eq!(
+                tier, 0,
+                "z2 is still fully healthy through its other gateway"
+            );
+            assert_eq!(e.target.addr.to_string(), "127.0.0.6:15006");
+        }
+    }
+
+    #[test]
+    fn retries_move_to_the_next_locality_and_panic_mode_still_answers() {
+        let c = cluster();
+        let (first, tier) = c.pick(&[], 0).unwrap();
+        assert_eq!(tier, 0);
+        let (second, tier) = c.pick(std::slice::from_ref(&first), 1).unwrap();
+        assert_eq!((second.zone.as_str(), tier), ("z2", 1));
+        let (third, tier) = c.pick(&[first.clone(), second.clone()], 2).unwrap();
+        assert_eq!((third.zone.as_str(), tier), ("z3", 2));
+        // Nothing left past tier 2: fall back to an untried local endpoint.
+        let (fourth, tier) = c.pick(&[first.clone(), second, third], 3).unwrap();
+        assert_eq!(tier, 0);
+        assert!(!Arc::ptr_eq(&fourth, &first));
+        // Everything ejected: still pick something rather than fail.
+        for e in &c.endpoints {
+            e.eject(Duration::from_secs(60));
+        }
+        assert!(c.pick(&[], 0).is_some());
+    }
+}

@@ -1,0 +1,295 @@
+//! The mesh connector: TCP and mTLS to a destination sidecar, checking that
+//! it presents the identity the config names; or, for another zone, an mTLS
+//! hop to a gateway of this zone, the flow header, and the end-to-end
+//! handshake inside it. hyper's client pools what it returns.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use common::ident::SpiffeId;
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::{client::TlsStream, TlsConnector};
+
+use crate::balance::Target;
+use crate::metrics::Metrics;
+use crate::protocol::Alpn;
+use crate::state::Shared;
+
+/// A mesh connection: straight to the destination sidecar, or through a
+/// local gateway, with the end-to-end mTLS session inside the gateway hop.
+// The direct stream is the common case and stays inline; the rarer
+// gateway path is boxed.
+#[allow(clippy::large_enum_variant)]
+pub enum MeshStream {
+    Direct(TlsStream<TcpStream>),
+    Gateway(Box<TlsStream<TlsStream<TcpStream>>>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            MeshStream::Direct($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            MeshStream::Gateway($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for MeshStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for MeshStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MeshStream::Direct(s) => s.is_write_vectored(),
+            MeshStream::Gateway(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+pub struct MeshConn {
+    io: TokioIo<MeshStream>,
+    h2: bool,
+}
+
+impl Connection for MeshConn {
+    fn connected(&self) -> Connected {
+        let c = Connected::new();
+        if self.h2 {
+            c.negotiated_h2()
+        } else {
+            c
+        }
+    }
+}
+
+impl hyper::rt::Read for MeshConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for MeshConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[derive(Clone)]
+pub struct MeshConnector {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) metrics: Metrics,
+    pub(crate) alpn: Alpn,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no workload certificate yet; the proxy fails closed until it has one")]
+    NoCertificate,
+    #[error("endpoint {0} is not in the current config")]
+    UnknownEndpoint(String),
+    #[error("connect to {addr}: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+    #[error("TLS config: {0}")]
+    Tls(String),
+    #[error("flow header: {0}")]
+    Header(#[from] common::flow::HeaderError),
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn timed<T>(
+    addr: SocketAddr,
+    f: impl Future<Output = io::Result<T>>,
+) -> Result<T, ConnectError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, f)
+        .await
+        .map_err(|_| ConnectError::Io {
+            addr,
+            source: io::Error::new(io::ErrorKind::TimedOut, "timed out"),
+        })?
+        .map_err(|source| ConnectError::Io { addr, source })
+}
+
+/// The mTLS hop to a gateway of our own zone (ALPN `tern/gw`).
+pub async fn dial_gateway(
+    shared: &Shared,
+    addr: SocketAddr,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
+    let tls = shared.tls.load_full().ok_or(ConnectError::NoCertificate)?;
+    let own_zone = tls.ident.id.zone_name().unwrap_or_default().to_string();
+    let gw_id = SpiffeId::gateway(tls.ident.id.trust_domain(), &own_zone);
+    let gw_cfg = tls
+        .client_for(&gw_id, Alpn::Gateway)
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let tcp = timed(addr, TcpStream::connect(addr)).await?;
+    let _ = tcp.set_nodelay(true);
+    timed(
+        addr,
+        TlsConnector::from(gw_cfg).connect(common::tls::sni(), tcp),
+    )
+    .await
+}
+
+/// Open the end-to-end mTLS session to `target`: directly, or through the
+/// local gateway named by `target.addr` (an mTLS hop to the gateway, the
+/// flow header, then the end-to-end handshake inside).
+pub async fn connect_mesh(
+    shared: &Arc<Shared>,
+    target: &Target,
+    alpn: Alpn,
+) -> Result<(MeshStream, bool), ConnectError> {
+    let tls = shared.tls.load_full().ok_or(ConnectError::NoCertificate)?;
+    let addr = target.addr;
+    let cfg = tls
+        .client_for(&target.identity, alpn)
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let stream = match &target.via {
+        None => {
+            let tcp = timed(addr, TcpStream::connect(addr)).await?;
+            let _ = tcp.set_nodelay(true);
+            MeshStream::Direct(
+                timed(
+                    addr,
+                    TlsConnector::from(cfg).connect(common::tls::sni(), tcp),
+                )
+                .await?,
+            )
+        }
+        Some(via) => {
+            let own_zone = tls.ident.id.zone_name().unwrap_or_default().to_string();
+            // A pre-handshaked connection to the gateway when there is one,
+            // so a new flow pays only for its end-to-end handshake.
+            let mut outer = match shared.spares.take(addr) {
+                Some(s) => s,
+                None => dial_gateway(shared, addr).await?,
+            };
+            let sh = shared.clone();
+            shared.spares.refill(addr, move || {
+                let sh = sh.clone();
+                async move { dial_gateway(&sh, addr).await }
+            });
+            let header = common::flow::FlowHeader {
+                service: via.service.clone(),
+                dest_zone: via.dest_zone.clone(),
+                source_zone: own_zone,
+                port: None,
+                traceparent: None,
+            }
+            .encode()?;
+            timed(addr, outer.write_all(&header)).await?;
+            let inner = timed(
+                addr,
+                TlsConnector::from(cfg).connect(common::tls::sni(), outer),
+            )
+            .await?;
+            MeshStream::Gateway(Box::new(inner))
+        }
+    };
+    let alpn_got = match &stream {
+        MeshStream::Direct(s) => s.get_ref().1.alpn_protocol().map(|a| a.to_vec()),
+        MeshStream::Gateway(s) => s.get_ref().1.alpn_protocol().map(|a| a.to_vec()),
+    };
+    let h2 = alpn_got.as_deref() == Some(common::tls::ALPN_H2);
+    Ok((stream, h2))
+}
+
+impl tower::Service<Uri> for MeshConnector {
+    type Response = MeshConn;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<MeshConn, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let shared = self.shared.clone();
+        let metrics = self.metrics.clone();
+        let alpn = self.alpn;
+        Box::pin(async move {
+            let auth = uri.authority().map(|a| a.as_str()).unwrap_or("");
+            let target = shared
+                .targets
+                .load()
+                .get(auth)
+                .cloned()
+                .ok_or_else(|| ConnectError::UnknownEndpoint(auth.to_string()))?;
+            match connect_mesh(&shared, &target, alpn).await {
+                Ok((io, h2)) => Ok(MeshConn {
+                    io: TokioIo::new(io),
+                    h2,
+                }),
+                Err(e) => {
+                    metrics.upstream_connect_errors.inc();
+                    Err(e)
+                }
+            }
+        })
+    }
+}

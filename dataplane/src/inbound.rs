@@ -1,0 +1,180 @@
+//! Inbound: mTLS only. The caller must pass the trust rules
+//! (`common::trust`); its SPIFFE ID is passed to the app in
+//! `x-tern-client-id`, replacing any the caller sent. The mode must be the
+//! one the app's protocol declares (HTTP/2 or HTTP/1.1 for HTTP apps,
+//! `tern/tcp` for TCP apps). Open connections close when the trust policy
+//! stops accepting their peer; an app's own `x-tern-error` is removed.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::rustls::pki_types::CertificateDer;
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::metrics::{DirLabel, Direction};
+use crate::protocol::{Protocol, ALPN_TCP};
+use crate::proxy::{
+    error_chain, error_response, server_builder, strip_hop_by_hop, Body, Proxy, CLIENT_ID_HEADER,
+    ERROR_HEADER,
+};
+
+impl Proxy {
+    pub async fn serve_inbound(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (tcp, remote) = common::grpc::accept(&listener, "inbound").await;
+            let me = self.clone();
+            tokio::spawn(async move {
+                let dir = DirLabel {
+                    direction: Direction::Inbound,
+                };
+                me.metrics.connections.get_or_create(&dir).inc();
+                me.metrics.connections_open.get_or_create(&dir).inc();
+                me.inbound_conn(tcp, remote).await;
+                me.metrics.connections_open.get_or_create(&dir).dec();
+            });
+        }
+    }
+
+    async fn inbound_conn(self: &Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
+        let dir = DirLabel {
+            direction: Direction::Inbound,
+        };
+        // Fail closed: no certificate, no service.
+        let Some(tls) = self.shared.tls.load_full() else {
+            self.metrics.tls_failures.get_or_create(&dir).inc();
+            return;
+        };
+        let stream = match tokio::time::timeout(
+            Duration::from_secs(10),
+            TlsAcceptor::from(tls.server.clone()).accept(tcp),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    // A TCP health probe: connected, sent nothing, closed.
+                    tracing::debug!(%remote, "inbound connection closed before a TLS hello");
+                } else {
+                    self.metrics.tls_failures.get_or_create(&dir).inc();
+                    tracing::info!(%remote, error = %e, "inbound TLS refused");
+                }
+                return;
+            }
+            Err(_) => {
+                self.metrics.tls_failures.get_or_create(&dir).inc();
+                return;
+            }
+        };
+        let (_, conn) = stream.get_ref();
+        let Some(peer) = common::tls::peer_identity(conn.peer_certificates()) else {
+            return;
+        };
+        let chain: Arc<[CertificateDer<'static>]> = conn
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default();
+        // The caller gets the mode the app's protocol allows, nothing else:
+        // an HTTP app's bytes are always parsed here, so the identity
+        // header is always ours. (rustls already refused an ALPN outside
+        // the list; a caller that offered none is refused here.)
+        let alpn = conn.alpn_protocol();
+        if !alpn.is_some_and(|a| tls.inbound_alpns().contains(&a)) {
+            self.metrics.tls_failures.get_or_create(&dir).inc();
+            tracing::info!(%remote, %peer, alpn = ?alpn.map(String::from_utf8_lossy), app = ?self.app_protocol, "inbound refused: mode does not match the app's protocol");
+            return;
+        }
+        let tcp_mode = alpn == Some(ALPN_TCP);
+        let Some(app) = self.app_addr else {
+            tracing::info!(%remote, "inbound connection, but this proxy has no local app");
+            return;
+        };
+        let serve = async {
+            if tcp_mode {
+                let mut stream = stream;
+                match TcpStream::connect(app).await {
+                    Ok(mut up) => {
+                        let _ = up.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
+                    }
+                    Err(e) => tracing::warn!(%app, error = %e, "local app refused the connection"),
+                }
+                return;
+            }
+            let peer: HeaderValue = match HeaderValue::from_str(peer.as_str()) {
+                Ok(v) => v,
+                Err(_) => return,
+            };
+            let me = self.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let me = me.clone();
+                let peer = peer.clone();
+                async move { Ok::<_, Infallible>(me.inbound_http(app, peer, req).await) }
+            });
+            let _ = server_builder()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        };
+        // A peer whose zone is revoked (or whose root is retired) loses its
+        // open connections too, not only new handshakes.
+        if let Err(why) = self.shared.live.while_trusted(chain, serve).await {
+            self.metrics.connections_distrusted.inc();
+            tracing::warn!(%remote, %peer, reason = %why, "closed an inbound connection: its peer is no longer trusted");
+        }
+    }
+
+    async fn inbound_http(
+        &self,
+        app: SocketAddr,
+        peer: HeaderValue,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let start = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(CLIENT_ID_HEADER, peer);
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        parts.uri = Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(self.app_authority.clone())
+            .path_and_query(path)
+            .build()
+            .expect("valid parts");
+        parts.version = if self.app_protocol == Protocol::Http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let req = Request::from_parts(parts, Either::Left(body));
+        let resp = match self.app.request(req).await {
+            Ok(mut r) => {
+                // Only a mesh proxy may say "this failure was the mesh's".
+                r.headers_mut().remove(ERROR_HEADER);
+                r.map(Either::Left)
+            }
+            Err(e) => error_response(
+                StatusCode::BAD_GATEWAY,
+                format!("local app at {app}: {}", error_chain(&e)),
+            ),
+        };
+        self.metrics.observe(
+            Direction::Inbound,
+            resp.status().as_u16(),
+            start.elapsed().as_secs_f64(),
+        );
+        resp
+    }
+}

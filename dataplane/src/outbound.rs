@@ -1,0 +1,302 @@
+//! Outbound: the app sends plain HTTP (or TCP) to a local listener. HTTP is
+//! routed by the listener's fixed service, or by the `Host` header on the
+//! shared listener; then carried over mTLS to a destination sidecar the
+//! locality-aware balancer picks, on a pooled connection (HTTP/1.1 kept as
+//! HTTP/1.1, HTTP/2 and gRPC multiplexed). A failed connect is retried for
+//! any method; idempotent requests (GET/HEAD/OPTIONS/TRACE without a body,
+//! or marked `x-tern-idempotent`) on any error, each time in the next
+//! locality.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::balance::Endpoint;
+use crate::connect::connect_mesh;
+use crate::metrics::{DirLabel, Direction};
+use crate::protocol::{Alpn, Protocol};
+use crate::proxy::{
+    empty, error_chain, error_response, server_builder, strip_hop_by_hop, Body, Proxy,
+    CLIENT_ID_HEADER, EJECT_FOR, ERROR_HEADER, IDEMPOTENT_HEADER, MAX_ATTEMPTS, MAX_REPLAY_BODY,
+};
+
+impl Proxy {
+    /// Serve an outbound listener. `service` fixes the destination; `None`
+    /// routes HTTP by Host header.
+    pub async fn serve_outbound(
+        self: Arc<Self>,
+        listener: TcpListener,
+        service: Option<Arc<str>>,
+        protocol: Protocol,
+    ) {
+        loop {
+            let (tcp, _) = common::grpc::accept(&listener, "outbound").await;
+            let me = self.clone();
+            let service = service.clone();
+            tokio::spawn(async move {
+                let dir = DirLabel {
+                    direction: Direction::Outbound,
+                };
+                me.metrics.connections.get_or_create(&dir).inc();
+                me.metrics.connections_open.get_or_create(&dir).inc();
+                if protocol == Protocol::Tcp {
+                    if let Some(s) = service {
+                        me.outbound_tcp(tcp, &s).await;
+                    }
+                } else {
+                    let svc = {
+                        let me = me.clone();
+                        hyper::service::service_fn(move |req| {
+                            let me = me.clone();
+                            let service = service.clone();
+                            async move { Ok::<_, Infallible>(me.outbound_http(service, req).await) }
+                        })
+                    };
+                    let _ = server_builder()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                }
+                me.metrics.connections_open.get_or_create(&dir).dec();
+            });
+        }
+    }
+
+    async fn outbound_tcp(&self, mut client: TcpStream, service: &str) {
+        let cluster = self.shared.clusters.load().by_service.get(service).cloned();
+        let Some(cluster) = cluster else {
+            tracing::info!(service, "TCP: no such service");
+            return;
+        };
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut min_tier = 0;
+        for _ in 0..MAX_ATTEMPTS {
+            let Some((ep, tier)) = cluster.pick(&tried, min_tier) else {
+                break;
+            };
+            tried.push(ep.clone());
+            min_tier = tier + 1;
+            match connect_mesh(&self.shared, &ep.target, Alpn::Tcp).await {
+                Ok((mut up, _)) => {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                    return;
+                }
+                Err(e) => {
+                    self.metrics.upstream_connect_errors.inc();
+                    ep.eject(EJECT_FOR);
+                    tracing::info!(service, endpoint = %ep.authority, error = %e, "TCP connect failed; trying another endpoint");
+                }
+            }
+        }
+    }
+
+    pub async fn outbound_http(
+        &self,
+        fixed: Option<Arc<str>>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let start = Instant::now();
+        let resp = self.route_outbound(fixed, req).await;
+        self.metrics.observe(
+            Direction::Outbound,
+            resp.status().as_u16(),
+            start.elapsed().as_secs_f64(),
+        );
+        resp
+    }
+
+    async fn route_outbound(
+        &self,
+        fixed: Option<Arc<str>>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let service: String = match &fixed {
+            Some(s) => s.to_string(),
+            None => match host_service(&req) {
+                Some(s) => s,
+                None => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "no Host header: name the destination service in Host".into(),
+                    )
+                }
+            },
+        };
+        let clusters = self.shared.clusters.load();
+        let Some(cluster) = clusters.by_service.get(&service).cloned() else {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unknown service {service:?}: it has no endpoints in this proxy's config"),
+            );
+        };
+        drop(clusters);
+        if self.shared.tls.load().is_none() {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no workload certificate yet; the proxy fails closed until it has one".into(),
+            );
+        }
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(CLIENT_ID_HEADER);
+        // Retried in the next locality: GET/HEAD/OPTIONS/TRACE without a
+        // body, and anything the caller marks idempotent (gRPC has no wire
+        // marker; a client interceptor sets the header). Marked requests
+        // are buffered so each attempt can replay them.
+        let marked = parts
+            .headers
+            .remove(IDEMPOTENT_HEADER)
+            .is_some_and(|v| v == "true" || v == "1");
+        let safe_method = matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        );
+        let bodyless = body.is_end_stream();
+        let (replay, mut body): (Option<Bytes>, Option<Body>) = if marked && !bodyless {
+            match http_body_util::Limited::new(body, MAX_REPLAY_BODY)
+                .collect()
+                .await
+            {
+                Ok(c) => (Some(c.to_bytes()), None),
+                Err(_) => {
+                    return error_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "{IDEMPOTENT_HEADER} requests are buffered for retries; \
+                             the body exceeds {MAX_REPLAY_BODY} bytes or failed to arrive"
+                        ),
+                    )
+                }
+            }
+        } else {
+            (None, Some(Either::Left(body)))
+        };
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let (client, version) = match cluster.protocol {
+            Protocol::Http2 => (&self.upstream_h2, Version::HTTP_2),
+            _ => (&self.upstream_h1, Version::HTTP_11),
+        };
+        let retryable = (safe_method && bodyless) || marked;
+        // Allocated only when an attempt fails.
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut min_tier = 0;
+        let mut last_err = String::new();
+        for attempt in 0..MAX_ATTEMPTS {
+            let Some((ep, tier)) = cluster.pick(&tried, min_tier) else {
+                break;
+            };
+            let b = match (&replay, body.take()) {
+                (Some(bytes), _) => Either::Right(Full::new(bytes.clone())),
+                (None, Some(b)) => b,
+                (None, None) if bodyless => empty(),
+                (None, None) => break,
+            };
+            if attempt > 0 {
+                self.metrics.retries.inc();
+            }
+            let mut r = Request::new(b);
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = Uri::builder()
+                .scheme(http::uri::Scheme::HTTP)
+                .authority(ep.authority.clone())
+                .path_and_query(path.clone())
+                .build()
+                .expect("valid parts");
+            *r.headers_mut() = parts.headers.clone();
+            *r.version_mut() = version;
+            let res = if retryable {
+                match tokio::time::timeout(self.per_try_timeout, client.request(r)).await {
+                    Ok(r) => r.map_err(|e| (e.is_connect(), error_chain(&e))),
+                    Err(_) => Err((
+                        false,
+                        format!(
+                            "no response within the per-try timeout of {:?}",
+                            self.per_try_timeout
+                        ),
+                    )),
+                }
+            } else {
+                client
+                    .request(r)
+                    .await
+                    .map_err(|e| (e.is_connect(), error_chain(&e)))
+            };
+            match res {
+                // A proxy on the way could not reach the app: for a
+                // retryable request that is a failed attempt, not an answer.
+                Ok(resp) if retryable && is_proxy_failure(&resp) => {
+                    ep.eject(EJECT_FOR);
+                    last_err = format!("{}: {} from the mesh", ep.authority, resp.status());
+                }
+                Ok(resp) => return resp.map(Either::Left),
+                Err((connect, msg)) => {
+                    // A failed connect sent nothing, so it is always safe to
+                    // retry; otherwise only idempotent requests with no body.
+                    ep.eject(EJECT_FOR);
+                    last_err = format!("{}: {msg}", ep.authority);
+                    tracing::debug!(service, endpoint = %ep.authority, error = %last_err, "attempt failed");
+                    if !(connect || retryable) {
+                        break;
+                    }
+                }
+            }
+            tried.push(ep);
+            // Cross-locality retry: the next attempt goes to the next tier.
+            min_tier = tier + 1;
+        }
+        error_response(
+            StatusCode::BAD_GATEWAY,
+            format!("service {service}: no endpoint answered ({last_err})"),
+        )
+    }
+}
+
+fn is_proxy_failure<B>(resp: &Response<B>) -> bool {
+    matches!(
+        resp.status(),
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+    ) && resp.headers().contains_key(ERROR_HEADER)
+}
+
+/// The destination service named by Host or :authority: `web`,
+/// `web:8080` and `web.mesh` all mean `web`.
+pub fn host_service<B>(req: &Request<B>) -> Option<String> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    let host = host.strip_suffix(".mesh").unwrap_or(host);
+    if host.is_empty() {
+        None
+    } else {
+        Some(host.to_ascii_lowercase())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_routing() {
+        let r = |h: &str| Request::builder().header("host", h).body(()).unwrap();
+        assert_eq!(host_service(&r("web")).as_deref(), Some("web"));
+        assert_eq!(host_service(&r("web:8080")).as_deref(), Some("web"));
+        assert_eq!(host_service(&r("Web.mesh")).as_deref(), Some("web"));
+        let r2 = Request::builder().uri("http://api:80/x").body(()).unwrap();
+        assert_eq!(host_service(&r2).as_deref(), Some("api"));
+    }
+}
