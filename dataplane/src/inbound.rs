@@ -27,6 +27,10 @@ use crate::proxy::{
     ERROR_HEADER,
 };
 
+/// How long a connection whose peer stopped being trusted may take to
+/// finish its requests before it is cut.
+const DRAIN_DISTRUSTED: Duration = Duration::from_secs(10);
+
 impl Proxy {
     pub async fn serve_inbound(self: Arc<Self>, listener: TcpListener) {
         loop {
@@ -98,8 +102,11 @@ impl Proxy {
             tracing::info!(%remote, "inbound connection, but this proxy has no local app");
             return;
         };
-        let serve = async {
-            if tcp_mode {
+        // A peer whose zone is revoked (or whose root is retired) loses its
+        // open connections too, not only new handshakes.
+        if tcp_mode {
+            // Opaque TCP has no way to finish gracefully: cut it at once.
+            let splice = async {
                 let mut stream = stream;
                 match TcpStream::connect(app).await {
                     Ok(mut up) => {
@@ -108,27 +115,40 @@ impl Proxy {
                     }
                     Err(e) => tracing::warn!(%app, error = %e, "local app refused the connection"),
                 }
-                return;
-            }
-            let peer: HeaderValue = match HeaderValue::from_str(peer.as_str()) {
-                Ok(v) => v,
-                Err(_) => return,
             };
-            let me = self.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let me = me.clone();
-                let peer = peer.clone();
-                async move { Ok::<_, Infallible>(me.inbound_http(app, peer, req).await) }
-            });
-            let _ = server_builder()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            if let Err(why) = self.shared.live.while_trusted(chain, splice).await {
+                self.metrics.connections_distrusted.inc();
+                tracing::warn!(%remote, %peer, reason = %why, "closed an inbound TCP connection: its peer is no longer trusted");
+            }
+            return;
+        }
+        let peer_value: HeaderValue = match HeaderValue::from_str(peer.as_str()) {
+            Ok(v) => v,
+            Err(_) => return,
         };
-        // A peer whose zone is revoked (or whose root is retired) loses its
-        // open connections too, not only new handshakes.
-        if let Err(why) = self.shared.live.while_trusted(chain, serve).await {
-            self.metrics.connections_distrusted.inc();
-            tracing::warn!(%remote, %peer, reason = %why, "closed an inbound connection: its peer is no longer trusted");
+        let me = self.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let me = me.clone();
+            let peer = peer_value.clone();
+            async move { Ok::<_, Infallible>(me.inbound_http(app, peer, req).await) }
+        });
+        let builder = server_builder();
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        tokio::pin!(conn);
+        let (_live, distrusted) = self.shared.live.signal(chain);
+        tokio::select! {
+            biased;
+            _ = conn.as_mut() => {}
+            Ok(why) = distrusted => {
+                // Requests in flight finish (HTTP/2 GOAWAY, HTTP/1.1
+                // `connection: close`); the caller reconnects, and the new
+                // handshake is judged by the new trust. A peer that keeps
+                // the connection busy is cut after the deadline.
+                self.metrics.connections_distrusted.inc();
+                tracing::warn!(%remote, %peer, reason = %why, "closing an inbound connection: its peer is no longer trusted");
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(DRAIN_DISTRUSTED, conn).await;
+            }
         }
     }
 

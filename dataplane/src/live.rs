@@ -93,6 +93,25 @@ impl LiveConns {
         self.len() == 0
     }
 
+    /// Register a connection; the receiver gets the reason once its peer
+    /// stops being trusted (for connections that close gracefully).
+    pub fn signal(
+        &self,
+        chain: Arc<[CertificateDer<'static>]>,
+    ) -> (LiveGuard, tokio::sync::oneshot::Receiver<String>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = Mutex::new(Some(tx));
+        let guard = self.watch(
+            chain,
+            Box::new(move |why| {
+                if let Some(tx) = tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let _ = tx.send(why.to_string());
+                }
+            }),
+        );
+        (guard, rx)
+    }
+
     /// Run `fut` (a connection) to its end, or until its peer stops being
     /// trusted: then `Err` with the reason.
     pub async fn while_trusted<F: Future>(

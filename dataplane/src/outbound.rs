@@ -192,8 +192,12 @@ impl Proxy {
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut min_tier = 0;
         let mut last_err = String::new();
+        // Set when a connection died under an idempotent request: the next
+        // attempt goes to the same endpoint over a new connection.
+        let mut again: Option<(Arc<Endpoint>, usize)> = None;
+        let mut same_endpoint_retried = false;
         for attempt in 0..MAX_ATTEMPTS {
-            let Some((ep, tier)) = cluster.pick(&tried, min_tier) else {
+            let Some((ep, tier)) = again.take().or_else(|| cluster.pick(&tried, min_tier)) else {
                 break;
             };
             let b = match (&replay, body.take()) {
@@ -215,11 +219,19 @@ impl Proxy {
                 .expect("valid parts");
             *r.headers_mut() = parts.headers.clone();
             *r.version_mut() = version;
+            let failed = |e: hyper_util::client::legacy::Error| {
+                let kind = if e.is_connect() {
+                    Failure::Connect
+                } else {
+                    Failure::Connection
+                };
+                (kind, error_chain(&e))
+            };
             let res = if retryable {
                 match tokio::time::timeout(self.per_try_timeout, client.request(r)).await {
-                    Ok(r) => r.map_err(|e| (e.is_connect(), error_chain(&e))),
+                    Ok(r) => r.map_err(failed),
                     Err(_) => Err((
-                        false,
+                        Failure::Timeout,
                         format!(
                             "no response within the per-try timeout of {:?}",
                             self.per_try_timeout
@@ -227,10 +239,7 @@ impl Proxy {
                     )),
                 }
             } else {
-                client
-                    .request(r)
-                    .await
-                    .map_err(|e| (e.is_connect(), error_chain(&e)))
+                client.request(r).await.map_err(failed)
             };
             match res {
                 // A proxy on the way could not reach the app: for a
@@ -240,13 +249,22 @@ impl Proxy {
                     last_err = format!("{}: {} from the mesh", ep.authority, resp.status());
                 }
                 Ok(resp) => return resp.map(Either::Left),
-                Err((connect, msg)) => {
-                    // A failed connect sent nothing, so it is always safe to
-                    // retry; otherwise only idempotent requests with no body.
-                    ep.eject(EJECT_FOR);
+                Err((kind, msg)) => {
                     last_err = format!("{}: {msg}", ep.authority);
                     tracing::debug!(service, endpoint = %ep.authority, error = %last_err, "attempt failed");
-                    if !(connect || retryable) {
+                    // A pooled connection closed under the request (the
+                    // peer restarted, or closed it when trust changed): the
+                    // endpoint is not at fault. An idempotent request tries
+                    // it once more over a new connection.
+                    if kind == Failure::Connection && retryable && !same_endpoint_retried {
+                        same_endpoint_retried = true;
+                        again = Some((ep, tier));
+                        continue;
+                    }
+                    // A failed connect sent nothing, so it is always safe to
+                    // retry; otherwise only idempotent requests.
+                    ep.eject(EJECT_FOR);
+                    if !(kind == Failure::Connect || retryable) {
                         break;
                     }
                 }
@@ -260,6 +278,17 @@ impl Proxy {
             format!("service {service}: no endpoint answered ({last_err})"),
         )
     }
+}
+
+/// How an attempt failed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// No connection could be made: nothing was sent.
+    Connect,
+    /// The connection broke during the exchange.
+    Connection,
+    /// No answer within the per-try timeout.
+    Timeout,
 }
 
 fn is_proxy_failure<B>(resp: &Response<B>) -> bool {
