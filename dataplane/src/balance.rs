@@ -183,25 +183,25 @@ impl Cluster {
 
     /// Pick an endpoint: a tier by locality and health, then a destination
     /// in it by weight, then one of its paths. Endpoints in `tried` and tiers
-    /// before `min_tier` are skipped. When nothing is available, any untried
-    /// endpoint is used (panic mode) rather than failing outright.
+    /// before `min_tier` are skipped. When nothing there is available, an
+    /// untried endpoint that is available in a closer tier is used (another
+    /// gateway path to a zone whose first path failed), then any untried one
+    /// (panic mode) rather than failing outright.
     pub fn pick(&self, tried: &[Arc<Endpoint>], min_tier: usize) -> Option<Pick> {
         let loads = self.tier_loads(tried, min_tier);
         let sum: f64 = loads.iter().sum();
         let untried = |e: &&Arc<Endpoint>| !tried.iter().any(|x| Arc::ptr_eq(x, e));
         if sum <= 0.0 {
-            return self
-                .tiers
-                .iter()
-                .enumerate()
-                .skip(min_tier)
-                .find_map(|(i, t)| t.iter().find(untried).map(|e| (e.clone(), i)))
-                .or_else(|| {
-                    self.tiers
-                        .iter()
-                        .enumerate()
-                        .find_map(|(i, t)| t.iter().find(untried).map(|e| (e.clone(), i)))
-                });
+            let first = |from: usize, ok: &dyn Fn(&&Arc<Endpoint>) -> bool| {
+                self.tiers.iter().enumerate().skip(from).find_map(|(i, t)| {
+                    t.iter()
+                        .find(|e| untried(e) && ok(e))
+                        .map(|e| (e.clone(), i))
+                })
+            };
+            return first(0, &|e| e.available())
+                .or_else(|| first(min_tier, &|_| true))
+                .or_else(|| first(0, &|_| true));
         }
         let mut r = self.next_rand() * sum;
         let mut tier = loads.len() - 1;
@@ -517,6 +517,26 @@ mod tests {
         let (fourth, tier) = c.pick(&[first.clone(), second, third], 3).unwrap();
         assert_eq!(tier, 0);
         assert!(!Arc::ptr_eq(&fourth, &first));
+        // A failed path to a remote zone: the next attempt takes another
+        // available path to that zone, not a dead endpoint of a closer tier.
+        let cfg = vec![pb::Cluster {
+            service: "api".into(),
+            protocol: "http".into(),
+            endpoints: vec![
+                ep("127.0.0.1", "z1", 0, 1, false),
+                ep("127.0.0.5", "z3", 2, 1, true),
+                ep("127.0.0.6", "z3", 2, 1, true),
+            ],
+        }];
+        let c2 = Clusters::build(&cfg, &Clusters::default(), 1)
+            .unwrap()
+            .by_service["api"]
+            .clone();
+        c2.tiers[0][0].set_probe(false);
+        let via5 = c2.tiers[1][0].clone();
+        let (next, tier) = c2.pick(std::slice::from_ref(&via5), 2).unwrap();
+        assert_eq!(tier, 1);
+        assert_eq!(next.target.addr.to_string(), "127.0.0.6:15006");
         // Everything ejected: still pick something rather than fail.
         for e in &c.endpoints {
             e.eject(Duration::from_secs(60));
