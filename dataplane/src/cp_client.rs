@@ -93,6 +93,18 @@ fn validate(_k: &str, c: &pb::Cluster) -> Result<(), String> {
     Ok(())
 }
 
+/// When to renew after the zone's CA changed: within a tenth of the life
+/// left (at most 30 s), at a random point, so a zone's proxies spread out.
+fn prompt_renewal(ident: &Identity) -> Duration {
+    let left = ident
+        .not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    (left / 10)
+        .min(Duration::from_secs(30))
+        .mul_f64(common::sync::jitter())
+}
+
 /// The policy a `Trust` message describes.
 pub fn trust_policy(td: &str, t: &pb::Trust) -> Result<TrustPolicy, pki::PkiError> {
     let zones = t
@@ -171,6 +183,21 @@ async fn run_once(
                             .context("the trust bundle from the zone control plane")?;
                         tracing::info!(roots = policy.roots().len(), zones = t.zone_cas.len(), "trust updated");
                         shared.set_trust(policy)?;
+                        // Our zone has a newer CA than the one that issued our
+                        // certificate (renewal, root rotation): renew soon,
+                        // spread over a moment so a zone's proxies do not all
+                        // ask at once.
+                        let newest = t.zone_cas.get(&claims.zone).and_then(|l| l.fingerprints.first());
+                        if let (Some(tls), Some(newest)) = (shared.tls.load_full(), newest) {
+                            let issuer = tls.ident.chain.get(1).map(|c| pki::fingerprint(c));
+                            if issuer.as_ref() != Some(newest) {
+                                let soon = tokio::time::Instant::now() + prompt_renewal(&tls.ident);
+                                if renew_at.is_none_or(|at| at > soon) {
+                                    tracing::info!("our zone has a newer CA; renewing the certificate");
+                                    renew_at = Some(soon);
+                                }
+                            }
+                        }
                     }
                     Some(zone_to_proxy::Msg::Certificate(c)) => {
                         let ident = Identity::from_pem(&c.chain_pem, &key.key_pem)?;

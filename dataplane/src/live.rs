@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use common::rustls::pki_types::CertificateDer;
+use common::rustls::pki_types::{CertificateDer, UnixTime};
 use common::trust::TrustPolicy;
 use futures_util::future::{AbortHandle, Abortable};
 
@@ -18,6 +18,9 @@ pub type OnDistrust = Box<dyn Fn(&str) + Send + Sync>;
 
 struct Entry {
     chain: Arc<[CertificateDer<'static>]>,
+    /// When the peer was accepted: the chain is judged as of then, so a
+    /// certificate that merely expired since does not count as distrust.
+    at: UnixTime,
     on_distrust: OnDistrust,
 }
 
@@ -60,7 +63,14 @@ impl LiveConns {
             .conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Entry { chain, on_distrust });
+            .insert(
+                id,
+                Entry {
+                    chain,
+                    at: UnixTime::now(),
+                    on_distrust,
+                },
+            );
         LiveGuard {
             inner: self.inner.clone(),
             id,
@@ -73,7 +83,11 @@ impl LiveConns {
         let conns = self.inner.conns.lock().unwrap_or_else(|e| e.into_inner());
         let mut cut = 0;
         for e in conns.values() {
-            if let Err(why) = policy.verify_chain_now(&e.chain) {
+            let refused = match e.chain.split_first() {
+                Some((leaf, rest)) => policy.verify(leaf, rest, e.at).err(),
+                None => None,
+            };
+            if let Some(why) = refused {
                 (e.on_distrust)(&why.to_string());
                 cut += 1;
             }
@@ -196,5 +210,22 @@ mod tests {
         assert!(why.contains("no longer trusts"), "{why}");
         assert_eq!(live.len(), 1, "an ended connection unregisters");
         tokio::select! { biased; _ = &mut conn_a => panic!("a was cut"), _ = async {} => {} }
+
+        // A peer whose certificate merely expired since the handshake is not
+        // cut by a trust change (TLS does not re-check expiry either).
+        let kc = pki::new_key_and_csr("w").unwrap();
+        let short = a
+            .sign_leaf(
+                &kc.csr_pem,
+                &common::ident::SpiffeId::workload("tern", "a", "batch"),
+                &[],
+                Duration::from_secs(1),
+            )
+            .unwrap();
+        let chain: Arc<[CertificateDer<'static>]> =
+            vec![pki::first_cert(&short).unwrap(), a.cert_der().unwrap()].into();
+        let _g = live.watch(chain, Box::new(|_| panic!("cut for expiry")));
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(live.sweep(&only(&[("a", &a)])), 0);
     }
 }

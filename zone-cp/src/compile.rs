@@ -43,25 +43,21 @@ pub fn priority(own_region: &str, region: &str, order: &[String], all_regions: &
 }
 
 /// What every proxy of the zone trusts: the mesh roots, and the zone
-/// intermediates the global lists (`ZoneCa`), plus this zone's own current
-/// CA, which the zone-cp knows before the global's list reaches it.
+/// intermediates the global lists (`ZoneCa`, newest first), with this zone's
+/// current CA first (the zone-cp knows it before the global's list has it).
 pub fn trust(z: &Zone) -> pb::Trust {
     let mut cas = z.global.zone_cas();
-    cas.entry(z.boot.zone.clone())
-        .or_default()
-        .insert(z.boot.ca().fingerprint.clone());
+    // The CA the zone signs with comes first for its own zone: proxies
+    // holding a certificate from another one renew.
+    let own = z.boot.ca().fingerprint.clone();
+    let list = cas.entry(z.boot.zone.clone()).or_default();
+    list.retain(|f| *f != own);
+    list.insert(0, own);
     pb::Trust {
         roots_pem: z.boot.roots_pem().to_string(),
         zone_cas: cas
             .into_iter()
-            .map(|(zone, fps)| {
-                (
-                    zone,
-                    pb::ZoneCaList {
-                        fingerprints: fps.into_iter().collect(),
-                    },
-                )
-            })
+            .map(|(zone, fps)| (zone, pb::ZoneCaList { fingerprints: fps }))
             .collect(),
     }
 }

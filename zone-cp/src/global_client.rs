@@ -88,9 +88,9 @@ impl GlobalState {
             .0
     }
 
-    /// The zone intermediates the mesh trusts, by zone (fingerprints), from
-    /// the `ZoneCa` resources.
-    pub fn zone_cas(&self) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    /// The zone intermediates the mesh trusts, by zone (fingerprints, newest
+    /// first), from the `ZoneCa` resources.
+    pub fn zone_cas(&self) -> BTreeMap<String, Vec<String>> {
         let g = self.lock();
         g.resources
             .range("ZoneCa/".to_string().."ZoneCa0".to_string())

@@ -307,8 +307,10 @@ pub struct Certificate {
 }
 /// What a proxy accepts from peers: the mesh roots and, per zone, the
 /// fingerprints (SHA-256 of the certificate) of the zone intermediates that
-/// are current. A zone that is revoked or re-joined drops off the list. Sent
-/// before the first certificate and again whenever it changes.
+/// are current, newest first. A zone that is revoked or re-joined drops off
+/// the list. Sent before the first certificate and again whenever it
+/// changes; a proxy whose certificate is not from its own zone's newest CA
+/// renews it soon after.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Trust {
     #[prost(string, tag = "1")]
