@@ -198,6 +198,7 @@ impl ProxyDiscovery for Service {
                     session: 0,
                     uid: reg.instance_uid.clone(),
                     token_id: claims.jti.clone(),
+                    ready: false,
                 },
                 max,
             )
@@ -289,7 +290,12 @@ async fn run(
             m = inbound.message() => match m {
                 Ok(Some(pb::ProxyMessage { msg: Some(m) })) => {
                     let r = match m {
-                        proxy_message::Msg::Ack(a) => sender.on_ack(a.version).map_err(|e| e.to_string()),
+                        proxy_message::Msg::Ack(a) => {
+                            // The first ACK comes after the proxy installed
+                            // its trust and certificate: it can serve now.
+                            z.registry.mark_ready(&instance, session);
+                            sender.on_ack(a.version).map_err(|e| e.to_string())
+                        }
                         proxy_message::Msg::Nack(n) => {
                             tracing::warn!(%instance, version = n.version, reason = %n.reason, "proxy refused config");
                             sender.on_nack(n.version, n.reason).map_err(|e| e.to_string())

@@ -42,6 +42,15 @@ pub struct Entry {
     /// The token it registered with.
     #[serde(default)]
     pub token_id: String,
+    /// Set once the proxy acknowledged its first config (so it holds its
+    /// trust and certificate): only then is it published as an endpoint.
+    #[serde(default = "published")]
+    pub ready: bool,
+}
+
+/// Entries persisted by a previous run were serving.
+fn published() -> bool {
+    true
 }
 
 /// Why a registration was refused.
@@ -244,11 +253,24 @@ impl Registry {
             + 1;
         e.session = session;
         e.connected = true;
+        e.ready = false;
         tracing::info!(instance = %e.instance, service = %e.service, address = %e.address, port = e.port, "proxy registered");
         g.insert(e.instance.clone(), e);
         drop(g);
         self.bump();
         Ok(session)
+    }
+
+    /// The proxy of `session` can serve (it acknowledged its first config,
+    /// which came after its trust and certificate): publish it.
+    pub fn mark_ready(&self, instance: &str, session: u64) {
+        let mut g = self.lock();
+        match g.get_mut(instance) {
+            Some(e) if e.session == session && !e.ready => e.ready = true,
+            _ => return,
+        }
+        drop(g);
+        self.bump();
     }
 
     /// Remove a registration at once (its token was revoked), if `session`
@@ -306,18 +328,22 @@ impl Registry {
         &self.region
     }
 
-    /// Registered gateways (connected or in grace).
+    /// Registered gateways that can serve (connected or in grace).
     pub fn gateways(&self) -> Vec<Entry> {
         self.lock()
             .values()
-            .filter(|e| e.kind == "gateway")
+            .filter(|e| e.kind == "gateway" && e.ready)
             .cloned()
             .collect()
     }
 
     fn endpoints(&self) -> BTreeMap<String, Vec<pb::Endpoint>> {
         let mut out: BTreeMap<String, Vec<pb::Endpoint>> = BTreeMap::new();
-        for e in self.lock().values().filter(|e| e.kind != "gateway") {
+        for e in self
+            .lock()
+            .values()
+            .filter(|e| e.kind != "gateway" && e.ready)
+        {
             out.entry(e.service.clone())
                 .or_default()
                 .push(pb::Endpoint {
@@ -387,6 +413,7 @@ mod tests {
             session: 0,
             uid: uid.into(),
             token_id: token.into(),
+            ready: false,
         }
     }
 
@@ -425,6 +452,10 @@ mod tests {
         r.disconnect("api-1", s2, false);
         r.register(entry("api-1", "api", "p3", "t-api"), 10)
             .unwrap();
+        // Published only once ready.
+        assert!(r.endpoints().is_empty());
+        r.mark_ready("api-1", s2);
+        assert!(r.endpoints().is_empty(), "a stale session cannot mark it");
         // A revoked token's registration is removed at once.
         let s = r
             .register(entry("api-2", "api", "p4", "t-api"), 10)
