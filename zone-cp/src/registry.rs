@@ -36,8 +36,9 @@ pub struct Entry {
     pub connected: bool,
     #[serde(skip)]
     pub session: u64,
-    /// The registering process's random id.
-    #[serde(default, skip_serializing)]
+    /// The registering process's random id (kept across zone-cp restarts,
+    /// so the same process reconnecting is recognized).
+    #[serde(default)]
     pub uid: String,
     /// The token it registered with.
     #[serde(default)]
@@ -253,7 +254,12 @@ impl Registry {
             + 1;
         e.session = session;
         e.connected = true;
-        e.ready = false;
+        // The same process reconnecting (a stream blip, a zone-cp restart)
+        // still holds its certificate: it stays published. A new process
+        // is published once it acknowledges its first config.
+        e.ready = g
+            .get(&e.instance)
+            .is_some_and(|old| old.ready && !e.uid.is_empty() && old.uid == e.uid);
         tracing::info!(instance = %e.instance, service = %e.service, address = %e.address, port = e.port, "proxy registered");
         g.insert(e.instance.clone(), e);
         drop(g);
@@ -452,8 +458,27 @@ mod tests {
         r.disconnect("api-1", s2, false);
         r.register(entry("api-1", "api", "p3", "t-api"), 10)
             .unwrap();
-        // Published only once ready.
+        // Published only once ready; the same process reconnecting stays
+        // published, a new one waits for its first ACK.
         assert!(r.endpoints().is_empty());
+        let s4 = r
+            .register(entry("api-1", "api", "p3", "t-api"), 10)
+            .unwrap();
+        r.mark_ready("api-1", s4);
+        assert_eq!(r.endpoints()["api"].len(), 1);
+        r.disconnect("api-1", s4, false);
+        let s5 = r
+            .register(entry("api-1", "api", "p3", "t-api"), 10)
+            .unwrap();
+        assert_eq!(
+            r.endpoints()["api"].len(),
+            1,
+            "same process: still published"
+        );
+        r.disconnect("api-1", s5, false);
+        r.register(entry("api-1", "api", "p4", "t-api"), 10)
+            .unwrap();
+        assert!(r.endpoints().is_empty(), "a new process waits for its ACK");
         r.mark_ready("api-1", s2);
         assert!(r.endpoints().is_empty(), "a stale session cannot mark it");
         // A revoked token's registration is removed at once.
