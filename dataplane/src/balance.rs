@@ -53,6 +53,16 @@ fn epoch() -> Instant {
     *E.get_or_init(Instant::now)
 }
 
+/// A fresh random seed: std's hash keys come from the OS once per thread
+/// and advance on every call. Sidecars given the same config therefore
+/// pick independently, not in lockstep.
+fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x9e37_79b9_7f4a_7c15);
+    h.finish()
+}
+
 fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
@@ -284,7 +294,6 @@ impl Clusters {
             .flat_map(|c| c.endpoints.iter())
             .map(|e| ((e.authority.as_str(), &e.target.identity), e))
             .collect();
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ version;
         for c in cfg {
             let protocol =
                 Protocol::parse(&c.protocol).map_err(|e| format!("cluster {}: {e}", c.service))?;
@@ -344,9 +353,6 @@ impl Clusters {
                 .iter()
                 .map(|t| t.iter().any(|e| e.target.via.is_some()))
                 .collect();
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
             by_service.insert(
                 c.service.clone(),
                 Arc::new(Cluster {
@@ -355,7 +361,7 @@ impl Clusters {
                     endpoints,
                     tiers,
                     tier_has_via,
-                    rng: AtomicU64::new(seed | 1),
+                    rng: AtomicU64::new(os_seed() | 1),
                 }),
             );
         }
@@ -442,6 +448,19 @@ mod tests {
             *m.entry(e.zone.clone()).or_default() += 1;
         }
         m
+    }
+
+    /// Two sidecars given the same config at the same version must not
+    /// pick in lockstep (they did when the seed came from the version).
+    #[test]
+    fn sidecars_with_the_same_config_pick_independently() {
+        let picks = |c: &Cluster| -> Vec<String> {
+            (0..64)
+                .map(|_| c.pick(&[], 0).unwrap().0.authority.to_string())
+                .collect()
+        };
+        let (a, b) = (cluster(), cluster());
+        assert_ne!(picks(&a), picks(&b));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::rustls::pki_types::CertificateDer;
 use http::header::HeaderValue;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -23,9 +23,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::metrics::{DirLabel, Direction};
 use crate::protocol::{Protocol, ALPN_TCP};
 use crate::proxy::{
-    error_chain, error_response, server_builder, strip_hop_by_hop, Body, Proxy, CLIENT_ID_HEADER,
-    ERROR_HEADER,
+    app_uri, error_chain, error_response, head_too_large, strip_hop_by_hop, Body, Proxy,
+    CLIENT_ID_HEADER, ERROR_HEADER,
 };
+use crate::upgrade::is_upgrade;
 
 /// How long a connection whose peer stopped being trusted may take to
 /// finish its requests before it is cut.
@@ -127,13 +128,15 @@ impl Proxy {
             Err(_) => return,
         };
         let me = self.clone();
+        let conn_chain = chain.clone();
         let svc = hyper::service::service_fn(move |req| {
             let me = me.clone();
             let peer = peer_value.clone();
-            async move { Ok::<_, Infallible>(me.inbound_http(app, peer, req).await) }
+            let chain = conn_chain.clone();
+            async move { Ok::<_, Infallible>(me.inbound_http(app, peer, chain, req).await) }
         });
-        let builder = server_builder();
-        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        let builder = self.server_builder();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
         tokio::pin!(conn);
         let (_live, distrusted) = self.shared.live.signal(chain);
         tokio::select! {
@@ -156,23 +159,23 @@ impl Proxy {
         &self,
         app: SocketAddr,
         peer: HeaderValue,
+        chain: Arc<[CertificateDer<'static>]>,
         req: Request<Incoming>,
     ) -> Response<Body> {
         let start = Instant::now();
+        if is_upgrade(&req) {
+            let resp = self.inbound_upgrade(app, peer, chain, req).await;
+            self.metrics.observe(
+                Direction::Inbound,
+                resp.status().as_u16(),
+                start.elapsed().as_secs_f64(),
+            );
+            return resp;
+        }
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(CLIENT_ID_HEADER, peer);
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
-            .scheme(http::uri::Scheme::HTTP)
-            .authority(self.app_authority.clone())
-            .path_and_query(path)
-            .build()
-            .expect("valid parts");
+        parts.uri = app_uri(&self.app_authority, &parts.uri);
         parts.version = if self.app_protocol == Protocol::Http2 {
             Version::HTTP_2
         } else {
@@ -185,6 +188,7 @@ impl Proxy {
                 r.headers_mut().remove(ERROR_HEADER);
                 r.map(Either::Left)
             }
+            Err(e) if head_too_large(&e) => self.limits.exceeded("the app's"),
             Err(e) => error_response(
                 StatusCode::BAD_GATEWAY,
                 format!("local app at {app}: {}", error_chain(&e)),

@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod spares;
 pub mod state;
+pub mod upgrade;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -83,6 +84,15 @@ pub struct Config {
     /// retried in the next locality.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub per_try_timeout: Duration,
+    /// Most header lines an HTTP/1.1 request or response may have, on every
+    /// hop. A request over it gets 431; a response over it, a 502 that
+    /// names the limit (the endpoint is not ejected).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(8..=10_000))]
+    pub max_headers: u32,
+    /// Largest HTTP/2 header block (decoded; name + value + 32 bytes per
+    /// field), on every hop.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    pub max_header_bytes: u32,
     /// How often endpoints are probed (TCP connect); 0 disables.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
@@ -152,6 +162,23 @@ pub struct ClusterSpec {
 pub struct EndpointSpec {
     pub address: SocketAddr,
     pub identity: String,
+}
+
+/// A byte size: `65536`, `64KiB` or `1MiB`.
+fn parse_size(s: &str) -> Result<u32, String> {
+    let (n, mult) = if let Some(n) = s.strip_suffix("KiB") {
+        (n, 1024)
+    } else if let Some(n) = s.strip_suffix("MiB") {
+        (n, 1024 * 1024)
+    } else {
+        (s, 1)
+    };
+    n.trim()
+        .parse::<u32>()
+        .ok()
+        .and_then(|v| v.checked_mul(mult))
+        .filter(|v| (1024..=16 * 1024 * 1024).contains(v))
+        .ok_or_else(|| format!("{s:?}: expected a size from 1KiB to 16MiB, like 65536 or 64KiB"))
 }
 
 fn http() -> String {
@@ -346,6 +373,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         app_addr,
         app_proto,
         cfg.per_try_timeout,
+        proxy::HeaderLimits {
+            max_headers: cfg.max_headers as usize,
+            max_header_bytes: cfg.max_header_bytes,
+        },
     );
     if !cfg.health_interval.is_zero() {
         tokio::spawn(health::probe_loop(shared.clone(), cfg.health_interval));

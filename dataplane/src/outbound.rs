@@ -3,9 +3,10 @@
 //! shared listener; then carried over mTLS to a destination sidecar the
 //! locality-aware balancer picks, on a pooled connection (HTTP/1.1 kept as
 //! HTTP/1.1, HTTP/2 and gRPC multiplexed). A failed connect is retried for
-//! any method; idempotent requests (GET/HEAD/OPTIONS/TRACE without a body,
-//! or marked `x-tern-idempotent`) on any error, each time in the next
-//! locality.
+//! any request without a body (nothing was sent); idempotent requests
+//! (GET/HEAD/OPTIONS/TRACE without a body, or marked `x-tern-idempotent`,
+//! whose body is buffered) on any error, each time in the next locality.
+//! Upgrades (WebSocket) go to `upgrade.rs`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
@@ -24,9 +25,11 @@ use crate::connect::connect_mesh;
 use crate::metrics::{DirLabel, Direction};
 use crate::protocol::{Alpn, Protocol};
 use crate::proxy::{
-    empty, error_chain, error_response, server_builder, strip_hop_by_hop, Body, Proxy,
-    CLIENT_ID_HEADER, EJECT_FOR, ERROR_HEADER, IDEMPOTENT_HEADER, MAX_ATTEMPTS, MAX_REPLAY_BODY,
+    empty, error_chain, error_response, head_too_large, mesh_uri, strip_hop_by_hop, Body, Proxy,
+    CLIENT_ID_HEADER, EJECT_FOR, ERROR_HEADER, ERROR_UNAVAILABLE, IDEMPOTENT_HEADER, MAX_ATTEMPTS,
+    MAX_REPLAY_BODY,
 };
+use crate::upgrade::is_upgrade;
 
 impl Proxy {
     /// Serve an outbound listener. `service` fixes the destination; `None`
@@ -60,8 +63,9 @@ impl Proxy {
                             async move { Ok::<_, Infallible>(me.outbound_http(service, req).await) }
                         })
                     };
-                    let _ = server_builder()
-                        .serve_connection(TokioIo::new(tcp), svc)
+                    let _ = me
+                        .server_builder()
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
                         .await;
                 }
                 me.metrics.connections_open.get_or_create(&dir).dec();
@@ -143,6 +147,9 @@ impl Proxy {
                 "no workload certificate yet; the proxy fails closed until it has one".into(),
             );
         }
+        if is_upgrade(&req) {
+            return self.outbound_upgrade(&service, &cluster, req).await;
+        }
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(CLIENT_ID_HEADER);
@@ -211,17 +218,14 @@ impl Proxy {
             }
             let mut r = Request::new(b);
             *r.method_mut() = parts.method.clone();
-            *r.uri_mut() = Uri::builder()
-                .scheme(http::uri::Scheme::HTTP)
-                .authority(ep.authority.clone())
-                .path_and_query(path.clone())
-                .build()
-                .expect("valid parts");
+            *r.uri_mut() = mesh_uri(&ep.authority, &path);
             *r.headers_mut() = parts.headers.clone();
             *r.version_mut() = version;
             let failed = |e: hyper_util::client::legacy::Error| {
                 let kind = if e.is_connect() {
                     Failure::Connect
+                } else if head_too_large(&e) {
+                    Failure::Limit
                 } else {
                     Failure::Connection
                 };
@@ -249,6 +253,11 @@ impl Proxy {
                     last_err = format!("{}: {} from the mesh", ep.authority, resp.status());
                 }
                 Ok(resp) => return resp.map(Either::Left),
+                // The endpoint answered; its answer is over our limits.
+                // Not its fault, and a retry would get the same.
+                Err((Failure::Limit, _)) => {
+                    return self.limits.exceeded(&format!("{}'s", ep.authority))
+                }
                 Err((kind, msg)) => {
                     last_err = format!("{}: {msg}", ep.authority);
                     tracing::debug!(service, endpoint = %ep.authority, error = %last_err, "attempt failed");
@@ -289,13 +298,18 @@ enum Failure {
     Connection,
     /// No answer within the per-try timeout.
     Timeout,
+    /// The answer's head was over the header limits.
+    Limit,
 }
 
 fn is_proxy_failure<B>(resp: &Response<B>) -> bool {
     matches!(
         resp.status(),
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
-    ) && resp.headers().contains_key(ERROR_HEADER)
+    ) && resp
+        .headers()
+        .get(ERROR_HEADER)
+        .is_some_and(|v| v == ERROR_UNAVAILABLE)
 }
 
 /// The destination service named by Host or :authority: `web`,

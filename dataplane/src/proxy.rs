@@ -7,7 +7,9 @@
 //! * `connect.rs` — the mTLS connection to a destination sidecar, direct or
 //!   through a gateway of this zone;
 //! * `inbound.rs` — mesh → app: the caller's identity and mode checked, the
-//!   verified identity handed to the app.
+//!   verified identity handed to the app;
+//! * `upgrade.rs` — HTTP/1.1 upgrades (WebSocket) in both directions,
+//!   spliced once the app switches protocols.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +17,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::uri::PathAndQuery;
+use http::{Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -46,16 +49,92 @@ pub(crate) fn empty() -> Body {
     Either::Right(Full::new(Bytes::new()))
 }
 
+/// The mesh could not deliver: callers eject the endpoint and, for an
+/// idempotent request, retry elsewhere.
 pub(crate) fn error_response(status: StatusCode, msg: String) -> Response<Body> {
+    mesh_error(status, ERROR_UNAVAILABLE, msg)
+}
+
+/// `x-tern-error` values. Only `unavailable` makes a caller eject and retry.
+pub const ERROR_UNAVAILABLE: &str = "proxy";
+pub const ERROR_LIMIT: &str = "limit";
+
+fn mesh_error(status: StatusCode, kind: &'static str, msg: String) -> Response<Body> {
     let mut r = Response::new(Either::Right(Full::new(Bytes::from(msg + "\n"))));
     *r.status_mut() = status;
     r.headers_mut()
-        .insert(ERROR_HEADER, HeaderValue::from_static("proxy"));
+        .insert(ERROR_HEADER, HeaderValue::from_static(kind));
     r
 }
 
-/// Hop-by-hop headers are per connection and never forwarded.
+/// Bounds on HTTP message heads, on every listener and client of a sidecar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderLimits {
+    /// Header lines in an HTTP/1.1 request or response head.
+    pub max_headers: usize,
+    /// Size of an HTTP/2 header block, decoded (as HTTP/2 counts it: name
+    /// + value + 32 bytes per field).
+    pub max_header_bytes: u32,
+}
+
+/// hyper's own HTTP/1.1 default; setting it explicitly costs an allocation
+/// per message, so it is only set when it differs.
+const HYPER_MAX_HEADERS: usize = 100;
+
+impl Default for HeaderLimits {
+    fn default() -> Self {
+        Self {
+            max_headers: HYPER_MAX_HEADERS,
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl HeaderLimits {
+    fn h1_max_headers(&self) -> Option<usize> {
+        (self.max_headers != HYPER_MAX_HEADERS).then_some(self.max_headers)
+    }
+
+    /// A response head over the limits: a 502 that says which limit and
+    /// where to raise it. Callers neither eject the endpoint nor retry: the
+    /// same response would come back.
+    pub(crate) fn exceeded(&self, whose: &str) -> Response<Body> {
+        mesh_error(
+            StatusCode::BAD_GATEWAY,
+            ERROR_LIMIT,
+            format!(
+                "{whose} response head exceeds this sidecar's header limits \
+                 (--max-headers {}, --max-header-bytes {}); raise them on the sidecars on the path",
+                self.max_headers, self.max_header_bytes
+            ),
+        )
+    }
+}
+
+/// Whether a client error is a response head over the header limits.
+pub(crate) fn head_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_parse_too_large())
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// Hop-by-hop headers are per connection and never forwarded, with one
+/// exception: `te: trailers`, which HTTP/2 allows end to end and gRPC
+/// servers require (gRPC C-core resets a stream without it).
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let te_trailers = h.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     if let Some(conn) = h.get(header::CONNECTION).cloned() {
         if let Ok(s) = conn.to_str() {
             for name in s.split(',') {
@@ -78,6 +157,29 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
     h.remove("keep-alive");
     h.remove("proxy-connection");
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The URI of a request to a mesh endpoint.
+pub(crate) fn mesh_uri(authority: &http::uri::Authority, path: &PathAndQuery) -> Uri {
+    Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(path.clone())
+        .build()
+        .expect("valid parts")
+}
+
+/// The URI of a request to the local app: the caller's path and query,
+/// byte for byte, on the app's address.
+pub(crate) fn app_uri(app: &http::uri::Authority, from: &Uri) -> Uri {
+    let path = from
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    mesh_uri(app, &path)
 }
 
 pub struct Proxy {
@@ -90,6 +192,7 @@ pub struct Proxy {
     pub(crate) app_authority: http::uri::Authority,
     pub(crate) app_protocol: Protocol,
     pub(crate) per_try_timeout: Duration,
+    pub(crate) limits: HeaderLimits,
 }
 
 impl Proxy {
@@ -99,34 +202,37 @@ impl Proxy {
         app_addr: Option<SocketAddr>,
         app_protocol: Protocol,
         per_try_timeout: Duration,
+        limits: HeaderLimits,
     ) -> Arc<Self> {
         let connector = |alpn| MeshConnector {
             shared: shared.clone(),
             metrics: metrics.clone(),
             alpn,
         };
-        let upstream_h2 = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
+        let client = || {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .http2_max_header_list_size(limits.max_header_bytes);
+            if let Some(n) = limits.h1_max_headers() {
+                b.http1_max_headers(n);
+            }
+            b
+        };
+        let upstream_h2 = client()
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .http2_keep_alive_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
             .build(connector(Alpn::H2));
-        let upstream_h1 = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+        let upstream_h1 = client()
             .pool_max_idle_per_host(1024)
             .build(connector(Alpn::Http1));
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(3)));
-        let app = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
+        let app = client()
             .http2_only(app_protocol == Protocol::Http2)
-            .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .build(http);
         Arc::new(Self {
@@ -143,15 +249,22 @@ impl Proxy {
                 .expect("socket address is an authority"),
             app_protocol,
             per_try_timeout,
+            limits,
         })
     }
-}
 
-pub(crate) fn server_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
-    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    b.http1().timer(TokioTimer::new());
-    b.http2().timer(TokioTimer::new());
-    b
+    /// The HTTP server both directions serve with, under the header limits.
+    pub(crate) fn server_builder(&self) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+        let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        b.http1().timer(TokioTimer::new());
+        if let Some(n) = self.limits.h1_max_headers() {
+            b.http1().max_headers(n);
+        }
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(self.limits.max_header_bytes);
+        b
+    }
 }
 
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -179,5 +292,17 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-app"));
+    }
+
+    #[test]
+    fn te_trailers_is_forwarded_and_other_te_values_are_not() {
+        let mut h = HeaderMap::new();
+        h.insert("te", "gzip, Trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        let mut h = HeaderMap::new();
+        h.insert("te", "gzip".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
     }
 }

@@ -61,6 +61,22 @@ async fn main() -> anyhow::Result<()> {
                         );
                         return Ok::<_, Infallible>(r);
                     }
+                    // A response with N extra header lines, to test the
+                    // proxies' header limits.
+                    if let Some(n) = req.uri().path().strip_prefix("/many-headers/") {
+                        let n: usize = n.parse().unwrap_or(0);
+                        let mut r = Response::new(Full::new(Bytes::from("many headers\n")));
+                        for i in 0..n {
+                            r.headers_mut().insert(
+                                hyper::header::HeaderName::from_bytes(
+                                    format!("x-h-{i}").as_bytes(),
+                                )
+                                .expect("valid name"),
+                                hyper::header::HeaderValue::from(i),
+                            );
+                        }
+                        return Ok::<_, Infallible>(r);
+                    }
                     let method = req.method().to_string();
                     let version = format!("{:?}", req.version());
                     let path = req.uri().path().to_string();

@@ -58,8 +58,71 @@ pub fn patient(d: Duration) -> Duration {
     d.mul_f64(patience())
 }
 
+/// A workspace binary by name, or a program given by its path.
 pub fn bin(name: &str) -> PathBuf {
-    bin_dir().join(name)
+    if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        bin_dir().join(name)
+    }
+}
+
+/// The pinned third-party Python packages the protocol tests run.
+const PY_PACKAGES: &[&str] = &["grpcio==1.85.3", "websockets==17.4"];
+
+/// A Python interpreter with the packages of `PY_PACKAGES`: a virtualenv
+/// under the target folder, created (from PyPI) on first use.
+/// `TERN_E2E_PYTHON` names an interpreter that already has them.
+pub fn python() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        if let Some(p) = std::env::var_os("TERN_E2E_PYTHON") {
+            return PathBuf::from(p);
+        }
+        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "py-{}",
+            PY_PACKAGES.join("-").replace(['=', '.'], "")
+        ));
+        let py = venv.join("bin/python");
+        if py.exists() {
+            return py;
+        }
+        // Built aside, then renamed: a run cut short leaves no half-made venv.
+        let tmp = venv.with_extension(format!("tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let ok = |c: &mut Command, what: &str| {
+            let o = c.output().unwrap_or_else(|e| {
+                panic!("{what}: {e}; the protocol tests need python3 with venv and pip (Debian: apt-get install python3-venv)")
+            });
+            assert!(
+                o.status.success(),
+                "{what} failed; the protocol tests need python3 with venv and pip (Debian: apt-get install python3-venv) and access to PyPI:\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        ok(
+            Command::new("python3").args(["-m", "venv"]).arg(&tmp),
+            "python3 -m venv",
+        );
+        ok(
+            Command::new(tmp.join("bin/python"))
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args(PY_PACKAGES),
+            "pip install",
+        );
+        if std::fs::rename(&tmp, &venv).is_err() {
+            // Another test process made it first.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        py
+    })
+    .clone()
+}
+
+/// The test scripts in `e2e/py`.
+pub fn py_script(name: &str) -> String {
+    format!("{}/py/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A child process that is killed (SIGKILL) and reaped when dropped.
@@ -659,30 +722,13 @@ impl Workload {
         ];
         app_args.extend(app_extra.iter().map(|s| s.to_string()));
         let app = spawn(dir, &format!("app-{service}-{host}"), "demo-app", &app_args);
-        let mut args = sidecar_args(net, host, service, zone, token);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let sidecar = spawn(
-            dir,
-            &format!("sidecar-{service}-{host}"),
-            "dataplane",
-            &args,
-        );
-        let w = Workload {
+        let sidecar = start_sidecar(dir, net, host, service, zone, token, extra);
+        Workload {
             app,
             sidecar,
             host,
             net,
-        };
-        wait_for(
-            &format!("sidecar {service} on {ip} ready"),
-            Duration::from_secs(20),
-            || {
-                get(w.admin(), "x", "/ready")
-                    .ok()
-                    .filter(|r| r.status == 200)
-            },
-        );
-        w
+        }
     }
     pub fn admin(&self) -> SocketAddr {
         self.net.addr(self.host, 15000)
@@ -709,6 +755,37 @@ impl Workload {
             })
             .unwrap_or_default()
     }
+}
+
+/// A sidecar alone on host `h` (its app, if any, started by the test on
+/// :8080), once it is ready.
+pub fn start_sidecar(
+    dir: &Path,
+    net: Net,
+    host: u8,
+    service: &str,
+    zone: &ZoneCp,
+    token: &Path,
+    extra: &[&str],
+) -> Proc {
+    let mut args = sidecar_args(net, host, service, zone, token);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let sidecar = spawn(
+        dir,
+        &format!("sidecar-{service}-{host}"),
+        "dataplane",
+        &args,
+    );
+    wait_for(
+        &format!("sidecar {service} on {} ready", net.ip(host)),
+        Duration::from_secs(20),
+        || {
+            get(net.addr(host, 15000), "x", "/ready")
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    );
+    sidecar
 }
 
 /// A sidecar's flags for host `h`: inbound :15006, app :8080, outbound

@@ -1,0 +1,206 @@
+//! HTTP/1.1 upgrades (WebSocket and others) on the HTTP listeners.
+//!
+//! Outbound, an upgrade request goes to the destination over an HTTP/1.1
+//! mesh connection (every HTTP inbound accepts HTTP/1.1, whatever the app
+//! speaks), keeping `Connection: upgrade` and `Upgrade`. Inbound, it goes
+//! to the app the same way, with the verified caller identity. Once the
+//! answer is `101 Switching Protocols`, each side splices the two upgraded
+//! connections; inbound, the splice is cut when the caller stops being
+//! trusted, as any opaque connection is. Only a failed connect is retried
+//! elsewhere: once sent, an upgrade is not idempotent.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use common::rustls::pki_types::CertificateDer;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::{Body as _, Incoming};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::balance::{Cluster, Endpoint};
+use crate::protocol::Protocol;
+use crate::proxy::{
+    app_uri, empty, error_chain, error_response, mesh_uri, strip_hop_by_hop, Body, Proxy,
+    CLIENT_ID_HEADER, EJECT_FOR, ERROR_HEADER, MAX_ATTEMPTS,
+};
+
+/// An HTTP/1.1 request asking to switch protocols: `Connection: upgrade`
+/// and an `Upgrade` header. (HTTP/2 has no such request.)
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Hop-by-hop headers removed, then the upgrade asked for put back.
+fn upgrade_headers(h: &mut HeaderMap) {
+    let upgrade = h.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(h);
+    if let Some(u) = upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u);
+    }
+}
+
+/// Copy between two upgraded connections until either side closes.
+async fn splice(a: OnUpgrade, b: OnUpgrade) {
+    match tokio::join!(a, b) {
+        (Ok(a), Ok(b)) => {
+            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+        }
+        (a, b) => {
+            let e = a.err().or(b.err()).map(|e| error_chain(&e));
+            tracing::debug!(error = ?e, "an upgrade did not complete");
+        }
+    }
+}
+
+impl Proxy {
+    /// Outbound: carry an upgrade request to an endpoint of `cluster`.
+    pub(crate) async fn outbound_upgrade(
+        &self,
+        service: &str,
+        cluster: &Cluster,
+        mut req: Request<Incoming>,
+    ) -> Response<Body> {
+        let from_app = hyper::upgrade::on(&mut req);
+        let (mut parts, body) = req.into_parts();
+        upgrade_headers(&mut parts.headers);
+        parts.headers.remove(CLIENT_ID_HEADER);
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        // A body (rare on an upgrade) can be sent once; an empty one on
+        // every attempt.
+        let bodyless = body.is_end_stream();
+        let mut body = Some(Either::Left(body));
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut last_err = String::new();
+        for _ in 0..MAX_ATTEMPTS {
+            let Some((ep, _)) = cluster.pick(&tried, 0) else {
+                break;
+            };
+            let b = match body.take() {
+                Some(b) => b,
+                None if bodyless => empty(),
+                None => break,
+            };
+            let mut r = Request::new(b);
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = mesh_uri(&ep.authority, &path);
+            *r.headers_mut() = parts.headers.clone();
+            *r.version_mut() = Version::HTTP_11;
+            match self.upstream_h1.request(r).await {
+                Ok(mut resp) => {
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        let to_mesh = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(splice(from_app, to_mesh));
+                    }
+                    return resp.map(Either::Left);
+                }
+                Err(e) => {
+                    last_err = format!("{}: {}", ep.authority, error_chain(&e));
+                    if !e.is_connect() {
+                        break;
+                    }
+                    self.metrics.upstream_connect_errors.inc();
+                    ep.eject(EJECT_FOR);
+                    tried.push(ep);
+                }
+            }
+        }
+        error_response(
+            StatusCode::BAD_GATEWAY,
+            format!("service {service}: no endpoint took the upgrade ({last_err})"),
+        )
+    }
+
+    /// Inbound: hand an upgrade request to the app, and splice the
+    /// connections once it switches (cut when the caller is distrusted).
+    pub(crate) async fn inbound_upgrade(
+        &self,
+        app: SocketAddr,
+        peer: HeaderValue,
+        chain: Arc<[CertificateDer<'static>]>,
+        mut req: Request<Incoming>,
+    ) -> Response<Body> {
+        if self.app_protocol == Protocol::Http2 {
+            return error_response(
+                StatusCode::NOT_IMPLEMENTED,
+                "this app is declared HTTP/2, which has no Upgrade; declare it http to upgrade"
+                    .into(),
+            );
+        }
+        let from_caller = hyper::upgrade::on(&mut req);
+        let (mut parts, body) = req.into_parts();
+        upgrade_headers(&mut parts.headers);
+        parts.headers.insert(CLIENT_ID_HEADER, peer);
+        parts.uri = app_uri(&self.app_authority, &parts.uri);
+        parts.version = Version::HTTP_11;
+        match self
+            .app
+            .request(Request::from_parts(parts, Either::Left(body)))
+            .await
+        {
+            Ok(mut resp) => {
+                resp.headers_mut().remove(ERROR_HEADER);
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let to_app = hyper::upgrade::on(&mut resp);
+                    let live = self.shared.live.clone();
+                    tokio::spawn(async move {
+                        if let Err(why) =
+                            live.while_trusted(chain, splice(from_caller, to_app)).await
+                        {
+                            tracing::warn!(reason = %why, "closed an upgraded inbound connection: its peer is no longer trusted");
+                        }
+                    });
+                }
+                resp.map(Either::Left)
+            }
+            Err(e) => error_response(
+                StatusCode::BAD_GATEWAY,
+                format!("local app at {app}: {}", error_chain(&e)),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrades_are_recognized_and_their_headers_kept() {
+        let req = |conn: &str, v: Version| {
+            Request::builder()
+                .version(v)
+                .header("connection", conn)
+                .header("upgrade", "websocket")
+                .body(())
+                .unwrap()
+        };
+        assert!(is_upgrade(&req("keep-alive, Upgrade", Version::HTTP_11)));
+        assert!(!is_upgrade(&req("keep-alive", Version::HTTP_11)));
+        assert!(!is_upgrade(&req("upgrade", Version::HTTP_2)));
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Upgrade, x-hop".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        h.insert("sec-websocket-key", "k".parse().unwrap());
+        upgrade_headers(&mut h);
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert!(h.contains_key("sec-websocket-key"));
+        assert!(!h.contains_key("x-hop"));
+    }
+}
