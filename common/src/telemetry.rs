@@ -14,11 +14,17 @@ use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, 
 
 pub type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
+/// The process's log filter handle, set by `init_tracing`; every admin
+/// port's `PUT /log-level` changes it.
+static LOG: std::sync::OnceLock<LogHandle> = std::sync::OnceLock::new();
+
 /// Initialise tracing. `RUST_LOG` overrides `default`; `json` switches to
-/// JSON lines. Returns a handle to change the filter at run time.
+/// JSON lines. Returns a handle to change the filter at run time (the
+/// admin port uses the same one).
 pub fn init_tracing(default: &str, json: bool) -> LogHandle {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let (filter, handle) = reload::Layer::new(filter);
+    let _ = LOG.set(handle.clone());
     let reg = tracing_subscriber::registry().with(filter);
     if json {
         let _ = reg
@@ -63,13 +69,9 @@ impl Admin {
             registry: Arc::new(Mutex::new(registry)),
             ready: Arc::new(ready),
             dump: Arc::new(dump),
-            log: None,
+            log: LOG.get().cloned(),
             token: None,
         }
-    }
-    pub fn with_log_handle(mut self, h: LogHandle) -> Self {
-        self.log = Some(h);
-        self
     }
     pub fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token.map(Arc::new);

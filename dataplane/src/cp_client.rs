@@ -46,10 +46,10 @@ pub fn spawn(
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::reconnect();
         loop {
-            let started = std::time::Instant::now();
             let res = run_once(&shared, &metrics, &opts, &status, &mut shutdown).await;
+            let established = status.borrow().connected;
             status.send_modify(|s| s.connected = false);
             if *shutdown.borrow() {
                 return;
@@ -59,7 +59,7 @@ pub fn spawn(
                 tracing::warn!(error = %msg, "control plane stream failed; keeping the last config");
                 status.send_modify(|s| s.last_error = Some(msg));
             }
-            if started.elapsed() > Duration::from_secs(30) {
+            if established {
                 backoff.reset();
             }
             let mut delay = backoff.next_delay(common::sync::jitter());

@@ -1,5 +1,6 @@
 //! Crashes and restarts: the global loses nothing it acknowledged and zones
-//! resume; sidecars keep serving while their zone-cp restarts.
+//! resume; sidecars keep serving while their zone-cp restarts; a zone keeps
+//! working while the global is down.
 mod support;
 
 use std::time::Duration;
@@ -93,4 +94,65 @@ fn sidecars_keep_serving_while_their_zone_cp_restarts() {
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
     synced(&g, "z1");
+}
+
+/// While the global is down (killed), its zone keeps working on its own:
+/// traffic between its services fails no request, a new proxy registers,
+/// gets a certificate and receives traffic, and running proxies renew their
+/// 20 s certificates from the zone CA. When the global returns, the zone
+/// reconnects and syncs without a restart.
+#[test]
+fn a_zone_serves_registers_and_renews_while_the_global_is_down() {
+    let net = Net(27);
+    let s = Scratch::new("global-outage");
+    let mut g = Global::start(&s.0, net);
+    let mesh = "apiVersion: tern.dev/v1alpha1\nkind: Mesh\nmetadata:\n  name: default\nspec:\n  mtls:\n    workloadCertTtl: 20s\n";
+    let o = g.ternctl_stdin(&["apply", "-f", "-"], Some(mesh));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let z = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&g.zone_token("z1")));
+    synced(&g, "z1");
+    // Tokens come from the global: made before it goes down.
+    let api_t = g.dp_token("z1", "api");
+    let web_t = g.dp_token("z1", "web");
+    let api2_t = g.dp_token("z1", "api");
+    let _api = Workload::start(&s.0, net, 11, "api", &z, &api_t);
+    let web = Workload::start(&s.0, net, 10, "web", &z, &web_t);
+    wait_for("web sees api", T, || {
+        (!web.endpoints("api").is_empty()).then_some(())
+    });
+    let load = Load::start(web.outbound(), "api", "GET");
+    load.wait_more(20);
+
+    g.proc.kill();
+    wait_for("the zone notices the global is gone", T, || {
+        (z.dump()["globalConnected"] == false).then_some(())
+    });
+    let cert_at_kill = web.dump()["certificateNotAfter"].clone();
+    load.wait_more(30);
+
+    // A new proxy joins the zone and serves.
+    let _api2 = Workload::start(&s.0, net, 12, "api", &z, &api2_t);
+    wait_for("web sees the new api instance", T, || {
+        (web.endpoints("api").len() == 2).then_some(())
+    });
+    wait_for("the new instance answers", T, || {
+        load.snapshot()
+            .served_by
+            .iter()
+            .any(|i| i.contains(&net.ip(12)))
+            .then_some(())
+    });
+    // Certificates renew from the zone CA.
+    wait_for("web renews its certificate", T, || {
+        (web.dump()["certificateNotAfter"] != cert_at_kill).then_some(())
+    });
+    load.wait_more(30);
+    assert_eq!(z.dump()["globalConnected"], false, "the global stayed down");
+
+    // The global returns; the zone reconnects on its own.
+    g.start_again();
+    synced(&g, "z1");
+    load.wait_more(10);
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
 }

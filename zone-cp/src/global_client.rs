@@ -172,11 +172,10 @@ fn validate(_key: &str, v: &Value) -> Result<(), String> {
 
 pub fn spawn(z: Arc<Zone>) {
     tokio::spawn(async move {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        let mut backoff = Backoff::reconnect();
         loop {
-            let started = std::time::Instant::now();
             let res = run_once(&z).await;
-            z.global.connected.store(false, Ordering::Relaxed);
+            let established = z.global.connected.swap(false, Ordering::Relaxed);
             z.metrics.global_connected.set(0);
             match res {
                 Ok(()) => tracing::warn!("sync stream to the global ended; reconnecting"),
@@ -184,7 +183,7 @@ pub fn spawn(z: Arc<Zone>) {
                     tracing::warn!(error = %format!("{e:#}"), "sync with the global failed; serving proxies from the last known config")
                 }
             }
-            if started.elapsed() > Duration::from_secs(30) {
+            if established {
                 backoff.reset();
             }
             tokio::time::sleep(backoff.next_delay(common::sync::jitter())).await;

@@ -424,6 +424,19 @@ impl Backoff {
     }
 }
 
+/// Reconnecting to a control plane: 100 ms doubling to at most this, and
+/// back to 100 ms once a session is established. A short cap matters more
+/// than a long one spares the server: after an outage of any length, every
+/// client is back within this of the server's return (jittered over its
+/// second half, so they do not all arrive at once).
+pub const RECONNECT_MAX: Duration = Duration::from_secs(3);
+
+impl Backoff {
+    pub fn reconnect() -> Self {
+        Self::new(Duration::from_millis(100), RECONNECT_MAX)
+    }
+}
+
 /// A cheap non-cryptographic jitter source.
 pub fn jitter() -> f64 {
     use std::time::SystemTime;

@@ -431,6 +431,10 @@ impl Global {
     }
     pub fn restart(&mut self) {
         self.proc.kill();
+        self.start_again();
+    }
+    /// Start it again on its data dir (after `proc.kill()`).
+    pub fn start_again(&mut self) {
         self.proc = spawn(
             &self.dir,
             "global-restarted",
