@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use common::ident::SpiffeId;
-use common::resource::{Key, Resource, ServiceSummary, ZoneIngressSpec};
+use common::resource::{Key, Resource, ZoneIngressSpec};
 use common::sync::{chunk, Delta, DeltaSender, Want};
 use common::token;
 use common::trust::{Issuer, Verified};
@@ -37,6 +37,7 @@ pub struct Metrics {
     pub zones_online: Gauge,
     pub deltas_sent: Counter,
     pub nacks: Counter,
+    pub inventories_refused: Counter,
     pub joins: Family<Vec<(String, String)>, Counter>,
     pub root_ca_expiry: Gauge,
     pub zone_ca_expiry: Family<Vec<(String, String)>, Gauge>,
@@ -48,6 +49,7 @@ impl Metrics {
             zones_online: Gauge::default(),
             deltas_sent: Counter::default(),
             nacks: Counter::default(),
+            inventories_refused: Counter::default(),
             joins: Family::default(),
             root_ca_expiry: Gauge::default(),
             zone_ca_expiry: Family::default(),
@@ -69,6 +71,11 @@ impl Metrics {
         );
         reg.register("sync_deltas", "Deltas sent to zones", m.deltas_sent.clone());
         reg.register("sync_nacks", "Deltas zones refused", m.nacks.clone());
+        reg.register(
+            "inventories_refused",
+            "Zone inventory reports refused (too large, or speaking for what the zone does not own); see the zone's status",
+            m.inventories_refused.clone(),
+        );
         reg.register(
             "zone_joins",
             "Zone join attempts by result",
@@ -100,8 +107,12 @@ pub struct ZoneLive {
     pub services: BTreeMap<String, usize>,
     pub region: String,
     pub gateways: Vec<String>,
+    /// Why the zone's last inventory report was refused (its published
+    /// ZoneIngress stays as it was).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inventory_refused: Option<String>,
     #[serde(skip)]
-    pub inventory: BTreeMap<String, pb::ServiceInventory>,
+    pub report: crate::inventory::Report,
     #[serde(skip)]
     kick: Option<watch::Sender<u64>>,
 }
@@ -171,6 +182,11 @@ impl ZoneTable {
             .map(|z| z.session)
     }
 
+    /// What the global holds of a zone's inventory reports.
+    fn report(&self, zone: &str) -> Option<crate::inventory::Report> {
+        self.lock().get(zone).map(|z| z.report.clone())
+    }
+
     fn session(&self, zone: &str) -> u64 {
         self.lock().get(zone).map(|z| z.session).unwrap_or(0)
     }
@@ -191,6 +207,9 @@ pub struct ZoneView {
     pub connected_proxies: u32,
     pub services: BTreeMap<String, usize>,
     pub software_version: String,
+    /// Why the zone's last inventory report was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inventory_refused: Option<String>,
 }
 
 pub fn zone_views(state: &State) -> anyhow::Result<Vec<ZoneView>> {
@@ -224,6 +243,7 @@ pub fn zone_views(state: &State) -> anyhow::Result<Vec<ZoneView>> {
                 connected_proxies: l.connected_proxies,
                 services: l.services,
                 software_version: l.software_version,
+                inventory_refused: l.inventory_refused,
                 name: r.name,
             }
         })
@@ -381,47 +401,6 @@ impl GlobalSync for SyncService {
     }
 }
 
-/// Write the zone's ZoneIngress from its live inventory (a no-op when it
-/// did not change: the store keeps version and revision).
-fn publish_ingress(st: &State, zone: &str) {
-    let Some(z) = st.zones.snapshot().remove(zone) else {
-        return;
-    };
-    let spec = ZoneIngressSpec {
-        region: z.region.clone(),
-        gateways: z.gateways.clone(),
-        services: z
-            .inventory
-            .values()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    ServiceSummary {
-                        protocol: s
-                            .endpoints
-                            .first()
-                            .map(|e| e.protocol.clone())
-                            .unwrap_or_default(),
-                        healthy: s.endpoints.iter().filter(|e| e.healthy).count() as u32,
-                    },
-                )
-            })
-            .collect(),
-    };
-    let r = Resource {
-        api_version: common::resource::API_VERSION.into(),
-        kind: "ZoneIngress".into(),
-        metadata: common::resource::Metadata {
-            name: zone.to_string(),
-            ..Default::default()
-        },
-        spec: serde_json::to_value(&spec).unwrap_or_default(),
-    };
-    if let Err(e) = st.store.put(r, &token::fmt_unix(token::now_unix())) {
-        tracing::error!(zone, error = %e, "could not publish the zone's ingress");
-    }
-}
-
 /// Withdraw a zone's ZoneIngress once it has been offline for the TTL,
 /// unless it came back (a new session) meanwhile.
 fn withdraw_after_ttl(st: Arc<State>, zone: String, session: u64) {
@@ -562,9 +541,15 @@ async fn session(
                         break "stream closed".into();
                     }
                 }
-                Ok(Some(m)) => if let Err(e) = handle(&st, &zone, session, &mut sender, m) {
-                    let _ = tx.send(Err(Status::failed_precondition(e.clone()))).await;
-                    break e;
+                Ok(Some(m)) => match handle(&st, &zone, session, &mut sender, m) {
+                    Ok(Some(reply)) => if tx.send(Ok(reply)).await.is_err() {
+                        break "stream closed".into();
+                    },
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::failed_precondition(e.clone()))).await;
+                        break e;
+                    }
                 },
                 Ok(None) => break "zone closed the stream".into(),
                 Err(e) => break format!("stream error: {}", e.message()),
@@ -607,7 +592,7 @@ fn handle(
     session: u64,
     sender: &mut DeltaSender,
     m: pb::ZoneMessage,
-) -> Result<(), String> {
+) -> Result<Option<pb::GlobalMessage>, String> {
     match m.msg {
         Some(zone_message::Msg::Ack(a)) => {
             sender.on_ack(a.version).map_err(|e| e.to_string())?;
@@ -636,26 +621,7 @@ fn handle(
             );
         }
         Some(zone_message::Msg::Inventory(inv)) => {
-            st.zones.update(zone, session, |z| {
-                if inv.full {
-                    z.inventory.clear();
-                }
-                for name in &inv.removed {
-                    z.inventory.remove(name);
-                }
-                for s in inv.upserts {
-                    z.inventory.insert(s.name.clone(), s);
-                }
-                z.connected_proxies = inv.connected_proxies;
-                z.services = z
-                    .inventory
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.endpoints.iter().filter(|e| e.healthy).count()))
-                    .collect();
-                z.region = inv.region.clone();
-                z.gateways = inv.gateways.clone();
-            });
-            publish_ingress(st, zone);
+            return Ok(on_inventory(st, zone, session, &inv))
         }
         Some(zone_message::Msg::Hello(_)) => return Err("unexpected second ZoneHello".into()),
         Some(zone_message::Msg::RenewCa(_)) => {
@@ -663,5 +629,67 @@ fn handle(
         }
         None => return Err("empty message".into()),
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Judge a zone's inventory report (`crate::inventory`): publish it as the
+/// zone's ZoneIngress, ignore it, or refuse it for this zone alone and
+/// tell the zone why.
+fn on_inventory(
+    st: &State,
+    zone: &str,
+    session: u64,
+    inv: &pb::Inventory,
+) -> Option<pb::GlobalMessage> {
+    use crate::inventory::{judge, Verdict};
+    let held = st.zones.report(zone)?;
+    let others: std::collections::BTreeSet<String> = st
+        .store
+        .list(Some("ZoneIngress"))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.resource.metadata.name != zone)
+        .filter_map(|s| ZoneIngressSpec::from_resource(&s.resource))
+        .flat_map(|spec| spec.gateways)
+        .collect();
+    match judge(&st.config.trust_domain, zone, &held, inv, &others) {
+        Verdict::Accept(report, ingress) => {
+            st.zones.update(zone, session, |z| {
+                z.connected_proxies = inv.connected_proxies;
+                z.services = report
+                    .services
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.endpoints.iter().filter(|e| e.healthy).count()))
+                    .collect();
+                z.region = report.region.clone();
+                z.gateways = report.gateways.clone();
+                z.inventory_refused = None;
+                z.report = *report;
+            });
+            // A no-op when nothing changed: the store keeps its version.
+            if let Err(e) = st.store.put(*ingress, &token::fmt_unix(token::now_unix())) {
+                tracing::error!(zone, error = %e, "could not publish the zone's ingress");
+            }
+            None
+        }
+        Verdict::Ignore => {
+            st.zones.update(zone, session, |z| {
+                z.connected_proxies = inv.connected_proxies
+            });
+            None
+        }
+        Verdict::Refuse(reason) => {
+            tracing::warn!(zone, %reason, "refused the zone's inventory; its published services stay as they were");
+            st.metrics.inventories_refused.inc();
+            st.zones.update(zone, session, |z| {
+                z.inventory_refused = Some(reason.clone());
+                z.report.refused = Some(reason.clone());
+            });
+            Some(pb::GlobalMessage {
+                msg: Some(pb::global_message::Msg::InventoryRefused(
+                    pb::InventoryRefused { reason },
+                )),
+            })
+        }
+    }
 }

@@ -274,6 +274,7 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
     let mut receiver: DeltaReceiver<Value> = DeltaReceiver::new(version, state);
     let mut renewal = crate::ca::Renewal::default();
     let mut ca_tick = tokio::time::interval(crate::ca::CHECK_EVERY);
+    let mut send_full = false;
     loop {
         tokio::select! {
             m = inbound.message() => {
@@ -286,6 +287,15 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
                     Some(pb::global_message::Msg::Delta(d)) => d,
                     Some(pb::global_message::Msg::CaIssued(c)) => {
                         renewal.answered(z, c);
+                        continue;
+                    }
+                    Some(pb::global_message::Msg::InventoryRefused(r)) => {
+                        // The global ignores our deltas until a full
+                        // report: send one on the next change (not now,
+                        // which would repeat the same refusal).
+                        z.metrics.inventory_refused.inc();
+                        tracing::warn!(reason = %r.reason, "the global refused this zone's inventory; other zones see its last accepted one");
+                        send_full = true;
                         continue;
                     }
                     None => continue,
@@ -323,7 +333,8 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
             r = reg_rx.changed() => {
                 r?;
                 let now = z.registry.inventory();
-                tx.send(inv_msg(inventory_diff(z, &last_inv, &now, false))).await?;
+                tx.send(inv_msg(inventory_diff(z, &last_inv, &now, send_full))).await?;
+                send_full = false;
                 last_inv = now;
             }
             _ = ca_tick.tick() => {

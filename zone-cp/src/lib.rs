@@ -74,6 +74,7 @@ pub struct Metrics {
     pub global_connected: Gauge,
     pub deltas_applied: Counter,
     pub deltas_refused: Counter,
+    pub inventory_refused: Counter,
     pub certs_issued: Counter,
     pub proxy_refused: Counter,
     pub ca_expiry: Gauge,
@@ -87,6 +88,7 @@ impl Metrics {
             global_connected: Gauge::default(),
             deltas_applied: Counter::default(),
             deltas_refused: Counter::default(),
+            inventory_refused: Counter::default(),
             certs_issued: Counter::default(),
             proxy_refused: Counter::default(),
             ca_expiry: Gauge::default(),
@@ -121,6 +123,11 @@ impl Metrics {
             "global_deltas_refused",
             "Deltas from the global refused (NACK)",
             m.deltas_refused.clone(),
+        );
+        reg.register(
+            "global_inventory_refused",
+            "Inventory reports the global refused (the zone's published services stay as they were; see the log)",
+            m.inventory_refused.clone(),
         );
         reg.register(
             "certificates_issued",

@@ -153,7 +153,7 @@ pub struct Endpoint {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GlobalMessage {
-    #[prost(oneof = "global_message::Msg", tags = "1, 2")]
+    #[prost(oneof = "global_message::Msg", tags = "1, 2, 3")]
     pub msg: ::core::option::Option<global_message::Msg>,
 }
 /// Nested message and enum types in `GlobalMessage`.
@@ -164,7 +164,18 @@ pub mod global_message {
         Delta(super::Delta),
         #[prost(message, tag = "2")]
         CaIssued(super::CaIssued),
+        #[prost(message, tag = "3")]
+        InventoryRefused(super::InventoryRefused),
     }
+}
+/// The global refused the zone's last inventory report (too large, or it
+/// spoke for what the zone does not own). The zone's published ZoneIngress
+/// stays as it was; the global ignores delta reports until the zone sends a
+/// full one, which it does on its next change.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct InventoryRefused {
+    #[prost(string, tag = "1")]
+    pub reason: ::prost::alloc::string::String,
 }
 /// The answer to CaRenewal: the new intermediate, or why not.
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -1,0 +1,211 @@
+//! What a zone reports about itself (its services, region and gateways),
+//! judged before it becomes the zone's `ZoneIngress`, which every other
+//! zone receives. No I/O here.
+//!
+//! A report is bounded (services, endpoints, gateways, and the resulting
+//! resource's size) and may only speak for its own zone: endpoints of that
+//! zone, identities under `spiffe://TD/zone/ZONE/`, gateway addresses no
+//! other zone publishes. A report that breaks a rule is refused whole: the
+//! zone keeps its last good `ZoneIngress`, its status shows why, and
+//! nothing reaches other zones, so one zone cannot stop sync for the rest.
+//! Since the zone reports deltas, the global then ignores its reports until
+//! a full one arrives (the zone is told, and sends one on its next change).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::ident::SpiffeId;
+use common::resource::{self, Resource, ServiceSummary, ZoneIngressSpec};
+use proto::v1 as pb;
+
+/// Services one zone may publish. With names of at most 63 characters this
+/// keeps a `ZoneIngress` under the resource size limit.
+pub const MAX_SERVICES: usize = 2000;
+/// Endpoints one zone may report, over all its services.
+pub const MAX_ENDPOINTS: usize = 50_000;
+/// Gateway addresses one zone may publish.
+pub const MAX_GATEWAYS: usize = 64;
+const PROTOCOLS: &[&str] = &["", "http", "http1", "http2", "grpc", "tcp"];
+
+/// What the global holds of one zone's reports.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Report {
+    pub services: BTreeMap<String, pb::ServiceInventory>,
+    pub region: String,
+    pub gateways: Vec<String>,
+    /// Why the last report was refused; reports are ignored until a full
+    /// one is accepted.
+    pub refused: Option<String>,
+}
+
+/// What to do with one inventory message.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    /// Accepted: the zone's new report and `ZoneIngress`.
+    Accept(Box<Report>, Box<Resource>),
+    /// A delta after a refusal: ignored until a full report arrives.
+    Ignore,
+    /// Refused, with the reason for the zone's status and log.
+    Refuse(String),
+}
+
+/// Judge `inv` from `zone`, given what the global holds of it and the
+/// gateway addresses other zones publish.
+pub fn judge(
+    trust_domain: &str,
+    zone: &str,
+    held: &Report,
+    inv: &pb::Inventory,
+    other_gateways: &BTreeSet<String>,
+) -> Verdict {
+    if held.refused.is_some() && !inv.full {
+        return Verdict::Ignore;
+    }
+    match candidate(trust_domain, zone, held, inv, other_gateways) {
+        Ok((report, ingress)) => Verdict::Accept(Box::new(report), Box::new(ingress)),
+        Err(why) => Verdict::Refuse(why),
+    }
+}
+
+fn candidate(
+    td: &str,
+    zone: &str,
+    held: &Report,
+    inv: &pb::Inventory,
+    other_gateways: &BTreeSet<String>,
+) -> Result<(Report, Resource), String> {
+    let mut services = if inv.full {
+        BTreeMap::new()
+    } else {
+        held.services.clone()
+    };
+    for name in &inv.removed {
+        services.remove(name);
+    }
+    for s in &inv.upserts {
+        if services.len() >= MAX_SERVICES && !services.contains_key(&s.name) {
+            return Err(format!(
+                "more than {MAX_SERVICES} services; a zone publishes at most {MAX_SERVICES}"
+            ));
+        }
+        services.insert(s.name.clone(), s.clone());
+    }
+    let own = format!("{}/", SpiffeId::zone(td, zone));
+    let mut endpoints = 0usize;
+    for (name, s) in &services {
+        resource::check_name("service", name).map_err(|e| format!("service {name:?}: {e}"))?;
+        endpoints += s.endpoints.len();
+        if endpoints > MAX_ENDPOINTS {
+            return Err(format!(
+                "more than {MAX_ENDPOINTS} endpoints; a zone reports at most {MAX_ENDPOINTS}"
+            ));
+        }
+        for e in &s.endpoints {
+            if !PROTOCOLS.contains(&e.protocol.as_str()) {
+                return Err(format!("service {name}: unknown protocol {:?}", e.protocol));
+            }
+            if !e.zone.is_empty() && e.zone != zone {
+                return Err(format!(
+                    "service {name}: an endpoint claims zone {:?}; a zone reports only its own endpoints",
+                    e.zone
+                ));
+            }
+            if e.via_gateway {
+                return Err(format!(
+                    "service {name}: an endpoint through a gateway; a zone reports only its own endpoints"
+                ));
+            }
+            let id = SpiffeId::parse(&e.identity)
+                .map_err(|x| format!("service {name}: endpoint identity: {x}"))?;
+            if !id.as_str().starts_with(&own) {
+                return Err(format!(
+                    "service {name}: identity {id} is not in zone {zone}"
+                ));
+            }
+        }
+    }
+    if !inv.region.is_empty() {
+        resource::check_name("region", &inv.region).map_err(|e| e.to_string())?;
+    }
+    if inv.gateways.len() > MAX_GATEWAYS {
+        return Err(format!(
+            "{} gateways; a zone publishes at most {MAX_GATEWAYS}",
+            inv.gateways.len()
+        ));
+    }
+    for g in &inv.gateways {
+        check_gateway_address(g)?;
+        if other_gateways.contains(g) {
+            return Err(format!("gateway address {g} is published by another zone"));
+        }
+    }
+    let spec = ZoneIngressSpec {
+        region: inv.region.clone(),
+        gateways: inv.gateways.clone(),
+        services: services
+            .values()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    ServiceSummary {
+                        protocol: s
+                            .endpoints
+                            .first()
+                            .map(|e| e.protocol.clone())
+                            .unwrap_or_default(),
+                        healthy: s.endpoints.iter().filter(|e| e.healthy).count() as u32,
+                    },
+                )
+            })
+            .collect(),
+    };
+    let ingress = Resource {
+        api_version: resource::API_VERSION.into(),
+        kind: "ZoneIngress".into(),
+        metadata: resource::Metadata {
+            name: zone.to_string(),
+            ..Default::default()
+        },
+        spec: serde_json::to_value(&spec).map_err(|e| e.to_string())?,
+    };
+    // Every zone validates what it receives: what would fail there is
+    // refused here, for this zone alone.
+    resource::validate(&ingress).map_err(|e| format!("its ZoneIngress: {e}"))?;
+    Ok((
+        Report {
+            services,
+            region: inv.region.clone(),
+            gateways: inv.gateways.clone(),
+            refused: None,
+        },
+        ingress,
+    ))
+}
+
+/// `host:port`, with a DNS name or an IP and a non-zero port.
+fn check_gateway_address(g: &str) -> Result<(), String> {
+    let bad = || format!("gateway address {g:?} is not host:port");
+    if g.len() > 255 {
+        return Err(bad());
+    }
+    if g.parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.port() != 0)
+    {
+        return Ok(());
+    }
+    let (host, port) = g.rsplit_once(':').ok_or_else(bad)?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = !host.is_empty()
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if port_ok && host_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod tests;

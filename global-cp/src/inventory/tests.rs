@@ -1,0 +1,219 @@
+use super::*;
+
+fn ep(zone: &str, svc: &str) -> pb::Endpoint {
+    pb::Endpoint {
+        address: "10.0.0.1".into(),
+        port: 15006,
+        healthy: true,
+        zone: zone.into(),
+        identity: format!("spiffe://tern/zone/{zone}/svc/{svc}"),
+        protocol: "http".into(),
+        ..Default::default()
+    }
+}
+
+fn svc(name: &str, zone: &str) -> pb::ServiceInventory {
+    pb::ServiceInventory {
+        name: name.into(),
+        endpoints: vec![ep(zone, name)],
+    }
+}
+
+fn inv(full: bool, upserts: Vec<pb::ServiceInventory>, removed: &[&str]) -> pb::Inventory {
+    pb::Inventory {
+        full,
+        upserts,
+        removed: removed.iter().map(|s| s.to_string()).collect(),
+        region: "eu".into(),
+        gateways: vec!["127.0.1.5:15444".into()],
+        last_chunk: true,
+        ..Default::default()
+    }
+}
+
+fn accept(v: Verdict) -> Report {
+    match v {
+        Verdict::Accept(r, ingress) => {
+            assert_eq!(ingress.kind, "ZoneIngress");
+            *r
+        }
+        other => panic!("expected Accept, got {other:?}"),
+    }
+}
+
+fn refuse(v: Verdict, contains: &str) {
+    match v {
+        Verdict::Refuse(why) => assert!(why.contains(contains), "{why}"),
+        other => panic!("expected a refusal naming {contains:?}, got {other:?}"),
+    }
+}
+
+const NO: &BTreeSet<String> = &BTreeSet::new();
+
+#[test]
+fn a_valid_report_is_accepted_and_deltas_apply_to_it() {
+    let held = accept(judge(
+        "tern",
+        "z1",
+        &Report::default(),
+        &inv(true, vec![svc("api", "z1"), svc("web", "z1")], &[]),
+        NO,
+    ));
+    assert_eq!(held.services.len(), 2);
+    let held = accept(judge(
+        "tern",
+        "z1",
+        &held,
+        &inv(false, vec![svc("db", "z1")], &["web"]),
+        NO,
+    ));
+    assert_eq!(held.services.keys().collect::<Vec<_>>(), vec!["api", "db"]);
+}
+
+/// The 8,000-service report that froze sync mesh-wide is refused for its
+/// zone alone, and so is one whose ZoneIngress would exceed the resource
+/// size limit every zone enforces.
+#[test]
+fn oversized_reports_are_refused() {
+    let many: Vec<_> = (0..8000).map(|i| svc(&format!("s{i}"), "z1")).collect();
+    refuse(
+        judge("tern", "z1", &Report::default(), &inv(true, many, &[]), NO),
+        "more than 2000 services",
+    );
+    let mut big = svc("api", "z1");
+    big.endpoints = (0..MAX_ENDPOINTS + 1).map(|_| ep("z1", "api")).collect();
+    refuse(
+        judge(
+            "tern",
+            "z1",
+            &Report::default(),
+            &inv(true, vec![big], &[]),
+            NO,
+        ),
+        "endpoints",
+    );
+    let mut i = inv(true, vec![svc("api", "z1")], &[]);
+    i.gateways = (0..=MAX_GATEWAYS)
+        .map(|n| format!("10.0.{}.{}:15444", n / 200, n % 200))
+        .collect();
+    refuse(judge("tern", "z1", &Report::default(), &i, NO), "gateways");
+}
+
+/// A zone may speak only for itself.
+#[test]
+fn a_zone_cannot_advertise_what_it_does_not_own() {
+    let r = Report::default();
+    refuse(
+        judge(
+            "tern",
+            "z1",
+            &r,
+            &inv(true, vec![svc("api", "z2")], &[]),
+            NO,
+        ),
+        "claims zone",
+    );
+    let mut s = svc("api", "z1");
+    s.endpoints[0].identity = "spiffe://tern/zone/z2/svc/api".into();
+    refuse(
+        judge("tern", "z1", &r, &inv(true, vec![s], &[]), NO),
+        "not in zone z1",
+    );
+    let mut s = svc("api", "z1");
+    s.endpoints[0].identity = "spiffe://tern/global".into();
+    refuse(
+        judge("tern", "z1", &r, &inv(true, vec![s], &[]), NO),
+        "not in zone z1",
+    );
+    let mut s = svc("api", "z1");
+    s.endpoints[0].via_gateway = true;
+    refuse(
+        judge("tern", "z1", &r, &inv(true, vec![s], &[]), NO),
+        "through a gateway",
+    );
+    let taken: BTreeSet<String> = ["127.0.1.5:15444".to_string()].into();
+    refuse(
+        judge(
+            "tern",
+            "z1",
+            &r,
+            &inv(true, vec![svc("api", "z1")], &[]),
+            &taken,
+        ),
+        "published by another zone",
+    );
+}
+
+#[test]
+fn malformed_reports_are_refused() {
+    let r = Report::default();
+    refuse(
+        judge(
+            "tern",
+            "z1",
+            &r,
+            &inv(true, vec![svc("Bad_Name", "z1")], &[]),
+            NO,
+        ),
+        "Bad_Name",
+    );
+    let mut s = svc("api", "z1");
+    s.endpoints[0].protocol = "smtp".into();
+    refuse(
+        judge("tern", "z1", &r, &inv(true, vec![s], &[]), NO),
+        "protocol",
+    );
+    let mut s = svc("api", "z1");
+    s.endpoints[0].identity = "not a spiffe id".into();
+    refuse(
+        judge("tern", "z1", &r, &inv(true, vec![s], &[]), NO),
+        "identity",
+    );
+    for g in ["nohost", "h:0", ":15444", "a..b:1", "h:99999"] {
+        let mut i = inv(true, vec![svc("api", "z1")], &[]);
+        i.gateways = vec![g.into()];
+        refuse(judge("tern", "z1", &r, &i, NO), "not host:port");
+    }
+    let mut i = inv(true, vec![svc("api", "z1")], &[]);
+    i.region = "EU West".into();
+    refuse(judge("tern", "z1", &r, &i, NO), "region");
+    let mut i = inv(true, vec![svc("api", "z1")], &[]);
+    i.gateways = vec!["gw.example.com:15444".into(), "[::1]:15444".into()];
+    accept(judge("tern", "z1", &r, &i, NO));
+}
+
+/// After a refusal the global's copy and the zone's own diverge, so deltas
+/// are ignored until a full report is accepted.
+#[test]
+fn after_a_refusal_only_a_full_report_is_taken() {
+    let held = accept(judge(
+        "tern",
+        "z1",
+        &Report::default(),
+        &inv(true, vec![svc("api", "z1")], &[]),
+        NO,
+    ));
+    let refused = Report {
+        refused: Some("x".into()),
+        ..held.clone()
+    };
+    assert_eq!(
+        judge(
+            "tern",
+            "z1",
+            &refused,
+            &inv(false, vec![svc("db", "z1")], &[]),
+            NO
+        ),
+        Verdict::Ignore
+    );
+    let r = accept(judge(
+        "tern",
+        "z1",
+        &refused,
+        &inv(true, vec![svc("db", "z1")], &[]),
+        NO,
+    ));
+    assert_eq!(r.refused, None);
+    assert_eq!(r.services.keys().collect::<Vec<_>>(), vec!["db"]);
+}
