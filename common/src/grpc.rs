@@ -78,6 +78,25 @@ impl AsyncWrite for TlsConn {
     }
 }
 
+/// How long a control-plane stream may refuse to take a message (its peer
+/// stopped reading) before the sender gives up on the stream.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 PINGs on control-plane connections: a peer that vanished without
+/// closing is detected within interval + timeout.
+pub const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// A tonic server for a control-plane port, with HTTP/2 keepalive.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE))
+}
+
+/// TLS handshakes a control-plane port runs at once.
+pub const MAX_HANDSHAKES: usize = 128;
+/// How long a client may take to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accept TLS connections for tonic's `serve_with_incoming`. Handshakes run
 /// concurrently and time out, so a slow or hostile client cannot stall the
 /// listener. The server config is read from `config` per connection, so a
@@ -87,13 +106,20 @@ pub fn tls_incoming(
     config: watch::Receiver<Arc<ServerConfig>>,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(64);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            // At most MAX_HANDSHAKES at once: past that, new connections
+            // wait in the kernel's backlog instead of costing CPU here.
+            let Ok(slot) = handshakes.clone().acquire_owned().await else {
+                return;
+            };
             let (tcp, remote) = accept(&listener, "gRPC").await;
             let acceptor = TlsAcceptor::from(config.borrow().clone());
             let tx = tx.clone();
             tokio::spawn(async move {
-                let hs = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(slot);
                 let stream = match hs {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
@@ -143,8 +169,8 @@ pub fn tls_channel(addr: String, config: Arc<ClientConfig>) -> Channel {
     });
     Endpoint::from_static("http://tern.mesh")
         .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
         .keep_alive_while_idle(true)
         .connect_with_connector_lazy(svc)
 }

@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod ident;
 pub mod pki;
 pub mod resource;
+pub mod splice;
 pub mod sync;
 pub mod telemetry;
 pub mod tls;

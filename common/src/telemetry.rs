@@ -102,12 +102,40 @@ impl Admin {
     }
 }
 
+/// Connections an admin port serves at once; more are closed on accept.
+pub const ADMIN_MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send a request head.
+pub const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long one admin connection may stay open (ternctl, probes and
+/// scrapes use short ones).
+pub const ADMIN_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Serve `router` on `addr` in the background, with bounded connections: a
+/// client that opens many, sends a partial request head, or holds one open
+/// for ever cannot starve the port.
 pub async fn serve_router(router: Router, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "admin server stopped");
+        loop {
+            let (tcp, remote) = crate::grpc::accept(&listener, "admin").await;
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%remote, limit = ADMIN_MAX_CONNECTIONS, "admin port at its connection limit; closed a new connection");
+                continue;
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+            tokio::spawn(async move {
+                let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                b.http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(ADMIN_HEADER_TIMEOUT);
+                b.http2().timer(TokioTimer::new());
+                let conn = b.serve_connection(TokioIo::new(tcp), svc);
+                let _ = tokio::time::timeout(ADMIN_CONNECTION_LIFETIME, conn).await;
+                drop(slot);
+            });
         }
     });
     Ok(local)

@@ -141,15 +141,18 @@ async fn run_once(
     let mut client = ProxyDiscoveryClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
     let mut key = pki::new_key_and_csr(&opts.registration.service)?;
     let (tx, rx) = mpsc::channel(8);
-    tx.send(pb::ProxyMessage {
-        msg: Some(proxy_message::Msg::Hello(pb::ProxyHello {
-            token: opts.token.clone(),
-            registration: Some(opts.registration.clone()),
-            csr: Some(pb::CertificateRequest {
-                csr_pem: key.csr_pem.clone(),
-            }),
-        })),
-    })
+    tx.send_timeout(
+        pb::ProxyMessage {
+            msg: Some(proxy_message::Msg::Hello(pb::ProxyHello {
+                token: opts.token.clone(),
+                registration: Some(opts.registration.clone()),
+                csr: Some(pb::CertificateRequest {
+                    csr_pem: key.csr_pem.clone(),
+                }),
+            })),
+        },
+        common::grpc::SEND_TIMEOUT,
+    )
     .await?;
     let mut inbound = client
         .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -244,7 +247,7 @@ async fn run_once(
                             }
                             None => continue,
                         };
-                        tx.send(pb::ProxyMessage { msg: Some(reply) }).await?;
+                        tx.send_timeout(pb::ProxyMessage { msg: Some(reply) }, common::grpc::SEND_TIMEOUT).await?;
                     }
                     None => {}
                 }
@@ -253,9 +256,9 @@ async fn run_once(
                 key = pki::new_key_and_csr(&opts.registration.service)?;
                 renew_at = None;
                 tracing::info!("renewing the workload certificate");
-                tx.send(pb::ProxyMessage {
+                tx.send_timeout(pb::ProxyMessage {
                     msg: Some(proxy_message::Msg::Csr(pb::CertificateRequest { csr_pem: key.csr_pem.clone() })),
-                }).await?;
+                }, common::grpc::SEND_TIMEOUT).await?;
             }
             _ = shutdown.changed() => {
                 // Dropping the sender ends our half of the stream cleanly;

@@ -31,6 +31,8 @@ use crate::upgrade::is_upgrade;
 /// How long a connection whose peer stopped being trusted may take to
 /// finish its requests before it is cut.
 const DRAIN_DISTRUSTED: Duration = Duration::from_secs(10);
+/// How long connecting to the local app may take.
+pub(crate) const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Proxy {
     pub async fn serve_inbound(self: Arc<Self>, listener: TcpListener) {
@@ -109,12 +111,22 @@ impl Proxy {
             // Opaque TCP has no way to finish gracefully: cut it at once.
             let splice = async {
                 let mut stream = stream;
-                match TcpStream::connect(app).await {
-                    Ok(mut up) => {
+                match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await {
+                    Ok(Ok(mut up)) => {
                         let _ = up.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
+                        let _ = common::splice::copy_bidirectional_idle(
+                            &mut stream,
+                            &mut up,
+                            self.tcp_idle,
+                        )
+                        .await;
                     }
-                    Err(e) => tracing::warn!(%app, error = %e, "local app refused the connection"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(%app, error = %e, "local app refused the connection")
+                    }
+                    Err(_) => {
+                        tracing::warn!(%app, "local app did not accept the connection within {APP_CONNECT_TIMEOUT:?}")
+                    }
                 }
             };
             if let Err(why) = self.shared.live.while_trusted(chain, splice).await {
@@ -182,17 +194,25 @@ impl Proxy {
             Version::HTTP_11
         };
         let req = Request::from_parts(parts, Either::Left(body));
-        let resp = match self.app.request(req).await {
-            Ok(mut r) => {
-                // Only a mesh proxy may say "this failure was the mesh's".
-                r.headers_mut().remove(ERROR_HEADER);
-                r.map(Either::Left)
-            }
-            Err(e) if head_too_large(&e) => self.limits.exceeded("the app's"),
-            Err(e) => error_response(
-                StatusCode::BAD_GATEWAY,
-                format!("local app at {app}: {}", error_chain(&e)),
+        let resp = match self.within_request_timeout(self.app.request(req)).await {
+            Err(limit) => error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "local app at {app}: no response head within the request timeout of {limit:?}"
+                ),
             ),
+            Ok(r) => match r {
+                Ok(mut r) => {
+                    // Only a mesh proxy may say "this failure was the mesh's".
+                    r.headers_mut().remove(ERROR_HEADER);
+                    r.map(Either::Left)
+                }
+                Err(e) if head_too_large(&e) => self.limits.exceeded("the app's"),
+                Err(e) => error_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!("local app at {app}: {}", error_chain(&e)),
+                ),
+            },
         };
         self.metrics.observe(
             Direction::Inbound,

@@ -84,6 +84,15 @@ pub struct Config {
     /// retried in the next locality.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub per_try_timeout: Duration,
+    /// How long a request that is not retried (a POST, a gRPC call, an
+    /// upgrade) waits for the response head; 0 waits as long as the
+    /// caller. Streaming bodies are not limited by it.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// An opaque TCP flow or upgraded connection (WebSocket) on which
+    /// nothing moves either way this long is closed.
+    #[arg(long, default_value = "1h", value_parser = parse_idle)]
+    pub tcp_idle_timeout: Duration,
     /// Most header lines an HTTP/1.1 request or response may have, on every
     /// hop. A request over it gets 431; a response over it, a 502 that
     /// names the limit (the endpoint is not ejected).
@@ -162,6 +171,15 @@ pub struct ClusterSpec {
 pub struct EndpointSpec {
     pub address: SocketAddr,
     pub identity: String,
+}
+
+/// A non-zero duration.
+fn parse_idle(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be more than 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A byte size: `65536`, `64KiB` or `1MiB`.
@@ -372,10 +390,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         metrics.clone(),
         app_addr,
         app_proto,
-        cfg.per_try_timeout,
-        proxy::HeaderLimits {
-            max_headers: cfg.max_headers as usize,
-            max_header_bytes: cfg.max_header_bytes,
+        proxy::Options {
+            per_try_timeout: cfg.per_try_timeout,
+            request_timeout: (!cfg.request_timeout.is_zero()).then_some(cfg.request_timeout),
+            limits: proxy::HeaderLimits {
+                max_headers: cfg.max_headers as usize,
+                max_header_bytes: cfg.max_header_bytes,
+            },
+            tcp_idle: cfg.tcp_idle_timeout,
         },
     );
     if !cfg.health_interval.is_zero() {

@@ -89,7 +89,12 @@ impl Proxy {
             min_tier = tier + 1;
             match connect_mesh(&self.shared, &ep.target, Alpn::Tcp).await {
                 Ok((mut up, _)) => {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                    if let Err(e) =
+                        common::splice::copy_bidirectional_idle(&mut client, &mut up, self.tcp_idle)
+                            .await
+                    {
+                        tracing::debug!(service, error = %e, "outbound TCP flow ended");
+                    }
                     return;
                 }
                 Err(e) => {
@@ -243,7 +248,18 @@ impl Proxy {
                     )),
                 }
             } else {
-                client.request(r).await.map_err(failed)
+                match self.within_request_timeout(client.request(r)).await {
+                    Ok(r) => r.map_err(failed),
+                    Err(limit) => {
+                        return error_response(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            format!(
+                                "service {service}: no response head from {} within the request timeout of {limit:?}",
+                                ep.authority
+                            ),
+                        )
+                    }
+                }
             };
             match res {
                 // A proxy on the way could not reach the app: for a

@@ -192,7 +192,22 @@ pub struct Proxy {
     pub(crate) app_authority: http::uri::Authority,
     pub(crate) app_protocol: Protocol,
     pub(crate) per_try_timeout: Duration,
+    pub(crate) request_timeout: Option<Duration>,
     pub(crate) limits: HeaderLimits,
+    pub(crate) tcp_idle: Duration,
+}
+
+/// Limits of the data path, from the command line.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Per attempt, for retryable requests.
+    pub per_try_timeout: Duration,
+    /// Until the response head arrives, for requests that are not retried;
+    /// `None` waits as long as the caller does.
+    pub request_timeout: Option<Duration>,
+    pub limits: HeaderLimits,
+    /// An opaque or upgraded flow on which nothing moves this long closes.
+    pub tcp_idle: Duration,
 }
 
 impl Proxy {
@@ -201,9 +216,9 @@ impl Proxy {
         metrics: Metrics,
         app_addr: Option<SocketAddr>,
         app_protocol: Protocol,
-        per_try_timeout: Duration,
-        limits: HeaderLimits,
+        opts: Options,
     ) -> Arc<Self> {
+        let limits = opts.limits;
         let connector = |alpn| MeshConnector {
             shared: shared.clone(),
             metrics: metrics.clone(),
@@ -248,9 +263,23 @@ impl Proxy {
                 .parse()
                 .expect("socket address is an authority"),
             app_protocol,
-            per_try_timeout,
+            per_try_timeout: opts.per_try_timeout,
+            request_timeout: opts.request_timeout,
             limits,
+            tcp_idle: opts.tcp_idle,
         })
+    }
+
+    /// Wait for `f` (a response head) at most the request timeout; `Err`
+    /// carries the limit that passed.
+    pub(crate) async fn within_request_timeout<F: std::future::Future>(
+        &self,
+        f: F,
+    ) -> Result<F::Output, Duration> {
+        match self.request_timeout {
+            Some(limit) => tokio::time::timeout(limit, f).await.map_err(|_| limit),
+            None => Ok(f.await),
+        }
     }
 
     /// The HTTP server both directions serve with, under the header limits.

@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::rustls::pki_types::CertificateDer;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -50,11 +51,17 @@ fn upgrade_headers(h: &mut HeaderMap) {
     }
 }
 
-/// Copy between two upgraded connections until either side closes.
-async fn splice(a: OnUpgrade, b: OnUpgrade) {
+/// Copy between two upgraded connections until either side closes, or
+/// nothing moves for `idle`.
+async fn splice(a: OnUpgrade, b: OnUpgrade, idle: Duration) {
     match tokio::join!(a, b) {
         (Ok(a), Ok(b)) => {
-            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+            let _ = common::splice::copy_bidirectional_idle(
+                &mut TokioIo::new(a),
+                &mut TokioIo::new(b),
+                idle,
+            )
+            .await;
         }
         (a, b) => {
             let e = a.err().or(b.err()).map(|e| error_chain(&e));
@@ -100,11 +107,23 @@ impl Proxy {
             *r.uri_mut() = mesh_uri(&ep.authority, &path);
             *r.headers_mut() = parts.headers.clone();
             *r.version_mut() = Version::HTTP_11;
-            match self.upstream_h1.request(r).await {
+            let Ok(answer) = self
+                .within_request_timeout(self.upstream_h1.request(r))
+                .await
+            else {
+                return error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "service {service}: {} did not answer the upgrade in time",
+                        ep.authority
+                    ),
+                );
+            };
+            match answer {
                 Ok(mut resp) => {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let to_mesh = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(splice(from_app, to_mesh));
+                        tokio::spawn(splice(from_app, to_mesh, self.tcp_idle));
                     }
                     return resp.map(Either::Left);
                 }
@@ -147,19 +166,24 @@ impl Proxy {
         parts.headers.insert(CLIENT_ID_HEADER, peer);
         parts.uri = app_uri(&self.app_authority, &parts.uri);
         parts.version = Version::HTTP_11;
-        match self
-            .app
-            .request(Request::from_parts(parts, Either::Left(body)))
-            .await
-        {
+        let req = Request::from_parts(parts, Either::Left(body));
+        let Ok(answer) = self.within_request_timeout(self.app.request(req)).await else {
+            return error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("local app at {app} did not answer the upgrade in time"),
+            );
+        };
+        match answer {
             Ok(mut resp) => {
                 resp.headers_mut().remove(ERROR_HEADER);
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let to_app = hyper::upgrade::on(&mut resp);
                     let live = self.shared.live.clone();
+                    let idle = self.tcp_idle;
                     tokio::spawn(async move {
-                        if let Err(why) =
-                            live.while_trusted(chain, splice(from_caller, to_app)).await
+                        if let Err(why) = live
+                            .while_trusted(chain, splice(from_caller, to_app, idle))
+                            .await
                         {
                             tracing::warn!(reason = %why, "closed an upgraded inbound connection: its peer is no longer trusted");
                         }

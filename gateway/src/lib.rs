@@ -42,6 +42,10 @@ const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a sidecar's spare connection may wait for its flow header
 /// (sidecars drop spares after 20 s).
 const SPARE_IDLE: Duration = Duration::from_secs(30);
+/// A flow on which nothing moves this long is closed. A little longer than
+/// the sidecars' default, so an idle flow is normally closed end to end by
+/// the sidecar that owns it.
+const FLOW_IDLE: Duration = Duration::from_secs(3660);
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "gateway", version, about = "Tern east-west gateway")]
@@ -335,7 +339,7 @@ impl Gateway {
         send.write_all(&header.encode()?).await?;
         self.metrics.stream_opened(&zone, "outbound");
         let mut quic = tokio::io::join(recv, send);
-        let splice = tokio::io::copy_bidirectional(&mut tls, &mut quic);
+        let splice = common::splice::copy_bidirectional_idle(&mut tls, &mut quic, FLOW_IDLE);
         match self.shared.live.while_trusted(chain, splice).await {
             Ok(Ok((up, down))) => self.metrics.bytes(&zone, up, down),
             Ok(Err(_)) => {}
@@ -428,7 +432,7 @@ impl Gateway {
             Some(dir) => capture::splice(quic, upstream, dir).await,
             None => {
                 let (mut q, mut u) = (quic, upstream);
-                tokio::io::copy_bidirectional(&mut q, &mut u).await
+                common::splice::copy_bidirectional_idle(&mut q, &mut u, FLOW_IDLE).await
             }
         };
         if let Ok((down, up)) = res {

@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 use crate::{Config, QUIC_ALPN};
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long opening a stream on a connection may wait for stream credit.
+const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 const DOWN_FOR: Duration = Duration::from_secs(2);
 pub const GATEWAYS_PREFIX: &str = "@gateways/";
 
@@ -233,9 +235,16 @@ impl Remotes {
         let mut last = anyhow::anyhow!("zone {zone} has no gateways");
         for (_, addr) in order {
             match self.get(addr, zone).await {
-                Ok(conn) => match conn.open_bi().await {
-                    Ok(s) => return Ok(s),
-                    Err(e) => last = anyhow::anyhow!("open stream to {addr}: {e}"),
+                // A peer at its stream limit makes open_bi wait: give up
+                // on it and try the zone's next gateway.
+                Ok(conn) => match tokio::time::timeout(STREAM_OPEN_TIMEOUT, conn.open_bi()).await {
+                    Ok(Ok(s)) => return Ok(s),
+                    Ok(Err(e)) => last = anyhow::anyhow!("open stream to {addr}: {e}"),
+                    Err(_) => {
+                        last = anyhow::anyhow!(
+                            "open stream to {addr}: no stream credit within {STREAM_OPEN_TIMEOUT:?}"
+                        )
+                    }
                 },
                 Err(e) => last = e,
             }

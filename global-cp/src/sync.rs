@@ -274,7 +274,7 @@ pub async fn serve(state: Arc<State>) -> anyhow::Result<()> {
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tokio::spawn(async move {
-        if let Err(e) = tonic::transport::Server::builder()
+        if let Err(e) = common::grpc::server()
             .add_service(svc)
             .serve_with_incoming(incoming)
             .await
@@ -508,7 +508,11 @@ async fn session(
                             last_chunk: c.last,
                         })),
                     };
-                    if tx.send(Ok(msg)).await.is_err() {
+                    if tx
+                        .send_timeout(Ok(msg), common::grpc::SEND_TIMEOUT)
+                        .await
+                        .is_err()
+                    {
                         break 'outer "stream closed".into();
                     }
                 }
@@ -537,17 +541,17 @@ async fn session(
                         }
                     };
                     let msg = pb::GlobalMessage { msg: Some(pb::global_message::Msg::CaIssued(reply)) };
-                    if tx.send(Ok(msg)).await.is_err() {
+                    if tx.send_timeout(Ok(msg), common::grpc::SEND_TIMEOUT).await.is_err() {
                         break "stream closed".into();
                     }
                 }
                 Ok(Some(m)) => match handle(&st, &zone, session, &mut sender, m) {
-                    Ok(Some(reply)) => if tx.send(Ok(reply)).await.is_err() {
+                    Ok(Some(reply)) => if tx.send_timeout(Ok(reply), common::grpc::SEND_TIMEOUT).await.is_err() {
                         break "stream closed".into();
                     },
                     Ok(None) => {}
                     Err(e) => {
-                        let _ = tx.send(Err(Status::failed_precondition(e.clone()))).await;
+                        let _ = tx.send_timeout(Err(Status::failed_precondition(e.clone())), common::grpc::SEND_TIMEOUT).await;
                         break e;
                     }
                 },
@@ -559,13 +563,13 @@ async fn session(
                 // live session at once, not only the next connection.
                 if let Err(why) = membership::authorized(&st, &zone, &issuer_fp) {
                     tracing::warn!(zone, reason = %why, "closing the zone's sync stream");
-                    let _ = tx.send(Err(Status::permission_denied(why.clone()))).await;
+                    let _ = tx.send_timeout(Err(Status::permission_denied(why.clone())), common::grpc::SEND_TIMEOUT).await;
                     break why;
                 }
             }
             _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() => {
                 if let Err(e) = sender.check(Instant::now()) {
-                    let _ = tx.send(Err(Status::deadline_exceeded(e.to_string()))).await;
+                    let _ = tx.send_timeout(Err(Status::deadline_exceeded(e.to_string())), common::grpc::SEND_TIMEOUT).await;
                     break e.to_string();
                 }
             }

@@ -245,23 +245,24 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
         .max_encoding_message_size(8 * 1024 * 1024);
     let (version, state) = z.global.snapshot();
     let (tx, rx) = mpsc::channel(16);
-    tx.send(pb::ZoneMessage {
-        msg: Some(zone_message::Msg::Hello(pb::ZoneHello {
-            zone: z.boot.zone.clone(),
-            resume_from: version,
-            instance_id: format!("{}-{}", z.boot.zone, std::process::id()),
-            software_version: env!("CARGO_PKG_VERSION").into(),
-        })),
-    })
+    tx.send_timeout(
+        pb::ZoneMessage {
+            msg: Some(zone_message::Msg::Hello(pb::ZoneHello {
+                zone: z.boot.zone.clone(),
+                resume_from: version,
+                instance_id: format!("{}-{}", z.boot.zone, std::process::id()),
+                software_version: env!("CARGO_PKG_VERSION").into(),
+            })),
+        },
+        common::grpc::SEND_TIMEOUT,
+    )
     .await?;
     let mut reg_rx = z.registry.watch();
     let mut last_inv = z.registry.inventory();
-    tx.send(inv_msg(inventory_diff(
-        z,
-        &BTreeMap::new(),
-        &last_inv,
-        true,
-    )))
+    tx.send_timeout(
+        inv_msg(inventory_diff(z, &BTreeMap::new(), &last_inv, true)),
+        common::grpc::SEND_TIMEOUT,
+    )
     .await?;
     let mut inbound = client
         .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -319,27 +320,27 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
                         renewal.install_when_listed(z);
                         z.metrics.deltas_applied.inc();
                         tracing::info!(version = v, resources = receiver.state().len(), "applied config from the global");
-                        tx.send(pb::ZoneMessage { msg: Some(zone_message::Msg::Ack(pb::Ack { version: v })) }).await?;
+                        tx.send_timeout(pb::ZoneMessage { msg: Some(zone_message::Msg::Ack(pb::Ack { version: v })) }, common::grpc::SEND_TIMEOUT).await?;
                     }
                     Some(Outcome::Nack(v, reason)) => {
                         // Keep the last good state; the receiver did not apply it.
                         receiver = DeltaReceiver::new(z.global.version(), z.global.snapshot().1);
                         z.metrics.deltas_refused.inc();
                         tracing::warn!(version = v, %reason, "refused config from the global");
-                        tx.send(pb::ZoneMessage { msg: Some(zone_message::Msg::Nack(pb::Nack { version: v, reason })) }).await?;
+                        tx.send_timeout(pb::ZoneMessage { msg: Some(zone_message::Msg::Nack(pb::Nack { version: v, reason })) }, common::grpc::SEND_TIMEOUT).await?;
                     }
                 }
             }
             r = reg_rx.changed() => {
                 r?;
                 let now = z.registry.inventory();
-                tx.send(inv_msg(inventory_diff(z, &last_inv, &now, send_full))).await?;
+                tx.send_timeout(inv_msg(inventory_diff(z, &last_inv, &now, send_full)), common::grpc::SEND_TIMEOUT).await?;
                 send_full = false;
                 last_inv = now;
             }
             _ = ca_tick.tick() => {
                 if let Some(req) = renewal.next(z) {
-                    tx.send(pb::ZoneMessage { msg: Some(zone_message::Msg::RenewCa(req)) }).await?;
+                    tx.send_timeout(pb::ZoneMessage { msg: Some(zone_message::Msg::RenewCa(req)) }, common::grpc::SEND_TIMEOUT).await?;
                 }
             }
         }

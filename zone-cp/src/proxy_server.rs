@@ -44,7 +44,7 @@ pub async fn serve(z: Arc<Zone>) -> anyhow::Result<()> {
     let incoming = grpc::tls_incoming(listener, cfg_rx);
     let svc = ProxyDiscoveryServer::new(Service { z });
     tokio::spawn(async move {
-        if let Err(e) = tonic::transport::Server::builder()
+        if let Err(e) = common::grpc::server()
             .add_service(svc)
             .serve_with_incoming(incoming)
             .await
@@ -218,7 +218,7 @@ impl ProxyDiscovery for Service {
                 msg: Some(zone_to_proxy::Msg::Trust(trust.clone())),
             }))
             .await;
-        let _ = tx.send(Ok(cert)).await;
+        let _ = tx.send_timeout(Ok(cert), common::grpc::SEND_TIMEOUT).await;
         z.metrics.proxies.inc();
         tokio::spawn(run(
             z,
@@ -251,7 +251,9 @@ async fn resend_trust(
     let msg = pb::ZoneToProxy {
         msg: Some(zone_to_proxy::Msg::Trust(trust.clone())),
     };
-    tx.send(Ok(msg)).await.is_ok()
+    tx.send_timeout(Ok(msg), common::grpc::SEND_TIMEOUT)
+        .await
+        .is_ok()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -281,7 +283,11 @@ async fn run(
                     removed: d.removals,
                 })),
             };
-            if tx.send(Ok(msg)).await.is_err() {
+            if tx
+                .send_timeout(Ok(msg), common::grpc::SEND_TIMEOUT)
+                .await
+                .is_err()
+            {
                 break false;
             }
         }
@@ -303,7 +309,7 @@ async fn run(
                         proxy_message::Msg::Csr(c) => match sign(&z, &c.csr_pem, &id, token_exp) {
                             Ok(cert) => {
                                 tracing::debug!(%instance, "certificate renewed");
-                                tx.send(Ok(cert)).await.map_err(|_| "stream closed".to_string())
+                                tx.send_timeout(Ok(cert), common::grpc::SEND_TIMEOUT).await.map_err(|_| "stream closed".to_string())
                             }
                             Err(s) => Err(s.message().to_string()),
                         },
@@ -311,7 +317,7 @@ async fn run(
                     };
                     if let Err(e) = r {
                         tracing::warn!(%instance, error = %e, "closing proxy stream");
-                        let _ = tx.send(Err(Status::failed_precondition(e))).await;
+                        let _ = tx.send_timeout(Err(Status::failed_precondition(e)), common::grpc::SEND_TIMEOUT).await;
                         break false;
                     }
                 }
@@ -330,7 +336,7 @@ async fn run(
                     // Out of the registry at once (no grace), and no more
                     // certificates: a reconnect is refused.
                     tracing::warn!(%instance, token = %jti, "token revoked; closing the proxy's stream and deregistering it");
-                    let _ = tx.send(Err(Status::permission_denied(format!("token {jti} has been revoked")))).await;
+                    let _ = tx.send_timeout(Err(Status::permission_denied(format!("token {jti} has been revoked"))), common::grpc::SEND_TIMEOUT).await;
                     z.registry.remove(&instance, session);
                     break false;
                 }
@@ -341,7 +347,7 @@ async fn run(
             _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() => {
                 if let Err(e) = sender.check(Instant::now()) {
                     tracing::warn!(%instance, error = %e, "proxy stalled");
-                    let _ = tx.send(Err(Status::deadline_exceeded(e.to_string()))).await;
+                    let _ = tx.send_timeout(Err(Status::deadline_exceeded(e.to_string())), common::grpc::SEND_TIMEOUT).await;
                     break false;
                 }
             }

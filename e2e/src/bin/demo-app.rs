@@ -61,6 +61,14 @@ async fn main() -> anyhow::Result<()> {
                         );
                         return Ok::<_, Infallible>(r);
                     }
+                    // An app that takes this many ms to answer.
+                    if let Some(ms) = req.uri().path().strip_prefix("/sleep/") {
+                        let ms: u64 = ms.parse().unwrap_or(0);
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+                            "slept\n",
+                        ))));
+                    }
                     // A response with N extra header lines, to test the
                     // proxies' header limits.
                     if let Some(n) = req.uri().path().strip_prefix("/many-headers/") {
