@@ -16,10 +16,11 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
@@ -33,8 +34,10 @@ const MIN_PACKETS: u64 = 200;
 
 pub struct DupSocket {
     inner: Arc<dyn AsyncUdpSocket>,
-    /// Peers whose datagrams are duplicated, until the given instant.
-    lossy: RwLock<HashMap<SocketAddr, Instant>>,
+    /// Peers whose datagrams are duplicated, until the given instant. Read
+    /// on every datagram without a lock; replaced whole (rarely) on change,
+    /// when expired peers are dropped.
+    lossy: ArcSwap<HashMap<SocketAddr, Instant>>,
     pub duplicated: AtomicU64,
 }
 
@@ -48,21 +51,48 @@ impl DupSocket {
     pub fn new(inner: Arc<dyn AsyncUdpSocket>) -> Self {
         Self {
             inner,
-            lossy: RwLock::new(HashMap::new()),
+            lossy: ArcSwap::from_pointee(HashMap::new()),
             duplicated: AtomicU64::new(0),
         }
     }
 
     fn duplicating(&self, to: SocketAddr) -> bool {
-        let g = self.lossy.read().unwrap_or_else(|e| e.into_inner());
-        matches!(g.get(&to), Some(until) if *until > Instant::now())
+        let g = self.lossy.load();
+        // The common case, no lossy path at all, costs one atomic load.
+        !g.is_empty() && matches!(g.get(&to), Some(until) if *until > Instant::now())
     }
 
+    /// Duplicate to `peer` until `until`; peers whose time is over are
+    /// dropped from the table.
     pub fn set_lossy(&self, peer: SocketAddr, until: Instant) {
-        self.lossy
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(peer, until);
+        let now = Instant::now();
+        self.lossy.rcu(|old| {
+            let mut m: HashMap<SocketAddr, Instant> = old
+                .iter()
+                .filter(|(_, t)| **t > now)
+                .map(|(a, t)| (*a, *t))
+                .collect();
+            m.insert(peer, until);
+            m
+        });
+    }
+
+    /// Drop peers whose duplication is over (the monitor calls this).
+    pub fn prune(&self) {
+        let now = Instant::now();
+        if self.lossy.load().values().any(|t| *t <= now) {
+            self.lossy.rcu(|old| {
+                old.iter()
+                    .filter(|(_, t)| **t > now)
+                    .map(|(a, t)| (*a, *t))
+                    .collect::<HashMap<_, _>>()
+            });
+        }
+    }
+
+    /// Peers in the table (duplicating or not yet pruned).
+    pub fn tracked(&self) -> usize {
+        self.lossy.load().len()
     }
 
     pub fn active(&self, peer: SocketAddr) -> bool {
@@ -171,6 +201,7 @@ pub fn monitor(
                 // Restart the window when duplication ends.
                 w = LossWindow::new(threshold);
             }
+            sock.prune();
             metrics.set_duplication(
                 &zone,
                 sock.active(peer),
@@ -183,6 +214,30 @@ pub fn monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expired_peers_are_pruned() {
+        let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, std).unwrap();
+        let s = DupSocket::new(inner);
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let now = Instant::now();
+        s.set_lossy(a, now - Duration::from_secs(1));
+        assert!(!s.active(a), "expired");
+        s.set_lossy(b, now + HOLD);
+        assert!(s.active(b));
+        assert_eq!(s.tracked(), 1, "setting b dropped the expired a");
+        s.set_lossy(a, now - Duration::from_secs(1));
+        s.prune();
+        assert_eq!(s.tracked(), 1);
+        assert!(s.active(b));
+    }
 
     #[test]
     fn switches_on_only_for_a_full_window_above_the_threshold() {
