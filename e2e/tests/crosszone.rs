@@ -519,3 +519,101 @@ fn malformed_flows_are_reset(w: &World) {
         conn.close(0u32.into(), b"done");
     });
 }
+
+/// A zone's gateways as the global publishes them (empty when withdrawn),
+/// from its admin API with the admin bearer.
+fn published_gateways(admin: std::net::SocketAddr, auth: &str, zone: &str) -> Vec<String> {
+    let r = http(
+        admin,
+        "GET",
+        "x",
+        &format!("/api/v1/zoneingresses/{zone}"),
+        &[("authorization", auth)],
+    );
+    r.ok()
+        .filter(|r| r.status == 200)
+        .and_then(|r| {
+            r.json()["spec"]["gateways"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Under steady cross-zone load (web in z1 → billing, which runs only in
+/// z3): z3's zone-cp is killed and restarted, then z1's; then one of z1's
+/// two gateways dies. The global keeps z3's gateway published throughout
+/// the restart (polled every few ms: never withdrawn, not even briefly, as
+/// it was on the previous main when the restarted zone-cp first reported no
+/// gateways), and no request fails at any step.
+#[test]
+fn control_plane_restarts_and_a_lost_gateway_fail_no_cross_zone_request() {
+    let net = Net(34);
+    let mut w = World::build("crosszone-restarts", net, None, false);
+    let load = Load::start(w.web.outbound(), "billing", "GET");
+    load.wait_more(20);
+    let admin = net.addr(1, 5681);
+    let token = std::fs::read_to_string(w.g.data.join("admin-token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    assert_eq!(
+        published_gateways(admin, &auth, "z3"),
+        vec![w.gateway(41).quic().to_string()]
+    );
+
+    // Watch z3's published gateways while its zone-cp restarts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let auth = auth.clone();
+        std::thread::spawn(move || {
+            let mut polls = 0u32;
+            let mut empty = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                polls += 1;
+                if published_gateways(admin, &auth, "z3").is_empty() {
+                    empty += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (polls, empty)
+        })
+    };
+    for i in [2usize, 0] {
+        w.zones[i].restart();
+        let z = zone_of(i);
+        wait_for(&format!("{z} back and synced"), T, || {
+            w.g.zone(z)
+                .filter(|s| s["online"] == true && s["ackedVersion"] == s["globalVersion"])
+        });
+        wait_for(&format!("{z}'s proxies reconnected"), T, || {
+            let d = w.zones[i].dump();
+            d["proxies"]
+                .as_array()?
+                .iter()
+                .all(|p| p["connected"] == true)
+                .then_some(())
+        });
+        load.wait_more(20);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (polls, empty) = watcher.join().unwrap();
+    assert!(polls > 10, "the watcher polled {polls} times");
+    assert_eq!(
+        empty, 0,
+        "z3's gateways were withdrawn in {empty} of {polls} polls"
+    );
+
+    // One of z1's two gateways dies: flows move to the other.
+    let gw21 = w
+        .gateways
+        .iter_mut()
+        .find(|(_, g)| g.host == 21)
+        .map(|(_, g)| g)
+        .unwrap();
+    gw21.proc.kill();
+    load.wait_more(50);
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
+}

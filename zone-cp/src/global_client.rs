@@ -204,7 +204,8 @@ fn inventory_diff(
             .registry
             .gateways()
             .into_iter()
-            .filter(|g| g.connected)
+            // Connected or in their grace period: a zone-cp that restarts
+            // before its gateways reconnect keeps them published.
             .map(|g| g.public_address)
             .collect(),
         full,
