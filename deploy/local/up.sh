@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start a local Tern mesh on loopback, on the embedded store:
 #   a global control plane; three zones in two regions, each with a zone
-#   control plane, an east-west gateway (QUIC) and an `api` instance;
+#   control plane, two east-west gateways (QUIC) and an `api` instance;
 #   `web` in eu-west-1 calling `api` (local first, failover by locality) and
 #   `billing`, which runs only in us-east-1 (always cross-region).
 # It prints which zone answered each call, then runs a failover drill: api
@@ -17,6 +17,7 @@ profile=${TERN_PROFILE:-release}
 for a in 127.0.0.1:5681 127.0.0.1:5685 \
          127.0.1.1:5678 127.0.2.1:5678 127.0.3.1:5678 \
          127.0.1.5:15443 127.0.2.5:15443 127.0.3.5:15443 \
+         127.0.1.6:15443 127.0.2.6:15443 127.0.3.6:15443 \
          127.0.1.10:15000 127.0.1.11:15000 127.0.2.11:15000 127.0.3.11:15000 127.0.3.12:15000; do
   if (exec 3<>"/dev/tcp/${a%:*}/${a#*:}") 2>/dev/null; then
     echo "something already listens on $a; stop it (another local mesh?) and run again" >&2
@@ -76,9 +77,13 @@ zone() { # name region subnet
     --data-dir "$state/zone-$name" --proxy-addr "127.0.$n.1:5678" --admin-addr "127.0.$n.1:5680" --deregister-after 5s
   wait_http "http://127.0.$n.1:5680/ready"
   ctl generate gateway-token --zone "$name" --file "$state/$name-gw.token" 2>/dev/null
-  start "gateway-$name" "$bin/gateway" --cp-address "127.0.$n.1:5678" --token-file "$state/$name-gw.token" \
-    --local "127.0.$n.5:15443" --quic-bind "127.0.$n.5:15444" --admin "127.0.$n.5:15090"
+  # Two gateways per zone: losing one fails no cross-zone request.
+  for h in 5 6; do
+    start "gateway-$name-$h" "$bin/gateway" --cp-address "127.0.$n.1:5678" --token-file "$state/$name-gw.token" \
+      --local "127.0.$n.$h:15443" --quic-bind "127.0.$n.$h:15444" --admin "127.0.$n.$h:15090"
+  done
   wait_http "http://127.0.$n.5:15090/ready"
+  wait_http "http://127.0.$n.6:15090/ready"
 }
 workload() { # zone subnet service host
   local z=$1 n=$2 svc=$3 ip=127.0.$2.$4
@@ -119,7 +124,7 @@ Tern is running: a global control plane and three zones in two regions, on loopb
 Admin ports (/ready /metrics /config_dump):
   global          http://127.0.0.1:5681   (API needs the token in $state/global/admin-token)
   zone-cps        http://127.0.1.1:5680  http://127.0.2.1:5680  http://127.0.3.1:5680
-  gateways        http://127.0.1.5:15090 http://127.0.2.5:15090 http://127.0.3.5:15090
+  gateways        http://127.0.N.5:15090 and http://127.0.N.6:15090 for zone N = 1, 2, 3
   web's sidecar   http://127.0.1.10:15000/config_dump   (locality tiers, endpoint health)
 Logs: $state/logs        Ctrl-C stops everything.
 
