@@ -62,6 +62,12 @@ pub fn check_private_dir(path: &Path) -> Result<(), FsError> {
     exposed(path, "keys and credentials", "700")
 }
 
+/// Read a binary file that holds secrets, refusing one others can access.
+pub fn read_secret_bytes(path: &Path) -> Result<Vec<u8>, FsError> {
+    check_private_file(path)?;
+    std::fs::read(path).map_err(io(path))
+}
+
 /// Read a key or credential file, refusing one that others can access.
 pub fn read_secret(path: &Path) -> Result<String, FsError> {
     check_private_file(path)?;
@@ -111,7 +117,7 @@ pub fn create_private_file(path: &Path) -> Result<(), FsError> {
 /// Write `contents` to `path` so that a crash leaves either the old file or
 /// the new one: write a temporary file (mode 0600), fsync it, rename it over
 /// `path`, then fsync the folder so the rename itself is on disk.
-pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
     let with_path = |e: std::io::Error, p: &Path| {
         std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
     };
@@ -126,7 +132,7 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     // A temporary file left by a crash keeps its old mode; fix it.
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|e| with_path(e, &tmp))?;
-    f.write_all(contents.as_bytes())
+    f.write_all(contents.as_ref())
         .map_err(|e| with_path(e, &tmp))?;
     f.sync_all().map_err(|e| with_path(e, &tmp))?;
     std::fs::rename(&tmp, path).map_err(|e| with_path(e, path))?;

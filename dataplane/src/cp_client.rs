@@ -25,6 +25,8 @@ pub struct CpOptions {
     pub address: String,
     pub token: String,
     pub registration: pb::Registration,
+    /// Where the last certificate, trust and config are kept, if anywhere.
+    pub last_known: Option<Arc<crate::last_known::LastKnown>>,
 }
 
 /// Status the admin port reports.
@@ -46,6 +48,21 @@ pub fn spawn(
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        if let Some(lk) = &opts.last_known {
+            let td = token::decode_unverified(&opts.token)
+                .map(|c| c.td)
+                .unwrap_or_default();
+            match lk.restore(&td, &shared) {
+                Ok(Some(v)) => status.send_modify(|s| {
+                    s.config_version = v;
+                    s.has_config = true;
+                }),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not use the kept state; waiting for the zone control plane")
+                }
+            }
+        }
         let mut backoff = Backoff::reconnect();
         loop {
             let res = run_once(&shared, &metrics, &opts, &status, &mut shutdown).await;
@@ -145,7 +162,10 @@ async fn run_once(
         pb::ProxyMessage {
             msg: Some(proxy_message::Msg::Hello(pb::ProxyHello {
                 token: opts.token.clone(),
-                registration: Some(opts.registration.clone()),
+                registration: Some(pb::Registration {
+                    serving: shared.tls.load().is_some() && status.borrow().has_config,
+                    ..opts.registration.clone()
+                }),
                 csr: Some(pb::CertificateRequest {
                     csr_pem: key.csr_pem.clone(),
                 }),
@@ -186,6 +206,9 @@ async fn run_once(
                             .context("the trust bundle from the zone control plane")?;
                         tracing::info!(roots = policy.roots().len(), zones = t.zone_cas.len(), "trust updated");
                         shared.set_trust(policy)?;
+                        if let Some(lk) = &opts.last_known {
+                            lk.set_trust(&t);
+                        }
                         // Our zone has a newer CA than the one that issued our
                         // certificate (renewal, root rotation): renew soon,
                         // spread over a moment so a zone's proxies do not all
@@ -206,6 +229,9 @@ async fn run_once(
                         let ident = Identity::from_pem(&c.chain_pem, &key.key_pem)?;
                         renew_at = Some(tokio::time::Instant::now() + ident.renew_in());
                         shared.set_identity(ident)?;
+                        if let Some(lk) = &opts.last_known {
+                            lk.set_identity(&c.chain_pem, &key.key_pem);
+                        }
                     }
                     Some(zone_to_proxy::Msg::Config(c)) => {
                         let chunk = Chunk {
@@ -222,6 +248,9 @@ async fn run_once(
                                 let clusters: Vec<pb::Cluster> = receiver.state().values().cloned().collect();
                                 match shared.apply(&clusters, v) {
                                     Ok(()) => {
+                                        if let Some(lk) = &opts.last_known {
+                                            lk.set_config(v, &clusters);
+                                        }
                                         metrics.config_updates.inc();
                                         status.send_modify(|s| {
                                             s.config_version = v;

@@ -10,6 +10,7 @@ pub mod connect;
 pub mod cp_client;
 pub mod health;
 pub mod inbound;
+pub mod last_known;
 pub mod live;
 pub mod metrics;
 pub mod outbound;
@@ -108,6 +109,10 @@ pub struct Config {
     /// On SIGTERM: deregister, keep serving this long, then exit.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
+    /// Keep the last certificate, trust and config here (a 0700 folder),
+    /// so a restart while the zone control plane is down still serves.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     #[arg(long)]
     pub json_logs: bool,
 }
@@ -348,6 +353,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             kind: "sidecar".into(),
             public_address: String::new(),
             instance_uid: common::token::random_id(),
+            serving: false,
         };
         let mut outbound = Vec::new();
         if !cfg.outbound.is_empty() {
@@ -370,6 +376,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 address: addr.clone(),
                 token: token.trim().to_string(),
                 registration,
+                last_known: match &cfg.state_dir {
+                    Some(d) => Some(Arc::new(last_known::LastKnown::open(d)?)),
+                    None => None,
+                },
             },
             status_tx,
             shutdown_rx,

@@ -156,3 +156,71 @@ fn a_zone_serves_registers_and_renews_while_the_global_is_down() {
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
 }
+
+/// With `--state-dir`, a sidecar and a gateway restarted while their
+/// zone-cp is down start from the certificate, trust and config they kept
+/// on disk (a 0700 folder, the state file 0600): both become ready without
+/// the zone-cp, and the sidecar's cross-zone requests through the
+/// restarted gateway succeed. When the zone-cp returns, both reconnect.
+#[test]
+fn a_sidecar_and_a_gateway_restarted_during_a_zone_cp_outage_serve_from_their_kept_state() {
+    use std::os::unix::fs::PermissionsExt;
+    let net = Net(28);
+    let s = Scratch::new("kept-state");
+    let g = Global::start(&s.0, net);
+    let mut z1 = ZoneCp::start(&s.0, net, 2, "z1", "eu", Some(&g.zone_token("z1")));
+    let z2 = ZoneCp::start(&s.0, net, 3, "z2", "us", Some(&g.zone_token("z2")));
+    let gw_token = |z: &str| {
+        g.token_file(
+            &format!("gw-{z}"),
+            &["generate", "gateway-token", "--zone", z],
+        )
+    };
+    let (gw1_t, gw2_t) = (gw_token("z1"), gw_token("z2"));
+    let gw1_state = s.path("gw1-state").display().to_string();
+    let gw1_flags = ["--state-dir", gw1_state.as_str()];
+    let mut gw1 = GatewayProc::start(&s.0, net, 21, &z1, &gw1_t, &gw1_flags);
+    let _gw2 = GatewayProc::start(&s.0, net, 31, &z2, &gw2_t, &[]);
+    let _api = Workload::start(&s.0, net, 13, "api", &z2, &g.dp_token("z2", "api"));
+    let web_t = g.dp_token("z1", "web");
+    let web_state = s.path("web-state").display().to_string();
+    let web_flags = ["--state-dir", web_state.as_str()];
+    let mut web = Workload::start_with(&s.0, net, 10, "web", &z1, &web_t, &web_flags);
+    wait_for("web reaches api in z2", T, || {
+        get(web.outbound(), "api", "/")
+            .ok()
+            .filter(|r| r.status == 200 && r.json()["zone"] == "z2")
+    });
+    for dir in [&web_state, &gw1_state] {
+        let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dir), 0o700, "{dir}");
+        assert_eq!(mode(&format!("{dir}/proxy-state.pb")), 0o600, "{dir}");
+    }
+
+    // z1's zone-cp goes down; then its gateway and web's sidecar restart.
+    z1.proc.kill();
+    gw1.proc.kill();
+    gw1 = GatewayProc::start(&s.0, net, 21, &z1, &gw1_t, &gw1_flags);
+    web.sidecar.kill();
+    web.sidecar = start_sidecar(&s.0, net, 10, "web", &z1, &web_t, &web_flags);
+    assert_eq!(web.dump()["controlPlane"]["connected"], false);
+    let load = Load::start(web.outbound(), "api", "GET");
+    load.wait_more(30);
+    assert!(load.snapshot().last_from(30, "z2"));
+
+    // The zone-cp returns: both reconnect to it.
+    z1.restart();
+    wait_for("web and the gateway reconnected", T, || {
+        (web.dump()["controlPlane"]["connected"] == true
+            && gw1.dump()["controlPlane"]["connected"] == true)
+            .then_some(())
+    });
+    load.wait_more(10);
+    let stats = load.finish();
+    assert_eq!(
+        stats.failed,
+        0,
+        "failed requests (first 3): {:?}",
+        &stats.failures[..stats.failures.len().min(3)]
+    );
+}

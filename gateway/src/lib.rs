@@ -89,6 +89,10 @@ pub struct Config {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Keep the last certificate, trust and config here (a 0700 folder),
+    /// so a restart while the zone control plane is down still serves.
+    #[arg(long)]
+    pub state_dir: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json_logs: bool,
 }
@@ -169,6 +173,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             address: cfg.cp_address.clone(),
             token: token.trim().to_string(),
             registration,
+            last_known: match &cfg.state_dir {
+                Some(d) => Some(Arc::new(dataplane::last_known::LastKnown::open(d)?)),
+                None => None,
+            },
         },
         status_tx,
         shutdown_rx,
@@ -233,6 +241,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             .maintain(gw.shared.clone()),
     );
     let (g_ready, g_dump) = (gw.clone(), gw.clone());
+    let status_dump = status_rx.clone();
     Admin::new(
         reg,
         move || {
@@ -253,6 +262,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 "publicAddress": public.to_string(),
                 "remotes": g_dump.remotes.dump(),
                 "clusters": g_dump.shared.clusters.load().dump(),
+                "controlPlane": serde_json::to_value(&*status_dump.borrow()).unwrap_or_default(),
             })
         },
     )

@@ -186,6 +186,17 @@ impl Remotes {
         if s.down_until.is_some_and(|t| t > Instant::now()) {
             anyhow::bail!("gateway {addr} of zone {zone} is unreachable (recent dial failed)");
         }
+        // Our own identity not installed yet (just started): not the
+        // remote's fault, so it is not marked down.
+        if self
+            .inner
+            .ident
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            anyhow::bail!("no gateway certificate yet (failing closed)");
+        }
         match self.dial(addr, zone).await {
             Ok(c) => {
                 s.live = self.close_when_distrusted(&c);

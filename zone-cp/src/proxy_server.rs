@@ -198,7 +198,8 @@ impl ProxyDiscovery for Service {
                     session: 0,
                     uid: reg.instance_uid.clone(),
                     token_id: claims.jti.clone(),
-                    ready: false,
+                    // Stays published when it was and says it can serve.
+                    ready: reg.serving,
                 },
                 max,
             )

@@ -257,9 +257,14 @@ impl Registry {
         // The same process reconnecting (a stream blip, a zone-cp restart)
         // still holds its certificate: it stays published. A new process
         // is published once it acknowledges its first config.
+        // A new process that already holds a certificate and config (kept
+        // on disk; `e.ready` carries its `serving` claim) replaces a
+        // published entry without a gap; its claim is about its own entry
+        // only, and bound to its identity like the rest of it.
+        let serving = e.ready;
         e.ready = g
             .get(&e.instance)
-            .is_some_and(|old| old.ready && !e.uid.is_empty() && old.uid == e.uid);
+            .is_some_and(|old| old.ready && ((!e.uid.is_empty() && old.uid == e.uid) || serving));
         tracing::info!(instance = %e.instance, service = %e.service, address = %e.address, port = e.port, "proxy registered");
         g.insert(e.instance.clone(), e);
         drop(g);
@@ -487,6 +492,26 @@ mod tests {
             .unwrap();
         r.remove("api-2", s);
         assert!(r.lock().get("api-2").is_none());
+        // A new process that kept its certificate and config (serving)
+        // replaces a published entry without a gap; it cannot publish
+        // itself where nothing was published.
+        let s6 = r
+            .register(entry("api-1", "api", "p4", "t-api"), 10)
+            .unwrap();
+        r.mark_ready("api-1", s6);
+        r.disconnect("api-1", s6, false);
+        let mut kept = entry("api-1", "api", "p5", "t-api");
+        kept.ready = true;
+        r.register(kept.clone(), 10).unwrap();
+        assert_eq!(r.endpoints()["api"].len(), 1, "kept state: still published");
+        let mut fresh = entry("api-9", "api", "p9", "t-api");
+        fresh.ready = true;
+        r.register(fresh, 10).unwrap();
+        assert_eq!(
+            r.endpoints()["api"].len(),
+            1,
+            "a claim alone publishes nothing"
+        );
     }
 
     #[tokio::test]

@@ -283,6 +283,11 @@ pub struct Registration {
     /// connected, only the process that made it may take it over.
     #[prost(string, tag = "10")]
     pub instance_uid: ::prost::alloc::string::String,
+    /// Set when the proxy already holds a valid certificate and config (kept
+    /// on disk across a restart): it can serve before its first ACK, so a
+    /// zone-cp that already published it keeps it published.
+    #[prost(bool, tag = "11")]
+    pub serving: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CertificateRequest {
@@ -356,6 +361,22 @@ pub struct Cluster {
     pub protocol: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "3")]
     pub endpoints: ::prost::alloc::vec::Vec<Endpoint>,
+}
+/// Not sent on the wire: what a proxy keeps on disk (`--state-dir`, mode
+/// 0600) so that, restarted while its zone control plane is down, it serves
+/// with its last certificate, trust and config instead of failing closed.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ProxyState {
+    #[prost(string, tag = "1")]
+    pub chain_pem: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub key_pem: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub trust: ::core::option::Option<Trust>,
+    #[prost(uint64, tag = "4")]
+    pub config_version: u64,
+    #[prost(message, repeated, tag = "5")]
+    pub clusters: ::prost::alloc::vec::Vec<Cluster>,
 }
 /// Generated client implementations.
 pub mod global_sync_client {

@@ -1,0 +1,99 @@
+//! The proxy's last certificate, trust and config, kept on disk
+//! (`--state-dir`, a 0700 folder; the file is 0600 since it holds the
+//! private key). A proxy restarted while its zone control plane is down
+//! starts from them and serves, instead of failing closed until the
+//! zone-cp returns. A certificate that has expired is never used: the
+//! proxy then waits for the zone-cp as without a state folder. Once the
+//! zone-cp answers, what it sends replaces all of it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use common::tls::Identity;
+use prost::Message;
+use proto::v1 as pb;
+
+use crate::state::Shared;
+
+const FILE: &str = "proxy-state.pb";
+
+pub struct LastKnown {
+    path: PathBuf,
+    state: Mutex<pb::ProxyState>,
+}
+
+impl LastKnown {
+    /// Open (creating it 0700) the state folder; refuse one other users can
+    /// read, or a state file they can.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        common::fsutil::private_dir(dir, &[FILE])?;
+        Ok(Self {
+            path: dir.join(FILE),
+            state: Mutex::new(pb::ProxyState::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, pb::ProxyState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Install the kept state into `shared`: `Some(config version)` when a
+    /// usable one was there, `None` when there was none or its certificate
+    /// has expired.
+    pub fn restore(&self, trust_domain: &str, shared: &Shared) -> anyhow::Result<Option<u64>> {
+        if !self.path.exists() {
+            return Ok(None);
+        }
+        let bytes = common::fsutil::read_secret_bytes(&self.path)?;
+        let st = pb::ProxyState::decode(bytes.as_slice())
+            .with_context(|| format!("{} is corrupt; delete it", self.path.display()))?;
+        let ident = Identity::from_pem(&st.chain_pem, &st.key_pem)
+            .with_context(|| format!("{}: the kept certificate", self.path.display()))?;
+        if ident.not_after <= SystemTime::now() {
+            tracing::info!(path = %self.path.display(), "the kept certificate has expired; waiting for the zone control plane");
+            return Ok(None);
+        }
+        let Some(trust) = &st.trust else {
+            return Ok(None);
+        };
+        let policy = crate::cp_client::trust_policy(trust_domain, trust)
+            .with_context(|| format!("{}: the kept trust", self.path.display()))?;
+        shared.set_trust(policy)?;
+        shared.set_identity(ident)?;
+        shared
+            .apply(&st.clusters, st.config_version)
+            .map_err(|e| anyhow::anyhow!("{}: the kept config: {e}", self.path.display()))?;
+        let v = st.config_version;
+        tracing::info!(version = v, services = st.clusters.len(), "serving with the last certificate, trust and config kept on disk until the zone control plane answers");
+        *self.lock() = st;
+        Ok(Some(v))
+    }
+
+    pub fn set_trust(&self, t: &pb::Trust) {
+        self.update(|s| s.trust = Some(t.clone()));
+    }
+
+    pub fn set_identity(&self, chain_pem: &str, key_pem: &str) {
+        self.update(|s| {
+            s.chain_pem = chain_pem.to_string();
+            s.key_pem = key_pem.to_string();
+        });
+    }
+
+    pub fn set_config(&self, version: u64, clusters: &[pb::Cluster]) {
+        self.update(|s| {
+            s.config_version = version;
+            s.clusters = clusters.to_vec();
+        });
+    }
+
+    fn update(&self, f: impl FnOnce(&mut pb::ProxyState)) {
+        let mut g = self.lock();
+        f(&mut g);
+        if let Err(e) = common::fsutil::write_private(&self.path, g.encode_to_vec()) {
+            tracing::warn!(error = %e, "could not keep the proxy state on disk");
+        }
+    }
+}
