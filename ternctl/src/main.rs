@@ -573,7 +573,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let token = s(&v, "/token");
             match out.file {
                 Some(p) => {
-                    common::fsutil::write_private(&p, &format!("{token}\n"))
+                    common::fsutil::write_private(&p, format!("{token}\n"))
                         .with_context(|| format!("write the token to {}", p.display()))?;
                     eprintln!(
                         "token {} expires at {}; written to {} (mode 0600)",

@@ -298,7 +298,7 @@ mod tests {
         let (old, root) = zone_ca(Duration::from_secs(3600));
         let (_, ca_p, key_p, _) = paths(&dir);
         write_private(&ca_p, old.ca.cert_pem()).unwrap();
-        write_private(&key_p, &old.ca.key_pem()).unwrap();
+        write_private(&key_p, old.ca.key_pem()).unwrap();
         // Nothing pending: nothing changes.
         recover(&dir).unwrap();
         let req = request(&dir, &old, "z").unwrap();
