@@ -114,10 +114,28 @@ pub fn create_private_file(path: &Path) -> Result<(), FsError> {
     }
 }
 
+/// Run blocking I/O (a file write with fsync, a SQLite call) without
+/// stalling async tasks: on a multi-thread tokio runtime the worker first
+/// hands its queued tasks to the rest of the pool (`block_in_place`);
+/// elsewhere (plain threads, current-thread runtimes, tests) it just runs.
+pub fn off_async<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Write `contents` to `path` so that a crash leaves either the old file or
 /// the new one: write a temporary file (mode 0600), fsync it, rename it over
-/// `path`, then fsync the folder so the rename itself is on disk.
+/// `path`, then fsync the folder so the rename itself is on disk. Off the
+/// async threads (`off_async`).
 pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    off_async(|| write_private_now(path, contents.as_ref()))
+}
+
+fn write_private_now(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let with_path = |e: std::io::Error, p: &Path| {
         std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
     };
@@ -132,8 +150,7 @@ pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result
     // A temporary file left by a crash keeps its old mode; fix it.
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|e| with_path(e, &tmp))?;
-    f.write_all(contents.as_ref())
-        .map_err(|e| with_path(e, &tmp))?;
+    f.write_all(contents).map_err(|e| with_path(e, &tmp))?;
     f.sync_all().map_err(|e| with_path(e, &tmp))?;
     std::fs::rename(&tmp, path).map_err(|e| with_path(e, path))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -162,7 +162,9 @@ pub struct Registry {
     zone: String,
     region: String,
     grace: Duration,
-    path: Mutex<Option<PathBuf>>,
+    /// Wakes the writer thread, which saves the latest entries (set once
+    /// `load` named the file).
+    writer: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
     inner: Arc<Mutex<BTreeMap<String, Entry>>>,
     generation: watch::Sender<u64>,
     sessions: std::sync::atomic::AtomicU64,
@@ -174,7 +176,7 @@ impl Registry {
             zone: zone.into(),
             region: region.into(),
             grace,
-            path: Mutex::new(None),
+            writer: Mutex::new(None),
             inner: Arc::new(Mutex::new(BTreeMap::new())),
             generation: watch::channel(0).0,
             sessions: Default::default(),
@@ -197,8 +199,36 @@ impl Registry {
                 }
             }
         }
-        *self.path.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+        *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.spawn_writer(path));
         self.bump();
+    }
+
+    /// Saving the registry (a full rewrite with fsync) runs on its own
+    /// thread, off the async threads, and coalesces: a burst of changes
+    /// (proxies reconnecting after a restart) costs a few writes, each of
+    /// the latest entries, not one per change.
+    fn spawn_writer(&self, path: PathBuf) -> std::sync::mpsc::SyncSender<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let inner = self.inner.clone();
+        let _ = std::thread::Builder::new()
+            .name("registry-writer".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    let snapshot: Vec<Entry> = inner
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .values()
+                        .cloned()
+                        .collect();
+                    let res = serde_json::to_string(&snapshot)
+                        .map_err(std::io::Error::other)
+                        .and_then(|s| common::fsutil::write_private(&path, s));
+                    if let Err(e) = res {
+                        tracing::warn!(error = %e, "could not persist the registry");
+                    }
+                }
+            });
+        tx
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
@@ -206,13 +236,14 @@ impl Registry {
     }
 
     fn bump(&self) {
-        let snapshot: Vec<Entry> = self.lock().values().cloned().collect();
-        if let Some(p) = self.path.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            if let Ok(s) = serde_json::to_string(&snapshot) {
-                if let Err(e) = common::fsutil::write_private(p, &s) {
-                    tracing::warn!(error = %e, "could not persist the registry");
-                }
-            }
+        if let Some(w) = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            // Full: a save is already due and will see this change.
+            let _ = w.try_send(());
         }
         self.generation.send_modify(|g| *g += 1);
     }
@@ -512,6 +543,40 @@ mod tests {
             1,
             "a claim alone publishes nothing"
         );
+    }
+
+    /// Saves run on the writer thread and coalesce, and the file ends with
+    /// the latest entries; a new registry loads them.
+    #[tokio::test]
+    async fn the_registry_is_saved_off_the_async_threads_and_reloads() {
+        let dir = std::env::temp_dir().join(format!("tern-registry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let r = Arc::new(Registry::new("z", "r", Duration::from_secs(60)));
+        r.load(&dir);
+        for i in 0..50 {
+            r.register(entry(&format!("a-{i}"), "api", &format!("p{i}"), "t"), 100)
+                .unwrap();
+        }
+        let file = dir.join("registry.json");
+        let saved = |n: usize| {
+            std::fs::read(&file)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Vec<Entry>>(&b).ok())
+                .is_some_and(|v| v.len() == n)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !saved(50) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the registry was not saved"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let again = Arc::new(Registry::new("z", "r", Duration::from_secs(60)));
+        again.load(&dir);
+        assert_eq!(again.lock().len(), 50);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

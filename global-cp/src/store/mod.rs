@@ -121,6 +121,12 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Run `f` on the connection, off the async threads: SQLite calls
+    /// block, and commits fsync.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        common::fsutil::off_async(|| f(&mut self.lock()))
+    }
+
     fn read_revision(conn: &Connection) -> Result<u64, StoreError> {
         let v: Option<Vec<u8>> = conn
             .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
@@ -156,32 +162,34 @@ impl Store {
 
     /// Insert only if absent; returns the value now stored.
     pub fn meta_init(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let conn = self.lock();
-        conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
-            params![key, value],
-        )?;
-        Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?)
+        self.with(|conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )?;
+            Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?)
+        })
     }
 
     pub fn get(&self, kind: &str, name: &str) -> Result<Option<Stored>, StoreError> {
-        get_in(&self.lock(), kind, name)
+        self.with(|c| get_in(c, kind, name))
     }
 
     pub fn list(&self, kind: Option<&str>) -> Result<Vec<Stored>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT revision, body FROM resources WHERE (?1 IS NULL OR kind = ?1) ORDER BY kind, name",
-        )?;
-        let rows = stmt.query_map([kind], |r| {
-            Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (rev, body) = row?;
-            out.push(decode(rev, &body)?);
-        }
-        Ok(out)
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT revision, body FROM resources WHERE (?1 IS NULL OR kind = ?1) ORDER BY kind, name",
+            )?;
+            let rows = stmt.query_map([kind], |r| {
+                Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (rev, body) = row?;
+                out.push(decode(rev, &body)?);
+            }
+            Ok(out)
+        })
     }
 
     /// Run `f` in one transaction: every resource it writes gets the same new
@@ -191,19 +199,32 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let (out, rev) = {
-            let mut conn = self.lock();
+        let (out, rev) = self.with(|conn| {
             let tx = conn.transaction().map_err(StoreError::from)?;
             let mut t = Tx { tx, rev: None };
             let out = f(&mut t)?;
             let rev = t.rev;
             t.tx.commit().map_err(StoreError::from)?;
-            (out, rev)
-        };
+            Ok::<_, E>((out, rev))
+        })?;
         if let Some(rev) = rev {
-            self.revision.send_replace(rev);
+            self.publish(rev);
         }
         Ok(out)
+    }
+
+    /// Publish a committed revision. Two transactions publish after
+    /// releasing the lock, possibly out of order: the watch only moves
+    /// forward, so a watcher never sees the revision go back.
+    fn publish(&self, rev: u64) {
+        self.revision.send_if_modified(|cur| {
+            if rev > *cur {
+                *cur = rev;
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Create or update; see [`Tx::put`].
@@ -218,39 +239,41 @@ impl Store {
 
     /// Resources changed after `since`, and keys deleted after it.
     pub fn changes_since(&self, since: u64) -> Result<(Vec<Stored>, Vec<Key>), StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT revision, body FROM resources WHERE revision > ?1 ORDER BY revision",
-        )?;
-        let mut upserts = Vec::new();
-        for row in stmt.query_map([since], |r| {
-            Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?))
-        })? {
-            let (rev, body) = row?;
-            upserts.push(decode(rev, &body)?);
-        }
-        let mut stmt = conn.prepare("SELECT kind, name FROM tombstones WHERE revision > ?1")?;
-        let removals = stmt
-            .query_map([since], |r| {
-                Ok(Key {
-                    kind: r.get(0)?,
-                    name: r.get(1)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((upserts, removals))
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT revision, body FROM resources WHERE revision > ?1 ORDER BY revision",
+            )?;
+            let mut upserts = Vec::new();
+            for row in stmt.query_map([since], |r| {
+                Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?))
+            })? {
+                let (rev, body) = row?;
+                upserts.push(decode(rev, &body)?);
+            }
+            let mut stmt = conn.prepare("SELECT kind, name FROM tombstones WHERE revision > ?1")?;
+            let removals = stmt
+                .query_map([since], |r| {
+                    Ok(Key {
+                        kind: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((upserts, removals))
+        })
     }
 
     /// Drop tombstones older than `before`; zones behind it get a full resync.
     pub fn compact(&self, before: u64) -> Result<(), StoreError> {
-        let conn = self.lock();
-        conn.execute("DELETE FROM tombstones WHERE revision <= ?1", [before])?;
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('floor', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [before.to_string().into_bytes()],
-        )?;
-        Ok(())
+        self.with(|conn| {
+            conn.execute("DELETE FROM tombstones WHERE revision <= ?1", [before])?;
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('floor', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [before.to_string().into_bytes()],
+            )?;
+            Ok(())
+        })
     }
 }
 
@@ -423,6 +446,26 @@ mod tests {
             },
             spec: serde_json::json!({ "description": desc }),
         }
+    }
+
+    #[test]
+    fn the_revision_watch_never_goes_back() {
+        let dir = std::env::temp_dir().join(format!("tern-store-rev-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Store::open(&dir.join("g.db")).unwrap();
+        let mut w = s.watch_revision();
+        // Two commits publishing out of order (as racing transactions can).
+        s.publish(6);
+        s.publish(5);
+        assert_eq!(*w.borrow_and_update(), 6);
+        assert!(
+            !w.has_changed().unwrap(),
+            "the late, lower revision is not sent"
+        );
+        s.publish(7);
+        assert_eq!(*w.borrow_and_update(), 7);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -152,33 +152,36 @@ fn zone_cas_in(c: &rusqlite::Connection, zone: &str) -> Result<Vec<ZoneCaRecord>
 
 impl Store {
     pub fn record_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
-        self.lock().execute(
-            "INSERT INTO tokens (id, kind, zone, service, issued_at, expires_at, purpose)
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO tokens (id, kind, zone, service, issued_at, expires_at, purpose)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                t.id,
-                t.kind,
-                t.zone,
-                t.service,
-                t.issued_at,
-                t.expires_at,
-                t.purpose
-            ],
-        )?;
+                params![
+                    t.id,
+                    t.kind,
+                    t.zone,
+                    t.service,
+                    t.issued_at,
+                    t.expires_at,
+                    t.purpose
+                ],
+            )
+        })?;
         Ok(())
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {TOKEN_COLS} FROM tokens ORDER BY issued_at"
-        ))?;
-        let rows = stmt.query_map([], token_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.with(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {TOKEN_COLS} FROM tokens ORDER BY issued_at"
+            ))?;
+            let rows = stmt.query_map([], token_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     pub fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        token_in(&self.lock(), id)
+        self.with(|c| token_in(c, id))
     }
 
     pub fn zone_seen(
@@ -188,45 +191,48 @@ impl Store {
         acked: u64,
         nack: Option<(u64, &str)>,
     ) -> Result<(), StoreError> {
-        self.lock().execute(
+        self.with(|c| c.execute(
             "UPDATE zones SET last_seen = ?2, acked_version = ?3,
                last_nack_version = COALESCE(?4, last_nack_version), last_nack = COALESCE(?5, last_nack)
              WHERE name = ?1",
             params![name, last_seen, acked, nack.map(|n| n.0), nack.map(|n| n.1)],
-        )?;
+        ))?;
         Ok(())
     }
 
     pub fn zones(&self) -> Result<Vec<ZoneRecord>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(&format!("SELECT {ZONE_COLS} FROM zones ORDER BY name"))?;
-        let rows = stmt.query_map([], zone_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.with(|conn| {
+            let mut stmt = conn.prepare(&format!("SELECT {ZONE_COLS} FROM zones ORDER BY name"))?;
+            let rows = stmt.query_map([], zone_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     pub fn zone(&self, name: &str) -> Result<Option<ZoneRecord>, StoreError> {
-        zone_in(&self.lock(), name)
+        self.with(|c| zone_in(c, name))
     }
 
     /// Every intermediate issued to `zone`, newest first.
     pub fn zone_cas(&self, zone: &str) -> Result<Vec<ZoneCaRecord>, StoreError> {
-        zone_cas_in(&self.lock(), zone)
+        self.with(|c| zone_cas_in(c, zone))
     }
 
     /// The newest audit events, newest first.
     pub fn audit(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare("SELECT at, action, subject, detail FROM audit ORDER BY id DESC LIMIT ?1")?;
-        let rows = stmt.query_map([limit], |r| {
-            Ok(AuditRecord {
-                at: r.get(0)?,
-                action: r.get(1)?,
-                subject: r.get(2)?,
-                detail: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT at, action, subject, detail FROM audit ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit], |r| {
+                Ok(AuditRecord {
+                    at: r.get(0)?,
+                    action: r.get(1)?,
+                    subject: r.get(2)?,
+                    detail: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     pub fn record_audit(
