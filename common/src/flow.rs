@@ -66,8 +66,32 @@ fn name_ok(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+fn trace_ok(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
 impl FlowHeader {
+    /// Encode; refuses exactly what `decode` would refuse, so a header
+    /// that encodes always decodes back to itself.
     pub fn encode(&self) -> Result<Vec<u8>, HeaderError> {
+        for (tag, v) in [
+            (1u8, &self.service),
+            (2, &self.dest_zone),
+            (3, &self.source_zone),
+        ] {
+            if !name_ok(v) {
+                return Err(HeaderError::Invalid {
+                    tag,
+                    why: "not a DNS label",
+                });
+            }
+        }
+        if self.traceparent.as_deref().is_some_and(|t| !trace_ok(t)) {
+            return Err(HeaderError::Invalid {
+                tag: 5,
+                why: "traceparent must be hex and dashes",
+            });
+        }
         let mut fields = Vec::with_capacity(64);
         let mut put = |tag: u8, v: &[u8]| -> Result<(), HeaderError> {
             let len = u8::try_from(v.len()).map_err(|_| HeaderError::Invalid {
@@ -168,7 +192,7 @@ impl FlowHeader {
                 }
                 5 => {
                     let s = text()?;
-                    if !s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                    if !trace_ok(&s) {
                         return Err(HeaderError::Invalid {
                             tag,
                             why: "traceparent must be hex and dashes",
@@ -268,13 +292,19 @@ mod tests {
             FlowHeader::decode(b"TF\x01\x00\x00"),
             Err(HeaderError::Missing("destination service"))
         );
-        // Every prefix and every single-byte corruption decodes or errors.
+        // Every strict prefix is truncated (or, within the 5-byte prefix,
+        // fails on the part it has); every single-byte corruption either
+        // errors or decodes to a header that round-trips.
         for i in 0..good.len() {
-            let _ = FlowHeader::decode(&good[..i]);
-            for x in [0u8, 1, 0x7f, 0xff] {
+            let r = FlowHeader::decode(&good[..i]);
+            assert_eq!(r, Err(HeaderError::Truncated), "prefix of {i} bytes");
+            for x in [0u8, 1, b'a', 0x7f, 0xff] {
                 let mut b = good.clone();
                 b[i] = x;
-                let _ = FlowHeader::decode(&b);
+                if let Ok(d) = FlowHeader::decode(&b) {
+                    let again = d.encode().expect("a decoded header encodes");
+                    assert_eq!(FlowHeader::decode(&again), Ok(d), "byte {i} = {x}");
+                }
             }
         }
         // A field that claims more bytes than there are.
@@ -299,10 +329,110 @@ mod tests {
         let n = (b.len() - 5) as u16;
         b[3..5].copy_from_slice(&n.to_be_bytes());
         assert_eq!(FlowHeader::decode(&b).unwrap(), ext);
-        // Encoding refuses what decoding would refuse.
-        let mut long = h();
-        long.traceparent = Some("a".repeat(300));
-        assert!(long.encode().is_err());
+        // Encoding refuses exactly what decoding would refuse: a header
+        // either fails to encode, or decodes back to itself.
+        let cases: Vec<FlowHeader> = vec![
+            FlowHeader {
+                traceparent: Some("a".repeat(300)),
+                ..h()
+            },
+            FlowHeader {
+                service: "A/B".into(),
+                ..h()
+            },
+            FlowHeader {
+                service: "a".repeat(64),
+                ..h()
+            },
+            FlowHeader {
+                service: "a".repeat(63),
+                ..h()
+            },
+            FlowHeader {
+                dest_zone: String::new(),
+                ..h()
+            },
+            FlowHeader {
+                source_zone: "zone-\u{e9}".into(),
+                ..h()
+            },
+            FlowHeader {
+                traceparent: Some("zz".into()),
+                ..h()
+            },
+            FlowHeader {
+                traceparent: Some("00-ab-01".into()),
+                ..h()
+            },
+            FlowHeader {
+                port: None,
+                traceparent: None,
+                ..h()
+            },
+        ];
+        for c in cases {
+            match c.encode() {
+                Ok(b) => assert_eq!(FlowHeader::decode(&b), Ok(c)),
+                // Not representable on the wire: nothing to decode.
+                Err(HeaderError::Invalid {
+                    why: "longer than 255 bytes",
+                    ..
+                }) => {}
+                Err(_) => {
+                    // What encode refused, decode refuses too.
+                    let raw = encode_unchecked(&c);
+                    assert!(FlowHeader::decode(&raw).is_err(), "{c:?}");
+                }
+            }
+        }
+        // Too long as a whole, though each field fits in 255 bytes.
+        let big = raw_fields(&[
+            (1, b"api"),
+            (2, b"z2"),
+            (3, b"z1"),
+            (5, &[b'a'; 255]),
+            (6, &[0; 255]),
+            (7, &[0; 255]),
+            (8, &[0; 255]),
+        ]);
+        assert!(matches!(
+            FlowHeader::decode(&frame(&big)),
+            Err(HeaderError::TooLong(_))
+        ));
+    }
+
+    /// A header's bytes without the checks `encode` makes.
+    fn encode_unchecked(h: &FlowHeader) -> Vec<u8> {
+        let mut f: Vec<(u8, Vec<u8>)> = vec![
+            (1, h.service.as_bytes().to_vec()),
+            (2, h.dest_zone.as_bytes().to_vec()),
+            (3, h.source_zone.as_bytes().to_vec()),
+        ];
+        if let Some(p) = h.port {
+            f.push((4, p.to_be_bytes().to_vec()));
+        }
+        if let Some(t) = &h.traceparent {
+            f.push((5, t.as_bytes().to_vec()));
+        }
+        let refs: Vec<(u8, &[u8])> = f.iter().map(|(t, v)| (*t, v.as_slice())).collect();
+        frame(&raw_fields(&refs))
+    }
+
+    fn raw_fields(f: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (t, v) in f {
+            out.push(*t);
+            out.push(v.len() as u8);
+            out.extend_from_slice(v);
+        }
+        out
+    }
+
+    fn frame(fields: &[u8]) -> Vec<u8> {
+        let mut out = b"TF\x01".to_vec();
+        out.extend_from_slice(&(fields.len() as u16).to_be_bytes());
+        out.extend_from_slice(fields);
+        out
     }
 
     #[tokio::test]

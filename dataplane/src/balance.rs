@@ -454,13 +454,16 @@ mod tests {
     /// pick in lockstep (they did when the seed came from the version).
     #[test]
     fn sidecars_with_the_same_config_pick_independently() {
-        let picks = |c: &Cluster| -> Vec<String> {
+        fn picks(c: &Cluster) -> Vec<String> {
             (0..64)
                 .map(|_| c.pick(&[], 0).unwrap().0.authority.to_string())
                 .collect()
-        };
-        let (a, b) = (cluster(), cluster());
-        assert_ne!(picks(&a), picks(&b));
+        }
+        // Built on two threads, as two sidecar processes would: each draws
+        // its own OS randomness.
+        let a = std::thread::spawn(|| picks(&cluster())).join().unwrap();
+        let b = std::thread::spawn(|| picks(&cluster())).join().unwrap();
+        assert_ne!(a, b);
     }
 
     #[test]

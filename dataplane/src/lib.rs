@@ -83,7 +83,7 @@ pub struct Config {
     pub workers: usize,
     /// Per-attempt timeout of idempotent requests; a timed-out attempt is
     /// retried in the next locality.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     pub per_try_timeout: Duration,
     /// How long a request that is not retried (a POST, a gRPC call, an
     /// upgrade) waits for the response head; 0 waits as long as the
@@ -92,7 +92,7 @@ pub struct Config {
     pub request_timeout: Duration,
     /// An opaque TCP flow or upgraded connection (WebSocket) on which
     /// nothing moves either way this long is closed.
-    #[arg(long, default_value = "1h", value_parser = parse_idle)]
+    #[arg(long, default_value = "1h", value_parser = positive_duration)]
     pub tcp_idle_timeout: Duration,
     /// Most header lines an HTTP/1.1 request or response may have, on every
     /// hop. A request over it gets 431; a response over it, a 502 that
@@ -178,8 +178,8 @@ pub struct EndpointSpec {
     pub identity: String,
 }
 
-/// A non-zero duration.
-fn parse_idle(s: &str) -> Result<Duration, String> {
+/// A duration above zero (flag value parser).
+pub fn positive_duration(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {
         Ok(d) if !d.is_zero() => Ok(d),
         Ok(_) => Err("must be more than 0".into()),

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use support::*;
 
 const T: Duration = Duration::from_secs(60);
+/// The client sidecar's identity: what servers must see as the caller.
+const WEB_ID: &str = "spiffe://tern/zone/z1/svc/web";
 
 /// Two zones with a gateway each; a client sidecar (no app) in z1 on host
 /// 10; `{kind}-near` on host 11 in z1 and `{kind}-far` on host 31 in z2,
@@ -154,7 +156,11 @@ fn grpcio_calls_of_every_shape_pass_through_sidecars_in_a_zone_and_across_zones(
         "bidi",
     ];
     for svc in ["grpc-near", "grpc-far"] {
-        assert_checks(svc, t.run_client(&["grpc-client", &target, svc]), &checks);
+        assert_checks(
+            svc,
+            t.run_client(&["grpc-client", &target, svc, WEB_ID]),
+            &checks,
+        );
     }
 }
 
@@ -170,7 +176,7 @@ fn websocket_upgrades_pass_through_sidecars_in_a_zone_and_across_zones() {
     for svc in ["ws-near", "ws-far"] {
         assert_checks(
             svc,
-            t.run_client(&["ws-client", &proxy, svc]),
+            t.run_client(&["ws-client", &proxy, svc, WEB_ID]),
             &["text", "binary_large", "identity"],
         );
     }

@@ -49,6 +49,8 @@ fn responses_over_the_header_limit_get_an_error_that_says_so_and_eject_nothing()
     }
 
     // Default limits everywhere: refused at the destination's sidecar.
+    let retries = || metric_sum(web.admin(), "tern_proxy_retries_total", "");
+    let retries_before = retries();
     let r = get(web.outbound(), "api", "/many-headers/150").unwrap();
     assert_eq!(r.status, 502, "{r:?}");
     assert!(
@@ -62,6 +64,11 @@ fn responses_over_the_header_limit_get_an_error_that_says_so_and_eject_nothing()
         "{r:?}"
     );
     assert_eq!(ejected(&web, "api"), vec![false], "api was ejected");
+    assert_eq!(
+        retries(),
+        retries_before,
+        "an over-limit answer is not retried"
+    );
     let ok = get(web.outbound(), "api", "/many-headers/90").unwrap();
     assert_eq!(ok.status, 200, "{ok:?}");
     assert_eq!(x_h_lines(&ok), 90);

@@ -112,16 +112,26 @@ fn good_token_joins_and_bad_tokens_are_refused() {
         .unwrap()
         .jti;
     g.ctl(&["revoke", &id]);
-    z1.restart();
-    wait_for("eu-1 refused after revocation", T, || {
+    // The running zone-cp's live stream is cut (no restart yet): it goes
+    // offline and its own log says why.
+    wait_for("eu-1's live stream cut", T, || {
+        g.zone("eu-1").filter(|z| z["online"] == false)
+    });
+    wait_for("the running eu-1 told why", T, || {
         z1.proc
             .log_text()
             .contains("has been revoked")
             .then_some(())
     });
-    wait_for("eu-1 offline", T, || {
-        g.zone("eu-1").filter(|z| z["online"] == false)
+    // Restarted with its stored identity, it is refused again.
+    z1.restart();
+    wait_for("eu-1 refused after a restart", T, || {
+        z1.proc
+            .log_text()
+            .contains("has been revoked")
+            .then_some(())
     });
+    assert_eq!(g.zone("eu-1").unwrap()["online"], false);
     let tokens = g.ctl(&["get", "tokens"]);
     assert!(
         tokens

@@ -72,10 +72,11 @@ pub struct Config {
     #[arg(long)]
     pub instance: Option<String>,
     /// QUIC keep-alive interval.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = dataplane::positive_duration)]
     pub keep_alive: Duration,
     /// A QUIC connection silent this long is dead (link cut, peer gone).
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    /// Must be longer than --keep-alive.
+    #[arg(long, default_value = "3s", value_parser = dataplane::positive_duration)]
     pub idle_timeout: Duration,
     /// Debugging aid: write the first 64 KiB of each inbound flow's payload
     /// (after the header) to files in this folder. Off by default.
@@ -84,7 +85,7 @@ pub struct Config {
     /// Duplicate datagrams to a remote gateway while the path's measured
     /// loss is at least this fraction (doubles WAN bytes while on; see
     /// docs/architecture.md). 1 disables.
-    #[arg(long, default_value_t = 0.005)]
+    #[arg(long, default_value_t = 0.005, value_parser = loss_fraction)]
     pub duplicate_above_loss: f64,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
@@ -95,6 +96,16 @@ pub struct Config {
     pub state_dir: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json_logs: bool,
+}
+
+/// A loss fraction above 0, at most 1 (which disables duplication).
+fn loss_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?}: expected a fraction above 0 and at most 1, like 0.005"
+        )),
+    }
 }
 
 pub struct Gateway {
@@ -142,6 +153,13 @@ impl Running {
 }
 
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    if cfg.idle_timeout <= cfg.keep_alive {
+        anyhow::bail!(
+            "--idle-timeout ({:?}) must be longer than --keep-alive ({:?}), or idle connections die between keep-alives",
+            cfg.idle_timeout,
+            cfg.keep_alive
+        );
+    }
     let token = common::fsutil::read_secret(&cfg.token_file)?;
     let claims = common::token::decode_unverified(&token).context("the gateway token")?;
     let mut reg = prometheus_client::registry::Registry::with_prefix("tern_gateway");

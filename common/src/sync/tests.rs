@@ -257,7 +257,30 @@ fn chunks_are_bounded_per_item_and_ordered() {
         upserts: vec![("big".to_string(), "y".repeat(500))],
         removals: vec![],
     };
-    assert_eq!(chunk(big, 100, |v: &String| v.len()).len(), 1);
+    let c = chunk(big, 100, |v: &String| v.len());
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].upserts, vec![("big".to_string(), "y".repeat(500))]);
+    // Among small ones too: every item arrives, the big one in a chunk of
+    // its own.
+    let mixed = Delta {
+        version: 1,
+        full: true,
+        upserts: vec![
+            ("a".to_string(), "s".repeat(10)),
+            ("big".to_string(), "y".repeat(500)),
+            ("c".to_string(), "s".repeat(10)),
+        ],
+        removals: vec![],
+    };
+    let c = chunk(mixed, 100, |v: &String| v.len());
+    let keys: Vec<&str> = c
+        .iter()
+        .flat_map(|c| c.upserts.iter().map(|(k, _)| k.as_str()))
+        .collect();
+    assert_eq!(keys, vec!["a", "big", "c"]);
+    assert!(c
+        .iter()
+        .any(|c| c.upserts.len() == 1 && c.upserts[0].0 == "big"));
     let mut rx: DeltaReceiver<String> = DeltaReceiver::new(0, BTreeMap::new());
     let mut cs = chunks.clone();
     cs.remove(1);

@@ -29,6 +29,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let who = Arc::new((args.name, args.zone, args.listen.to_string()));
+    // Requests this app has received (GET /stats excluded), so tests can
+    // tell whether a request was delivered twice.
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
     loop {
         let (mut tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);
@@ -40,10 +43,18 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         let who = who.clone();
+        let served = served.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let who = who.clone();
+                let served = served.clone();
                 async move {
+                    if req.uri().path() == "/stats" {
+                        let n = served.load(std::sync::atomic::Ordering::SeqCst);
+                        let body = serde_json::json!({ "requests": n }).to_string() + "\n";
+                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))));
+                    }
+                    served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let client = req
                         .headers()
                         .get("x-tern-client-id")

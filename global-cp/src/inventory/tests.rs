@@ -217,3 +217,33 @@ fn after_a_refusal_only_a_full_report_is_taken() {
     assert_eq!(r.refused, None);
     assert_eq!(r.services.keys().collect::<Vec<_>>(), vec!["db"]);
 }
+
+/// The bounds keep the worst accepted report under the resource size limit
+/// every zone enforces: 2000 services with 63-character names and 64
+/// gateway addresses of 255 characters are accepted.
+#[test]
+fn the_largest_report_within_the_bounds_fits_a_zone_ingress() {
+    let names: Vec<_> = (0..MAX_SERVICES)
+        .map(|i| {
+            let n = format!("s{i}-");
+            format!("{n}{}", "x".repeat(63 - n.len()))
+        })
+        .collect();
+    let mut i = inv(true, names.iter().map(|n| svc(n, "z1")).collect(), &[]);
+    for s in &mut i.upserts {
+        s.endpoints[0].healthy = true;
+    }
+    i.gateways = (0..MAX_GATEWAYS)
+        .map(|n| {
+            let mut host = format!("g{n}");
+            while host.len() < 249 {
+                host.push('.');
+                host.push_str(&"a".repeat(61));
+            }
+            host.truncate(249);
+            format!("{}:15444", host.trim_end_matches('.'))
+        })
+        .collect();
+    assert!(i.gateways.iter().all(|g| g.len() <= 255));
+    accept(judge("tern", "z1", &Report::default(), &i, NO));
+}

@@ -448,6 +448,27 @@ mod tests {
         }
     }
 
+    /// Acknowledged writes are on disk: WAL with synchronous=FULL (a
+    /// commit fsyncs the log before it returns).
+    #[test]
+    fn commits_are_fsynced_before_they_return() {
+        let dir = std::env::temp_dir().join(format!("tern-store-sync-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Store::open(&dir.join("g.db")).unwrap();
+        let (mode, sync): (String, i64) = s.with(|c| {
+            (
+                c.pragma_query_value(None, "journal_mode", |r| r.get(0))
+                    .unwrap(),
+                c.pragma_query_value(None, "synchronous", |r| r.get(0))
+                    .unwrap(),
+            )
+        });
+        assert_eq!(mode.to_ascii_lowercase(), "wal");
+        assert_eq!(sync, 2, "synchronous=FULL");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn the_revision_watch_never_goes_back() {
         let dir = std::env::temp_dir().join(format!("tern-store-rev-{}", std::process::id()));
