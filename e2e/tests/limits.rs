@@ -99,23 +99,49 @@ fn responses_over_the_header_limit_get_an_error_that_says_so_and_eject_nothing()
     assert_eq!(r.status, 431, "{r:?}");
 }
 
-/// Bad limit values stop the sidecar with exit code 64 and a message that
-/// names the flag, rather than being replaced by a default.
+/// Bad flag values stop the sidecar or gateway with exit code 64 and a
+/// message that names the flag, rather than being replaced by a default.
 #[test]
-fn bad_limit_values_are_refused_at_start() {
-    for args in [
-        ["--max-headers", "3"],
-        ["--max-headers", "lots"],
-        ["--max-header-bytes", "12"],
-        ["--max-header-bytes", "64MB"],
-    ] {
-        let o = std::process::Command::new(bin("dataplane"))
-            .args(["--bootstrap", "/nonexistent.yaml"])
+fn bad_flag_values_are_refused_at_start() {
+    let dataplane = [
+        &["--max-headers", "3"][..],
+        &["--max-headers", "lots"],
+        &["--max-header-bytes", "12"],
+        &["--max-header-bytes", "64MB"],
+        &["--per-try-timeout", "0s"],
+        &["--tcp-idle-timeout", "0s"],
+        &["--request-timeout", "soon"],
+    ];
+    let gateway = [
+        &["--duplicate-above-loss", "1.5"][..],
+        &["--duplicate-above-loss", "0"],
+        &["--keep-alive", "0s"],
+        &["--keep-alive", "5s", "--idle-timeout", "3s"],
+    ];
+    let cases = dataplane
+        .iter()
+        .map(|a| ("dataplane", &["--bootstrap", "/nonexistent.yaml"][..], *a))
+        .chain(gateway.iter().map(|a| {
+            (
+                "gateway",
+                &[
+                    "--cp-address",
+                    "127.0.0.1:1",
+                    "--token-file",
+                    "/nonexistent",
+                ][..],
+                *a,
+            )
+        }));
+    for (program, base, args) in cases {
+        let o = std::process::Command::new(bin(program))
+            .args(base)
             .args(args)
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(64), "{args:?}: {err}");
-        assert!(err.contains(args[0]), "{args:?}: {err}");
+        assert_eq!(o.status.code(), Some(64), "{program} {args:?}: {err}");
+        let flag = args[args.len() - 2];
+        assert!(err.contains(flag), "{program} {args:?}: {err}");
     }
 }
