@@ -225,7 +225,13 @@ mod tests {
         let chain: Arc<[CertificateDer<'static>]> =
             vec![pki::first_cert(&short).unwrap(), a.cert_der().unwrap()].into();
         let _g = live.watch(chain, Box::new(|_| panic!("cut for expiry")));
-        std::thread::sleep(Duration::from_millis(1100));
+        // Wait (on the condition) until it has expired.
+        let not_after = common::tls::Identity::from_pem(&short, &kc.key_pem)
+            .unwrap()
+            .not_after;
+        while std::time::SystemTime::now() <= not_after {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert_eq!(live.sweep(&only(&[("a", &a)])), 0);
     }
 }
