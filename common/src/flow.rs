@@ -401,6 +401,55 @@ mod tests {
         ));
     }
 
+    /// Properties over many seeded random cases: every valid header
+    /// round-trips; arbitrary bytes and mutated headers never panic, and
+    /// whatever decodes re-encodes to the same header.
+    #[test]
+    fn codec_properties_hold_for_random_inputs() {
+        use crate::testrand::Rng;
+        const NAME: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-";
+        const TRACE: &[u8] = b"0123456789abcdefABCDEF-";
+        for seed in 0..3000u64 {
+            let mut r = Rng::new(seed);
+            let mut name = |r: &mut Rng| {
+                let len = 1 + r.below(63);
+                r.string(NAME, len)
+            };
+            let h = FlowHeader {
+                service: name(&mut r),
+                dest_zone: name(&mut r),
+                source_zone: name(&mut r),
+                port: r.bool().then(|| r.next() as u16),
+                traceparent: r.bool().then(|| {
+                    let len = r.below(256);
+                    r.string(TRACE, len)
+                }),
+            };
+            let bytes = h.encode().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert_eq!(FlowHeader::decode(&bytes), Ok(h.clone()), "seed {seed}");
+            // Mutations of a valid header.
+            let mut m = bytes.clone();
+            for _ in 0..1 + r.below(4) {
+                let i = r.below(m.len());
+                m[i] = r.next() as u8;
+            }
+            if let Ok(d) = FlowHeader::decode(&m) {
+                let again = d.encode().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                assert_eq!(FlowHeader::decode(&again), Ok(d), "seed {seed}");
+            }
+            // Arbitrary bytes, sometimes behind a valid prefix.
+            let len = r.below(1100);
+            let mut junk = r.bytes(len);
+            if r.bool() && junk.len() >= 5 {
+                junk[..3].copy_from_slice(b"TF\x01");
+            }
+            if let Ok(d) = FlowHeader::decode(&junk) {
+                let again = d.encode().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                assert_eq!(FlowHeader::decode(&again), Ok(d), "seed {seed}");
+            }
+        }
+    }
+
     /// A header's bytes without the checks `encode` makes.
     fn encode_unchecked(h: &FlowHeader) -> Vec<u8> {
         let mut f: Vec<(u8, Vec<u8>)> = vec![

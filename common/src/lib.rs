@@ -10,6 +10,8 @@ pub mod resource;
 pub mod splice;
 pub mod sync;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testrand;
 pub mod tls;
 pub mod token;
 pub mod trust;
