@@ -411,7 +411,7 @@ mod tests {
         const TRACE: &[u8] = b"0123456789abcdefABCDEF-";
         for seed in 0..3000u64 {
             let mut r = Rng::new(seed);
-            let mut name = |r: &mut Rng| {
+            let name = |r: &mut Rng| {
                 let len = 1 + r.below(63);
                 r.string(NAME, len)
             };
