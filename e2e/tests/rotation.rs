@@ -113,10 +113,15 @@ fn the_root_rotates_with_an_overlap_and_no_request_fails() {
     assert_eq!(st["roots"].as_array().unwrap().len(), 1, "{st}");
     assert_eq!(st["active"], new_root.as_str());
 
-    // Every proxy trusts only the new root now, and traffic never stopped.
-    for w in [&web, &api] {
+    // Every proxy and gateway trusts only the new root now, and traffic
+    // never stopped.
+    let dumps: [&dyn Fn() -> serde_json::Value; 4] =
+        [&|| web.dump(), &|| api.dump(), &|| gw1.dump(), &|| {
+            gw2.dump()
+        }];
+    for dump in dumps {
         wait_for("only the new root trusted", T, || {
-            (w.dump()["trust"]["roots"] == serde_json::json!([new_root.clone()])).then_some(())
+            (dump()["trust"]["roots"] == serde_json::json!([new_root.clone()])).then_some(())
         });
     }
     load.wait_more(30);

@@ -277,6 +277,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 "identity": g_dump.shared.tls.load().as_ref().map(|t| t.ident.id.to_string()),
                 "certificateNotAfter": g_dump.shared.tls.load().as_ref().map(|t| humantime::format_rfc3339_seconds(t.ident.not_after).to_string()),
                 "certificateIssuer": g_dump.shared.tls.load().as_ref().and_then(|t| t.ident.chain.get(1).map(|c| common::pki::fingerprint(c))),
+                "trust": g_dump.shared.tls.load().as_ref().map(|t| serde_json::json!({ "roots": t.policy.root_fingerprints() })),
                 "publicAddress": public.to_string(),
                 "remotes": g_dump.remotes.dump(),
                 "clusters": g_dump.shared.clusters.load().dump(),
