@@ -53,9 +53,17 @@ fn a_zone_ca_is_renewed_before_it_expires_without_failed_requests() {
         SystemTime::now() < first_end,
         "renewed before the old CA expired"
     );
-    // While certificates from the old CA live, both are trusted mesh-wide.
+    // While certificates from the old CA live, both are trusted mesh-wide:
+    // listed by the global and in every sidecar's trust.
     let cas = g.ctl(&["get", "zoneca", "z1", "-o", "json"]);
     assert!(cas.contains(&first) && cas.contains(&second), "{cas}");
+    for w in [&web, &api] {
+        wait_for("the sidecar trusts both z1 CAs", T, || {
+            let l = w.dump()["trust"]["zoneCas"]["z1"].clone();
+            let has = |f: &str| l.as_array().is_some_and(|a| a.iter().any(|x| x == f));
+            (has(&first) && has(&second)).then_some(())
+        });
+    }
     // Sidecars move to certificates from the new CA.
     for w in [&web, &api] {
         wait_for("a certificate from the renewed CA", T, || {

@@ -284,7 +284,9 @@ mod tests {
         let (ca, _) = zone_ca(Duration::from_secs(3 * 3600));
         let life = ca.not_after.duration_since(ca.not_before).unwrap();
         assert_eq!(due(&ca, ca.not_before + life / 2, true), None);
-        assert!(due(&ca, ca.not_before + life * 2 / 3, true).is_some());
+        let two_thirds = ca.not_before + life * 2 / 3;
+        assert_eq!(due(&ca, two_thirds - Duration::from_secs(1), true), None);
+        assert!(due(&ca, two_thirds, true).is_some());
         assert!(due(&ca, ca.not_before, false).is_some(), "new active root");
         assert!(!expiry_near(&ca, ca.not_before + life / 2));
         assert!(expiry_near(&ca, ca.not_before + life * 5 / 6));
@@ -300,7 +302,23 @@ mod tests {
         write_private(&ca_p, old.ca.cert_pem()).unwrap();
         write_private(&key_p, old.ca.key_pem()).unwrap();
         // Nothing pending: nothing changes.
+        let files = |d: &std::path::Path| {
+            let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap())
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().to_string(),
+                        std::fs::read(e.path()).unwrap(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let before = files(&dir);
         recover(&dir).unwrap();
+        assert_eq!(files(&dir), before);
         let req = request(&dir, &old, "z").unwrap();
         assert_eq!(req.current_fingerprint, old.fingerprint);
         // Asking again reuses the pending key.

@@ -150,7 +150,7 @@ impl Proc {
                 .arg("-TERM")
                 .arg(c.id().to_string())
                 .status();
-            let deadline = Instant::now() + timeout;
+            let deadline = Instant::now() + patient(timeout);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
                     return;
@@ -313,8 +313,8 @@ pub fn http_body(
     headers: &[(&str, &str)],
     body: &str,
 ) -> std::io::Result<HttpResponse> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut s = TcpStream::connect_timeout(&addr, patient(Duration::from_secs(3)))?;
+    s.set_read_timeout(Some(patient(Duration::from_secs(10))))?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -1034,7 +1034,8 @@ pub fn tls_request(
     let conn = common::rustls::ClientConnection::new(std::sync::Arc::new(cfg), tls::sni())
         .map_err(|e| e.to_string())?;
     let sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.set_read_timeout(Some(patient(Duration::from_secs(5))))
+        .unwrap();
     let mut s = common::rustls::StreamOwned::new(conn, sock);
     s.write_all(request).map_err(|e| e.to_string())?;
     let mut out = Vec::new();

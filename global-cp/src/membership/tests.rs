@@ -140,6 +140,22 @@ fn a_zone_token_joins_once_and_only_a_rejoin_replaces_a_zone() {
     // Tokens for another zone, or of another kind, do not join.
     let (t4, _) = token(st, "eu-2", "join");
     denied_with(join(st, "eu-1", &t4, &csr()), "was issued for zone");
+    for kind in [TokenKind::Dataplane, TokenKind::Gateway] {
+        let (t5, _) = st
+            .authority
+            .issue_token(
+                &st.store,
+                kind,
+                "eu-1",
+                (kind == TokenKind::Dataplane).then_some("api"),
+                Duration::from_secs(3600),
+                "127.0.0.1:5685",
+                "",
+                None,
+            )
+            .unwrap();
+        assert!(join(st, "eu-1", &t5, &csr()).is_err(), "{kind:?}");
+    }
 }
 
 #[test]
