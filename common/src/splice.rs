@@ -6,13 +6,12 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 /// Idle limit of opaque flows unless configured (Envoy's TCP proxy uses
 /// the same default).
@@ -30,7 +29,7 @@ fn now_ms() -> u64 {
 /// A stream that records when bytes last moved through it.
 struct Tracked<'a, T> {
     inner: &'a mut T,
-    last: Arc<AtomicU64>,
+    last: &'a AtomicU64,
 }
 
 impl<T> Tracked<'_, T> {
@@ -86,14 +85,14 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let last = Arc::new(AtomicU64::new(now_ms()));
+    let last = AtomicU64::new(now_ms());
     let mut ta = Tracked {
         inner: a,
-        last: last.clone(),
+        last: &last,
     };
     let mut tb = Tracked {
         inner: b,
-        last: last.clone(),
+        last: &last,
     };
     let copy = tokio::io::copy_bidirectional(&mut ta, &mut tb);
     tokio::pin!(copy);

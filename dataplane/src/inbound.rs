@@ -175,15 +175,26 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Response<Body> {
         let start = Instant::now();
-        if is_upgrade(&req) {
-            let resp = self.inbound_upgrade(app, peer, chain, req).await;
-            self.metrics.observe(
-                Direction::Inbound,
-                resp.status().as_u16(),
-                start.elapsed().as_secs_f64(),
-            );
-            return resp;
-        }
+        let resp = if is_upgrade(&req) {
+            self.inbound_upgrade(app, peer, chain, req).await
+        } else {
+            self.to_app(app, peer, req).await
+        };
+        self.metrics.observe(
+            Direction::Inbound,
+            resp.status().as_u16(),
+            start.elapsed().as_secs_f64(),
+        );
+        resp
+    }
+
+    /// A request for the local app, with the caller's verified identity.
+    async fn to_app(
+        &self,
+        app: SocketAddr,
+        peer: HeaderValue,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(CLIENT_ID_HEADER, peer);
@@ -194,7 +205,7 @@ impl Proxy {
             Version::HTTP_11
         };
         let req = Request::from_parts(parts, Either::Left(body));
-        let resp = match self.within_request_timeout(self.app.request(req)).await {
+        match self.within_request_timeout(self.app.request(req)).await {
             Err(limit) => error_response(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
@@ -213,12 +224,6 @@ impl Proxy {
                     format!("local app at {app}: {}", error_chain(&e)),
                 ),
             },
-        };
-        self.metrics.observe(
-            Direction::Inbound,
-            resp.status().as_u16(),
-            start.elapsed().as_secs_f64(),
-        );
-        resp
+        }
     }
 }

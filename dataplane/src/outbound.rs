@@ -25,9 +25,9 @@ use crate::connect::connect_mesh;
 use crate::metrics::{DirLabel, Direction};
 use crate::protocol::{Alpn, Protocol};
 use crate::proxy::{
-    empty, error_chain, error_response, head_too_large, mesh_uri, strip_hop_by_hop, Body, Proxy,
-    CLIENT_ID_HEADER, EJECT_FOR, ERROR_HEADER, ERROR_UNAVAILABLE, IDEMPOTENT_HEADER, MAX_ATTEMPTS,
-    MAX_REPLAY_BODY,
+    empty, error_chain, error_response, head_too_large, mesh_request, path_of, strip_hop_by_hop,
+    Body, Proxy, CLIENT_ID_HEADER, EJECT_FOR, ERROR_HEADER, ERROR_UNAVAILABLE, IDEMPOTENT_HEADER,
+    MAX_ATTEMPTS, MAX_REPLAY_BODY,
 };
 use crate::upgrade::is_upgrade;
 
@@ -190,11 +190,7 @@ impl Proxy {
         } else {
             (None, Some(Either::Left(body)))
         };
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let path = path_of(&parts.uri);
         let (client, version) = match cluster.protocol {
             Protocol::Http2 => (&self.upstream_h2, Version::HTTP_2),
             _ => (&self.upstream_h1, Version::HTTP_11),
@@ -221,11 +217,7 @@ impl Proxy {
             if attempt > 0 {
                 self.metrics.retries.inc();
             }
-            let mut r = Request::new(b);
-            *r.method_mut() = parts.method.clone();
-            *r.uri_mut() = mesh_uri(&ep.authority, &path);
-            *r.headers_mut() = parts.headers.clone();
-            *r.version_mut() = version;
+            let r = mesh_request(&parts, &ep.authority, &path, version, b);
             let failed = |e: hyper_util::client::legacy::Error| {
                 let kind = if e.is_connect() {
                     Failure::Connect

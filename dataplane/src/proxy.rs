@@ -172,14 +172,34 @@ pub(crate) fn mesh_uri(authority: &http::uri::Authority, path: &PathAndQuery) ->
         .expect("valid parts")
 }
 
+/// A request's path and query, byte for byte (`/` when it has none).
+pub(crate) fn path_of(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
 /// The URI of a request to the local app: the caller's path and query,
 /// byte for byte, on the app's address.
 pub(crate) fn app_uri(app: &http::uri::Authority, from: &Uri) -> Uri {
-    let path = from
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    mesh_uri(app, &path)
+    mesh_uri(app, &path_of(from))
+}
+
+/// One attempt of the caller's request (method, headers) to a mesh
+/// endpoint.
+pub(crate) fn mesh_request(
+    parts: &http::request::Parts,
+    authority: &http::uri::Authority,
+    path: &PathAndQuery,
+    version: http::Version,
+    body: Body,
+) -> http::Request<Body> {
+    let mut r = http::Request::new(body);
+    *r.method_mut() = parts.method.clone();
+    *r.uri_mut() = mesh_uri(authority, path);
+    *r.headers_mut() = parts.headers.clone();
+    *r.version_mut() = version;
+    r
 }
 
 pub struct Proxy {

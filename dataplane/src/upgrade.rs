@@ -24,8 +24,8 @@ use hyper_util::rt::TokioIo;
 use crate::balance::{Cluster, Endpoint};
 use crate::protocol::Protocol;
 use crate::proxy::{
-    app_uri, empty, error_chain, error_response, mesh_uri, strip_hop_by_hop, Body, Proxy,
-    CLIENT_ID_HEADER, EJECT_FOR, ERROR_HEADER, MAX_ATTEMPTS,
+    app_uri, empty, error_chain, error_response, mesh_request, path_of, strip_hop_by_hop, Body,
+    Proxy, CLIENT_ID_HEADER, EJECT_FOR, ERROR_HEADER, MAX_ATTEMPTS,
 };
 
 /// An HTTP/1.1 request asking to switch protocols: `Connection: upgrade`
@@ -82,11 +82,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         upgrade_headers(&mut parts.headers);
         parts.headers.remove(CLIENT_ID_HEADER);
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let path = path_of(&parts.uri);
         // A body (rare on an upgrade) can be sent once; an empty one on
         // every attempt.
         let bodyless = body.is_end_stream();
@@ -102,11 +98,7 @@ impl Proxy {
                 None if bodyless => empty(),
                 None => break,
             };
-            let mut r = Request::new(b);
-            *r.method_mut() = parts.method.clone();
-            *r.uri_mut() = mesh_uri(&ep.authority, &path);
-            *r.headers_mut() = parts.headers.clone();
-            *r.version_mut() = Version::HTTP_11;
+            let r = mesh_request(&parts, &ep.authority, &path, Version::HTTP_11, b);
             let Ok(answer) = self
                 .within_request_timeout(self.upstream_h1.request(r))
                 .await

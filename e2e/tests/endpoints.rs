@@ -75,9 +75,7 @@ fn short_lived_certificates_rotate_without_failed_requests() {
     let s = Scratch::new("rotation");
     let net = Net(24);
     let g = Global::start(&s.0, net);
-    let mesh = "apiVersion: tern.dev/v1alpha1\nkind: Mesh\nmetadata:\n  name: default\nspec:\n  mtls:\n    workloadCertTtl: 12s\n";
-    let o = g.ternctl_stdin(&["apply", "-f", "-"], Some(mesh));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    g.set_cert_ttl("12s");
     let zt = g.token_file("z.token", &["generate", "zone-token", "--zone", "z1"]);
     let z = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&zt));
     wait_for("zone synced the mesh", T, || {

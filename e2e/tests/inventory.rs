@@ -73,6 +73,18 @@ fn report_as_zone(
     })
 }
 
+/// A full report from a zone in region `eu`.
+fn full_report(upserts: Vec<pb::ServiceInventory>, gateways: Vec<String>) -> pb::Inventory {
+    pb::Inventory {
+        full: true,
+        upserts,
+        region: "eu".into(),
+        gateways,
+        last_chunk: true,
+        ..Default::default()
+    }
+}
+
 fn services(zone: &str, n: usize) -> Vec<pb::ServiceInventory> {
     (0..n)
         .map(|i| pb::ServiceInventory {
@@ -133,13 +145,7 @@ fn a_zone_cannot_stop_sync_for_the_others_or_advertise_what_it_does_not_own() {
         &g,
         &z1_data,
         "z1",
-        pb::Inventory {
-            full: true,
-            upserts: services("z1", 8000),
-            region: "eu".into(),
-            last_chunk: true,
-            ..Default::default()
-        },
+        full_report(services("z1", 8000), vec![]),
     );
     assert!(reason.contains("more than 2000 services"), "{reason}");
     let status = g.zone("z1").unwrap();
@@ -154,22 +160,13 @@ fn a_zone_cannot_stop_sync_for_the_others_or_advertise_what_it_does_not_own() {
         &g,
         &z1_data,
         "z1",
-        pb::Inventory {
-            full: true,
-            upserts: services("z1", 3),
-            region: "eu".into(),
-            gateways: vec![z2_gateway.clone()],
-            last_chunk: true,
-            ..Default::default()
-        },
+        full_report(services("z1", 3), vec![z2_gateway.clone()]),
     );
     assert!(reason.contains("published by another zone"), "{reason}");
     assert_eq!(ingress("z1"), z1_before, "z1's ZoneIngress is unchanged");
 
     // Sync goes on for z2: a change after the refusals reaches it.
-    let mesh = "apiVersion: tern.dev/v1alpha1\nkind: Mesh\nmetadata:\n  name: default\nspec:\n  mtls:\n    workloadCertTtl: 2h\n";
-    let o = g.ternctl_stdin(&["apply", "-f", "-"], Some(mesh));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    g.set_cert_ttl("2h");
     let want = g.zone("z2").unwrap()["globalVersion"].clone();
     wait_for("z2 acknowledges the change", T, || {
         g.zone("z2")

@@ -18,14 +18,6 @@ fn rfc3339(v: &serde_json::Value) -> SystemTime {
     humantime::parse_rfc3339(v.as_str().expect("a timestamp")).unwrap()
 }
 
-fn set_cert_ttl(g: &Global, ttl: &str) {
-    let mesh = format!(
-        "apiVersion: tern.dev/v1alpha1\nkind: Mesh\nmetadata:\n  name: default\nspec:\n  mtls:\n    workloadCertTtl: {ttl}\n"
-    );
-    let o = g.ternctl_stdin(&["apply", "-f", "-"], Some(&mesh));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
 #[test]
 fn a_zone_ca_is_renewed_before_it_expires_without_failed_requests() {
     let s = Scratch::new("ca-renewal");
@@ -103,7 +95,7 @@ fn a_zone_cp_outage_of_half_the_certificate_lifetime_stops_no_request() {
     // The proxies' reconnect backoff (at most 3 s) is noise against 24 h
     // but not against 60 s; proxies also retry faster as expiry nears.
     let ttl = Duration::from_secs(60);
-    set_cert_ttl(&g, "60s");
+    g.set_cert_ttl("60s");
     let zt = g.zone_token("z1");
     let mut z = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&zt));
     wait_for("z1 synced the mesh", T, || {

@@ -22,8 +22,7 @@ fn killed_global_loses_nothing_and_zones_resume() {
     let net = Net(25);
     let mut g = Global::start(&s.0, net);
     let docs = "apiVersion: tern.dev/v1alpha1\nkind: Mesh\nmetadata:\n  name: default\nspec:\n  mtls:\n    workloadCertTtl: 2h\n---\napiVersion: tern.dev/v1alpha1\nkind: Zone\nmetadata:\n  name: z1\n  labels: {team: infra}\nspec:\n  description: first\n";
-    let o = g.ternctl_stdin(&["apply", "-f", "-"], Some(docs));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    g.apply(docs);
     let zt = g.token_file("z.token", &["generate", "zone-token", "--zone", "z1"]);
     let _z = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&zt));
     let before = synced(&g, "z1");
@@ -33,8 +32,7 @@ fn killed_global_loses_nothing_and_zones_resume() {
     // acknowledgement, not that it reached the disk; the store's
     // synchronous=FULL setting is checked by a store unit test.)
     let upd0 = docs.replace("description: first", "description: just-acked");
-    let o = g.ternctl_stdin(&["apply", "-f", "-"], Some(&upd0));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    g.apply(&upd0);
     g.restart();
     let zone_after = g.ctl(&["get", "zone", "z1", "-o", "json"]);
     assert!(
@@ -59,8 +57,7 @@ fn killed_global_loses_nothing_and_zones_resume() {
 
     // A change after the restart reaches the zone as a delta, not a resync.
     let upd = docs.replace("description: first", "description: second");
-    let o = g.ternctl_stdin(&["apply", "-f", "-"], Some(&upd));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    g.apply(&upd);
     let after2 = synced(&g, "z1");
     assert!(after2["globalVersion"].as_u64() > after["globalVersion"].as_u64());
 }
@@ -114,9 +111,7 @@ fn a_zone_serves_registers_and_renews_while_the_global_is_down() {
     let net = Net(27);
     let s = Scratch::new("global-outage");
     let mut g = Global::start(&s.0, net);
-    let mesh = "apiVersion: tern.dev/v1alpha1\nkind: Mesh\nmetadata:\n  name: default\nspec:\n  mtls:\n    workloadCertTtl: 20s\n";
-    let o = g.ternctl_stdin(&["apply", "-f", "-"], Some(mesh));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    g.set_cert_ttl("20s");
     let z = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&g.zone_token("z1")));
     synced(&g, "z1");
     // Tokens come from the global: made before it goes down.

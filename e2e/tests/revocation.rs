@@ -76,8 +76,7 @@ impl Kept {
 }
 
 fn apply(g: &Global, doc: &str) {
-    let o = g.ternctl_stdin(&["apply", "-f", "-"], Some(doc));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    g.apply(doc);
 }
 
 fn online(g: &Global, zone: &str, want: bool) {

@@ -21,9 +21,7 @@ fn the_root_rotates_with_an_overlap_and_no_request_fails() {
     let s = Scratch::new("root-rotation");
     let net = Net(49);
     let g = Global::start(&s.0, net);
-    let mesh = "apiVersion: tern.dev/v1alpha1\nkind: Mesh\nmetadata:\n  name: default\nspec:\n  mtls:\n    workloadCertTtl: 20s\n";
-    let o = g.ternctl_stdin(&["apply", "-f", "-"], Some(mesh));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    g.set_cert_ttl("20s");
     let z1 = ZoneCp::start(&s.0, net, 2, "z1", "eu", Some(&g.zone_token("z1")));
     let z2 = ZoneCp::start(&s.0, net, 3, "z2", "us", Some(&g.zone_token("z2")));
     let unused_old = g.token_file("z3-old.token", &["generate", "zone-token", "--zone", "z3"]);

@@ -449,6 +449,18 @@ impl Global {
             get(admin, "x", "/ready").ok().filter(|r| r.status == 200)
         });
     }
+    /// `ternctl apply -f -` with these documents; panics with ternctl's
+    /// error if it is refused.
+    pub fn apply(&self, docs: &str) {
+        let o = self.ternctl_stdin(&["apply", "-f", "-"], Some(docs));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    /// Set the mesh's workload certificate lifetime (`workloadCertTtl`).
+    pub fn set_cert_ttl(&self, ttl: &str) {
+        self.apply(&format!(
+            "apiVersion: tern.dev/v1alpha1\nkind: Mesh\nmetadata:\n  name: default\nspec:\n  mtls:\n    workloadCertTtl: {ttl}\n"
+        ));
+    }
     pub fn ternctl(&self, args: &[&str]) -> Output {
         self.ternctl_stdin(args, None)
     }

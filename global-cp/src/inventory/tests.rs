@@ -50,15 +50,20 @@ fn refuse(v: Verdict, contains: &str) {
 
 const NO: &BTreeSet<String> = &BTreeSet::new();
 
-#[test]
-fn a_valid_report_is_accepted_and_deltas_apply_to_it() {
-    let held = accept(judge(
+/// z1's first report, full, of these services (other zones publish `taken`).
+fn first(services: Vec<pb::ServiceInventory>, taken: &BTreeSet<String>) -> Verdict {
+    judge(
         "tern",
         "z1",
         &Report::default(),
-        &inv(true, vec![svc("api", "z1"), svc("web", "z1")], &[]),
-        NO,
-    ));
+        &inv(true, services, &[]),
+        taken,
+    )
+}
+
+#[test]
+fn a_valid_report_is_accepted_and_deltas_apply_to_it() {
+    let held = accept(first(vec![svc("api", "z1"), svc("web", "z1")], NO));
     assert_eq!(held.services.len(), 2);
     let held = accept(judge(
         "tern",
@@ -82,16 +87,7 @@ fn oversized_reports_are_refused() {
     );
     let mut big = svc("api", "z1");
     big.endpoints = (0..MAX_ENDPOINTS + 1).map(|_| ep("z1", "api")).collect();
-    refuse(
-        judge(
-            "tern",
-            "z1",
-            &Report::default(),
-            &inv(true, vec![big], &[]),
-            NO,
-        ),
-        "endpoints",
-    );
+    refuse(first(vec![big], NO), "endpoints");
     let mut i = inv(true, vec![svc("api", "z1")], &[]);
     i.gateways = (0..=MAX_GATEWAYS)
         .map(|n| format!("10.0.{}.{}:15444", n / 200, n % 200))
@@ -102,44 +98,19 @@ fn oversized_reports_are_refused() {
 /// A zone may speak only for itself.
 #[test]
 fn a_zone_cannot_advertise_what_it_does_not_own() {
-    let r = Report::default();
-    refuse(
-        judge(
-            "tern",
-            "z1",
-            &r,
-            &inv(true, vec![svc("api", "z2")], &[]),
-            NO,
-        ),
-        "claims zone",
-    );
+    refuse(first(vec![svc("api", "z2")], NO), "claims zone");
     let mut s = svc("api", "z1");
     s.endpoints[0].identity = "spiffe://tern/zone/z2/svc/api".into();
-    refuse(
-        judge("tern", "z1", &r, &inv(true, vec![s], &[]), NO),
-        "not in zone z1",
-    );
+    refuse(first(vec![s], NO), "not in zone z1");
     let mut s = svc("api", "z1");
     s.endpoints[0].identity = "spiffe://tern/global".into();
-    refuse(
-        judge("tern", "z1", &r, &inv(true, vec![s], &[]), NO),
-        "not in zone z1",
-    );
+    refuse(first(vec![s], NO), "not in zone z1");
     let mut s = svc("api", "z1");
     s.endpoints[0].via_gateway = true;
-    refuse(
-        judge("tern", "z1", &r, &inv(true, vec![s], &[]), NO),
-        "through a gateway",
-    );
+    refuse(first(vec![s], NO), "through a gateway");
     let taken: BTreeSet<String> = ["127.0.1.5:15444".to_string()].into();
     refuse(
-        judge(
-            "tern",
-            "z1",
-            &r,
-            &inv(true, vec![svc("api", "z1")], &[]),
-            &taken,
-        ),
+        first(vec![svc("api", "z1")], &taken),
         "published by another zone",
     );
 }
@@ -147,28 +118,13 @@ fn a_zone_cannot_advertise_what_it_does_not_own() {
 #[test]
 fn malformed_reports_are_refused() {
     let r = Report::default();
-    refuse(
-        judge(
-            "tern",
-            "z1",
-            &r,
-            &inv(true, vec![svc("Bad_Name", "z1")], &[]),
-            NO,
-        ),
-        "Bad_Name",
-    );
+    refuse(first(vec![svc("Bad_Name", "z1")], NO), "Bad_Name");
     let mut s = svc("api", "z1");
     s.endpoints[0].protocol = "smtp".into();
-    refuse(
-        judge("tern", "z1", &r, &inv(true, vec![s], &[]), NO),
-        "protocol",
-    );
+    refuse(first(vec![s], NO), "protocol");
     let mut s = svc("api", "z1");
     s.endpoints[0].identity = "not a spiffe id".into();
-    refuse(
-        judge("tern", "z1", &r, &inv(true, vec![s], &[]), NO),
-        "identity",
-    );
+    refuse(first(vec![s], NO), "identity");
     for g in ["nohost", "h:0", ":15444", "a..b:1", "h:99999"] {
         let mut i = inv(true, vec![svc("api", "z1")], &[]);
         i.gateways = vec![g.into()];
@@ -186,13 +142,7 @@ fn malformed_reports_are_refused() {
 /// are ignored until a full report is accepted.
 #[test]
 fn after_a_refusal_only_a_full_report_is_taken() {
-    let held = accept(judge(
-        "tern",
-        "z1",
-        &Report::default(),
-        &inv(true, vec![svc("api", "z1")], &[]),
-        NO,
-    ));
+    let held = accept(first(vec![svc("api", "z1")], NO));
     let refused = Report {
         refused: Some("x".into()),
         ..held.clone()
