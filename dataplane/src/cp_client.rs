@@ -98,7 +98,9 @@ pub fn spawn(
     })
 }
 
-fn validate(_k: &str, c: &pb::Cluster) -> Result<(), String> {
+/// Check one service's cluster before a config is applied (a config with a
+/// bad one is NACKed whole).
+pub fn validate(_k: &str, c: &pb::Cluster) -> Result<(), String> {
     crate::protocol::Protocol::parse(&c.protocol)?;
     for e in &c.endpoints {
         e.address
@@ -108,6 +110,22 @@ fn validate(_k: &str, c: &pb::Cluster) -> Result<(), String> {
         SpiffeId::parse(&e.identity).map_err(|x| x.to_string())?;
     }
     Ok(())
+}
+
+/// A config message as one (last) chunk for the delta receiver.
+pub fn chunk_of(c: pb::ProxyConfig) -> Chunk<pb::Cluster> {
+    Chunk {
+        version: c.version,
+        full: c.full,
+        chunk: 0,
+        last: true,
+        upserts: c
+            .upserts
+            .into_iter()
+            .map(|c| (c.service.clone(), c))
+            .collect(),
+        removals: c.removed,
+    }
 }
 
 /// When to renew after the zone's CA changed: within a tenth of the life
@@ -234,14 +252,7 @@ async fn run_once(
                         }
                     }
                     Some(zone_to_proxy::Msg::Config(c)) => {
-                        let chunk = Chunk {
-                            version: c.version,
-                            full: c.full,
-                            chunk: 0,
-                            last: true,
-                            upserts: c.upserts.into_iter().map(|c| (c.service.clone(), c)).collect(),
-                            removals: c.removed,
-                        };
+                        let chunk = chunk_of(c);
                         let before = receiver.clone();
                         let reply = match receiver.on_chunk(chunk, validate)? {
                             Some(Outcome::Ack(v)) => {

@@ -47,26 +47,11 @@ impl LastKnown {
             return Ok(None);
         }
         let bytes = common::fsutil::read_secret_bytes(&self.path)?;
-        let st = pb::ProxyState::decode(bytes.as_slice())
-            .with_context(|| format!("{} is corrupt; delete it", self.path.display()))?;
-        let ident = Identity::from_pem(&st.chain_pem, &st.key_pem)
-            .with_context(|| format!("{}: the kept certificate", self.path.display()))?;
-        if ident.not_after <= SystemTime::now() {
-            tracing::info!(path = %self.path.display(), "the kept certificate has expired; waiting for the zone control plane");
-            return Ok(None);
-        }
-        let Some(trust) = &st.trust else {
+        let what = self.path.display().to_string();
+        let Some(st) = install(&bytes, &what, trust_domain, shared)? else {
             return Ok(None);
         };
-        let policy = crate::cp_client::trust_policy(trust_domain, trust)
-            .with_context(|| format!("{}: the kept trust", self.path.display()))?;
-        shared.set_trust(policy)?;
-        shared.set_identity(ident)?;
-        shared
-            .apply(&st.clusters, st.config_version)
-            .map_err(|e| anyhow::anyhow!("{}: the kept config: {e}", self.path.display()))?;
         let v = st.config_version;
-        tracing::info!(version = v, services = st.clusters.len(), "serving with the last certificate, trust and config kept on disk until the zone control plane answers");
         *self.lock() = st;
         Ok(Some(v))
     }
@@ -96,4 +81,39 @@ impl LastKnown {
             tracing::warn!(error = %e, "could not keep the proxy state on disk");
         }
     }
+}
+
+/// Decode a kept state (`what` names it in errors) and install it into
+/// `shared`. Returns the state when it was usable, `None` when its
+/// certificate has expired or it holds no trust.
+pub fn install(
+    bytes: &[u8],
+    what: &str,
+    trust_domain: &str,
+    shared: &Shared,
+) -> anyhow::Result<Option<pb::ProxyState>> {
+    let st =
+        pb::ProxyState::decode(bytes).with_context(|| format!("{what} is corrupt; delete it"))?;
+    let ident = Identity::from_pem(&st.chain_pem, &st.key_pem)
+        .with_context(|| format!("{what}: the kept certificate"))?;
+    if ident.not_after <= SystemTime::now() {
+        tracing::info!(path = %what, "the kept certificate has expired; waiting for the zone control plane");
+        return Ok(None);
+    }
+    let Some(trust) = &st.trust else {
+        return Ok(None);
+    };
+    let policy = crate::cp_client::trust_policy(trust_domain, trust)
+        .with_context(|| format!("{what}: the kept trust"))?;
+    for c in &st.clusters {
+        crate::cp_client::validate(&c.service, c)
+            .map_err(|e| anyhow::anyhow!("{what}: the kept config: {}: {e}", c.service))?;
+    }
+    shared.set_trust(policy)?;
+    shared.set_identity(ident)?;
+    shared
+        .apply(&st.clusters, st.config_version)
+        .map_err(|e| anyhow::anyhow!("{what}: the kept config: {e}"))?;
+    tracing::info!(version = st.config_version, services = st.clusters.len(), "serving with the last certificate, trust and config kept on disk until the zone control plane answers");
+    Ok(Some(st))
 }

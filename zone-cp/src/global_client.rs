@@ -155,7 +155,9 @@ impl GlobalState {
     }
 }
 
-fn validate(_key: &str, v: &Value) -> Result<(), String> {
+/// Check one resource of a delta from the global (a delta with a bad one is
+/// NACKed whole).
+pub fn validate(_key: &str, v: &Value) -> Result<(), String> {
     if v.is_null() {
         return Err("body is not valid JSON".into());
     }
@@ -167,6 +169,30 @@ fn validate(_key: &str, v: &Value) -> Result<(), String> {
     } else {
         // A kind from a newer global: kept, not enforced.
         Ok(())
+    }
+}
+
+/// A delta message as a chunk for the delta receiver; a body that is not
+/// JSON becomes `null`, which [`validate`] refuses.
+pub fn chunk_of(d: pb::Delta) -> Chunk<Value> {
+    Chunk {
+        version: d.version,
+        full: d.full,
+        chunk: d.chunk,
+        last: d.last_chunk,
+        upserts: d
+            .upserts
+            .into_iter()
+            .map(|r| {
+                let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+                (format!("{}/{}", r.kind, r.name), v)
+            })
+            .collect(),
+        removals: d
+            .removals
+            .into_iter()
+            .map(|k| format!("{}/{}", k.kind, k.name))
+            .collect(),
     }
 }
 
@@ -302,18 +328,7 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
                     }
                     None => continue,
                 };
-                let c = Chunk {
-                    version: d.version,
-                    full: d.full,
-                    chunk: d.chunk,
-                    last: d.last_chunk,
-                    upserts: d.upserts.into_iter().map(|r| {
-                        let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-                        (format!("{}/{}", r.kind, r.name), v)
-                    }).collect(),
-                    removals: d.removals.into_iter().map(|k| format!("{}/{}", k.kind, k.name)).collect(),
-                };
-                match receiver.on_chunk(c, validate)? {
+                match receiver.on_chunk(chunk_of(d), validate)? {
                     None => {}
                     Some(Outcome::Ack(v)) => {
                         z.global.replace(v, receiver.state().clone())?;
