@@ -1,2 +1,4 @@
-//! Tern end-to-end support: the WAN link emulator (also used by benchmarks).
+//! Tern end-to-end support: the WAN link emulators (a relay, and a
+//! packet-level one between network namespaces), also used by benchmarks.
 pub mod linkemu;
+pub mod netemu;
