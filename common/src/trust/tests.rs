@@ -98,6 +98,13 @@ fn verify(
         .map_err(|e| e.to_string())
 }
 
+fn refused_by<T>(r: Result<T, rustls::Error>, why: &str) {
+    match r {
+        Ok(_) => panic!("accepted but must refuse ({why})"),
+        Err(e) => assert!(e.to_string().contains(why), "refusal {e:?} lacks {why:?}"),
+    }
+}
+
 fn refused(r: Result<Verified, String>, why: &str) {
     match r {
         Ok(v) => panic!("accepted {} but must refuse ({why})", v.id),
@@ -224,7 +231,7 @@ fn the_issuer_is_the_certificate_whose_key_signed_the_leaf() {
     // CA: the presented zone-b CA does not verify it.
     let forger = Ca::from_pem(m.zb.cert_pem(), &m.za.key_pem()).unwrap();
     let forged = leaf(&forger, &["spiffe://tern/zone/b/svc/web"]);
-    assert!(verify(&p, &forged, &[&m.zb, &m.za]).is_err());
+    refused(verify(&p, &forged, &[&m.zb, &m.za]), "BadSignature");
     // An intermediate the root did not issue: another mesh's zone CA, with
     // the same names as ours (same trust domain and zone).
     let other_root = Ca::new_root(TD, HOUR).unwrap();
@@ -304,12 +311,14 @@ fn an_intermediate_must_be_a_zone_ca_and_cannot_delegate() {
     sub.not_after = now + time::Duration::hours(1);
     let k = KeyPair::generate().unwrap();
     let sub = Ca::from_pem(&m.za.sign_params(sub, &k).unwrap(), &k.serialize_pem()).unwrap();
-    assert!(verify(
-        &p,
-        &leaf(&sub, &["spiffe://tern/zone/a/svc/web"]),
-        &[&sub, &m.za]
-    )
-    .is_err());
+    refused(
+        verify(
+            &p,
+            &leaf(&sub, &["spiffe://tern/zone/a/svc/web"]),
+            &[&sub, &m.za],
+        ),
+        "PathLenConstraintViolated",
+    );
 }
 
 #[test]
@@ -409,12 +418,14 @@ fn during_a_root_rotation_both_roots_are_trusted() {
     assert!(verify(&both, &leaf(&z2, &["spiffe://tern/zone/a/svc/x"]), &[&z2]).is_ok());
     assert!(verify(&both, &leaf(&r2, &["spiffe://tern/global"]), &[]).is_ok());
     let old_only = policy(&m, ZoneCas::Any);
-    assert!(verify(
-        &old_only,
-        &leaf(&z2, &["spiffe://tern/zone/a/svc/x"]),
-        &[&z2]
-    )
-    .is_err());
+    refused(
+        verify(
+            &old_only,
+            &leaf(&z2, &["spiffe://tern/zone/a/svc/x"]),
+            &[&z2],
+        ),
+        "BadSignature",
+    );
 }
 
 #[test]
@@ -429,25 +440,28 @@ fn verifiers_apply_the_rules() {
 
     // A client that expects the global refuses a zone-minted global.
     let server_v = SpiffeServerVerifier::new(p.clone(), Expect::Exact(SpiffeId::global(TD)));
-    assert!(server_v
-        .verify_server_cert(&forged_global, &za, &sni, &[], now)
-        .is_err());
+    refused_by(
+        server_v.verify_server_cert(&forged_global, &za, &sni, &[], now),
+        "spiffe://tern/global was issued by the CA of zone a",
+    );
     let real_global = leaf(&m.root, &["spiffe://tern/global"]);
     assert!(server_v
         .verify_server_cert(&real_global, &[], &sni, &[], now)
         .is_ok());
     // ... and the expected identity is enforced.
     let web = leaf(&m.za, &["spiffe://tern/zone/a/svc/web"]);
-    assert!(server_v
-        .verify_server_cert(&web, &za, &sni, &[], now)
-        .is_err());
+    refused_by(
+        server_v.verify_server_cert(&web, &za, &sni, &[], now),
+        "is not the expected spiffe://tern/global",
+    );
 
     // First contact with only the root's fingerprint from a token.
     let pin = m.root.fingerprint().unwrap();
     let pinned = PinnedCaVerifier::new(&pin, Expect::Exact(SpiffeId::global(TD)));
-    assert!(pinned
-        .verify_server_cert(&forged_global, &za_and_root, &sni, &[], now)
-        .is_err());
+    refused_by(
+        pinned.verify_server_cert(&forged_global, &za_and_root, &sni, &[], now),
+        "spiffe://tern/global was issued by the CA of zone a",
+    );
     assert!(pinned
         .verify_server_cert(&real_global, &[m.root.cert_der().unwrap()], &sni, &[], now)
         .is_ok());
@@ -462,21 +476,29 @@ fn verifiers_apply_the_rules() {
         .is_ok());
     let cp_b = leaf(&m.za, &["spiffe://tern/zone/b/cp"]);
     let pinned_cp_b = PinnedCaVerifier::new(&pin, Expect::Exact(SpiffeId::zone_cp(TD, "b")));
-    assert!(pinned_cp_b
-        .verify_server_cert(&cp_b, &za_and_root, &sni, &[], now)
-        .is_err());
+    refused_by(
+        pinned_cp_b.verify_server_cert(&cp_b, &za_and_root, &sni, &[], now),
+        "spiffe://tern/zone/b/cp was issued by the CA of zone a",
+    );
 
     // A server (sidecar inbound, gateway) refuses a zone-minted caller
     // outside the zone, and honours the zone list.
     let client_v = SpiffeClientVerifier::new(p.clone());
     assert!(client_v.verify_client_cert(&web, &za, now).is_ok());
-    assert!(client_v
-        .verify_client_cert(&forged_global, &za, now)
-        .is_err());
+    refused_by(
+        client_v.verify_client_cert(&forged_global, &za, now),
+        "spiffe://tern/global was issued by the CA of zone a",
+    );
     let b_by_a = leaf(&m.za, &["spiffe://tern/zone/b/svc/web"]);
-    assert!(client_v.verify_client_cert(&b_by_a, &za, now).is_err());
+    refused_by(
+        client_v.verify_client_cert(&b_by_a, &za, now),
+        "spiffe://tern/zone/b/svc/web was issued by the CA of zone a",
+    );
     let listed = SpiffeClientVerifier::new(Arc::new(policy(&m, only(&[("b", &m.zb)]))));
-    assert!(listed.verify_client_cert(&web, &za, now).is_err());
+    refused_by(
+        listed.verify_client_cert(&web, &za, now),
+        "that this mesh no longer trusts",
+    );
 }
 
 #[test]
