@@ -102,8 +102,9 @@ fn an_idle_tcp_flow_is_closed_after_the_idle_timeout() {
 }
 
 /// An admin port closes a connection that sent only part of a request head
-/// (after its 10 s header timeout), and closes new connections at once
-/// while 256 are open; once they are gone it serves again.
+/// (after its 10 s header timeout); serves a 256th connection, closes new
+/// connections at once while 256 are open, and once they are gone serves
+/// again.
 #[test]
 fn admin_ports_bound_partial_requests_and_connections() {
     let net = Net(57);
@@ -122,10 +123,20 @@ fn admin_ports_bound_partial_requests_and_connections() {
         read_until_closed(p, T).expect("a partial request head is closed");
     }
     let admin = w.admin();
-    let held: Vec<TcpStream> = (0..256)
+    let mut held: Vec<TcpStream> = (0..255)
         .map(|_| TcpStream::connect(admin).unwrap())
         .collect();
-    // Each of those holds a slot once accepted; then a new one is closed.
+    // The 256th connection is still served (the limit is not lower) ...
+    let last = wait_for("the 256th connection is served", T, || {
+        let mut c = TcpStream::connect(admin).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        c.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head).ok()?;
+        (&head == b"HTTP/1.1 200").then_some(c)
+    });
+    held.push(last);
+    // ... and with all 256 held, a new one is closed.
     wait_for("a connection past the limit is closed at once", T, || {
         let mut extra = TcpStream::connect(admin).ok()?;
         extra
