@@ -55,11 +55,29 @@ fn killed_global_loses_nothing_and_zones_resume() {
         "the zone resumed from its applied version:\n{glog}"
     );
 
-    // A change after the restart reaches the zone as a delta, not a resync.
+    // A change after the restart reaches the zone as a delta, not a resync:
+    // the restarted global has sent incremental deltas only.
     let upd = docs.replace("description: first", "description: second");
     g.apply(&upd);
     let after2 = synced(&g, "z1");
     assert!(after2["globalVersion"].as_u64() > after["globalVersion"].as_u64());
+    let admin = net.addr(1, 5681);
+    let sent = |kind: &str| {
+        metric_sum(
+            admin,
+            "tern_global_sync_deltas_total",
+            &format!("kind=\"{kind}\""),
+        )
+    };
+    assert!(
+        sent("incremental") >= 1.0,
+        "no incremental delta sent after the restart"
+    );
+    assert_eq!(
+        sent("full"),
+        0.0,
+        "the restarted global resent the zone's whole state"
+    );
 }
 
 #[test]

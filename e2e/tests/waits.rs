@@ -130,7 +130,8 @@ fn admin_ports_bound_partial_requests_and_connections() {
     let last = wait_for("the 256th connection is served", T, || {
         let mut c = TcpStream::connect(admin).ok()?;
         c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        c.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+        c.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            .ok()?;
         let mut head = [0u8; 12];
         c.read_exact(&mut head).ok()?;
         (&head == b"HTTP/1.1 200").then_some(c)

@@ -35,7 +35,8 @@ const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 #[derive(Clone)]
 pub struct Metrics {
     pub zones_online: Gauge,
-    pub deltas_sent: Counter,
+    /// By `kind`: `full` (the zone's state replaced) or `incremental`.
+    pub deltas_sent: Family<Vec<(String, String)>, Counter>,
     pub nacks: Counter,
     pub inventories_refused: Counter,
     pub joins: Family<Vec<(String, String)>, Counter>,
@@ -47,7 +48,7 @@ impl Metrics {
     pub fn new(reg: &mut Registry) -> Self {
         let m = Self {
             zones_online: Gauge::default(),
-            deltas_sent: Counter::default(),
+            deltas_sent: Family::default(),
             nacks: Counter::default(),
             inventories_refused: Counter::default(),
             joins: Family::default(),
@@ -69,7 +70,11 @@ impl Metrics {
             "Zones with a live sync stream",
             m.zones_online.clone(),
         );
-        reg.register("sync_deltas", "Deltas sent to zones", m.deltas_sent.clone());
+        reg.register(
+            "sync_deltas",
+            "Deltas sent to zones, by kind: full (replaces the zone's state: first contact, or a zone too far behind) or incremental",
+            m.deltas_sent.clone(),
+        );
         reg.register("sync_nacks", "Deltas zones refused", m.nacks.clone());
         reg.register(
             "inventories_refused",
@@ -517,7 +522,11 @@ async fn session(
                     }
                 }
                 sender.sent(version, Instant::now());
-                st.metrics.deltas_sent.inc();
+                let kind = if full { "full" } else { "incremental" };
+                st.metrics
+                    .deltas_sent
+                    .get_or_create(&vec![("kind".into(), kind.into())])
+                    .inc();
                 st.zones
                     .update(&zone, session, |z| z.in_flight = Some(version));
                 tracing::debug!(zone, version, full, items = n, "delta sent");
