@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -26,10 +27,13 @@ fn now_ms() -> u64 {
     base().elapsed().as_millis() as u64
 }
 
-/// A stream that records when bytes last moved through it.
+/// A stream that records when bytes last moved through it, and counts the
+/// bytes read from it as they move (not when the flow ends, so a
+/// long-lived flow shows in the metrics while it lives).
 struct Tracked<'a, T> {
     inner: &'a mut T,
     last: &'a AtomicU64,
+    read: Option<&'a Counter>,
 }
 
 impl<T> Tracked<'_, T> {
@@ -46,8 +50,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<'_, T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        let n = buf.filled().len() - before;
+        if matches!(r, Poll::Ready(Ok(()))) && n > 0 {
             self.touch();
+            if let Some(c) = self.read {
+                c.inc_by(n as u64);
+            }
         }
         r
     }
@@ -85,14 +93,32 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    copy_bidirectional_metered(a, b, idle, None, None).await
+}
+
+/// [`copy_bidirectional_idle`], adding the bytes read from `a` to
+/// `a_to_b` and those read from `b` to `b_to_a` as they move.
+pub async fn copy_bidirectional_metered<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    a_to_b: Option<&Counter>,
+    b_to_a: Option<&Counter>,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let last = AtomicU64::new(now_ms());
     let mut ta = Tracked {
         inner: a,
         last: &last,
+        read: a_to_b,
     };
     let mut tb = Tracked {
         inner: b,
         last: &last,
+        read: b_to_a,
     };
     let copy = tokio::io::copy_bidirectional(&mut ta, &mut tb);
     tokio::pin!(copy);
@@ -160,5 +186,28 @@ mod tests {
         drop(a_peer);
         drop(b_peer);
         assert_eq!(splice.await.unwrap().unwrap(), (5, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_metered_flow_counts_bytes_while_it_lives() {
+        let (mut a, mut a_peer) = tokio::io::duplex(64);
+        let (mut b, mut b_peer) = tokio::io::duplex(64);
+        let (up, down) = (Counter::default(), Counter::default());
+        let (u2, d2) = (up.clone(), down.clone());
+        let splice = tokio::spawn(async move {
+            copy_bidirectional_metered(&mut a, &mut b, DEFAULT_IDLE, Some(&u2), Some(&d2)).await
+        });
+        a_peer.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        b_peer.read_exact(&mut buf).await.unwrap();
+        b_peer.write_all(b"hi").await.unwrap();
+        let mut buf = [0u8; 2];
+        a_peer.read_exact(&mut buf).await.unwrap();
+        // Counted before the flow ends.
+        assert!(!splice.is_finished());
+        assert_eq!((up.get(), down.get()), (5, 2));
+        drop((a_peer, b_peer));
+        assert_eq!(splice.await.unwrap().unwrap(), (5, 2));
+        assert_eq!((up.get(), down.get()), (5, 2));
     }
 }

@@ -602,15 +602,40 @@ fn control_plane_restarts_and_a_lost_gateway_fail_no_cross_zone_request() {
         "z3's gateways were withdrawn in {empty} of {polls} polls"
     );
 
-    // One of z1's two gateways dies: flows move to the other.
-    let gw21 = w
-        .gateways
+    // A z1 gateway carrying flows to z3 dies: the other carries the
+    // traffic from then on (through a flow it already had, or a new one).
+    let streams = |w: &World, h: u8| {
+        w.gateway(h).metric(
+            "tern_gateway_streams_total",
+            "zone=\"z3\",direction=\"outbound\"",
+        )
+    };
+    let (dead, survivor) = if streams(&w, 21) >= streams(&w, 22) {
+        (21, 22)
+    } else {
+        (22, 21)
+    };
+    assert!(
+        streams(&w, dead) >= 1.0,
+        "no flow to z3 through z1's gateways"
+    );
+    let bytes = |w: &World, h: u8| {
+        w.gateway(h)
+            .metric("tern_gateway_bytes_sent_total", "zone=\"z3\"")
+    };
+    let before = bytes(&w, survivor);
+    w.gateways
         .iter_mut()
-        .find(|(_, g)| g.host == 21)
+        .find(|(_, g)| g.host == dead)
         .map(|(_, g)| g)
-        .unwrap();
-    gw21.proc.kill();
+        .unwrap()
+        .proc
+        .kill();
     load.wait_more(50);
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
+    assert!(
+        bytes(&w, survivor) > before,
+        "the surviving gateway {survivor} sent nothing more to z3 after gateway {dead} died"
+    );
 }

@@ -368,10 +368,16 @@ impl Gateway {
         send.write_all(&header.encode()?).await?;
         self.metrics.stream_opened(&zone, "outbound");
         let mut quic = tokio::io::join(recv, send);
-        let splice = common::splice::copy_bidirectional_idle(&mut tls, &mut quic, FLOW_IDLE);
+        let (sent, received) = self.metrics.byte_counters(&zone);
+        let splice = common::splice::copy_bidirectional_metered(
+            &mut tls,
+            &mut quic,
+            FLOW_IDLE,
+            Some(&sent),
+            Some(&received),
+        );
         match self.shared.live.while_trusted(chain, splice).await {
-            Ok(Ok((up, down))) => self.metrics.bytes(&zone, up, down),
-            Ok(Err(_)) => {}
+            Ok(_) => {}
             Err(why) => {
                 self.metrics.distrusted.inc();
                 anyhow::bail!("closed a flow from {peer}: no longer trusted ({why})");
@@ -457,15 +463,24 @@ impl Gateway {
             }
         };
         let quic = tokio::io::join(recv, send);
-        let res = match &self.cfg.debug_capture {
-            Some(dir) => capture::splice(quic, upstream, dir).await,
+        match &self.cfg.debug_capture {
+            Some(dir) => {
+                if let Ok((down, up)) = capture::splice(quic, upstream, dir).await {
+                    self.metrics.bytes(from_zone, up, down);
+                }
+            }
             None => {
                 let (mut q, mut u) = (quic, upstream);
-                common::splice::copy_bidirectional_idle(&mut q, &mut u, FLOW_IDLE).await
+                let (sent, received) = self.metrics.byte_counters(from_zone);
+                let _ = common::splice::copy_bidirectional_metered(
+                    &mut q,
+                    &mut u,
+                    FLOW_IDLE,
+                    Some(&received),
+                    Some(&sent),
+                )
+                .await;
             }
-        };
-        if let Ok((down, up)) = res {
-            self.metrics.bytes(from_zone, up, down);
         }
     }
 

@@ -133,11 +133,18 @@ impl Metrics {
             })
             .inc();
     }
+    /// The counters of bytes sent toward and received from `zone`, for a
+    /// splice to add to as bytes move.
+    pub fn byte_counters(&self, zone: &str) -> (Counter, Counter) {
+        (
+            self.bytes_sent.get_or_create(&Self::z(zone)).clone(),
+            self.bytes_received.get_or_create(&Self::z(zone)).clone(),
+        )
+    }
     pub fn bytes(&self, zone: &str, sent: u64, received: u64) {
-        self.bytes_sent.get_or_create(&Self::z(zone)).inc_by(sent);
-        self.bytes_received
-            .get_or_create(&Self::z(zone))
-            .inc_by(received);
+        let (s, r) = self.byte_counters(zone);
+        s.inc_by(sent);
+        r.inc_by(received);
     }
     pub fn handshake_failure(&self, zone: &str) {
         self.handshake_failures.get_or_create(&Self::z(zone)).inc();
