@@ -259,14 +259,14 @@ pub fn from_value(v: Value) -> Result<Resource, FieldError> {
 }
 
 /// Deepest `[`/`{` nesting a document may have (serde_yaml's own limit).
-const MAX_NESTING: usize = 128;
+pub const MAX_NESTING: usize = 128;
 
 /// The line (0-based) where a document's flow collections nest deeper than
 /// [`MAX_NESTING`], by counting brackets (quotes are not parsed, so a string
 /// holding over a hundred unmatched brackets would be refused too). The YAML
 /// parser reads a whole document before applying its own limit, at about
 /// 10 µs per level: this refuses such input at once.
-fn too_deep(text: &str) -> Option<usize> {
+pub fn too_deep(text: &str) -> Option<usize> {
     let (mut depth, mut line) = (0usize, 0usize);
     for b in text.bytes() {
         match b {

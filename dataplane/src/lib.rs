@@ -254,6 +254,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let (shared, listeners, admin_addr, cp, standalone) = if let Some(path) = &cfg.bootstrap {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        if let Some(line) = common::resource::too_deep(&text) {
+            bail!(
+                "{}:{}: nested deeper than {} levels",
+                path.display(),
+                line + 1,
+                common::resource::MAX_NESTING
+            );
+        }
         let b: Bootstrap =
             serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let read = |p: &PathBuf| {

@@ -78,11 +78,15 @@ fn round_trips(r: &resource::Resource) {
     assert_eq!(resource::from_value(v).as_ref(), Ok(r));
 }
 
-/// A sidecar's standalone bootstrap file (`--bootstrap`).
+/// A sidecar's standalone bootstrap file (`--bootstrap`), checked for
+/// nesting as the sidecar does before parsing.
 pub fn bootstrap(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    if resource::too_deep(text).is_some() {
+        return;
+    }
     if let Ok(b) = serde_yaml::from_str::<dataplane::Bootstrap>(text) {
         if let Some(i) = &b.inbound {
             let _ = dataplane::protocol::Protocol::parse(&i.protocol);
