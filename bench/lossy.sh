@@ -13,11 +13,13 @@
 #   Tern: mTLS to gateway A, QUIC on the WAN. Envoy: TLS+SNI, TCP on the WAN.
 #   The global control plane runs in zone A; zone B's sync crosses the WAN too.
 #
-# Conditions: 20 ms each way (40 ms RTT); 1% and 3% loss, each independent and
-# bursty (Gilbert-Elliott, bursts of 3 packets on average, so two copies of a
-# datagram sent back to back are usually lost together); Tern with its
-# gateways' datagram duplication on (the default, above 0.5% measured loss)
-# and off. Load: 100 req/s over 16 keep-alive connections, 1 KiB responses.
+# Conditions: 20 ms each way (40 ms RTT); no loss, then 1% and 3% loss, each
+# independent and bursty (Gilbert-Elliott, bursts of 3 packets on average, so
+# two copies of a datagram sent back to back are usually lost together).
+# Tern runs in four variants, its gateways restarted for each: the default
+# (BBR congestion control; datagram duplication above 0.5% measured loss),
+# BBR without duplication, and CUBIC with and without duplication.
+# Load: 100 req/s over 16 keep-alive connections, 1 KiB responses.
 # Prints JSON lines (p50/p90/p99 per chain and condition), then Tern/Envoy
 # ratios.
 # Usage (root; needs ip netns and /dev/net/tun): bench/lossy.sh
@@ -101,31 +103,37 @@ run() { # file, url
   $ina oha --no-tui -q 100 -c 16 -z "${DUR}s" --latency-correction --output-format json "$2" > "$out/$1.json" 2>/dev/null
 }
 warm() { $ina oha --no-tui -q 100 -c 16 -z "$2" "$1" >/dev/null 2>&1; }
-conds=("1pct.independent:loss=0.01" "1pct.bursty:loss=0.01 burst=3" "3pct.independent:loss=0.03" "3pct.bursty:loss=0.03 burst=3")
-
-# Clean baseline at the same delay.
-link "delay=20ms loss=0"
-warm http://127.0.0.1:16001/ 5s; warm http://127.0.5.10:16001/ 5s
-for r in $(seq 1 "$ROUNDS"); do run "clean.envoy.$r" http://127.0.0.1:16001/; run "clean.tern-dup.$r" http://127.0.5.10:16001/; done
-# Duplication on (the default): both chains, alternating.
-for c in "${conds[@]}"; do
-  name=${c%%:*}; link "delay=20ms ${c#*:}"
-  # Warm-up: Tern's gateways measure the path's loss (5 s windows) and
-  # switch duplication on; Envoy's connections and TCP windows settle.
-  warm http://127.0.0.1:16001/ 5s; warm http://127.0.5.10:16001/ 8s
-  for r in $(seq 1 "$ROUNDS"); do run "$name.envoy.$r" http://127.0.0.1:16001/; run "$name.tern-dup.$r" http://127.0.5.10:16001/; done
+conds=("clean:loss=0" "1pct.independent:loss=0.01" "1pct.bursty:loss=0.01 burst=3" "3pct.independent:loss=0.03" "3pct.bursty:loss=0.03 burst=3")
+path_figures() { # label: the gateways' view of the WAN path
+  { $ina curl -s http://127.0.5.5:15090/metrics; $inb curl -s http://127.0.6.5:15090/metrics; } \
+    | grep -E '^tern_gateway_(lost_packets|sent_packets|congestion_window_bytes|duplication_active|streams_total)' \
+    | sed "s/^/$1 /" >> "$out/gateway-path.txt"
+}
+# Tern variants, each with both gateways restarted: the default (BBR, and
+# duplication above 0.5% measured loss), BBR without duplication, and the
+# loss-based controller (CUBIC) with and without duplication.
+variants=("tern:" "tern-nodup:--duplicate-above-loss 1" "tern-cubic:--congestion cubic" "tern-cubic-nodup:--congestion cubic --duplicate-above-loss 1")
+first=1
+for v in "${variants[@]}"; do
+  chain=${v%%:*}; flags=${v#*:}
+  link "delay=20ms loss=0"
+  # shellcheck disable=SC2086
+  start_gateways $flags
+  wait_ok $A http://127.0.5.10:16001/ api
+  for c in "${conds[@]}"; do
+    name=${c%%:*}; link "delay=20ms ${c#*:}"
+    # Warm-up: Tern's gateways measure the path's loss (5 s windows) and
+    # switch duplication on; connections and windows settle.
+    [ $first = 1 ] && warm http://127.0.0.1:16001/ 5s
+    warm http://127.0.5.10:16001/ 8s
+    for r in $(seq 1 "$ROUNDS"); do
+      [ $first = 1 ] && run "$name.envoy.$r" http://127.0.0.1:16001/
+      run "$name.$chain.$r" http://127.0.5.10:16001/
+    done
+    path_figures "$chain.$name"
+  done
+  first=0
 done
-$ina curl -s http://127.0.5.5:15090/metrics | grep -E '^tern_gateway_(lost_packets|sent_packets|duplicat)' > "$out/gw-a-dup.txt"
-# Duplication off: the gateways restarted with a threshold no path reaches.
-link "delay=20ms loss=0"
-start_gateways --duplicate-above-loss 1
-wait_ok $A http://127.0.5.10:16001/ api
-for c in "${conds[@]}"; do
-  name=${c%%:*}; link "delay=20ms ${c#*:}"
-  warm http://127.0.5.10:16001/ 8s
-  for r in $(seq 1 "$ROUNDS"); do run "$name.tern-nodup.$r" http://127.0.5.10:16001/; done
-done
-$ina curl -s http://127.0.5.5:15090/metrics | grep -E '^tern_gateway_(lost_packets|sent_packets|duplicat)' > "$out/gw-a-nodup.txt"
 
 python3 - "$out" <<'PY'
 import json, sys, glob, statistics as st
@@ -138,20 +146,32 @@ def figures(prefix):
     return {"p50_ms": med("p50"), "p90_ms": med("p90"), "p99_ms": med("p99"),
             "success": min(j["summary"]["successRate"] for j in runs)}
 conds = ["clean", "1pct.independent", "1pct.bursty", "3pct.independent", "3pct.bursty"]
+chains = ["envoy", "tern", "tern-nodup", "tern-cubic", "tern-cubic-nodup"]
 rows = {}
 for c in conds:
-    for chain in ["envoy", "tern-dup", "tern-nodup"]:
+    for chain in chains:
         f = figures(f"{c}.{chain}")
         if f:
             rows[(c, chain)] = f
             print(json.dumps({"condition": c, "chain": chain, **f}))
-print("| condition | Envoy p50/p90/p99 | Tern dup p50/p90/p99 | Tern no-dup p50/p90/p99 | p99 ratio dup / no-dup | p90 ratio dup / no-dup |")
-print("|---|---|---|---|---|---|")
+print()
+print("p50 / p90 / p99 in ms (median of rounds); ratios are Tern / Envoy")
+print("| condition | " + " | ".join(chains) + " |")
+print("|---|" + "---|" * len(chains))
+for c in conds:
+    cell = lambda f: f"{f['p50_ms']} / {f['p90_ms']} / {f['p99_ms']}" if f else "–"
+    print(f"| {c} | " + " | ".join(cell(rows.get((c, ch))) for ch in chains) + " |")
+print()
+print("| condition | " + " | ".join(f"{ch} p90 / p99 ratio" for ch in chains[1:]) + " |")
+print("|---|" + "---|" * (len(chains) - 1))
 for c in conds:
     e = rows.get((c, "envoy"))
-    cell = lambda f: f"{f['p50_ms']} / {f['p90_ms']} / {f['p99_ms']}" if f else "–"
-    ratio = lambda f, k: f"{f[k] / e[k]:.2f}" if f and e else "–"
-    d, n = rows.get((c, "tern-dup")), rows.get((c, "tern-nodup"))
-    print(f"| {c} | {cell(e)} | {cell(d)} | {cell(n)} | {ratio(d, 'p99_ms')} / {ratio(n, 'p99_ms')} | {ratio(d, 'p90_ms')} / {ratio(n, 'p90_ms')} |")
+    def ratio(ch):
+        f = rows.get((c, ch))
+        if not (f and e):
+            return "–"
+        return f"{f['p90_ms'] / e['p90_ms']:.2f} / {f['p99_ms'] / e['p99_ms']:.2f}"
+    print(f"| {c} | " + " | ".join(ratio(ch) for ch in chains[1:]) + " |")
 PY
 grep -h "passed" "$out/logs/netemu.log" | tail -1
+echo "gateway path figures per variant and condition: $out/gateway-path.txt"

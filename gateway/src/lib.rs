@@ -87,6 +87,12 @@ pub struct Config {
     /// docs/architecture.md). 1 disables.
     #[arg(long, default_value_t = 0.005, value_parser = loss_fraction)]
     pub duplicate_above_loss: f64,
+    /// Congestion control on the QUIC paths to other zones: `bbr` paces
+    /// by the path's measured rate and RTT, so random WAN loss does not
+    /// shrink the window that every flow to that zone shares; `cubic`
+    /// halves it on each loss. See docs/performance.md.
+    #[arg(long, default_value = "bbr", value_parser = ["bbr", "cubic"])]
+    pub congestion: String,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,

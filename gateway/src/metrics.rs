@@ -30,6 +30,7 @@ pub struct Metrics {
     pub bytes_sent: Family<ZoneLabel, Counter>,
     pub bytes_received: Family<ZoneLabel, Counter>,
     pub rtt_seconds: Family<ZoneLabel, Gauge<f64, AtomicU64>>,
+    pub cwnd_bytes: Family<ZoneLabel, Gauge>,
     pub lost_packets: Family<ZoneLabel, Gauge>,
     pub sent_packets: Family<ZoneLabel, Gauge>,
     pub handshake_failures: Family<ZoneLabel, Counter>,
@@ -47,6 +48,7 @@ impl Metrics {
             bytes_sent: Family::default(),
             bytes_received: Family::default(),
             rtt_seconds: Family::default(),
+            cwnd_bytes: Family::default(),
             lost_packets: Family::default(),
             sent_packets: Family::default(),
             handshake_failures: Family::default(),
@@ -90,6 +92,11 @@ impl Metrics {
             "rtt_seconds",
             "Smoothed QUIC path RTT to a remote zone",
             m.rtt_seconds.clone(),
+        );
+        reg.register(
+            "congestion_window_bytes",
+            "Congestion window of the current QUIC connection to a remote zone (shared by every flow to it)",
+            m.cwnd_bytes.clone(),
         );
         reg.register(
             "lost_packets",
@@ -152,16 +159,16 @@ impl Metrics {
     pub fn reset(&self, code: u32) {
         self.stream_resets.get_or_create(&CodeLabel { code }).inc();
     }
-    pub fn path(&self, zone: &str, rtt: std::time::Duration, lost: u64, sent: u64) {
-        self.rtt_seconds
-            .get_or_create(&Self::z(zone))
-            .set(rtt.as_secs_f64());
+    pub fn path(&self, zone: &str, p: &quinn::PathStats) {
+        let z = Self::z(zone);
+        self.rtt_seconds.get_or_create(&z).set(p.rtt.as_secs_f64());
         self.lost_packets
-            .get_or_create(&Self::z(zone))
-            .set(lost as i64);
+            .get_or_create(&z)
+            .set(p.lost_packets as i64);
         self.sent_packets
-            .get_or_create(&Self::z(zone))
-            .set(sent as i64);
+            .get_or_create(&z)
+            .set(p.sent_packets as i64);
+        self.cwnd_bytes.get_or_create(&z).set(p.cwnd as i64);
     }
     pub fn set_duplication(&self, zone: &str, active: bool, total: u64) {
         self.duplication_active

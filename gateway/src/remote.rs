@@ -81,6 +81,9 @@ impl Remotes {
         ));
         t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(16_384));
         t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+        if cfg.congestion == "bbr" {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+        }
         Self {
             inner: Arc::new(Inner {
                 endpoint,
@@ -306,13 +309,7 @@ impl Remotes {
                     let s = slot.lock().await;
                     match &s.conn {
                         Some(c) if c.close_reason().is_none() => {
-                            let st = c.stats();
-                            self.inner.metrics.path(
-                                &zone,
-                                c.rtt(),
-                                st.path.lost_packets,
-                                st.path.sent_packets,
-                            );
+                            self.inner.metrics.path(&zone, &c.stats().path);
                             true
                         }
                         _ => false,
