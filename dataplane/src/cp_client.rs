@@ -101,8 +101,16 @@ pub fn spawn(
 /// Check one service's cluster before a config is applied (a config with a
 /// bad one is NACKed whole).
 pub fn validate(_k: &str, c: &pb::Cluster) -> Result<(), String> {
+    // Names travel in flow headers and HTTP authorities: the zone-cp sends
+    // only valid ones, and a config holding others is refused whole.
+    // Gateways get one `@gateways/ZONE` cluster per remote zone.
+    let name = c.service.strip_prefix("@gateways/").unwrap_or(&c.service);
+    common::resource::check_name("cluster.service", name).map_err(|e| e.to_string())?;
     crate::protocol::Protocol::parse(&c.protocol)?;
     for e in &c.endpoints {
+        if e.via_gateway {
+            common::resource::check_name("endpoint.zone", &e.zone).map_err(|x| x.to_string())?;
+        }
         e.address
             .parse::<std::net::IpAddr>()
             .map_err(|_| format!("bad endpoint address {:?}", e.address))?;
@@ -310,5 +318,40 @@ async fn run_once(
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(service: &str, zone: &str, via_gateway: bool) -> pb::Cluster {
+        pb::Cluster {
+            service: service.into(),
+            protocol: "http".into(),
+            endpoints: vec![pb::Endpoint {
+                address: "127.0.0.1".into(),
+                port: 15006,
+                identity: "spiffe://tern/zone/z1/svc/api".into(),
+                zone: zone.into(),
+                via_gateway,
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn configs_with_names_a_flow_header_cannot_carry_are_refused() {
+        assert!(validate("api", &cluster("api", "z1", false)).is_ok());
+        // A gateway's per-zone cluster.
+        assert!(validate("", &cluster("@gateways/z2", "z2", true)).is_ok());
+        let e = validate("", &cluster("A/B", "z1", false)).unwrap_err();
+        assert!(e.contains("cluster.service"), "{e}");
+        let e = validate("", &cluster("@gateways/Z_2", "z2", true)).unwrap_err();
+        assert!(e.contains("cluster.service"), "{e}");
+        let e = validate("", &cluster("api", "bad zone", true)).unwrap_err();
+        assert!(e.contains("endpoint.zone"), "{e}");
+        // A zone name on a local endpoint is not routed on.
+        assert!(validate("", &cluster("api", "", false)).is_ok());
     }
 }
