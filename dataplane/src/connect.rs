@@ -15,11 +15,11 @@ use common::ident::SpiffeId;
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
 
 use crate::balance::Target;
+use crate::header_first::HeaderFirst;
 use crate::metrics::Metrics;
 use crate::protocol::Alpn;
 use crate::state::Shared;
@@ -31,7 +31,7 @@ use crate::state::Shared;
 #[allow(clippy::large_enum_variant)]
 pub enum MeshStream {
     Direct(TlsStream<TcpStream>),
-    Gateway(Box<TlsStream<TlsStream<TcpStream>>>),
+    Gateway(Box<TlsStream<HeaderFirst<TlsStream<TcpStream>>>>),
 }
 
 macro_rules! delegate {
@@ -225,7 +225,7 @@ pub async fn connect_mesh(
             let own_zone = tls.ident.id.zone_name().unwrap_or_default().to_string();
             // A pre-handshaked connection to the gateway when there is one,
             // so a new flow pays only for its end-to-end handshake.
-            let mut outer = match shared.spares.take(addr) {
+            let outer = match shared.spares.take(addr) {
                 Some(s) => s,
                 None => dial_gateway(shared, addr).await?,
             };
@@ -242,10 +242,10 @@ pub async fn connect_mesh(
                 traceparent: None,
             }
             .encode()?;
-            timed(addr, outer.write_all(&header)).await?;
             let inner = timed(
                 addr,
-                TlsConnector::from(cfg).connect(common::tls::sni(), outer),
+                TlsConnector::from(cfg)
+                    .connect(common::tls::sni(), HeaderFirst::new(header, outer)),
             )
             .await?;
             MeshStream::Gateway(Box::new(inner))

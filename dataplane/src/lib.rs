@@ -8,6 +8,7 @@
 pub mod balance;
 pub mod connect;
 pub mod cp_client;
+pub mod header_first;
 pub mod health;
 pub mod inbound;
 pub mod last_known;
