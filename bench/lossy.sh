@@ -23,12 +23,12 @@
 # Prints JSON lines (p50/p90/p99 per chain and condition), then Tern/Envoy
 # ratios.
 # Usage (root; needs ip netns and /dev/net/tun): bench/lossy.sh
-#   env: ROUNDS (3), DUR seconds per run (10)
+#   env: ROUNDS (3), DUR seconds per run (10), WARM seconds of warm-up (8)
 # Self-contained: it installs nginx, oha and Envoy 1.40 itself if missing.
 set -uo pipefail
 umask 077
 root=$(cd "$(dirname "$0")/.." && pwd)
-ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10}
+ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10}; WARM=${WARM:-8}
 work=${BENCH_WORK:-/tmp/tern-bench}; mkdir -p "$work"
 need() { command -v "$1" >/dev/null 2>&1; }
 need nginx || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
@@ -125,7 +125,7 @@ for v in "${variants[@]}"; do
     # Warm-up: Tern's gateways measure the path's loss (5 s windows) and
     # switch duplication on; connections and windows settle.
     [ $first = 1 ] && warm http://127.0.0.1:16001/ 5s
-    warm http://127.0.5.10:16001/ 8s
+    warm http://127.0.5.10:16001/ "${WARM}s"
     for r in $(seq 1 "$ROUNDS"); do
       [ $first = 1 ] && run "$name.envoy.$r" http://127.0.0.1:16001/
       run "$name.$chain.$r" http://127.0.5.10:16001/
