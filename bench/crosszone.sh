@@ -12,14 +12,16 @@
 # connections (opaque TCP, a new end-to-end mTLS session per request).
 # Over a lossy WAN (real packet loss on both sides) see bench/lossy.sh.
 # Every proxy gets one worker thread. Prints JSON lines, then Tern/Envoy ratios.
-# Usage: bench/crosszone.sh        env: ROUNDS (3), DUR seconds per run (10)
+# Usage: bench/crosszone.sh        env: ROUNDS (3), DUR seconds per run (10),
+#   PHASES ("reused new"), HOLD=1 keeps both chains running after the runs
+#   (for profiling; Ctrl-C or kill the script to stop them)
 # Self-contained: it installs nginx, oha and Envoy 1.40 itself if missing,
 # and makes its certificates with bench/certs.sh.
 set -uo pipefail
 # Token files are credentials: components refuse ones other users can read.
 umask 077
 root=$(cd "$(dirname "$0")/.." && pwd)
-ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10}
+ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10}; PHASES=${PHASES:-reused new}
 work=${BENCH_WORK:-/tmp/tern-bench}; mkdir -p "$work"
 need() { command -v "$1" >/dev/null 2>&1; }
 need nginx || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
@@ -81,12 +83,16 @@ run() { # file, url, oha args...
 
 start_links 0ms 0
 for r in $(seq 1 "$ROUNDS"); do
-  run "clean.direct.reused.$r" http://127.0.0.1:18080/ -q 1000 -c 16
-  run "clean.envoy.reused.$r" http://127.0.0.1:16001/ -q 1000 -c 16
-  run "clean.tern.reused.$r" http://127.0.5.10:16001/ -q 1000 -c 16
-  run "clean.direct.new.$r" http://127.0.0.1:18080/ -q 100 -c 4 --disable-keepalive
-  run "clean.envoy.new.$r" http://127.0.0.1:16002/ -q 100 -c 4 --disable-keepalive
-  run "clean.tern.new.$r" http://127.0.5.10:16002/ -q 100 -c 4 --disable-keepalive
+  if [[ " $PHASES " == *" reused "* ]]; then
+    run "clean.direct.reused.$r" http://127.0.0.1:18080/ -q 1000 -c 16
+    run "clean.envoy.reused.$r" http://127.0.0.1:16001/ -q 1000 -c 16
+    run "clean.tern.reused.$r" http://127.0.5.10:16001/ -q 1000 -c 16
+  fi
+  if [[ " $PHASES " == *" new "* ]]; then
+    run "clean.direct.new.$r" http://127.0.0.1:18080/ -q 100 -c 4 --disable-keepalive
+    run "clean.envoy.new.$r" http://127.0.0.1:16002/ -q 100 -c 4 --disable-keepalive
+    run "clean.tern.new.$r" http://127.0.5.10:16002/ -q 100 -c 4 --disable-keepalive
+  fi
 done
 python3 - "$out" <<'PY'
 import json, sys, glob, statistics as st
@@ -109,11 +115,12 @@ for phase, chains, loads in [("clean", ["direct", "envoy", "tern"], ["reused", "
             print(json.dumps(rows[p]))
 def added(c, l, k):
     return max(rows[f"clean.{c}.{l}"][k] - rows[f"clean.direct.{l}"][k], 1e-3)
-ratios = {
-    "reused_added_p50_vs_envoy": round(added("tern", "reused", "p50_ms") / added("envoy", "reused", "p50_ms"), 3),
-    "reused_added_p99_vs_envoy": round(added("tern", "reused", "p99_ms") / added("envoy", "reused", "p99_ms"), 3),
-    "new_conn_added_p50_vs_envoy": round(added("tern", "new", "p50_ms") / added("envoy", "new", "p50_ms"), 3),
-    "new_conn_added_p99_vs_envoy": round(added("tern", "new", "p99_ms") / added("envoy", "new", "p99_ms"), 3),
-}
+ratios = {}
+for l, label in [("reused", "reused"), ("new", "new_conn")]:
+    if rows[f"clean.tern.{l}"]["p50_ms"] is None:
+        continue
+    for k in ["p50", "p99"]:
+        ratios[f"{label}_added_{k}_vs_envoy"] = round(added("tern", l, f"{k}_ms") / added("envoy", l, f"{k}_ms"), 3)
 print(json.dumps({"name": "tern", **ratios}))
 PY
+if [ "${HOLD:-0}" = 1 ]; then echo "holding; the chains stay up until this script is stopped"; wait; fi

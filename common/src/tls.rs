@@ -66,12 +66,31 @@ impl Identity {
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static P: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        use rustls::crypto::ring::cipher_suite as cs;
+        let mut p = rustls::crypto::ring::default_provider();
+        // TLS 1.3 only, AES-128-GCM first (BoringSSL's order on AES
+        // hardware): its key schedule hashes with SHA-256, which current
+        // x86 and ARM CPUs accelerate, while AES-256-GCM's SHA-384 runs in
+        // software. Each new session (the end-to-end ones through gateways
+        // above all) runs a dozen HMACs; under AES-256-GCM-SHA384 SHA-512
+        // blocks were the top user-space symbol of a sidecar opening
+        // connections (bench/crosszone.sh, new connections).
+        p.cipher_suites = vec![
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+        ];
+        Arc::new(p)
+    })
+    .clone()
 }
 
-/// Install ring as the process-wide rustls provider. Call once from main.
+/// Install [`provider`] as the process-wide rustls provider. Call once
+/// from main.
 pub fn install_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = CryptoProvider::install_default((*provider()).clone());
 }
 
 #[derive(Debug, thiserror::Error)]

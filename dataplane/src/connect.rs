@@ -229,11 +229,6 @@ pub async fn connect_mesh(
                 Some(s) => s,
                 None => dial_gateway(shared, addr).await?,
             };
-            let sh = shared.clone();
-            shared.spares.refill(addr, move || {
-                let sh = sh.clone();
-                async move { dial_gateway(&sh, addr).await }
-            });
             let header = common::flow::FlowHeader {
                 service: via.service.clone(),
                 dest_zone: via.dest_zone.clone(),
@@ -247,8 +242,16 @@ pub async fn connect_mesh(
                 TlsConnector::from(cfg)
                     .connect(common::tls::sni(), HeaderFirst::new(header, outer)),
             )
-            .await?;
-            MeshStream::Gateway(Box::new(inner))
+            .await;
+            // Topped up once this flow's own handshake is over, so that the
+            // spare's handshake does not compete with it for the CPU here
+            // and on the gateway.
+            let sh = shared.clone();
+            shared.spares.refill(addr, move || {
+                let sh = sh.clone();
+                async move { dial_gateway(&sh, addr).await }
+            });
+            MeshStream::Gateway(Box::new(inner?))
         }
     };
     let alpn_got = match &stream {
