@@ -406,7 +406,7 @@ mod tests {
     /// whatever decodes re-encodes to the same header.
     #[test]
     fn codec_properties_hold_for_random_inputs() {
-        use crate::testrand::Rng;
+        use model::testrand::Rng;
         const NAME: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-";
         const TRACE: &[u8] = b"0123456789abcdefABCDEF-";
         for seed in 0..3000u64 {

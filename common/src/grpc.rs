@@ -17,8 +17,8 @@ use tokio_rustls::{server::TlsStream, TlsAcceptor, TlsConnector};
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::ident::SpiffeId;
 use crate::tls;
+use model::ident::SpiffeId;
 
 /// What a handler knows about the connection its request came on.
 #[derive(Clone, Debug)]

@@ -2,18 +2,12 @@
 #![forbid(unsafe_code)]
 
 pub mod flow;
-pub mod fsutil;
 pub mod grpc;
-pub mod ident;
 pub mod pki;
-pub mod resource;
 pub mod splice;
 pub mod sync;
 pub mod telemetry;
-#[cfg(test)]
-pub(crate) mod testrand;
 pub mod tls;
-pub mod token;
 pub mod trust;
 
 pub use rustls;

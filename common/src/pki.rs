@@ -11,7 +11,7 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::ident::SpiffeId;
+use model::ident::SpiffeId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -443,7 +443,7 @@ mod tests {
     /// before the certificate in hand expires.
     #[test]
     fn the_default_lifetime_outlasts_a_twelve_hour_outage() {
-        let ttl = crate::resource::MtlsSpec::default().workload_cert_ttl.0;
+        let ttl = model::resource::MtlsSpec::default().workload_cert_ttl.0;
         let outage = Duration::from_secs(12 * 3600);
         let received = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let na = received + ttl;

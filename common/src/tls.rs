@@ -22,9 +22,9 @@ use rustls::{
     SignatureScheme,
 };
 
-use crate::ident::SpiffeId;
 use crate::pki::{self, PkiError};
 use crate::trust::{TrustPolicy, ZoneCas};
+use model::ident::SpiffeId;
 
 pub const ALPN_H2: &[u8] = b"h2";
 

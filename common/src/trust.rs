@@ -22,8 +22,8 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, Error as TlsError, RootCertStore};
 
-use crate::ident::SpiffeId;
 use crate::pki::{self, PkiError};
+use model::ident::SpiffeId;
 
 /// Which zone intermediates a member accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]

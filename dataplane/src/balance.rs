@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::ident::SpiffeId;
+use model::ident::SpiffeId;
 use proto::v1 as pb;
 
 use crate::protocol::Protocol;

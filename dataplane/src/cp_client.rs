@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::ident::SpiffeId;
 use common::pki;
 use common::sync::{Backoff, Chunk, DeltaReceiver, Outcome};
 use common::tls::{self, Expect, Identity, PinnedCaVerifier, SpiffeServerVerifier};
-use common::token;
 use common::trust::{TrustPolicy, ZoneCas};
+use model::ident::SpiffeId;
+use model::token;
 use proto::v1::proxy_discovery_client::ProxyDiscoveryClient;
 use proto::v1::{self as pb, proxy_message, zone_to_proxy};
 use tokio::sync::{mpsc, watch};
@@ -105,11 +105,11 @@ pub fn validate(_k: &str, c: &pb::Cluster) -> Result<(), String> {
     // only valid ones, and a config holding others is refused whole.
     // Gateways get one `@gateways/ZONE` cluster per remote zone.
     let name = c.service.strip_prefix("@gateways/").unwrap_or(&c.service);
-    common::resource::check_name("cluster.service", name).map_err(|e| e.to_string())?;
+    model::resource::check_name("cluster.service", name).map_err(|e| e.to_string())?;
     crate::protocol::Protocol::parse(&c.protocol)?;
     for e in &c.endpoints {
         if e.via_gateway {
-            common::resource::check_name("endpoint.zone", &e.zone).map_err(|x| x.to_string())?;
+            model::resource::check_name("endpoint.zone", &e.zone).map_err(|x| x.to_string())?;
         }
         e.address
             .parse::<std::net::IpAddr>()

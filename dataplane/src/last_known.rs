@@ -28,7 +28,7 @@ impl LastKnown {
     /// Open (creating it 0700) the state folder; refuse one other users can
     /// read, or a state file they can.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        common::fsutil::private_dir(dir, &[FILE])?;
+        model::fsutil::private_dir(dir, &[FILE])?;
         Ok(Self {
             path: dir.join(FILE),
             state: Mutex::new(pb::ProxyState::default()),
@@ -46,7 +46,7 @@ impl LastKnown {
         if !self.path.exists() {
             return Ok(None);
         }
-        let bytes = common::fsutil::read_secret_bytes(&self.path)?;
+        let bytes = model::fsutil::read_secret_bytes(&self.path)?;
         let what = self.path.display().to_string();
         let Some(st) = install(&bytes, &what, trust_domain, shared)? else {
             return Ok(None);
@@ -77,7 +77,7 @@ impl LastKnown {
     fn update(&self, f: impl FnOnce(&mut pb::ProxyState)) {
         let mut g = self.lock();
         f(&mut g);
-        if let Err(e) = common::fsutil::write_private(&self.path, g.encode_to_vec()) {
+        if let Err(e) = model::fsutil::write_private(&self.path, g.encode_to_vec()) {
             tracing::warn!(error = %e, "could not keep the proxy state on disk");
         }
     }

@@ -255,12 +255,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let (shared, listeners, admin_addr, cp, standalone) = if let Some(path) = &cfg.bootstrap {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        if let Some(line) = common::resource::too_deep(&text) {
+        if let Some(line) = model::resource::too_deep(&text) {
             bail!(
                 "{}:{}: nested deeper than {} levels",
                 path.display(),
                 line + 1,
-                common::resource::MAX_NESTING
+                model::resource::MAX_NESTING
             );
         }
         let b: Bootstrap =
@@ -269,7 +269,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))
         };
         let key_path = &b.identity.key;
-        common::fsutil::check_private_file(key_path)?;
+        model::fsutil::check_private_file(key_path)?;
         let ident = common::tls::Identity::from_pem(&read(&b.identity.cert)?, &read(key_path)?)
             .with_context(|| format!("{}: identity", path.display()))?;
         // Standalone: trust whatever the roots file holds; no zones here.
@@ -337,8 +337,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         else {
             bail!("give --bootstrap FILE, or all of --cp-address, --token-file and --service");
         };
-        let token = common::fsutil::read_secret(tf)?;
-        common::token::decode_unverified(&token).context("the dataplane token")?;
+        let token = model::fsutil::read_secret(tf)?;
+        model::token::decode_unverified(&token).context("the dataplane token")?;
         let protocol = Protocol::parse(&cfg.protocol).map_err(anyhow::Error::msg)?;
         let mut labels = BTreeMap::new();
         for l in &cfg.labels {
@@ -361,7 +361,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             instance,
             kind: "sidecar".into(),
             public_address: String::new(),
-            instance_uid: common::token::random_id(),
+            instance_uid: model::token::random_id(),
             serving: false,
         };
         let mut outbound = Vec::new();

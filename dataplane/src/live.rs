@@ -165,7 +165,7 @@ mod tests {
             let pem = root
                 .sign_intermediate(
                     &kc.csr_pem,
-                    &common::ident::SpiffeId::zone("tern", z),
+                    &model::ident::SpiffeId::zone("tern", z),
                     Duration::from_secs(600),
                 )
                 .unwrap();
@@ -177,7 +177,7 @@ mod tests {
             let leaf = ca
                 .sign_leaf(
                     &kc.csr_pem,
-                    &common::ident::SpiffeId::workload("tern", z, "web"),
+                    &model::ident::SpiffeId::workload("tern", z, "web"),
                     &[],
                     Duration::from_secs(60),
                 )
@@ -217,7 +217,7 @@ mod tests {
         let short = a
             .sign_leaf(
                 &kc.csr_pem,
-                &common::ident::SpiffeId::workload("tern", "a", "batch"),
+                &model::ident::SpiffeId::workload("tern", "a", "batch"),
                 &[],
                 Duration::from_secs(1),
             )

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use common::ident::SpiffeId;
 use common::rustls::{ClientConfig, ServerConfig};
 use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
 use common::trust::TrustPolicy;
+use model::ident::SpiffeId;
 use proto::v1 as pb;
 
 use crate::balance::{Clusters, Target};

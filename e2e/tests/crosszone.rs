@@ -446,8 +446,8 @@ fn a_cut_link_fails_over_and_an_offline_zone_is_withdrawn() {
 /// z2's CA, as a real z2 gateway would hold).
 fn malformed_flows_are_reset(w: &World) {
     use common::flow::{code, FlowHeader};
-    use common::ident::SpiffeId;
     use common::tls::{self, Expect, SpiffeServerVerifier};
+    use model::ident::SpiffeId;
     use std::sync::Arc;
 
     let (ident, roots) = zone_member(&w.zones[1].data, &SpiffeId::gateway("tern", "z2"));

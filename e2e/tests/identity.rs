@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use common::ident::SpiffeId;
+use model::ident::SpiffeId;
 use support::*;
 
 const T: Duration = Duration::from_secs(30);

@@ -8,8 +8,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::ident::SpiffeId;
 use common::tls::{self, Expect, SpiffeServerVerifier};
+use model::ident::SpiffeId;
 use proto::v1 as pb;
 use support::*;
 

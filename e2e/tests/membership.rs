@@ -45,7 +45,7 @@ fn a_zone_token_joins_once_and_only_an_admin_rejoin_replaces_a_zone() {
     let mut third = ZoneCp::start_in(&s.0, net, 4, "z1", "r1", Some(&t2), "third");
     refused(&mut third, "has already joined");
     let tokens = g.ctl(&["get", "tokens"]);
-    let used = common::token::decode_unverified(&std::fs::read_to_string(&t1).unwrap())
+    let used = model::token::decode_unverified(&std::fs::read_to_string(&t1).unwrap())
         .unwrap()
         .jti;
     assert!(

@@ -7,9 +7,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::ident::SpiffeId;
 use common::pki::{self, Ca};
 use common::tls::Identity;
+use model::ident::SpiffeId;
 use support::*;
 
 const T: Duration = Duration::from_secs(30);

@@ -15,10 +15,10 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::ident::SpiffeId;
 use common::rustls;
 use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
 use common::trust::TrustPolicy;
+use model::ident::SpiffeId;
 use support::*;
 
 const T: Duration = Duration::from_secs(30);
@@ -147,7 +147,7 @@ fn a_revoked_zone_is_cut_off_live_and_its_certificates_are_refused_mesh_wide() {
     });
 
     // Revoke z2's join token.
-    let jti = common::token::decode_unverified(&std::fs::read_to_string(&z2_token).unwrap())
+    let jti = model::token::decode_unverified(&std::fs::read_to_string(&z2_token).unwrap())
         .unwrap()
         .jti;
     let out = g.ctl(&["revoke", &jti, "--reason", "test"]);
@@ -213,7 +213,7 @@ fn a_revoked_dataplane_token_disconnects_and_deregisters_its_proxy() {
     wait_for("web sees api", T, || {
         (!web.endpoints("api").is_empty()).then_some(())
     });
-    let jti = common::token::decode_unverified(&std::fs::read_to_string(&api_t).unwrap())
+    let jti = model::token::decode_unverified(&std::fs::read_to_string(&api_t).unwrap())
         .unwrap()
         .jti;
     // Certificates issued so far: none may follow the revocation.

@@ -71,9 +71,9 @@ fn good_token_joins_and_bad_tokens_are_refused() {
             "1s",
         ],
     );
-    let claims = common::token::decode_unverified(&std::fs::read_to_string(&t).unwrap()).unwrap();
+    let claims = model::token::decode_unverified(&std::fs::read_to_string(&t).unwrap()).unwrap();
     wait_for("the token to expire", T, || {
-        (common::token::now_unix() > claims.exp).then_some(())
+        (model::token::now_unix() > claims.exp).then_some(())
     });
     let mut z = ZoneCp::start(&s.0, net, 4, "eu-4", "eu", Some(&t));
     refused(&g, &mut z, "expired at");
@@ -108,7 +108,7 @@ fn good_token_joins_and_bad_tokens_are_refused() {
 
     // A zone whose join token is revoked later loses its sync stream and
     // cannot come back with its stored identity.
-    let id = common::token::decode_unverified(&std::fs::read_to_string(&good).unwrap())
+    let id = model::token::decode_unverified(&std::fs::read_to_string(&good).unwrap())
         .unwrap()
         .jti;
     g.ctl(&["revoke", &id]);

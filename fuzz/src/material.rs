@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::ident::SpiffeId;
 use common::pki::{self, Ca};
-use common::token::Signer;
+use model::ident::SpiffeId;
+use model::token::Signer;
 
 pub const TD: &str = "fuzz.test";
 pub const ZONE: &str = "z1";

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::flow::FlowHeader;
-use common::ident::SpiffeId;
-use common::resource;
 use common::sync::{DeltaReceiver, DeltaSender, DiffSender, Outcome};
-use common::token::{self, TokenKind};
+use model::ident::SpiffeId;
+use model::resource;
+use model::token::{self, TokenKind};
 use prost::Message;
 use proto::v1 as pb;
 

@@ -28,10 +28,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use common::flow::{self, code, FlowHeader};
-use common::ident::SpiffeId;
 use common::telemetry::Admin;
 use dataplane::protocol::{Protocol, ALPN_GATEWAY};
 use dataplane::state::Shared;
+use model::ident::SpiffeId;
 use proto::v1 as pb;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -166,8 +166,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             cfg.keep_alive
         );
     }
-    let token = common::fsutil::read_secret(&cfg.token_file)?;
-    let claims = common::token::decode_unverified(&token).context("the gateway token")?;
+    let token = model::fsutil::read_secret(&cfg.token_file)?;
+    let claims = model::token::decode_unverified(&token).context("the gateway token")?;
     let mut reg = prometheus_client::registry::Registry::with_prefix("tern_gateway");
     let dp_metrics = dataplane::metrics::Metrics::new(&mut reg);
     let metrics = metrics::Metrics::new(&mut reg);
@@ -185,7 +185,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         instance,
         kind: "gateway".into(),
         public_address: public.to_string(),
-        instance_uid: common::token::random_id(),
+        instance_uid: model::token::random_id(),
         ..Default::default()
     };
     let (shutdown, shutdown_rx) = watch::channel(false);

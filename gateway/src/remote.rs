@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use common::ident::SpiffeId;
 use common::rustls::pki_types::CertificateDer;
 use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
 use common::trust::TrustPolicy;
 use dataplane::live::LiveGuard;
 use dataplane::state::Shared;
+use model::ident::SpiffeId;
 
 use crate::metrics::Metrics;
 use crate::{Config, QUIC_ALPN};

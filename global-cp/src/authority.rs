@@ -5,11 +5,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use common::ident::SpiffeId;
 use common::pki::{self, Ca};
 use common::tls::{self, Identity};
-use common::token::{self, Claims, Signer, TokenKind};
 use common::trust::{TrustPolicy, ZoneCas};
+use model::ident::SpiffeId;
+use model::token::{self, Claims, Signer, TokenKind};
 use tokio::sync::watch;
 
 use crate::store::{Store, TokenRecord};

@@ -13,8 +13,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::ident::SpiffeId;
-use common::resource::{self, Resource, ServiceSummary, ZoneIngressSpec};
+use model::ident::SpiffeId;
+use model::resource::{self, Resource, ServiceSummary, ZoneIngressSpec};
 use proto::v1 as pb;
 
 /// Services one zone may publish. With names of at most 63 characters this

@@ -66,8 +66,7 @@ pub struct Config {
 
 impl Config {
     pub fn validate(&self) -> Result<(), String> {
-        common::resource::check_name("--trust-domain", &self.trust_domain)
-            .map_err(|e| e.message)?;
+        model::resource::check_name("--trust-domain", &self.trust_domain).map_err(|e| e.message)?;
         if self.ack_timeout < Duration::from_secs(1) {
             return Err("--ack-timeout must be at least 1s".into());
         }
@@ -100,7 +99,7 @@ pub struct State {
 /// Start everything; returns once listeners are bound.
 pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
     // The store holds the root CA and token signing keys.
-    common::fsutil::private_dir(&config.data_dir, SECRET_FILES)?;
+    model::fsutil::private_dir(&config.data_dir, SECRET_FILES)?;
     let store = store::Store::open(&config.data_dir.join("global.db"))
         .with_context(|| format!("open store in {}", config.data_dir.display()))?;
     let authority = authority::Authority::load_or_init(&store, &config)?;

@@ -10,10 +10,10 @@
 
 use std::time::Duration;
 
-use common::ident::SpiffeId;
 use common::pki;
-use common::resource::{self, Key, Resource, ZoneCaEntry, ZoneCaSpec, ZoneSpec};
-use common::token::{self, TokenError, TokenKind};
+use model::ident::SpiffeId;
+use model::resource::{self, Key, Resource, ZoneCaEntry, ZoneCaSpec, ZoneSpec};
+use model::token::{self, TokenError, TokenKind};
 
 use crate::store::{StoreError, Tx, ZoneCaRecord, ZoneRecord};
 use crate::State;

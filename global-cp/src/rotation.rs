@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use common::pki::{self, Ca};
-use common::resource::{self, MeshRoot, MeshSpec, MeshTrustSpec, Resource};
-use common::token;
+use model::resource::{self, MeshRoot, MeshSpec, MeshTrustSpec, Resource};
+use model::token;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

@@ -6,13 +6,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use common::ident::SpiffeId;
-use common::resource::{Key, Resource, ZoneIngressSpec};
 use common::sync::{chunk, Delta, DeltaSender, Want};
-use common::token;
 use common::trust::{Issuer, Verified};
 use common::{grpc, tls};
 use futures_util::Stream;
+use model::ident::SpiffeId;
+use model::resource::{Key, Resource, ZoneIngressSpec};
+use model::token;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use common::resource::{self, Resource};
 use http_body_util::{BodyExt, Full};
+use model::resource::{self, Resource};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -204,7 +204,7 @@ fn default_config_path() -> Option<PathBuf> {
 /// Read a ternctl config (it holds the admin token), refusing one that
 /// other users can read.
 fn read_config(p: &Path) -> anyhow::Result<FileConfig> {
-    let text = common::fsutil::read_secret(p)?;
+    let text = model::fsutil::read_secret(p)?;
     serde_json::from_str(&text).with_context(|| format!("{} is not a ternctl config", p.display()))
 }
 
@@ -383,8 +383,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("{} is not a ternctl config", path.display()))?;
         let dest = default_config_path().context("HOME is not set")?;
         // It holds the admin token: 0600 in a 0700 folder.
-        common::fsutil::private_dir(dest.parent().expect("has a parent"), &[])?;
-        common::fsutil::write_private(&dest, &text)?;
+        model::fsutil::private_dir(dest.parent().expect("has a parent"), &[])?;
+        model::fsutil::write_private(&dest, &text)?;
         println!("ternctl now uses {}", dest.display());
         return Ok(());
     }
@@ -573,7 +573,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let token = s(&v, "/token");
             match out.file {
                 Some(p) => {
-                    common::fsutil::write_private(&p, format!("{token}\n"))
+                    model::fsutil::write_private(&p, format!("{token}\n"))
                         .with_context(|| format!("write the token to {}", p.display()))?;
                     eprintln!(
                         "token {} expires at {}; written to {} (mode 0600)",
@@ -633,7 +633,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Revoke { id, reason } => {
-            let id = match common::token::decode_unverified(&id) {
+            let id = match model::token::decode_unverified(&id) {
                 Ok(c) => c.jti,
                 Err(_) => id,
             };

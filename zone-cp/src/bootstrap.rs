@@ -7,12 +7,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
-use common::fsutil::write_private;
-use common::ident::SpiffeId;
 use common::pki::{self, Ca};
 use common::tls::{self, Expect, Identity, PinnedCaVerifier};
-use common::token;
 use common::trust::{TrustPolicy, ZoneCas};
+use model::fsutil::write_private;
+use model::ident::SpiffeId;
+use model::token;
 use proto::v1::global_sync_client::GlobalSyncClient;
 use proto::v1::JoinRequest;
 use serde::{Deserialize, Serialize};
@@ -108,7 +108,7 @@ impl Boot {
         let (meta_p, ca_p, key_p, root_p) = paths(&cfg.data_dir);
         let token = match &cfg.token_file {
             Some(p) => Some(
-                common::fsutil::read_secret(p)
+                model::fsutil::read_secret(p)
                     .context("the zone token")?
                     .trim()
                     .to_string(),

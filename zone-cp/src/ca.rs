@@ -12,9 +12,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
-use common::fsutil::write_private;
-use common::ident::SpiffeId;
 use common::pki;
+use model::fsutil::write_private;
+use model::ident::SpiffeId;
 use proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use common::ident::SpiffeId;
+use model::ident::SpiffeId;
 use proto::v1 as pb;
 
 use crate::Zone;
@@ -66,7 +66,7 @@ pub fn clusters(z: &Zone, kind: ProxyKind) -> BTreeMap<String, pb::Cluster> {
     let mut out = z.registry.clusters();
     let td = &z.boot.trust_domain;
     let own_region = z.registry.region().to_string();
-    let remote: Vec<(String, common::resource::ZoneIngressSpec)> = z
+    let remote: Vec<(String, model::resource::ZoneIngressSpec)> = z
         .global
         .ingresses()
         .into_iter()

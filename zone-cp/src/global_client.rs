@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use common::ident::SpiffeId;
-use common::resource::{self, MeshSpec, Resource};
 use common::sync::{Backoff, Chunk, DeltaReceiver, Outcome};
 use common::tls::{self, Expect, SpiffeServerVerifier};
+use model::ident::SpiffeId;
+use model::resource::{self, MeshSpec, Resource};
 use proto::v1::global_sync_client::GlobalSyncClient;
 use proto::v1::{self as pb, zone_message};
 use serde::{Deserialize, Serialize};
@@ -96,7 +96,7 @@ impl GlobalState {
             .range("ZoneCa/".to_string().."ZoneCa0".to_string())
             .filter_map(|(k, v)| {
                 let r: Resource = serde_json::from_value(v.clone()).ok()?;
-                let spec = common::resource::ZoneCaSpec::from_resource(&r)?;
+                let spec = model::resource::ZoneCaSpec::from_resource(&r)?;
                 Some((
                     k["ZoneCa/".len()..].to_string(),
                     spec.certificates
@@ -109,21 +109,21 @@ impl GlobalState {
     }
 
     /// The mesh's roots (`MeshTrust/default`), once synced.
-    pub fn mesh_trust(&self) -> Option<common::resource::MeshTrustSpec> {
+    pub fn mesh_trust(&self) -> Option<model::resource::MeshTrustSpec> {
         let g = self.lock();
         let v = g.resources.get("MeshTrust/default")?;
         let r: Resource = serde_json::from_value(v.clone()).ok()?;
-        common::resource::MeshTrustSpec::from_resource(&r)
+        model::resource::MeshTrustSpec::from_resource(&r)
     }
 
     /// Other zones' ingress (region, gateways, service health), by zone.
-    pub fn ingresses(&self) -> Vec<(String, common::resource::ZoneIngressSpec)> {
+    pub fn ingresses(&self) -> Vec<(String, model::resource::ZoneIngressSpec)> {
         let g = self.lock();
         g.resources
             .range("ZoneIngress/".to_string().."ZoneIngress0".to_string())
             .filter_map(|(k, v)| {
                 let r: Resource = serde_json::from_value(v.clone()).ok()?;
-                let spec = common::resource::ZoneIngressSpec::from_resource(&r)?;
+                let spec = model::resource::ZoneIngressSpec::from_resource(&r)?;
                 Some((k["ZoneIngress/".len()..].to_string(), spec))
             })
             .collect()
@@ -135,7 +135,7 @@ impl GlobalState {
         g.resources
             .get(&format!("Zone/{zone}"))
             .and_then(|v| serde_json::from_value::<Resource>(v.clone()).ok())
-            .and_then(|r| common::resource::ZoneSpec::from_resource(&r))
+            .and_then(|r| model::resource::ZoneSpec::from_resource(&r))
             .map(|s| s.region_order)
             .unwrap_or_default()
     }
@@ -148,7 +148,7 @@ impl GlobalState {
     /// Persist first, then publish: an ACK always means "on disk".
     fn replace(&self, version: u64, resources: BTreeMap<String, Value>) -> anyhow::Result<()> {
         let p = Persisted { version, resources };
-        common::fsutil::write_private(&self.path, &serde_json::to_string(&p)?)?;
+        model::fsutil::write_private(&self.path, &serde_json::to_string(&p)?)?;
         *self.lock() = p;
         self.changed.send_replace(version);
         Ok(())

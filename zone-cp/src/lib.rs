@@ -62,8 +62,8 @@ pub struct Config {
 
 impl Config {
     pub fn validate(&self) -> Result<(), String> {
-        common::resource::check_name("--zone", &self.zone).map_err(|e| e.message)?;
-        common::resource::check_name("--region", &self.region).map_err(|e| e.message)?;
+        model::resource::check_name("--zone", &self.zone).map_err(|e| e.message)?;
+        model::resource::check_name("--region", &self.region).map_err(|e| e.message)?;
         Ok(())
     }
 }
@@ -153,7 +153,7 @@ pub struct Zone {
 
 pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
     // The zone CA's key lives here.
-    common::fsutil::private_dir(&config.data_dir, bootstrap::SECRET_FILES)?;
+    model::fsutil::private_dir(&config.data_dir, bootstrap::SECRET_FILES)?;
     let boot = bootstrap::Boot::load_or_join(&config).await?;
     let global = global_client::GlobalState::load(&config.data_dir)?;
     let mut reg = Registry::with_prefix("tern_zone");

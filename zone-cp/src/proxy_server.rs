@@ -6,11 +6,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::ident::SpiffeId;
 use common::sync::DiffSender;
-use common::token::{self, TokenError, TokenKind};
 use common::{grpc, tls};
 use futures_util::Stream;
+use model::ident::SpiffeId;
+use model::token::{self, TokenError, TokenKind};
 use proto::v1::proxy_discovery_server::{ProxyDiscovery, ProxyDiscoveryServer};
 use proto::v1::{self as pb, proxy_message, zone_to_proxy};
 use tokio::sync::{mpsc, watch};

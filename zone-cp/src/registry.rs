@@ -81,7 +81,7 @@ pub const MAX_LABELS: usize = 32;
 /// Check a registration before anything is recorded: names, addresses and
 /// the size of what it asks to publish.
 pub fn validate(r: &pb::Registration) -> Result<(), String> {
-    common::resource::check_name("registration.service", &r.service).map_err(|e| e.to_string())?;
+    model::resource::check_name("registration.service", &r.service).map_err(|e| e.to_string())?;
     r.address
         .parse::<std::net::IpAddr>()
         .map_err(|_| format!("registration.address: {:?} is not an IP address", r.address))?;
@@ -152,8 +152,7 @@ pub fn validate(r: &pb::Registration) -> Result<(), String> {
         }
     }
     if !r.region.is_empty() {
-        common::resource::check_name("registration.region", &r.region)
-            .map_err(|e| e.to_string())?;
+        model::resource::check_name("registration.region", &r.region).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -226,7 +225,7 @@ impl Registry {
                         .collect();
                     let res = serde_json::to_string(&snapshot)
                         .map_err(std::io::Error::other)
-                        .and_then(|s| common::fsutil::write_private(&path, s));
+                        .and_then(|s| model::fsutil::write_private(&path, s));
                     match res {
                         Ok(()) => {
                             saves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -388,7 +388,7 @@ fn clients_reconnect_within_three_seconds_of_any_outage_ending() {
 /// and once the source is valid again it converges to exactly the source.
 #[test]
 fn random_histories_converge() {
-    use crate::testrand::Rng;
+    use model::testrand::Rng;
     let t0 = Instant::now();
     for seed in 0..500u64 {
         let mut r = Rng::new(seed);

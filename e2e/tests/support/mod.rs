@@ -1013,7 +1013,7 @@ pub fn metric_sum(admin: SocketAddr, name: &str, filter: &str) -> f64 {
 /// CA could mint), and the mesh roots as a trust policy.
 pub fn zone_member(
     zone_data: &Path,
-    id: &common::ident::SpiffeId,
+    id: &model::ident::SpiffeId,
 ) -> (
     common::tls::Identity,
     std::sync::Arc<common::trust::TrustPolicy>,

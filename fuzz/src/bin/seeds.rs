@@ -7,9 +7,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use common::flow::FlowHeader;
-use common::ident::SpiffeId;
-use common::token::{Claims, TokenKind};
 use fuzz::material::{self, SERVICE, TD, ZONE};
+use model::ident::SpiffeId;
+use model::token::{Claims, TokenKind};
 use prost::Message;
 use proto::v1 as pb;
 

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use common::resource::Metadata;
-use common::token::TokenKind;
+use model::resource::Metadata;
+use model::token::TokenKind;
 
 use super::*;
 use crate::authority::Authority;
@@ -27,7 +27,7 @@ fn fixture(name: &str) -> Fixture {
     common::tls::install_provider();
     let dir = std::env::temp_dir().join(format!("tern-membership-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    common::fsutil::private_dir(&dir, &[]).unwrap();
+    model::fsutil::private_dir(&dir, &[]).unwrap();
     let config = Config::parse_from([
         "global-cp",
         "--data-dir",

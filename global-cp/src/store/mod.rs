@@ -16,7 +16,7 @@ pub mod records;
 use std::path::Path;
 use std::sync::Mutex;
 
-use common::resource::{Key, Resource};
+use model::resource::{Key, Resource};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::watch;
 
@@ -33,7 +33,7 @@ pub enum StoreError {
     #[error("{key} does not exist, but resourceVersion {sent} was given")]
     Missing { key: Key, sent: u64 },
     #[error("{0}")]
-    Files(#[from] common::fsutil::FsError),
+    Files(#[from] model::fsutil::FsError),
 }
 
 pub struct Store {
@@ -97,11 +97,11 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        common::fsutil::create_private_file(path)?;
+        model::fsutil::create_private_file(path)?;
         for suffix in ["", "-wal", "-shm"] {
             let p = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
             if p.exists() {
-                common::fsutil::check_private_file(&p)?;
+                model::fsutil::check_private_file(&p)?;
             }
         }
         let conn = Connection::open(path)?;
@@ -124,7 +124,7 @@ impl Store {
     /// Run `f` on the connection, off the async threads: SQLite calls
     /// block, and commits fsync.
     pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
-        common::fsutil::off_async(|| f(&mut self.lock()))
+        model::fsutil::off_async(|| f(&mut self.lock()))
     }
 
     fn read_revision(conn: &Connection) -> Result<u64, StoreError> {
@@ -434,7 +434,7 @@ fn decode(revision: u64, body: &str) -> Result<Stored, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::resource::{Metadata, API_VERSION};
+    use model::resource::{Metadata, API_VERSION};
 
     fn zone(name: &str, desc: &str) -> Resource {
         Resource {

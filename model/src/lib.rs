@@ -1,0 +1,15 @@
+//! Tern's data model, apart from the TLS and server plumbing (`common`),
+//! so that the CLI builds without the network stack:
+//!
+//! * `resource` — kubectl-style documents, the kinds and their validation;
+//! * `ident` — SPIFFE identities;
+//! * `token` — zone, dataplane and gateway tokens;
+//! * `fsutil` — private files (keys and credentials at rest).
+#![forbid(unsafe_code)]
+
+pub mod fsutil;
+pub mod ident;
+pub mod resource;
+#[doc(hidden)]
+pub mod testrand;
+pub mod token;
