@@ -419,7 +419,7 @@ mod tests {
                 service: name(&mut r),
                 dest_zone: name(&mut r),
                 source_zone: name(&mut r),
-                port: r.bool().then(|| r.next() as u16),
+                port: r.bool().then(|| r.next_u64() as u16),
                 traceparent: r.bool().then(|| {
                     let len = r.below(256);
                     r.string(TRACE, len)
@@ -431,7 +431,7 @@ mod tests {
             let mut m = bytes.clone();
             for _ in 0..1 + r.below(4) {
                 let i = r.below(m.len());
-                m[i] = r.next() as u8;
+                m[i] = r.next_u64() as u8;
             }
             if let Ok(d) = FlowHeader::decode(&m) {
                 let again = d.encode().unwrap_or_else(|e| panic!("seed {seed}: {e}"));

@@ -3,6 +3,7 @@
 //! Keys are generated where they are used. Only CSRs and certificates move
 //! between components.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -134,6 +135,97 @@ impl Ca {
         csr.params = leaf_params(id, dns, valid_for)?;
         Ok(csr.signed_by(&self.issuer, &self.key)?.pem())
     }
+
+    /// A workload's leaf, carrying its registered labels (see
+    /// [`labels_of`]), which access rules may name.
+    pub fn sign_workload(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        labels: &BTreeMap<String, String>,
+        valid_for: Duration,
+    ) -> Result<String, PkiError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params = leaf_params(id, &[], valid_for)?;
+        if !labels.is_empty() {
+            csr.params
+                .custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(
+                    LABELS_OID,
+                    der_utf8(&encode_labels(labels)),
+                ));
+        }
+        Ok(csr.signed_by(&self.issuer, &self.key)?.pem())
+    }
+}
+
+/// The (non-critical) extension in which a zone CA records a workload's
+/// labels: a DER UTF8String of sorted `key=value` lines. The OID is a
+/// UUID-based one (ITU-T X.667, arc 2.25). A workload certificate has one
+/// SPIFFE ID, as X509-SVIDs must, so labels cannot be more URI SANs.
+pub const LABELS_OID: &[u64] = &[2, 25, 1_970_518_444_835_869_939];
+/// Largest labels extension read back.
+const MAX_LABELS_BYTES: usize = 8 * 1024;
+
+fn encode_labels(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn der_utf8(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = vec![0x0c];
+    match b.len() {
+        n if n < 0x80 => out.push(n as u8),
+        n if n < 0x100 => out.extend([0x81, n as u8]),
+        n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(b);
+    out
+}
+
+fn parse_der_utf8(b: &[u8]) -> Option<&str> {
+    let (&tag, rest) = b.split_first()?;
+    if tag != 0x0c {
+        return None;
+    }
+    let (&l0, rest) = rest.split_first()?;
+    let (len, rest) = match l0 {
+        n if n < 0x80 => (n as usize, rest),
+        0x81 => (*rest.first()? as usize, rest.get(1..)?),
+        0x82 => (
+            (*rest.first()? as usize) << 8 | *rest.get(1)? as usize,
+            rest.get(2..)?,
+        ),
+        _ => return None,
+    };
+    std::str::from_utf8(rest.get(..len)?).ok()
+}
+
+/// The labels a workload certificate (DER) carries; none when it has no
+/// labels extension or an unreadable one.
+pub fn labels_of(der: &[u8]) -> BTreeMap<String, String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return BTreeMap::new();
+    };
+    let Ok(oid) = x509_parser::der_parser::oid::Oid::from(LABELS_OID) else {
+        return BTreeMap::new();
+    };
+    cert.extensions()
+        .iter()
+        .find(|e| e.oid == oid)
+        .filter(|e| e.value.len() <= MAX_LABELS_BYTES)
+        .and_then(|e| parse_der_utf8(e.value))
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -356,6 +448,53 @@ pub fn pem_fingerprint(pem: &str) -> Result<String, PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workload_labels_travel_in_the_certificate_and_it_still_chains() {
+        crate::tls::install_provider();
+        let root = Ca::new_root("tern", Duration::from_secs(3600)).unwrap();
+        let zk = new_key_and_csr("zone").unwrap();
+        let inter_pem = root
+            .sign_intermediate(
+                &zk.csr_pem,
+                &SpiffeId::zone("tern", "z1"),
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        let inter = Ca::from_pem(&inter_pem, &zk.key_pem).unwrap();
+        let wid = SpiffeId::workload("tern", "z1", "api");
+        let wk = new_key_and_csr("x").unwrap();
+        // Long enough to need a two-byte DER length.
+        let labels: BTreeMap<String, String> = (0..20)
+            .map(|i| (format!("key-{i}"), format!("value-{i}-{}", "v".repeat(20))))
+            .chain([("version".to_string(), "v2".to_string())])
+            .collect();
+        let leaf = inter
+            .sign_workload(&wk.csr_pem, &wid, &labels, Duration::from_secs(60))
+            .unwrap();
+        let der = first_cert(&leaf).unwrap();
+        assert_eq!(labels_of(&der), labels);
+        assert_eq!(spiffe_id_of(&der).unwrap(), wid);
+        // The extension is not critical: the trust rules accept the leaf.
+        let policy = crate::trust::TrustPolicy::from_pem(
+            "tern",
+            root.cert_pem(),
+            crate::trust::ZoneCas::Any,
+        )
+        .unwrap();
+        let chain = [der.clone(), first_cert(&inter_pem).unwrap()];
+        assert_eq!(policy.verify_chain_now(&chain).unwrap().id, wid);
+        // No labels: no extension, and nothing read back.
+        let plain = inter
+            .sign_workload(&wk.csr_pem, &wid, &BTreeMap::new(), Duration::from_secs(60))
+            .unwrap();
+        assert!(labels_of(&first_cert(&plain).unwrap()).is_empty());
+        assert_eq!(
+            parse_der_utf8(&der_utf8(&"x".repeat(300))),
+            Some(&*"x".repeat(300))
+        );
+        assert_eq!(parse_der_utf8(&[0x0c, 0x05, b'a']), None);
+    }
 
     #[test]
     fn root_intermediate_leaf_chain_carries_spiffe_ids() {

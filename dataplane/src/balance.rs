@@ -42,6 +42,9 @@ pub struct Endpoint {
     /// Locality tier: 0 own zone, 1 own region, 2.. other regions.
     pub priority: u32,
     pub weight: u32,
+    /// The instance's labels (local endpoints; a remote zone's path has
+    /// none), for route backends that select a subset.
+    pub labels: std::collections::BTreeMap<String, String>,
     /// Passive health: ejected until this many ms after `epoch()`.
     ejected_until: AtomicU64,
     /// Active health: the last probe's result.
@@ -56,6 +59,38 @@ fn epoch() -> Instant {
 /// A fresh random seed: std's hash keys come from the OS once per thread
 /// and advance on every call. Sidecars given the same config therefore
 /// pick independently, not in lockstep.
+/// A lock-free random source for picks (xorshift64*, seeded from the OS);
+/// its quality is ample for spreading load. Concurrent callers may now and
+/// then get the same value, which costs nothing here.
+#[derive(Debug)]
+pub struct Rng(AtomicU64);
+
+impl Rng {
+    pub fn new() -> Self {
+        Self(AtomicU64::new(os_seed() | 1))
+    }
+
+    pub fn next_u64(&self) -> u64 {
+        let mut x = self.0.load(Ordering::Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0.store(x, Ordering::Relaxed);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl Default for Rng {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 fn os_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -103,21 +138,44 @@ pub struct Cluster {
     pub tiers: Vec<Vec<Arc<Endpoint>>>,
     /// Per tier: whether it holds gateway paths (else the fast path applies).
     tier_has_via: Vec<bool>,
-    rng: AtomicU64,
+    rng: Rng,
 }
 
 /// A pick: the endpoint, and the index of its tier.
 pub type Pick = (Arc<Endpoint>, usize);
 
 impl Cluster {
+    /// A cluster of `endpoints`, grouped into locality tiers.
+    pub fn new(service: String, protocol: Protocol, endpoints: Vec<Arc<Endpoint>>) -> Self {
+        let mut prios: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
+        prios.sort_unstable();
+        prios.dedup();
+        let tiers: Vec<Vec<Arc<Endpoint>>> = prios
+            .iter()
+            .map(|p| {
+                endpoints
+                    .iter()
+                    .filter(|e| e.priority == *p)
+                    .cloned()
+                    .collect()
+            })
+            .collect();
+        let tier_has_via = tiers
+            .iter()
+            .map(|t| t.iter().any(|e| e.target.via.is_some()))
+            .collect();
+        Self {
+            service,
+            protocol,
+            endpoints,
+            tiers,
+            tier_has_via,
+            rng: Rng::new(),
+        }
+    }
+
     fn next_rand(&self) -> f64 {
-        // xorshift64*, lock-free; quality is ample for load spreading.
-        let mut x = self.rng.load(Ordering::Relaxed);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng.store(x, Ordering::Relaxed);
-        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.unit()
     }
 
     /// A tier's endpoints grouped into destinations: a local endpoint is its
@@ -316,7 +374,12 @@ impl Clusters {
                 });
                 let authority = authority_for(addr, &via)?;
                 let ep = match known.get(&(authority.as_str(), &identity)) {
-                    Some(old) if old.priority == e.priority && old.weight == e.weight.max(1) => {
+                    Some(old)
+                        if old.priority == e.priority
+                            && old.weight == e.weight.max(1)
+                            && old.labels.len() == e.labels.len()
+                            && e.labels.iter().all(|(k, v)| old.labels.get(k) == Some(v)) =>
+                    {
                         (*old).clone()
                     }
                     _ => Arc::new(Endpoint {
@@ -330,39 +393,16 @@ impl Clusters {
                         region: e.region.clone(),
                         priority: e.priority,
                         weight: e.weight.max(1),
+                        labels: e.labels.clone().into_iter().collect(),
                         ejected_until: AtomicU64::new(0),
                         probe_ok: AtomicBool::new(true),
                     }),
                 };
                 endpoints.push(ep);
             }
-            let mut prios: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
-            prios.sort_unstable();
-            prios.dedup();
-            let tiers: Vec<Vec<Arc<Endpoint>>> = prios
-                .iter()
-                .map(|p| {
-                    endpoints
-                        .iter()
-                        .filter(|e| e.priority == *p)
-                        .cloned()
-                        .collect()
-                })
-                .collect();
-            let tier_has_via = tiers
-                .iter()
-                .map(|t| t.iter().any(|e| e.target.via.is_some()))
-                .collect();
             by_service.insert(
                 c.service.clone(),
-                Arc::new(Cluster {
-                    service: c.service.clone(),
-                    protocol,
-                    endpoints,
-                    tiers,
-                    tier_has_via,
-                    rng: AtomicU64::new(os_seed() | 1),
-                }),
+                Arc::new(Cluster::new(c.service.clone(), protocol, endpoints)),
             );
         }
         Ok(Self {
@@ -434,6 +474,7 @@ mod tests {
                 ep("127.0.0.5", "z2", 1, 4, true),
                 ep("127.0.0.5", "z3", 2, 1, true),
             ],
+            ..Default::default()
         }];
         Clusters::build(&cfg, &Clusters::default(), 1)
             .unwrap()
@@ -510,6 +551,7 @@ mod tests {
                 ep("127.0.0.6", "z2", 1, 3, true),
                 ep("127.0.0.5", "z3", 2, 1, true),
             ],
+            ..Default::default()
         }];
         let c = Clusters::build(&cfg, &Clusters::default(), 1)
             .unwrap()
@@ -549,6 +591,7 @@ mod tests {
                 ep("127.0.0.5", "z3", 2, 1, true),
                 ep("127.0.0.6", "z3", 2, 1, true),
             ],
+            ..Default::default()
         }];
         let c2 = Clusters::build(&cfg, &Clusters::default(), 1)
             .unwrap()

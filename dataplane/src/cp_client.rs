@@ -16,6 +16,7 @@ use model::ident::SpiffeId;
 use model::token;
 use proto::v1::proxy_discovery_client::ProxyDiscoveryClient;
 use proto::v1::{self as pb, proxy_message, zone_to_proxy};
+use proto::ProxyItem;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
@@ -98,6 +99,32 @@ pub fn spawn(
     })
 }
 
+/// Check one item before a config is applied (a config with a bad one is
+/// NACKed whole).
+pub fn validate_item(k: &str, item: &ProxyItem) -> Result<(), String> {
+    match item {
+        ProxyItem::Cluster(c) => validate(k, c),
+        ProxyItem::Inbound(p) => crate::access::Access::build(p)
+            .map(|_| ())
+            .map_err(|e| format!("inbound policy: {e}")),
+    }
+}
+
+/// A config's clusters and inbound policy.
+pub fn split_items<'a>(
+    items: impl Iterator<Item = &'a ProxyItem>,
+) -> (Vec<pb::Cluster>, Option<pb::InboundPolicy>) {
+    let mut clusters = Vec::new();
+    let mut inbound = None;
+    for i in items {
+        match i {
+            ProxyItem::Cluster(c) => clusters.push(c.clone()),
+            ProxyItem::Inbound(p) => inbound = Some(p.clone()),
+        }
+    }
+    (clusters, inbound)
+}
+
 /// Check one service's cluster before a config is applied (a config with a
 /// bad one is NACKed whole).
 pub fn validate(_k: &str, c: &pb::Cluster) -> Result<(), String> {
@@ -117,22 +144,27 @@ pub fn validate(_k: &str, c: &pb::Cluster) -> Result<(), String> {
         u16::try_from(e.port).map_err(|_| format!("bad port {}", e.port))?;
         SpiffeId::parse(&e.identity).map_err(|x| x.to_string())?;
     }
-    Ok(())
+    // Routes as the proxy would build them (backends resolved later).
+    let none = std::collections::HashMap::new();
+    crate::route::Routes::build(
+        c,
+        &|b| crate::split::Split::build(b, &c.service, &none),
+        &|m| crate::split::Mirror::build(m, &c.service, &none),
+    )
+    .map(|_| ())
 }
 
 /// A config message as one (last) chunk for the delta receiver.
-pub fn chunk_of(c: pb::ProxyConfig) -> Chunk<pb::Cluster> {
+pub fn chunk_of(c: pb::ProxyConfig) -> Chunk<ProxyItem> {
+    let (version, full) = (c.version, c.full);
+    let (upserts, removals) = proto::proxy_items(c);
     Chunk {
-        version: c.version,
-        full: c.full,
+        version,
+        full,
         chunk: 0,
         last: true,
-        upserts: c
-            .upserts
-            .into_iter()
-            .map(|c| (c.service.clone(), c))
-            .collect(),
-        removals: c.removed,
+        upserts,
+        removals,
     }
 }
 
@@ -216,7 +248,7 @@ async fn run_once(
         s.last_error = None;
     });
     tracing::info!(cp = %opts.address, "connected to the zone control plane");
-    let mut receiver: DeltaReceiver<pb::Cluster> = DeltaReceiver::new(0, Default::default());
+    let mut receiver: DeltaReceiver<ProxyItem> = DeltaReceiver::new(0, Default::default());
     let mut renew_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
@@ -262,13 +294,13 @@ async fn run_once(
                     Some(zone_to_proxy::Msg::Config(c)) => {
                         let chunk = chunk_of(c);
                         let before = receiver.clone();
-                        let reply = match receiver.on_chunk(chunk, validate)? {
+                        let reply = match receiver.on_chunk(chunk, validate_item)? {
                             Some(Outcome::Ack(v)) => {
-                                let clusters: Vec<pb::Cluster> = receiver.state().values().cloned().collect();
-                                match shared.apply(&clusters, v) {
+                                let (clusters, inbound) = split_items(receiver.state().values());
+                                match shared.apply(&clusters, inbound.as_ref(), v) {
                                     Ok(()) => {
                                         if let Some(lk) = &opts.last_known {
-                                            lk.set_config(v, &clusters);
+                                            lk.set_config(v, &clusters, inbound.as_ref());
                                         }
                                         metrics.config_updates.inc();
                                         status.send_modify(|s| {
@@ -337,6 +369,7 @@ mod tests {
                 via_gateway,
                 ..Default::default()
             }],
+            ..Default::default()
         }
     }
 

@@ -1,9 +1,11 @@
-//! Inbound: mTLS only. The caller must pass the trust rules
-//! (`common::trust`); its SPIFFE ID is passed to the app in
-//! `x-tern-client-id`, replacing any the caller sent. The mode must be the
-//! one the app's protocol declares (HTTP/2 or HTTP/1.1 for HTTP apps,
-//! `tern/tcp` for TCP apps). Open connections close when the trust policy
-//! stops accepting their peer; an app's own `x-tern-error` is removed.
+//! Inbound: mTLS (and, in permissive mode, plaintext on the same port).
+//! The caller must pass the trust rules (`common::trust`); its SPIFFE ID is
+//! passed to the app in `x-tern-client-id`, replacing any the caller sent.
+//! The mode must be the one the app's protocol declares (HTTP/2 or
+//! HTTP/1.1 for HTTP apps, `tern/tcp` for TCP apps). The access rules
+//! (`access.rs`) decide per HTTP request (403 naming the rule) and per TCP
+//! connection (reset). Open connections close when the trust policy stops
+//! accepting their peer; an app's own `x-tern-error` is removed.
 
 use std::convert::Infallible;
 use std::io;
@@ -20,7 +22,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::metrics::{DirLabel, Direction};
+use crate::access::{self, Caller, Decision, DEFAULT_RULE};
+use crate::metrics::{DirLabel, Direction, KindLabel, RuleLabel};
 use crate::protocol::{Protocol, ALPN_TCP};
 use crate::proxy::{
     app_uri, error_chain, error_response, head_too_large, strip_hop_by_hop, Body, Proxy,
@@ -55,6 +58,11 @@ impl Proxy {
         let dir = DirLabel {
             direction: Direction::Inbound,
         };
+        // Permissive mode: plaintext on the same port, told apart by the
+        // first byte (a TLS handshake record starts with 22).
+        if self.shared.access.load().permissive && !starts_with_tls(&tcp).await {
+            return self.inbound_plaintext(tcp, remote).await;
+        }
         // Fail closed: no certificate, no service.
         let Some(tls) = self.shared.tls.load_full() else {
             self.metrics.tls_failures.get_or_create(&dir).inc();
@@ -105,30 +113,16 @@ impl Proxy {
             tracing::info!(%remote, "inbound connection, but this proxy has no local app");
             return;
         };
+        let caller = Arc::new(Caller::from_peer(&peer, chain.first().cloned()));
         // A peer whose zone is revoked (or whose root is retired) loses its
         // open connections too, not only new handshakes.
         if tcp_mode {
+            if !self.admit_tcp(Some(&caller), remote) {
+                reset(stream.get_ref().0);
+                return;
+            }
             // Opaque TCP has no way to finish gracefully: cut it at once.
-            let splice = async {
-                let mut stream = stream;
-                match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await {
-                    Ok(Ok(mut up)) => {
-                        let _ = up.set_nodelay(true);
-                        let _ = common::splice::copy_bidirectional_idle(
-                            &mut stream,
-                            &mut up,
-                            self.tcp_idle,
-                        )
-                        .await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(%app, error = %e, "local app refused the connection")
-                    }
-                    Err(_) => {
-                        tracing::warn!(%app, "local app did not accept the connection within {APP_CONNECT_TIMEOUT:?}")
-                    }
-                }
-            };
+            let splice = self.splice_to_app(stream, app);
             if let Err(why) = self.shared.live.while_trusted(chain, splice).await {
                 self.metrics.connections_distrusted.inc();
                 tracing::warn!(%remote, %peer, reason = %why, "closed an inbound TCP connection: its peer is no longer trusted");
@@ -145,7 +139,13 @@ impl Proxy {
             let me = me.clone();
             let peer = peer_value.clone();
             let chain = conn_chain.clone();
-            async move { Ok::<_, Infallible>(me.inbound_http(app, peer, chain, req).await) }
+            let caller = caller.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    me.inbound_http(app, remote, Some((peer, caller)), chain, req)
+                        .await,
+                )
+            }
         });
         let builder = self.server_builder();
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
@@ -167,18 +167,148 @@ impl Proxy {
         }
     }
 
+    /// A plaintext connection (permissive mode): no caller identity, so
+    /// only access rules that name no callers can allow it.
+    async fn inbound_plaintext(self: &Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
+        let Some(app) = self.app_addr else {
+            return;
+        };
+        if self.app_protocol == Protocol::Tcp {
+            self.metrics
+                .plaintext
+                .get_or_create(&KindLabel { kind: "tcp" })
+                .inc();
+            if !self.admit_tcp(None, remote) {
+                reset(&tcp);
+                return;
+            }
+            self.splice_to_app(tcp, app).await;
+            return;
+        }
+        let me = self.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let me = me.clone();
+            async move {
+                me.metrics
+                    .plaintext
+                    .get_or_create(&KindLabel { kind: "http" })
+                    .inc();
+                Ok::<_, Infallible>(
+                    me.inbound_http(app, remote, None, Arc::from(vec![]), req)
+                        .await,
+                )
+            }
+        });
+        let _ = self
+            .server_builder()
+            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+            .await;
+    }
+
+    /// Whether the access rules let a TCP connection from `caller` (None:
+    /// plaintext) through; counted and logged either way they say no.
+    fn admit_tcp(&self, caller: Option<&Caller>, remote: SocketAddr) -> bool {
+        let access = self.shared.access.load();
+        if access.allow_all {
+            return true;
+        }
+        let d = access.decide(caller, None);
+        self.record(&d, "tcp", caller, remote, None);
+        d.allow
+    }
+
+    fn record(
+        &self,
+        d: &Decision,
+        kind: &'static str,
+        caller: Option<&Caller>,
+        remote: SocketAddr,
+        path: Option<&str>,
+    ) {
+        let who = caller
+            .map(|c| format!("{}/{}", c.zone, c.service))
+            .unwrap_or_else(|| "plaintext".into());
+        if let Some(rule) = &d.shadow_denied {
+            self.metrics
+                .access_shadow_denied
+                .get_or_create(&RuleLabel {
+                    rule: rule.to_string(),
+                    kind,
+                })
+                .inc();
+            tracing::info!(%remote, caller = %who, path, rule = %rule, "shadow mode: would have denied");
+        }
+        if !d.allow {
+            let rule = d.rule.as_deref().unwrap_or(DEFAULT_RULE);
+            self.metrics
+                .access_denied
+                .get_or_create(&RuleLabel {
+                    rule: rule.to_string(),
+                    kind,
+                })
+                .inc();
+            tracing::info!(%remote, caller = %who, path, rule, "access denied");
+        }
+    }
+
+    async fn splice_to_app<S>(&self, mut stream: S, app: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await {
+            Ok(Ok(mut up)) => {
+                let _ = up.set_nodelay(true);
+                let _ =
+                    common::splice::copy_bidirectional_idle(&mut stream, &mut up, self.tcp_idle)
+                        .await;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%app, error = %e, "local app refused the connection")
+            }
+            Err(_) => {
+                tracing::warn!(%app, "local app did not accept the connection within {APP_CONNECT_TIMEOUT:?}")
+            }
+        }
+    }
+
+    /// A request from the mesh (`peer`: the caller's identity header and
+    /// what its certificate says) or, in permissive mode, from a plaintext
+    /// caller (`None`).
     async fn inbound_http(
         &self,
         app: SocketAddr,
-        peer: HeaderValue,
+        remote: SocketAddr,
+        peer: Option<(HeaderValue, Arc<Caller>)>,
         chain: Arc<[CertificateDer<'static>]>,
         req: Request<Incoming>,
     ) -> Response<Body> {
         let start = Instant::now();
-        let resp = if is_upgrade(&req) {
-            self.inbound_upgrade(app, peer, chain, req).await
+        let access = self.shared.access.load();
+        let denied = if access.allow_all {
+            None
         } else {
-            self.to_app(app, peer, req).await
+            let caller = peer.as_ref().map(|(_, c)| c.as_ref());
+            let path = req.uri().path();
+            let d = access.decide(
+                caller,
+                Some(access::Request {
+                    method: req.method(),
+                    path,
+                }),
+            );
+            self.record(&d, "http", caller, remote, Some(path));
+            (!d.allow).then(|| d.rule.unwrap_or_else(|| DEFAULT_RULE.into()))
+        };
+        drop(access);
+        let resp = if let Some(rule) = denied {
+            forbidden(&rule)
+        } else {
+            let id = peer.map(|(v, _)| v);
+            if is_upgrade(&req) {
+                self.inbound_upgrade(app, id, chain, req).await
+            } else {
+                self.to_app(app, id, req).await
+            }
         };
         self.metrics.observe(
             Direction::Inbound,
@@ -188,16 +318,20 @@ impl Proxy {
         resp
     }
 
-    /// A request for the local app, with the caller's verified identity.
+    /// A request for the local app, with the caller's verified identity
+    /// (none for a plaintext caller: a value it sent is removed).
     async fn to_app(
         &self,
         app: SocketAddr,
-        peer: HeaderValue,
+        peer: Option<HeaderValue>,
         req: Request<Incoming>,
     ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.insert(CLIENT_ID_HEADER, peer);
+        match peer {
+            Some(p) => parts.headers.insert(CLIENT_ID_HEADER, p),
+            None => parts.headers.remove(CLIENT_ID_HEADER),
+        };
         parts.uri = app_uri(&self.app_authority, &parts.uri);
         parts.version = if self.app_protocol == Protocol::Http2 {
             Version::HTTP_2
@@ -225,5 +359,38 @@ impl Proxy {
                 ),
             },
         }
+    }
+}
+
+/// `x-tern-error` on a request an access rule denied (callers neither eject
+/// nor retry on it).
+pub const ERROR_DENIED: &str = "denied";
+
+/// The 403 a denied request gets: the body names the rule.
+fn forbidden(rule: &str) -> Response<Body> {
+    let mut r = Response::new(Either::Right(http_body_util::Full::new(
+        bytes::Bytes::from(format!("access denied by {rule}\n")),
+    )));
+    *r.status_mut() = StatusCode::FORBIDDEN;
+    r.headers_mut()
+        .insert(ERROR_HEADER, HeaderValue::from_static(ERROR_DENIED));
+    r
+}
+
+/// Close with a reset rather than a FIN (a denied TCP connection): a zero
+/// linger makes the close send RST at once, so it never blocks.
+#[allow(deprecated)]
+fn reset(tcp: &TcpStream) {
+    let _ = tcp.set_linger(Some(Duration::ZERO));
+}
+
+/// Whether a new connection opens with a TLS handshake record. Waits for
+/// the first byte (10 s at most; a silent peer is treated as TLS and then
+/// times out there).
+async fn starts_with_tls(tcp: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(10), tcp.peek(&mut b)).await {
+        Ok(Ok(1)) => b[0] == 0x16,
+        _ => true,
     }
 }

@@ -67,10 +67,16 @@ impl LastKnown {
         });
     }
 
-    pub fn set_config(&self, version: u64, clusters: &[pb::Cluster]) {
+    pub fn set_config(
+        &self,
+        version: u64,
+        clusters: &[pb::Cluster],
+        inbound: Option<&pb::InboundPolicy>,
+    ) {
         self.update(|s| {
             s.config_version = version;
             s.clusters = clusters.to_vec();
+            s.inbound = inbound.cloned();
         });
     }
 
@@ -112,7 +118,7 @@ pub fn install(
     shared.set_trust(policy)?;
     shared.set_identity(ident)?;
     shared
-        .apply(&st.clusters, st.config_version)
+        .apply(&st.clusters, st.inbound.as_ref(), st.config_version)
         .map_err(|e| anyhow::anyhow!("{what}: the kept config: {e}"))?;
     tracing::info!(version = st.config_version, services = st.clusters.len(), "serving with the last certificate, trust and config kept on disk until the zone control plane answers");
     Ok(Some(st))

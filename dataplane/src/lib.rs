@@ -5,6 +5,7 @@
 //! (`--bootstrap`), for benchmarks and debugging.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod balance;
 pub mod connect;
 pub mod cp_client;
@@ -17,7 +18,10 @@ pub mod metrics;
 pub mod outbound;
 pub mod protocol;
 pub mod proxy;
+pub mod retry;
+pub mod route;
 pub mod spares;
+pub mod split;
 pub mod state;
 pub mod upgrade;
 
@@ -303,10 +307,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                         ..Default::default()
                     })
                     .collect(),
+                ..Default::default()
             })
             .collect();
         shared
-            .apply(&clusters, 1)
+            .apply(&clusters, None, 1)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let mut outbound = Vec::new();
         for o in &b.outbound {
@@ -473,6 +478,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 })),
                 "configVersion": sh_dump.clusters.load().version,
                 "clusters": sh_dump.clusters.load().dump(),
+                "inbound": sh_dump.access.load().dump(),
+                "routes": sh_dump.routes.load().iter().map(|(k, r)| (k.clone(), r.dump())).collect::<serde_json::Map<_, _>>(),
                 "controlPlane": if standalone { serde_json::Value::Null } else { serde_json::to_value(&*st_dump.borrow()).unwrap_or_default() },
             })
         },

@@ -28,6 +28,25 @@ pub struct DirLabel {
     pub direction: Direction,
 }
 
+/// An access rule (`AccessPolicy/NAME/RULE`, or the mesh default), and
+/// whether the request was HTTP or a TCP connection. Rule names come from
+/// config, so the label set is bounded by it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    pub rule: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReqLabel {
     pub direction: Direction,
@@ -55,6 +74,10 @@ pub struct Metrics {
     pub upstream_connect_errors: Counter,
     pub config_updates: Counter,
     pub config_rejected: Counter,
+    pub access_denied: Family<RuleLabel, Counter>,
+    pub access_shadow_denied: Family<RuleLabel, Counter>,
+    pub plaintext: Family<KindLabel, Counter>,
+    pub mirrored: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -82,7 +105,31 @@ impl Metrics {
             upstream_connect_errors: Counter::default(),
             config_updates: Counter::default(),
             config_rejected: Counter::default(),
+            access_denied: Family::default(),
+            access_shadow_denied: Family::default(),
+            plaintext: Family::default(),
+            mirrored: Family::default(),
         };
+        reg.register(
+            "access_denied",
+            "Requests (kind http) and connections (kind tcp) an access rule denied, by rule",
+            m.access_denied.clone(),
+        );
+        reg.register(
+            "access_shadow_denied",
+            "Requests and connections a shadow-mode rule (or shadow default) would have denied, by rule; let through",
+            m.access_shadow_denied.clone(),
+        );
+        reg.register(
+            "plaintext",
+            "Inbound plaintext HTTP requests and TCP connections (permissive mTLS mode)",
+            m.plaintext.clone(),
+        );
+        reg.register(
+            "mirrored",
+            "Mirrored request copies by result (sent, failed, skipped: a streaming body or no endpoint)",
+            m.mirrored.clone(),
+        );
         reg.register(
             "requests",
             "HTTP requests by direction and status class",

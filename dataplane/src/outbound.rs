@@ -1,12 +1,15 @@
-//! Outbound: the app sends plain HTTP (or TCP) to a local listener. HTTP is
-//! routed by the listener's fixed service, or by the `Host` header on the
-//! shared listener; then carried over mTLS to a destination sidecar the
-//! locality-aware balancer picks, on a pooled connection (HTTP/1.1 kept as
-//! HTTP/1.1, HTTP/2 and gRPC multiplexed). A failed connect is retried for
-//! any request without a body (nothing was sent); idempotent requests
-//! (GET/HEAD/OPTIONS/TRACE without a body, or marked `x-tern-idempotent`,
-//! whose body is buffered) on any error, each time in the next locality.
-//! Upgrades (WebSocket) go to `upgrade.rs`.
+//! Outbound: the app sends plain HTTP (or TCP) to a local listener. A
+//! request is resolved to its destination service (the listener's fixed
+//! one, or the `Host` header on the shared listener), then goes through
+//! the layers of the outbound path, one file each:
+//!
+//! `outbound` (this file: listener, service, buffering) → `route` (the
+//! first matching rule of the service's routes: redirect, header changes,
+//! rewrite, timeout) → `split` (the rule's weighted backends and mirror) →
+//! `retry` (attempts across localities) → `balance` (the endpoint) →
+//! `connect` (mTLS, direct or through a gateway).
+//!
+//! Upgrades (WebSocket) go to `upgrade.rs` and are not routed.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
@@ -22,13 +25,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::balance::Endpoint;
 use crate::connect::connect_mesh;
-use crate::metrics::{DirLabel, Direction};
+use crate::metrics::{DirLabel, Direction, ResultLabel};
 use crate::protocol::{Alpn, Protocol};
 use crate::proxy::{
-    empty, error_chain, error_response, head_too_large, mesh_request, path_of, strip_hop_by_hop,
-    Body, Proxy, CLIENT_ID_HEADER, EJECT_FOR, ERROR_HEADER, ERROR_UNAVAILABLE, IDEMPOTENT_HEADER,
-    MAX_ATTEMPTS, MAX_REPLAY_BODY,
+    empty, error_response, mesh_request, path_of, strip_hop_by_hop, Body, Proxy, CLIENT_ID_HEADER,
+    EJECT_FOR, IDEMPOTENT_HEADER, MAX_ATTEMPTS, MAX_REPLAY_BODY,
 };
+use crate::retry::Outgoing;
+use crate::split::Mirror;
 use crate::upgrade::is_upgrade;
 
 impl Proxy {
@@ -75,10 +79,25 @@ impl Proxy {
 
     async fn outbound_tcp(&self, mut client: TcpStream, service: &str) {
         let cluster = self.shared.clusters.load().by_service.get(service).cloned();
-        let Some(cluster) = cluster else {
+        let Some(mut cluster) = cluster else {
             tracing::info!(service, "TCP: no such service");
             return;
         };
+        // A TcpRoute picks a backend per connection.
+        if let Some(routes) = self.shared.routes.load().get(service) {
+            if let Some(split) = &routes.tcp {
+                match split.pick() {
+                    Some(c) => cluster = c.clone(),
+                    None => {
+                        tracing::info!(
+                            service,
+                            "TCP: none of the route's backends has an endpoint"
+                        );
+                        return;
+                    }
+                }
+            }
+        }
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut min_tier = 0;
         for _ in 0..MAX_ATTEMPTS {
@@ -171,7 +190,55 @@ impl Proxy {
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         );
         let bodyless = body.is_end_stream();
-        let (replay, mut body): (Option<Bytes>, Option<Body>) = if marked && !bodyless {
+        // The routes this proxy's policies give the service: the first rule
+        // that matches picks the backends and changes the request.
+        let routes = self.shared.routes.load().get(&service).cloned();
+        let selected = routes
+            .as_deref()
+            .and_then(|r| r.select(&parts.method, &parts.uri, &parts.headers));
+        let mut target = cluster;
+        let mut timeout = None;
+        if let Some(sel) = &selected {
+            let rule = sel.rule;
+            let host = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+            if let (Some(r), Some(location)) = (&rule.redirect, sel.location(&parts.uri, host)) {
+                return redirect(r.status, &location);
+            }
+            if let Some(ops) = &rule.request_headers {
+                ops.apply(&mut parts.headers);
+            }
+            if let Some(pq) = sel.rewritten(&parts.uri) {
+                match pq.parse::<http::Uri>() {
+                    Ok(u) => parts.uri = u,
+                    Err(_) => {
+                        return error_response(
+                            StatusCode::BAD_REQUEST,
+                            format!(
+                                "route {}: the rewritten path {pq:?} is not a valid URI",
+                                rule.name
+                            ),
+                        )
+                    }
+                }
+            }
+            if let Some(split) = &rule.split {
+                match split.pick() {
+                    Some(c) => target = c.clone(),
+                    None => {
+                        return error_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("route {}: none of its backends has an endpoint", rule.name),
+                        )
+                    }
+                }
+            }
+            timeout = rule.timeout;
+        }
+        let (replay, body): (Option<Bytes>, Option<Body>) = if marked && !bodyless {
             match http_body_util::Limited::new(body, MAX_REPLAY_BODY)
                 .collect()
                 .await
@@ -190,134 +257,106 @@ impl Proxy {
         } else {
             (None, Some(Either::Left(body)))
         };
-        let path = path_of(&parts.uri);
-        let (client, version) = match cluster.protocol {
-            Protocol::Http2 => (&self.upstream_h2, Version::HTTP_2),
-            _ => (&self.upstream_h1, Version::HTTP_11),
-        };
-        let retryable = (safe_method && bodyless) || marked;
-        // Allocated only when an attempt fails.
-        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
-        let mut min_tier = 0;
-        let mut last_err = String::new();
-        // Set when a connection died under an idempotent request: the next
-        // attempt goes to the same endpoint over a new connection.
-        let mut again: Option<(Arc<Endpoint>, usize)> = None;
-        let mut same_endpoint_retried = false;
-        for attempt in 0..MAX_ATTEMPTS {
-            let Some((ep, tier)) = again.take().or_else(|| cluster.pick(&tried, min_tier)) else {
-                break;
-            };
-            let b = match (&replay, body.take()) {
-                (Some(bytes), _) => Either::Right(Full::new(bytes.clone())),
-                (None, Some(b)) => b,
-                (None, None) if bodyless => empty(),
-                (None, None) => break,
-            };
-            if attempt > 0 {
-                self.metrics.retries.inc();
-            }
-            let r = mesh_request(&parts, &ep.authority, &path, version, b);
-            let failed = |e: hyper_util::client::legacy::Error| {
-                let kind = if e.is_connect() {
-                    Failure::Connect
-                } else if head_too_large(&e) {
-                    Failure::Limit
-                } else {
-                    Failure::Connection
-                };
-                (kind, error_chain(&e))
-            };
-            let res = if retryable {
-                match tokio::time::timeout(self.per_try_timeout, client.request(r)).await {
-                    Ok(r) => r.map_err(failed),
-                    Err(_) => Err((
-                        Failure::Timeout,
-                        format!(
-                            "no response within the per-try timeout of {:?}",
-                            self.per_try_timeout
-                        ),
-                    )),
-                }
-            } else {
-                match self.within_request_timeout(client.request(r)).await {
-                    Ok(r) => r.map_err(failed),
-                    Err(limit) => {
-                        return error_response(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            format!(
-                                "service {service}: no response head from {} within the request timeout of {limit:?}",
-                                ep.authority
-                            ),
-                        )
-                    }
-                }
-            };
-            match res {
-                // A proxy on the way could not reach the app: for a
-                // retryable request that is a failed attempt, not an answer.
-                Ok(resp) if retryable && is_proxy_failure(&resp) => {
-                    ep.eject(EJECT_FOR);
-                    last_err = format!("{}: {} from the mesh", ep.authority, resp.status());
-                }
-                Ok(resp) => return resp.map(Either::Left),
-                // The endpoint answered; its answer is over our limits.
-                // Not its fault, and a retry would get the same.
-                Err((Failure::Limit, _)) => {
-                    return self.limits.exceeded(&format!("{}'s", ep.authority))
-                }
-                Err((kind, msg)) => {
-                    last_err = format!("{}: {msg}", ep.authority);
-                    tracing::debug!(service, endpoint = %ep.authority, error = %last_err, "attempt failed");
-                    // A pooled connection closed under the request (the
-                    // peer restarted, or closed it when trust changed): the
-                    // endpoint is not at fault. An idempotent request tries
-                    // it once more over a new connection.
-                    if kind == Failure::Connection && retryable && !same_endpoint_retried {
-                        same_endpoint_retried = true;
-                        again = Some((ep, tier));
-                        continue;
-                    }
-                    // A failed connect sent nothing, so it is always safe to
-                    // retry; otherwise only idempotent requests.
-                    ep.eject(EJECT_FOR);
-                    if !(kind == Failure::Connect || retryable) {
-                        break;
-                    }
-                }
-            }
-            tried.push(ep);
-            // Cross-locality retry: the next attempt goes to the next tier.
-            min_tier = tier + 1;
+        if let Some(m) = selected.as_ref().and_then(|s| s.rule.mirror.as_ref()) {
+            self.mirror(m, &parts, bodyless, replay.as_ref());
         }
-        error_response(
-            StatusCode::BAD_GATEWAY,
-            format!("service {service}: no endpoint answered ({last_err})"),
-        )
+        let out = Outgoing {
+            parts: &parts,
+            path: path_of(&parts.uri),
+            replay,
+            body,
+            bodyless,
+            retryable: (safe_method && bodyless) || marked,
+        };
+        let mut resp = match timeout {
+            None => self.attempts(&service, &target, out).await,
+            Some(limit) => match tokio::time::timeout(limit, self.attempts(&service, &target, out)).await {
+                Ok(r) => r,
+                Err(_) => error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "service {service}: no response head within the route timeout of {limit:?} ({})",
+                        selected.as_ref().map(|s| s.rule.name.as_ref()).unwrap_or_default()
+                    ),
+                ),
+            },
+        };
+        if let Some(ops) = selected
+            .as_ref()
+            .and_then(|s| s.rule.response_headers.as_ref())
+        {
+            ops.apply(resp.headers_mut());
+        }
+        resp
+    }
+
+    /// A copy of the request to the mirror's backend, sent on its own task:
+    /// its answer is dropped, and it never delays or fails the request.
+    /// Only a request whose body is at hand (none, or buffered) is copied.
+    fn mirror(
+        &self,
+        m: &Mirror,
+        parts: &http::request::Parts,
+        bodyless: bool,
+        replay: Option<&Bytes>,
+    ) {
+        if !m.sample() {
+            return;
+        }
+        let body = match (bodyless, replay) {
+            (true, _) => Bytes::new(),
+            (false, Some(b)) => b.clone(),
+            (false, None) => {
+                self.metrics
+                    .mirrored
+                    .get_or_create(&ResultLabel { result: "skipped" })
+                    .inc();
+                return;
+            }
+        };
+        let Some((ep, _)) = m.cluster.pick(&[], 0) else {
+            self.metrics
+                .mirrored
+                .get_or_create(&ResultLabel { result: "skipped" })
+                .inc();
+            return;
+        };
+        let (client, version) = self.upstream_for(m.cluster.protocol);
+        let mut r = mesh_request(
+            parts,
+            &ep.authority,
+            &path_of(&parts.uri),
+            version,
+            Either::Right(Full::new(body)),
+        );
+        r.headers_mut()
+            .insert(MIRROR_HEADER, http::HeaderValue::from_static("true"));
+        let client = client.clone();
+        let metrics = self.metrics.clone();
+        let limit = self.per_try_timeout;
+        tokio::spawn(async move {
+            let result = match tokio::time::timeout(limit, client.request(r)).await {
+                Ok(Ok(_)) => "sent",
+                _ => "failed",
+            };
+            metrics
+                .mirrored
+                .get_or_create(&ResultLabel { result })
+                .inc();
+        });
     }
 }
 
-/// How an attempt failed.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    /// No connection could be made: nothing was sent.
-    Connect,
-    /// The connection broke during the exchange.
-    Connection,
-    /// No answer within the per-try timeout.
-    Timeout,
-    /// The answer's head was over the header limits.
-    Limit,
-}
+/// Set on mirrored copies, so their receiver can tell them apart.
+pub const MIRROR_HEADER: &str = "x-tern-mirror";
 
-fn is_proxy_failure<B>(resp: &Response<B>) -> bool {
-    matches!(
-        resp.status(),
-        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
-    ) && resp
-        .headers()
-        .get(ERROR_HEADER)
-        .is_some_and(|v| v == ERROR_UNAVAILABLE)
+fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
 
 /// The destination service named by Host or :authority: `web`,

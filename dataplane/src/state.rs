@@ -12,9 +12,12 @@ use common::trust::TrustPolicy;
 use model::ident::SpiffeId;
 use proto::v1 as pb;
 
+use crate::access::Access;
 use crate::balance::{Clusters, Target};
 use crate::protocol::{Alpn, Protocol};
+use crate::route::Routes;
 use crate::spares::Spares;
+use crate::split::{Mirror, Split};
 
 /// Identity and trust, plus the rustls configs built from them.
 pub struct Tls {
@@ -83,6 +86,10 @@ pub struct Shared {
     /// Open connections and their peers, re-checked when trust changes.
     pub live: crate::live::LiveConns,
     pub clusters: ArcSwap<Clusters>,
+    /// Per destination service with routes: its compiled routes.
+    pub routes: ArcSwap<HashMap<String, Arc<Routes>>>,
+    /// The inbound policy: mTLS mode and access rules.
+    pub access: ArcSwap<Access>,
     pub targets: ArcSwap<HashMap<String, Arc<Target>>>,
     /// What the local app speaks, which fixes what the inbound accepts.
     pub inbound: Protocol,
@@ -100,6 +107,8 @@ impl Shared {
             identity_changed: tokio::sync::watch::channel(0).0,
             live: Default::default(),
             clusters: ArcSwap::from_pointee(Clusters::default()),
+            routes: ArcSwap::from_pointee(HashMap::new()),
+            access: ArcSwap::from_pointee(Access::default()),
             targets: ArcSwap::from_pointee(HashMap::new()),
         }
     }
@@ -141,9 +150,33 @@ impl Shared {
         Ok(())
     }
 
-    pub fn apply(&self, cfg: &[pb::Cluster], version: u64) -> Result<(), String> {
+    /// Install a config: clusters, the routes their policies give them,
+    /// and the inbound policy (none: mTLS only, everyone allowed). Nothing
+    /// changes when any part is refused.
+    pub fn apply(
+        &self,
+        cfg: &[pb::Cluster],
+        inbound: Option<&pb::InboundPolicy>,
+        version: u64,
+    ) -> Result<(), String> {
         let new = Clusters::build(cfg, &self.clusters.load(), version)?;
+        let mut routes = HashMap::new();
+        for c in cfg
+            .iter()
+            .filter(|c| !c.http_routes.is_empty() || c.tcp_route.is_some())
+        {
+            let split = |b: &[pb::Backend]| Split::build(b, &c.service, &new.by_service);
+            let mirror = |m: &pb::Mirror| Mirror::build(m, &c.service, &new.by_service);
+            let r = Routes::build(c, &split, &mirror).map_err(|e| format!("{}: {e}", c.service))?;
+            routes.insert(c.service.clone(), Arc::new(r));
+        }
+        let access = match inbound {
+            Some(p) => Access::build(p).map_err(|e| format!("inbound policy: {e}"))?,
+            None => Access::default(),
+        };
         self.targets.store(Arc::new(new.targets()));
+        self.routes.store(Arc::new(routes));
+        self.access.store(Arc::new(access));
         self.clusters.store(Arc::new(new));
         Ok(())
     }

@@ -141,7 +141,7 @@ impl Proxy {
     pub(crate) async fn inbound_upgrade(
         &self,
         app: SocketAddr,
-        peer: HeaderValue,
+        peer: Option<HeaderValue>,
         chain: Arc<[CertificateDer<'static>]>,
         mut req: Request<Incoming>,
     ) -> Response<Body> {
@@ -155,7 +155,10 @@ impl Proxy {
         let from_caller = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
         upgrade_headers(&mut parts.headers);
-        parts.headers.insert(CLIENT_ID_HEADER, peer);
+        match peer {
+            Some(p) => parts.headers.insert(CLIENT_ID_HEADER, p),
+            None => parts.headers.remove(CLIENT_ID_HEADER),
+        };
         parts.uri = app_uri(&self.app_authority, &parts.uri);
         parts.version = Version::HTTP_11;
         let req = Request::from_parts(parts, Either::Left(body));

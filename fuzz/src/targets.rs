@@ -125,6 +125,8 @@ pub fn zone_to_global(data: &[u8]) {
             Some(pb::zone_message::Msg::Ack(a)) => {
                 let _ = sender.on_ack(a.version);
             }
+            // Answers to the global's own questions; nothing to judge.
+            Some(pb::zone_message::Msg::Explain(_)) => {}
             Some(pb::zone_message::Msg::Nack(n)) => {
                 let _ = sender.on_nack(n.version, n.reason);
             }
@@ -213,7 +215,9 @@ pub fn global_to_zone(data: &[u8]) {
                 let _ = common::pki::certs_from_pem(&c.intermediate_pem);
                 let _ = common::pki::certs_from_pem(&c.chain_extra_pem);
             }
-            Some(pb::global_message::Msg::InventoryRefused(_)) | None => {}
+            Some(pb::global_message::Msg::InventoryRefused(_))
+            | Some(pb::global_message::Msg::Explain(_))
+            | None => {}
         }
     }
 }
@@ -290,13 +294,13 @@ pub fn zone_to_proxy(data: &[u8]) {
                 let before = receiver.clone();
                 match receiver.on_chunk(
                     dataplane::cp_client::chunk_of(c),
-                    dataplane::cp_client::validate,
+                    dataplane::cp_client::validate_item,
                 ) {
                     Ok(Some(Outcome::Ack(v))) => {
-                        let clusters: Vec<pb::Cluster> =
-                            receiver.state().values().cloned().collect();
+                        let (clusters, inbound) =
+                            dataplane::cp_client::split_items(receiver.state().values());
                         shared
-                            .apply(&clusters, v)
+                            .apply(&clusters, inbound.as_ref(), v)
                             .expect("a config that passed validation applies");
                     }
                     Ok(Some(Outcome::Nack(..))) => {

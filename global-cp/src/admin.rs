@@ -97,6 +97,10 @@ pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyh
         .route("/api/v1/tokens", get(list_tokens).post(issue_token))
         .route("/api/v1/revocations", post(revoke))
         .route("/api/v1/inspect/zones", get(inspect_zones))
+        .route(
+            "/api/v1/inspect/dataplanes/:zone/:name",
+            get(inspect_dataplane),
+        )
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/ca", get(ca_status))
         .route("/api/v1/ca/rotate", post(ca_rotate))
@@ -210,9 +214,57 @@ async fn get_one(
     }
 }
 
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PutQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// What the mesh knows exists, for warnings about policies that match
+/// nothing: services and regions from zones' inventories, zones from
+/// `Zone` resources and inventories.
+fn known(api: &Api) -> model::policy::Known {
+    let mut k = model::policy::Known::default();
+    for s in api.state.store.list(Some("Zone")).unwrap_or_default() {
+        k.zones.insert(s.resource.metadata.name);
+    }
+    for s in api
+        .state
+        .store
+        .list(Some("ZoneIngress"))
+        .unwrap_or_default()
+    {
+        if let Some(spec) = resource::ZoneIngressSpec::from_resource(&s.resource) {
+            k.zones.insert(s.resource.metadata.name.clone());
+            k.regions.insert(spec.region);
+            k.services.extend(spec.services.into_keys());
+        }
+    }
+    k
+}
+
+/// `Warning` headers (as Kubernetes sends them) for a policy that can never
+/// take effect yet.
+fn with_warnings(mut resp: Response, r: &Resource, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!(
+            "299 - \"{}/{}: {}\"",
+            r.kind,
+            r.metadata.name,
+            w.replace('"', "'")
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
+            resp.headers_mut().append(axum::http::header::WARNING, v);
+        }
+    }
+    resp
+}
+
 async fn put_one(
     AxState(api): AxState<Api>,
     Path((plural, name)): Path<(String, String)>,
+    Query(q): Query<PutQuery>,
     body: axum::body::Bytes,
 ) -> Response {
     let kind = match writable_kind(
@@ -249,15 +301,50 @@ async fn put_one(
             ),
         );
     }
+    let warnings = model::policy::warnings(&r, &known(&api));
+    if q.dry_run {
+        // What would change; nothing is stored.
+        let result = match api.state.store.get(&r.kind, &r.metadata.name) {
+            Ok(None) => "created",
+            Ok(Some(old)) => {
+                if let Some(v) = r.metadata.resource_version {
+                    if old.resource.metadata.resource_version != Some(v) {
+                        return err(
+                            StatusCode::CONFLICT,
+                            format!(
+                                "{}/{} changed since version {v} (now {:?}); get it again and reapply",
+                                r.kind,
+                                r.metadata.name,
+                                old.resource.metadata.resource_version
+                            ),
+                        );
+                    }
+                }
+                if old.resource.spec == r.spec && old.resource.metadata.labels == r.metadata.labels
+                {
+                    "unchanged"
+                } else {
+                    "configured"
+                }
+            }
+            Err(e) => return store_err(e),
+        };
+        let resp = Json(json!({"dryRun": true, "result": result, "resource": r})).into_response();
+        return with_warnings(resp, &r, &warnings);
+    }
+    let shown = r.clone();
     match api.state.store.put(r, &token::fmt_unix(token::now_unix())) {
         Ok((stored, created)) => {
             tracing::info!(resource = %stored.key(), version = ?stored.metadata.resource_version, created, "resource applied");
+            for w in &warnings {
+                tracing::warn!(resource = %stored.key(), warning = %w, "stored, but it matches nothing yet");
+            }
             let status = if created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
-            (status, Json(stored)).into_response()
+            with_warnings((status, Json(stored)).into_response(), &shown, &warnings)
         }
         Err(e) => store_err(e),
     }
@@ -554,6 +641,25 @@ async fn audit(AxState(api): AxState<Api>) -> Response {
         }))
         .into_response(),
         Err(e) => store_err(e),
+    }
+}
+
+/// A dataplane explained by its zone: the policies that apply to it and
+/// the rules, routes and endpoints they compile to.
+async fn inspect_dataplane(
+    AxState(api): AxState<Api>,
+    Path((zone, name)): Path<(String, String)>,
+) -> Response {
+    use crate::sync::ExplainError;
+    match api
+        .state
+        .zones
+        .explain(&zone, &name, Duration::from_secs(5))
+        .await
+    {
+        Ok(v) => Json(v).into_response(),
+        Err(e @ ExplainError::Zone(_)) => err(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 

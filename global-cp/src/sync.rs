@@ -94,6 +94,22 @@ impl Metrics {
 #[derive(Default)]
 pub struct ZoneTable {
     inner: Mutex<HashMap<String, ZoneLive>>,
+    /// Explain requests waiting for their zone's answer, by id.
+    pending: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<pb::ExplainReply>>>,
+    next_query: std::sync::atomic::AtomicU64,
+}
+
+/// Why a zone could not explain a dataplane.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error(
+        "zone {0} is not connected to the global; ask again once it is (`ternctl inspect zones`)"
+    )]
+    Offline(String),
+    #[error("zone {0} did not answer within {1:?}")]
+    Timeout(String, std::time::Duration),
+    #[error("{0}")]
+    Zone(String),
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -120,6 +136,9 @@ pub struct ZoneLive {
     pub report: crate::inventory::Report,
     #[serde(skip)]
     kick: Option<watch::Sender<u64>>,
+    /// The live session's stream to the zone.
+    #[serde(skip)]
+    outbox: Option<mpsc::Sender<Result<pb::GlobalMessage, Status>>>,
 }
 
 impl ZoneTable {
@@ -128,9 +147,15 @@ impl ZoneTable {
     }
 
     /// Start a session for `zone`; an older session of the same zone ends.
-    fn begin(&self, zone: &str, hello: &pb::ZoneHello) -> (u64, watch::Receiver<u64>) {
+    fn begin(
+        &self,
+        zone: &str,
+        hello: &pb::ZoneHello,
+        outbox: mpsc::Sender<Result<pb::GlobalMessage, Status>>,
+    ) -> (u64, watch::Receiver<u64>) {
         let mut t = self.lock();
         let z = t.entry(zone.to_string()).or_default();
+        z.outbox = Some(outbox);
         z.session += 1;
         z.online = true;
         z.connected_since = token::now_unix();
@@ -168,6 +193,7 @@ impl ZoneTable {
         match t.get_mut(zone) {
             Some(z) if z.session == session => {
                 z.online = false;
+                z.outbox = None;
                 z.in_flight = None;
                 z.last_seen = token::now_unix();
                 true
@@ -178,6 +204,63 @@ impl ZoneTable {
 
     pub fn snapshot(&self) -> HashMap<String, ZoneLive> {
         self.lock().clone()
+    }
+
+    /// Ask `zone` to explain its proxy `dataplane` (the policies that apply
+    /// to it and what they compile to), waiting at most `limit`.
+    pub async fn explain(
+        &self,
+        zone: &str,
+        dataplane: &str,
+        limit: std::time::Duration,
+    ) -> Result<serde_json::Value, ExplainError> {
+        let outbox = self
+            .lock()
+            .get(zone)
+            .filter(|z| z.online)
+            .and_then(|z| z.outbox.clone())
+            .ok_or_else(|| ExplainError::Offline(zone.to_string()))?;
+        let id = self
+            .next_query
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let ask = pb::GlobalMessage {
+            msg: Some(pb::global_message::Msg::Explain(pb::ExplainRequest {
+                id,
+                dataplane: dataplane.to_string(),
+            })),
+        };
+        let answer = tokio::time::timeout(limit, async {
+            outbox.send(Ok(ask)).await.ok()?;
+            rx.await.ok()
+        })
+        .await;
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        match answer {
+            Ok(Some(r)) if r.error.is_empty() => serde_json::from_slice(&r.json)
+                .map_err(|e| ExplainError::Zone(format!("zone {zone} sent unreadable JSON: {e}"))),
+            Ok(Some(r)) => Err(ExplainError::Zone(r.error)),
+            Ok(None) => Err(ExplainError::Offline(zone.to_string())),
+            Err(_) => Err(ExplainError::Timeout(zone.to_string(), limit)),
+        }
+    }
+
+    fn answered(&self, r: pb::ExplainReply) {
+        if let Some(tx) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&r.id)
+        {
+            let _ = tx.send(r);
+        }
     }
 
     fn online_session(&self, zone: &str) -> Option<u64> {
@@ -479,7 +562,7 @@ async fn session(
     mut inbound: Streaming<pb::ZoneMessage>,
     tx: mpsc::Sender<Result<pb::GlobalMessage, Status>>,
 ) {
-    let (session, mut kick) = st.zones.begin(&zone, &hello);
+    let (session, mut kick) = st.zones.begin(&zone, &hello, tx.clone());
     st.metrics.zones_online.inc();
     tracing::info!(zone, resume_from = hello.resume_from, instance = %hello.instance_id, "zone connected");
     let mut sender = DeltaSender::new(hello.resume_from, st.config.ack_timeout);
@@ -636,6 +719,7 @@ fn handle(
         Some(zone_message::Msg::Inventory(inv)) => {
             return Ok(on_inventory(st, zone, session, &inv))
         }
+        Some(zone_message::Msg::Explain(r)) => st.zones.answered(r),
         Some(zone_message::Msg::Hello(_)) => return Err("unexpected second ZoneHello".into()),
         Some(zone_message::Msg::RenewCa(_)) => {
             return Err("CaRenewal is answered by the session loop".into())

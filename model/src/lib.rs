@@ -2,6 +2,7 @@
 //! so that the CLI builds without the network stack:
 //!
 //! * `resource` — kubectl-style documents, the kinds and their validation;
+//! * `policy` — the policy kinds, their targeting and precedence;
 //! * `ident` — SPIFFE identities;
 //! * `token` — zone, dataplane and gateway tokens;
 //! * `fsutil` — private files (keys and credentials at rest).
@@ -9,6 +10,7 @@
 
 pub mod fsutil;
 pub mod ident;
+pub mod policy;
 pub mod resource;
 #[doc(hidden)]
 pub mod testrand;

@@ -13,6 +13,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+use crate::policy::access::{AccessDefaults, AccessPolicySpec, MtlsPolicySpec};
+use crate::policy::route::{HttpRouteSpec, TcpRouteSpec};
+
 pub const API_VERSION: &str = "tern.dev/v1alpha1";
 /// The largest accepted resource, serialized as JSON. Lists are never
 /// bounded as a whole; each resource is.
@@ -133,6 +136,30 @@ pub const KINDS: &[KindInfo] = &[
         validate: |v| typed::<ZoneSpec>(v).map(|_| ()),
     },
     KindInfo {
+        name: "AccessPolicy",
+        plural: "accesspolicies",
+        system: false,
+        validate: |v| typed::<AccessPolicySpec>(v).and_then(|s| s.check()),
+    },
+    KindInfo {
+        name: "MtlsPolicy",
+        plural: "mtlspolicies",
+        system: false,
+        validate: |v| typed::<MtlsPolicySpec>(v).and_then(|s| s.check()),
+    },
+    KindInfo {
+        name: "HttpRoute",
+        plural: "httproutes",
+        system: false,
+        validate: |v| typed::<HttpRouteSpec>(v).and_then(|s| s.check()),
+    },
+    KindInfo {
+        name: "TcpRoute",
+        plural: "tcproutes",
+        system: false,
+        validate: |v| typed::<TcpRouteSpec>(v).and_then(|s| s.check()),
+    },
+    KindInfo {
         name: "ZoneIngress",
         plural: "zoneingresses",
         system: true,
@@ -169,7 +196,7 @@ pub fn known_kinds() -> String {
     KINDS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
 }
 
-fn typed<T: for<'de> Deserialize<'de>>(spec: &Value) -> Result<T, FieldError> {
+pub(crate) fn typed<T: for<'de> Deserialize<'de>>(spec: &Value) -> Result<T, FieldError> {
     let v = if spec.is_null() {
         Value::Object(Default::default())
     } else {
@@ -443,6 +470,9 @@ impl Serialize for Dur {
 pub struct MeshSpec {
     #[serde(default)]
     pub mtls: MtlsSpec,
+    /// What happens to requests no `AccessPolicy` rule matches.
+    #[serde(default)]
+    pub access: AccessDefaults,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -687,7 +717,12 @@ mod tests {
         let bad_kind = "apiVersion: tern.dev/v1alpha1\nkind: Gizmo\nmetadata: {name: a}\n";
         let e = &parse_documents("x", bad_kind).unwrap_err()[0];
         assert_eq!(e.error.path, "kind");
-        assert!(e.error.message.contains("Mesh, Zone, ZoneIngress"), "{e}");
+        assert!(
+            e.error
+                .message
+                .contains("Mesh, Zone, AccessPolicy, MtlsPolicy, HttpRoute, TcpRoute, ZoneIngress"),
+            "{e}"
+        );
         let bad_name = "apiVersion: tern.dev/v1alpha1\nkind: Zone\nmetadata:\n  name: Bad_Name\n";
         let e = &parse_documents("x", bad_name).unwrap_err()[0];
         assert_eq!(e.error.path, "metadata.name");

@@ -8,3 +8,60 @@
 pub mod v1 {
     include!("gen/tern.v1.rs");
 }
+
+/// Key of the inbound policy among a proxy's config items (never a
+/// service name, which is a DNS label).
+pub const INBOUND_KEY: &str = "@inbound";
+
+/// One keyed item of a proxy's config, as the zone control plane diffs it
+/// and the proxy applies it: a cluster (keyed by its service) or the
+/// inbound policy (keyed [`INBOUND_KEY`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProxyItem {
+    Cluster(v1::Cluster),
+    Inbound(v1::InboundPolicy),
+}
+
+impl ProxyItem {
+    pub fn key(&self) -> String {
+        match self {
+            ProxyItem::Cluster(c) => c.service.clone(),
+            ProxyItem::Inbound(_) => INBOUND_KEY.to_string(),
+        }
+    }
+}
+
+/// A config message from keyed items.
+pub fn proxy_config(
+    version: u64,
+    full: bool,
+    upserts: impl IntoIterator<Item = ProxyItem>,
+    removed: Vec<String>,
+) -> v1::ProxyConfig {
+    let mut c = v1::ProxyConfig {
+        version,
+        full,
+        removed,
+        ..Default::default()
+    };
+    for item in upserts {
+        match item {
+            ProxyItem::Cluster(x) => c.upserts.push(x),
+            ProxyItem::Inbound(x) => c.inbound = Some(x),
+        }
+    }
+    c
+}
+
+/// The keyed items a config message carries.
+pub fn proxy_items(c: v1::ProxyConfig) -> (Vec<(String, ProxyItem)>, Vec<String>) {
+    let mut items: Vec<(String, ProxyItem)> = c
+        .upserts
+        .into_iter()
+        .map(|x| (x.service.clone(), ProxyItem::Cluster(x)))
+        .collect();
+    if let Some(i) = c.inbound {
+        items.push((INBOUND_KEY.to_string(), ProxyItem::Inbound(i)));
+    }
+    (items, c.removed)
+}

@@ -43,6 +43,10 @@ enum Cmd {
     Apply {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
+        /// Validate and show what would change (created, configured,
+        /// unchanged); store nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List resources of a kind, or show one.
     Get {
@@ -180,6 +184,19 @@ enum Inspect {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// One proxy, as its zone compiles it: the policies that apply to it
+    /// and where each came from, its inbound rules, and the routes and
+    /// endpoints of each service it calls.
+    Dataplane {
+        /// The proxy's instance name (`--instance`; by default
+        /// SERVICE-ADDRESS-PORT).
+        name: String,
+        /// The zone it runs in.
+        #[arg(long)]
+        zone: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 #[derive(Deserialize)]
@@ -250,6 +267,17 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(u16, Value)> {
+        let (status, v, _) = self.call_warned(method, path, body).await?;
+        Ok((status, v))
+    }
+
+    /// [`Api::call`], with the `Warning` headers the server sent.
+    async fn call_warned(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value, Vec<String>)> {
         let url = format!("{}{}", self.server, path);
         let mut req = hyper::Request::builder()
             .method(method)
@@ -268,10 +296,23 @@ impl Api {
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach the global control plane at {}: {e:?}; is it running? (--server / TERN_CONFIG)", self.server))?;
         let status = resp.status().as_u16();
+        // `299 - "text"`, as Kubernetes sends them.
+        let warnings = resp
+            .headers()
+            .get_all("warning")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|w| {
+                w.split_once(" - ")
+                    .map(|(_, t)| t.trim_matches('"'))
+                    .unwrap_or(w)
+                    .to_string()
+            })
+            .collect();
         let b = resp.into_body().collect().await?.to_bytes();
         let v = serde_json::from_slice(&b)
             .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&b) }));
-        Ok((status, v))
+        Ok((status, v, warnings))
     }
 
     async fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
@@ -367,6 +408,181 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// `inspect dataplane` for people: who, what applies, and what results.
+fn explain_text(v: &Value) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let d = &v["dataplane"];
+    let labels = |l: &Value| {
+        l.as_object()
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    let list = |l: &Value| {
+        l.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let _ = writeln!(
+        o,
+        "dataplane {} ({}): service {}, zone {} (region {}), labels {}, {}",
+        s(d, "/name"),
+        s(d, "/kind"),
+        s(d, "/service"),
+        s(d, "/zone"),
+        s(d, "/region"),
+        labels(&d["labels"]),
+        if d["connected"] == true {
+            "connected"
+        } else {
+            "disconnected"
+        }
+    );
+    let i = &v["inbound"];
+    if !i.is_null() {
+        let _ = writeln!(
+            o,
+            "\ninbound: mTLS {}; when no rule matches: {} ({})",
+            s(i, "/mtlsMode"),
+            s(i, "/default"),
+            s(i, "/defaultMode")
+        );
+        let pols = list(&i["policies"]);
+        let _ = writeln!(
+            o,
+            "  policies: {}",
+            if pols.is_empty() { "none".into() } else { pols }
+        );
+        for (n, r) in i["rules"].as_array().into_iter().flatten().enumerate() {
+            let from = match &r["from"] {
+                Value::String(x) => x.clone(),
+                f => f
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|c| {
+                                let mut parts = vec![];
+                                if let Some(x) = c["service"].as_str() {
+                                    parts.push(format!("service {x}"));
+                                }
+                                if !c["zones"].is_null() {
+                                    parts.push(format!("zones [{}]", list(&c["zones"])));
+                                }
+                                if !c["labels"].is_null() {
+                                    parts.push(format!("labels {}", labels(&c["labels"])));
+                                }
+                                parts.join(" ")
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    })
+                    .unwrap_or_default(),
+            };
+            let mut when = list(&r["methods"]);
+            let paths: Vec<String> = r["paths"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| p.to_string())
+                .collect();
+            if !paths.is_empty() {
+                when = format!("{when} {}", paths.join(" ")).trim().to_string();
+            }
+            let _ = writeln!(
+                o,
+                "  {}. {}: {}{} from {}{}",
+                n + 1,
+                s(r, "/name"),
+                s(r, "/action"),
+                if r["shadow"] == true { " (shadow)" } else { "" },
+                from,
+                if when.is_empty() {
+                    String::new()
+                } else {
+                    format!(" when {when}")
+                }
+            );
+        }
+    }
+    let _ = writeln!(o, "\noutbound:");
+    for (svc, c) in v["outbound"].as_object().into_iter().flatten() {
+        let pols = list(&c["policies"]);
+        let _ = writeln!(
+            o,
+            "  {svc} ({}){}",
+            s(c, "/protocol"),
+            if pols.is_empty() {
+                String::new()
+            } else {
+                format!(": {pols}")
+            }
+        );
+        for r in c["httpRoutes"].as_array().into_iter().flatten() {
+            let _ = writeln!(o, "    route {}", s(r, "/name"));
+            for b in r["backends"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    o,
+                    "      weight {} -> {}: {}",
+                    s(b, "/weight"),
+                    s(b, "/service"),
+                    list(&b["endpoints"])
+                );
+            }
+            if !r["mirror"].is_null() {
+                let _ = writeln!(
+                    o,
+                    "      mirror {}% -> {}",
+                    s(&r["mirror"], "/percent"),
+                    list(&r["mirror"]["backend"]["endpoints"])
+                );
+            }
+        }
+        if let Some(t) = c["tcpRoute"].as_object() {
+            let _ = writeln!(
+                o,
+                "    tcp route {}",
+                t.get("name").and_then(Value::as_str).unwrap_or_default()
+            );
+            for b in t
+                .get("backends")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let _ = writeln!(
+                    o,
+                    "      weight {} -> {}",
+                    s(b, "/weight"),
+                    list(&b["endpoints"])
+                );
+            }
+        }
+        let eps: Vec<String> = c["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| s(e, "/name"))
+            .collect();
+        let _ = writeln!(o, "    endpoints: {}", eps.join(", "));
+    }
+    o
+}
+
 fn s(v: &Value, p: &str) -> String {
     match v.pointer(p) {
         Some(Value::String(s)) => s.clone(),
@@ -388,7 +604,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("ternctl now uses {}", dest.display());
         return Ok(());
     }
-    if let Cmd::Apply { files } = &cli.cmd {
+    if let Cmd::Apply { files, dry_run } = &cli.cmd {
         // Validate everything locally before sending anything.
         let mut docs: Vec<(String, usize, Resource)> = Vec::new();
         let mut errors = Vec::new();
@@ -415,12 +631,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let mut failed = 0;
         for (file, _, r) in docs {
             let info = resource::kind_info(&r.kind).expect("validated");
-            let path = format!("/api/v1/{}/{}", info.plural, r.metadata.name);
-            let (status, v) = api
-                .call("PUT", &path, Some(&serde_json::to_value(&r)?))
+            let path = format!(
+                "/api/v1/{}/{}{}",
+                info.plural,
+                r.metadata.name,
+                if *dry_run { "?dryRun=true" } else { "" }
+            );
+            let (status, v, warnings) = api
+                .call_warned("PUT", &path, Some(&serde_json::to_value(&r)?))
                 .await?;
             let what = format!("{}/{}", r.kind.to_lowercase(), r.metadata.name);
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
             match status {
+                200 if *dry_run => println!("{what} {} (dry run)", s(&v, "/result")),
                 201 => println!("{what} created"),
                 200 => println!(
                     "{what} applied (version {})",
@@ -436,7 +661,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         if failed > 0 {
-            bail!("{failed} resource(s) were not applied");
+            bail!(
+                "{failed} resource(s) {}",
+                if *dry_run {
+                    "would be refused"
+                } else {
+                    "were not applied"
+                }
+            );
         }
         return Ok(());
     }
@@ -644,6 +876,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?;
             println!("token {id} revoked");
+        }
+        Cmd::Inspect {
+            what: Inspect::Dataplane { name, zone, output },
+        } => {
+            let v = api
+                .ok(
+                    "GET",
+                    &format!("/api/v1/inspect/dataplanes/{zone}/{name}"),
+                    None,
+                )
+                .await?;
+            if output != Output::Table {
+                return print_value(&v, output);
+            }
+            print!("{}", explain_text(&v));
         }
         Cmd::Inspect {
             what: Inspect::Zones { output },

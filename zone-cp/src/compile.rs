@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use model::ident::SpiffeId;
 use proto::v1 as pb;
 
+use crate::policy::ProxyFacts;
 use crate::Zone;
+use proto::ProxyItem;
 
 pub const GATEWAYS_PREFIX: &str = "@gateways/";
 
@@ -62,6 +64,32 @@ pub fn trust(z: &Zone) -> pb::Trust {
     }
 }
 
+/// Everything a proxy is sent: its clusters and, for a sidecar, the routes
+/// its policies give each one and its inbound policy.
+pub fn proxy_config(z: &Zone, kind: ProxyKind, facts: &ProxyFacts) -> BTreeMap<String, ProxyItem> {
+    let mut clusters = clusters(z, kind);
+    let mut out = BTreeMap::new();
+    if kind == ProxyKind::Sidecar {
+        let set = z.policies();
+        for c in clusters.values_mut() {
+            let (http, tcp, policies) = set.routes(facts, &c.service);
+            c.http_routes = http;
+            c.tcp_route = tcp;
+            c.policies = policies;
+        }
+        out.insert(
+            proto::INBOUND_KEY.to_string(),
+            ProxyItem::Inbound(set.inbound(facts)),
+        );
+    }
+    out.extend(
+        clusters
+            .into_iter()
+            .map(|(k, c)| (k, ProxyItem::Cluster(c))),
+    );
+    out
+}
+
 pub fn clusters(z: &Zone, kind: ProxyKind) -> BTreeMap<String, pb::Cluster> {
     let mut out = z.registry.clusters();
     let td = &z.boot.trust_domain;
@@ -92,7 +120,7 @@ pub fn clusters(z: &Zone, kind: ProxyKind) -> BTreeMap<String, pb::Cluster> {
                     let c = out.entry(svc.clone()).or_insert_with(|| pb::Cluster {
                         service: svc.clone(),
                         protocol: sum.protocol.clone(),
-                        endpoints: vec![],
+                        ..Default::default()
                     });
                     for gw in &gateways {
                         c.endpoints.push(pb::Endpoint {
@@ -140,6 +168,7 @@ pub fn clusters(z: &Zone, kind: ProxyKind) -> BTreeMap<String, pb::Cluster> {
                         service: name,
                         protocol: "quic".into(),
                         endpoints,
+                        ..Default::default()
                     },
                 );
             }

@@ -140,6 +140,11 @@ impl GlobalState {
             .unwrap_or_default()
     }
 
+    /// Read every resource (`Kind/name` → document) under the lock.
+    pub fn with_resources<R>(&self, f: impl FnOnce(&BTreeMap<String, Value>) -> R) -> R {
+        f(&self.lock().resources)
+    }
+
     fn snapshot(&self) -> (u64, BTreeMap<String, Value>) {
         let g = self.lock();
         (g.version, g.resources.clone())
@@ -315,6 +320,14 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
                     Some(pb::global_message::Msg::Delta(d)) => d,
                     Some(pb::global_message::Msg::CaIssued(c)) => {
                         renewal.answered(z, c);
+                        continue;
+                    }
+                    Some(pb::global_message::Msg::Explain(q)) => {
+                        let reply = match crate::explain::dataplane(z, &q.dataplane) {
+                            Ok(v) => pb::ExplainReply { id: q.id, json: serde_json::to_vec(&v).unwrap_or_default(), error: String::new() },
+                            Err(e) => pb::ExplainReply { id: q.id, json: vec![], error: e },
+                        };
+                        tx.send_timeout(pb::ZoneMessage { msg: Some(zone_message::Msg::Explain(reply)) }, common::grpc::SEND_TIMEOUT).await?;
                         continue;
                     }
                     Some(pb::global_message::Msg::InventoryRefused(r)) => {

@@ -12,7 +12,10 @@
 pub mod bootstrap;
 pub mod ca;
 pub mod compile;
+pub mod explain;
 pub mod global_client;
+pub mod local_policy;
+pub mod policy;
 pub mod proxy_server;
 pub mod registry;
 
@@ -56,6 +59,12 @@ pub struct Config {
     /// How long a proxy may leave a config delta unanswered.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub ack_timeout: Duration,
+    /// A folder of zone-local policy documents (AccessPolicy, MtlsPolicy,
+    /// HttpRoute, TcpRoute) for this zone's proxies only; re-read when its
+    /// files change. The global's policies win at equal specificity, and a
+    /// request its access rules deny stays denied (docs/policies.md).
+    #[arg(long)]
+    pub policy_dir: Option<PathBuf>,
     #[arg(long)]
     pub json_logs: bool,
 }
@@ -149,6 +158,38 @@ pub struct Zone {
     pub global: global_client::GlobalState,
     pub registry: Arc<registry::Registry>,
     pub metrics: Metrics,
+    pub local_policies: Arc<local_policy::LocalPolicies>,
+    /// The parsed policies, for (global version, local version).
+    policy_cache: std::sync::Mutex<Option<PolicyCache>>,
+}
+
+/// The parsed policies and the (global, local) versions they were parsed at.
+type PolicyCache = ((u64, u64), Arc<policy::PolicySet>);
+
+impl Zone {
+    /// Every policy this zone knows, parsed once per change.
+    pub fn policies(&self) -> Arc<policy::PolicySet> {
+        let key = (self.global.version(), self.local_policies.version());
+        let mut g = self.policy_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, set)) = g.as_ref() {
+            if *k == key {
+                return set.clone();
+            }
+        }
+        let mut regions: std::collections::BTreeMap<String, String> = self
+            .global
+            .ingresses()
+            .into_iter()
+            .map(|(zone, spec)| (zone, spec.region))
+            .collect();
+        regions.insert(self.config.zone.clone(), self.config.region.clone());
+        let local = self.local_policies.resources();
+        let set = self
+            .global
+            .with_resources(|all| policy::PolicySet::build(all.values(), &local, regions));
+        *g = Some((key, set.clone()));
+        set
+    }
 }
 
 pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
@@ -164,7 +205,14 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
         config.deregister_after,
     ));
     registry.load(&config.data_dir);
+    let local_policies = Arc::new(
+        local_policy::LocalPolicies::load(config.policy_dir.clone())
+            .map_err(|e| anyhow::anyhow!("--policy-dir: {e}"))?,
+    );
+    local_policies.spawn_poller();
     let zone = Arc::new(Zone {
+        local_policies,
+        policy_cache: Default::default(),
         registry: registry.clone(),
         config: config.clone(),
         boot,

@@ -17,8 +17,10 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::compile::{self, ProxyKind};
+use crate::policy::ProxyFacts;
 use crate::registry::Entry;
 use crate::Zone;
+use proto::ProxyItem;
 
 pub async fn serve(z: Arc<Zone>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(z.config.proxy_addr)
@@ -75,7 +77,13 @@ fn refuse(z: &Zone, service: &str, why: impl std::fmt::Display) -> Status {
 
 /// Sign a proxy's CSR. The certificate never outlives the token that
 /// authorized it, nor the zone CA that signs it.
-fn sign(z: &Zone, csr: &str, id: &SpiffeId, token_exp: u64) -> Result<pb::ZoneToProxy, Status> {
+fn sign(
+    z: &Zone,
+    csr: &str,
+    id: &SpiffeId,
+    labels: &BTreeMap<String, String>,
+    token_exp: u64,
+) -> Result<pb::ZoneToProxy, Status> {
     let ca = z.boot.ca();
     let now = token::now_unix();
     let ca_end = ca
@@ -96,7 +104,7 @@ fn sign(z: &Zone, csr: &str, id: &SpiffeId, token_exp: u64) -> Result<pb::ZoneTo
     let ttl = z.global.workload_cert_ttl().min(Duration::from_secs(cap));
     let leaf = ca
         .ca
-        .sign_leaf(csr, id, &[], ttl)
+        .sign_workload(csr, id, labels, ttl)
         .map_err(|e| Status::invalid_argument(format!("bad CSR: {e}")))?;
     let not_after = common::pki::first_cert(&leaf)
         .ok()
@@ -204,7 +212,8 @@ impl ProxyDiscovery for Service {
                 max,
             )
             .map_err(|e| refuse(&z, &reg.service, e))?;
-        let cert = match sign(&z, &csr.csr_pem, &id, claims.exp) {
+        let labels: BTreeMap<String, String> = reg.labels.clone().into_iter().collect();
+        let cert = match sign(&z, &csr.csr_pem, &id, &labels, claims.exp) {
             Ok(c) => c,
             Err(e) => {
                 z.registry.disconnect(&reg.instance, session, true);
@@ -221,12 +230,19 @@ impl ProxyDiscovery for Service {
             .await;
         let _ = tx.send_timeout(Ok(cert), common::grpc::SEND_TIMEOUT).await;
         z.metrics.proxies.inc();
+        let facts = ProxyFacts {
+            service: reg.service.clone(),
+            zone: z.boot.zone.clone(),
+            region: z.registry.region().to_string(),
+            labels,
+        };
         tokio::spawn(run(
             z,
             kind,
             reg.instance,
             session,
             id,
+            facts,
             (claims.jti, claims.exp),
             trust,
             inbound,
@@ -264,25 +280,27 @@ async fn run(
     instance: String,
     session: u64,
     id: SpiffeId,
+    facts: ProxyFacts,
     (jti, token_exp): (String, u64),
     mut trust: pb::Trust,
     mut inbound: Streaming<pb::ProxyMessage>,
     tx: mpsc::Sender<Result<pb::ZoneToProxy, Status>>,
 ) {
-    let mut sender: DiffSender<pb::Cluster> = DiffSender::new(z.config.ack_timeout);
+    let mut sender: DiffSender<ProxyItem> = DiffSender::new(z.config.ack_timeout);
     let mut reg = z.registry.watch();
     let mut global = z.global.watch();
+    let mut local_policies = z.local_policies.changed.subscribe();
     let mut ca_changed = z.boot.ca_changed.subscribe();
     let clean: bool = loop {
-        let desired: BTreeMap<String, pb::Cluster> = compile::clusters(&z, kind);
+        let desired: BTreeMap<String, ProxyItem> = compile::proxy_config(&z, kind, &facts);
         if let Some(d) = sender.next(&desired, Instant::now()) {
             let msg = pb::ZoneToProxy {
-                msg: Some(zone_to_proxy::Msg::Config(pb::ProxyConfig {
-                    version: d.version,
-                    full: d.full,
-                    upserts: d.upserts.into_iter().map(|(_, c)| c).collect(),
-                    removed: d.removals,
-                })),
+                msg: Some(zone_to_proxy::Msg::Config(proto::proxy_config(
+                    d.version,
+                    d.full,
+                    d.upserts.into_iter().map(|(_, c)| c),
+                    d.removals,
+                ))),
             };
             if tx
                 .send_timeout(Ok(msg), common::grpc::SEND_TIMEOUT)
@@ -307,7 +325,7 @@ async fn run(
                             tracing::warn!(%instance, version = n.version, reason = %n.reason, "proxy refused config");
                             sender.on_nack(n.version, n.reason).map_err(|e| e.to_string())
                         }
-                        proxy_message::Msg::Csr(c) => match sign(&z, &c.csr_pem, &id, token_exp) {
+                        proxy_message::Msg::Csr(c) => match sign(&z, &c.csr_pem, &id, &facts.labels, token_exp) {
                             Ok(cert) => {
                                 tracing::debug!(%instance, "certificate renewed");
                                 tx.send_timeout(Ok(cert), common::grpc::SEND_TIMEOUT).await.map_err(|_| "stream closed".to_string())
@@ -327,6 +345,7 @@ async fn run(
                 Err(_) => break false,
             },
             _ = reg.changed() => {}
+            _ = local_policies.changed() => {}
             _ = ca_changed.changed() => {
                 if !resend_trust(&z, &mut trust, &tx).await {
                     break false;

@@ -328,6 +328,11 @@ impl Registry {
 
     /// Remove a registration at once (its token was revoked), if `session`
     /// still owns it.
+    /// The registration of `instance`, if any.
+    pub fn get(&self, instance: &str) -> Option<Entry> {
+        self.lock().get(instance).cloned()
+    }
+
     pub fn remove(&self, instance: &str, session: u64) {
         let mut g = self.lock();
         if g.get(instance).is_some_and(|e| e.session == session) {
@@ -429,6 +434,7 @@ impl Registry {
                         service: svc,
                         protocol,
                         endpoints: eps,
+                        ..Default::default()
                     },
                 )
             })

@@ -400,7 +400,7 @@ fn random_histories_converge() {
             match r.below(10) {
                 0..=4 => {
                     let bad = r.below(8) == 0;
-                    let v = format!("{}{}", if bad { "bad-" } else { "v-" }, r.next() % 1000);
+                    let v = format!("{}{}", if bad { "bad-" } else { "v-" }, r.next_u64() % 1000);
                     src.put(&key, &v);
                 }
                 5..=6 => src.del(&key),

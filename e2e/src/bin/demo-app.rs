@@ -22,6 +22,10 @@ struct Args {
     /// Echo raw TCP instead of serving HTTP.
     #[arg(long)]
     tcp_echo: bool,
+    /// With --tcp-echo: first send `NAME ZONE\n`, so callers see who
+    /// answered.
+    #[arg(long)]
+    greet: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -32,11 +36,20 @@ async fn main() -> anyhow::Result<()> {
     // Requests this app has received (GET /stats excluded), so tests can
     // tell whether a request was delivered twice.
     let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Of those, copies a mesh proxy mirrored here (`x-tern-mirror`).
+    let mirrored = Arc::new(std::sync::atomic::AtomicU64::new(0));
     loop {
         let (mut tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);
         if args.tcp_echo {
+            let hello = args.greet.then(|| format!("{} {}\n", who.0, who.1));
             tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                if let Some(h) = hello {
+                    if tcp.write_all(h.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
                 let (mut r, mut w) = tcp.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
             });
@@ -44,17 +57,24 @@ async fn main() -> anyhow::Result<()> {
         }
         let who = who.clone();
         let served = served.clone();
+        let mirrored = mirrored.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let who = who.clone();
                 let served = served.clone();
+                let mirrored = mirrored.clone();
                 async move {
                     if req.uri().path() == "/stats" {
                         let n = served.load(std::sync::atomic::Ordering::SeqCst);
-                        let body = serde_json::json!({ "requests": n }).to_string() + "\n";
+                        let m = mirrored.load(std::sync::atomic::Ordering::SeqCst);
+                        let body =
+                            serde_json::json!({ "requests": n, "mirrored": m }).to_string() + "\n";
                         return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))));
                     }
                     served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if req.headers().contains_key("x-tern-mirror") {
+                        mirrored.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     let client = req
                         .headers()
                         .get("x-tern-client-id")
@@ -99,6 +119,16 @@ async fn main() -> anyhow::Result<()> {
                     let method = req.method().to_string();
                     let version = format!("{:?}", req.version());
                     let path = req.uri().path().to_string();
+                    // The request's own `x-` headers (the mesh's excepted),
+                    // so tests see what routes changed.
+                    let headers: serde_json::Map<String, serde_json::Value> = req
+                        .headers()
+                        .iter()
+                        .filter(|(k, _)| {
+                            k.as_str().starts_with("x-") && !k.as_str().starts_with("x-tern-")
+                        })
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                        .collect();
                     let body = req
                         .into_body()
                         .collect()
@@ -108,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
                     let v = serde_json::json!({
                         "service": who.0, "zone": who.1, "instance": who.2,
                         "clientId": client, "method": method, "path": path, "version": version,
-                        "bodyBytes": body.len(),
+                        "bodyBytes": body.len(), "headers": headers,
                     });
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(v.to_string() + "\n"))))
                 }

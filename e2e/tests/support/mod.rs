@@ -592,6 +592,18 @@ impl ZoneCp {
     ) -> ZoneCp {
         Self::start_opts(dir, net, host, name, region, token, None)
     }
+    /// Start with extra `--flag value` pairs.
+    pub fn start_with(
+        dir: &Path,
+        net: Net,
+        host: u8,
+        name: &str,
+        region: &str,
+        token: Option<&Path>,
+        extra: &[&str],
+    ) -> ZoneCp {
+        Self::start_full(dir, net, host, name, region, token, None, name, extra)
+    }
     /// A zone-cp with its own data folder `zone-NAME-LABEL` (a second
     /// party for the same zone).
     pub fn start_in(
@@ -612,6 +624,7 @@ impl ZoneCp {
             token,
             None,
             &format!("{name}-{label}"),
+            &[],
         )
     }
     /// Start under a given umask.
@@ -624,7 +637,7 @@ impl ZoneCp {
         token: Option<&Path>,
         umask: Option<u32>,
     ) -> ZoneCp {
-        Self::start_full(dir, net, host, name, region, token, umask, name)
+        Self::start_full(dir, net, host, name, region, token, umask, name, &[])
     }
     #[allow(clippy::too_many_arguments)]
     fn start_full(
@@ -636,6 +649,7 @@ impl ZoneCp {
         token: Option<&Path>,
         umask: Option<u32>,
         data_name: &str,
+        extra: &[&str],
     ) -> ZoneCp {
         let data = dir.join(format!("zone-{data_name}"));
         let mut z = ZoneCp {
@@ -644,7 +658,7 @@ impl ZoneCp {
                 child: None,
                 log: PathBuf::new(),
             },
-            extra: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             name: name.into(),
             host,
             net,

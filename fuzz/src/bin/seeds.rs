@@ -121,6 +121,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     let zone = r#"{"apiVersion":"tern.dev/v1alpha1","kind":"Zone","metadata":{"name":"z2","labels":{"team":"a"}},"spec":{"enabled":true,"description":"x","regionOrder":["us"]}}"#;
     let ingress = r#"{"apiVersion":"tern.dev/v1alpha1","kind":"ZoneIngress","metadata":{"name":"z2"},"spec":{"region":"us","gateways":["127.0.2.5:4433"],"services":{"web":{"protocol":"http","healthy":2}}}}"#;
     let revocation = r#"{"apiVersion":"tern.dev/v1alpha1","kind":"Revocation","metadata":{"name":"t9"},"spec":{"revokedAt":"2026-01-01T00:00:00Z","reason":"leaked"}}"#;
+    let policies = "apiVersion: tern.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: api}\nspec:\n  targetRef: {service: api, labels: {v: '2'}}\n  mode: shadow\n  rules:\n    - {name: web, action: allow, from: [{service: web, region: eu}], when: {methods: [GET], paths: [{prefix: /v1}, {regex: '/x/[0-9]+'}]}}\n    - {action: deny}\n---\napiVersion: tern.dev/v1alpha1\nkind: MtlsPolicy\nmetadata: {name: m}\nspec: {targetRef: {zone: z1}, mode: permissive}\n---\napiVersion: tern.dev/v1alpha1\nkind: HttpRoute\nmetadata: {name: r}\nspec:\n  to: {service: api}\n  rules:\n    - matches: [{path: {prefix: /a}, headers: [{name: x-u, exact: b}], query: [{name: q, present: true}]}]\n      backends: [{weight: 90, labels: {version: v1}}, {weight: 10, zones: [z2]}]\n      mirror: {service: s, percent: 5}\n      rewrite: {pathPrefix: /b}\n      requestHeaders: {set: {x-a: '1'}, add: {x-b: '2'}, remove: [x-c]}\n      timeout: 2s\n    - {name: moved, redirect: {host: example.org, statusCode: 301}}\n---\napiVersion: tern.dev/v1alpha1\nkind: TcpRoute\nmetadata: {name: t}\nspec: {to: {service: db}, backends: [{weight: 1, zones: [z2]}]}\n";
     let res = |kind: &str, name: &str, body: &str| pb::Resource {
         kind: kind.into(),
         name: name.into(),
@@ -213,6 +214,87 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 ..endpoint("127.0.1.5", true)
             },
         ],
+        ..Default::default()
+    };
+    use pb::string_match::Match as M;
+    let sm = |m| Some(pb::StringMatch { r#match: Some(m) });
+    let routed = pb::Cluster {
+        http_routes: vec![pb::HttpRouteRule {
+            name: "HttpRoute/r/canary".into(),
+            matches: vec![pb::HttpMatch {
+                path: sm(M::Prefix("/v2".into())),
+                method: "GET".into(),
+                headers: vec![pb::NamedMatch {
+                    name: "x-user".into(),
+                    r#match: sm(M::Regex("a.*".into())),
+                }],
+                query: vec![pb::NamedMatch {
+                    name: "q".into(),
+                    r#match: sm(M::Present(true)),
+                }],
+            }],
+            backends: vec![
+                pb::Backend {
+                    weight: 90,
+                    labels: [("version".to_string(), "v1".to_string())].into(),
+                    ..Default::default()
+                },
+                pb::Backend {
+                    weight: 10,
+                    zones: vec!["z2".into()],
+                    ..Default::default()
+                },
+            ],
+            mirror: Some(pb::Mirror {
+                backend: Some(pb::Backend {
+                    weight: 1,
+                    service: "db".into(),
+                    ..Default::default()
+                }),
+                per_million: 50_000,
+            }),
+            request_headers: Some(pb::HeaderOps {
+                set: [("x-a".to_string(), "1".to_string())].into(),
+                add: Default::default(),
+                remove: vec!["x-b".into()],
+            }),
+            rewrite_prefix: "/v1".into(),
+            timeout_ms: 500,
+            ..Default::default()
+        }],
+        tcp_route: Some(pb::TcpRoute {
+            name: "TcpRoute/t".into(),
+            backends: vec![pb::Backend {
+                weight: 1,
+                zones: vec!["z2".into()],
+                ..Default::default()
+            }],
+        }),
+        policies: vec!["HttpRoute/r".into()],
+        ..cluster("api", "http")
+    };
+    let inbound = pb::InboundPolicy {
+        mtls_mode: "permissive".into(),
+        rules: vec![pb::AccessRule {
+            name: "AccessPolicy/a/web".into(),
+            deny: false,
+            shadow: false,
+            from: vec![pb::Caller {
+                service: "web".into(),
+                zones: vec!["z1".into()],
+                zones_given: true,
+                labels: Default::default(),
+            }],
+            methods: vec!["GET".into()],
+            paths: vec![pb::StringMatch {
+                r#match: Some(M::Exact("/x".into())),
+            }],
+            http_only: true,
+            zone_local: false,
+        }],
+        default_deny: true,
+        default_shadow: true,
+        policies: vec!["AccessPolicy/a".into()],
     };
     let tmsg = |msg| pb::ZoneToProxy { msg: Some(msg) }.encode_to_vec();
     use pb::zone_to_proxy::Msg as T;
@@ -222,6 +304,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             full,
             upserts,
             removed,
+            inbound: full.then(|| inbound.clone()),
         }))
     };
     let certificate = tmsg(T::Certificate(pb::Certificate {
@@ -234,7 +317,12 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         key_pem: m.key_pem.clone(),
         trust: Some(trust.clone()),
         config_version: 7,
-        clusters: vec![cluster(SERVICE, "http"), cluster("db", "tcp")],
+        clusters: vec![
+            cluster(SERVICE, "http"),
+            cluster("db", "tcp"),
+            routed.clone(),
+        ],
+        inbound: Some(inbound.clone()),
     };
 
     let yaml = |s: &str| s.as_bytes().to_vec();
@@ -245,7 +333,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         ("resources", vec![
             yaml("apiVersion: tern.dev/v1alpha1\nkind: Mesh\nmetadata:\n  name: default\nspec:\n  mtls:\n    workloadCertTtl: 1h\n---\napiVersion: tern.dev/v1alpha1\nkind: Zone\nmetadata:\n  name: eu-west-1\n  labels: {team: infra}\n  resourceVersion: 3\nspec:\n  enabled: true\n  description: Frankfurt\n  regionOrder: [us, ap]\n"),
             yaml("# comment\n---\napiVersion: tern.dev/v1alpha1\nkind: Revocation\nmetadata: {name: abc}\nspec: {revokedAt: now, reason: leaked}\n"),
-            yaml(mesh), yaml(zone), yaml(ingress), yaml(revocation),
+            yaml(mesh), yaml(zone), yaml(ingress), yaml(revocation), yaml(policies),
         ]),
         ("bootstrap", vec![
             yaml("identity: { cert: /c.pem, key: /k.pem, roots: /r.pem }\ntrustDomain: bench\ninbound: { listen: 127.0.0.1:15006, app: 127.0.0.1:18080, protocol: http }\nadmin: 127.0.0.1:19106\n"),
@@ -263,7 +351,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             fr(&[p_hello(&gw_token, "gateway"), pmsg(P::Csr(csr.clone()))]),
         ]),
         ("zone_to_proxy", vec![
-            fr(&[tmsg(T::Trust(trust)), certificate, config(1, true, vec![cluster(SERVICE, "http"), cluster("db", "tcp")], vec![]), config(2, false, vec![cluster("api", "grpc")], vec!["db".into()])]),
+            fr(&[tmsg(T::Trust(trust)), certificate, config(1, true, vec![cluster(SERVICE, "http"), cluster("db", "tcp"), routed.clone()], vec![]), config(2, false, vec![cluster("api", "grpc")], vec!["db".into()])]),
         ]),
     ]
 }

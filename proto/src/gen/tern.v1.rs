@@ -28,7 +28,7 @@ pub struct JoinResponse {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ZoneMessage {
-    #[prost(oneof = "zone_message::Msg", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "zone_message::Msg", tags = "1, 2, 3, 4, 5, 6")]
     pub msg: ::core::option::Option<zone_message::Msg>,
 }
 /// Nested message and enum types in `ZoneMessage`.
@@ -45,7 +45,20 @@ pub mod zone_message {
         Inventory(super::Inventory),
         #[prost(message, tag = "5")]
         RenewCa(super::CaRenewal),
+        #[prost(message, tag = "6")]
+        Explain(super::ExplainReply),
     }
+}
+/// The answer to an ExplainRequest: what the zone compiled for one of its
+/// proxies (JSON), or why there is nothing to show.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExplainReply {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub json: ::prost::alloc::vec::Vec<u8>,
+    #[prost(string, tag = "3")]
+    pub error: ::prost::alloc::string::String,
 }
 /// The zone asks for a new intermediate for a new key, over its
 /// authenticated stream (well before the current one expires, or when the
@@ -153,7 +166,7 @@ pub struct Endpoint {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GlobalMessage {
-    #[prost(oneof = "global_message::Msg", tags = "1, 2, 3")]
+    #[prost(oneof = "global_message::Msg", tags = "1, 2, 3, 4")]
     pub msg: ::core::option::Option<global_message::Msg>,
 }
 /// Nested message and enum types in `GlobalMessage`.
@@ -166,7 +179,18 @@ pub mod global_message {
         CaIssued(super::CaIssued),
         #[prost(message, tag = "3")]
         InventoryRefused(super::InventoryRefused),
+        #[prost(message, tag = "4")]
+        Explain(super::ExplainRequest),
     }
+}
+/// `ternctl inspect dataplane`: the global asks the zone that runs a proxy
+/// for the policies that apply to it and what they compile to.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExplainRequest {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub dataplane: ::prost::alloc::string::String,
 }
 /// The global refused the zone's last inventory report (too large, or it
 /// spoke for what the zone does not own). The zone's published ZoneIngress
@@ -352,6 +376,10 @@ pub struct ProxyConfig {
     pub upserts: ::prost::alloc::vec::Vec<Cluster>,
     #[prost(string, repeated, tag = "4")]
     pub removed: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The proxy's inbound policy: in every full config, and in a delta when
+    /// it changed. Absent from a full config: mTLS only, everyone allowed.
+    #[prost(message, optional, tag = "5")]
+    pub inbound: ::core::option::Option<InboundPolicy>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Cluster {
@@ -361,6 +389,210 @@ pub struct Cluster {
     pub protocol: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "3")]
     pub endpoints: ::prost::alloc::vec::Vec<Endpoint>,
+    /// What this proxy's HttpRoutes say about calls to this service, in
+    /// precedence order; the first rule that matches a request routes it.
+    /// None matches: the service as a whole.
+    #[prost(message, repeated, tag = "4")]
+    pub http_routes: ::prost::alloc::vec::Vec<HttpRouteRule>,
+    /// This proxy's TcpRoute to this service, if any.
+    #[prost(message, optional, tag = "5")]
+    pub tcp_route: ::core::option::Option<TcpRoute>,
+    /// `Kind/name` of each policy above (for explain output).
+    #[prost(string, repeated, tag = "6")]
+    pub policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct InboundPolicy {
+    /// "strict" (mTLS only; the default) or "permissive" (plaintext too).
+    #[prost(string, tag = "1")]
+    pub mtls_mode: ::prost::alloc::string::String,
+    /// In precedence order: the first rule that matches decides, with two
+    /// exceptions: a shadow rule that matches is counted and evaluation goes
+    /// on; and a request the global's rules deny (see `zone_local`) is denied.
+    #[prost(message, repeated, tag = "2")]
+    pub rules: ::prost::alloc::vec::Vec<AccessRule>,
+    /// When no enforced rule matches: deny (else allow).
+    #[prost(bool, tag = "3")]
+    pub default_deny: bool,
+    /// A denying default is only counted and logged (Mesh spec.access.mode: shadow).
+    #[prost(bool, tag = "4")]
+    pub default_shadow: bool,
+    /// `Kind/name` of each policy compiled in (for explain output).
+    #[prost(string, repeated, tag = "5")]
+    pub policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AccessRule {
+    /// `AccessPolicy/NAME/RULE`: named in the 403 body, logs and metrics.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub deny: bool,
+    /// From a shadow-mode policy: counted and logged, never enforced.
+    #[prost(bool, tag = "3")]
+    pub shadow: bool,
+    /// Any of these callers; none: every caller, plaintext ones included.
+    #[prost(message, repeated, tag = "4")]
+    pub from: ::prost::alloc::vec::Vec<Caller>,
+    /// HTTP conditions: any of the methods (none: any), and any of the paths
+    /// (none: any). A rule with conditions never matches a TCP connection.
+    #[prost(string, repeated, tag = "5")]
+    pub methods: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(message, repeated, tag = "6")]
+    pub paths: ::prost::alloc::vec::Vec<StringMatch>,
+    #[prost(bool, tag = "7")]
+    pub http_only: bool,
+    /// From a zone-local policy. When the global's own rules (alone, in
+    /// order) deny a request, it is denied whatever zone-local rules say: a
+    /// zone narrows access, never opens what the mesh denies.
+    #[prost(bool, tag = "8")]
+    pub zone_local: bool,
+}
+/// A caller, by what its certificate says: its service, its zone (one of
+/// `zones` when `zones_given`; a region is compiled to its zones) and labels
+/// (all of them).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Caller {
+    #[prost(string, tag = "1")]
+    pub service: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "2")]
+    pub zones: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(bool, tag = "3")]
+    pub zones_given: bool,
+    #[prost(map = "string, string", tag = "4")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StringMatch {
+    #[prost(oneof = "string_match::Match", tags = "1, 2, 3, 4")]
+    pub r#match: ::core::option::Option<string_match::Match>,
+}
+/// Nested message and enum types in `StringMatch`.
+pub mod string_match {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Match {
+        #[prost(string, tag = "1")]
+        Exact(::prost::alloc::string::String),
+        /// Paths: whole segments (`/v1` matches `/v1` and `/v1/x`, not `/v10`).
+        /// Header and query values: a plain prefix.
+        #[prost(string, tag = "2")]
+        Prefix(::prost::alloc::string::String),
+        /// The whole value.
+        #[prost(string, tag = "3")]
+        Regex(::prost::alloc::string::String),
+        #[prost(bool, tag = "4")]
+        Present(bool),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NamedMatch {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub r#match: ::core::option::Option<StringMatch>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HttpRouteRule {
+    /// `HttpRoute/NAME/RULE`.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Any of these; none matches every request.
+    #[prost(message, repeated, tag = "2")]
+    pub matches: ::prost::alloc::vec::Vec<HttpMatch>,
+    /// Weighted; none: the cluster's service as a whole.
+    #[prost(message, repeated, tag = "3")]
+    pub backends: ::prost::alloc::vec::Vec<Backend>,
+    #[prost(message, optional, tag = "4")]
+    pub mirror: ::core::option::Option<Mirror>,
+    #[prost(message, optional, tag = "5")]
+    pub request_headers: ::core::option::Option<HeaderOps>,
+    #[prost(message, optional, tag = "6")]
+    pub response_headers: ::core::option::Option<HeaderOps>,
+    /// Replaces the path prefix the rule matched.
+    #[prost(string, tag = "7")]
+    pub rewrite_prefix: ::prost::alloc::string::String,
+    /// Replaces the whole path.
+    #[prost(string, tag = "8")]
+    pub rewrite_path: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "9")]
+    pub redirect: ::core::option::Option<Redirect>,
+    /// For the whole request until its response head; 0: the proxy's default.
+    #[prost(uint64, tag = "10")]
+    pub timeout_ms: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HttpMatch {
+    #[prost(message, optional, tag = "1")]
+    pub path: ::core::option::Option<StringMatch>,
+    #[prost(string, tag = "2")]
+    pub method: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "3")]
+    pub headers: ::prost::alloc::vec::Vec<NamedMatch>,
+    #[prost(message, repeated, tag = "4")]
+    pub query: ::prost::alloc::vec::Vec<NamedMatch>,
+}
+/// A share of traffic: endpoints of `service` (this cluster's when empty)
+/// in `zones` (any when empty) with all of `labels`.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Backend {
+    #[prost(uint32, tag = "1")]
+    pub weight: u32,
+    #[prost(string, tag = "2")]
+    pub service: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "3")]
+    pub zones: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(map = "string, string", tag = "4")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Mirror {
+    #[prost(message, optional, tag = "1")]
+    pub backend: ::core::option::Option<Backend>,
+    /// Share of matching requests copied, in millionths.
+    #[prost(uint32, tag = "2")]
+    pub per_million: u32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HeaderOps {
+    #[prost(map = "string, string", tag = "1")]
+    pub set: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(map = "string, string", tag = "2")]
+    pub add: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(string, repeated, tag = "3")]
+    pub remove: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Redirect {
+    #[prost(string, tag = "1")]
+    pub scheme: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub host: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub port: u32,
+    #[prost(string, tag = "4")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "5")]
+    pub status: u32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TcpRoute {
+    /// `TcpRoute/NAME`.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub backends: ::prost::alloc::vec::Vec<Backend>,
 }
 /// Not sent on the wire: what a proxy keeps on disk (`--state-dir`, mode
 /// 0600) so that, restarted while its zone control plane is down, it serves
@@ -377,6 +609,8 @@ pub struct ProxyState {
     pub config_version: u64,
     #[prost(message, repeated, tag = "5")]
     pub clusters: ::prost::alloc::vec::Vec<Cluster>,
+    #[prost(message, optional, tag = "6")]
+    pub inbound: ::core::option::Option<InboundPolicy>,
 }
 /// Generated client implementations.
 pub mod global_sync_client {

@@ -1,0 +1,237 @@
+//! Attempts: a routed request sent to endpoints the locality-aware balancer
+//! picks, retried in the next locality when that is safe. A failed connect
+//! is retried for any request without a body (nothing was sent);
+//! idempotent requests (GET/HEAD/OPTIONS/TRACE without a body, or marked
+//! `x-tern-idempotent`, whose body is buffered) on any failure. Each
+//! attempt's outcome is typed ([`Failure`]), and decides whether the
+//! endpoint is ejected and whether another attempt is made.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+
+use crate::balance::{Cluster, Endpoint};
+use crate::protocol::Protocol;
+use crate::proxy::{
+    empty, error_chain, error_response, head_too_large, mesh_request, Body, Proxy, EJECT_FOR,
+    ERROR_HEADER, ERROR_UNAVAILABLE, MAX_ATTEMPTS,
+};
+
+/// How an attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection could be made: nothing was sent.
+    Connect,
+    /// The connection broke during the exchange.
+    Connection,
+    /// No answer within the per-try timeout.
+    Timeout,
+    /// The answer's head was over the header limits.
+    Limit,
+    /// A mesh proxy on the way could not deliver (`x-tern-error: proxy`).
+    Unavailable,
+}
+
+impl Failure {
+    fn of(e: &hyper_util::client::legacy::Error) -> Self {
+        if e.is_connect() {
+            Failure::Connect
+        } else if head_too_large(e) {
+            Failure::Limit
+        } else {
+            Failure::Connection
+        }
+    }
+
+    /// Whether the endpoint is at fault (it is ejected for a while).
+    pub fn ejects(self) -> bool {
+        !matches!(self, Failure::Limit)
+    }
+
+    /// Whether another attempt may follow: a failed connect sent nothing;
+    /// anything else only for a request that may be repeated.
+    pub fn retryable(self, idempotent: bool) -> bool {
+        match self {
+            Failure::Limit => false,
+            Failure::Connect => true,
+            _ => idempotent,
+        }
+    }
+}
+
+/// A request ready for attempts: its head, and a body that is either
+/// buffered (replayable) or streamed once.
+pub struct Outgoing<'a> {
+    pub parts: &'a http::request::Parts,
+    pub path: PathAndQuery,
+    pub replay: Option<Bytes>,
+    pub body: Option<Body>,
+    pub bodyless: bool,
+    /// Safe to send again (idempotent, or marked so).
+    pub retryable: bool,
+}
+
+impl Proxy {
+    /// The client and HTTP version for a cluster's protocol.
+    pub(crate) fn upstream_for(
+        &self,
+        protocol: Protocol,
+    ) -> (
+        &hyper_util::client::legacy::Client<crate::connect::MeshConnector, Body>,
+        Version,
+    ) {
+        match protocol {
+            Protocol::Http2 => (&self.upstream_h2, Version::HTTP_2),
+            _ => (&self.upstream_h1, Version::HTTP_11),
+        }
+    }
+
+    /// Send `req` to endpoints of `cluster` until one answers or the
+    /// attempts are used up.
+    pub(crate) async fn attempts(
+        &self,
+        service: &str,
+        cluster: &Cluster,
+        mut req: Outgoing<'_>,
+    ) -> Response<Body> {
+        let (client, version) = self.upstream_for(cluster.protocol);
+        // Allocated only when an attempt fails.
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut min_tier = 0;
+        let mut last_err = String::new();
+        // Set when a connection died under an idempotent request: the next
+        // attempt goes to the same endpoint over a new connection.
+        let mut again: Option<(Arc<Endpoint>, usize)> = None;
+        let mut same_endpoint_retried = false;
+        for attempt in 0..MAX_ATTEMPTS {
+            let Some((ep, tier)) = again.take().or_else(|| cluster.pick(&tried, min_tier)) else {
+                break;
+            };
+            let b = match (&req.replay, req.body.take()) {
+                (Some(bytes), _) => Either::Right(Full::new(bytes.clone())),
+                (None, Some(b)) => b,
+                (None, None) if req.bodyless => empty(),
+                (None, None) => break,
+            };
+            if attempt > 0 {
+                self.metrics.retries.inc();
+            }
+            let r = mesh_request(req.parts, &ep.authority, &req.path, version, b);
+            let res: Result<Response<hyper::body::Incoming>, (Failure, String)> = if req.retryable {
+                match tokio::time::timeout(self.per_try_timeout, client.request(r)).await {
+                    Ok(r) => r.map_err(|e| (Failure::of(&e), error_chain(&e))),
+                    Err(_) => Err((
+                        Failure::Timeout,
+                        format!(
+                            "no response within the per-try timeout of {:?}",
+                            self.per_try_timeout
+                        ),
+                    )),
+                }
+            } else {
+                match self.within_request_timeout(client.request(r)).await {
+                    Ok(r) => r.map_err(|e| (Failure::of(&e), error_chain(&e))),
+                    Err(limit) => {
+                        return error_response(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            format!(
+                                "service {service}: no response head from {} within the request timeout of {limit:?}",
+                                ep.authority
+                            ),
+                        )
+                    }
+                }
+            };
+            let failure = match res {
+                // A proxy on the way could not reach the app: for a
+                // retryable request that is a failed attempt, not an answer.
+                Ok(resp) if req.retryable && is_proxy_failure(&resp) => (
+                    Failure::Unavailable,
+                    format!("{} from the mesh", resp.status()),
+                ),
+                Ok(resp) => return resp.map(Either::Left),
+                Err(f) => f,
+            };
+            let (kind, msg) = failure;
+            if kind == Failure::Limit {
+                // The endpoint answered; its answer is over our limits. Not
+                // its fault, and a retry would get the same.
+                return self.limits.exceeded(&format!("{}'s", ep.authority));
+            }
+            last_err = format!("{}: {msg}", ep.authority);
+            tracing::debug!(service, endpoint = %ep.authority, error = %last_err, "attempt failed");
+            // A pooled connection closed under the request (the peer
+            // restarted, or closed it when trust changed): the endpoint is
+            // not at fault. An idempotent request tries it once more over a
+            // new connection.
+            if kind == Failure::Connection && req.retryable && !same_endpoint_retried {
+                same_endpoint_retried = true;
+                again = Some((ep, tier));
+                continue;
+            }
+            if kind.ejects() {
+                ep.eject(EJECT_FOR);
+            }
+            if !kind.retryable(req.retryable) {
+                break;
+            }
+            tried.push(ep);
+            // Cross-locality retry: the next attempt goes to the next tier.
+            min_tier = tier + 1;
+        }
+        error_response(
+            StatusCode::BAD_GATEWAY,
+            format!("service {service}: no endpoint answered ({last_err})"),
+        )
+    }
+}
+
+pub(crate) fn is_proxy_failure<B>(resp: &Response<B>) -> bool {
+    matches!(
+        resp.status(),
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+    ) && resp
+        .headers()
+        .get(ERROR_HEADER)
+        .is_some_and(|v| v == ERROR_UNAVAILABLE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_say_whether_to_eject_and_whether_to_try_again() {
+        // A connect failure sent nothing: any request may try elsewhere.
+        assert!(Failure::Connect.retryable(false) && Failure::Connect.ejects());
+        // Once sent, only an idempotent request is repeated.
+        for f in [Failure::Connection, Failure::Timeout, Failure::Unavailable] {
+            assert!(!f.retryable(false), "{f:?}");
+            assert!(f.retryable(true), "{f:?}");
+            assert!(f.ejects(), "{f:?}");
+        }
+        // An answer over the header limits is nobody's fault and would come
+        // back the same.
+        assert!(!Failure::Limit.retryable(true) && !Failure::Limit.ejects());
+    }
+
+    #[test]
+    fn only_a_proxy_generated_502_or_503_is_a_failed_attempt() {
+        let r = |status: u16, h: Option<&str>| {
+            let mut r = Response::new(());
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            if let Some(v) = h {
+                r.headers_mut().insert(ERROR_HEADER, v.parse().unwrap());
+            }
+            r
+        };
+        assert!(is_proxy_failure(&r(503, Some("proxy"))));
+        assert!(is_proxy_failure(&r(502, Some("proxy"))));
+        assert!(!is_proxy_failure(&r(503, None)), "the app's own 503");
+        assert!(!is_proxy_failure(&r(502, Some("limit"))));
+        assert!(!is_proxy_failure(&r(403, Some("denied"))));
+    }
+}

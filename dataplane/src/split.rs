@@ -1,0 +1,287 @@
+//! Where a routed request goes: a weighted split across backends (subsets
+//! of a service by zone and labels, or other services), and a mirror that
+//! copies a share of requests elsewhere. Each backend is a locality-aware
+//! cluster of its own, built once per config from the same endpoints (and
+//! the same health state) as the service's cluster.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use proto::v1 as pb;
+
+use crate::balance::{Cluster, Endpoint, Rng};
+
+#[derive(Debug)]
+pub struct Backend {
+    pub weight: u32,
+    pub cluster: Arc<Cluster>,
+}
+
+/// Weighted backends.
+#[derive(Debug)]
+pub struct Split {
+    pub backends: Vec<Backend>,
+    rng: Rng,
+}
+
+/// The endpoints of `b`: those of its service (`default` when it names
+/// none) in its zones, with its labels.
+pub fn backend_cluster(
+    b: &pb::Backend,
+    default: &str,
+    clusters: &HashMap<String, Arc<Cluster>>,
+) -> Arc<Cluster> {
+    let service = if b.service.is_empty() {
+        default
+    } else {
+        b.service.as_str()
+    };
+    let Some(base) = clusters.get(service) else {
+        return Arc::new(Cluster::new(
+            service.to_string(),
+            crate::protocol::Protocol::Http1,
+            vec![],
+        ));
+    };
+    if b.zones.is_empty() && b.labels.is_empty() {
+        return base.clone();
+    }
+    let keep = |e: &&Arc<Endpoint>| {
+        (b.zones.is_empty() || b.zones.iter().any(|z| *z == e.zone))
+            && b.labels
+                .iter()
+                .all(|(k, v)| e.labels.get(k).is_some_and(|x| x == v))
+    };
+    Arc::new(Cluster::new(
+        base.service.clone(),
+        base.protocol,
+        base.endpoints.iter().filter(keep).cloned().collect(),
+    ))
+}
+
+impl Split {
+    pub fn build(
+        backends: &[pb::Backend],
+        default: &str,
+        clusters: &HashMap<String, Arc<Cluster>>,
+    ) -> Result<Self, String> {
+        if backends.iter().all(|b| b.weight == 0) {
+            return Err("every backend has weight 0".into());
+        }
+        Ok(Self {
+            backends: backends
+                .iter()
+                .map(|b| Backend {
+                    weight: b.weight,
+                    cluster: backend_cluster(b, default, clusters),
+                })
+                .collect(),
+            rng: Rng::new(),
+        })
+    }
+
+    /// A backend by weight, among those that have endpoints (a backend with
+    /// none, such as a canary not deployed yet, takes no share).
+    pub fn pick(&self) -> Option<&Arc<Cluster>> {
+        let live = |b: &&Backend| b.weight > 0 && !b.cluster.endpoints.is_empty();
+        let total: u64 = self
+            .backends
+            .iter()
+            .filter(live)
+            .map(|b| b.weight as u64)
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut x = self.rng.next_u64() % total;
+        for b in self.backends.iter().filter(live) {
+            if x < b.weight as u64 {
+                return Some(&b.cluster);
+            }
+            x -= b.weight as u64;
+        }
+        None
+    }
+
+    pub fn dump(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.backends
+                .iter()
+                .map(|b| {
+                    serde_json::json!({
+                        "weight": b.weight,
+                        "service": b.cluster.service,
+                        "endpoints": b.cluster.endpoints.iter().map(|e| e.authority.to_string()).collect::<Vec<_>>(),
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Where copies go, and how many.
+#[derive(Debug)]
+pub struct Mirror {
+    pub cluster: Arc<Cluster>,
+    pub per_million: u32,
+    rng: Rng,
+}
+
+impl Mirror {
+    pub fn build(
+        m: &pb::Mirror,
+        default: &str,
+        clusters: &HashMap<String, Arc<Cluster>>,
+    ) -> Result<Self, String> {
+        let b = m.backend.as_ref().ok_or("mirror without a backend")?;
+        if m.per_million == 0 || m.per_million > 1_000_000 {
+            return Err(format!("mirror share {} out of range", m.per_million));
+        }
+        Ok(Self {
+            cluster: backend_cluster(b, default, clusters),
+            per_million: m.per_million,
+            rng: Rng::new(),
+        })
+    }
+
+    /// Whether this request is copied.
+    pub fn sample(&self) -> bool {
+        if self.per_million >= 1_000_000 {
+            return true;
+        }
+        (self.rng.next_u64() >> 11) % 1_000_000 < self.per_million as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(ip: &str, zone: &str, labels: &[(&str, &str)]) -> pb::Endpoint {
+        pb::Endpoint {
+            address: ip.into(),
+            port: 15006,
+            healthy: true,
+            zone: zone.into(),
+            identity: format!("spiffe://tern/zone/{zone}/svc/api"),
+            weight: 1,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn clusters() -> HashMap<String, Arc<Cluster>> {
+        let cfg = vec![pb::Cluster {
+            service: "api".into(),
+            protocol: "http".into(),
+            endpoints: vec![
+                ep("10.0.0.1", "z1", &[("version", "v1")]),
+                ep("10.0.0.2", "z1", &[("version", "v2")]),
+                ep("10.0.0.3", "z2", &[("version", "v1")]),
+            ],
+            ..Default::default()
+        }];
+        crate::balance::Clusters::build(&cfg, &Default::default(), 1)
+            .unwrap()
+            .by_service
+    }
+
+    fn b(weight: u32, zones: &[&str], labels: &[(&str, &str)]) -> pb::Backend {
+        pb::Backend {
+            weight,
+            service: String::new(),
+            zones: zones.iter().map(|z| z.to_string()).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn backends_select_endpoints_by_zone_and_labels_and_share_their_health() {
+        let cs = clusters();
+        let v2 = backend_cluster(&b(1, &[], &[("version", "v2")]), "api", &cs);
+        assert_eq!(v2.endpoints.len(), 1);
+        assert_eq!(v2.endpoints[0].target.addr.to_string(), "10.0.0.2:15006");
+        let z2 = backend_cluster(&b(1, &["z2"], &[]), "api", &cs);
+        assert_eq!(z2.endpoints.len(), 1);
+        let v1_z1 = backend_cluster(&b(1, &["z1"], &[("version", "v1")]), "api", &cs);
+        assert_eq!(v1_z1.endpoints.len(), 1);
+        // The same endpoint objects: ejecting one in the subset ejects it
+        // for the service too.
+        v2.endpoints[0].eject(std::time::Duration::from_secs(5));
+        assert!(cs["api"].endpoints.iter().any(|e| e.ejected()));
+        // An unknown service gives an empty backend.
+        let none = backend_cluster(
+            &pb::Backend {
+                service: "nope".into(),
+                ..b(1, &[], &[])
+            },
+            "api",
+            &cs,
+        );
+        assert!(none.endpoints.is_empty());
+    }
+
+    /// A 90/10 split over 20,000 picks lands within 1.5 points of 10%:
+    /// the binomial standard deviation is 0.21 points, so this bound is
+    /// over seven of them (a false failure is far below one in a million).
+    #[test]
+    fn a_weighted_split_lands_near_its_weights_and_skips_empty_backends() {
+        let cs = clusters();
+        let s = Split::build(
+            &[
+                b(90, &[], &[("version", "v1")]),
+                b(10, &[], &[("version", "v2")]),
+                b(50, &[], &[("version", "v3")]),
+            ],
+            "api",
+            &cs,
+        )
+        .unwrap();
+        let n = 20_000;
+        // v3 has no endpoints: it takes no share.
+        assert!(s.backends[2].cluster.endpoints.is_empty());
+        let v2_picks = (0..n)
+            .filter(|_| Arc::ptr_eq(s.pick().unwrap(), &s.backends[1].cluster))
+            .count();
+        let share = v2_picks as f64 / n as f64;
+        assert!((share - 0.10).abs() < 0.015, "v2 share {share}");
+        assert!(Split::build(&[b(0, &[], &[])], "api", &cs).is_err());
+        // Nothing left when every backend is empty.
+        let empty = Split::build(&[b(1, &["z9"], &[])], "api", &cs).unwrap();
+        assert!(empty.pick().is_none());
+    }
+
+    #[test]
+    fn a_mirror_copies_its_share() {
+        let cs = clusters();
+        let m = Mirror::build(
+            &pb::Mirror {
+                backend: Some(b(1, &["z2"], &[])),
+                per_million: 250_000,
+            },
+            "api",
+            &cs,
+        )
+        .unwrap();
+        let n = 20_000;
+        let copied = (0..n).filter(|_| m.sample()).count() as f64 / n as f64;
+        // Standard deviation 0.31 points; the bound is five of them.
+        assert!((copied - 0.25).abs() < 0.016, "{copied}");
+        let all = Mirror::build(
+            &pb::Mirror {
+                backend: Some(b(1, &[], &[])),
+                per_million: 1_000_000,
+            },
+            "api",
+            &cs,
+        )
+        .unwrap();
+        assert!((0..100).all(|_| all.sample()));
+    }
+}

@@ -1,0 +1,601 @@
+//! Traffic policies applied at the global and enforced by sidecars in
+//! every zone. Two zones, each with its own addresses and two gateways:
+//!
+//! | zone | region | zone-cp | gateways | workloads |
+//! |---|---|---|---|---|
+//! | z1 | eu | .2 | .21 .22 | .10-.19 |
+//! | z2 | us | .3 | .31 .32 | .40-.49 |
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+struct Mesh {
+    s: Scratch,
+    net: Net,
+    g: Global,
+    zones: Vec<ZoneCp>,
+    _gateways: Vec<GatewayProc>,
+}
+
+impl Mesh {
+    /// `policy_dir_z1`: zone-local policies for z1.
+    fn start(test: &str, net: Net, policy_dir_z1: Option<&std::path::Path>) -> Mesh {
+        let s = Scratch::new(test);
+        let g = Global::start(&s.0, net);
+        let mut zones = Vec::new();
+        for (i, (z, region)) in [("z1", "eu"), ("z2", "us")].iter().enumerate() {
+            let t = g.zone_token(z);
+            let dir = policy_dir_z1
+                .filter(|_| i == 0)
+                .map(|d| d.display().to_string());
+            let extra: Vec<&str> = match &dir {
+                Some(d) => vec!["--policy-dir", d],
+                None => vec![],
+            };
+            zones.push(ZoneCp::start_with(
+                &s.0,
+                net,
+                2 + i as u8,
+                z,
+                region,
+                Some(&t),
+                &extra,
+            ));
+        }
+        let mut gateways = Vec::new();
+        for (i, hosts) in [[21u8, 22], [31, 32]].iter().enumerate() {
+            let z = ["z1", "z2"][i];
+            let t = g.token_file(
+                &format!("{z}-gw.token"),
+                &["generate", "gateway-token", "--zone", z],
+            );
+            for h in hosts {
+                gateways.push(GatewayProc::start(&s.0, net, *h, &zones[i], &t, &[]));
+            }
+        }
+        Mesh {
+            s,
+            net,
+            g,
+            zones,
+            _gateways: gateways,
+        }
+    }
+
+    fn zone(&self, z: &str) -> &ZoneCp {
+        &self.zones[if z == "z1" { 0 } else { 1 }]
+    }
+
+    /// A demo app and its sidecar for `service` in `zone` on `host`.
+    fn workload(&self, zone: &str, host: u8, service: &str, flags: &[&str]) -> Workload {
+        self.workload_full(zone, host, service, &[], flags)
+    }
+
+    fn workload_full(
+        &self,
+        zone: &str,
+        host: u8,
+        service: &str,
+        app: &[&str],
+        flags: &[&str],
+    ) -> Workload {
+        let t = self.g.dp_token(zone, service);
+        let instance = format!("{service}-{host}");
+        let mut f = vec!["--instance", instance.as_str()];
+        f.extend_from_slice(flags);
+        Workload::start_full(
+            &self.s.0,
+            self.net,
+            host,
+            service,
+            self.zone(zone),
+            &t,
+            app,
+            &f,
+        )
+    }
+}
+
+/// The zones that answered `n` GETs of `path` through `caller`, by name.
+fn tally(caller: &Workload, n: usize, path: &str, headers: &[(&str, &str)]) -> Tally {
+    let mut t = Tally::default();
+    for _ in 0..n {
+        let r = http(caller.outbound(), "GET", "api", path, headers).expect("request");
+        assert_eq!(r.status, 200, "{}", r.body);
+        let j = r.json();
+        *t.by
+            .entry(format!(
+                "{}/{}",
+                j["zone"].as_str().unwrap_or(""),
+                j["instance"].as_str().unwrap_or("")
+            ))
+            .or_default() += 1;
+        t.n += 1;
+    }
+    t
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    n: usize,
+    by: std::collections::BTreeMap<String, usize>,
+}
+
+impl Tally {
+    fn share(&self, pred: impl Fn(&str) -> bool) -> f64 {
+        self.by
+            .iter()
+            .filter(|(k, _)| pred(k))
+            .map(|(_, v)| *v)
+            .sum::<usize>() as f64
+            / self.n as f64
+    }
+}
+
+/// Wait until a sidecar's config shows `what` (a JSON pointer into its
+/// /config_dump) satisfying `ok`: the policy reached it.
+fn wait_dump(w: &Workload, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
+    wait_for(&format!("{what} in the sidecar's config"), T, || {
+        let d = w.dump();
+        d.pointer(what).filter(|v| ok(v)).map(|_| ())
+    });
+}
+
+const H: &str = "apiVersion: tern.dev/v1alpha1\n";
+
+/// Access control end to end, across zones: callers in z2 reach `api` and
+/// `db` (TCP), which run only in z1, through the gateways.
+///
+/// * an enforced AccessPolicy gives a 403 naming the rule to a caller it
+///   denies, and counts it under that rule; the allowed caller gets 200;
+/// * a denied TCP connection is reset (no echo), an allowed one echoes;
+/// * a shadow-mode policy counts exactly the requests it would deny and
+///   denies none;
+/// * a zone-local policy of z1 cannot allow what the global denies, and its
+///   own deny is enforced and named `(zone)`;
+/// * permissive mTLS lets a plaintext client in (counted, no client ID),
+///   only where a rule names no callers; strict mode does not;
+/// * `ternctl inspect dataplane` shows the policies applied to `api`;
+///   `apply --dry-run` stores nothing and warns about a target that
+///   matches nothing.
+#[test]
+fn access_rules_deny_across_zones_shadow_counts_and_permissive_accepts_plaintext() {
+    let net = Net(60);
+    let local = Scratch::new("policies-local-dir");
+    std::fs::write(
+        local.path("local.yaml"),
+        format!("{H}kind: AccessPolicy\nmetadata: {{name: z1-local}}\nspec:\n  targetRef: {{service: api, zone: z1}}\n  rules:\n    - {{name: batch-please, action: allow, from: [{{service: batch}}]}}\n    - {{name: no-admin, action: deny, when: {{paths: [{{prefix: /admin}}]}}}}\n"),
+    )
+    .unwrap();
+    let m = Mesh::start("policies-access", net, Some(&local.0));
+    let api = m.workload("z1", 12, "api", &[]);
+    let db = {
+        let t = m.g.dp_token("z1", "db");
+        let app = spawn(
+            &m.s.0,
+            "app-db",
+            "demo-app",
+            &[
+                "--listen".into(),
+                format!("{}:8080", net.ip(13)),
+                "--tcp-echo".into(),
+            ],
+        );
+        let sc = start_sidecar(
+            &m.s.0,
+            net,
+            13,
+            "db",
+            m.zone("z1"),
+            &t,
+            &["--protocol", "tcp", "--instance", "db-13"],
+        );
+        (app, sc)
+    };
+    let tcp_port = |host: u8| format!("tcp:db={}:16000", net.ip(host));
+    let web = m.workload("z2", 40, "web", &["--outbound-port", &tcp_port(40)]);
+    let batch = m.workload("z2", 41, "batch", &["--outbound-port", &tcp_port(41)]);
+    for w in [&web, &batch] {
+        wait_for("api and db reachable from z2", T, || {
+            let ok = w.endpoints("api").len() == 2 && w.endpoints("db").len() == 2;
+            ok.then_some(())
+        });
+    }
+    assert_eq!(
+        http(web.outbound(), "GET", "api", "/", &[]).unwrap().status,
+        200
+    );
+    assert_eq!(
+        http(batch.outbound(), "GET", "api", "/", &[])
+            .unwrap()
+            .status,
+        200
+    );
+
+    // A dry run stores nothing and warns about a service nobody reports.
+    let o = m.g.ternctl_stdin(
+        &["apply", "--dry-run", "-f", "-"],
+        Some(&format!("{H}kind: AccessPolicy\nmetadata: {{name: ghost}}\nspec:\n  targetRef: {{service: apii}}\n  rules: [{{action: deny}}]\n")),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("accesspolicy/ghost created (dry run)"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("warning:") && err.contains("apii"), "{err}");
+    assert!(!m
+        .g
+        .ternctl(&["get", "accesspolicies", "ghost"])
+        .status
+        .success());
+
+    m.g.apply(&format!("{H}kind: AccessPolicy\nmetadata: {{name: api-callers}}\nspec:\n  targetRef: {{service: api}}\n  rules:\n    - {{name: web, action: allow, from: [{{service: web, region: us}}]}}\n    - {{name: health, action: allow, when: {{paths: [{{exact: /health}}]}}}}\n    - {{name: others, action: deny}}\n---\n{H}kind: AccessPolicy\nmetadata: {{name: db-callers}}\nspec:\n  targetRef: {{service: db}}\n  rules:\n    - {{name: web, action: allow, from: [{{service: web}}]}}\n    - {{name: others, action: deny}}\n"));
+    wait_for("batch denied api", T, || {
+        let r = http(batch.outbound(), "GET", "api", "/", &[]).ok()?;
+        (r.status == 403).then_some(r)
+    });
+    let r = http(batch.outbound(), "GET", "api", "/x", &[]).unwrap();
+    assert_eq!(r.status, 403);
+    assert!(
+        r.body
+            .contains("access denied by AccessPolicy/api-callers/others"),
+        "{}",
+        r.body
+    );
+    assert!(r
+        .headers
+        .to_ascii_lowercase()
+        .contains("x-tern-error: denied"));
+    let r = http(web.outbound(), "GET", "api", "/x", &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["clientId"], "spiffe://tern/zone/z2/svc/web");
+    let denied = |rule: &str| {
+        metric_sum(
+            api.admin(),
+            "tern_proxy_access_denied_total",
+            &format!("rule=\"{rule}\""),
+        )
+    };
+    let before = denied("AccessPolicy/api-callers/others");
+    for _ in 0..5 {
+        assert_eq!(
+            http(batch.outbound(), "GET", "api", "/", &[])
+                .unwrap()
+                .status,
+            403
+        );
+    }
+    assert_eq!(denied("AccessPolicy/api-callers/others") - before, 5.0);
+
+    // TCP: web's connection echoes; batch's is reset without a byte.
+    let echo = |w: &Workload| -> std::io::Result<String> {
+        let mut s = TcpStream::connect(w.net.addr(w.host, 16000))?;
+        s.set_read_timeout(Some(patient(Duration::from_secs(5))))?;
+        s.write_all(b"ping\n")?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+    };
+    wait_for("batch's TCP connection to db refused", T, || {
+        match echo(&batch) {
+            Ok(s) if s.is_empty() => Some(()),
+            Err(_) => Some(()),
+            Ok(_) => None,
+        }
+    });
+    assert_eq!(echo(&web).unwrap(), "ping\n");
+    assert!(
+        metric_sum(
+            net.addr(13, 15000),
+            "tern_proxy_access_denied_total",
+            "kind=\"tcp\""
+        ) >= 1.0
+    );
+
+    // z1's own policy (more specific, so first): its allow of batch does
+    // not open what the global's rules deny; its /admin deny applies.
+    let r = http(web.outbound(), "GET", "api", "/admin/x", &[]).unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.body.contains("AccessPolicy/z1-local (zone)/no-admin"),
+        "{}",
+        r.body
+    );
+    let r = http(batch.outbound(), "GET", "api", "/", &[]).unwrap();
+    assert!(
+        r.body.contains("AccessPolicy/api-callers/others"),
+        "{}",
+        r.body
+    );
+
+    // Shadow mode: web's reads of /v1 would be denied; they are counted,
+    // one for one, and still answered.
+    m.g.apply(&format!("{H}kind: AccessPolicy\nmetadata: {{name: trial}}\nspec:\n  targetRef: {{service: api, zone: z1}}\n  mode: shadow\n  rules:\n    - {{name: no-v1, action: deny, from: [{{service: web}}], when: {{paths: [{{prefix: /v1}}]}}}}\n"));
+    wait_dump(&api, "/inbound/policies", |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|p| p == "AccessPolicy/trial"))
+    });
+    let shadow = || {
+        metric_sum(
+            api.admin(),
+            "tern_proxy_access_shadow_denied_total",
+            "rule=\"AccessPolicy/trial/no-v1\"",
+        )
+    };
+    let (before_shadow, before_denied) = (shadow(), denied("AccessPolicy/api-callers/others"));
+    for _ in 0..7 {
+        assert_eq!(
+            http(web.outbound(), "GET", "api", "/v1/items", &[])
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        http(web.outbound(), "GET", "api", "/v2/items", &[])
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(shadow() - before_shadow, 7.0);
+    assert_eq!(denied("AccessPolicy/api-callers/others"), before_denied);
+
+    // Strict mode: plaintext to api's inbound port gets no HTTP answer.
+    let plain = get(api.inbound(), "api", "/health");
+    assert!(
+        plain.as_ref().map_or(true, |r| r.status != 200),
+        "strict mode served plaintext: {plain:?}"
+    );
+    // Permissive: plaintext is served where a rule names no callers, its
+    // client ID is never set, and it is counted.
+    m.g.apply(&format!("{H}kind: MtlsPolicy\nmetadata: {{name: api-move}}\nspec:\n  targetRef: {{service: api}}\n  mode: permissive\n"));
+    let r = wait_for("plaintext served by api", T, || {
+        get(api.inbound(), "api", "/health")
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    assert_eq!(r.json()["clientId"], "");
+    let r = http(
+        api.inbound(),
+        "GET",
+        "api",
+        "/health",
+        &[("x-tern-client-id", "spiffe://tern/zone/z2/svc/web")],
+    )
+    .unwrap();
+    assert_eq!(
+        r.json()["clientId"],
+        "",
+        "a plaintext caller's ID is removed"
+    );
+    let r = get(api.inbound(), "api", "/data").unwrap();
+    assert_eq!(
+        r.status, 403,
+        "plaintext matches no rule that names callers"
+    );
+    assert!(metric_sum(api.admin(), "tern_proxy_plaintext_total", "kind=\"http\"") >= 3.0);
+    // mTLS callers are unaffected.
+    assert_eq!(
+        http(web.outbound(), "GET", "api", "/x", &[])
+            .unwrap()
+            .status,
+        200
+    );
+
+    // Explain: the global asks z1 what applies to api-12.
+    let out = m.g.ctl(&[
+        "inspect",
+        "dataplane",
+        "api-12",
+        "--zone",
+        "z1",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pols: Vec<&str> = v["inbound"]["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert_eq!(
+        pols,
+        [
+            "MtlsPolicy/api-move",
+            "AccessPolicy/trial",
+            "AccessPolicy/z1-local (zone)",
+            "AccessPolicy/api-callers"
+        ]
+    );
+    assert_eq!(v["inbound"]["mtlsMode"], "permissive");
+    assert_eq!(v["inbound"]["rules"][0]["name"], "AccessPolicy/trial/no-v1");
+    let text = m.g.ctl(&["inspect", "dataplane", "api-12", "--zone", "z1"]);
+    assert!(
+        text.contains("AccessPolicy/api-callers/others: deny from any caller"),
+        "{text}"
+    );
+    let o =
+        m.g.ternctl(&["inspect", "dataplane", "nope", "--zone", "z1"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no dataplane \"nope\" in zone z1"));
+    drop(db);
+}
+
+/// HTTP and TCP routes end to end. `api` runs v1 (.12) and v2 (.13) in z1
+/// and one instance in z2 (.40); `web` (.10, z1) calls it.
+///
+/// * a 90/10 split between v1 and v2 lands within 5 points of 10% over 1000
+///   requests (the binomial standard deviation is 0.95 points: a false
+///   failure is below one in a million);
+/// * a 70/30 split across zones sends 30% (within 6 points over 1000: 4.1
+///   standard deviations) to z2, through the gateways (their byte counters
+///   grow);
+/// * a mirror's target receives a copy of each matched request, marked,
+///   while the caller sees only the primary's answers;
+/// * a rewrite, header changes, a redirect and a route timeout act on the
+///   requests they match;
+/// * a TcpRoute sends each new connection to the backend its weights pick.
+#[test]
+fn http_and_tcp_routes_split_by_labels_and_zones_mirror_and_rewrite() {
+    let net = Net(61);
+    let m = Mesh::start("policies-routes", net, None);
+    let _v1 = m.workload("z1", 12, "api", &["--label", "version=v1"]);
+    let _v2 = m.workload("z1", 13, "api", &["--label", "version=v2"]);
+    let _far = m.workload("z2", 40, "api", &["--label", "version=v1"]);
+    let shadow = m.workload("z1", 14, "api-shadow", &[]);
+    let greet = |zone: &str| -> Vec<String> {
+        vec![
+            "--tcp-echo".into(),
+            "--greet".into(),
+            "--zone".into(),
+            zone.into(),
+            "--name".into(),
+            "db".into(),
+        ]
+    };
+    let mut dbs = Vec::new();
+    for (zone, host) in [("z1", 15u8), ("z2", 41)] {
+        let mut args = vec!["--listen".to_string(), format!("{}:8080", net.ip(host))];
+        args.extend(greet(zone));
+        let app = spawn(&m.s.0, &format!("app-db-{host}"), "demo-app", &args);
+        let t = m.g.token_file(
+            &format!("db-{zone}.token"),
+            &[
+                "generate",
+                "dataplane-token",
+                "--zone",
+                zone,
+                "--service",
+                "db",
+            ],
+        );
+        let sc = start_sidecar(
+            &m.s.0,
+            net,
+            host,
+            "db",
+            m.zone(zone),
+            &t,
+            &["--protocol", "tcp"],
+        );
+        dbs.push((app, sc));
+    }
+    let web = m.workload(
+        "z1",
+        10,
+        "web",
+        &["--outbound-port", &format!("tcp:db={}:16000", net.ip(10))],
+    );
+    wait_for(
+        "api's three instances and db's two in web's config",
+        T,
+        || (web.endpoints("api").len() >= 4 && web.endpoints("db").len() >= 3).then_some(()),
+    );
+
+    m.g.apply(&format!(
+        "{H}kind: HttpRoute\nmetadata: {{name: api-routes}}\nspec:\n  to: {{service: api}}\n  rules:\n\
+         \x20   - name: mirrored\n      matches: [{{path: {{prefix: /mirror}}}}]\n      backends: [{{labels: {{version: v1}}, zones: [z1]}}]\n      mirror: {{service: api-shadow}}\n\
+         \x20   - name: zones\n      matches: [{{headers: [{{name: x-split, exact: zones}}]}}]\n      backends: [{{weight: 70, zones: [z1]}}, {{weight: 30, zones: [z2]}}]\n\
+         \x20   - name: old\n      matches: [{{path: {{prefix: /old}}}}]\n      rewrite: {{pathPrefix: /new}}\n      requestHeaders: {{set: {{x-route: old}}, remove: [x-drop]}}\n      responseHeaders: {{add: {{x-served-by: old-route}}}}\n      backends: [{{zones: [z1]}}]\n\
+         \x20   - name: moved\n      matches: [{{path: {{exact: /moved}}}}]\n      redirect: {{host: example.org, path: /here, statusCode: 301}}\n\
+         \x20   - name: slow\n      matches: [{{path: {{prefix: /sleep}}}}]\n      timeout: 300ms\n      backends: [{{zones: [z1]}}]\n\
+         \x20   - name: canary\n      backends: [{{weight: 90, labels: {{version: v1}}, zones: [z1]}}, {{weight: 10, labels: {{version: v2}}}}]\n\
+         ---\n{H}kind: TcpRoute\nmetadata: {{name: db-move}}\nspec:\n  to: {{service: db}}\n  backends: [{{weight: 1, zones: [z2]}}]\n"
+    ));
+    wait_dump(&web, "/routes/api/http", |v| {
+        v.as_array().is_some_and(|a| a.len() == 6)
+    });
+
+    // 90/10 between the two versions in z1.
+    let t = tally(&web, 1000, "/", &[]);
+    let v2 = t.share(|k| k.ends_with(&format!("{}:8080", net.ip(13))));
+    let v1 = t.share(|k| k.ends_with(&format!("{}:8080", net.ip(12))));
+    assert!((v2 - 0.10).abs() < 0.05, "v2 share {v2} ({t:?})");
+    assert!(
+        (v1 + v2 - 1.0).abs() < 1e-9,
+        "only z1's two versions: {t:?}"
+    );
+
+    // 70/30 across zones, through the gateways.
+    let gw_bytes = || -> f64 {
+        [21u8, 22]
+            .iter()
+            .map(|h| {
+                metric_sum(
+                    net.addr(*h, 15090),
+                    "tern_gateway_bytes_sent_total",
+                    "zone=\"z2\"",
+                )
+            })
+            .sum()
+    };
+    let before = gw_bytes();
+    let t = tally(&web, 1000, "/", &[("x-split", "zones")]);
+    let z2 = t.share(|k| k.starts_with("z2/"));
+    assert!((z2 - 0.30).abs() < 0.06, "z2 share {z2} ({t:?})");
+    assert!(gw_bytes() > before, "the z2 share crossed the gateways");
+
+    // Mirror: the caller sees only v1's answers; the mirror gets a marked
+    // copy of each.
+    let copies = || {
+        get(net.addr(14, 8080), "x", "/stats").unwrap().json()["mirrored"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(copies(), 0);
+    for _ in 0..20 {
+        let r = http(web.outbound(), "GET", "api", "/mirror/x", &[]).unwrap();
+        assert_eq!(r.json()["service"], "api", "{}", r.body);
+        assert_eq!(r.json()["instance"], format!("{}:8080", net.ip(12)));
+    }
+    wait_for("20 mirrored copies", T, || (copies() == 20).then_some(()));
+    assert!(metric_sum(web.admin(), "tern_proxy_mirrored_total", "result=\"sent\"") >= 20.0);
+    drop(shadow);
+
+    // Rewrite and header changes.
+    let r = http(
+        web.outbound(),
+        "GET",
+        "api",
+        "/old/items?x=1",
+        &[("x-drop", "1"), ("x-keep", "2")],
+    )
+    .unwrap();
+    let j = r.json();
+    assert_eq!(j["path"], "/new/items", "{}", r.body);
+    assert_eq!(j["headers"]["x-route"], "old");
+    assert_eq!(j["headers"]["x-keep"], "2");
+    assert!(j["headers"].get("x-drop").is_none());
+    assert!(r
+        .headers
+        .to_ascii_lowercase()
+        .contains("x-served-by: old-route"));
+    // A redirect is answered by the caller's sidecar.
+    let r = http(web.outbound(), "GET", "api:8080", "/moved?a=b", &[]).unwrap();
+    assert_eq!(r.status, 301);
+    assert!(
+        r.headers.contains("location: http://example.org/here?a=b"),
+        "{}",
+        r.headers
+    );
+    // The route timeout cuts a slow answer.
+    let r = http(web.outbound(), "GET", "api", "/sleep/2000", &[]).unwrap();
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(r.body.contains("route timeout"), "{}", r.body);
+
+    // TCP: every new connection goes to z2's db.
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(net.addr(10, 16000)).unwrap();
+        s.set_read_timeout(Some(patient(Duration::from_secs(5))))
+            .unwrap();
+        let mut buf = [0u8; 32];
+        let n = s.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"db z2\n");
+    }
+    let _ = SocketAddr::from(([127, 0, 0, 1], 0));
+}

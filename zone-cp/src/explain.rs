@@ -1,0 +1,190 @@
+//! Explain one proxy (`ternctl inspect dataplane`, asked by the global over
+//! the sync stream, and the zone-cp's `/dataplanes/NAME`): who it is, the
+//! policies that apply to it and where each came from, and the inbound rules,
+//! routes and endpoints they compile to — the same compilation its config
+//! comes from.
+
+use std::collections::BTreeMap;
+
+use proto::v1 as pb;
+use proto::ProxyItem;
+use serde_json::{json, Value};
+
+use crate::compile::{self, ProxyKind};
+use crate::policy::ProxyFacts;
+use crate::Zone;
+
+/// The explain document for the proxy registered as `instance`.
+pub fn dataplane(z: &Zone, instance: &str) -> Result<Value, String> {
+    let e = z.registry.get(instance).ok_or_else(|| {
+        format!(
+            "no dataplane {instance:?} in zone {}; `ternctl inspect zones` lists each zone's proxies",
+            z.config.zone
+        )
+    })?;
+    let kind = if e.kind == "gateway" {
+        ProxyKind::Gateway
+    } else {
+        ProxyKind::Sidecar
+    };
+    let facts = ProxyFacts {
+        service: e.service.clone(),
+        zone: z.config.zone.clone(),
+        region: z.config.region.clone(),
+        labels: e.labels.clone(),
+    };
+    let items = compile::proxy_config(z, kind, &facts);
+    let mut inbound = Value::Null;
+    let mut outbound = serde_json::Map::new();
+    let clusters: BTreeMap<&str, &pb::Cluster> = items
+        .values()
+        .filter_map(|i| match i {
+            ProxyItem::Cluster(c) => Some((c.service.as_str(), c)),
+            _ => None,
+        })
+        .collect();
+    for item in items.values() {
+        match item {
+            ProxyItem::Inbound(p) => inbound = inbound_json(p),
+            ProxyItem::Cluster(c) => {
+                outbound.insert(c.service.clone(), cluster_json(c, &clusters));
+            }
+        }
+    }
+    Ok(json!({
+        "dataplane": {
+            "name": e.instance,
+            "kind": e.kind,
+            "service": e.service,
+            "zone": z.config.zone,
+            "region": z.config.region,
+            "labels": e.labels,
+            "identity": e.identity,
+            "address": format!("{}:{}", e.address, e.port),
+            "connected": e.connected,
+            "published": e.ready,
+        },
+        "inbound": inbound,
+        "outbound": outbound,
+    }))
+}
+
+fn matcher(m: &pb::StringMatch) -> Value {
+    use pb::string_match::Match;
+    match &m.r#match {
+        Some(Match::Exact(s)) => json!({"exact": s}),
+        Some(Match::Prefix(s)) => json!({"prefix": s}),
+        Some(Match::Regex(s)) => json!({"regex": s}),
+        Some(Match::Present(p)) => json!({"present": p}),
+        None => Value::Null,
+    }
+}
+
+fn named(m: &pb::NamedMatch) -> Value {
+    let mut v = m.r#match.as_ref().map(matcher).unwrap_or(Value::Null);
+    if let Value::Object(o) = &mut v {
+        o.insert("name".into(), json!(m.name));
+    }
+    v
+}
+
+fn inbound_json(p: &pb::InboundPolicy) -> Value {
+    json!({
+        "mtlsMode": if p.mtls_mode.is_empty() { "strict" } else { &p.mtls_mode },
+        "policies": p.policies,
+        "rules": p.rules.iter().map(|r| json!({
+            "name": r.name,
+            "action": if r.deny { "deny" } else { "allow" },
+            "shadow": r.shadow,
+            "from": if r.from.is_empty() { json!("any caller") } else {
+                json!(r.from.iter().map(|c| json!({
+                    "service": (!c.service.is_empty()).then_some(&c.service),
+                    "zones": c.zones_given.then_some(&c.zones),
+                    "labels": (!c.labels.is_empty()).then_some(&c.labels),
+                })).collect::<Vec<_>>())
+            },
+            "methods": r.methods,
+            "paths": r.paths.iter().map(matcher).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "default": if p.default_deny { "deny" } else { "allow" },
+        "defaultMode": if p.default_shadow { "shadow" } else { "enforce" },
+    })
+}
+
+/// The endpoints a backend selects (as the sidecar selects them).
+fn backend_json(b: &pb::Backend, own: &str, clusters: &BTreeMap<&str, &pb::Cluster>) -> Value {
+    let service = if b.service.is_empty() {
+        own
+    } else {
+        &b.service
+    };
+    let endpoints: Vec<String> = clusters
+        .get(service)
+        .map(|c| {
+            c.endpoints
+                .iter()
+                .filter(|e| b.zones.is_empty() || b.zones.contains(&e.zone))
+                .filter(|e| {
+                    b.labels
+                        .iter()
+                        .all(|(k, v)| e.labels.get(k).is_some_and(|x| x == v))
+                })
+                .map(endpoint_name)
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "weight": b.weight,
+        "service": service,
+        "zones": (!b.zones.is_empty()).then_some(&b.zones),
+        "labels": (!b.labels.is_empty()).then_some(&b.labels),
+        "endpoints": endpoints,
+    })
+}
+
+fn endpoint_name(e: &pb::Endpoint) -> String {
+    if e.via_gateway {
+        format!(
+            "{} (zone {}, via gateway {}:{})",
+            e.instance, e.zone, e.address, e.port
+        )
+    } else {
+        format!("{} ({}:{})", e.instance, e.address, e.port)
+    }
+}
+
+fn cluster_json(c: &pb::Cluster, clusters: &BTreeMap<&str, &pb::Cluster>) -> Value {
+    json!({
+        "protocol": c.protocol,
+        "policies": c.policies,
+        "httpRoutes": c.http_routes.iter().map(|r| json!({
+            "name": r.name,
+            "matches": r.matches.iter().map(|m| json!({
+                "path": m.path.as_ref().map(matcher),
+                "method": (!m.method.is_empty()).then_some(&m.method),
+                "headers": m.headers.iter().map(named).collect::<Vec<_>>(),
+                "query": m.query.iter().map(named).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "backends": r.backends.iter().map(|b| backend_json(b, &c.service, clusters)).collect::<Vec<_>>(),
+            "mirror": r.mirror.as_ref().map(|m| json!({
+                "percent": f64::from(m.per_million) / 10_000.0,
+                "backend": m.backend.as_ref().map(|b| backend_json(b, &c.service, clusters)),
+            })),
+            "rewritePrefix": (!r.rewrite_prefix.is_empty()).then_some(&r.rewrite_prefix),
+            "rewritePath": (!r.rewrite_path.is_empty()).then_some(&r.rewrite_path),
+            "redirect": r.redirect.as_ref().map(|d| json!({"scheme": d.scheme, "host": d.host, "port": d.port, "path": d.path, "status": d.status})),
+            "timeoutMs": (r.timeout_ms > 0).then_some(r.timeout_ms),
+        })).collect::<Vec<_>>(),
+        "tcpRoute": c.tcp_route.as_ref().map(|t| json!({
+            "name": t.name,
+            "backends": t.backends.iter().map(|b| backend_json(b, &c.service, clusters)).collect::<Vec<_>>(),
+        })),
+        "endpoints": c.endpoints.iter().map(|e| json!({
+            "name": endpoint_name(e),
+            "zone": e.zone,
+            "priority": e.priority,
+            "weight": e.weight,
+            "labels": e.labels,
+        })).collect::<Vec<_>>(),
+    })
+}

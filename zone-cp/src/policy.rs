@@ -1,0 +1,400 @@
+//! Policies compiled into what one proxy needs: its inbound policy (mTLS
+//! mode and access rules) and, per destination service, its routes. The
+//! proxy evaluates plain data; targeting, precedence and regions are
+//! resolved here. Only policies that apply to a proxy reach it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use model::policy::access::{AccessDefaults, AccessPolicySpec, Action, MtlsMode, MtlsPolicySpec};
+use model::policy::route::{self, Backend, HttpRouteSpec, PathMatch, TcpRouteSpec, ValueMatch};
+use model::policy::{applicable, Facts, Mode, Origin, Policy, Selector};
+use model::resource::{MeshSpec, Resource};
+use proto::v1 as pb;
+use serde_json::Value;
+
+/// Every policy the zone knows, parsed once per change.
+#[derive(Default)]
+pub struct PolicySet {
+    pub access: Vec<Policy<AccessPolicySpec>>,
+    pub mtls: Vec<Policy<MtlsPolicySpec>>,
+    pub http: Vec<Policy<HttpRouteSpec>>,
+    pub tcp: Vec<Policy<TcpRouteSpec>>,
+    pub defaults: AccessDefaults,
+    /// Zone → region, for callers named by region.
+    pub regions: BTreeMap<String, String>,
+}
+
+/// The proxy a config is compiled for.
+pub struct ProxyFacts {
+    pub service: String,
+    pub zone: String,
+    pub region: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ProxyFacts {
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            service: &self.service,
+            zone: &self.zone,
+            region: &self.region,
+            labels: &self.labels,
+        }
+    }
+}
+
+impl PolicySet {
+    /// From the global's resources (`Kind/name` → document) and the zone's
+    /// own (`--policy-dir`), with the zones' regions.
+    pub fn build<'a>(
+        global: impl Iterator<Item = &'a Value>,
+        local: &[Resource],
+        regions: BTreeMap<String, String>,
+    ) -> Arc<Self> {
+        let mut set = PolicySet {
+            regions,
+            ..Default::default()
+        };
+        let global: Vec<Resource> = global
+            .filter_map(|v| serde_json::from_value(v.clone()).ok())
+            .collect();
+        for (origin, list) in [(Origin::Global, &global[..]), (Origin::Zone, local)] {
+            for r in list {
+                if origin == Origin::Global && r.kind == "Mesh" && r.metadata.name == "default" {
+                    set.defaults = MeshSpec::from_resource(r).access;
+                }
+                if let Some(p) = model::policy::parse(r, "AccessPolicy", origin) {
+                    set.access.push(p);
+                } else if let Some(p) = model::policy::parse(r, "MtlsPolicy", origin) {
+                    set.mtls.push(p);
+                } else if let Some(p) = model::policy::parse(r, "HttpRoute", origin) {
+                    set.http.push(p);
+                } else if let Some(p) = model::policy::parse(r, "TcpRoute", origin) {
+                    set.tcp.push(p);
+                }
+            }
+        }
+        Arc::new(set)
+    }
+
+    /// The inbound policy of a proxy.
+    pub fn inbound(&self, proxy: &ProxyFacts) -> pb::InboundPolicy {
+        let f = proxy.facts();
+        let mut policies = Vec::new();
+        let mtls = applicable(&self.mtls, &f).first().map(|p| {
+            policies.push(p.reference());
+            p.spec.mode
+        });
+        let mut rules: Vec<pb::AccessRule> = Vec::new();
+        for p in applicable(&self.access, &f) {
+            policies.push(p.reference());
+            for (i, r) in p.spec.rules.iter().enumerate() {
+                let when = r.when.clone().unwrap_or_default();
+                rules.push(pb::AccessRule {
+                    name: format!(
+                        "{}/{}",
+                        p.reference(),
+                        route::rule_name(r.name.as_deref(), i)
+                    ),
+                    deny: r.action == Action::Deny,
+                    shadow: p.spec.mode == Mode::Shadow,
+                    from: r.from.iter().map(|s| self.caller(s)).collect(),
+                    methods: when.methods.clone(),
+                    paths: when.paths.iter().map(path_match).collect(),
+                    http_only: r.when.is_some(),
+                    zone_local: p.origin == Origin::Zone,
+                });
+            }
+        }
+        pb::InboundPolicy {
+            mtls_mode: match mtls.unwrap_or_default() {
+                MtlsMode::Strict => "strict",
+                MtlsMode::Permissive => "permissive",
+            }
+            .into(),
+            rules,
+            default_deny: self.defaults.default == Action::Deny,
+            default_shadow: self.defaults.mode == Mode::Shadow,
+            policies,
+        }
+    }
+
+    /// A caller selector, with a region resolved to its zones.
+    fn caller(&self, s: &Selector) -> pb::Caller {
+        let zones_given = s.zone.is_some() || s.region.is_some();
+        let zones = self
+            .regions
+            .iter()
+            .filter(|(z, r)| {
+                s.zone.as_deref().is_none_or(|x| x == z.as_str())
+                    && s.region.as_deref().is_none_or(|x| x == r.as_str())
+            })
+            .map(|(z, _)| z.clone())
+            .chain(
+                // A zone not known yet (no inventory) is still named.
+                s.zone
+                    .clone()
+                    .filter(|z| s.region.is_none() && !self.regions.contains_key(z)),
+            )
+            .collect();
+        pb::Caller {
+            service: s.service.clone().unwrap_or_default(),
+            zones: if zones_given { zones } else { vec![] },
+            zones_given,
+            labels: s.labels.clone().into_iter().collect(),
+        }
+    }
+
+    /// What a proxy's routes say about calls to `service`: its HTTP rules
+    /// in precedence order, its TCP route, and the policies they came from.
+    pub fn routes(
+        &self,
+        proxy: &ProxyFacts,
+        service: &str,
+    ) -> (Vec<pb::HttpRouteRule>, Option<pb::TcpRoute>, Vec<String>) {
+        let f = proxy.facts();
+        let mut policies = Vec::new();
+        let mut http = Vec::new();
+        for p in applicable(&self.http, &f) {
+            if p.spec.to.service != service {
+                continue;
+            }
+            policies.push(p.reference());
+            for (i, r) in p.spec.rules.iter().enumerate() {
+                http.push(http_rule(
+                    &format!(
+                        "{}/{}",
+                        p.reference(),
+                        route::rule_name(r.name.as_deref(), i)
+                    ),
+                    r,
+                ));
+            }
+        }
+        let tcp = applicable(&self.tcp, &f)
+            .into_iter()
+            .find(|p| p.spec.to.service == service)
+            .map(|p| {
+                policies.push(p.reference());
+                pb::TcpRoute {
+                    name: p.reference(),
+                    backends: p.spec.backends.iter().map(backend).collect(),
+                }
+            });
+        (http, tcp, policies)
+    }
+}
+
+fn path_match(p: &PathMatch) -> pb::StringMatch {
+    use pb::string_match::Match;
+    pb::StringMatch {
+        r#match: Some(match (&p.exact, &p.prefix, &p.regex) {
+            (Some(x), _, _) => Match::Exact(x.clone()),
+            (_, Some(x), _) => Match::Prefix(x.clone()),
+            (_, _, Some(x)) => Match::Regex(x.clone()),
+            _ => Match::Present(true),
+        }),
+    }
+}
+
+fn value_match(v: &ValueMatch) -> pb::NamedMatch {
+    use pb::string_match::Match;
+    let m = if let Some(x) = &v.exact {
+        Match::Exact(x.clone())
+    } else if let Some(x) = &v.prefix {
+        Match::Prefix(x.clone())
+    } else if let Some(x) = &v.regex {
+        Match::Regex(x.clone())
+    } else {
+        Match::Present(v.present.unwrap_or(true))
+    };
+    pb::NamedMatch {
+        name: v.name.clone(),
+        r#match: Some(pb::StringMatch { r#match: Some(m) }),
+    }
+}
+
+fn backend(b: &Backend) -> pb::Backend {
+    pb::Backend {
+        weight: b.weight,
+        service: b.service.clone().unwrap_or_default(),
+        zones: b.zones.clone(),
+        labels: b.labels.clone().into_iter().collect(),
+    }
+}
+
+fn header_ops(o: &route::HeaderOps) -> pb::HeaderOps {
+    pb::HeaderOps {
+        set: o.set.clone().into_iter().collect(),
+        add: o.add.clone().into_iter().collect(),
+        remove: o.remove.clone(),
+    }
+}
+
+fn http_rule(name: &str, r: &route::HttpRule) -> pb::HttpRouteRule {
+    pb::HttpRouteRule {
+        name: name.to_string(),
+        matches: r
+            .matches
+            .iter()
+            .map(|m| pb::HttpMatch {
+                path: m.path.as_ref().map(path_match),
+                method: m.method.clone().unwrap_or_default(),
+                headers: m.headers.iter().map(value_match).collect(),
+                query: m.query.iter().map(value_match).collect(),
+            })
+            .collect(),
+        backends: r.backends.iter().map(backend).collect(),
+        mirror: r.mirror.as_ref().map(|m| pb::Mirror {
+            backend: Some(pb::Backend {
+                weight: 1,
+                service: m.service.clone().unwrap_or_default(),
+                zones: m.zones.clone(),
+                labels: m.labels.clone().into_iter().collect(),
+            }),
+            per_million: (m.percent * 10_000.0).round() as u32,
+        }),
+        request_headers: r.request_headers.as_ref().map(header_ops),
+        response_headers: r.response_headers.as_ref().map(header_ops),
+        rewrite_prefix: r
+            .rewrite
+            .as_ref()
+            .and_then(|w| w.path_prefix.clone())
+            .unwrap_or_default(),
+        rewrite_path: r
+            .rewrite
+            .as_ref()
+            .and_then(|w| w.full_path.clone())
+            .unwrap_or_default(),
+        redirect: r.redirect.as_ref().map(|d| pb::Redirect {
+            scheme: d.scheme.clone().unwrap_or_default(),
+            host: d.host.clone().unwrap_or_default(),
+            port: d.port.map(u32::from).unwrap_or(0),
+            path: d.path.clone().unwrap_or_default(),
+            status: u32::from(d.status_code),
+        }),
+        timeout_ms: r
+            .timeout
+            .map(|t| t.0.as_millis().max(1) as u64)
+            .unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(yaml: &str) -> Resource {
+        model::resource::parse_documents("t", yaml)
+            .unwrap()
+            .remove(0)
+    }
+
+    fn proxy(service: &str, zone: &str, labels: &[(&str, &str)]) -> ProxyFacts {
+        ProxyFacts {
+            service: service.into(),
+            zone: zone.into(),
+            region: "eu".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn set(global: &[&str], local: &[&str]) -> Arc<PolicySet> {
+        let g: Vec<Value> = global
+            .iter()
+            .map(|y| serde_json::to_value(res(y)).unwrap())
+            .collect();
+        let l: Vec<Resource> = local.iter().map(|y| res(y)).collect();
+        let regions = [
+            ("eu-1".to_string(), "eu".to_string()),
+            ("eu-2".to_string(), "eu".to_string()),
+            ("us-1".to_string(), "us".to_string()),
+        ]
+        .into();
+        PolicySet::build(g.iter(), &l, regions)
+    }
+
+    const H: &str = "apiVersion: tern.dev/v1alpha1\n";
+
+    #[test]
+    fn access_rules_are_ordered_by_precedence_and_regions_become_zones() {
+        let mesh = format!("{H}kind: AccessPolicy\nmetadata: {{name: mesh-wide}}\nspec:\n  rules:\n    - {{name: no-us, action: deny, from: [{{region: us}}]}}\n");
+        let api = format!("{H}kind: AccessPolicy\nmetadata: {{name: api}}\nspec:\n  targetRef: {{service: api}}\n  mode: shadow\n  rules:\n    - {{action: allow, from: [{{service: web, region: eu}}], when: {{methods: [GET]}}}}\n");
+        let web = format!("{H}kind: AccessPolicy\nmetadata: {{name: web}}\nspec:\n  targetRef: {{service: web}}\n  rules: [{{action: deny}}]\n");
+        let s = set(&[&mesh, &api, &web], &[]);
+        let ib = s.inbound(&proxy("api", "eu-1", &[]));
+        let names: Vec<&str> = ib.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["AccessPolicy/api/rule-1", "AccessPolicy/mesh-wide/no-us"]
+        );
+        assert!(ib.rules[0].shadow && !ib.rules[0].deny && ib.rules[0].http_only);
+        assert_eq!(ib.rules[0].from[0].zones, ["eu-1", "eu-2"]);
+        assert_eq!(ib.rules[0].from[0].service, "web");
+        assert_eq!(ib.rules[1].from[0].zones, ["us-1"]);
+        assert!(ib.rules[1].deny && !ib.rules[1].shadow);
+        assert_eq!(ib.policies, ["AccessPolicy/api", "AccessPolicy/mesh-wide"]);
+        assert_eq!(ib.mtls_mode, "strict");
+        assert!(!ib.default_deny);
+    }
+
+    #[test]
+    fn zone_local_rules_are_ordered_by_precedence_and_marked() {
+        let deny = format!("{H}kind: AccessPolicy\nmetadata: {{name: g}}\nspec:\n  rules: [{{name: no-batch, action: deny, from: [{{service: batch}}]}}]\n");
+        let allow = format!("{H}kind: AccessPolicy\nmetadata: {{name: z}}\nspec:\n  targetRef: {{service: api}}\n  rules: [{{name: batch-ok, action: allow, from: [{{service: batch}}]}}, {{name: zone-deny, action: deny}}]\n");
+        let s = set(&[&deny], &[&allow]);
+        let ib = s.inbound(&proxy("api", "eu-1", &[]));
+        let names: Vec<(&str, bool)> = ib
+            .rules
+            .iter()
+            .map(|r| (r.name.as_str(), r.zone_local))
+            .collect();
+        // The zone's policy is more specific, so its rules come first; the
+        // proxy still denies what the global's rules deny (access.rs).
+        assert_eq!(
+            names,
+            [
+                ("AccessPolicy/z (zone)/batch-ok", true),
+                ("AccessPolicy/z (zone)/zone-deny", true),
+                ("AccessPolicy/g/no-batch", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_most_specific_mtls_policy_wins_and_the_mesh_default_is_compiled() {
+        let all =
+            format!("{H}kind: MtlsPolicy\nmetadata: {{name: all}}\nspec: {{mode: permissive}}\n");
+        let api = format!("{H}kind: MtlsPolicy\nmetadata: {{name: api}}\nspec: {{targetRef: {{service: api}}, mode: strict}}\n");
+        let mesh = format!("{H}kind: Mesh\nmetadata: {{name: default}}\nspec: {{access: {{default: deny, mode: shadow}}}}\n");
+        let s = set(&[&all, &api, &mesh], &[]);
+        assert_eq!(s.inbound(&proxy("api", "eu-1", &[])).mtls_mode, "strict");
+        let web = s.inbound(&proxy("web", "eu-1", &[]));
+        assert_eq!(web.mtls_mode, "permissive");
+        assert!(web.default_deny && web.default_shadow);
+    }
+
+    #[test]
+    fn routes_reach_only_the_callers_they_target() {
+        let canary = format!("{H}kind: HttpRoute\nmetadata: {{name: canary}}\nspec:\n  targetRef: {{zone: eu-1}}\n  to: {{service: api}}\n  rules:\n    - matches: [{{path: {{prefix: /v2}}, headers: [{{name: x-user, exact: alice}}]}}]\n      backends: [{{weight: 90, labels: {{version: v1}}}}, {{weight: 10, zones: [us-1]}}]\n      mirror: {{service: shadow, percent: 12.5}}\n      timeout: 2s\n");
+        let tcp = format!("{H}kind: TcpRoute\nmetadata: {{name: db}}\nspec:\n  to: {{service: db}}\n  backends: [{{weight: 1, zones: [us-1]}}]\n");
+        let s = set(&[&canary, &tcp], &[]);
+        let (http, t, pols) = s.routes(&proxy("web", "eu-1", &[]), "api");
+        assert_eq!(http.len(), 1);
+        assert!(t.is_none());
+        assert_eq!(pols, ["HttpRoute/canary"]);
+        let r = &http[0];
+        assert_eq!(r.name, "HttpRoute/canary/rule-1");
+        assert_eq!(r.backends[1].zones, ["us-1"]);
+        assert_eq!(r.mirror.as_ref().unwrap().per_million, 125_000);
+        assert_eq!(r.timeout_ms, 2000);
+        // Not for callers in another zone.
+        assert!(s.routes(&proxy("web", "eu-2", &[]), "api").0.is_empty());
+        let (_, t, _) = s.routes(&proxy("web", "eu-2", &[]), "db");
+        assert_eq!(t.unwrap().name, "TcpRoute/db");
+    }
+}
