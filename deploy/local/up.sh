@@ -3,8 +3,11 @@
 #   a global control plane; three zones in two regions, each with a zone
 #   control plane, two east-west gateways (QUIC) and an `api` instance;
 #   `web` in eu-west-1 calling `api` (local first, failover by locality) and
-#   `billing`, which runs only in us-east-1 (always cross-region).
-# It prints which zone answered each call, then runs a failover drill: api
+#   `billing`, which runs only in us-east-1 (always cross-region); `batch` in
+#   eu-west-2 calling billing too.
+# It applies deploy/local/policies.yaml (an access rule on billing that only
+# web passes, and a route that sends 20% of web's /split calls to api in
+# us-east-1), prints who answered each call, then runs a failover drill: api
 # in eu-west-1 goes down for 10 s and comes back.
 # Everything lives under ./.tern-local; Ctrl-C stops it all.
 set -euo pipefail
@@ -18,7 +21,7 @@ for a in 127.0.0.1:5681 127.0.0.1:5685 \
          127.0.1.1:5678 127.0.2.1:5678 127.0.3.1:5678 \
          127.0.1.5:15443 127.0.2.5:15443 127.0.3.5:15443 \
          127.0.1.6:15443 127.0.2.6:15443 127.0.3.6:15443 \
-         127.0.1.10:15000 127.0.1.11:15000 127.0.2.11:15000 127.0.3.11:15000 127.0.3.12:15000; do
+         127.0.1.10:15000 127.0.1.11:15000 127.0.2.10:15000 127.0.2.11:15000 127.0.3.11:15000 127.0.3.12:15000; do
   if (exec 3<>"/dev/tcp/${a%:*}/${a#*:}") 2>/dev/null; then
     echo "something already listens on $a; stop it (another local mesh?) and run again" >&2
     exit 1
@@ -104,6 +107,8 @@ workload eu-west-2 2 api 11
 workload us-east-1 3 api 11
 workload us-east-1 3 billing 12
 workload eu-west-1 1 web 10
+workload eu-west-2 2 batch 10
+ctl apply -f deploy/local/policies.yaml >/dev/null
 
 # Wait until web sees api in all three zones.
 for _ in $(seq 1 100); do
@@ -120,6 +125,9 @@ Tern is running: a global control plane and three zones in two regions, on loopb
   $bin/ternctl get zoneingresses -o yaml      # what each zone publishes: gateways, healthy services
   curl -s -H 'Host: api' http://127.0.1.10:15001/hello       # web -> api (local zone first)
   curl -s -H 'Host: billing' http://127.0.1.10:15001/hello   # web -> billing, only in us-east-1 (QUIC gateways)
+  curl -s -H 'Host: billing' http://127.0.2.10:15001/hello   # batch -> billing: 403, AccessPolicy/billing-callers
+  $bin/ternctl get accesspolicies; $bin/ternctl get httproutes   # from deploy/local/policies.yaml (docs/policies.md)
+  $bin/ternctl inspect dataplane web-127.0.1.10-15006 --zone eu-west-1   # what applies to web, and its routes
 
 Admin ports (/ready /metrics /config_dump):
   global          http://127.0.0.1:5681   (API needs the token in $state/global/admin-token)
@@ -128,7 +136,8 @@ Admin ports (/ready /metrics /config_dump):
   web's sidecar   http://127.0.1.10:15000/config_dump   (locality tiers, endpoint health)
 Logs: $state/logs        Ctrl-C stops everything.
 
-Demo traffic from web (eu-west-1); each line says which zone answered:
+Demo traffic; each line says which zone answered web's calls, what batch
+got from billing, and where ten of web's calls to api's /split went:
 EOF
 
 zone_of() { sed -n 's/.*"zone":"\([a-z0-9-]*\)".*/\1/p'; }
@@ -138,11 +147,25 @@ call() { # service
   local z; z=$(printf '%s' "$out" | zone_of)
   printf '%s' "${z:-FAILED}"
 }
+batch_billing() { # a 403 names the rule that denied it
+  local out
+  out=$(curl -s -m 5 -H 'Host: billing' http://127.0.2.10:15001/demo 2>/dev/null) || out=""
+  case "$out" in
+    "access denied by "*) printf '403 (%s)' "${out#access denied by }" ;;
+    *) printf '%s' "$(printf '%s' "$out" | zone_of)" ;;
+  esac
+}
+split() { # ten calls to /split, counted by zone
+  for _ in $(seq 1 10); do
+    curl -s -m 5 -H 'Host: api' http://127.0.1.10:15001/split 2>/dev/null | zone_of; echo
+  done | grep . | sort | uniq -c | awk '{printf "%s %s  ", $2, $1}'
+}
 tick=0
 drill_at=8; restore_at=18
 while true; do
-  a=$(call api); b=$(call billing)
-  printf '%s  web -> api: %-10s  web -> billing: %s\n' "$(date +%T)" "$a" "$b"
+  a=$(call api); b=$(call billing); d=$(batch_billing)
+  printf '%s  web -> api: %-10s  web -> billing: %-10s  batch -> billing: %s  web -> api/split x10: %s\n' \
+    "$(date +%T)" "$a" "$b" "$d" "$(split)"
   tick=$((tick + 1))
   if [ "$tick" -eq "$drill_at" ]; then
     echo ">>> failover drill: api in eu-west-1 goes down (killed) for 10 s; expect eu-west-2 (same region), then back"
