@@ -118,8 +118,8 @@ pub fn split_items<'a>(
     let mut inbound = None;
     for i in items {
         match i {
-            ProxyItem::Cluster(c) => clusters.push(c.clone()),
-            ProxyItem::Inbound(p) => inbound = Some(p.clone()),
+            ProxyItem::Cluster(c) => clusters.push((**c).clone()),
+            ProxyItem::Inbound(p) => inbound = Some((**p).clone()),
         }
     }
     (clusters, inbound)

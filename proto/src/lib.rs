@@ -4,6 +4,8 @@
 //! `TERN_REGEN=1 cargo test -p proto`.
 #![forbid(unsafe_code)]
 
+use std::sync::Arc;
+
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
     include!("gen/tern.v1.rs");
@@ -15,11 +17,23 @@ pub const INBOUND_KEY: &str = "@inbound";
 
 /// One keyed item of a proxy's config, as the zone control plane diffs it
 /// and the proxy applies it: a cluster (keyed by its service) or the
-/// inbound policy (keyed [`INBOUND_KEY`]).
-#[derive(Clone, Debug, PartialEq)]
+/// inbound policy (keyed [`INBOUND_KEY`]). Shared (`Arc`): a zone compiles
+/// an item once and every proxy with the same view holds the same one, so
+/// comparing is a pointer check first.
+#[derive(Clone, Debug)]
 pub enum ProxyItem {
-    Cluster(v1::Cluster),
-    Inbound(v1::InboundPolicy),
+    Cluster(Arc<v1::Cluster>),
+    Inbound(Arc<v1::InboundPolicy>),
+}
+
+impl PartialEq for ProxyItem {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ProxyItem::Cluster(a), ProxyItem::Cluster(b)) => Arc::ptr_eq(a, b) || a == b,
+            (ProxyItem::Inbound(a), ProxyItem::Inbound(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        }
+    }
 }
 
 impl ProxyItem {
@@ -46,8 +60,8 @@ pub fn proxy_config(
     };
     for item in upserts {
         match item {
-            ProxyItem::Cluster(x) => c.upserts.push(x),
-            ProxyItem::Inbound(x) => c.inbound = Some(x),
+            ProxyItem::Cluster(x) => c.upserts.push(Arc::unwrap_or_clone(x)),
+            ProxyItem::Inbound(x) => c.inbound = Some(Arc::unwrap_or_clone(x)),
         }
     }
     c
@@ -58,10 +72,10 @@ pub fn proxy_items(c: v1::ProxyConfig) -> (Vec<(String, ProxyItem)>, Vec<String>
     let mut items: Vec<(String, ProxyItem)> = c
         .upserts
         .into_iter()
-        .map(|x| (x.service.clone(), ProxyItem::Cluster(x)))
+        .map(|x| (x.service.clone(), ProxyItem::Cluster(Arc::new(x))))
         .collect();
     if let Some(i) = c.inbound {
-        items.push((INBOUND_KEY.to_string(), ProxyItem::Inbound(i)));
+        items.push((INBOUND_KEY.to_string(), ProxyItem::Inbound(Arc::new(i))));
     }
     (items, c.removed)
 }

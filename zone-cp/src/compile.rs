@@ -8,7 +8,8 @@
 //! services and, per remote zone, a `@gateways/ZONE` cluster of that zone's
 //! gateway QUIC addresses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use model::ident::SpiffeId;
 use proto::v1 as pb;
@@ -64,29 +65,137 @@ pub fn trust(z: &Zone) -> pb::Trust {
     }
 }
 
+/// Compiled configs for one (global, local policies, registry) version:
+/// the clusters every sidecar (or gateway) of the zone shares, and per
+/// distinct proxy view (service and labels: what policies can target in
+/// one zone) its items. Proxies with the same view share the same items,
+/// so a change is compiled once per view, not once per proxy, and each
+/// proxy's sync state holds pointers, not copies.
+#[derive(Default)]
+pub struct Compiled {
+    key: (u64, u64, u64),
+    /// The trust every proxy gets, with the CA fingerprint it was built for.
+    trust: Option<(String, Arc<pb::Trust>)>,
+    sidecar: Arc<BTreeMap<String, Arc<pb::Cluster>>>,
+    gateway: Option<Arc<BTreeMap<String, ProxyItem>>>,
+    views: HashMap<View, Arc<BTreeMap<String, ProxyItem>>>,
+    /// The views of the version before: an item that did not change keeps
+    /// its `Arc`, so each proxy's diff is a pointer comparison.
+    previous: HashMap<View, Arc<BTreeMap<String, ProxyItem>>>,
+}
+
+/// What policies can tell apart among one zone's proxies.
+type View = (String, BTreeMap<String, String>);
+
+/// [`trust`], built once per global version and zone CA and shared.
+pub fn shared_trust(z: &Zone) -> Arc<pb::Trust> {
+    let mut g = z.compiled.lock().unwrap_or_else(|e| e.into_inner());
+    refresh(z, &mut g);
+    let ca = z.boot.ca().fingerprint.clone();
+    if let Some((fp, t)) = &g.trust {
+        if *fp == ca {
+            return t.clone();
+        }
+    }
+    let t = Arc::new(trust(z));
+    g.trust = Some((ca, t.clone()));
+    t
+}
+
+/// Start over when the global, the local policies or the registry changed.
+fn refresh(z: &Zone, g: &mut Compiled) {
+    let key = (
+        z.global.version(),
+        z.local_policies.version(),
+        z.registry.generation(),
+    );
+    if g.key != key || g.sidecar.is_empty() && g.gateway.is_none() && g.views.is_empty() {
+        let old = std::mem::take(g);
+        let mut previous = old.previous;
+        previous.extend(old.views);
+        *g = Compiled {
+            key,
+            sidecar: Arc::new(
+                clusters(z, ProxyKind::Sidecar)
+                    .into_iter()
+                    .map(|(k, c)| {
+                        let c = match old.sidecar.get(&k) {
+                            Some(o) if **o == c => o.clone(),
+                            _ => Arc::new(c),
+                        };
+                        (k, c)
+                    })
+                    .collect(),
+            ),
+            previous,
+            ..Default::default()
+        };
+    }
+}
+
+/// `item`, or the equal one `old` holds (so it keeps its pointer).
+fn intern(item: ProxyItem, old: Option<&ProxyItem>) -> ProxyItem {
+    match old {
+        Some(o) if *o == item => o.clone(),
+        _ => item,
+    }
+}
+
 /// Everything a proxy is sent: its clusters and, for a sidecar, the routes
 /// its policies give each one and its inbound policy.
-pub fn proxy_config(z: &Zone, kind: ProxyKind, facts: &ProxyFacts) -> BTreeMap<String, ProxyItem> {
-    let mut clusters = clusters(z, kind);
-    let mut out = BTreeMap::new();
-    if kind == ProxyKind::Sidecar {
-        let set = z.policies();
-        for c in clusters.values_mut() {
-            let (http, tcp, policies) = set.routes(facts, &c.service);
-            c.http_routes = http;
-            c.tcp_route = tcp;
-            c.policies = policies;
+pub fn proxy_config(
+    z: &Zone,
+    kind: ProxyKind,
+    facts: &ProxyFacts,
+) -> Arc<BTreeMap<String, ProxyItem>> {
+    let mut g = z.compiled.lock().unwrap_or_else(|e| e.into_inner());
+    refresh(z, &mut g);
+    if kind == ProxyKind::Gateway {
+        if g.gateway.is_none() {
+            g.gateway = Some(Arc::new(
+                clusters(z, ProxyKind::Gateway)
+                    .into_iter()
+                    .map(|(k, c)| (k, ProxyItem::Cluster(Arc::new(c))))
+                    .collect(),
+            ));
         }
+        return g.gateway.clone().unwrap_or_default();
+    }
+    let view = (facts.service.clone(), facts.labels.clone());
+    if let Some(items) = g.views.get(&view) {
+        return items.clone();
+    }
+    let set = z.policies();
+    let old = g.previous.remove(&view);
+    let old_item = |k: &str| old.as_ref().and_then(|o| o.get(k));
+    let mut out: BTreeMap<String, ProxyItem> = BTreeMap::new();
+    for (name, c) in g.sidecar.iter() {
+        let (http, tcp, policies) = set.routes(facts, name);
+        let item = if http.is_empty() && tcp.is_none() {
+            // No route: the cluster every sidecar shares.
+            c.clone()
+        } else {
+            Arc::new(pb::Cluster {
+                http_routes: http,
+                tcp_route: tcp,
+                policies,
+                ..(**c).clone()
+            })
+        };
         out.insert(
-            proto::INBOUND_KEY.to_string(),
-            ProxyItem::Inbound(set.inbound(facts)),
+            name.clone(),
+            intern(ProxyItem::Cluster(item), old_item(name)),
         );
     }
-    out.extend(
-        clusters
-            .into_iter()
-            .map(|(k, c)| (k, ProxyItem::Cluster(c))),
+    out.insert(
+        proto::INBOUND_KEY.to_string(),
+        intern(
+            ProxyItem::Inbound(Arc::new(set.inbound(facts))),
+            old_item(proto::INBOUND_KEY),
+        ),
     );
+    let out = Arc::new(out);
+    g.views.insert(view, out.clone());
     out
 }
 

@@ -39,7 +39,7 @@ pub fn dataplane(z: &Zone, instance: &str) -> Result<Value, String> {
     let clusters: BTreeMap<&str, &pb::Cluster> = items
         .values()
         .filter_map(|i| match i {
-            ProxyItem::Cluster(c) => Some((c.service.as_str(), c)),
+            ProxyItem::Cluster(c) => Some((c.service.as_str(), c.as_ref())),
             _ => None,
         })
         .collect();

@@ -161,6 +161,8 @@ pub struct Zone {
     pub local_policies: Arc<local_policy::LocalPolicies>,
     /// The parsed policies, for (global version, local version).
     policy_cache: std::sync::Mutex<Option<PolicyCache>>,
+    /// Per-proxy configs, compiled once per version and view.
+    pub compiled: std::sync::Mutex<compile::Compiled>,
 }
 
 /// The parsed policies and the (global, local) versions they were parsed at.
@@ -213,6 +215,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
     let zone = Arc::new(Zone {
         local_policies,
         policy_cache: Default::default(),
+        compiled: Default::default(),
         registry: registry.clone(),
         config: config.clone(),
         boot,

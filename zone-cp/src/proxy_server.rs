@@ -61,6 +61,10 @@ struct Service {
     z: Arc<Zone>,
 }
 
+/// How long a proxy's stream waits after a registry change before it
+/// computes the proxy's next config (policy changes are not delayed).
+const REGISTRY_DEBOUNCE: Duration = Duration::from_millis(100);
+
 /// Instances one dataplane token may register at once, unless the token
 /// says otherwise (`ternctl generate dataplane-token --max-instances`).
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
@@ -222,10 +226,10 @@ impl ProxyDiscovery for Service {
         };
         let (tx, rx) = mpsc::channel(16);
         // Trust first: the proxy fails closed until it has both.
-        let trust = compile::trust(&z);
+        let trust = compile::shared_trust(&z);
         let _ = tx
             .send(Ok(pb::ZoneToProxy {
-                msg: Some(zone_to_proxy::Msg::Trust(trust.clone())),
+                msg: Some(zone_to_proxy::Msg::Trust((*trust).clone())),
             }))
             .await;
         let _ = tx.send_timeout(Ok(cert), common::grpc::SEND_TIMEOUT).await;
@@ -257,16 +261,17 @@ impl ProxyDiscovery for Service {
 /// Send the proxy its trust again if it changed; false when the stream is gone.
 async fn resend_trust(
     z: &Zone,
-    trust: &mut pb::Trust,
+    trust: &mut Arc<pb::Trust>,
     tx: &mpsc::Sender<Result<pb::ZoneToProxy, Status>>,
 ) -> bool {
-    let now = compile::trust(z);
-    if now == *trust {
+    let now = compile::shared_trust(z);
+    if Arc::ptr_eq(&now, trust) || now == *trust {
+        *trust = now;
         return true;
     }
     *trust = now;
     let msg = pb::ZoneToProxy {
-        msg: Some(zone_to_proxy::Msg::Trust(trust.clone())),
+        msg: Some(zone_to_proxy::Msg::Trust((**trust).clone())),
     };
     tx.send_timeout(Ok(msg), common::grpc::SEND_TIMEOUT)
         .await
@@ -282,7 +287,7 @@ async fn run(
     id: SpiffeId,
     facts: ProxyFacts,
     (jti, token_exp): (String, u64),
-    mut trust: pb::Trust,
+    mut trust: Arc<pb::Trust>,
     mut inbound: Streaming<pb::ProxyMessage>,
     tx: mpsc::Sender<Result<pb::ZoneToProxy, Status>>,
 ) {
@@ -292,7 +297,7 @@ async fn run(
     let mut local_policies = z.local_policies.changed.subscribe();
     let mut ca_changed = z.boot.ca_changed.subscribe();
     let clean: bool = loop {
-        let desired: BTreeMap<String, ProxyItem> = compile::proxy_config(&z, kind, &facts);
+        let desired = compile::proxy_config(&z, kind, &facts);
         if let Some(d) = sender.next(&desired, Instant::now()) {
             let msg = pb::ZoneToProxy {
                 msg: Some(zone_to_proxy::Msg::Config(proto::proxy_config(
@@ -344,7 +349,12 @@ async fn run(
                 Ok(None) => break true,
                 Err(_) => break false,
             },
-            _ = reg.changed() => {}
+            _ = reg.changed() => {
+                // Proxies come and go in bursts (a rollout, a zone
+                // starting): let a burst settle, so each proxy gets one
+                // update for it, not one per member.
+                tokio::time::sleep(REGISTRY_DEBOUNCE).await;
+            }
             _ = local_policies.changed() => {}
             _ = ca_changed.changed() => {
                 if !resend_trust(&z, &mut trust, &tx).await {

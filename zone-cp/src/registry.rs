@@ -263,6 +263,11 @@ impl Registry {
         self.generation.subscribe()
     }
 
+    /// Bumped on every change.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
     /// Register (or re-register) a proxy; returns its session id. `max` is
     /// how many instances its token may hold at once.
     pub fn register(&self, mut e: Entry, max: u32) -> Result<u64, Refusal> {
