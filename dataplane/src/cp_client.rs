@@ -154,15 +154,15 @@ pub fn validate(_k: &str, c: &pb::Cluster) -> Result<(), String> {
     .map(|_| ())
 }
 
-/// A config message as one (last) chunk for the delta receiver.
+/// A config message as a chunk for the delta receiver.
 pub fn chunk_of(c: pb::ProxyConfig) -> Chunk<ProxyItem> {
-    let (version, full) = (c.version, c.full);
+    let (version, full, chunk, last) = (c.version, c.full, c.chunk, c.last_chunk);
     let (upserts, removals) = proto::proxy_items(c);
     Chunk {
         version,
         full,
-        chunk: 0,
-        last: true,
+        chunk,
+        last,
         upserts,
         removals,
     }

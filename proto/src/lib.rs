@@ -37,6 +37,15 @@ impl PartialEq for ProxyItem {
 }
 
 impl ProxyItem {
+    /// Its size on the wire.
+    pub fn encoded_len(&self) -> usize {
+        use prost::Message;
+        match self {
+            ProxyItem::Cluster(c) => c.encoded_len(),
+            ProxyItem::Inbound(p) => p.encoded_len(),
+        }
+    }
+
     pub fn key(&self) -> String {
         match self {
             ProxyItem::Cluster(c) => c.service.clone(),
@@ -45,17 +54,20 @@ impl ProxyItem {
     }
 }
 
-/// A config message from keyed items.
+/// A config message (one chunk of a version) from keyed items.
 pub fn proxy_config(
     version: u64,
     full: bool,
     upserts: impl IntoIterator<Item = ProxyItem>,
     removed: Vec<String>,
+    (chunk, last_chunk): (u32, bool),
 ) -> v1::ProxyConfig {
     let mut c = v1::ProxyConfig {
         version,
         full,
         removed,
+        chunk,
+        last_chunk,
         ..Default::default()
     };
     for item in upserts {

@@ -61,6 +61,11 @@ struct Service {
     z: Arc<Zone>,
 }
 
+/// Largest config message: a bigger config travels in chunks, so each
+/// stream's buffers stay small however many endpoints the zone has (a
+/// single item larger than this goes alone).
+const CONFIG_CHUNK_BYTES: usize = 32 * 1024;
+
 /// How long a proxy's stream waits after a registry change before it
 /// computes the proxy's next config (policy changes are not delayed).
 const REGISTRY_DEBOUNCE: Duration = Duration::from_millis(100);
@@ -299,19 +304,27 @@ async fn run(
     let clean: bool = loop {
         let desired = compile::proxy_config(&z, kind, &facts);
         if let Some(d) = sender.next(&desired, Instant::now()) {
-            let msg = pb::ZoneToProxy {
-                msg: Some(zone_to_proxy::Msg::Config(proto::proxy_config(
-                    d.version,
-                    d.full,
-                    d.upserts.into_iter().map(|(_, c)| c),
-                    d.removals,
-                ))),
-            };
-            if tx
-                .send_timeout(Ok(msg), common::grpc::SEND_TIMEOUT)
-                .await
-                .is_err()
-            {
+            let mut gone = false;
+            for c in common::sync::chunk(d, CONFIG_CHUNK_BYTES, ProxyItem::encoded_len) {
+                let msg = pb::ZoneToProxy {
+                    msg: Some(zone_to_proxy::Msg::Config(proto::proxy_config(
+                        c.version,
+                        c.full,
+                        c.upserts.into_iter().map(|(_, item)| item),
+                        c.removals,
+                        (c.chunk, c.last),
+                    ))),
+                };
+                if tx
+                    .send_timeout(Ok(msg), common::grpc::SEND_TIMEOUT)
+                    .await
+                    .is_err()
+                {
+                    gone = true;
+                    break;
+                }
+            }
+            if gone {
                 break false;
             }
         }

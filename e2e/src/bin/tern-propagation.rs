@@ -224,7 +224,8 @@ async fn simulate(
     while let Some(m) = inbound.message().await? {
         if let Some(zone_to_proxy::Msg::Config(c)) = m.msg {
             let version = c.version;
-            let full = c.full;
+            let full = c.full && c.chunk == 0;
+            let last = c.last_chunk;
             let (upserts, removed) = proto::proxy_items(c);
             if full {
                 items.clear();
@@ -233,6 +234,9 @@ async fn simulate(
                 items.remove(&k);
             }
             items.extend(upserts);
+            if !last {
+                continue;
+            }
             if let Some(ProxyItem::Inbound(p)) = items.get(proto::INBOUND_KEY) {
                 let rev = probe_revision(p).unwrap_or(0);
                 if rev > seen.latest[slot].load(Ordering::Relaxed) {

@@ -305,6 +305,8 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             upserts,
             removed,
             inbound: full.then(|| inbound.clone()),
+            chunk: 0,
+            last_chunk: true,
         }))
     };
     let certificate = tmsg(T::Certificate(pb::Certificate {

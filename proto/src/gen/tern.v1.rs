@@ -380,6 +380,14 @@ pub struct ProxyConfig {
     /// it changed. Absent from a full config: mTLS only, everyone allowed.
     #[prost(message, optional, tag = "5")]
     pub inbound: ::core::option::Option<InboundPolicy>,
+    /// A config larger than a chunk (32 KiB) travels as several messages of
+    /// the same version, numbered from 0; the proxy applies it (and ACKs)
+    /// once it has the one marked last. Keeps every message, and so every
+    /// stream's buffers, small however many endpoints a zone has.
+    #[prost(uint32, tag = "6")]
+    pub chunk: u32,
+    #[prost(bool, tag = "7")]
+    pub last_chunk: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Cluster {
