@@ -4,6 +4,7 @@
 pub mod flow;
 pub mod grpc;
 pub mod pki;
+pub mod policy;
 pub mod splice;
 pub mod sync;
 pub mod telemetry;

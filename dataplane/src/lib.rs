@@ -137,6 +137,28 @@ pub struct Bootstrap {
     pub clusters: Vec<ClusterSpec>,
     #[serde(default)]
     pub admin: Option<SocketAddr>,
+    /// Policies compiled for this sidecar, as a zone control plane would.
+    #[serde(default)]
+    pub policies: Option<PoliciesSpec>,
+}
+
+/// Policy documents (AccessPolicy, MtlsPolicy, HttpRoute, TcpRoute, as
+/// `ternctl apply` takes them) and what they see this sidecar as.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesSpec {
+    pub files: Vec<PathBuf>,
+    pub service: String,
+    #[serde(default = "local")]
+    pub zone: String,
+    #[serde(default = "local")]
+    pub region: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn local() -> String {
+    "local".into()
 }
 
 #[derive(Deserialize, Debug)]
@@ -181,6 +203,50 @@ pub struct ClusterSpec {
 pub struct EndpointSpec {
     pub address: SocketAddr,
     pub identity: String,
+}
+
+/// Compile a standalone sidecar's policy files into its clusters' routes
+/// and its inbound policy, as its zone control plane would.
+fn compile_policies(
+    p: &PoliciesSpec,
+    mut clusters: Vec<pb::Cluster>,
+) -> anyhow::Result<(Vec<pb::Cluster>, Option<pb::InboundPolicy>)> {
+    let mut docs = Vec::new();
+    for f in &p.files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?;
+        match model::resource::parse_documents(&f.display().to_string(), &text) {
+            Ok(rs) => docs.extend(rs),
+            Err(es) => bail!(
+                "{}",
+                es.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        }
+    }
+    let values: Vec<serde_json::Value> = docs
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
+    let set = common::policy::PolicySet::build(
+        values.iter(),
+        &[],
+        [(p.zone.clone(), p.region.clone())].into(),
+    );
+    let facts = common::policy::ProxyFacts {
+        service: p.service.clone(),
+        zone: p.zone.clone(),
+        region: p.region.clone(),
+        labels: p.labels.clone(),
+    };
+    for c in &mut clusters {
+        let (http, tcp, policies) = set.routes(&facts, &c.service);
+        c.http_routes = http;
+        c.tcp_route = tcp;
+        c.policies = policies;
+    }
+    Ok((clusters, Some(set.inbound(&facts))))
 }
 
 /// A duration above zero (flag value parser).
@@ -310,8 +376,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 ..Default::default()
             })
             .collect();
+        let (clusters, inbound) = match &b.policies {
+            None => (clusters, None),
+            Some(p) => compile_policies(p, clusters)
+                .with_context(|| format!("{}: policies", path.display()))?,
+        };
         shared
-            .apply(&clusters, None, 1)
+            .apply(&clusters, inbound.as_ref(), 1)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let mut outbound = Vec::new();
         for o in &b.outbound {

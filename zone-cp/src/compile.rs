@@ -14,8 +14,8 @@ use std::sync::Arc;
 use model::ident::SpiffeId;
 use proto::v1 as pb;
 
-use crate::policy::ProxyFacts;
 use crate::Zone;
+use common::policy::ProxyFacts;
 use proto::ProxyItem;
 
 pub const GATEWAYS_PREFIX: &str = "@gateways/";

@@ -11,8 +11,8 @@ use proto::ProxyItem;
 use serde_json::{json, Value};
 
 use crate::compile::{self, ProxyKind};
-use crate::policy::ProxyFacts;
 use crate::Zone;
+use common::policy::ProxyFacts;
 
 /// The explain document for the proxy registered as `instance`.
 pub fn dataplane(z: &Zone, instance: &str) -> Result<Value, String> {

@@ -15,7 +15,6 @@ pub mod compile;
 pub mod explain;
 pub mod global_client;
 pub mod local_policy;
-pub mod policy;
 pub mod proxy_server;
 pub mod registry;
 
@@ -166,11 +165,11 @@ pub struct Zone {
 }
 
 /// The parsed policies and the (global, local) versions they were parsed at.
-type PolicyCache = ((u64, u64), Arc<policy::PolicySet>);
+type PolicyCache = ((u64, u64), Arc<common::policy::PolicySet>);
 
 impl Zone {
     /// Every policy this zone knows, parsed once per change.
-    pub fn policies(&self) -> Arc<policy::PolicySet> {
+    pub fn policies(&self) -> Arc<common::policy::PolicySet> {
         let key = (self.global.version(), self.local_policies.version());
         let mut g = self.policy_cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((k, set)) = g.as_ref() {
@@ -188,7 +187,7 @@ impl Zone {
         let local = self.local_policies.resources();
         let set = self
             .global
-            .with_resources(|all| policy::PolicySet::build(all.values(), &local, regions));
+            .with_resources(|all| common::policy::PolicySet::build(all.values(), &local, regions));
         *g = Some((key, set.clone()));
         set
     }

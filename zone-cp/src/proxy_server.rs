@@ -17,9 +17,9 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::compile::{self, ProxyKind};
-use crate::policy::ProxyFacts;
 use crate::registry::Entry;
 use crate::Zone;
+use common::policy::ProxyFacts;
 use proto::ProxyItem;
 
 pub async fn serve(z: Arc<Zone>) -> anyhow::Result<()> {

@@ -1,7 +1,9 @@
 //! Policies compiled into what one proxy needs: its inbound policy (mTLS
 //! mode and access rules) and, per destination service, its routes. The
 //! proxy evaluates plain data; targeting, precedence and regions are
-//! resolved here. Only policies that apply to a proxy reach it.
+//! resolved here. Only policies that apply to a proxy reach it. Zone
+//! control planes compile this way for their proxies, and a standalone
+//! sidecar (`dataplane --bootstrap`) for itself.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
