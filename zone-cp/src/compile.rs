@@ -74,8 +74,10 @@ pub fn trust(z: &Zone) -> pb::Trust {
 #[derive(Default)]
 pub struct Compiled {
     key: (u64, u64, u64),
-    /// The trust every proxy gets, with the CA fingerprint it was built for.
-    trust: Option<(String, Arc<pb::Trust>)>,
+    /// The trust every proxy gets, with the CA fingerprint and the roots it
+    /// was built from (both change outside the global's versions: a CA
+    /// renewal, and the roots the zone takes up after applying a delta).
+    trust: Option<(String, Arc<String>, Arc<pb::Trust>)>,
     sidecar: Arc<BTreeMap<String, Arc<pb::Cluster>>>,
     gateway: Option<Arc<BTreeMap<String, ProxyItem>>>,
     views: HashMap<View, Arc<BTreeMap<String, ProxyItem>>>,
@@ -92,13 +94,14 @@ pub fn shared_trust(z: &Zone) -> Arc<pb::Trust> {
     let mut g = z.compiled.lock().unwrap_or_else(|e| e.into_inner());
     refresh(z, &mut g);
     let ca = z.boot.ca().fingerprint.clone();
-    if let Some((fp, t)) = &g.trust {
-        if *fp == ca {
+    let roots = z.boot.roots_pem();
+    if let Some((fp, r, t)) = &g.trust {
+        if *fp == ca && (Arc::ptr_eq(r, &roots) || *r == roots) {
             return t.clone();
         }
     }
     let t = Arc::new(trust(z));
-    g.trust = Some((ca, t.clone()));
+    g.trust = Some((ca, roots, t.clone()));
     t
 }
 
