@@ -119,6 +119,8 @@ for r in $(seq 1 "$ROUNDS"); do
     if [ -n "$pg" ]; then
       rss=$(ps -o rss= -g "$pg" 2>/dev/null | awk '{s+=$1} END{print s+0}')
       kill -- -"$pg" 2>/dev/null; wait "$pg" 2>/dev/null
+      # The next contender needs the ports: wait until nothing listens.
+      for _ in $(seq 1 100); do ss -ltn | grep -qE '127\.0\.0\.1:(15001|15006) ' || break; sleep 0.1; done
     fi
     echo "$rss" > "$out/$n.rss.$r"
   done
