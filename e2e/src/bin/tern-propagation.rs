@@ -51,6 +51,11 @@ struct Args {
     /// per-connection TLS and HTTP/2 costs).
     #[arg(long, default_value_t = 1)]
     streams_per_connection: usize,
+    /// Register the simulated proxies as gateways (their configs are
+    /// tiny: no zone's sidecars): isolates the zone-cp's per-connection
+    /// cost from the size of the configs it sends.
+    #[arg(long)]
+    as_gateways: bool,
     /// Work folder (removed first).
     #[arg(long, default_value = "/tmp/tern-propagation")]
     work: PathBuf,
@@ -193,6 +198,7 @@ async fn simulate(
     index: usize,
     slot: usize,
     seen: Arc<Seen>,
+    gateway: bool,
 ) -> anyhow::Result<()> {
     let mut client = ProxyDiscoveryClient::new(channel).max_decoding_message_size(64 << 20);
     let key = common::pki::new_key_and_csr(&service)?;
@@ -207,6 +213,21 @@ async fn simulate(
                 protocol: "http".into(),
                 instance: format!("sim-{index}"),
                 instance_uid: model::token::random_id(),
+                kind: if gateway {
+                    "gateway".into()
+                } else {
+                    String::new()
+                },
+                public_address: if gateway {
+                    format!(
+                        "10.{}.{}.{}:15444",
+                        zone_index,
+                        index / 250,
+                        index % 250 + 1
+                    )
+                } else {
+                    String::new()
+                },
                 ..Default::default()
             }),
             csr: Some(pb::CertificateRequest {
@@ -365,7 +386,7 @@ async fn main() -> anyhow::Result<()> {
         for s in 0..a.services {
             tokens.push(
                 api.token(serde_json::json!({
-                    "kind": "dataplane", "zone": name, "service": format!("svc-{s}"),
+                    "kind": if a.as_gateways { "gateway" } else { "dataplane" }, "zone": name, "service": format!("svc-{s}"),
                     "maxInstances": per_service,
                 }))
                 .await?,
@@ -390,6 +411,7 @@ async fn main() -> anyhow::Result<()> {
                 seen.clone(),
             );
             let slot = (z - 1) * a.proxies + i;
+            let gw = a.as_gateways;
             tokio::spawn(async move {
                 // As a real proxy does: reconnect with backoff (a zone-cp
                 // taking a thousand connections at once times some out).
@@ -403,6 +425,7 @@ async fn main() -> anyhow::Result<()> {
                         i,
                         slot,
                         seen.clone(),
+                        gw,
                     )
                     .await;
                     if let Err(e) = r {
