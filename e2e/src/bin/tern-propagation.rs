@@ -190,16 +190,31 @@ fn probe_revision(p: &pb::InboundPolicy) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-async fn simulate(
-    channel: tonic::transport::Channel,
+/// One simulated proxy.
+#[derive(Clone)]
+struct Sim {
     token: String,
     service: String,
     zone_index: usize,
     index: usize,
+    /// Its place in [`Seen`].
     slot: usize,
-    seen: Arc<Seen>,
     gateway: bool,
+}
+
+async fn simulate(
+    channel: tonic::transport::Channel,
+    sim: Sim,
+    seen: Arc<Seen>,
 ) -> anyhow::Result<()> {
+    let Sim {
+        token,
+        service,
+        zone_index,
+        index,
+        slot,
+        gateway,
+    } = sim;
     let mut client = ProxyDiscoveryClient::new(channel).max_decoding_message_size(64 << 20);
     let key = common::pki::new_key_and_csr(&service)?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -405,29 +420,22 @@ async fn main() -> anyhow::Result<()> {
                 ));
             }
             let s = i % a.services;
-            let (ch, tok, seen) = (
-                channel.clone().expect("set"),
-                tokens[s].clone(),
-                seen.clone(),
-            );
+            let (ch, seen) = (channel.clone().expect("set"), seen.clone());
             let slot = (z - 1) * a.proxies + i;
-            let gw = a.as_gateways;
+            let sim = Sim {
+                token: tokens[s].clone(),
+                service: format!("svc-{s}"),
+                zone_index: z,
+                index: i,
+                slot,
+                gateway: a.as_gateways,
+            };
             tokio::spawn(async move {
                 // As a real proxy does: reconnect with backoff (a zone-cp
                 // taking a thousand connections at once times some out).
                 let mut delay = Duration::from_millis(200);
                 loop {
-                    let r = simulate(
-                        ch.clone(),
-                        tok.clone(),
-                        format!("svc-{s}"),
-                        z,
-                        i,
-                        slot,
-                        seen.clone(),
-                        gw,
-                    )
-                    .await;
+                    let r = simulate(ch.clone(), sim.clone(), seen.clone()).await;
                     if let Err(e) = r {
                         if seen.reconnects.fetch_add(1, Ordering::Relaxed) < 5 {
                             eprintln!("proxy {slot}: {e:#}; reconnecting");
