@@ -9,7 +9,11 @@ use std::sync::Arc;
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
     include!("gen/tern.v1.rs");
+    pub use crate::shared::ProxyConfig;
 }
+
+pub mod codec;
+mod shared;
 
 /// Key of the inbound policy among a proxy's config items (never a
 /// service name, which is a DNS label).
@@ -72,8 +76,8 @@ pub fn proxy_config(
     };
     for item in upserts {
         match item {
-            ProxyItem::Cluster(x) => c.upserts.push(Arc::unwrap_or_clone(x)),
-            ProxyItem::Inbound(x) => c.inbound = Some(Arc::unwrap_or_clone(x)),
+            ProxyItem::Cluster(x) => c.upserts.push(x),
+            ProxyItem::Inbound(x) => c.inbound = Some(x),
         }
     }
     c
@@ -84,10 +88,10 @@ pub fn proxy_items(c: v1::ProxyConfig) -> (Vec<(String, ProxyItem)>, Vec<String>
     let mut items: Vec<(String, ProxyItem)> = c
         .upserts
         .into_iter()
-        .map(|x| (x.service.clone(), ProxyItem::Cluster(Arc::new(x))))
+        .map(|x| (x.service.clone(), ProxyItem::Cluster(x)))
         .collect();
     if let Some(i) = c.inbound {
-        items.push((INBOUND_KEY.to_string(), ProxyItem::Inbound(Arc::new(i))));
+        items.push((INBOUND_KEY.to_string(), ProxyItem::Inbound(i)));
     }
     (items, c.removed)
 }

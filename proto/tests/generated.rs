@@ -10,6 +10,10 @@ fn generated_code_is_fresh() {
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path().unwrap());
     tonic_build::configure()
         .build_transport(false)
+        // Shared items (see src/shared.rs).
+        .extern_path(".tern.v1.ProxyConfig", "crate::shared::ProxyConfig")
+        // Small per-stream buffers (see src/codec.rs).
+        .codec_path("crate::codec::LeanCodec")
         .out_dir(&out)
         .compile_protos(&[root.join("proto/tern.proto")], &[root.join("proto")])
         .expect("compile tern.proto");

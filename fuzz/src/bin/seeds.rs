@@ -298,13 +298,13 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     };
     let tmsg = |msg| pb::ZoneToProxy { msg: Some(msg) }.encode_to_vec();
     use pb::zone_to_proxy::Msg as T;
-    let config = |version, full, upserts, removed| {
+    let config = |version, full, upserts: Vec<pb::Cluster>, removed| {
         tmsg(T::Config(pb::ProxyConfig {
             version,
             full,
-            upserts,
+            upserts: upserts.into_iter().map(std::sync::Arc::new).collect(),
             removed,
-            inbound: full.then(|| inbound.clone()),
+            inbound: full.then(|| std::sync::Arc::new(inbound.clone())),
             chunk: 0,
             last_chunk: true,
         }))

@@ -330,7 +330,7 @@ pub mod zone_to_proxy {
         #[prost(message, tag = "1")]
         Certificate(super::Certificate),
         #[prost(message, tag = "2")]
-        Config(super::ProxyConfig),
+        Config(crate::shared::ProxyConfig),
         #[prost(message, tag = "3")]
         Trust(super::Trust),
     }
@@ -365,29 +365,6 @@ pub struct Trust {
 pub struct ZoneCaList {
     #[prost(string, repeated, tag = "1")]
     pub fingerprints: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
-}
-#[derive(Clone, PartialEq, ::prost::Message)]
-pub struct ProxyConfig {
-    #[prost(uint64, tag = "1")]
-    pub version: u64,
-    #[prost(bool, tag = "2")]
-    pub full: bool,
-    #[prost(message, repeated, tag = "3")]
-    pub upserts: ::prost::alloc::vec::Vec<Cluster>,
-    #[prost(string, repeated, tag = "4")]
-    pub removed: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
-    /// The proxy's inbound policy: in every full config, and in a delta when
-    /// it changed. Absent from a full config: mTLS only, everyone allowed.
-    #[prost(message, optional, tag = "5")]
-    pub inbound: ::core::option::Option<InboundPolicy>,
-    /// A config larger than a chunk (32 KiB) travels as several messages of
-    /// the same version, numbered from 0; the proxy applies it (and ACKs)
-    /// once it has the one marked last. Keeps every message, and so every
-    /// stream's buffers, small however many endpoints a zone has.
-    #[prost(uint32, tag = "6")]
-    pub chunk: u32,
-    #[prost(bool, tag = "7")]
-    pub last_chunk: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Cluster {
@@ -715,7 +692,7 @@ pub mod global_sync_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic::codec::ProstCodec::default();
+            let codec = crate::codec::LeanCodec::default();
             let path = http::uri::PathAndQuery::from_static("/tern.v1.GlobalSync/Join");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("tern.v1.GlobalSync", "Join"));
@@ -737,7 +714,7 @@ pub mod global_sync_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic::codec::ProstCodec::default();
+            let codec = crate::codec::LeanCodec::default();
             let path = http::uri::PathAndQuery::from_static("/tern.v1.GlobalSync/Sync");
             let mut req = request.into_streaming_request();
             req.extensions_mut().insert(GrpcMethod::new("tern.v1.GlobalSync", "Sync"));
@@ -842,7 +819,7 @@ pub mod proxy_discovery_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic::codec::ProstCodec::default();
+            let codec = crate::codec::LeanCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/tern.v1.ProxyDiscovery/Stream",
             );
@@ -989,7 +966,7 @@ pub mod global_sync_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = JoinSvc(inner);
-                        let codec = tonic::codec::ProstCodec::default();
+                        let codec = crate::codec::LeanCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -1035,7 +1012,7 @@ pub mod global_sync_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SyncSvc(inner);
-                        let codec = tonic::codec::ProstCodec::default();
+                        let codec = crate::codec::LeanCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -1223,7 +1200,7 @@ pub mod proxy_discovery_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = StreamSvc(inner);
-                        let codec = tonic::codec::ProstCodec::default();
+                        let codec = crate::codec::LeanCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
