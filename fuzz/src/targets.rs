@@ -228,7 +228,8 @@ pub fn global_to_zone(data: &[u8]) {
 pub fn proxy_to_zone(data: &[u8]) {
     let m = material::get();
     let mut sender: DiffSender<u32> = DiffSender::new(ACK_TIMEOUT);
-    let desired: BTreeMap<String, u32> = [("web".to_string(), 1)].into();
+    let desired: std::sync::Arc<BTreeMap<String, u32>> =
+        std::sync::Arc::new([("web".to_string(), 1)].into());
     let now = Instant::now();
     for f in frames(data) {
         let Ok(msg) = pb::ProxyMessage::decode(f) else {

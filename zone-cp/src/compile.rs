@@ -77,31 +77,74 @@ pub struct Compiled {
     /// The trust every proxy gets, with the CA fingerprint and the roots it
     /// was built from (both change outside the global's versions: a CA
     /// renewal, and the roots the zone takes up after applying a delta).
-    trust: Option<(String, Arc<String>, Arc<pb::Trust>)>,
+    trust: Option<CachedTrust>,
     sidecar: Arc<BTreeMap<String, Arc<pb::Cluster>>>,
     gateway: Option<Arc<BTreeMap<String, ProxyItem>>>,
+    /// What `sidecar` and `gateway` were built from: when only policies
+    /// changed (most global versions), they are kept, not rebuilt.
+    inputs: Option<ClusterInputs>,
     views: HashMap<View, Arc<BTreeMap<String, ProxyItem>>>,
     /// The views of the version before: an item that did not change keeps
     /// its `Arc`, so each proxy's diff is a pointer comparison.
     previous: HashMap<View, Arc<BTreeMap<String, ProxyItem>>>,
 }
 
+/// The trust of a global version, zone CA and roots.
+struct CachedTrust {
+    version: u64,
+    ca: String,
+    roots: Arc<String>,
+    trust: Arc<pb::Trust>,
+}
+
 /// What policies can tell apart among one zone's proxies.
 type View = (String, BTreeMap<String, String>);
 
-/// [`trust`], built once per global version and zone CA and shared.
+/// Everything [`clusters`] reads that can change: the registry (this zone's
+/// instances and gateways), the other zones' ingresses and this zone's
+/// failover order.
+#[derive(PartialEq)]
+struct ClusterInputs {
+    registry: u64,
+    ingresses: Vec<(String, model::resource::ZoneIngressSpec)>,
+    order: Vec<String>,
+}
+
+fn cluster_inputs(z: &Zone) -> ClusterInputs {
+    ClusterInputs {
+        registry: z.registry.generation(),
+        ingresses: z.global.ingresses(),
+        order: z.global.region_order(&z.boot.zone),
+    }
+}
+
+/// [`trust`], built once per global version and zone CA and shared; an
+/// unchanged trust keeps its `Arc` across versions, so each proxy's "did my
+/// trust change" is a pointer check.
 pub fn shared_trust(z: &Zone) -> Arc<pb::Trust> {
     let mut g = z.compiled.lock().unwrap_or_else(|e| e.into_inner());
     refresh(z, &mut g);
     let ca = z.boot.ca().fingerprint.clone();
     let roots = z.boot.roots_pem();
-    if let Some((fp, r, t)) = &g.trust {
-        if *fp == ca && (Arc::ptr_eq(r, &roots) || *r == roots) {
-            return t.clone();
+    let version = z.global.version();
+    if let Some(c) = &g.trust {
+        if c.version == version && c.ca == ca && (Arc::ptr_eq(&c.roots, &roots) || c.roots == roots)
+        {
+            return c.trust.clone();
         }
     }
-    let t = Arc::new(trust(z));
-    g.trust = Some((ca, roots, t.clone()));
+    let mut t = Arc::new(trust(z));
+    if let Some(c) = &g.trust {
+        if c.trust == t {
+            t = c.trust.clone();
+        }
+    }
+    g.trust = Some(CachedTrust {
+        version,
+        ca,
+        roots,
+        trust: t.clone(),
+    });
     t
 }
 
@@ -113,9 +156,25 @@ fn refresh(z: &Zone, g: &mut Compiled) {
         z.registry.generation(),
     );
     if g.key != key || g.sidecar.is_empty() && g.gateway.is_none() && g.views.is_empty() {
-        let old = std::mem::take(g);
+        let mut old = std::mem::take(g);
+        let trust = old.trust.take();
         let mut previous = old.previous;
         previous.extend(old.views);
+        // Read before building: inputs newer than what was built only
+        // cause a rebuild next time, never a stale reuse.
+        let inputs = cluster_inputs(z);
+        if old.inputs.as_ref() == Some(&inputs) {
+            *g = Compiled {
+                key,
+                sidecar: old.sidecar,
+                gateway: old.gateway,
+                inputs: Some(inputs),
+                trust,
+                previous,
+                ..Default::default()
+            };
+            return;
+        }
         *g = Compiled {
             key,
             sidecar: Arc::new(
@@ -130,6 +189,8 @@ fn refresh(z: &Zone, g: &mut Compiled) {
                     })
                     .collect(),
             ),
+            inputs: Some(inputs),
+            trust,
             previous,
             ..Default::default()
         };

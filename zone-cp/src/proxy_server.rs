@@ -64,7 +64,7 @@ struct Service {
 /// Largest config message: a bigger config travels in chunks, so each
 /// stream's buffers stay small however many endpoints the zone has (a
 /// single item larger than this goes alone).
-const CONFIG_CHUNK_BYTES: usize = 32 * 1024;
+const CONFIG_CHUNK_BYTES: usize = 8 * 1024;
 
 /// How long a proxy's stream waits after a registry change before it
 /// computes the proxy's next config (policy changes are not delayed).
@@ -230,14 +230,14 @@ impl ProxyDiscovery for Service {
             }
         };
         let (tx, rx) = mpsc::channel(16);
+        let tx = Outbox(tx);
         // Trust first: the proxy fails closed until it has both.
         let trust = compile::shared_trust(&z);
-        let _ = tx
-            .send(Ok(pb::ZoneToProxy {
-                msg: Some(zone_to_proxy::Msg::Trust((*trust).clone())),
-            }))
-            .await;
-        let _ = tx.send_timeout(Ok(cert), common::grpc::SEND_TIMEOUT).await;
+        tx.send(Ok(pb::ZoneToProxy {
+            msg: Some(zone_to_proxy::Msg::Trust((*trust).clone())),
+        }))
+        .await;
+        tx.send(Ok(cert)).await;
         z.metrics.proxies.inc();
         let facts = ProxyFacts {
             service: reg.service.clone(),
@@ -257,18 +257,31 @@ impl ProxyDiscovery for Service {
             inbound,
             tx,
         ));
-        Ok(Response::new(Box::pin(
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
             tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+            |m| *m,
+        ))))
+    }
+}
+
+/// A proxy's response stream. Messages are boxed: tokio allocates a
+/// channel's slots in blocks of 32, and unboxed (a message and a `Status`
+/// each) those blocks made up about 9 KB of every proxy's stream.
+struct Outbox(mpsc::Sender<Box<Result<pb::ZoneToProxy, Status>>>);
+
+impl Outbox {
+    /// Queue `m`; false when the stream is gone (or stalled past the send
+    /// timeout).
+    async fn send(&self, m: Result<pb::ZoneToProxy, Status>) -> bool {
+        self.0
+            .send_timeout(Box::new(m), common::grpc::SEND_TIMEOUT)
+            .await
+            .is_ok()
     }
 }
 
 /// Send the proxy its trust again if it changed; false when the stream is gone.
-async fn resend_trust(
-    z: &Zone,
-    trust: &mut Arc<pb::Trust>,
-    tx: &mpsc::Sender<Result<pb::ZoneToProxy, Status>>,
-) -> bool {
+async fn resend_trust(z: &Zone, trust: &mut Arc<pb::Trust>, tx: &Outbox) -> bool {
     let now = compile::shared_trust(z);
     if Arc::ptr_eq(&now, trust) || now == *trust {
         *trust = now;
@@ -278,9 +291,7 @@ async fn resend_trust(
     let msg = pb::ZoneToProxy {
         msg: Some(zone_to_proxy::Msg::Trust((**trust).clone())),
     };
-    tx.send_timeout(Ok(msg), common::grpc::SEND_TIMEOUT)
-        .await
-        .is_ok()
+    tx.send(Ok(msg)).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -294,13 +305,14 @@ async fn run(
     (jti, token_exp): (String, u64),
     mut trust: Arc<pb::Trust>,
     mut inbound: Streaming<pb::ProxyMessage>,
-    tx: mpsc::Sender<Result<pb::ZoneToProxy, Status>>,
+    tx: Outbox,
 ) {
     let mut sender: DiffSender<ProxyItem> = DiffSender::new(z.config.ack_timeout);
     let mut reg = z.registry.watch();
     let mut global = z.global.watch();
     let mut local_policies = z.local_policies.changed.subscribe();
     let mut ca_changed = z.boot.ca_changed.subscribe();
+    let mut ready = false;
     let clean: bool = loop {
         let desired = compile::proxy_config(&z, kind, &facts);
         if let Some(d) = sender.next(&desired, Instant::now()) {
@@ -315,11 +327,7 @@ async fn run(
                         (c.chunk, c.last),
                     ))),
                 };
-                if tx
-                    .send_timeout(Ok(msg), common::grpc::SEND_TIMEOUT)
-                    .await
-                    .is_err()
-                {
+                if !tx.send(Ok(msg)).await {
                     gone = true;
                     break;
                 }
@@ -336,7 +344,10 @@ async fn run(
                         proxy_message::Msg::Ack(a) => {
                             // The first ACK comes after the proxy installed
                             // its trust and certificate: it can serve now.
-                            z.registry.mark_ready(&instance, session);
+                            if !ready {
+                                ready = true;
+                                z.registry.mark_ready(&instance, session);
+                            }
                             sender.on_ack(a.version).map_err(|e| e.to_string())
                         }
                         proxy_message::Msg::Nack(n) => {
@@ -346,7 +357,7 @@ async fn run(
                         proxy_message::Msg::Csr(c) => match sign(&z, &c.csr_pem, &id, &facts.labels, token_exp) {
                             Ok(cert) => {
                                 tracing::debug!(%instance, "certificate renewed");
-                                tx.send_timeout(Ok(cert), common::grpc::SEND_TIMEOUT).await.map_err(|_| "stream closed".to_string())
+                                tx.send(Ok(cert)).await.then_some(()).ok_or_else(|| "stream closed".to_string())
                             }
                             Err(s) => Err(s.message().to_string()),
                         },
@@ -354,7 +365,7 @@ async fn run(
                     };
                     if let Err(e) = r {
                         tracing::warn!(%instance, error = %e, "closing proxy stream");
-                        let _ = tx.send_timeout(Err(Status::failed_precondition(e)), common::grpc::SEND_TIMEOUT).await;
+                        tx.send(Err(Status::failed_precondition(e))).await;
                         break false;
                     }
                 }
@@ -379,7 +390,7 @@ async fn run(
                     // Out of the registry at once (no grace), and no more
                     // certificates: a reconnect is refused.
                     tracing::warn!(%instance, token = %jti, "token revoked; closing the proxy's stream and deregistering it");
-                    let _ = tx.send_timeout(Err(Status::permission_denied(format!("token {jti} has been revoked"))), common::grpc::SEND_TIMEOUT).await;
+                    tx.send(Err(Status::permission_denied(format!("token {jti} has been revoked")))).await;
                     z.registry.remove(&instance, session);
                     break false;
                 }
@@ -390,7 +401,7 @@ async fn run(
             _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() => {
                 if let Err(e) = sender.check(Instant::now()) {
                     tracing::warn!(%instance, error = %e, "proxy stalled");
-                    let _ = tx.send_timeout(Err(Status::deadline_exceeded(e.to_string())), common::grpc::SEND_TIMEOUT).await;
+                    tx.send(Err(Status::deadline_exceeded(e.to_string()))).await;
                     break false;
                 }
             }

@@ -15,6 +15,7 @@
 //! * A delta is split into chunks by size; one resource is the bounded unit.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -278,20 +279,32 @@ impl<V: Clone> DeltaReceiver<V> {
 
 /// Diff-based sender: sends what differs between the desired state and what
 /// the peer acknowledged. The first delta is full.
+///
+/// States are shared (`Arc`): a zone hands every proxy with the same view
+/// the same compiled map, so "nothing changed" is a pointer check and
+/// remembering what is in flight copies nothing.
 #[derive(Debug)]
 pub struct DiffSender<V> {
-    peer: BTreeMap<String, V>,
-    in_flight: Option<(u64, BTreeMap<String, V>, Instant)>,
-    nacked: Option<(BTreeMap<String, V>, u64, String)>,
+    peer: Shared<V>,
+    in_flight: Option<(u64, Shared<V>, Instant)>,
+    nacked: Option<(Shared<V>, u64, String)>,
     next_version: u64,
     started: bool,
     ack_timeout: Duration,
 }
 
+/// A keyed state, shared.
+pub type Shared<V> = Arc<BTreeMap<String, V>>;
+
+/// The same state: the same map, or an equal one.
+fn same<V: PartialEq>(a: &Shared<V>, b: &Shared<V>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
 impl<V: Clone + PartialEq> DiffSender<V> {
     pub fn new(ack_timeout: Duration) -> Self {
         Self {
-            peer: BTreeMap::new(),
+            peer: Arc::default(),
             in_flight: None,
             nacked: None,
             next_version: 1,
@@ -301,14 +314,14 @@ impl<V: Clone + PartialEq> DiffSender<V> {
     }
 
     /// The next delta to send toward `desired`, if any.
-    pub fn next(&mut self, desired: &BTreeMap<String, V>, now: Instant) -> Option<Delta<V>> {
+    pub fn next(&mut self, desired: &Arc<BTreeMap<String, V>>, now: Instant) -> Option<Delta<V>> {
         if self.in_flight.is_some() {
             return None;
         }
-        if self.started && *desired == self.peer {
+        if self.started && same(desired, &self.peer) {
             return None;
         }
-        if matches!(&self.nacked, Some((d, _, _)) if d == desired) {
+        if matches!(&self.nacked, Some((d, _, _)) if same(d, desired)) {
             return None;
         }
         let full = !self.started;

@@ -305,7 +305,7 @@ fn diff_sender_sends_full_then_differences() {
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
     let mut exchange = |tx: &mut DiffSender<String>, desired: &BTreeMap<String, String>| {
-        let d = tx.next(desired, t0)?;
+        let d = tx.next(&std::sync::Arc::new(desired.clone()), t0)?;
         let shape = (d.full, d.upserts.len(), d.removals.len());
         for c in chunk(d, 1 << 20, |v: &String| v.len()) {
             match rx.on_chunk(c, refuse_bad).unwrap() {
@@ -337,7 +337,7 @@ fn diff_sender_sends_full_then_differences() {
     assert_eq!(state, desired);
     // Stall detection.
     desired.insert("x".into(), "y".into());
-    tx.next(&desired, t0).unwrap();
+    tx.next(&std::sync::Arc::new(desired), t0).unwrap();
     assert!(tx.check(t0 + Duration::from_secs(4)).is_err());
 }
 

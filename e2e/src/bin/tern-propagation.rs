@@ -10,7 +10,8 @@
 //! Printed: per-apply time until every proxy in every zone has it, and
 //! per-proxy times (p50, p99, max), from the moment the global stored the
 //! apply; and each zone-cp's memory per connected proxy (RSS growth from
-//! before the proxies connected, divided by their number).
+//! before the proxies connected, divided by their number, once they are
+//! settled; and the same for the peak, VmHWM, the connect burst included).
 //!
 //! Usage (see bench/propagation.sh):
 //!   tern-propagation --bin-dir target/release --zones 10 --proxies 1000 --applies 200
@@ -101,11 +102,17 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 fn rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+/// A memory figure (kB) from /proc/PID/status: `VmRSS:` now, `VmHWM:` the
+/// most it ever was.
+fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
@@ -461,14 +468,21 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let connect_time = started.elapsed();
-    // Settle: the registry churn of the connections ends.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss: Vec<u64> = zone_pids.iter().map(|p| rss_kb(*p)).collect();
-    let per_proxy_kb: Vec<f64> = rss
-        .iter()
-        .zip(&base_rss)
-        .map(|(now, base)| now.saturating_sub(*base) as f64 / a.proxies as f64)
-        .collect();
+    // Settle: the registry churn of the connections ends, and the zone-cps
+    // hand back what the burst freed (they trim their heap every 10 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let per_proxy = |field: &str| -> Vec<f64> {
+        zone_pids
+            .iter()
+            .zip(&base_rss)
+            .map(|(p, base)| {
+                let kb = status_kb(*p, field).saturating_sub(*base) as f64 / a.proxies as f64;
+                (kb * 10.0).round() / 10.0
+            })
+            .collect()
+    };
+    let per_proxy_kb = per_proxy("VmRSS:");
+    let peak_per_proxy_kb = per_proxy("VmHWM:");
     eprintln!(
         "{total} proxies in {} zones connected and configured in {:.1}s",
         a.zones,
@@ -554,6 +568,7 @@ async fn main() -> anyhow::Result<()> {
             },
             "cpuMsPerApply": cpu_ms_per_apply,
             "zoneCpKbPerProxy": per_proxy_kb,
+            "zoneCpPeakKbPerProxy": peak_per_proxy_kb,
             "zoneCpRssMb": zone_rss_mb,
         })
     );
