@@ -81,6 +81,11 @@ pub struct Config {
     /// Labels of this instance, `key=value`. Repeatable.
     #[arg(long = "label")]
     pub labels: Vec<String>,
+    /// The services this app calls, comma-separated (repeatable). Its config
+    /// then holds only these (and what their routes send to); a call to
+    /// any other service is refused. Default: every service.
+    #[arg(long = "reachable-services", value_delimiter = ',')]
+    pub reachable_services: Vec<String>,
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
     /// Worker threads for the data path.
@@ -439,6 +444,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             public_address: String::new(),
             instance_uid: model::token::random_id(),
             serving: false,
+            reachable_services: cfg.reachable_services.clone(),
         };
         let mut outbound = Vec::new();
         if !cfg.outbound.is_empty() {

@@ -161,7 +161,10 @@ impl Proxy {
         let Some(cluster) = clusters.by_service.get(&service).cloned() else {
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("unknown service {service:?}: it has no endpoints in this proxy's config"),
+                format!(
+                    "unknown service {service:?}: not in this proxy's config (no such service, \
+                     or not among the services its --reachable-services declares)"
+                ),
             );
         };
         drop(clusters);

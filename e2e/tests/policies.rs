@@ -439,7 +439,9 @@ fn access_rules_deny_across_zones_shadow_counts_and_permissive_accepts_plaintext
 ///   while the caller sees only the primary's answers;
 /// * a rewrite, header changes, a redirect and a route timeout act on the
 ///   requests they match;
-/// * a TcpRoute sends each new connection to the backend its weights pick.
+/// * a TcpRoute sends each new connection to the backend its weights pick;
+/// * a caller that declares the services it calls holds only those and the
+///   services their routes send or mirror to, and is refused others.
 #[test]
 fn http_and_tcp_routes_split_by_labels_and_zones_mirror_and_rewrite() {
     let net = Net(61);
@@ -510,6 +512,32 @@ fn http_and_tcp_routes_split_by_labels_and_zones_mirror_and_rewrite() {
     wait_dump(&web, "/routes/api/http", |v| {
         v.as_array().is_some_and(|a| a.len() == 6)
     });
+
+    // A caller that declares what it calls (--reachable-services api) holds
+    // only api and api-shadow, which api's route mirrors to: not db, web
+    // or anything else. It reaches api; a call to web is refused, saying
+    // why.
+    let lean = m.workload("z1", 16, "web", &["--reachable-services", "api"]);
+    wait_dump(&lean, "/routes/api/http", |v| {
+        v.as_array().is_some_and(|a| a.len() == 6)
+    });
+    let d = lean.dump();
+    let held: Vec<&String> = d["clusters"]
+        .as_object()
+        .expect("clusters")
+        .keys()
+        .collect();
+    assert_eq!(held, ["api", "api-shadow"], "{d}");
+    assert!(
+        web.dump()["clusters"].get("db").is_some(),
+        "an undeclared caller holds every service"
+    );
+    let r = http(lean.outbound(), "GET", "api", "/", &[]).expect("request");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http(lean.outbound(), "GET", "web", "/", &[]).expect("request");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("--reachable-services"), "{}", r.body);
+    drop(lean);
 
     // 90/10 between the two versions in z1.
     let t = tally(&web, 1000, "/", &[]);

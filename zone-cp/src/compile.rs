@@ -8,7 +8,7 @@
 //! services and, per remote zone, a `@gateways/ZONE` cluster of that zone's
 //! gateway QUIC addresses.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use model::ident::SpiffeId;
@@ -97,8 +97,9 @@ struct CachedTrust {
     trust: Arc<pb::Trust>,
 }
 
-/// What policies can tell apart among one zone's proxies.
-type View = (String, BTreeMap<String, String>);
+/// What tells one zone's proxies' configs apart: what policies can target
+/// (service and labels) and the services the proxy declared it calls.
+type View = (String, BTreeMap<String, String>, Vec<String>);
 
 /// Everything [`clusters`] reads that can change: the registry (this zone's
 /// instances and gateways), the other zones' ingresses and this zone's
@@ -206,11 +207,15 @@ fn intern(item: ProxyItem, old: Option<&ProxyItem>) -> ProxyItem {
 }
 
 /// Everything a proxy is sent: its clusters and, for a sidecar, the routes
-/// its policies give each one and its inbound policy.
+/// its policies give each one and its inbound policy. `reachable` (sorted):
+/// the services the proxy declared it calls; empty, every service. A
+/// declared service's routes may send to (or mirror to) others: those come
+/// too.
 pub fn proxy_config(
     z: &Zone,
     kind: ProxyKind,
     facts: &ProxyFacts,
+    reachable: &[String],
 ) -> Arc<BTreeMap<String, ProxyItem>> {
     let mut g = z.compiled.lock().unwrap_or_else(|e| e.into_inner());
     refresh(z, &mut g);
@@ -225,16 +230,34 @@ pub fn proxy_config(
         }
         return g.gateway.clone().unwrap_or_default();
     }
-    let view = (facts.service.clone(), facts.labels.clone());
+    let view = (
+        facts.service.clone(),
+        facts.labels.clone(),
+        reachable.to_vec(),
+    );
     if let Some(items) = g.views.get(&view) {
         return items.clone();
     }
     let set = z.policies();
     let old = g.previous.remove(&view);
     let old_item = |k: &str| old.as_ref().and_then(|o| o.get(k));
+    let mut routed = BTreeMap::new();
+    let mut wanted: BTreeSet<String> = reachable.iter().cloned().collect();
+    for name in reachable {
+        if g.sidecar.contains_key(name) {
+            let r = set.routes(facts, name);
+            wanted.extend(route_targets(&r.0, r.1.as_ref()).map(str::to_string));
+            routed.insert(name.as_str(), r);
+        }
+    }
     let mut out: BTreeMap<String, ProxyItem> = BTreeMap::new();
     for (name, c) in g.sidecar.iter() {
-        let (http, tcp, policies) = set.routes(facts, name);
+        if !reachable.is_empty() && !wanted.contains(name) {
+            continue;
+        }
+        let (http, tcp, policies) = routed
+            .remove(name.as_str())
+            .unwrap_or_else(|| set.routes(facts, name));
         let item = if http.is_empty() && tcp.is_none() {
             // No route: the cluster every sidecar shares.
             c.clone()
@@ -261,6 +284,22 @@ pub fn proxy_config(
     let out = Arc::new(out);
     g.views.insert(view, out.clone());
     out
+}
+
+/// The other services a cluster's routes send to or mirror to.
+fn route_targets<'a>(
+    http: &'a [pb::HttpRouteRule],
+    tcp: Option<&'a pb::TcpRoute>,
+) -> impl Iterator<Item = &'a str> {
+    http.iter()
+        .flat_map(|r| {
+            r.backends
+                .iter()
+                .chain(r.mirror.as_ref().and_then(|m| m.backend.as_ref()))
+        })
+        .chain(tcp.into_iter().flat_map(|t| t.backends.iter()))
+        .map(|b| b.service.as_str())
+        .filter(|s| !s.is_empty())
 }
 
 pub fn clusters(z: &Zone, kind: ProxyKind) -> BTreeMap<String, pb::Cluster> {

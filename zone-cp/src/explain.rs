@@ -33,7 +33,7 @@ pub fn dataplane(z: &Zone, instance: &str) -> Result<Value, String> {
         region: z.config.region.clone(),
         labels: e.labels.clone(),
     };
-    let items = compile::proxy_config(z, kind, &facts);
+    let items = compile::proxy_config(z, kind, &facts, &e.reachable);
     let mut inbound = Value::Null;
     let mut outbound = serde_json::Map::new();
     let clusters: BTreeMap<&str, &pb::Cluster> = items
@@ -63,6 +63,8 @@ pub fn dataplane(z: &Zone, instance: &str) -> Result<Value, String> {
             "address": format!("{}:{}", e.address, e.port),
             "connected": e.connected,
             "published": e.ready,
+            // Empty: every service.
+            "reachableServices": e.reachable,
         },
         "inbound": inbound,
         "outbound": outbound,

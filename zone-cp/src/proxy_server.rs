@@ -192,6 +192,9 @@ impl ProxyDiscovery for Service {
             ProxyKind::Gateway => DEFAULT_MAX_GATEWAYS,
             ProxyKind::Sidecar => DEFAULT_MAX_INSTANCES,
         });
+        let mut reachable = reg.reachable_services.clone();
+        reachable.sort();
+        reachable.dedup();
         // Registered first: a proxy that may not register gets no certificate.
         let session = z
             .registry
@@ -217,6 +220,7 @@ impl ProxyDiscovery for Service {
                     token_id: claims.jti.clone(),
                     // Stays published when it was and says it can serve.
                     ready: reg.serving,
+                    reachable: reachable.clone(),
                 },
                 max,
             )
@@ -247,7 +251,7 @@ impl ProxyDiscovery for Service {
         };
         tokio::spawn(run(
             z,
-            kind,
+            (kind, reachable),
             reg.instance,
             session,
             id,
@@ -297,7 +301,7 @@ async fn resend_trust(z: &Zone, trust: &mut Arc<pb::Trust>, tx: &Outbox) -> bool
 #[allow(clippy::too_many_arguments)]
 async fn run(
     z: Arc<Zone>,
-    kind: ProxyKind,
+    (kind, reachable): (ProxyKind, Vec<String>),
     instance: String,
     session: u64,
     id: SpiffeId,
@@ -314,7 +318,7 @@ async fn run(
     let mut ca_changed = z.boot.ca_changed.subscribe();
     let mut ready = false;
     let clean: bool = loop {
-        let desired = compile::proxy_config(&z, kind, &facts);
+        let desired = compile::proxy_config(&z, kind, &facts, &reachable);
         if let Some(d) = sender.next(&desired, Instant::now()) {
             let mut gone = false;
             for c in common::sync::chunk(d, CONFIG_CHUNK_BYTES, ProxyItem::encoded_len) {

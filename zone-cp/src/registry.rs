@@ -47,6 +47,9 @@ pub struct Entry {
     /// trust and certificate): only then is it published as an endpoint.
     #[serde(default = "published")]
     pub ready: bool,
+    /// The services it declared it calls (sorted); empty: every service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reachable: Vec<String>,
 }
 
 /// Entries persisted by a previous run were serving.
@@ -154,8 +157,22 @@ pub fn validate(r: &pb::Registration) -> Result<(), String> {
     if !r.region.is_empty() {
         model::resource::check_name("registration.region", &r.region).map_err(|e| e.to_string())?;
     }
+    if r.reachable_services.len() > MAX_REACHABLE {
+        return Err(format!(
+            "registration.reachableServices: {} services; at most {MAX_REACHABLE} (leave it \
+             empty to reach every service)",
+            r.reachable_services.len()
+        ));
+    }
+    for s in &r.reachable_services {
+        model::resource::check_name("registration.reachableServices", s)
+            .map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
+
+/// Most services a proxy may declare it calls.
+pub const MAX_REACHABLE: usize = 1000;
 
 pub struct Registry {
     zone: String,
@@ -478,6 +495,7 @@ mod tests {
             uid: uid.into(),
             token_id: token.into(),
             ready: false,
+            reachable: vec![],
         }
     }
 
@@ -659,5 +677,16 @@ mod tests {
         );
         assert!(bad(&|r| r.service = "Api".into()).contains("registration.service"));
         assert!(bad(&|r| r.address = "example.com".into()).contains("registration.address"));
+        let mut declared = good.clone();
+        declared.reachable_services = vec!["db".into(), "billing".into()];
+        assert!(validate(&declared).is_ok());
+        assert!(
+            bad(&|r| r.reachable_services = vec!["db".into(), "Bad Name".into()])
+                .contains("registration.reachableServices")
+        );
+        assert!(bad(&|r| {
+            r.reachable_services = (0..=MAX_REACHABLE).map(|i| format!("s{i}")).collect()
+        })
+        .contains("leave it empty"));
     }
 }

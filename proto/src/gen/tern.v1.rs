@@ -312,6 +312,13 @@ pub struct Registration {
     /// zone-cp that already published it keeps it published.
     #[prost(bool, tag = "11")]
     pub serving: bool,
+    /// The services this proxy calls (its app's dependencies), as Istio's
+    /// Sidecar egress hosts and Kuma's reachableServices. Empty: every
+    /// service. The proxy's config then carries only these, plus the services
+    /// their routes send to or mirror to: less to send and hold, and a change
+    /// to another service does not reach it.
+    #[prost(string, repeated, tag = "12")]
+    pub reachable_services: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CertificateRequest {
