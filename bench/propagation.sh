@@ -9,11 +9,13 @@
 # component, and each zone-cp's memory per connected proxy.
 # Everything runs on this machine: on 2 cores the zone-cps, the global and
 # the simulator share them. Needs `ulimit -n` above ZONES * PROXIES + 1000.
-#   env: ZONES (10), PROXIES (1000), APPLIES (200), WORK (/tmp/tern-propagation)
+#   env: ZONES (10), PROXIES (1000), APPLIES (200), WORK (/tmp/tern-propagation),
+#        REACHABLE (0: every proxy gets every service; N: each declares N)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 ZONES=${ZONES:-10}; PROXIES=${PROXIES:-1000}; APPLIES=${APPLIES:-200}
 ulimit -n $((ZONES * PROXIES * 2 + 4096)) 2>/dev/null || true
 (cd "$root" && cargo build --release -q --bins)
 "$root/target/release/tern-propagation" --bin-dir "$root/target/release" \
-  --zones "$ZONES" --proxies "$PROXIES" --applies "$APPLIES" --work "${WORK:-/tmp/tern-propagation}"
+  --zones "$ZONES" --proxies "$PROXIES" --applies "$APPLIES" --reachable "${REACHABLE:-0}" \
+  --work "${WORK:-/tmp/tern-propagation}"

@@ -57,6 +57,11 @@ struct Args {
     /// cost from the size of the configs it sends.
     #[arg(long)]
     as_gateways: bool,
+    /// Each simulated proxy declares it calls this many services (the next
+    /// ones after its own, by number): its config holds only those, as a
+    /// sidecar's with `--reachable-services`. 0: every service.
+    #[arg(long, default_value_t = 0)]
+    reachable: usize,
     /// Work folder (removed first).
     #[arg(long, default_value = "/tmp/tern-propagation")]
     work: PathBuf,
@@ -207,6 +212,7 @@ struct Sim {
     /// Its place in [`Seen`].
     slot: usize,
     gateway: bool,
+    reachable: Vec<String>,
 }
 
 async fn simulate(
@@ -221,6 +227,7 @@ async fn simulate(
         index,
         slot,
         gateway,
+        reachable,
     } = sim;
     let mut client = ProxyDiscoveryClient::new(channel).max_decoding_message_size(64 << 20);
     let key = common::pki::new_key_and_csr(&service)?;
@@ -250,6 +257,7 @@ async fn simulate(
                 } else {
                     String::new()
                 },
+                reachable_services: reachable,
                 ..Default::default()
             }),
             csr: Some(pb::CertificateRequest {
@@ -436,6 +444,9 @@ async fn main() -> anyhow::Result<()> {
                 index: i,
                 slot,
                 gateway: a.as_gateways,
+                reachable: (1..=a.reachable.min(a.services))
+                    .map(|k| format!("svc-{}", (s + k) % a.services))
+                    .collect(),
             };
             tokio::spawn(async move {
                 // As a real proxy does: reconnect with backoff (a zone-cp
