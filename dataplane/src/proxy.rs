@@ -239,9 +239,10 @@ impl Proxy {
         opts: Options,
     ) -> Arc<Self> {
         let limits = opts.limits;
+        let connector_metrics = Arc::new(metrics.clone());
         let connector = |alpn| MeshConnector {
             shared: shared.clone(),
-            metrics: metrics.clone(),
+            metrics: connector_metrics.clone(),
             alpn,
         };
         let client = || {
