@@ -582,7 +582,12 @@ fn http_and_tcp_routes_split_by_labels_and_zones_mirror_and_rewrite() {
         assert_eq!(r.json()["instance"], format!("{}:8080", net.ip(12)));
     }
     wait_for("20 mirrored copies", T, || (copies() == 20).then_some(()));
-    assert!(metric_sum(web.admin(), "tern_proxy_mirrored_total", "result=\"sent\"") >= 20.0);
+    // The caller counts a copy as sent when its answer is back, which is
+    // after the mirror counted it: wait for that too.
+    wait_for("20 copies counted as sent", T, || {
+        (metric_sum(web.admin(), "tern_proxy_mirrored_total", "result=\"sent\"") >= 20.0)
+            .then_some(())
+    });
     drop(shadow);
 
     // Rewrite and header changes.
