@@ -239,7 +239,7 @@ pub fn proxy_to_zone(data: &[u8]) {
         match msg.msg {
             Some(pb::proxy_message::Msg::Hello(h)) => {
                 if let Some(reg) = &h.registration {
-                    if zone_cp::registry::validate(reg).is_ok() {
+                    if zone_cp::registration::validate(reg).is_ok() {
                         assert!(reg.address.parse::<std::net::IpAddr>().is_ok());
                         assert!((1..=65535).contains(&reg.inbound_port));
                         resource::check_name("", &reg.service)

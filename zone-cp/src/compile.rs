@@ -98,8 +98,26 @@ struct CachedTrust {
 }
 
 /// What tells one zone's proxies' configs apart: what policies can target
-/// (service and labels) and the services the proxy declared it calls.
-type View = (String, BTreeMap<String, String>, Vec<String>);
+/// (service and labels) and the services the proxy declared it calls
+/// (sorted; empty: every service). Built once per proxy stream, so a
+/// lookup of its compiled config copies nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct View {
+    service: String,
+    labels: BTreeMap<String, String>,
+    reachable: Vec<String>,
+}
+
+impl View {
+    /// `reachable` sorted and without repeats, as the registry keeps it.
+    pub fn new(facts: &ProxyFacts, reachable: &[String]) -> View {
+        View {
+            service: facts.service.clone(),
+            labels: facts.labels.clone(),
+            reachable: reachable.to_vec(),
+        }
+    }
+}
 
 /// Everything [`clusters`] reads that can change: the registry (this zone's
 /// instances and gateways), the other zones' ingresses and this zone's
@@ -164,32 +182,25 @@ fn refresh(z: &Zone, g: &mut Compiled) {
         // Read before building: inputs newer than what was built only
         // cause a rebuild next time, never a stale reuse.
         let inputs = cluster_inputs(z);
-        if old.inputs.as_ref() == Some(&inputs) {
-            *g = Compiled {
-                key,
-                sidecar: old.sidecar,
-                gateway: old.gateway,
-                inputs: Some(inputs),
-                trust,
-                previous,
-                ..Default::default()
-            };
-            return;
-        }
+        let (sidecar, gateway) = if old.inputs.as_ref() == Some(&inputs) {
+            (old.sidecar, old.gateway)
+        } else {
+            let sidecar = clusters(z, ProxyKind::Sidecar)
+                .into_iter()
+                .map(|(k, c)| {
+                    let c = match old.sidecar.get(&k) {
+                        Some(o) if **o == c => o.clone(),
+                        _ => Arc::new(c),
+                    };
+                    (k, c)
+                })
+                .collect();
+            (Arc::new(sidecar), None)
+        };
         *g = Compiled {
             key,
-            sidecar: Arc::new(
-                clusters(z, ProxyKind::Sidecar)
-                    .into_iter()
-                    .map(|(k, c)| {
-                        let c = match old.sidecar.get(&k) {
-                            Some(o) if **o == c => o.clone(),
-                            _ => Arc::new(c),
-                        };
-                        (k, c)
-                    })
-                    .collect(),
-            ),
+            sidecar,
+            gateway,
             inputs: Some(inputs),
             trust,
             previous,
@@ -207,15 +218,14 @@ fn intern(item: ProxyItem, old: Option<&ProxyItem>) -> ProxyItem {
 }
 
 /// Everything a proxy is sent: its clusters and, for a sidecar, the routes
-/// its policies give each one and its inbound policy. `reachable` (sorted):
-/// the services the proxy declared it calls; empty, every service. A
-/// declared service's routes may send to (or mirror to) others: those come
-/// too.
+/// its policies give each one and its inbound policy. `view.reachable`: the
+/// services the proxy declared it calls; empty, every service. A declared
+/// service's routes may send to (or mirror to) others: those come too.
 pub fn proxy_config(
     z: &Zone,
     kind: ProxyKind,
     facts: &ProxyFacts,
-    reachable: &[String],
+    view: &View,
 ) -> Arc<BTreeMap<String, ProxyItem>> {
     let mut g = z.compiled.lock().unwrap_or_else(|e| e.into_inner());
     refresh(z, &mut g);
@@ -230,16 +240,12 @@ pub fn proxy_config(
         }
         return g.gateway.clone().unwrap_or_default();
     }
-    let view = (
-        facts.service.clone(),
-        facts.labels.clone(),
-        reachable.to_vec(),
-    );
-    if let Some(items) = g.views.get(&view) {
+    if let Some(items) = g.views.get(view) {
         return items.clone();
     }
+    let reachable = &view.reachable;
     let set = z.policies();
-    let old = g.previous.remove(&view);
+    let old = g.previous.remove(view);
     let old_item = |k: &str| old.as_ref().and_then(|o| o.get(k));
     let mut routed = BTreeMap::new();
     let mut wanted: BTreeSet<String> = reachable.iter().cloned().collect();
@@ -282,7 +288,7 @@ pub fn proxy_config(
         ),
     );
     let out = Arc::new(out);
-    g.views.insert(view, out.clone());
+    g.views.insert(view.clone(), out.clone());
     out
 }
 

@@ -33,7 +33,8 @@ pub fn dataplane(z: &Zone, instance: &str) -> Result<Value, String> {
         region: z.config.region.clone(),
         labels: e.labels.clone(),
     };
-    let items = compile::proxy_config(z, kind, &facts, &e.reachable);
+    let view = compile::View::new(&facts, &e.reachable);
+    let items = compile::proxy_config(z, kind, &facts, &view);
     let mut inbound = Value::Null;
     let mut outbound = serde_json::Map::new();
     let clusters: BTreeMap<&str, &pb::Cluster> = items

@@ -16,6 +16,7 @@ pub mod explain;
 pub mod global_client;
 pub mod local_policy;
 pub mod proxy_server;
+pub mod registration;
 pub mod registry;
 
 use std::net::SocketAddr;

@@ -154,7 +154,7 @@ impl ProxyDiscovery for Service {
         let reg = hello
             .registration
             .ok_or_else(|| Status::invalid_argument("ProxyHello.registration is required"))?;
-        crate::registry::validate(&reg).map_err(Status::invalid_argument)?;
+        crate::registration::validate(&reg).map_err(Status::invalid_argument)?;
         let kind = if reg.kind == "gateway" {
             ProxyKind::Gateway
         } else {
@@ -317,8 +317,9 @@ async fn run(
     let mut local_policies = z.local_policies.changed.subscribe();
     let mut ca_changed = z.boot.ca_changed.subscribe();
     let mut ready = false;
+    let view = compile::View::new(&facts, &reachable);
     let clean: bool = loop {
-        let desired = compile::proxy_config(&z, kind, &facts, &reachable);
+        let desired = compile::proxy_config(&z, kind, &facts, &view);
         if let Some(d) = sender.next(&desired, Instant::now()) {
             let mut gone = false;
             for c in common::sync::chunk(d, CONFIG_CHUNK_BYTES, ProxyItem::encoded_len) {

@@ -1,0 +1,153 @@
+//! What a proxy registers with, checked before anything is recorded:
+//! names, addresses and the size of what it asks to publish or receive.
+
+use proto::v1 as pb;
+
+/// Labels a proxy may register.
+pub const MAX_LABELS: usize = 32;
+
+/// Check a registration before anything is recorded: names, addresses and
+/// the size of what it asks to publish.
+pub fn validate(r: &pb::Registration) -> Result<(), String> {
+    model::resource::check_name("registration.service", &r.service).map_err(|e| e.to_string())?;
+    r.address
+        .parse::<std::net::IpAddr>()
+        .map_err(|_| format!("registration.address: {:?} is not an IP address", r.address))?;
+    if r.inbound_port == 0 || r.inbound_port > 65535 {
+        return Err(format!(
+            "registration.inboundPort: {} is not a port",
+            r.inbound_port
+        ));
+    }
+    if !["http", "http2", "grpc", "tcp"].contains(&r.protocol.as_str()) {
+        return Err(format!(
+            "registration.protocol: {:?} is not one of http, http2, grpc, tcp",
+            r.protocol
+        ));
+    }
+    match r.kind.as_str() {
+        "" | "sidecar" => {}
+        "gateway" => {
+            r.public_address
+                .parse::<std::net::SocketAddr>()
+                .map_err(|_| {
+                    format!(
+                        "registration.publicAddress: {:?} is not IP:port",
+                        r.public_address
+                    )
+                })?;
+        }
+        other => {
+            return Err(format!(
+                "registration.kind: {other:?} is not sidecar or gateway"
+            ))
+        }
+    }
+    let word = |s: &str, extra: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    };
+    let i = &r.instance;
+    if i.is_empty()
+        || i.len() > 253
+        || !word(i, "-._")
+        || !i.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !i.ends_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        return Err(format!(
+            "registration.instance: {:?} must be 1-253 letters, digits, '-', '.' or '_', \
+             starting and ending with a letter or digit",
+            i.chars().take(64).collect::<String>()
+        ));
+    }
+    if r.instance_uid.len() > 64 || !word(&r.instance_uid, "") {
+        return Err("registration.instanceUid: at most 64 letters and digits".into());
+    }
+    if r.labels.len() > MAX_LABELS {
+        return Err(format!(
+            "registration.labels: {} labels; at most {MAX_LABELS}",
+            r.labels.len()
+        ));
+    }
+    for (k, v) in &r.labels {
+        if k.is_empty() || k.len() > 128 || !word(k, "-._/") || v.len() > 63 || !word(v, "-._") {
+            return Err(format!(
+                "registration.labels: {:?}={:?}: keys are 1-128 characters (letters, digits, \
+                 '-', '.', '_', '/'), values at most 63 (letters, digits, '-', '.', '_')",
+                k.chars().take(64).collect::<String>(),
+                v.chars().take(64).collect::<String>()
+            ));
+        }
+    }
+    if !r.region.is_empty() {
+        model::resource::check_name("registration.region", &r.region).map_err(|e| e.to_string())?;
+    }
+    if r.reachable_services.len() > MAX_REACHABLE {
+        return Err(format!(
+            "registration.reachableServices: {} services; at most {MAX_REACHABLE} (leave it \
+             empty to reach every service)",
+            r.reachable_services.len()
+        ));
+    }
+    for s in &r.reachable_services {
+        model::resource::check_name("registration.reachableServices", s)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Most services a proxy may declare it calls.
+pub const MAX_REACHABLE: usize = 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_are_bounded_and_well_formed() {
+        let good = pb::Registration {
+            service: "api".into(),
+            address: "10.0.0.1".into(),
+            inbound_port: 15006,
+            protocol: "http".into(),
+            instance: "api-10.0.0.1-15006".into(),
+            instance_uid: "0123abcd".into(),
+            ..Default::default()
+        };
+        assert!(validate(&good).is_ok());
+        let bad = |f: &dyn Fn(&mut pb::Registration)| {
+            let mut r = good.clone();
+            f(&mut r);
+            validate(&r).unwrap_err()
+        };
+        assert!(bad(&|r| r.instance = "x y".into()).contains("registration.instance"));
+        assert!(bad(&|r| r.instance = "-x".into()).contains("registration.instance"));
+        assert!(bad(&|r| r.instance = "a".repeat(254)).contains("registration.instance"));
+        assert!(bad(&|r| r.instance_uid = "x".repeat(65)).contains("instanceUid"));
+        assert!(
+            bad(&|r| { r.labels = (0..33).map(|i| (format!("k{i}"), "v".into())).collect() })
+                .contains("at most 32")
+        );
+        assert!(
+            bad(&|r| { r.labels = [("k".to_string(), "v".repeat(64))].into_iter().collect() })
+                .contains("registration.labels")
+        );
+        assert!(
+            bad(&|r| { r.labels = [("k\n".to_string(), "v".into())].into_iter().collect() })
+                .contains("registration.labels")
+        );
+        assert!(bad(&|r| r.service = "Api".into()).contains("registration.service"));
+        assert!(bad(&|r| r.address = "example.com".into()).contains("registration.address"));
+        let mut declared = good.clone();
+        declared.reachable_services = vec!["db".into(), "billing".into()];
+        assert!(validate(&declared).is_ok());
+        assert!(
+            bad(&|r| r.reachable_services = vec!["db".into(), "Bad Name".into()])
+                .contains("registration.reachableServices")
+        );
+        assert!(bad(&|r| {
+            r.reachable_services = (0..=MAX_REACHABLE).map(|i| format!("s{i}")).collect()
+        })
+        .contains("leave it empty"));
+    }
+}
