@@ -431,6 +431,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         let instance = cfg.instance.clone().unwrap_or_else(|| {
             format!("{service}-{}-{}", cfg.address, cfg.inbound.port()).replace(':', "-")
         });
+        for s in &cfg.reachable_services {
+            // The zone-cp checks it too; a typo stops the start instead of
+            // a sidecar that retries a refused registration forever.
+            model::resource::check_name("--reachable-services", s)?;
+        }
         let shared = Arc::new(Shared::new(protocol));
         let registration = pb::Registration {
             service: service.clone(),

@@ -41,7 +41,11 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+# A signal exits (and the exit cleans up): a handler that only cleaned up
+# would return to the traffic loop with the mesh gone (seen with `kill`).
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 start() { # name, command...
   local name=$1; shift
