@@ -1,7 +1,8 @@
 //! The mesh connector: TCP and mTLS to a destination sidecar, checking that
 //! it presents the identity the config names; or, for another zone, an mTLS
 //! hop to a gateway of this zone, the flow header, and the end-to-end
-//! handshake inside it. hyper's client pools what it returns.
+//! handshake inside it. The pools (`pool.rs`) keep what it returns. Also
+//! the plain TCP connector to the local app.
 
 use std::future::Future;
 use std::io;
@@ -11,8 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use http::uri::Authority;
 use hyper_util::rt::TokioIo;
 use model::ident::SpiffeId;
 use tokio::net::TcpStream;
@@ -90,18 +90,6 @@ impl tokio::io::AsyncWrite for MeshStream {
 
 pub struct MeshConn {
     io: TokioIo<MeshStream>,
-    h2: bool,
-}
-
-impl Connection for MeshConn {
-    fn connected(&self) -> Connected {
-        let c = Connected::new();
-        if self.h2 {
-            c.negotiated_h2()
-        } else {
-            c
-        }
-    }
 }
 
 impl hyper::rt::Read for MeshConn {
@@ -140,10 +128,7 @@ impl hyper::rt::Write for MeshConn {
     }
 }
 
-/// Cheap to clone: hyper-util's pooled client clones its connector for
-/// every request, even one a pooled connection serves (about 1% of a
-/// client sidecar's CPU when this held `Metrics`, some thirty `Arc`s).
-#[derive(Clone)]
+/// Opens mesh connections for a pool, by endpoint authority.
 pub struct MeshConnector {
     pub(crate) shared: Arc<Shared>,
     pub(crate) metrics: Arc<Metrics>,
@@ -206,7 +191,7 @@ pub async fn connect_mesh(
     shared: &Arc<Shared>,
     target: &Target,
     alpn: Alpn,
-) -> Result<(MeshStream, bool), ConnectError> {
+) -> Result<MeshStream, ConnectError> {
     let tls = shared.tls.load_full().ok_or(ConnectError::NoCertificate)?;
     let addr = target.addr;
     let cfg = tls
@@ -257,45 +242,52 @@ pub async fn connect_mesh(
             MeshStream::Gateway(Box::new(inner?))
         }
     };
-    let alpn_got = match &stream {
-        MeshStream::Direct(s) => s.get_ref().1.alpn_protocol().map(|a| a.to_vec()),
-        MeshStream::Gateway(s) => s.get_ref().1.alpn_protocol().map(|a| a.to_vec()),
-    };
-    let h2 = alpn_got.as_deref() == Some(common::tls::ALPN_H2);
-    Ok((stream, h2))
+    Ok(stream)
 }
 
-impl tower::Service<Uri> for MeshConnector {
-    type Response = MeshConn;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<MeshConn, ConnectError>> + Send>>;
+impl crate::pool::Connect for MeshConnector {
+    type Io = MeshConn;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let shared = self.shared.clone();
-        let metrics = self.metrics.clone();
-        let alpn = self.alpn;
-        Box::pin(async move {
-            let auth = uri.authority().map(|a| a.as_str()).unwrap_or("");
-            let target = shared
-                .targets
-                .load()
-                .get(auth)
-                .cloned()
-                .ok_or_else(|| ConnectError::UnknownEndpoint(auth.to_string()))?;
-            match connect_mesh(&shared, &target, alpn).await {
-                Ok((io, h2)) => Ok(MeshConn {
-                    io: TokioIo::new(io),
-                    h2,
-                }),
-                Err(e) => {
-                    metrics.upstream_connect_errors.inc();
-                    Err(e)
-                }
+    async fn connect(
+        &self,
+        to: &Authority,
+    ) -> Result<MeshConn, Box<dyn std::error::Error + Send + Sync>> {
+        let target = self
+            .shared
+            .targets
+            .load()
+            .get(to.as_str())
+            .cloned()
+            .ok_or_else(|| ConnectError::UnknownEndpoint(to.to_string()))?;
+        match connect_mesh(&self.shared, &target, self.alpn).await {
+            Ok(io) => Ok(MeshConn {
+                io: TokioIo::new(io),
+            }),
+            Err(e) => {
+                self.metrics.upstream_connect_errors.inc();
+                Err(e.into())
             }
-        })
+        }
+    }
+}
+
+/// Opens plain TCP connections to the local app.
+pub struct AppConnector {
+    pub(crate) addr: Option<SocketAddr>,
+}
+
+impl crate::pool::Connect for AppConnector {
+    type Io = TokioIo<TcpStream>;
+
+    async fn connect(
+        &self,
+        _: &Authority,
+    ) -> Result<Self::Io, Box<dyn std::error::Error + Send + Sync>> {
+        let Some(addr) = self.addr else {
+            return Err("this sidecar has no local app (--app)".into());
+        };
+        let tcp = timed(addr, TcpStream::connect(addr)).await?;
+        let _ = tcp.set_nodelay(true);
+        Ok(TokioIo::new(tcp))
     }
 }

@@ -26,8 +26,8 @@ use crate::access::{self, Caller, Decision, DEFAULT_RULE};
 use crate::metrics::{DirLabel, Direction, KindLabel, RuleLabel};
 use crate::protocol::{Protocol, ALPN_TCP};
 use crate::proxy::{
-    app_uri, error_chain, error_response, head_too_large, strip_hop_by_hop, Body, Proxy,
-    CLIENT_ID_HEADER, ERROR_HEADER,
+    app_uri, error_chain, error_response, strip_hop_by_hop, Body, Proxy, CLIENT_ID_HEADER,
+    ERROR_HEADER,
 };
 use crate::upgrade::is_upgrade;
 
@@ -339,7 +339,7 @@ impl Proxy {
             Version::HTTP_11
         };
         let req = Request::from_parts(parts, Either::Left(body));
-        match self.within_request_timeout(self.app.request(req)).await {
+        match self.within_request_timeout(self.app.send(req)).await {
             Err(limit) => error_response(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
@@ -352,7 +352,7 @@ impl Proxy {
                     r.headers_mut().remove(ERROR_HEADER);
                     r.map(Either::Left)
                 }
-                Err(e) if head_too_large(&e) => self.limits.exceeded("the app's"),
+                Err(e) if e.head_too_large() => self.limits.exceeded("the app's"),
                 Err(e) => error_response(
                     StatusCode::BAD_GATEWAY,
                     format!("local app at {app}: {}", error_chain(&e)),

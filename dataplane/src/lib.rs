@@ -16,6 +16,7 @@ pub mod last_known;
 pub mod live;
 pub mod metrics;
 pub mod outbound;
+pub mod pool;
 pub mod protocol;
 pub mod proxy;
 pub mod retry;

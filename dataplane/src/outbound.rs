@@ -107,7 +107,7 @@ impl Proxy {
             tried.push(ep.clone());
             min_tier = tier + 1;
             match connect_mesh(&self.shared, &ep.target, Alpn::Tcp).await {
-                Ok((mut up, _)) => {
+                Ok(mut up) => {
                     if let Err(e) =
                         common::splice::copy_bidirectional_idle(&mut client, &mut up, self.tcp_idle)
                             .await
@@ -338,7 +338,7 @@ impl Proxy {
         let metrics = self.metrics.clone();
         let limit = self.per_try_timeout;
         tokio::spawn(async move {
-            let result = match tokio::time::timeout(limit, client.request(r)).await {
+            let result = match tokio::time::timeout(limit, client.send(r)).await {
                 Ok(Ok(_)) => "sent",
                 _ => "failed",
             };

@@ -4,6 +4,7 @@
 //!
 //! * `outbound.rs` — app → mesh: routing by service, the locality-aware
 //!   balancer, retries across localities;
+//! * `pool.rs` — the connections kept open to each endpoint and to the app;
 //! * `connect.rs` — the mTLS connection to a destination sidecar, direct or
 //!   through a gateway of this zone;
 //! * `inbound.rs` — mesh → app: the caller's identity and mode checked, the
@@ -21,12 +22,11 @@ use http::uri::PathAndQuery;
 use http::{Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::connect::MeshConnector;
+use crate::connect::{AppConnector, MeshConnector};
 use crate::metrics::Metrics;
+use crate::pool::{self, Pool};
 use crate::protocol::{Alpn, Protocol};
 use crate::state::Shared;
 
@@ -91,7 +91,7 @@ impl Default for HeaderLimits {
 }
 
 impl HeaderLimits {
-    fn h1_max_headers(&self) -> Option<usize> {
+    pub(crate) fn h1_max_headers(&self) -> Option<usize> {
         (self.max_headers != HYPER_MAX_HEADERS).then_some(self.max_headers)
     }
 
@@ -109,20 +109,6 @@ impl HeaderLimits {
             ),
         )
     }
-}
-
-/// Whether a client error is a response head over the header limits.
-pub(crate) fn head_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(c) = cur {
-        if c.downcast_ref::<hyper::Error>()
-            .is_some_and(|h| h.is_parse_too_large())
-        {
-            return true;
-        }
-        cur = c.source();
-    }
-    false
 }
 
 /// Hop-by-hop headers are per connection and never forwarded, with one
@@ -205,9 +191,9 @@ pub(crate) fn mesh_request(
 pub struct Proxy {
     pub shared: Arc<Shared>,
     pub metrics: Metrics,
-    pub(crate) upstream_h2: Client<MeshConnector, Body>,
-    pub(crate) upstream_h1: Client<MeshConnector, Body>,
-    pub(crate) app: Client<HttpConnector, Body>,
+    pub(crate) upstream_h2: Pool<MeshConnector>,
+    pub(crate) upstream_h1: Pool<MeshConnector>,
+    pub(crate) app: Pool<AppConnector>,
     pub(crate) app_addr: Option<SocketAddr>,
     pub(crate) app_authority: http::uri::Authority,
     pub(crate) app_protocol: Protocol,
@@ -245,32 +231,26 @@ impl Proxy {
             metrics: connector_metrics.clone(),
             alpn,
         };
-        let client = || {
-            let mut b = Client::builder(TokioExecutor::new());
-            b.timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .http2_max_header_list_size(limits.max_header_bytes);
-            if let Some(n) = limits.h1_max_headers() {
-                b.http1_max_headers(n);
-            }
-            b
+        let settings = |version| pool::Settings {
+            version,
+            limits,
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_host: 1024,
+            h2_keepalive: Some(Duration::from_secs(10)),
         };
-        let upstream_h2 = client()
-            .http2_only(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .http2_keep_alive_timeout(Duration::from_secs(10))
-            .build(connector(Alpn::H2));
-        let upstream_h1 = client()
-            .pool_max_idle_per_host(1024)
-            .build(connector(Alpn::Http1));
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(3)));
-        let app = client()
-            .http2_only(app_protocol == Protocol::Http2)
-            .pool_max_idle_per_host(1024)
-            .build(http);
+        let upstream_h2 = Pool::new(connector(Alpn::H2), settings(pool::Version::Http2));
+        let upstream_h1 = Pool::new(connector(Alpn::Http1), settings(pool::Version::Http1));
+        let app = Pool::new(
+            AppConnector { addr: app_addr },
+            pool::Settings {
+                h2_keepalive: None,
+                ..settings(if app_protocol == Protocol::Http2 {
+                    pool::Version::Http2
+                } else {
+                    pool::Version::Http1
+                })
+            },
+        );
         Arc::new(Self {
             shared,
             metrics,

@@ -14,10 +14,12 @@ use http::{Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 
 use crate::balance::{Cluster, Endpoint};
+use crate::connect::MeshConnector;
+use crate::pool::{Pool, PoolError};
 use crate::protocol::Protocol;
 use crate::proxy::{
-    empty, error_chain, error_response, head_too_large, mesh_request, Body, Proxy, EJECT_FOR,
-    ERROR_HEADER, ERROR_UNAVAILABLE, MAX_ATTEMPTS,
+    empty, error_chain, error_response, mesh_request, Body, Proxy, EJECT_FOR, ERROR_HEADER,
+    ERROR_UNAVAILABLE, MAX_ATTEMPTS,
 };
 
 /// How an attempt failed.
@@ -36,10 +38,10 @@ pub enum Failure {
 }
 
 impl Failure {
-    fn of(e: &hyper_util::client::legacy::Error) -> Self {
+    fn of(e: &PoolError) -> Self {
         if e.is_connect() {
             Failure::Connect
-        } else if head_too_large(e) {
+        } else if e.head_too_large() {
             Failure::Limit
         } else {
             Failure::Connection
@@ -76,13 +78,7 @@ pub struct Outgoing<'a> {
 
 impl Proxy {
     /// The client and HTTP version for a cluster's protocol.
-    pub(crate) fn upstream_for(
-        &self,
-        protocol: Protocol,
-    ) -> (
-        &hyper_util::client::legacy::Client<crate::connect::MeshConnector, Body>,
-        Version,
-    ) {
+    pub(crate) fn upstream_for(&self, protocol: Protocol) -> (&Pool<MeshConnector>, Version) {
         match protocol {
             Protocol::Http2 => (&self.upstream_h2, Version::HTTP_2),
             _ => (&self.upstream_h1, Version::HTTP_11),
@@ -121,7 +117,7 @@ impl Proxy {
             }
             let r = mesh_request(req.parts, &ep.authority, &req.path, version, b);
             let res: Result<Response<hyper::body::Incoming>, (Failure, String)> = if req.retryable {
-                match tokio::time::timeout(self.per_try_timeout, client.request(r)).await {
+                match tokio::time::timeout(self.per_try_timeout, client.send(r)).await {
                     Ok(r) => r.map_err(|e| (Failure::of(&e), error_chain(&e))),
                     Err(_) => Err((
                         Failure::Timeout,
@@ -132,7 +128,7 @@ impl Proxy {
                     )),
                 }
             } else {
-                match self.within_request_timeout(client.request(r)).await {
+                match self.within_request_timeout(client.send(r)).await {
                     Ok(r) => r.map_err(|e| (Failure::of(&e), error_chain(&e))),
                     Err(limit) => {
                         return error_response(

@@ -99,10 +99,7 @@ impl Proxy {
                 None => break,
             };
             let r = mesh_request(&parts, &ep.authority, &path, Version::HTTP_11, b);
-            let Ok(answer) = self
-                .within_request_timeout(self.upstream_h1.request(r))
-                .await
-            else {
+            let Ok(answer) = self.within_request_timeout(self.upstream_h1.send(r)).await else {
                 return error_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
@@ -162,7 +159,7 @@ impl Proxy {
         parts.uri = app_uri(&self.app_authority, &parts.uri);
         parts.version = Version::HTTP_11;
         let req = Request::from_parts(parts, Either::Left(body));
-        let Ok(answer) = self.within_request_timeout(self.app.request(req)).await else {
+        let Ok(answer) = self.within_request_timeout(self.app.send(req)).await else {
             return error_response(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("local app at {app} did not answer the upgrade in time"),

@@ -1,0 +1,585 @@
+//! Connection pools: the HTTP connections a sidecar keeps open to one kind
+//! of peer (mesh endpoints, or the local app), per authority, built
+//! directly on `hyper::client::conn`.
+//!
+//! * HTTP/1.1: a stack of connections per authority. A connection goes back
+//!   on the stack when its response head arrives and is taken again only
+//!   once hyper says it is ready, i.e. once that response's body has been
+//!   read to the end. No task is spawned per request to watch for that.
+//! * HTTP/2: one multiplexed connection per authority; concurrent first
+//!   requests share one connect.
+//!
+//! A request that a reused connection could not even start (it closed while
+//! idle) is sent again over a new connection: nothing of it reached the
+//! peer. Idle connections close after the idle timeout.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use http::uri::Authority;
+use http::{header, Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::proxy::{Body, HeaderLimits};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Opens the transport of a new connection to an authority.
+pub trait Connect: Send + Sync + 'static {
+    type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
+    fn connect(&self, to: &Authority) -> impl Future<Output = Result<Self::Io, BoxError>> + Send;
+}
+
+/// The HTTP version a pool speaks; fixed per pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    Http1,
+    Http2,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub version: Version,
+    pub limits: HeaderLimits,
+    /// An unused connection closes after this long.
+    pub idle_timeout: Duration,
+    /// Idle HTTP/1.1 connections kept per authority.
+    pub max_idle_per_host: usize,
+    /// HTTP/2 PING interval (and timeout) on a connection, if any.
+    pub h2_keepalive: Option<Duration>,
+}
+
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No connection could be opened: nothing was sent.
+    #[error("{0}")]
+    Connect(Arc<str>),
+    /// The connection failed during the exchange.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+impl PoolError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, PoolError::Connect(_))
+    }
+
+    /// Whether the response head was over the header limits.
+    pub fn head_too_large(&self) -> bool {
+        matches!(self, PoolError::Http(e) if e.is_parse_too_large())
+    }
+}
+
+/// A pool of connections; clones share it.
+pub struct Pool<C> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C> Clone for Pool<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<C> {
+    connector: C,
+    settings: Settings,
+    hosts: Mutex<HashMap<Authority, Arc<Host>>>,
+}
+
+#[derive(Default)]
+struct Host {
+    h1: Mutex<Vec<Idle>>,
+    h2: Mutex<H2Slot>,
+}
+
+struct Idle {
+    tx: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+type H2Connect = Shared<BoxFuture<'static, Result<http2::SendRequest<Body>, Arc<str>>>>;
+
+#[derive(Default)]
+enum H2Slot {
+    #[default]
+    Empty,
+    Connecting(H2Connect),
+    Ready {
+        tx: http2::SendRequest<Body>,
+        used: Instant,
+    },
+}
+
+fn connect_error(e: &(dyn std::error::Error + 'static)) -> PoolError {
+    PoolError::Connect(crate::proxy::error_chain(e).into())
+}
+
+impl<C: Connect> Pool<C> {
+    /// A pool; its idle sweep runs on the current tokio runtime, if any.
+    pub fn new(connector: C, settings: Settings) -> Self {
+        let inner = Arc::new(Inner {
+            connector,
+            settings,
+            hosts: Mutex::new(HashMap::new()),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep(Arc::downgrade(&inner)));
+        }
+        Self { inner }
+    }
+
+    /// Send `req` (an absolute URI naming the peer) over a pooled
+    /// connection, opening one when none is free.
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, PoolError> {
+        let Some(authority) = req.uri().authority().cloned() else {
+            return Err(PoolError::Connect("request URI has no authority".into()));
+        };
+        let host = self.host(&authority);
+        match self.inner.settings.version {
+            Version::Http1 => {
+                origin_form(&mut req, &authority);
+                self.send_h1(&host, &authority, req).await
+            }
+            Version::Http2 => self.send_h2(&host, &authority, req).await,
+        }
+    }
+
+    fn host(&self, authority: &Authority) -> Arc<Host> {
+        let mut hosts = self.inner.hosts.lock().expect("pool lock");
+        if let Some(h) = hosts.get(authority) {
+            return h.clone();
+        }
+        hosts.entry(authority.clone()).or_default().clone()
+    }
+
+    async fn send_h1(
+        &self,
+        host: &Host,
+        authority: &Authority,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, PoolError> {
+        loop {
+            let (mut tx, reused) = match take_idle(host, self.inner.settings.idle_timeout) {
+                Some(tx) => (tx, true),
+                None => (self.connect_h1(authority).await?, false),
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    put_idle(host, tx, self.inner.settings.max_idle_per_host);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // The idle connection closed before the request could
+                    // start: nothing was sent; take another.
+                    Some(r) if reused => req = r,
+                    _ => return Err(PoolError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn connect_h1(&self, to: &Authority) -> Result<http1::SendRequest<Body>, PoolError> {
+        let io = self
+            .inner
+            .connector
+            .connect(to)
+            .await
+            .map_err(|e| connect_error(&*e))?;
+        let mut b = http1::Builder::new();
+        if let Some(n) = self.inner.settings.limits.h1_max_headers() {
+            b.max_headers(n);
+        }
+        let (tx, conn) = b.handshake(io).await.map_err(|e| connect_error(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "HTTP/1.1 connection closed");
+            }
+        });
+        Ok(tx)
+    }
+
+    async fn send_h2(
+        &self,
+        host: &Host,
+        authority: &Authority,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, PoolError> {
+        let mut fresh = false;
+        loop {
+            let (mut tx, reused) = self.h2_sender(host, authority, fresh).await?;
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(r) if reused && !fresh => {
+                        req = r;
+                        fresh = true;
+                    }
+                    _ => return Err(PoolError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The authority's HTTP/2 connection, opened if there is none (or if
+    /// `fresh`), and whether it was there already.
+    async fn h2_sender(
+        &self,
+        host: &Host,
+        authority: &Authority,
+        fresh: bool,
+    ) -> Result<(http2::SendRequest<Body>, bool), PoolError> {
+        let pending = {
+            let mut slot = host.h2.lock().expect("pool lock");
+            match &mut *slot {
+                H2Slot::Ready { tx, used } if !fresh && !tx.is_closed() => {
+                    *used = Instant::now();
+                    return Ok((tx.clone(), true));
+                }
+                H2Slot::Connecting(f) => f.clone(),
+                _ => {
+                    let f = self.connect_h2(authority.clone()).boxed().shared();
+                    *slot = H2Slot::Connecting(f.clone());
+                    f
+                }
+            }
+        };
+        let result = pending.await;
+        let mut slot = host.h2.lock().expect("pool lock");
+        if matches!(*slot, H2Slot::Connecting(_)) {
+            *slot = match &result {
+                Ok(tx) => H2Slot::Ready {
+                    tx: tx.clone(),
+                    used: Instant::now(),
+                },
+                Err(_) => H2Slot::Empty,
+            };
+        }
+        result.map(|tx| (tx, false)).map_err(PoolError::Connect)
+    }
+
+    fn connect_h2(
+        &self,
+        to: Authority,
+    ) -> impl Future<Output = Result<http2::SendRequest<Body>, Arc<str>>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let s = &inner.settings;
+            let io = inner
+                .connector
+                .connect(&to)
+                .await
+                .map_err(|e| crate::proxy::error_chain(&*e))?;
+            let mut b = http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_header_list_size(s.limits.max_header_bytes);
+            if let Some(k) = s.h2_keepalive {
+                b.keep_alive_interval(k).keep_alive_timeout(k);
+            }
+            let (tx, conn) = b
+                .handshake(io)
+                .await
+                .map_err(|e| crate::proxy::error_chain(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "HTTP/2 connection closed");
+                }
+            });
+            Ok::<_, String>(tx)
+        }
+        .map(|r| r.map_err(Arc::from))
+    }
+}
+
+/// A ready idle connection, if the stack has one. Connections whose
+/// response is still being read stay; closed and expired ones go.
+fn take_idle(host: &Host, idle_timeout: Duration) -> Option<http1::SendRequest<Body>> {
+    let mut idle = host.h1.lock().expect("pool lock");
+    let mut i = idle.len();
+    while i > 0 {
+        i -= 1;
+        let e = &idle[i];
+        if e.tx.is_closed() {
+            idle.swap_remove(i);
+        } else if e.tx.is_ready() {
+            let e = idle.swap_remove(i);
+            if e.since.elapsed() < idle_timeout {
+                return Some(e.tx);
+            }
+        }
+    }
+    None
+}
+
+fn put_idle(host: &Host, tx: http1::SendRequest<Body>, max: usize) {
+    if tx.is_closed() {
+        return;
+    }
+    let mut idle = host.h1.lock().expect("pool lock");
+    if idle.len() < max {
+        idle.push(Idle {
+            tx,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// HTTP/1.1 sends the path only (the authority form for CONNECT), with the
+/// authority in `Host` when the caller gave none.
+fn origin_form(req: &mut Request<Body>, authority: &Authority) {
+    if !req.headers().contains_key(header::HOST) {
+        if let Ok(v) = http::HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let mut parts = http::uri::Parts::default();
+    if req.method() == Method::CONNECT {
+        parts.authority = Some(authority.clone());
+    } else {
+        parts.path_and_query = Some(crate::proxy::path_of(req.uri()));
+    }
+    if let Ok(u) = Uri::from_parts(parts) {
+        *req.uri_mut() = u;
+    }
+}
+
+/// Close what has been idle past the timeout, and forget authorities that
+/// have nothing left; ends when the pool is dropped.
+async fn sweep<C>(pool: Weak<Inner<C>>) {
+    let every = match pool.upgrade() {
+        Some(p) => (p.settings.idle_timeout / 3).max(Duration::from_secs(1)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(p) = pool.upgrade() else { return };
+        let limit = p.settings.idle_timeout;
+        p.hosts.lock().expect("pool lock").retain(|_, h| {
+            let mut idle = h.h1.lock().expect("pool lock");
+            let expired = |e: &Idle| e.tx.is_ready() && e.since.elapsed() >= limit;
+            idle.retain(|e| !(e.tx.is_closed() || expired(e)));
+            let mut slot = h.h2.lock().expect("pool lock");
+            if let H2Slot::Ready { tx, used } = &*slot {
+                if tx.is_closed() || used.elapsed() >= limit {
+                    *slot = H2Slot::Empty;
+                }
+            }
+            !idle.is_empty() || !matches!(*slot, H2Slot::Empty) || Arc::strong_count(h) > 1
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use futures_util::StreamExt as _;
+    use http_body_util::{BodyExt, Either, Full, StreamBody};
+    use hyper_util::rt::TokioIo;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Counts the connections it opens.
+    struct Tcp {
+        addr: std::net::SocketAddr,
+        opened: Arc<AtomicUsize>,
+    }
+
+    impl Connect for Tcp {
+        type Io = TokioIo<TcpStream>;
+        async fn connect(&self, _: &Authority) -> Result<Self::Io, BoxError> {
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            Ok(TokioIo::new(TcpStream::connect(self.addr).await?))
+        }
+    }
+
+    /// An HTTP server answering every request with its path (`/hold`: and
+    /// then a body that never ends); HTTP/1.1 connections close after
+    /// `close_after` requests when set.
+    async fn server(h2: bool, close_after: Option<usize>) -> std::net::SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let served = Arc::new(AtomicUsize::new(0));
+                    let svc = hyper::service::service_fn(move |r: Request<Incoming>| {
+                        let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+                        async move {
+                            let path = Bytes::from(r.uri().path().to_string());
+                            let body = if r.uri().path() == "/hold" {
+                                let first = futures_util::stream::iter([Ok::<_, Infallible>(
+                                    hyper::body::Frame::data(path),
+                                )]);
+                                BodyExt::boxed(StreamBody::new(
+                                    first.chain(futures_util::stream::pending()),
+                                ))
+                            } else {
+                                BodyExt::boxed(Full::new(path))
+                            };
+                            let mut resp = Response::new(body);
+                            if close_after == Some(n) {
+                                resp.headers_mut()
+                                    .insert(header::CONNECTION, "close".parse().unwrap());
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let io = TokioIo::new(s);
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn pool(addr: std::net::SocketAddr, version: Version) -> (Pool<Tcp>, Arc<AtomicUsize>) {
+        let opened = Arc::new(AtomicUsize::new(0));
+        let p = Pool::new(
+            Tcp {
+                addr,
+                opened: opened.clone(),
+            },
+            Settings {
+                version,
+                limits: HeaderLimits::default(),
+                idle_timeout: Duration::from_secs(90),
+                max_idle_per_host: 8,
+                h2_keepalive: None,
+            },
+        );
+        (p, opened)
+    }
+
+    fn get(addr: std::net::SocketAddr, path: &str, v: http::Version) -> Request<Body> {
+        let mut r = Request::new(Either::Right(Full::new(Bytes::new())));
+        *r.uri_mut() = format!("http://{addr}{path}").parse().unwrap();
+        *r.version_mut() = v;
+        r
+    }
+
+    async fn text(r: Response<Incoming>) -> String {
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn http1_reuses_a_connection_once_its_response_is_read() {
+        let addr = server(false, None).await;
+        let (p, opened) = pool(addr, Version::Http1);
+        for i in 0..5 {
+            let r = p
+                .send(get(addr, &format!("/{i}"), http::Version::HTTP_11))
+                .await
+                .unwrap();
+            assert_eq!(text(r).await, format!("/{i}"));
+        }
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            1,
+            "one connection served all five"
+        );
+    }
+
+    #[tokio::test]
+    async fn http1_never_sends_on_a_connection_whose_response_is_still_arriving() {
+        let addr = server(false, None).await;
+        let (p, opened) = pool(addr, Version::Http1);
+        let held = p
+            .send(get(addr, "/hold", http::Version::HTTP_11))
+            .await
+            .unwrap();
+        // The first response's body has not ended: its connection is busy,
+        // so the next requests get a second connection, and share it.
+        for i in 0..3 {
+            let r = p
+                .send(get(addr, &format!("/{i}"), http::Version::HTTP_11))
+                .await
+                .unwrap();
+            assert_eq!(text(r).await, format!("/{i}"));
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
+        let mut held = held.into_body();
+        let first = held.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "/hold");
+    }
+
+    #[tokio::test]
+    async fn http1_request_on_a_connection_the_peer_closed_goes_over_a_new_one() {
+        // The server closes each connection after one response.
+        let addr = server(false, Some(1)).await;
+        let (p, opened) = pool(addr, Version::Http1);
+        for i in 0..3 {
+            let r = p
+                .send(get(addr, &format!("/{i}"), http::Version::HTTP_11))
+                .await
+                .unwrap();
+            assert_eq!(text(r).await, format!("/{i}"));
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn http2_shares_one_connection_among_concurrent_requests() {
+        let addr = server(true, None).await;
+        let (p, opened) = pool(addr, Version::Http2);
+        let mut all = Vec::new();
+        for i in 0..20 {
+            let p = p.clone();
+            all.push(tokio::spawn(async move {
+                let r = p
+                    .send(get(addr, &format!("/{i}"), http::Version::HTTP_2))
+                    .await
+                    .unwrap();
+                text(r).await
+            }));
+        }
+        for (i, t) in all.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap(), format!("/{i}"));
+        }
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            1,
+            "20 concurrent requests, one connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_a_connect_error() {
+        // A port nobody listens on: bind, take the port, close.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        for v in [Version::Http1, Version::Http2] {
+            let (p, _) = pool(addr, v);
+            let hv = if v == Version::Http1 {
+                http::Version::HTTP_11
+            } else {
+                http::Version::HTTP_2
+            };
+            let e = p.send(get(addr, "/", hv)).await.unwrap_err();
+            assert!(e.is_connect(), "{v:?}: {e}");
+        }
+    }
+}
