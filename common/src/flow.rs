@@ -11,6 +11,9 @@
 //!   1 destination service (required)   2 destination zone (required)
 //!   3 source zone (required)           4 destination port (u16, optional)
 //!   5 W3C traceparent (optional)
+//!   6 a label of the destination subset, `key=value` (optional,
+//!     repeatable, keys ascending): only instances with every such label
+//!     may serve the flow
 //! ```
 //!
 //! The whole header is at most [`MAX_HEADER`] bytes. Unknown tags are
@@ -39,6 +42,8 @@ pub struct FlowHeader {
     pub source_zone: String,
     pub port: Option<u16>,
     pub traceparent: Option<String>,
+    /// Labels the serving instance must have (empty: any instance).
+    pub subset: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,6 +69,17 @@ fn name_ok(s: &str) -> bool {
         && s.len() <= 63
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Label keys and values as policies allow them (`=` appears in neither).
+fn label_ok(k: &str, v: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 63
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+        && v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn trace_ok(s: &str) -> bool {
@@ -92,6 +108,20 @@ impl FlowHeader {
                 why: "traceparent must be hex and dashes",
             });
         }
+        for (i, (k, v)) in self.subset.iter().enumerate() {
+            if !label_ok(k, v) {
+                return Err(HeaderError::Invalid {
+                    tag: 6,
+                    why: "not a label key=value",
+                });
+            }
+            if i > 0 && self.subset[i - 1].0 >= *k {
+                return Err(HeaderError::Invalid {
+                    tag: 6,
+                    why: "label keys must ascend",
+                });
+            }
+        }
         let mut fields = Vec::with_capacity(64);
         let mut put = |tag: u8, v: &[u8]| -> Result<(), HeaderError> {
             let len = u8::try_from(v.len()).map_err(|_| HeaderError::Invalid {
@@ -111,6 +141,9 @@ impl FlowHeader {
         }
         if let Some(t) = &self.traceparent {
             put(5, t.as_bytes())?;
+        }
+        for (k, v) in &self.subset {
+            put(6, format!("{k}={v}").as_bytes())?;
         }
         let total = PREFIX + fields.len();
         if total > MAX_HEADER {
@@ -151,6 +184,7 @@ impl FlowHeader {
         }
         let mut rest = &buf[PREFIX..total];
         let (mut service, mut dest, mut src, mut port, mut trace) = (None, None, None, None, None);
+        let mut subset: Vec<(String, String)> = Vec::new();
         while !rest.is_empty() {
             let [tag, len, ..] = *rest else {
                 return Err(HeaderError::Truncated);
@@ -200,6 +234,22 @@ impl FlowHeader {
                     }
                     set_once(&mut trace, s, tag)?;
                 }
+                6 => {
+                    let s = text()?;
+                    let (k, v) = s.split_once('=').filter(|(k, v)| label_ok(k, v)).ok_or(
+                        HeaderError::Invalid {
+                            tag,
+                            why: "not a label key=value",
+                        },
+                    )?;
+                    if subset.last().is_some_and(|(last, _)| last.as_str() >= k) {
+                        return Err(HeaderError::Invalid {
+                            tag,
+                            why: "label keys must ascend",
+                        });
+                    }
+                    subset.push((k.to_string(), v.to_string()));
+                }
                 _ => {} // unknown: skipped, for forward compatibility
             }
         }
@@ -209,6 +259,7 @@ impl FlowHeader {
             source_zone: src.ok_or(HeaderError::Missing("source zone"))?,
             port,
             traceparent: trace,
+            subset,
         })
     }
 }
@@ -253,6 +304,7 @@ mod tests {
             source_zone: "eu-west-1".into(),
             port: Some(8080),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            subset: vec![("team".into(), "a".into()), ("version".into(), "v2".into())],
         }
     }
 
@@ -263,6 +315,7 @@ mod tests {
         let mut minimal = h();
         minimal.port = None;
         minimal.traceparent = None;
+        minimal.subset.clear();
         assert_eq!(
             FlowHeader::decode(&minimal.encode().unwrap()).unwrap(),
             minimal
@@ -369,6 +422,32 @@ mod tests {
                 traceparent: None,
                 ..h()
             },
+            FlowHeader {
+                subset: vec![("b".into(), "1".into()), ("a".into(), "2".into())],
+                ..h()
+            },
+            FlowHeader {
+                subset: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+                ..h()
+            },
+            FlowHeader {
+                subset: vec![("a=b".into(), "1".into())],
+                ..h()
+            },
+            FlowHeader {
+                subset: vec![("a".into(), "x y".into())],
+                ..h()
+            },
+            FlowHeader {
+                subset: vec![("app.kubernetes.io/version".into(), String::new())],
+                ..h()
+            },
+            FlowHeader {
+                subset: (0..32)
+                    .map(|i| (format!("k{i:02}{}", "x".repeat(58)), "v".repeat(63)))
+                    .collect(),
+                ..h()
+            },
         ];
         for c in cases {
             match c.encode() {
@@ -424,6 +503,14 @@ mod tests {
                     let len = r.below(256);
                     r.string(TRACE, len)
                 }),
+                subset: {
+                    let mut labels = std::collections::BTreeMap::new();
+                    for _ in 0..r.below(4) {
+                        let (kl, vl) = (1 + r.below(20), r.below(20));
+                        labels.insert(r.string(NAME, kl), r.string(NAME, vl));
+                    }
+                    labels.into_iter().collect()
+                },
             };
             let bytes = h.encode().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             assert_eq!(FlowHeader::decode(&bytes), Ok(h.clone()), "seed {seed}");
@@ -462,6 +549,9 @@ mod tests {
         }
         if let Some(t) = &h.traceparent {
             f.push((5, t.as_bytes().to_vec()));
+        }
+        for (k, v) in &h.subset {
+            f.push((6, format!("{k}={v}").into_bytes()));
         }
         let refs: Vec<(u8, &[u8])> = f.iter().map(|(t, v)| (*t, v.as_slice())).collect();
         frame(&raw_fields(&refs))

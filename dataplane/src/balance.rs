@@ -29,7 +29,13 @@ pub struct Target {
 pub struct Via {
     pub dest_zone: String,
     pub service: String,
+    /// Labels the serving instance must have there (keys ascending; empty:
+    /// any instance), sent in the flow header.
+    pub subset: Vec<(String, String)>,
 }
+
+/// A remote zone's label set and how many healthy instances have it.
+pub type RemoteSubset = (std::collections::BTreeMap<String, String>, u32);
 
 #[derive(Debug)]
 pub struct Endpoint {
@@ -42,9 +48,12 @@ pub struct Endpoint {
     /// Locality tier: 0 own zone, 1 own region, 2.. other regions.
     pub priority: u32,
     pub weight: u32,
-    /// The instance's labels (local endpoints; a remote zone's path has
-    /// none), for route backends that select a subset.
+    /// The instance's labels, for route backends that select a subset. A
+    /// path to a remote zone has none, unless it is a subset path
+    /// ([`Endpoint::subset_path`]): then they are the subset's selector.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// For a path to a remote zone: that zone's label sets.
+    pub remote_subsets: Vec<RemoteSubset>,
     /// Passive health: ejected until this many ms after `epoch()`.
     ejected_until: AtomicU64,
     /// Active health: the last probe's result.
@@ -111,6 +120,50 @@ impl Endpoint {
         self.ejected_until
             .store(now_ms() + for_.as_millis() as u64, Ordering::Relaxed);
     }
+    /// For a path to a remote zone that has instances with all of
+    /// `selector`'s labels: a path to just those, weighted by how many are
+    /// healthy there (its own health state; the gateway on the far side
+    /// picks only matching instances).
+    pub fn subset_path(
+        &self,
+        selector: &std::collections::BTreeMap<String, String>,
+    ) -> Option<Arc<Endpoint>> {
+        let via = self.target.via.as_ref()?;
+        let matched: u32 = self
+            .remote_subsets
+            .iter()
+            .filter(|(labels, _)| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            .map(|(_, n)| *n)
+            .sum();
+        if matched == 0 {
+            return None;
+        }
+        let via = Via {
+            subset: selector
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            ..via.clone()
+        };
+        let authority = authority_for(self.target.addr, &Some(via.clone())).ok()?;
+        Some(Arc::new(Endpoint {
+            target: Arc::new(Target {
+                addr: self.target.addr,
+                identity: self.target.identity.clone(),
+                via: Some(via),
+            }),
+            authority,
+            zone: self.zone.clone(),
+            region: self.region.clone(),
+            priority: self.priority,
+            weight: matched,
+            labels: selector.clone(),
+            remote_subsets: Vec::new(),
+            ejected_until: AtomicU64::new(0),
+            probe_ok: AtomicBool::new(true),
+        }))
+    }
+
     pub fn available(&self) -> bool {
         self.probe_ok.load(Ordering::Relaxed) && !self.ejected()
     }
@@ -335,11 +388,33 @@ fn authority_for(addr: SocketAddr, via: &Option<Via>) -> Result<http::uri::Autho
         None => addr.to_string(),
         Some(v) => {
             let ip = addr.ip().to_string().replace([':', '.'], "-");
-            format!("{}.{}.gw-{ip}:{}", v.service, v.dest_zone, addr.port())
+            let subset = if v.subset.is_empty() {
+                String::new()
+            } else {
+                format!(".s{:016x}", subset_hash(&v.subset))
+            };
+            format!(
+                "{}.{}{subset}.gw-{ip}:{}",
+                v.service,
+                v.dest_zone,
+                addr.port()
+            )
         }
     };
     s.parse()
         .map_err(|_| format!("cannot form an authority from {s:?}"))
+}
+
+/// FNV-1a over `k=v;` pairs: tells subset paths apart in authorities.
+fn subset_hash(subset: &[(String, String)]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in subset {
+        for b in k.bytes().chain([b'=']).chain(v.bytes()).chain([b';']) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
 impl Clusters {
@@ -371,14 +446,21 @@ impl Clusters {
                 let via = e.via_gateway.then(|| Via {
                     dest_zone: e.zone.clone(),
                     service: c.service.clone(),
+                    subset: Vec::new(),
                 });
+                let remote_subsets: Vec<RemoteSubset> = e
+                    .subsets
+                    .iter()
+                    .map(|s| (s.labels.clone().into_iter().collect(), s.healthy))
+                    .collect();
                 let authority = authority_for(addr, &via)?;
                 let ep = match known.get(&(authority.as_str(), &identity)) {
                     Some(old)
                         if old.priority == e.priority
                             && old.weight == e.weight.max(1)
                             && old.labels.len() == e.labels.len()
-                            && e.labels.iter().all(|(k, v)| old.labels.get(k) == Some(v)) =>
+                            && e.labels.iter().all(|(k, v)| old.labels.get(k) == Some(v))
+                            && old.remote_subsets == remote_subsets =>
                     {
                         (*old).clone()
                     }
@@ -394,6 +476,7 @@ impl Clusters {
                         priority: e.priority,
                         weight: e.weight.max(1),
                         labels: e.labels.clone().into_iter().collect(),
+                        remote_subsets,
                         ejected_until: AtomicU64::new(0),
                         probe_ok: AtomicBool::new(true),
                     }),
@@ -435,6 +518,7 @@ impl Clusters {
                         "zone": e.zone, "region": e.region,
                         "priority": e.priority, "weight": e.weight,
                         "viaGateway": e.target.via.is_some(),
+                        "subsets": e.remote_subsets.iter().map(|(l, n)| serde_json::json!({"labels": l, "healthy": n})).collect::<Vec<_>>(),
                         "ejected": e.ejected(),
                         "probeOk": e.probe_ok.load(Ordering::Relaxed),
                     })).collect::<Vec<_>>(),

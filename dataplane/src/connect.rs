@@ -223,6 +223,7 @@ pub async fn connect_mesh(
                 source_zone: own_zone,
                 port: None,
                 traceparent: None,
+                subset: via.subset.clone(),
             }
             .encode()?;
             let inner = timed(

@@ -25,7 +25,9 @@ pub struct Split {
 }
 
 /// The endpoints of `b`: those of its service (`default` when it names
-/// none) in its zones, with its labels.
+/// none) in its zones, with its labels. Another zone is reached for a
+/// label subset through its subset paths: weighted by how many of its
+/// healthy instances have the labels, and served there only by those.
 pub fn backend_cluster(
     b: &pb::Backend,
     default: &str,
@@ -46,20 +48,42 @@ pub fn backend_cluster(
     if b.zones.is_empty() && b.labels.is_empty() {
         return base.clone();
     }
-    let keep = |e: &&Arc<Endpoint>| {
-        (b.zones.is_empty() || b.zones.iter().any(|z| *z == e.zone))
-            && b.labels
-                .iter()
-                .all(|(k, v)| e.labels.get(k).is_some_and(|x| x == v))
+    let in_zones = |e: &Arc<Endpoint>| b.zones.is_empty() || b.zones.iter().any(|z| *z == e.zone);
+    let endpoints = if b.labels.is_empty() {
+        base.endpoints
+            .iter()
+            .filter(|e| in_zones(e))
+            .cloned()
+            .collect()
+    } else {
+        let selector: std::collections::BTreeMap<String, String> = b
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        base.endpoints
+            .iter()
+            .filter(|e| in_zones(e))
+            .filter_map(|e| match e.target.via {
+                Some(_) => e.subset_path(&selector),
+                None => selector
+                    .iter()
+                    .all(|(k, v)| e.labels.get(k) == Some(v))
+                    .then(|| e.clone()),
+            })
+            .collect()
     };
-    Arc::new(Cluster::new(
-        base.service.clone(),
-        base.protocol,
-        base.endpoints.iter().filter(keep).cloned().collect(),
-    ))
+    Arc::new(Cluster::new(base.service.clone(), base.protocol, endpoints))
 }
 
 impl Split {
+    /// Every endpoint a backend may pick.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.backends
+            .iter()
+            .flat_map(|b| b.cluster.endpoints.iter())
+    }
+
     pub fn build(
         backends: &[pb::Backend],
         default: &str,
@@ -225,6 +249,91 @@ mod tests {
             &cs,
         );
         assert!(none.endpoints.is_empty());
+    }
+
+    /// Another zone reached through two local gateways, running v1 (3
+    /// instances) and v2 (1) by its published label sets.
+    fn with_remote() -> HashMap<String, Arc<Cluster>> {
+        let gw = |ip: &str| pb::Endpoint {
+            via_gateway: true,
+            weight: 4,
+            priority: 2,
+            subsets: vec![
+                pb::Subset {
+                    labels: [("version".to_string(), "v1".to_string())].into(),
+                    healthy: 3,
+                },
+                pb::Subset {
+                    labels: [
+                        ("version".to_string(), "v2".to_string()),
+                        ("track".to_string(), "beta".to_string()),
+                    ]
+                    .into(),
+                    healthy: 1,
+                },
+            ],
+            ..ep(ip, "z3", &[])
+        };
+        let cfg = vec![pb::Cluster {
+            service: "api".into(),
+            protocol: "http".into(),
+            endpoints: vec![
+                ep("10.0.0.1", "z1", &[("version", "v1")]),
+                gw("10.0.1.1"),
+                gw("10.0.1.2"),
+            ],
+            ..Default::default()
+        }];
+        crate::balance::Clusters::build(&cfg, &Default::default(), 1)
+            .unwrap()
+            .by_service
+    }
+
+    /// A labels backend reaches another zone's matching instances through
+    /// subset paths: one per gateway, weighted by the matching healthy
+    /// count, naming the subset for the far gateway, with authorities of
+    /// their own; a zone with no match is left out.
+    #[test]
+    fn labels_backends_reach_other_zones_through_subset_paths() {
+        let cs = with_remote();
+        let v1 = backend_cluster(&b(1, &[], &[("version", "v1")]), "api", &cs);
+        assert_eq!(v1.endpoints.len(), 3, "the local v1 and two paths to z3");
+        let paths: Vec<_> = v1
+            .endpoints
+            .iter()
+            .filter(|e| e.target.via.is_some())
+            .collect();
+        for p in &paths {
+            assert_eq!(p.weight, 3);
+            assert_eq!(p.priority, 2);
+            let via = p.target.via.as_ref().unwrap();
+            assert_eq!(via.subset, [("version".to_string(), "v1".to_string())]);
+            assert!(cs["api"]
+                .endpoints
+                .iter()
+                .all(|e| e.authority != p.authority));
+        }
+        assert_ne!(paths[0].authority, paths[1].authority);
+        // A selector matches a label set that has all its labels.
+        let v2 = backend_cluster(&b(1, &["z3"], &[("version", "v2")]), "api", &cs);
+        assert_eq!(v2.endpoints.len(), 2);
+        assert!(v2.endpoints.iter().all(|e| e.weight == 1));
+        let v1_paths = backend_cluster(&b(1, &["z3"], &[("version", "v1")]), "api", &cs);
+        assert_ne!(v1_paths.endpoints[0].authority, v2.endpoints[0].authority);
+        // No instance there has v9, nor v2 with track stable.
+        for labels in [
+            &[("version", "v9")][..],
+            &[("version", "v2"), ("track", "stable")],
+        ] {
+            let none = backend_cluster(&b(1, &["z3"], labels), "api", &cs);
+            assert!(none.endpoints.is_empty(), "{labels:?}");
+        }
+        // Without labels, the service's own paths (no subset).
+        let all = backend_cluster(&b(1, &["z3"], &[]), "api", &cs);
+        assert!(all
+            .endpoints
+            .iter()
+            .all(|e| e.target.via.as_ref().unwrap().subset.is_empty()));
     }
 
     /// A 90/10 split over 20,000 picks lands within 1.5 points of 10%:

@@ -161,20 +161,39 @@ impl Shared {
     ) -> Result<(), String> {
         let new = Clusters::build(cfg, &self.clusters.load(), version)?;
         let mut routes = HashMap::new();
+        let mut targets = new.targets();
+        // Paths to another zone's label subset exist only in backends: the
+        // connector must know them too.
+        let subset_paths = std::cell::RefCell::new(Vec::new());
+        let remember = |eps: &mut dyn Iterator<Item = &Arc<crate::balance::Endpoint>>| {
+            subset_paths.borrow_mut().extend(
+                eps.filter(|e| e.target.via.as_ref().is_some_and(|v| !v.subset.is_empty()))
+                    .map(|e| (e.authority.to_string(), e.target.clone())),
+            )
+        };
         for c in cfg
             .iter()
             .filter(|c| !c.http_routes.is_empty() || c.tcp_route.is_some())
         {
-            let split = |b: &[pb::Backend]| Split::build(b, &c.service, &new.by_service);
-            let mirror = |m: &pb::Mirror| Mirror::build(m, &c.service, &new.by_service);
+            let split = |b: &[pb::Backend]| {
+                let s = Split::build(b, &c.service, &new.by_service)?;
+                remember(&mut s.endpoints());
+                Ok(s)
+            };
+            let mirror = |m: &pb::Mirror| {
+                let m = Mirror::build(m, &c.service, &new.by_service)?;
+                remember(&mut m.cluster.endpoints.iter());
+                Ok(m)
+            };
             let r = Routes::build(c, &split, &mirror).map_err(|e| format!("{}: {e}", c.service))?;
             routes.insert(c.service.clone(), Arc::new(r));
         }
+        targets.extend(subset_paths.into_inner());
         let access = match inbound {
             Some(p) => Access::build(p).map_err(|e| format!("inbound policy: {e}"))?,
             None => Access::default(),
         };
-        self.targets.store(Arc::new(new.targets()));
+        self.targets.store(Arc::new(targets));
         self.routes.store(Arc::new(routes));
         self.access.store(Arc::new(access));
         self.clusters.store(Arc::new(new));

@@ -70,6 +70,13 @@ impl Topology {
         let mut args = sidecar_args(net, 10, "web", &z1, &t);
         args.retain(|a| a != "--app" && !a.ends_with(":8080"));
         procs.push(spawn(&s.0, "sidecar-web-10", "dataplane", &args));
+        // The apps (Python servers) take a while to import and listen: a
+        // first call before that would be refused by the app, not the mesh.
+        for host in [11, 31] {
+            wait_for(&format!("the app on .{host} listening"), T, || {
+                std::net::TcpStream::connect(net.addr(host, 8080)).ok()
+            });
+        }
         let admin = net.addr(10, 15000);
         for svc in [format!("{kind}-near"), format!("{kind}-far")] {
             wait_for(&format!("the client sidecar knows {svc}"), T, || {

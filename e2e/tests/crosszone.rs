@@ -493,6 +493,7 @@ fn malformed_flows_are_reset(w: &World) {
                 source_zone: "z2".into(),
                 port: None,
                 traceparent: None,
+                subset: vec![],
             }
             .encode()
             .unwrap()

@@ -427,7 +427,7 @@ fn access_rules_deny_across_zones_shadow_counts_and_permissive_accepts_plaintext
 }
 
 /// HTTP and TCP routes end to end. `api` runs v1 (.12) and v2 (.13) in z1
-/// and one instance in z2 (.40); `web` (.10, z1) calls it.
+/// and v1 (.40) and v3 (.42) in z2; `web` (.10, z1) calls it.
 ///
 /// * a 90/10 split between v1 and v2 lands within 5 points of 10% over 1000
 ///   requests (the binomial standard deviation is 0.95 points: a false
@@ -435,6 +435,12 @@ fn access_rules_deny_across_zones_shadow_counts_and_permissive_accepts_plaintext
 /// * a 70/30 split across zones sends 30% (within 6 points over 1000: 4.1
 ///   standard deviations) to z2, through the gateways (their byte counters
 ///   grow);
+/// * a backend that selects labels reaches the instances that have them in
+///   another zone, and only those: every one of 200 requests for `version:
+///   v3` (only in z2) is served by .42, and every one of 200 for `version:
+///   v1` in z2 by .40, although z2's gateway could pick either (on the
+///   previous main, a labels backend held only this zone's instances, so
+///   the first got 503 and the second could not be said);
 /// * a mirror's target receives a copy of each matched request, marked,
 ///   while the caller sees only the primary's answers;
 /// * a rewrite, header changes, a redirect and a route timeout act on the
@@ -449,6 +455,7 @@ fn http_and_tcp_routes_split_by_labels_and_zones_mirror_and_rewrite() {
     let _v1 = m.workload("z1", 12, "api", &["--label", "version=v1"]);
     let _v2 = m.workload("z1", 13, "api", &["--label", "version=v2"]);
     let _far = m.workload("z2", 40, "api", &["--label", "version=v1"]);
+    let _far_v3 = m.workload("z2", 42, "api", &["--label", "version=v3"]);
     let shadow = m.workload("z1", 14, "api-shadow", &[]);
     let greet = |zone: &str| -> Vec<String> {
         vec![
@@ -503,6 +510,8 @@ fn http_and_tcp_routes_split_by_labels_and_zones_mirror_and_rewrite() {
         "{H}kind: HttpRoute\nmetadata: {{name: api-routes}}\nspec:\n  to: {{service: api}}\n  rules:\n\
          \x20   - name: mirrored\n      matches: [{{path: {{prefix: /mirror}}}}]\n      backends: [{{labels: {{version: v1}}, zones: [z1]}}]\n      mirror: {{service: api-shadow}}\n\
          \x20   - name: zones\n      matches: [{{headers: [{{name: x-split, exact: zones}}]}}]\n      backends: [{{weight: 70, zones: [z1]}}, {{weight: 30, zones: [z2]}}]\n\
+         \x20   - name: far-v3\n      matches: [{{headers: [{{name: x-split, exact: far-v3}}]}}]\n      backends: [{{labels: {{version: v3}}}}]\n\
+         \x20   - name: far-v1\n      matches: [{{headers: [{{name: x-split, exact: far-v1}}]}}]\n      backends: [{{labels: {{version: v1}}, zones: [z2]}}]\n\
          \x20   - name: old\n      matches: [{{path: {{prefix: /old}}}}]\n      rewrite: {{pathPrefix: /new}}\n      requestHeaders: {{set: {{x-route: old}}, remove: [x-drop]}}\n      responseHeaders: {{add: {{x-served-by: old-route}}}}\n      backends: [{{zones: [z1]}}]\n\
          \x20   - name: moved\n      matches: [{{path: {{exact: /moved}}}}]\n      redirect: {{host: example.org, path: /here, statusCode: 301}}\n\
          \x20   - name: slow\n      matches: [{{path: {{prefix: /sleep}}}}]\n      timeout: 300ms\n      backends: [{{zones: [z1]}}]\n\
@@ -510,7 +519,7 @@ fn http_and_tcp_routes_split_by_labels_and_zones_mirror_and_rewrite() {
          ---\n{H}kind: TcpRoute\nmetadata: {{name: db-move}}\nspec:\n  to: {{service: db}}\n  backends: [{{weight: 1, zones: [z2]}}]\n"
     ));
     wait_dump(&web, "/routes/api/http", |v| {
-        v.as_array().is_some_and(|a| a.len() == 6)
+        v.as_array().is_some_and(|a| a.len() == 8)
     });
 
     // A caller that declares what it calls (--reachable-services api) holds
@@ -519,7 +528,7 @@ fn http_and_tcp_routes_split_by_labels_and_zones_mirror_and_rewrite() {
     // why.
     let lean = m.workload("z1", 16, "web", &["--reachable-services", "api"]);
     wait_dump(&lean, "/routes/api/http", |v| {
-        v.as_array().is_some_and(|a| a.len() == 6)
+        v.as_array().is_some_and(|a| a.len() == 8)
     });
     let d = lean.dump();
     let held: Vec<&String> = d["clusters"]
@@ -567,6 +576,33 @@ fn http_and_tcp_routes_split_by_labels_and_zones_mirror_and_rewrite() {
     let z2 = t.share(|k| k.starts_with("z2/"));
     assert!((z2 - 0.30).abs() < 0.06, "z2 share {z2} ({t:?})");
     assert!(gw_bytes() > before, "the z2 share crossed the gateways");
+
+    // Label subsets in another zone: once z2 publishes that it runs v3,
+    // every v3 request is served there by .42, and every z2-v1 request by
+    // .40.
+    wait_dump(&web, "/clusters/api/endpoints", |v| {
+        v.as_array().is_some_and(|eps| {
+            eps.iter().any(|e| {
+                e["subsets"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s["labels"]["version"] == "v3"))
+            })
+        })
+    });
+    let t = tally(&web, 200, "/", &[("x-split", "far-v3")]);
+    assert_eq!(t.by.len(), 1, "{t:?}");
+    assert_eq!(
+        t.share(|k| k == format!("z2/{}:8080", net.ip(42))),
+        1.0,
+        "{t:?}"
+    );
+    let t = tally(&web, 200, "/", &[("x-split", "far-v1")]);
+    assert_eq!(t.by.len(), 1, "{t:?}");
+    assert_eq!(
+        t.share(|k| k == format!("z2/{}:8080", net.ip(40))),
+        1.0,
+        "{t:?}"
+    );
 
     // Mirror: the caller sees only v1's answers; the mirror gets a marked
     // copy of each.

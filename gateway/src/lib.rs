@@ -490,8 +490,9 @@ impl Gateway {
         }
     }
 
-    /// A healthy endpoint of the service in this zone: its sidecar's
-    /// inbound port. Tries up to three, ejecting the ones that refuse.
+    /// A healthy endpoint of the service in this zone (with the flow's
+    /// subset labels, if any): its sidecar's inbound port. Tries up to
+    /// three, ejecting the ones that refuse.
     async fn connect_local(&self, h: &FlowHeader) -> Result<TcpStream, u32> {
         let clusters = self.shared.clusters.load_full();
         let Some(cluster) = clusters.by_service.get(&h.service).cloned() else {
@@ -500,6 +501,21 @@ impl Gateway {
         if cluster.protocol == Protocol::Quic {
             return Err(code::UNKNOWN_SERVICE);
         }
+        // A flow for a label subset: only instances with all its labels.
+        let cluster = if h.subset.is_empty() {
+            cluster
+        } else {
+            let fits = |e: &&Arc<dataplane::balance::Endpoint>| {
+                h.subset
+                    .iter()
+                    .all(|(k, v)| e.labels.get(k).is_some_and(|x| x == v))
+            };
+            Arc::new(dataplane::balance::Cluster::new(
+                cluster.service.clone(),
+                cluster.protocol,
+                cluster.endpoints.iter().filter(fits).cloned().collect(),
+            ))
+        };
         let mut tried = Vec::new();
         for _ in 0..3 {
             let Some((ep, _)) = cluster.pick(&tried, 0) else {

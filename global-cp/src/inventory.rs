@@ -14,7 +14,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use model::ident::SpiffeId;
-use model::resource::{self, Resource, ServiceSummary, ZoneIngressSpec};
+use model::policy::label_ok;
+use model::resource::{
+    self, Resource, ServiceSummary, SubsetSummary, ZoneIngressSpec, MAX_SUBSETS,
+};
 use proto::v1 as pb;
 
 /// Services one zone may publish. With names of at most 63 characters this
@@ -138,26 +141,15 @@ fn candidate(
             return Err(format!("gateway address {g} is published by another zone"));
         }
     }
-    let spec = ZoneIngressSpec {
+    let mut spec = ZoneIngressSpec {
         region: inv.region.clone(),
         gateways: inv.gateways.clone(),
         services: services
             .values()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    ServiceSummary {
-                        protocol: s
-                            .endpoints
-                            .first()
-                            .map(|e| e.protocol.clone())
-                            .unwrap_or_default(),
-                        healthy: s.endpoints.iter().filter(|e| e.healthy).count() as u32,
-                    },
-                )
-            })
+            .map(|s| (s.name.clone(), summary(s)))
             .collect(),
     };
+    fit_subsets(&mut spec);
     let ingress = Resource {
         api_version: resource::API_VERSION.into(),
         kind: "ZoneIngress".into(),
@@ -179,6 +171,96 @@ fn candidate(
         },
         ingress,
     ))
+}
+
+/// A service's summary: protocol, healthy instances, and the label sets
+/// of those (the ones with labels a policy can select; largest first).
+fn summary(s: &pb::ServiceInventory) -> ServiceSummary {
+    let mut sets: BTreeMap<BTreeMap<String, String>, u32> = BTreeMap::new();
+    let mut healthy = 0;
+    for e in s.endpoints.iter().filter(|e| e.healthy) {
+        healthy += 1;
+        let labels: BTreeMap<String, String> = e
+            .labels
+            .iter()
+            .filter(|(k, v)| label_ok(k, v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !labels.is_empty() {
+            *sets.entry(labels).or_default() += 1;
+        }
+    }
+    let mut subsets: Vec<SubsetSummary> = sets
+        .into_iter()
+        .map(|(labels, healthy)| SubsetSummary { labels, healthy })
+        .collect();
+    // Stable: equal counts keep the label sets' order.
+    subsets.sort_by_key(|s| std::cmp::Reverse(s.healthy));
+    let subsets_truncated = subsets.len() > MAX_SUBSETS;
+    subsets.truncate(MAX_SUBSETS);
+    ServiceSummary {
+        protocol: s
+            .endpoints
+            .first()
+            .map(|e| e.protocol.clone())
+            .unwrap_or_default(),
+        healthy,
+        subsets,
+        subsets_truncated,
+    }
+}
+
+/// Room kept below the resource size limit.
+const SIZE_MARGIN: usize = 8 * 1024;
+
+/// Keep the `ZoneIngress` under the resource size limit: services and
+/// gateways always fit (their bounds see to that); label sets get what
+/// room is left, one rank at a time (every service's largest set, then
+/// every service's second, ...), and a service that lost some says so.
+fn fit_subsets(spec: &mut ZoneIngressSpec) {
+    // Measured with every service flagged, so that the flags fit too.
+    let all: Vec<(Vec<SubsetSummary>, bool)> = spec
+        .services
+        .values_mut()
+        .map(|s| {
+            let was = std::mem::replace(&mut s.subsets_truncated, true);
+            (std::mem::take(&mut s.subsets), was)
+        })
+        .collect();
+    let base = serde_json::to_vec(spec)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    let mut room = resource::MAX_RESOURCE_BYTES
+        .saturating_sub(SIZE_MARGIN)
+        .saturating_sub(base);
+    // An over-estimate of a subset's JSON (field names, quotes, commas,
+    // a count of up to ten digits).
+    let cost = |s: &SubsetSummary| {
+        40 + s
+            .labels
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>()
+    };
+    let mut kept: Vec<usize> = vec![0; all.len()];
+    let mut full = false;
+    for rank in 0..MAX_SUBSETS {
+        for (i, (sets, _)) in all.iter().enumerate() {
+            if let Some(s) = sets.get(rank) {
+                if !full && cost(s) <= room {
+                    room -= cost(s);
+                    kept[i] += 1;
+                } else {
+                    full = true;
+                }
+            }
+        }
+    }
+    for ((summary, (mut sets, was)), n) in spec.services.values_mut().zip(all).zip(kept) {
+        summary.subsets_truncated = was || n < sets.len();
+        sets.truncate(n);
+        summary.subsets = sets;
+    }
 }
 
 /// `host:port`, with a DNS name or an IP and a non-zero port.

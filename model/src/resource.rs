@@ -551,6 +551,26 @@ pub struct ZoneIngressSpec {
 pub struct ServiceSummary {
     pub protocol: String,
     pub healthy: u32,
+    /// The distinct label sets of the healthy instances, with how many
+    /// have each: what lets another zone's route send to a subset here.
+    /// Largest first, at most [`MAX_SUBSETS`]; only labels a policy can
+    /// select (keys and values as `check_labels` allows) are listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<SubsetSummary>,
+    /// Set when some label sets were left out (more than [`MAX_SUBSETS`],
+    /// or the zone's whole `ZoneIngress` would pass its size limit).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub subsets_truncated: bool,
+}
+
+/// Label sets a zone publishes per service.
+pub const MAX_SUBSETS: usize = 16;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SubsetSummary {
+    pub labels: BTreeMap<String, String>,
+    pub healthy: u32,
 }
 
 impl ZoneIngressSpec {

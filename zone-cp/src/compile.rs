@@ -340,6 +340,14 @@ pub fn clusters(z: &Zone, kind: ProxyKind) -> BTreeMap<String, pb::Cluster> {
                         protocol: sum.protocol.clone(),
                         ..Default::default()
                     });
+                    let subsets: Vec<pb::Subset> = sum
+                        .subsets
+                        .iter()
+                        .map(|s| pb::Subset {
+                            labels: s.labels.clone().into_iter().collect(),
+                            healthy: s.healthy,
+                        })
+                        .collect();
                     for gw in &gateways {
                         c.endpoints.push(pb::Endpoint {
                             address: gw.address.clone(),
@@ -353,6 +361,7 @@ pub fn clusters(z: &Zone, kind: ProxyKind) -> BTreeMap<String, pb::Cluster> {
                             weight: sum.healthy,
                             via_gateway: true,
                             priority: prio,
+                            subsets: subsets.clone(),
                             ..Default::default()
                         });
                     }

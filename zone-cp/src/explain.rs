@@ -127,12 +127,24 @@ fn backend_json(b: &pb::Backend, own: &str, clusters: &BTreeMap<&str, &pb::Clust
             c.endpoints
                 .iter()
                 .filter(|e| b.zones.is_empty() || b.zones.contains(&e.zone))
-                .filter(|e| {
-                    b.labels
+                .filter_map(|e| {
+                    let has = |labels: &std::collections::HashMap<String, String>| {
+                        b.labels
+                            .iter()
+                            .all(|(k, v)| labels.get(k).is_some_and(|x| x == v))
+                    };
+                    if !e.via_gateway || b.labels.is_empty() {
+                        return has(&e.labels).then(|| endpoint_name(e));
+                    }
+                    // Another zone: its instances that have the labels.
+                    let n: u32 = e
+                        .subsets
                         .iter()
-                        .all(|(k, v)| e.labels.get(k).is_some_and(|x| x == v))
+                        .filter(|s| has(&s.labels))
+                        .map(|s| s.healthy)
+                        .sum();
+                    (n > 0).then(|| format!("{} [{n} with the labels]", endpoint_name(e)))
                 })
-                .map(endpoint_name)
                 .collect()
         })
         .unwrap_or_default();

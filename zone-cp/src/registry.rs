@@ -343,6 +343,7 @@ impl Registry {
                     weight: 1,
                     via_gateway: false,
                     priority: 0,
+                    subsets: Vec::new(),
                 });
         }
         out

@@ -57,6 +57,11 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             source_zone: ZONE.into(),
             port,
             traceparent: trace.map(str::to_string),
+            subset: if port.is_some() {
+                vec![("version".into(), "v2".into())]
+            } else {
+                vec![]
+            },
         }
         .encode()
         .expect("seed header encodes")
@@ -76,6 +81,10 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         weight: 1,
         via_gateway: false,
         priority: 0,
+        subsets: vec![pb::Subset {
+            labels: [("version".to_string(), "v2".to_string())].into(),
+            healthy: 2,
+        }],
     };
     let service = pb::ServiceInventory {
         name: SERVICE.into(),

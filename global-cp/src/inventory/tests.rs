@@ -197,3 +197,101 @@ fn the_largest_report_within_the_bounds_fits_a_zone_ingress() {
     assert!(i.gateways.iter().all(|g| g.len() <= 255));
     accept(judge("tern", "z1", &Report::default(), &i, NO));
 }
+
+fn ingress(v: Verdict) -> ZoneIngressSpec {
+    match v {
+        Verdict::Accept(_, ingress) => ZoneIngressSpec::from_resource(&ingress).expect("spec"),
+        other => panic!("expected Accept, got {other:?}"),
+    }
+}
+
+fn labelled(svc_name: &str, healthy: bool, labels: &[(&str, &str)]) -> pb::Endpoint {
+    pb::Endpoint {
+        healthy,
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..ep("z1", svc_name)
+    }
+}
+
+/// A service's summary lists the distinct label sets of its healthy
+/// instances with how many have each, largest first; unhealthy instances
+/// and labels no policy could select are left out, and a service with more
+/// than MAX_SUBSETS sets publishes the largest ones and says so.
+#[test]
+fn label_sets_of_healthy_instances_are_published_largest_first() {
+    let long_key = "k".repeat(100);
+    let s = pb::ServiceInventory {
+        name: "api".into(),
+        endpoints: vec![
+            labelled("api", true, &[("version", "v1")]),
+            labelled("api", true, &[("version", "v1")]),
+            labelled("api", true, &[("version", "v1")]),
+            labelled("api", true, &[("version", "v2")]),
+            labelled("api", true, &[("version", "v2"), (&long_key, "x")]),
+            labelled("api", false, &[("version", "v3")]),
+            labelled("api", true, &[]),
+        ],
+    };
+    let spec = ingress(first(vec![s], NO));
+    let api = &spec.services["api"];
+    assert_eq!(api.healthy, 6);
+    let got: Vec<(String, u32)> = api
+        .subsets
+        .iter()
+        .map(|s| (format!("{:?}", s.labels), s.healthy))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (r#"{"version": "v1"}"#.to_string(), 3),
+            (r#"{"version": "v2"}"#.to_string(), 2)
+        ]
+    );
+    assert!(!api.subsets_truncated);
+
+    let many = pb::ServiceInventory {
+        name: "api".into(),
+        endpoints: (0..MAX_SUBSETS + 4)
+            .map(|i| labelled("api", true, &[("pod", &format!("p{i}"))]))
+            .collect(),
+    };
+    let spec = ingress(first(vec![many], NO));
+    assert_eq!(spec.services["api"].subsets.len(), MAX_SUBSETS);
+    assert!(spec.services["api"].subsets_truncated);
+}
+
+/// The largest report within the bounds, every service with MAX_SUBSETS
+/// label sets of the longest labels: the ZoneIngress still fits the
+/// resource size limit (the report is accepted): label sets give way,
+/// one rank at a time (no service keeps two while another has none, so here
+/// some keep their largest and the rest none), and every service that lost
+/// some says so.
+#[test]
+fn label_sets_give_way_to_the_size_limit() {
+    let services: Vec<pb::ServiceInventory> = (0..MAX_SERVICES)
+        .map(|i| {
+            let n = format!("s{i}-");
+            let name = format!("{n}{}", "x".repeat(63 - n.len()));
+            pb::ServiceInventory {
+                endpoints: (0..MAX_SUBSETS)
+                    .map(|j| {
+                        let v = format!("{j}{}", "v".repeat(62));
+                        labelled(&name, true, &[(&"k".repeat(63), &v)])
+                    })
+                    .collect(),
+                name,
+            }
+        })
+        .collect();
+    let spec = ingress(first(services, NO));
+    let kept: Vec<usize> = spec.services.values().map(|s| s.subsets.len()).collect();
+    let (lo, hi) = (kept.iter().min().unwrap(), kept.iter().max().unwrap());
+    assert!(*hi >= 1 && hi - lo <= 1, "kept between {lo} and {hi}");
+    assert!(spec
+        .services
+        .values()
+        .all(|s| s.subsets_truncated == (s.subsets.len() < MAX_SUBSETS)));
+}

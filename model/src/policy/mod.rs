@@ -117,26 +117,39 @@ impl fmt::Display for Selector {
     }
 }
 
+/// Whether a label key and value are as policies allow them: keys 1-63
+/// letters, digits, '-', '_', '.' or '/'; values up to 63 letters, digits,
+/// '-', '_' or '.'.
+pub fn label_ok(k: &str, v: &str) -> bool {
+    key_ok(k) && value_ok(v)
+}
+
+fn key_ok(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 63
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+}
+
+fn value_ok(v: &str) -> bool {
+    v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// Label keys and values as registrations allow them.
 pub fn check_labels(path: &str, labels: &BTreeMap<String, String>) -> Result<(), FieldError> {
     if labels.len() > 32 {
         return Err(FieldError::new(path, "at most 32 labels"));
     }
     for (k, v) in labels {
-        let key_ok = !k.is_empty()
-            && k.len() <= 63
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-        if !key_ok {
+        if !key_ok(k) {
             return Err(FieldError::new(
                 format!("{path}.{k}"),
                 "label keys are 1-63 letters, digits, '-', '_', '.' or '/'",
             ));
         }
-        let value_ok = v.len() <= 63
-            && v.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !value_ok {
+        if !value_ok(v) {
             return Err(FieldError::new(
                 format!("{path}.{k}"),
                 format!("invalid label value {v:?}: at most 63 letters, digits, '-', '_' or '.'"),
@@ -424,6 +437,21 @@ mod tests {
             assert_eq!(e.error.path, path, "{doc}: {e}");
             assert!(e.error.message.contains(says), "{doc}: {e}");
         }
+        // A subset whose labels would not fit a flow header to another zone.
+        let many: Vec<String> = (0..9)
+            .map(|i| format!("k{i}{}: {}", "x".repeat(38), "v".repeat(20)))
+            .collect();
+        let doc = format!(
+            "{h}kind: HttpRoute\nmetadata: {{name: r}}\nspec: {{to: {{service: api}}, rules: [{{backends: [{{labels: {{{}}}}}]}}]}}\n",
+            many.join(", ")
+        );
+        let errs = crate::resource::parse_documents("p.yaml", &doc).expect_err("too many bytes");
+        assert_eq!(errs[0].error.path, "spec.rules[0].backends[0].labels");
+        assert!(
+            errs[0].error.message.contains("flow header"),
+            "{}",
+            errs[0].error
+        );
         // And a full document of every kind passes.
         let ok = format!("{h}kind: HttpRoute\nmetadata: {{name: r}}\nspec:\n  targetRef: {{zone: z1}}\n  to: {{service: api}}\n  rules:\n    - matches: [{{path: {{prefix: /v1}}, method: GET, headers: [{{name: x-u, regex: 'a.*'}}], query: [{{name: q, present: true}}]}}]\n      backends: [{{weight: 90, labels: {{version: v1}}}}, {{weight: 10, zones: [z2]}}]\n      mirror: {{service: s, percent: 12.5}}\n      rewrite: {{pathPrefix: /v2}}\n      requestHeaders: {{set: {{x-a: '1'}}, add: {{x-b: '2'}}, remove: [x-c]}}\n      responseHeaders: {{add: {{x-d: '3'}}}}\n      timeout: 1500ms\n    - {{name: moved, matches: [{{path: {{exact: /old}}}}], redirect: {{scheme: https, host: example.org, port: 8443, path: /new, statusCode: 308}}}}\n---\n{h}kind: TcpRoute\nmetadata: {{name: t}}\nspec: {{to: {{service: db}}, backends: [{{weight: 1, zones: [z2]}}]}}\n---\n{h}kind: MtlsPolicy\nmetadata: {{name: m}}\nspec: {{targetRef: {{service: legacy}}, mode: permissive}}\n---\n{h}kind: AccessPolicy\nmetadata: {{name: a}}\nspec:\n  mode: shadow\n  rules: [{{name: web, action: allow, from: [{{service: web, region: eu, labels: {{team: a}}}}], when: {{methods: [GET], paths: [{{regex: '/x/[0-9]+'}}]}}}}]\n");
         assert_eq!(

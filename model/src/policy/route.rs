@@ -140,6 +140,27 @@ pub struct Backend {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Bytes of a subset's labels on the wire: another zone is asked for a
+/// subset in the flow header, `key=value` per label plus 2 bytes each.
+pub const MAX_SUBSET_BYTES: usize = 512;
+
+/// Labels a backend or mirror selects: as everywhere, and small enough to
+/// travel in a flow header to another zone.
+fn check_subset_labels(path: &str, labels: &BTreeMap<String, String>) -> Result<(), FieldError> {
+    check_labels(path, labels)?;
+    let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len() + 3).sum();
+    if bytes > MAX_SUBSET_BYTES {
+        return Err(FieldError::new(
+            path,
+            format!(
+                "{bytes} bytes of labels; a subset's labels take at most {MAX_SUBSET_BYTES} \
+                 (as key=value, 3 bytes each besides), since they travel to other zones in the flow header"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn one() -> u32 {
     1
 }
@@ -283,7 +304,7 @@ impl HttpRule {
                 check_name(&format!("{mp}.service"), s)?;
             }
             check_zones(&format!("{mp}.zones"), &m.zones)?;
-            check_labels(&format!("{mp}.labels"), &m.labels)?;
+            check_subset_labels(&format!("{mp}.labels"), &m.labels)?;
             if !(m.percent > 0.0 && m.percent <= 100.0) {
                 return Err(FieldError::new(
                     format!("{mp}.percent"),
@@ -513,7 +534,7 @@ fn check_backends(p: &str, backends: &[Backend], may_be_empty: bool) -> Result<(
             check_name(&format!("{bp}.service"), s)?;
         }
         check_zones(&format!("{bp}.zones"), &b.zones)?;
-        check_labels(&format!("{bp}.labels"), &b.labels)?;
+        check_subset_labels(&format!("{bp}.labels"), &b.labels)?;
     }
     if !backends.is_empty() && backends.iter().all(|b| b.weight == 0) {
         return Err(FieldError::new(

@@ -163,6 +163,22 @@ pub struct Endpoint {
     /// zone, 1 = its region, 2.. = other regions in the zone's failover order.
     #[prost(uint32, tag = "12")]
     pub priority: u32,
+    /// For a path through a gateway: the label sets of the destination
+    /// zone's healthy instances, with how many have each (from its
+    /// ZoneIngress), so that a route backend with labels can pick that zone
+    /// for what it holds of the subset.
+    #[prost(message, repeated, tag = "13")]
+    pub subsets: ::prost::alloc::vec::Vec<Subset>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Subset {
+    #[prost(map = "string, string", tag = "1")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(uint32, tag = "2")]
+    pub healthy: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GlobalMessage {
