@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use model::policy::access::{AccessDefaults, AccessPolicySpec, Action, MtlsMode, MtlsPolicySpec};
+use model::policy::fault::{Fault, FaultInjectionSpec};
 use model::policy::route::{self, Backend, HttpRouteSpec, PathMatch, TcpRouteSpec, ValueMatch};
 use model::policy::{applicable, Facts, Mode, Origin, Policy, Selector};
 use model::resource::{MeshSpec, Resource};
@@ -22,6 +23,7 @@ pub struct PolicySet {
     pub mtls: Vec<Policy<MtlsPolicySpec>>,
     pub http: Vec<Policy<HttpRouteSpec>>,
     pub tcp: Vec<Policy<TcpRouteSpec>>,
+    pub faults: Vec<Policy<FaultInjectionSpec>>,
     pub defaults: AccessDefaults,
     /// Zone → region, for callers named by region.
     pub regions: BTreeMap<String, String>,
@@ -74,6 +76,8 @@ impl PolicySet {
                     set.http.push(p);
                 } else if let Some(p) = model::policy::parse(r, "TcpRoute", origin) {
                     set.tcp.push(p);
+                } else if let Some(p) = model::policy::parse(r, "FaultInjection", origin) {
+                    set.faults.push(p);
                 }
             }
         }
@@ -109,7 +113,22 @@ impl PolicySet {
                 });
             }
         }
+        let mut faults = Vec::new();
+        for p in applicable(&self.faults, &f) {
+            policies.push(p.reference());
+            for (i, x) in p.spec.faults.iter().enumerate() {
+                faults.push(self.fault(
+                    format!(
+                        "{}/{}",
+                        p.reference(),
+                        route::rule_name(x.name.as_deref(), i)
+                    ),
+                    x,
+                ));
+            }
+        }
         pb::InboundPolicy {
+            faults,
             mtls_mode: match mtls.unwrap_or_default() {
                 MtlsMode::Strict => "strict",
                 MtlsMode::Permissive => "permissive",
@@ -119,6 +138,35 @@ impl PolicySet {
             default_deny: self.defaults.default == Action::Deny,
             default_shadow: self.defaults.mode == Mode::Shadow,
             policies,
+        }
+    }
+
+    fn fault(&self, name: String, f: &Fault) -> pb::Fault {
+        let when = f.when.clone().unwrap_or_default();
+        let per_million = |p: f64| (p * 10_000.0).round().clamp(1.0, 1_000_000.0) as u32;
+        let (delay_ms, delay_per_million) = f
+            .delay
+            .as_ref()
+            .map(|d| {
+                (
+                    d.duration.0.as_millis().max(1) as u64,
+                    per_million(d.percent),
+                )
+            })
+            .unwrap_or_default();
+        let abort = f.abort.as_ref();
+        pb::Fault {
+            name,
+            from: f.from.iter().map(|s| self.caller(s)).collect(),
+            methods: when.methods.clone(),
+            paths: when.paths.iter().map(path_match).collect(),
+            http_only: f.when.is_some(),
+            delay_ms,
+            delay_per_million,
+            abort_per_million: abort.map(|a| per_million(a.percent)).unwrap_or(0),
+            abort_http_status: abort.and_then(|a| a.http_status).unwrap_or(0) as u32,
+            abort_grpc_status: abort.and_then(|a| a.grpc_status).unwrap_or(0),
+            abort_reset: abort.is_some_and(|a| a.reset),
         }
     }
 
@@ -378,6 +426,37 @@ mod tests {
         let web = s.inbound(&proxy("web", "eu-1", &[]));
         assert_eq!(web.mtls_mode, "permissive");
         assert!(web.default_deny && web.default_shadow);
+    }
+
+    /// Faults reach the destinations they target, most specific policy
+    /// first, with shares in millionths and regions resolved to zones.
+    #[test]
+    fn faults_are_compiled_for_the_destinations_they_target() {
+        let mesh = format!("{H}kind: FaultInjection\nmetadata: {{name: all}}\nspec:\n  faults: [{{name: slow, delay: {{duration: 250ms, percent: 12.5}}}}]\n");
+        let api = format!("{H}kind: FaultInjection\nmetadata: {{name: api}}\nspec:\n  targetRef: {{service: api}}\n  faults:\n    - {{name: us-aborts, from: [{{region: us}}], when: {{methods: [GET]}}, abort: {{grpcStatus: 14, percent: 100}}}}\n    - {{name: resets, abort: {{reset: true, percent: 0.01}}}}\n");
+        let s = set(&[&mesh, &api], &[]);
+        let ib = s.inbound(&proxy("api", "eu-1", &[]));
+        let names: Vec<&str> = ib.faults.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "FaultInjection/api/us-aborts",
+                "FaultInjection/api/resets",
+                "FaultInjection/all/slow"
+            ]
+        );
+        let f = &ib.faults[0];
+        assert_eq!(f.from[0].zones, ["us-1"]);
+        assert!(f.http_only && f.abort_grpc_status == 14 && f.abort_per_million == 1_000_000);
+        assert_eq!(ib.faults[1].abort_per_million, 100);
+        assert!(ib.faults[1].abort_reset && !ib.faults[1].http_only);
+        assert_eq!(
+            (ib.faults[2].delay_ms, ib.faults[2].delay_per_million),
+            (250, 125_000)
+        );
+        assert!(ib.policies.contains(&"FaultInjection/api".to_string()));
+        let web = s.inbound(&proxy("web", "eu-1", &[]));
+        assert_eq!(web.faults.len(), 1, "only the mesh-wide one");
     }
 
     #[test]

@@ -80,15 +80,83 @@ impl CallerMatch {
     }
 }
 
-struct Rule {
-    name: Arc<str>,
-    deny: bool,
-    shadow: bool,
+/// Who and what a rule (or a fault) applies to: callers, and HTTP
+/// conditions.
+pub(crate) struct Condition {
     /// None: any caller, plaintext ones included.
     from: Option<Vec<CallerMatch>>,
     methods: Vec<http::Method>,
     paths: Vec<PathCond>,
     http_only: bool,
+}
+
+impl Condition {
+    /// `what` names the rule in errors.
+    pub(crate) fn build(
+        what: &str,
+        from: &[pb::Caller],
+        methods: &[String],
+        paths: &[pb::StringMatch],
+        http_only: bool,
+    ) -> Result<Self, String> {
+        let methods = methods
+            .iter()
+            .map(|m| {
+                http::Method::from_bytes(m.as_bytes())
+                    .map_err(|_| format!("rule {what}: bad method {m:?}"))
+            })
+            .collect::<Result<_, _>>()?;
+        let paths = paths
+            .iter()
+            .map(|m| PathCond::build(m).map_err(|e| format!("rule {what}: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            from: (!from.is_empty()).then(|| {
+                from.iter()
+                    .map(|c| CallerMatch {
+                        service: (!c.service.is_empty()).then(|| c.service.clone()),
+                        zones: c.zones_given.then(|| c.zones.clone()),
+                        labels: c
+                            .labels
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    })
+                    .collect()
+            }),
+            methods,
+            paths,
+            http_only,
+        })
+    }
+
+    /// Whether `caller` (None: plaintext) making `req` (None: a TCP
+    /// connection) is covered.
+    pub(crate) fn matches(&self, caller: Option<&Caller>, req: Option<Request<'_>>) -> bool {
+        match (&self.from, caller) {
+            (None, _) => {}
+            (Some(_), None) => return false,
+            (Some(list), Some(c)) => {
+                if !list.iter().any(|m| m.matches(c)) {
+                    return false;
+                }
+            }
+        }
+        match req {
+            None => !self.http_only,
+            Some(r) => {
+                (self.methods.is_empty() || self.methods.contains(r.method))
+                    && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(r.path)))
+            }
+        }
+    }
+}
+
+struct Rule {
+    name: Arc<str>,
+    deny: bool,
+    shadow: bool,
+    cond: Condition,
     zone_local: bool,
 }
 
@@ -138,40 +206,11 @@ impl Access {
     pub fn build(p: &pb::InboundPolicy) -> Result<Self, String> {
         let mut rules = Vec::with_capacity(p.rules.len());
         for r in &p.rules {
-            let methods = r
-                .methods
-                .iter()
-                .map(|m| {
-                    http::Method::from_bytes(m.as_bytes())
-                        .map_err(|_| format!("rule {}: bad method {m:?}", r.name))
-                })
-                .collect::<Result<_, _>>()?;
-            let paths = r
-                .paths
-                .iter()
-                .map(|m| PathCond::build(m).map_err(|e| format!("rule {}: {e}", r.name)))
-                .collect::<Result<_, _>>()?;
             rules.push(Rule {
                 name: r.name.as_str().into(),
                 deny: r.deny,
                 shadow: r.shadow,
-                from: (!r.from.is_empty()).then(|| {
-                    r.from
-                        .iter()
-                        .map(|c| CallerMatch {
-                            service: (!c.service.is_empty()).then(|| c.service.clone()),
-                            zones: c.zones_given.then(|| c.zones.clone()),
-                            labels: c
-                                .labels
-                                .iter()
-                                .map(|(k, v)| (k.clone(), v.clone()))
-                                .collect(),
-                        })
-                        .collect()
-                }),
-                methods,
-                paths,
-                http_only: r.http_only,
+                cond: Condition::build(&r.name, &r.from, &r.methods, &r.paths, r.http_only)?,
                 zone_local: r.zone_local,
             });
         }
@@ -265,22 +304,7 @@ impl Access {
 
 impl Rule {
     fn matches(&self, caller: Option<&Caller>, req: Option<Request<'_>>) -> bool {
-        match (&self.from, caller) {
-            (None, _) => {}
-            (Some(_), None) => return false,
-            (Some(list), Some(c)) => {
-                if !list.iter().any(|m| m.matches(c)) {
-                    return false;
-                }
-            }
-        }
-        match req {
-            None => !self.http_only,
-            Some(r) => {
-                (self.methods.is_empty() || self.methods.contains(r.method))
-                    && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(r.path)))
-            }
-        }
+        self.cond.matches(caller, req)
     }
 }
 

@@ -4,7 +4,8 @@
 //! The mode must be the one the app's protocol declares (HTTP/2 or
 //! HTTP/1.1 for HTTP apps, `tern/tcp` for TCP apps). The access rules
 //! (`access.rs`) decide per HTTP request (403 naming the rule) and per TCP
-//! connection (reset). Open connections close when the trust policy stops
+//! connection (reset); then faults (`fault.rs`) may delay or abort what
+//! they let in. Open connections close when the trust policy stops
 //! accepting their peer; an app's own `x-tern-error` is removed.
 
 use std::convert::Infallible;
@@ -23,7 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::access::{self, Caller, Decision, DEFAULT_RULE};
-use crate::metrics::{DirLabel, Direction, KindLabel, RuleLabel};
+use crate::fault;
+use crate::metrics::{DirLabel, Direction, FaultLabel, KindLabel, RuleLabel};
 use crate::protocol::{Protocol, ALPN_TCP};
 use crate::proxy::{
     app_uri, error_chain, error_response, strip_hop_by_hop, Body, Proxy, CLIENT_ID_HEADER,
@@ -117,7 +119,7 @@ impl Proxy {
         // A peer whose zone is revoked (or whose root is retired) loses its
         // open connections too, not only new handshakes.
         if tcp_mode {
-            if !self.admit_tcp(Some(&caller), remote) {
+            if !self.admit_tcp(Some(&caller), remote) || self.inject_tcp(Some(&caller)).await {
                 reset(stream.get_ref().0);
                 return;
             }
@@ -178,7 +180,7 @@ impl Proxy {
                 .plaintext
                 .get_or_create(&KindLabel { kind: "tcp" })
                 .inc();
-            if !self.admit_tcp(None, remote) {
+            if !self.admit_tcp(None, remote) || self.inject_tcp(None).await {
                 reset(&tcp);
                 return;
             }
@@ -203,6 +205,69 @@ impl Proxy {
             .server_builder()
             .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
             .await;
+    }
+
+    /// The fault, if any, for this request: its delay is served here; an
+    /// abort is the answer.
+    async fn inject_http(
+        &self,
+        caller: Option<&Caller>,
+        req: &Request<Incoming>,
+    ) -> Option<Response<Body>> {
+        let inj = {
+            let faults = self.shared.faults.load();
+            if faults.is_empty() {
+                return None;
+            }
+            faults.draw(
+                caller,
+                Some(access::Request {
+                    method: req.method(),
+                    path: req.uri().path(),
+                }),
+            )?
+        };
+        if let Some(d) = inj.delay {
+            self.count_fault(&inj.fault, "delay");
+            tokio::time::sleep(d).await;
+        }
+        let abort = inj.abort?;
+        self.count_fault(&inj.fault, "abort");
+        Some(fault::abort_response(abort, &inj.fault))
+    }
+
+    /// The fault, if any, for a new TCP connection: its delay is served
+    /// here; true when the connection is to be reset.
+    async fn inject_tcp(&self, caller: Option<&Caller>) -> bool {
+        let inj = {
+            let faults = self.shared.faults.load();
+            if faults.is_empty() {
+                return false;
+            }
+            match faults.draw(caller, None) {
+                Some(i) => i,
+                None => return false,
+            }
+        };
+        if let Some(d) = inj.delay {
+            self.count_fault(&inj.fault, "delay");
+            tokio::time::sleep(d).await;
+        }
+        let reset = inj.abort == Some(fault::Abort::Reset);
+        if reset {
+            self.count_fault(&inj.fault, "reset");
+        }
+        reset
+    }
+
+    fn count_fault(&self, fault: &str, action: &'static str) {
+        self.metrics
+            .faults_injected
+            .get_or_create(&FaultLabel {
+                fault: fault.to_string(),
+                action,
+            })
+            .inc();
     }
 
     /// Whether the access rules let a TCP connection from `caller` (None:
@@ -300,8 +365,11 @@ impl Proxy {
             (!d.allow).then(|| d.rule.unwrap_or_else(|| DEFAULT_RULE.into()))
         };
         drop(access);
+        let caller = peer.as_ref().map(|(_, c)| c.clone());
         let resp = if let Some(rule) = denied {
             forbidden(&rule)
+        } else if let Some(aborted) = self.inject_http(caller.as_deref(), &req).await {
+            aborted
         } else {
             let id = peer.map(|(v, _)| v);
             if is_upgrade(&req) {

@@ -9,6 +9,7 @@ pub mod access;
 pub mod balance;
 pub mod connect;
 pub mod cp_client;
+pub mod fault;
 pub mod header_first;
 pub mod health;
 pub mod inbound;
@@ -562,6 +563,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 "configVersion": sh_dump.clusters.load().version,
                 "clusters": sh_dump.clusters.load().dump(),
                 "inbound": sh_dump.access.load().dump(),
+                "faults": sh_dump.faults.load().dump(),
                 "routes": sh_dump.routes.load().iter().map(|(k, r)| (k.clone(), r.dump())).collect::<serde_json::Map<_, _>>(),
                 "controlPlane": if standalone { serde_json::Value::Null } else { serde_json::to_value(&*st_dump.borrow()).unwrap_or_default() },
             })

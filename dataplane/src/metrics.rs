@@ -37,6 +37,15 @@ pub struct RuleLabel {
     pub kind: &'static str,
 }
 
+/// A fault (`FaultInjection/NAME/FAULT`) and what it did: `delay`,
+/// `abort` or `reset`. Fault names come from config, so the label set is
+/// bounded by it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabel {
+    pub fault: String,
+    pub action: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,
@@ -76,6 +85,7 @@ pub struct Metrics {
     pub config_rejected: Counter,
     pub access_denied: Family<RuleLabel, Counter>,
     pub access_shadow_denied: Family<RuleLabel, Counter>,
+    pub faults_injected: Family<FaultLabel, Counter>,
     pub plaintext: Family<KindLabel, Counter>,
     pub mirrored: Family<ResultLabel, Counter>,
 }
@@ -107,6 +117,7 @@ impl Metrics {
             config_rejected: Counter::default(),
             access_denied: Family::default(),
             access_shadow_denied: Family::default(),
+            faults_injected: Family::default(),
             plaintext: Family::default(),
             mirrored: Family::default(),
         };
@@ -119,6 +130,11 @@ impl Metrics {
             "access_shadow_denied",
             "Requests and connections a shadow-mode rule (or shadow default) would have denied, by rule; let through",
             m.access_shadow_denied.clone(),
+        );
+        reg.register(
+            "faults_injected",
+            "Inbound requests and connections a FaultInjection fault delayed, aborted or reset, by fault",
+            m.faults_injected.clone(),
         );
         reg.register(
             "plaintext",

@@ -14,6 +14,7 @@ use proto::v1 as pb;
 
 use crate::access::Access;
 use crate::balance::{Clusters, Target};
+use crate::fault::Faults;
 use crate::protocol::{Alpn, Protocol};
 use crate::route::Routes;
 use crate::spares::Spares;
@@ -90,6 +91,8 @@ pub struct Shared {
     pub routes: ArcSwap<HashMap<String, Arc<Routes>>>,
     /// The inbound policy: mTLS mode and access rules.
     pub access: ArcSwap<Access>,
+    /// Faults to inject into inbound requests and connections.
+    pub faults: ArcSwap<Faults>,
     pub targets: ArcSwap<HashMap<String, Arc<Target>>>,
     /// What the local app speaks, which fixes what the inbound accepts.
     pub inbound: Protocol,
@@ -109,6 +112,7 @@ impl Shared {
             clusters: ArcSwap::from_pointee(Clusters::default()),
             routes: ArcSwap::from_pointee(HashMap::new()),
             access: ArcSwap::from_pointee(Access::default()),
+            faults: ArcSwap::from_pointee(Faults::default()),
             targets: ArcSwap::from_pointee(HashMap::new()),
         }
     }
@@ -193,9 +197,14 @@ impl Shared {
             Some(p) => Access::build(p).map_err(|e| format!("inbound policy: {e}"))?,
             None => Access::default(),
         };
+        let faults = match inbound {
+            Some(p) => Faults::build(&p.faults).map_err(|e| format!("inbound policy: {e}"))?,
+            None => Faults::default(),
+        };
         self.targets.store(Arc::new(targets));
         self.routes.store(Arc::new(routes));
         self.access.store(Arc::new(access));
+        self.faults.store(Arc::new(faults));
         self.clusters.store(Arc::new(new));
         Ok(())
     }

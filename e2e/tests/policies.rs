@@ -68,6 +68,33 @@ impl Mesh {
         }
     }
 
+    /// `db`, an opaque-TCP echo service, on `host` in z1: its app and
+    /// sidecar.
+    fn tcp_echo_db(&self, host: u8) -> (Proc, Proc) {
+        let t = self.g.dp_token("z1", "db");
+        let app = spawn(
+            &self.s.0,
+            &format!("app-db-{host}"),
+            "demo-app",
+            &[
+                "--listen".into(),
+                format!("{}:8080", self.net.ip(host)),
+                "--tcp-echo".into(),
+            ],
+        );
+        let instance = format!("db-{host}");
+        let sc = start_sidecar(
+            &self.s.0,
+            self.net,
+            host,
+            "db",
+            self.zone("z1"),
+            &t,
+            &["--protocol", "tcp", "--instance", &instance],
+        );
+        (app, sc)
+    }
+
     fn zone(&self, z: &str) -> &ZoneCp {
         &self.zones[if z == "z1" { 0 } else { 1 }]
     }
@@ -175,29 +202,7 @@ fn access_rules_deny_across_zones_shadow_counts_and_permissive_accepts_plaintext
     .unwrap();
     let m = Mesh::start("policies-access", net, Some(&local.0));
     let api = m.workload("z1", 12, "api", &[]);
-    let db = {
-        let t = m.g.dp_token("z1", "db");
-        let app = spawn(
-            &m.s.0,
-            "app-db",
-            "demo-app",
-            &[
-                "--listen".into(),
-                format!("{}:8080", net.ip(13)),
-                "--tcp-echo".into(),
-            ],
-        );
-        let sc = start_sidecar(
-            &m.s.0,
-            net,
-            13,
-            "db",
-            m.zone("z1"),
-            &t,
-            &["--protocol", "tcp", "--instance", "db-13"],
-        );
-        (app, sc)
-    };
+    let db = m.tcp_echo_db(13);
     let tcp_port = |host: u8| format!("tcp:db={}:16000", net.ip(host));
     let web = m.workload("z2", 40, "web", &["--outbound-port", &tcp_port(40)]);
     let batch = m.workload("z2", 41, "batch", &["--outbound-port", &tcp_port(41)]);
@@ -667,4 +672,132 @@ fn http_and_tcp_routes_split_by_labels_and_zones_mirror_and_rewrite() {
         assert_eq!(&buf[..n], b"db z2\n");
     }
     let _ = SocketAddr::from(([127, 0, 0, 1], 0));
+}
+
+/// FaultInjection end to end, across zones: `api` (HTTP) and `db` (TCP)
+/// run in z1; `web` and `batch` call them from z2 through the gateways.
+///
+/// * an abort of 50% of web's `/flaky` requests: over 400 requests the
+///   503s (each naming the fault, in its body and `x-tern-fault`) are
+///   50% within 10 points (the binomial standard deviation is 2.5 points:
+///   four of them, a false failure about one in 15,000), every other
+///   answer is the app's 200, and api's sidecar counts exactly as many
+///   aborts as web saw;
+/// * batch, which no fault names, gets 100 answers of 200;
+/// * a 5 s delay of web's `/slow` requests: web's route timeout of 500 ms
+///   cuts every one (504), and batch's same request is answered (200), so
+///   the delay was injected and only for web;
+/// * a reset of web's TCP connections to db: web's connection gets no echo,
+///   batch's does, and api's and db's sidecars count what they injected.
+#[test]
+fn fault_injection_aborts_delays_and_resets_what_it_names_across_zones() {
+    let net = Net(62);
+    let m = Mesh::start("policies-faults", net, None);
+    let api = m.workload("z1", 12, "api", &[]);
+    let _db = m.tcp_echo_db(13);
+    let tcp_port = |host: u8| format!("tcp:db={}:16000", net.ip(host));
+    let web = m.workload("z2", 40, "web", &["--outbound-port", &tcp_port(40)]);
+    let batch = m.workload("z2", 41, "batch", &["--outbound-port", &tcp_port(41)]);
+    for w in [&web, &batch] {
+        wait_for("api and db reachable from z2", T, || {
+            let ok = w.endpoints("api").len() == 2 && w.endpoints("db").len() == 2;
+            ok.then_some(())
+        });
+    }
+    m.g.apply(&format!(
+        "{H}kind: FaultInjection\nmetadata: {{name: api-faults}}\nspec:\n  targetRef: {{service: api}}\n  faults:\n\
+         \x20   - {{name: web-aborts, from: [{{service: web}}], when: {{paths: [{{prefix: /flaky}}]}}, abort: {{httpStatus: 503, percent: 50}}}}\n\
+         \x20   - {{name: web-slow, from: [{{service: web}}], when: {{paths: [{{prefix: /slow}}]}}, delay: {{duration: 5s, percent: 100}}}}\n\
+         ---\n{H}kind: FaultInjection\nmetadata: {{name: db-faults}}\nspec:\n  targetRef: {{service: db}}\n  faults:\n\
+         \x20   - {{name: resets, from: [{{service: web}}], abort: {{reset: true, percent: 100}}}}\n\
+         ---\n{H}kind: HttpRoute\nmetadata: {{name: api-slow}}\nspec:\n  to: {{service: api}}\n  rules:\n\
+         \x20   - {{name: slow, matches: [{{path: {{prefix: /slow}}}}], timeout: 500ms}}\n"
+    ));
+    let fault = "FaultInjection/api-faults/web-aborts";
+    wait_for("web's /flaky aborted by the fault", T, || {
+        let r = http(web.outbound(), "GET", "api", "/flaky", &[]).ok()?;
+        (r.status == 503).then_some(())
+    });
+    wait_dump(&web, "/routes/api/http", |v| {
+        v.as_array().is_some_and(|a| a.len() == 1)
+    });
+    let counted = || {
+        metric_sum(
+            api.admin(),
+            "tern_proxy_faults_injected_total",
+            &format!("fault=\"{fault}\",action=\"abort\""),
+        )
+    };
+    let before = counted();
+    let (mut aborted, n) = (0usize, 400usize);
+    for _ in 0..n {
+        let r = http(web.outbound(), "GET", "api", "/flaky", &[]).unwrap();
+        match r.status {
+            503 => {
+                assert!(
+                    r.body.contains(&format!("fault injected by {fault}")),
+                    "{}",
+                    r.body
+                );
+                assert!(
+                    r.headers
+                        .to_ascii_lowercase()
+                        .contains(&format!("x-tern-fault: {}", fault.to_ascii_lowercase())),
+                    "{}",
+                    r.headers
+                );
+                aborted += 1;
+            }
+            200 => assert_eq!(r.json()["service"], "api", "{}", r.body),
+            s => panic!("unexpected {s}: {}", r.body),
+        }
+    }
+    let share = aborted as f64 / n as f64;
+    assert!((share - 0.5).abs() < 0.10, "aborted share {share}");
+    assert_eq!(counted() - before, aborted as f64, "counted one for one");
+    for _ in 0..100 {
+        let r = http(batch.outbound(), "GET", "api", "/flaky", &[]).unwrap();
+        assert_eq!(r.status, 200, "batch is not named: {}", r.body);
+    }
+
+    // The delay: web's own route timeout cuts it; batch is not delayed.
+    for _ in 0..3 {
+        let r = http(web.outbound(), "GET", "api", "/slow", &[]).unwrap();
+        assert_eq!(r.status, 504, "{}", r.body);
+        assert!(r.body.contains("route timeout"), "{}", r.body);
+    }
+    let r = http(batch.outbound(), "GET", "api", "/slow", &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        metric_sum(
+            api.admin(),
+            "tern_proxy_faults_injected_total",
+            "fault=\"FaultInjection/api-faults/web-slow\",action=\"delay\"",
+        ) >= 3.0
+    );
+
+    // TCP: web's connections to db are reset, batch's echo.
+    let echo = |host: u8| -> Option<Vec<u8>> {
+        let mut s = TcpStream::connect(net.addr(host, 16000)).ok()?;
+        s.set_read_timeout(Some(patient(Duration::from_secs(10))))
+            .unwrap();
+        s.write_all(b"ping\n").ok()?;
+        let mut buf = [0u8; 16];
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => Some(buf[..n].to_vec()),
+            _ => None,
+        }
+    };
+    assert_eq!(echo(41).as_deref(), Some(&b"ping\n"[..]));
+    for _ in 0..3 {
+        assert_eq!(echo(40), None, "web's connection was reset");
+    }
+    wait_for("db's sidecar counted the resets", T, || {
+        (metric_sum(
+            net.addr(13, 15000),
+            "tern_proxy_faults_injected_total",
+            "fault=\"FaultInjection/db-faults/resets\",action=\"reset\"",
+        ) >= 3.0)
+            .then_some(())
+    });
 }

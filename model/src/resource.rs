@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::policy::access::{AccessDefaults, AccessPolicySpec, MtlsPolicySpec};
+use crate::policy::fault::FaultInjectionSpec;
 use crate::policy::route::{HttpRouteSpec, TcpRouteSpec};
 
 pub const API_VERSION: &str = "tern.dev/v1alpha1";
@@ -158,6 +159,12 @@ pub const KINDS: &[KindInfo] = &[
         plural: "tcproutes",
         system: false,
         validate: |v| typed::<TcpRouteSpec>(v).and_then(|s| s.check()),
+    },
+    KindInfo {
+        name: "FaultInjection",
+        plural: "faultinjections",
+        system: false,
+        validate: |v| typed::<FaultInjectionSpec>(v).and_then(|s| s.check()),
     },
     KindInfo {
         name: "ZoneIngress",
@@ -738,9 +745,9 @@ mod tests {
         let e = &parse_documents("x", bad_kind).unwrap_err()[0];
         assert_eq!(e.error.path, "kind");
         assert!(
-            e.error
-                .message
-                .contains("Mesh, Zone, AccessPolicy, MtlsPolicy, HttpRoute, TcpRoute, ZoneIngress"),
+            e.error.message.contains(
+                "Mesh, Zone, AccessPolicy, MtlsPolicy, HttpRoute, TcpRoute, FaultInjection"
+            ),
             "{e}"
         );
         let bad_name = "apiVersion: tern.dev/v1alpha1\nkind: Zone\nmetadata:\n  name: Bad_Name\n";

@@ -91,6 +91,20 @@ fn named(m: &pb::NamedMatch) -> Value {
     v
 }
 
+fn callers_json(from: &[pb::Caller]) -> Value {
+    if from.is_empty() {
+        return json!("any caller");
+    }
+    json!(from
+        .iter()
+        .map(|c| json!({
+            "service": (!c.service.is_empty()).then_some(&c.service),
+            "zones": c.zones_given.then_some(&c.zones),
+            "labels": (!c.labels.is_empty()).then_some(&c.labels),
+        }))
+        .collect::<Vec<_>>())
+}
+
 fn inbound_json(p: &pb::InboundPolicy) -> Value {
     json!({
         "mtlsMode": if p.mtls_mode.is_empty() { "strict" } else { &p.mtls_mode },
@@ -99,15 +113,25 @@ fn inbound_json(p: &pb::InboundPolicy) -> Value {
             "name": r.name,
             "action": if r.deny { "deny" } else { "allow" },
             "shadow": r.shadow,
-            "from": if r.from.is_empty() { json!("any caller") } else {
-                json!(r.from.iter().map(|c| json!({
-                    "service": (!c.service.is_empty()).then_some(&c.service),
-                    "zones": c.zones_given.then_some(&c.zones),
-                    "labels": (!c.labels.is_empty()).then_some(&c.labels),
-                })).collect::<Vec<_>>())
-            },
+            "from": callers_json(&r.from),
             "methods": r.methods,
             "paths": r.paths.iter().map(matcher).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "faults": p.faults.iter().map(|f| json!({
+            "name": f.name,
+            "from": callers_json(&f.from),
+            "methods": f.methods,
+            "paths": f.paths.iter().map(matcher).collect::<Vec<_>>(),
+            "delay": (f.delay_per_million > 0).then(|| json!({
+                "ms": f.delay_ms,
+                "percent": f.delay_per_million as f64 / 10_000.0,
+            })),
+            "abort": (f.abort_per_million > 0).then(|| json!({
+                "httpStatus": (f.abort_http_status > 0).then_some(f.abort_http_status),
+                "grpcStatus": (f.abort_grpc_status > 0).then_some(f.abort_grpc_status),
+                "reset": f.abort_reset,
+                "percent": f.abort_per_million as f64 / 10_000.0,
+            })),
         })).collect::<Vec<_>>(),
         "default": if p.default_deny { "deny" } else { "allow" },
         "defaultMode": if p.default_shadow { "shadow" } else { "enforce" },

@@ -304,7 +304,17 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         }],
         default_deny: true,
         default_shadow: true,
-        policies: vec!["AccessPolicy/a".into()],
+        policies: vec!["AccessPolicy/a".into(), "FaultInjection/f".into()],
+        faults: vec![pb::Fault {
+            name: "FaultInjection/f/slow".into(),
+            methods: vec!["GET".into()],
+            http_only: true,
+            delay_ms: 200,
+            delay_per_million: 100_000,
+            abort_per_million: 50_000,
+            abort_http_status: 503,
+            ..Default::default()
+        }],
     };
     let tmsg = |msg| pb::ZoneToProxy { msg: Some(msg) }.encode_to_vec();
     use pb::zone_to_proxy::Msg as T;

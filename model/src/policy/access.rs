@@ -87,35 +87,58 @@ impl AccessPolicySpec {
         let mut names = std::collections::BTreeSet::new();
         for (i, r) in self.rules.iter().enumerate() {
             let p = format!("spec.rules[{i}]");
-            if let Some(n) = &r.name {
-                check_name(&format!("{p}.name"), n)?;
-            }
-            let name = super::route::rule_name(r.name.as_deref(), i);
-            if !names.insert(name.clone()) {
-                return Err(FieldError::new(
-                    format!("{p}.name"),
-                    format!("two rules are named {name:?}"),
-                ));
-            }
-            if r.from.len() > 64 {
-                return Err(FieldError::new(format!("{p}.from"), "at most 64 callers"));
-            }
-            for (j, f) in r.from.iter().enumerate() {
-                f.check(&format!("{p}.from[{j}]"))?;
-            }
-            if let Some(w) = &r.when {
-                let wp = format!("{p}.when");
-                if w.methods.len() > 16 || w.paths.len() > 32 {
-                    return Err(FieldError::new(wp, "at most 16 methods and 32 paths"));
-                }
-                check_method_list(&format!("{wp}.methods"), &w.methods)?;
-                for (j, pm) in w.paths.iter().enumerate() {
-                    pm.check(&format!("{wp}.paths[{j}]"))?;
-                }
-            }
+            check_rule(&p, "rules", r.name.as_deref(), i, &mut names)?;
+            check_callers_and_conditions(&p, &r.from, r.when.as_ref())?;
         }
         Ok(())
     }
+}
+
+/// A rule's (or fault's) name: valid, and unique within its list
+/// (`what`: the list's name, for the error).
+pub(super) fn check_rule(
+    p: &str,
+    what: &str,
+    name: Option<&str>,
+    index: usize,
+    names: &mut std::collections::BTreeSet<String>,
+) -> Result<(), FieldError> {
+    if let Some(n) = name {
+        check_name(&format!("{p}.name"), n)?;
+    }
+    let name = super::route::rule_name(name, index);
+    if !names.insert(name.clone()) {
+        return Err(FieldError::new(
+            format!("{p}.name"),
+            format!("two {what} are named {name:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `from` (callers) and `when` (HTTP conditions) of a rule or fault.
+pub(super) fn check_callers_and_conditions(
+    p: &str,
+    from: &[Selector],
+    when: Option<&HttpCondition>,
+) -> Result<(), FieldError> {
+    if from.len() > 64 {
+        return Err(FieldError::new(format!("{p}.from"), "at most 64 callers"));
+    }
+    for (j, f) in from.iter().enumerate() {
+        f.check(&format!("{p}.from[{j}]"))?;
+    }
+    if let Some(w) = when {
+        let wp = format!("{p}.when");
+        if w.methods.len() > 16 || w.paths.len() > 32 {
+            return Err(FieldError::new(wp, "at most 16 methods and 32 paths"));
+        }
+        check_method_list(&format!("{wp}.methods"), &w.methods)?;
+        for (j, pm) in w.paths.iter().enumerate() {
+            pm.check(&format!("{wp}.paths[{j}]"))?;
+        }
+    }
+    Ok(())
 }
 
 /// `strict`: mTLS only (the default). `permissive`: the inbound port also

@@ -19,6 +19,7 @@
 //! policies that apply to each proxy into plain data.
 
 pub mod access;
+pub mod fault;
 pub mod route;
 
 use std::collections::BTreeMap;
@@ -429,6 +430,20 @@ mod tests {
              "spec.backends", "1 to 16"),
             ("kind: Mesh\nmetadata: {name: default}\nspec: {access: {default: block}}",
              "spec.access.default", "allow"),
+            ("kind: FaultInjection\nmetadata: {name: f}\nspec: {faults: [{abort: {httpStatus: 503, reset: true, percent: 5}}]}",
+             "spec.faults[0].abort", "exactly one"),
+            ("kind: FaultInjection\nmetadata: {name: f}\nspec: {faults: [{abort: {grpcStatus: 0, percent: 5}}]}",
+             "spec.faults[0].abort.grpcStatus", "1 to 16"),
+            ("kind: FaultInjection\nmetadata: {name: f}\nspec: {faults: [{delay: {duration: 2h, percent: 5}}]}",
+             "spec.faults[0].delay.duration", "1ms to 1h"),
+            ("kind: FaultInjection\nmetadata: {name: f}\nspec: {faults: [{delay: {duration: 1s, percent: 0}}]}",
+             "spec.faults[0].delay.percent", "above 0"),
+            ("kind: FaultInjection\nmetadata: {name: f}\nspec: {faults: [{when: {methods: [GET]}, abort: {reset: true, percent: 5}}]}",
+             "spec.faults[0].abort.reset", "TCP"),
+            ("kind: FaultInjection\nmetadata: {name: f}\nspec: {faults: [{name: x}]}",
+             "spec.faults[0]", "a delay, an abort or both"),
+            ("kind: FaultInjection\nmetadata: {name: f}\nspec: {faults: [{abort: {httpStatus: 503, percent: 5}, retry: true}]}",
+             "spec.faults[0].retry", "unknown field"),
         ];
         for (doc, path, says) in cases {
             let errs =
@@ -453,12 +468,12 @@ mod tests {
             errs[0].error
         );
         // And a full document of every kind passes.
-        let ok = format!("{h}kind: HttpRoute\nmetadata: {{name: r}}\nspec:\n  targetRef: {{zone: z1}}\n  to: {{service: api}}\n  rules:\n    - matches: [{{path: {{prefix: /v1}}, method: GET, headers: [{{name: x-u, regex: 'a.*'}}], query: [{{name: q, present: true}}]}}]\n      backends: [{{weight: 90, labels: {{version: v1}}}}, {{weight: 10, zones: [z2]}}]\n      mirror: {{service: s, percent: 12.5}}\n      rewrite: {{pathPrefix: /v2}}\n      requestHeaders: {{set: {{x-a: '1'}}, add: {{x-b: '2'}}, remove: [x-c]}}\n      responseHeaders: {{add: {{x-d: '3'}}}}\n      timeout: 1500ms\n    - {{name: moved, matches: [{{path: {{exact: /old}}}}], redirect: {{scheme: https, host: example.org, port: 8443, path: /new, statusCode: 308}}}}\n---\n{h}kind: TcpRoute\nmetadata: {{name: t}}\nspec: {{to: {{service: db}}, backends: [{{weight: 1, zones: [z2]}}]}}\n---\n{h}kind: MtlsPolicy\nmetadata: {{name: m}}\nspec: {{targetRef: {{service: legacy}}, mode: permissive}}\n---\n{h}kind: AccessPolicy\nmetadata: {{name: a}}\nspec:\n  mode: shadow\n  rules: [{{name: web, action: allow, from: [{{service: web, region: eu, labels: {{team: a}}}}], when: {{methods: [GET], paths: [{{regex: '/x/[0-9]+'}}]}}}}]\n");
+        let ok = format!("{h}kind: HttpRoute\nmetadata: {{name: r}}\nspec:\n  targetRef: {{zone: z1}}\n  to: {{service: api}}\n  rules:\n    - matches: [{{path: {{prefix: /v1}}, method: GET, headers: [{{name: x-u, regex: 'a.*'}}], query: [{{name: q, present: true}}]}}]\n      backends: [{{weight: 90, labels: {{version: v1}}}}, {{weight: 10, zones: [z2]}}]\n      mirror: {{service: s, percent: 12.5}}\n      rewrite: {{pathPrefix: /v2}}\n      requestHeaders: {{set: {{x-a: '1'}}, add: {{x-b: '2'}}, remove: [x-c]}}\n      responseHeaders: {{add: {{x-d: '3'}}}}\n      timeout: 1500ms\n    - {{name: moved, matches: [{{path: {{exact: /old}}}}], redirect: {{scheme: https, host: example.org, port: 8443, path: /new, statusCode: 308}}}}\n---\n{h}kind: TcpRoute\nmetadata: {{name: t}}\nspec: {{to: {{service: db}}, backends: [{{weight: 1, zones: [z2]}}]}}\n---\n{h}kind: MtlsPolicy\nmetadata: {{name: m}}\nspec: {{targetRef: {{service: legacy}}, mode: permissive}}\n---\n{h}kind: AccessPolicy\nmetadata: {{name: a}}\nspec:\n  mode: shadow\n  rules: [{{name: web, action: allow, from: [{{service: web, region: eu, labels: {{team: a}}}}], when: {{methods: [GET], paths: [{{regex: '/x/[0-9]+'}}]}}}}]\n---\n{h}kind: FaultInjection\nmetadata: {{name: f}}\nspec:\n  targetRef: {{service: api}}\n  faults:\n    - {{name: slow, from: [{{service: web}}], when: {{paths: [{{prefix: /v1}}]}}, delay: {{duration: 200ms, percent: 10}}, abort: {{httpStatus: 503, percent: 5}}}}\n    - {{abort: {{grpcStatus: 14, percent: 1}}}}\n    - {{abort: {{reset: true, percent: 50}}}}\n");
         assert_eq!(
             crate::resource::parse_documents("ok.yaml", &ok)
                 .unwrap()
                 .len(),
-            4
+            5
         );
     }
 

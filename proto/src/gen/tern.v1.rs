@@ -428,6 +428,42 @@ pub struct InboundPolicy {
     /// `Kind/name` of each policy compiled in (for explain output).
     #[prost(string, repeated, tag = "5")]
     pub policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Faults to inject, in precedence order: the first that matches a
+    /// request (or TCP connection) applies.
+    #[prost(message, repeated, tag = "6")]
+    pub faults: ::prost::alloc::vec::Vec<Fault>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Fault {
+    /// `FaultInjection/NAME/FAULT`: named in metrics and logs.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Any of these callers; none: every caller.
+    #[prost(message, repeated, tag = "2")]
+    pub from: ::prost::alloc::vec::Vec<Caller>,
+    /// HTTP conditions as in AccessRule; a fault with conditions never
+    /// matches a TCP connection.
+    #[prost(string, repeated, tag = "3")]
+    pub methods: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(message, repeated, tag = "4")]
+    pub paths: ::prost::alloc::vec::Vec<StringMatch>,
+    #[prost(bool, tag = "5")]
+    pub http_only: bool,
+    /// A delay on delay_per_million of the matches (0: none).
+    #[prost(uint64, tag = "6")]
+    pub delay_ms: u64,
+    #[prost(uint32, tag = "7")]
+    pub delay_per_million: u32,
+    /// An abort on abort_per_million of the matches, answered with one of:
+    /// an HTTP status, a gRPC status (trailers-only), a TCP reset.
+    #[prost(uint32, tag = "8")]
+    pub abort_per_million: u32,
+    #[prost(uint32, tag = "9")]
+    pub abort_http_status: u32,
+    #[prost(uint32, tag = "10")]
+    pub abort_grpc_status: u32,
+    #[prost(bool, tag = "11")]
+    pub abort_reset: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AccessRule {
