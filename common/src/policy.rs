@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use model::policy::access::{AccessDefaults, AccessPolicySpec, Action, MtlsMode, MtlsPolicySpec};
 use model::policy::fault::{Fault, FaultInjectionSpec};
+use model::policy::ratelimit::{Limit, Per, RateLimitSpec};
 use model::policy::route::{self, Backend, HttpRouteSpec, PathMatch, TcpRouteSpec, ValueMatch};
 use model::policy::{applicable, Facts, Mode, Origin, Policy, Selector};
 use model::resource::{MeshSpec, Resource};
@@ -24,6 +25,7 @@ pub struct PolicySet {
     pub http: Vec<Policy<HttpRouteSpec>>,
     pub tcp: Vec<Policy<TcpRouteSpec>>,
     pub faults: Vec<Policy<FaultInjectionSpec>>,
+    pub limits: Vec<Policy<RateLimitSpec>>,
     pub defaults: AccessDefaults,
     /// Zone → region, for callers named by region.
     pub regions: BTreeMap<String, String>,
@@ -78,6 +80,8 @@ impl PolicySet {
                     set.tcp.push(p);
                 } else if let Some(p) = model::policy::parse(r, "FaultInjection", origin) {
                     set.faults.push(p);
+                } else if let Some(p) = model::policy::parse(r, "RateLimit", origin) {
+                    set.limits.push(p);
                 }
             }
         }
@@ -127,8 +131,23 @@ impl PolicySet {
                 ));
             }
         }
+        let mut rate_limits = Vec::new();
+        for p in applicable(&self.limits, &f) {
+            policies.push(p.reference());
+            for (i, l) in p.spec.limits.iter().enumerate() {
+                rate_limits.push(self.rate_limit(
+                    format!(
+                        "{}/{}",
+                        p.reference(),
+                        route::rule_name(l.name.as_deref(), i)
+                    ),
+                    l,
+                ));
+            }
+        }
         pb::InboundPolicy {
             faults,
+            rate_limits,
             mtls_mode: match mtls.unwrap_or_default() {
                 MtlsMode::Strict => "strict",
                 MtlsMode::Permissive => "permissive",
@@ -167,6 +186,31 @@ impl PolicySet {
             abort_http_status: abort.and_then(|a| a.http_status).unwrap_or(0) as u32,
             abort_grpc_status: abort.and_then(|a| a.grpc_status).unwrap_or(0),
             abort_reset: abort.is_some_and(|a| a.reset),
+        }
+    }
+
+    fn rate_limit(&self, name: String, l: &Limit) -> pb::RateLimit {
+        let when = l.when.clone().unwrap_or_default();
+        let (tokens, interval, burst) = match (&l.http, &l.tcp) {
+            (Some(h), _) => (h.requests, h.interval.0, h.burst),
+            (None, Some(t)) => (t.connections, t.interval.0, t.burst),
+            (None, None) => (0, std::time::Duration::ZERO, None),
+        };
+        pb::RateLimit {
+            name,
+            from: l.from.iter().map(|s| self.caller(s)).collect(),
+            methods: when.methods.clone(),
+            paths: when.paths.iter().map(path_match).collect(),
+            http_only: l.http.is_some(),
+            tcp: l.tcp.is_some(),
+            tokens,
+            interval_ms: interval.as_millis().max(1) as u64,
+            burst: burst.unwrap_or(tokens),
+            per_caller: l.per == Some(Per::Caller),
+            per_header: match &l.per {
+                Some(Per::Header(h)) => h.clone(),
+                _ => String::new(),
+            },
         }
     }
 
@@ -457,6 +501,26 @@ mod tests {
         assert!(ib.policies.contains(&"FaultInjection/api".to_string()));
         let web = s.inbound(&proxy("web", "eu-1", &[]));
         assert_eq!(web.faults.len(), 1, "only the mesh-wide one");
+    }
+
+    /// Rate limits compile to token buckets (burst defaulting to the
+    /// rate), HTTP ones never matching TCP, keyed as declared.
+    #[test]
+    fn rate_limits_are_compiled_for_the_destinations_they_target() {
+        let api = format!("{H}kind: RateLimit\nmetadata: {{name: api}}\nspec:\n  targetRef: {{service: api}}\n  limits:\n    - {{name: reads, from: [{{service: web}}], http: {{requests: 600, interval: 1m}}, per: caller}}\n    - {{name: keys, http: {{requests: 5, interval: 1s, burst: 10}}, per: {{header: x-api-key}}}}\n    - {{name: conns, tcp: {{connections: 50, interval: 1s}}}}\n");
+        let s = set(&[&api], &[]);
+        let ib = s.inbound(&proxy("api", "eu-1", &[]));
+        let l = &ib.rate_limits;
+        assert_eq!(l.len(), 3);
+        assert_eq!(l[0].name, "RateLimit/api/reads");
+        assert!(l[0].http_only && !l[0].tcp && l[0].per_caller);
+        assert_eq!(
+            (l[0].tokens, l[0].interval_ms, l[0].burst),
+            (600, 60_000, 600)
+        );
+        assert_eq!((l[1].burst, l[1].per_header.as_str()), (10, "x-api-key"));
+        assert!(l[2].tcp && !l[2].http_only);
+        assert!(s.inbound(&proxy("web", "eu-1", &[])).rate_limits.is_empty());
     }
 
     #[test]

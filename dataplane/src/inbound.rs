@@ -4,8 +4,8 @@
 //! The mode must be the one the app's protocol declares (HTTP/2 or
 //! HTTP/1.1 for HTTP apps, `tern/tcp` for TCP apps). The access rules
 //! (`access.rs`) decide per HTTP request (403 naming the rule) and per TCP
-//! connection (reset); then faults (`fault.rs`) may delay or abort what
-//! they let in. Open connections close when the trust policy stops
+//! connection (reset); then rate limits (`ratelimit.rs`: 429 or reset)
+//! and faults (`fault.rs`: delays and aborts) apply to what they let in. Open connections close when the trust policy stops
 //! accepting their peer; an app's own `x-tern-error` is removed.
 
 use std::convert::Infallible;
@@ -31,6 +31,7 @@ use crate::proxy::{
     app_uri, error_chain, error_response, strip_hop_by_hop, Body, Proxy, CLIENT_ID_HEADER,
     ERROR_HEADER,
 };
+use crate::ratelimit;
 use crate::upgrade::is_upgrade;
 
 /// How long a connection whose peer stopped being trusted may take to
@@ -119,7 +120,10 @@ impl Proxy {
         // A peer whose zone is revoked (or whose root is retired) loses its
         // open connections too, not only new handshakes.
         if tcp_mode {
-            if !self.admit_tcp(Some(&caller), remote) || self.inject_tcp(Some(&caller)).await {
+            if !self.admit_tcp(Some(&caller), remote)
+                || self.limit_tcp(Some(&caller), remote)
+                || self.inject_tcp(Some(&caller)).await
+            {
                 reset(stream.get_ref().0);
                 return;
             }
@@ -180,7 +184,10 @@ impl Proxy {
                 .plaintext
                 .get_or_create(&KindLabel { kind: "tcp" })
                 .inc();
-            if !self.admit_tcp(None, remote) || self.inject_tcp(None).await {
+            if !self.admit_tcp(None, remote)
+                || self.limit_tcp(None, remote)
+                || self.inject_tcp(None).await
+            {
                 reset(&tcp);
                 return;
             }
@@ -205,6 +212,61 @@ impl Proxy {
             .server_builder()
             .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
             .await;
+    }
+
+    /// A 429 when a rate limit refuses this request.
+    fn limit_http(
+        &self,
+        caller: Option<&Caller>,
+        req: &Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Option<Response<Body>> {
+        let limits = self.shared.limits.load();
+        if limits.is_empty() {
+            return None;
+        }
+        let r = access::Request {
+            method: req.method(),
+            path: req.uri().path(),
+        };
+        let limited = limits.check(caller, Some((r, req.headers())))?;
+        self.count_limited(&limited.limit, "http", caller, remote);
+        Some(ratelimit::too_many(&limited))
+    }
+
+    /// Whether a rate limit refuses this TCP connection.
+    fn limit_tcp(&self, caller: Option<&Caller>, remote: SocketAddr) -> bool {
+        let limits = self.shared.limits.load();
+        if limits.is_empty() {
+            return false;
+        }
+        match limits.check(caller, None) {
+            Some(l) => {
+                self.count_limited(&l.limit, "tcp", caller, remote);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn count_limited(
+        &self,
+        limit: &str,
+        kind: &'static str,
+        caller: Option<&Caller>,
+        remote: SocketAddr,
+    ) {
+        self.metrics
+            .rate_limited
+            .get_or_create(&RuleLabel {
+                rule: limit.to_string(),
+                kind,
+            })
+            .inc();
+        let who = caller
+            .map(|c| format!("{}/{}", c.zone, c.service))
+            .unwrap_or_else(|| "plaintext".into());
+        tracing::debug!(%remote, caller = %who, limit, kind, "rate limited");
     }
 
     /// The fault, if any, for this request: its delay is served here; an
@@ -368,6 +430,8 @@ impl Proxy {
         let caller = peer.as_ref().map(|(_, c)| c.clone());
         let resp = if let Some(rule) = denied {
             forbidden(&rule)
+        } else if let Some(limited) = self.limit_http(caller.as_deref(), &req, remote) {
+            limited
         } else if let Some(aborted) = self.inject_http(caller.as_deref(), &req).await {
             aborted
         } else {

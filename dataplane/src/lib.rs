@@ -20,6 +20,7 @@ pub mod outbound;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod ratelimit;
 pub mod retry;
 pub mod route;
 pub mod spares;
@@ -564,6 +565,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 "clusters": sh_dump.clusters.load().dump(),
                 "inbound": sh_dump.access.load().dump(),
                 "faults": sh_dump.faults.load().dump(),
+                "rateLimits": sh_dump.limits.load().dump(),
                 "routes": sh_dump.routes.load().iter().map(|(k, r)| (k.clone(), r.dump())).collect::<serde_json::Map<_, _>>(),
                 "controlPlane": if standalone { serde_json::Value::Null } else { serde_json::to_value(&*st_dump.borrow()).unwrap_or_default() },
             })

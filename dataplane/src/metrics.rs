@@ -86,6 +86,7 @@ pub struct Metrics {
     pub access_denied: Family<RuleLabel, Counter>,
     pub access_shadow_denied: Family<RuleLabel, Counter>,
     pub faults_injected: Family<FaultLabel, Counter>,
+    pub rate_limited: Family<RuleLabel, Counter>,
     pub plaintext: Family<KindLabel, Counter>,
     pub mirrored: Family<ResultLabel, Counter>,
 }
@@ -118,6 +119,7 @@ impl Metrics {
             access_denied: Family::default(),
             access_shadow_denied: Family::default(),
             faults_injected: Family::default(),
+            rate_limited: Family::default(),
             plaintext: Family::default(),
             mirrored: Family::default(),
         };
@@ -135,6 +137,11 @@ impl Metrics {
             "faults_injected",
             "Inbound requests and connections a FaultInjection fault delayed, aborted or reset, by fault",
             m.faults_injected.clone(),
+        );
+        reg.register(
+            "rate_limited",
+            "Inbound requests (kind http, answered 429) and connections (kind tcp, reset) a RateLimit refused, by limit",
+            m.rate_limited.clone(),
         );
         reg.register(
             "plaintext",

@@ -16,6 +16,7 @@ use crate::access::Access;
 use crate::balance::{Clusters, Target};
 use crate::fault::Faults;
 use crate::protocol::{Alpn, Protocol};
+use crate::ratelimit::RateLimits;
 use crate::route::Routes;
 use crate::spares::Spares;
 use crate::split::{Mirror, Split};
@@ -93,6 +94,8 @@ pub struct Shared {
     pub access: ArcSwap<Access>,
     /// Faults to inject into inbound requests and connections.
     pub faults: ArcSwap<Faults>,
+    /// Local rate limits on inbound requests and connections.
+    pub limits: ArcSwap<RateLimits>,
     pub targets: ArcSwap<HashMap<String, Arc<Target>>>,
     /// What the local app speaks, which fixes what the inbound accepts.
     pub inbound: Protocol,
@@ -113,6 +116,7 @@ impl Shared {
             routes: ArcSwap::from_pointee(HashMap::new()),
             access: ArcSwap::from_pointee(Access::default()),
             faults: ArcSwap::from_pointee(Faults::default()),
+            limits: ArcSwap::from_pointee(RateLimits::default()),
             targets: ArcSwap::from_pointee(HashMap::new()),
         }
     }
@@ -201,10 +205,17 @@ impl Shared {
             Some(p) => Faults::build(&p.faults).map_err(|e| format!("inbound policy: {e}"))?,
             None => Faults::default(),
         };
+        let no_limits = Vec::new();
+        let limits = RateLimits::build(
+            inbound.map(|p| &p.rate_limits).unwrap_or(&no_limits),
+            &self.limits.load(),
+        )
+        .map_err(|e| format!("inbound policy: {e}"))?;
         self.targets.store(Arc::new(targets));
         self.routes.store(Arc::new(routes));
         self.access.store(Arc::new(access));
         self.faults.store(Arc::new(faults));
+        self.limits.store(Arc::new(limits));
         self.clusters.store(Arc::new(new));
         Ok(())
     }

@@ -95,6 +95,25 @@ impl Mesh {
         (app, sc)
     }
 
+    /// `api` (.12) and `db` (.13, TCP echo) in z1; `web` (.40) and `batch`
+    /// (.41) in z2, each with an outbound port for db on :16000, once both
+    /// see api and db through z2's two gateways.
+    fn api_db_and_callers(&self) -> (Workload, (Proc, Proc), Workload, Workload) {
+        let net = self.net;
+        let api = self.workload("z1", 12, "api", &[]);
+        let db = self.tcp_echo_db(13);
+        let tcp_port = |host: u8| format!("tcp:db={}:16000", net.ip(host));
+        let web = self.workload("z2", 40, "web", &["--outbound-port", &tcp_port(40)]);
+        let batch = self.workload("z2", 41, "batch", &["--outbound-port", &tcp_port(41)]);
+        for w in [&web, &batch] {
+            wait_for("api and db reachable from z2", T, || {
+                let ok = w.endpoints("api").len() == 2 && w.endpoints("db").len() == 2;
+                ok.then_some(())
+            });
+        }
+        (api, db, web, batch)
+    }
+
     fn zone(&self, z: &str) -> &ZoneCp {
         &self.zones[if z == "z1" { 0 } else { 1 }]
     }
@@ -126,6 +145,20 @@ impl Mesh {
             app,
             &f,
         )
+    }
+}
+
+/// What a TCP echo through the outbound port `at` sends back to "ping\n";
+/// None when the connection was refused, reset or closed first.
+fn tcp_echo(at: SocketAddr) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect(at).ok()?;
+    s.set_read_timeout(Some(patient(Duration::from_secs(10))))
+        .unwrap();
+    s.write_all(b"ping\n").ok()?;
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Ok(n) if n > 0 => Some(buf[..n].to_vec()),
+        _ => None,
     }
 }
 
@@ -201,17 +234,7 @@ fn access_rules_deny_across_zones_shadow_counts_and_permissive_accepts_plaintext
     )
     .unwrap();
     let m = Mesh::start("policies-access", net, Some(&local.0));
-    let api = m.workload("z1", 12, "api", &[]);
-    let db = m.tcp_echo_db(13);
-    let tcp_port = |host: u8| format!("tcp:db={}:16000", net.ip(host));
-    let web = m.workload("z2", 40, "web", &["--outbound-port", &tcp_port(40)]);
-    let batch = m.workload("z2", 41, "batch", &["--outbound-port", &tcp_port(41)]);
-    for w in [&web, &batch] {
-        wait_for("api and db reachable from z2", T, || {
-            let ok = w.endpoints("api").len() == 2 && w.endpoints("db").len() == 2;
-            ok.then_some(())
-        });
-    }
+    let (api, db, web, batch) = m.api_db_and_callers();
     assert_eq!(
         http(web.outbound(), "GET", "api", "/", &[]).unwrap().status,
         200
@@ -693,17 +716,7 @@ fn http_and_tcp_routes_split_by_labels_and_zones_mirror_and_rewrite() {
 fn fault_injection_aborts_delays_and_resets_what_it_names_across_zones() {
     let net = Net(62);
     let m = Mesh::start("policies-faults", net, None);
-    let api = m.workload("z1", 12, "api", &[]);
-    let _db = m.tcp_echo_db(13);
-    let tcp_port = |host: u8| format!("tcp:db={}:16000", net.ip(host));
-    let web = m.workload("z2", 40, "web", &["--outbound-port", &tcp_port(40)]);
-    let batch = m.workload("z2", 41, "batch", &["--outbound-port", &tcp_port(41)]);
-    for w in [&web, &batch] {
-        wait_for("api and db reachable from z2", T, || {
-            let ok = w.endpoints("api").len() == 2 && w.endpoints("db").len() == 2;
-            ok.then_some(())
-        });
-    }
+    let (api, _db, web, batch) = m.api_db_and_callers();
     m.g.apply(&format!(
         "{H}kind: FaultInjection\nmetadata: {{name: api-faults}}\nspec:\n  targetRef: {{service: api}}\n  faults:\n\
          \x20   - {{name: web-aborts, from: [{{service: web}}], when: {{paths: [{{prefix: /flaky}}]}}, abort: {{httpStatus: 503, percent: 50}}}}\n\
@@ -777,17 +790,7 @@ fn fault_injection_aborts_delays_and_resets_what_it_names_across_zones() {
     );
 
     // TCP: web's connections to db are reset, batch's echo.
-    let echo = |host: u8| -> Option<Vec<u8>> {
-        let mut s = TcpStream::connect(net.addr(host, 16000)).ok()?;
-        s.set_read_timeout(Some(patient(Duration::from_secs(10))))
-            .unwrap();
-        s.write_all(b"ping\n").ok()?;
-        let mut buf = [0u8; 16];
-        match s.read(&mut buf) {
-            Ok(n) if n > 0 => Some(buf[..n].to_vec()),
-            _ => None,
-        }
-    };
+    let echo = |host: u8| tcp_echo(net.addr(host, 16000));
     assert_eq!(echo(41).as_deref(), Some(&b"ping\n"[..]));
     for _ in 0..3 {
         assert_eq!(echo(40), None, "web's connection was reset");
@@ -800,4 +803,85 @@ fn fault_injection_aborts_delays_and_resets_what_it_names_across_zones() {
         ) >= 3.0)
             .then_some(())
     });
+}
+
+/// RateLimit end to end, across zones: `api` (HTTP) and `db` (TCP) run in
+/// z1; `web` and `batch` call them from z2 through the gateways. The
+/// buckets refill once an hour, so what passes is exactly the burst:
+///
+/// * web's bucket (burst 5): 5 requests pass, the next 5 get 429 naming
+///   the limit with a `retry-after` of at least 1 s, and api's sidecar
+///   counts exactly those 5;
+/// * batch matches the per-header limit (burst 2 per `x-api-key` value):
+///   key `a` gets 2 answers then 429, key `b` still gets its own 2;
+/// * web's TCP connections to db (burst 2): 2 echo, the third is reset.
+#[test]
+fn rate_limits_refuse_past_their_buckets_across_zones() {
+    let net = Net(63);
+    let m = Mesh::start("policies-limits", net, None);
+    let (api, _db, web, batch) = m.api_db_and_callers();
+    m.g.apply(&format!(
+        "{H}kind: RateLimit\nmetadata: {{name: api-limits}}\nspec:\n  targetRef: {{service: api}}\n  limits:\n\
+         \x20   - {{name: web-burst, from: [{{service: web}}], http: {{requests: 1, interval: 1h, burst: 5}}}}\n\
+         \x20   - {{name: keys, http: {{requests: 1, interval: 1h, burst: 2}}, per: {{header: x-api-key}}}}\n\
+         ---\n{H}kind: RateLimit\nmetadata: {{name: db-limits}}\nspec:\n  targetRef: {{service: db}}\n  limits:\n\
+         \x20   - {{name: conns, from: [{{service: web}}], tcp: {{connections: 1, interval: 1h, burst: 2}}}}\n"
+    ));
+    wait_dump(&api, "/rateLimits", |v| {
+        v.as_array().is_some_and(|a| a.len() == 2)
+    });
+    wait_for("db's sidecar holds its limit", T, || {
+        let d = get(net.addr(13, 15000), "x", "/config_dump").ok()?.json();
+        d["rateLimits"]
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+            .then_some(())
+    });
+
+    let limit = "RateLimit/api-limits/web-burst";
+    let statuses: Vec<u16> = (0..10)
+        .map(|_| http(web.outbound(), "GET", "api", "/", &[]).unwrap().status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429, 429, 429]);
+    let r = http(web.outbound(), "GET", "api", "/", &[]).unwrap();
+    assert_eq!(r.status, 429);
+    assert!(
+        r.body.contains(&format!("rate limited by {limit}")),
+        "{}",
+        r.body
+    );
+    let h = r.headers.to_ascii_lowercase();
+    let retry: u64 = h
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .expect("retry-after")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&retry), "retry-after {retry}");
+    assert_eq!(
+        metric_sum(
+            api.admin(),
+            "tern_proxy_rate_limited_total",
+            &format!("rule=\"{limit}\",kind=\"http\""),
+        ),
+        6.0
+    );
+
+    let key = |k: &str| {
+        http(batch.outbound(), "GET", "api", "/", &[("x-api-key", k)])
+            .unwrap()
+            .status
+    };
+    assert_eq!([key("a"), key("a"), key("a")], [200, 200, 429]);
+    assert_eq!([key("b"), key("b")], [200, 200]);
+
+    let echo = |host: u8| tcp_echo(net.addr(host, 16000));
+    let got: Vec<bool> = (0..3).map(|_| echo(40).is_some()).collect();
+    assert_eq!(got, [true, true, false], "web's third connection is reset");
+    assert_eq!(
+        echo(41).as_deref(),
+        Some(&b"ping\n"[..]),
+        "batch is not limited"
+    );
 }

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::policy::access::{AccessDefaults, AccessPolicySpec, MtlsPolicySpec};
 use crate::policy::fault::FaultInjectionSpec;
+use crate::policy::ratelimit::RateLimitSpec;
 use crate::policy::route::{HttpRouteSpec, TcpRouteSpec};
 
 pub const API_VERSION: &str = "tern.dev/v1alpha1";
@@ -165,6 +166,12 @@ pub const KINDS: &[KindInfo] = &[
         plural: "faultinjections",
         system: false,
         validate: |v| typed::<FaultInjectionSpec>(v).and_then(|s| s.check()),
+    },
+    KindInfo {
+        name: "RateLimit",
+        plural: "ratelimits",
+        system: false,
+        validate: |v| typed::<RateLimitSpec>(v).and_then(|s| s.check()),
     },
     KindInfo {
         name: "ZoneIngress",

@@ -117,6 +117,17 @@ fn inbound_json(p: &pb::InboundPolicy) -> Value {
             "methods": r.methods,
             "paths": r.paths.iter().map(matcher).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "rateLimits": p.rate_limits.iter().map(|l| json!({
+            "name": l.name,
+            "kind": if l.tcp { "tcp" } else { "http" },
+            "from": callers_json(&l.from),
+            "methods": l.methods,
+            "paths": l.paths.iter().map(matcher).collect::<Vec<_>>(),
+            "tokens": l.tokens,
+            "intervalMs": l.interval_ms,
+            "burst": l.burst,
+            "per": if l.per_caller { "caller".to_string() } else if l.per_header.is_empty() { "one bucket".to_string() } else { format!("header {}", l.per_header) },
+        })).collect::<Vec<_>>(),
         "faults": p.faults.iter().map(|f| json!({
             "name": f.name,
             "from": callers_json(&f.from),

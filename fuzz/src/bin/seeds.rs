@@ -315,6 +315,15 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             abort_http_status: 503,
             ..Default::default()
         }],
+        rate_limits: vec![pb::RateLimit {
+            name: "RateLimit/l/reads".into(),
+            http_only: true,
+            tokens: 100,
+            interval_ms: 1000,
+            burst: 20,
+            per_header: "x-api-key".into(),
+            ..Default::default()
+        }],
     };
     let tmsg = |msg| pb::ZoneToProxy { msg: Some(msg) }.encode_to_vec();
     use pb::zone_to_proxy::Msg as T;

@@ -20,6 +20,7 @@
 
 pub mod access;
 pub mod fault;
+pub mod ratelimit;
 pub mod route;
 
 use std::collections::BTreeMap;
@@ -444,6 +445,18 @@ mod tests {
              "spec.faults[0]", "a delay, an abort or both"),
             ("kind: FaultInjection\nmetadata: {name: f}\nspec: {faults: [{abort: {httpStatus: 503, percent: 5}, retry: true}]}",
              "spec.faults[0].retry", "unknown field"),
+            ("kind: RateLimit\nmetadata: {name: l}\nspec: {limits: [{http: {requests: 0, interval: 1s}}]}",
+             "spec.limits[0].http.requests", "1 to 1000000"),
+            ("kind: RateLimit\nmetadata: {name: l}\nspec: {limits: [{http: {requests: 5, interval: 2h}}]}",
+             "spec.limits[0].http.interval", "1ms to 1h"),
+            ("kind: RateLimit\nmetadata: {name: l}\nspec: {limits: [{http: {requests: 5, interval: 1s}, tcp: {connections: 5, interval: 1s}}]}",
+             "spec.limits[0]", "exactly one of http"),
+            ("kind: RateLimit\nmetadata: {name: l}\nspec: {limits: [{tcp: {connections: 5, interval: 1s}, per: {header: x-key}}]}",
+             "spec.limits[0].per", "no headers"),
+            ("kind: RateLimit\nmetadata: {name: l}\nspec: {limits: [{http: {requests: 5, interval: 1s}, per: {header: X_Key}}]}",
+             "spec.limits[0].per.header", "lower-case"),
+            ("kind: RateLimit\nmetadata: {name: l}\nspec: {limits: [{http: {requests: 5, interval: 1s}, per: tenant}]}",
+             "spec.limits[0].per", "unknown variant"),
         ];
         for (doc, path, says) in cases {
             let errs =
@@ -468,12 +481,12 @@ mod tests {
             errs[0].error
         );
         // And a full document of every kind passes.
-        let ok = format!("{h}kind: HttpRoute\nmetadata: {{name: r}}\nspec:\n  targetRef: {{zone: z1}}\n  to: {{service: api}}\n  rules:\n    - matches: [{{path: {{prefix: /v1}}, method: GET, headers: [{{name: x-u, regex: 'a.*'}}], query: [{{name: q, present: true}}]}}]\n      backends: [{{weight: 90, labels: {{version: v1}}}}, {{weight: 10, zones: [z2]}}]\n      mirror: {{service: s, percent: 12.5}}\n      rewrite: {{pathPrefix: /v2}}\n      requestHeaders: {{set: {{x-a: '1'}}, add: {{x-b: '2'}}, remove: [x-c]}}\n      responseHeaders: {{add: {{x-d: '3'}}}}\n      timeout: 1500ms\n    - {{name: moved, matches: [{{path: {{exact: /old}}}}], redirect: {{scheme: https, host: example.org, port: 8443, path: /new, statusCode: 308}}}}\n---\n{h}kind: TcpRoute\nmetadata: {{name: t}}\nspec: {{to: {{service: db}}, backends: [{{weight: 1, zones: [z2]}}]}}\n---\n{h}kind: MtlsPolicy\nmetadata: {{name: m}}\nspec: {{targetRef: {{service: legacy}}, mode: permissive}}\n---\n{h}kind: AccessPolicy\nmetadata: {{name: a}}\nspec:\n  mode: shadow\n  rules: [{{name: web, action: allow, from: [{{service: web, region: eu, labels: {{team: a}}}}], when: {{methods: [GET], paths: [{{regex: '/x/[0-9]+'}}]}}}}]\n---\n{h}kind: FaultInjection\nmetadata: {{name: f}}\nspec:\n  targetRef: {{service: api}}\n  faults:\n    - {{name: slow, from: [{{service: web}}], when: {{paths: [{{prefix: /v1}}]}}, delay: {{duration: 200ms, percent: 10}}, abort: {{httpStatus: 503, percent: 5}}}}\n    - {{abort: {{grpcStatus: 14, percent: 1}}}}\n    - {{abort: {{reset: true, percent: 50}}}}\n");
+        let ok = format!("{h}kind: HttpRoute\nmetadata: {{name: r}}\nspec:\n  targetRef: {{zone: z1}}\n  to: {{service: api}}\n  rules:\n    - matches: [{{path: {{prefix: /v1}}, method: GET, headers: [{{name: x-u, regex: 'a.*'}}], query: [{{name: q, present: true}}]}}]\n      backends: [{{weight: 90, labels: {{version: v1}}}}, {{weight: 10, zones: [z2]}}]\n      mirror: {{service: s, percent: 12.5}}\n      rewrite: {{pathPrefix: /v2}}\n      requestHeaders: {{set: {{x-a: '1'}}, add: {{x-b: '2'}}, remove: [x-c]}}\n      responseHeaders: {{add: {{x-d: '3'}}}}\n      timeout: 1500ms\n    - {{name: moved, matches: [{{path: {{exact: /old}}}}], redirect: {{scheme: https, host: example.org, port: 8443, path: /new, statusCode: 308}}}}\n---\n{h}kind: TcpRoute\nmetadata: {{name: t}}\nspec: {{to: {{service: db}}, backends: [{{weight: 1, zones: [z2]}}]}}\n---\n{h}kind: MtlsPolicy\nmetadata: {{name: m}}\nspec: {{targetRef: {{service: legacy}}, mode: permissive}}\n---\n{h}kind: AccessPolicy\nmetadata: {{name: a}}\nspec:\n  mode: shadow\n  rules: [{{name: web, action: allow, from: [{{service: web, region: eu, labels: {{team: a}}}}], when: {{methods: [GET], paths: [{{regex: '/x/[0-9]+'}}]}}}}]\n---\n{h}kind: FaultInjection\nmetadata: {{name: f}}\nspec:\n  targetRef: {{service: api}}\n  faults:\n    - {{name: slow, from: [{{service: web}}], when: {{paths: [{{prefix: /v1}}]}}, delay: {{duration: 200ms, percent: 10}}, abort: {{httpStatus: 503, percent: 5}}}}\n    - {{abort: {{grpcStatus: 14, percent: 1}}}}\n    - {{abort: {{reset: true, percent: 50}}}}\n---\n{h}kind: RateLimit\nmetadata: {{name: l}}\nspec:\n  targetRef: {{service: api}}\n  limits:\n    - {{name: reads, from: [{{service: web}}], when: {{methods: [GET]}}, http: {{requests: 100, interval: 1s, burst: 20}}, per: caller}}\n    - {{name: keys, http: {{requests: 10, interval: 1m}}, per: {{header: x-api-key}}}}\n    - {{name: conns, tcp: {{connections: 50, interval: 1s}}}}\n");
         assert_eq!(
             crate::resource::parse_documents("ok.yaml", &ok)
                 .unwrap()
                 .len(),
-            5
+            6
         );
     }
 

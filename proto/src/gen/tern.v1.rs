@@ -432,6 +432,40 @@ pub struct InboundPolicy {
     /// request (or TCP connection) applies.
     #[prost(message, repeated, tag = "6")]
     pub faults: ::prost::alloc::vec::Vec<Fault>,
+    /// Local rate limits, in precedence order: the first that matches a
+    /// request (or TCP connection) applies.
+    #[prost(message, repeated, tag = "7")]
+    pub rate_limits: ::prost::alloc::vec::Vec<RateLimit>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RateLimit {
+    /// `RateLimit/NAME/LIMIT`: named in the 429 body, metrics and logs.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub from: ::prost::alloc::vec::Vec<Caller>,
+    #[prost(string, repeated, tag = "3")]
+    pub methods: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(message, repeated, tag = "4")]
+    pub paths: ::prost::alloc::vec::Vec<StringMatch>,
+    /// HTTP limits set this: they never match a TCP connection.
+    #[prost(bool, tag = "5")]
+    pub http_only: bool,
+    /// Limits TCP connections (else HTTP requests).
+    #[prost(bool, tag = "6")]
+    pub tcp: bool,
+    /// A token bucket: `tokens` per `interval_ms`, holding at most `burst`.
+    #[prost(uint32, tag = "7")]
+    pub tokens: u32,
+    #[prost(uint64, tag = "8")]
+    pub interval_ms: u64,
+    #[prost(uint32, tag = "9")]
+    pub burst: u32,
+    /// A bucket per caller identity, or per value of this header; else one.
+    #[prost(bool, tag = "10")]
+    pub per_caller: bool,
+    #[prost(string, tag = "11")]
+    pub per_header: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Fault {
