@@ -18,7 +18,7 @@ use crate::access::{Caller, Condition, Request};
 use crate::balance::Rng;
 use crate::proxy::Body;
 
-/// Response header naming the fault that answered.
+/// Response header naming the fault that delayed or answered a request.
 pub const FAULT_HEADER: &str = "x-tern-fault";
 
 /// How an aborted request or connection ends.

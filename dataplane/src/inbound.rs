@@ -269,33 +269,42 @@ impl Proxy {
         tracing::debug!(%remote, caller = %who, limit, kind, "rate limited");
     }
 
-    /// The fault, if any, for this request: its delay is served here; an
-    /// abort is the answer.
+    /// The fault, if any, for this request: its delay is served here
+    /// (`Ok` names the fault that delayed it); an abort is the answer
+    /// (`Err`).
     async fn inject_http(
         &self,
         caller: Option<&Caller>,
         req: &Request<Incoming>,
-    ) -> Option<Response<Body>> {
+    ) -> Result<Option<Arc<str>>, Response<Body>> {
         let inj = {
             let faults = self.shared.faults.load();
             if faults.is_empty() {
-                return None;
+                return Ok(None);
             }
-            faults.draw(
+            let drawn = faults.draw(
                 caller,
                 Some(access::Request {
                     method: req.method(),
                     path: req.uri().path(),
                 }),
-            )?
+            );
+            match drawn {
+                Some(i) => i,
+                None => return Ok(None),
+            }
         };
         if let Some(d) = inj.delay {
             self.count_fault(&inj.fault, "delay");
             tokio::time::sleep(d).await;
         }
-        let abort = inj.abort?;
-        self.count_fault(&inj.fault, "abort");
-        Some(fault::abort_response(abort, &inj.fault))
+        match inj.abort {
+            Some(abort) => {
+                self.count_fault(&inj.fault, "abort");
+                Err(fault::abort_response(abort, &inj.fault))
+            }
+            None => Ok(Some(inj.fault)),
+        }
     }
 
     /// The fault, if any, for a new TCP connection: its delay is served
@@ -432,14 +441,22 @@ impl Proxy {
             forbidden(&rule)
         } else if let Some(limited) = self.limit_http(caller.as_deref(), &req, remote) {
             limited
-        } else if let Some(aborted) = self.inject_http(caller.as_deref(), &req).await {
-            aborted
         } else {
-            let id = peer.map(|(v, _)| v);
-            if is_upgrade(&req) {
-                self.inbound_upgrade(app, id, chain, req).await
-            } else {
-                self.to_app(app, id, req).await
+            match self.inject_http(caller.as_deref(), &req).await {
+                Err(aborted) => aborted,
+                Ok(delayed_by) => {
+                    let id = peer.map(|(v, _)| v);
+                    let mut resp = if is_upgrade(&req) {
+                        self.inbound_upgrade(app, id, chain, req).await
+                    } else {
+                        self.to_app(app, id, req).await
+                    };
+                    // The caller can tell a fault's delay from a slow app.
+                    if let Some(v) = delayed_by.and_then(|f| HeaderValue::from_str(&f).ok()) {
+                        resp.headers_mut().insert(fault::FAULT_HEADER, v);
+                    }
+                    resp
+                }
             }
         };
         self.metrics.observe(

@@ -710,6 +710,9 @@ fn http_and_tcp_routes_split_by_labels_and_zones_mirror_and_rewrite() {
 /// * a 5 s delay of web's `/slow` requests: web's route timeout of 500 ms
 ///   cuts every one (504), and batch's same request is answered (200), so
 ///   the delay was injected and only for web;
+/// * a 100 ms delay of 30% of web's `/share` requests: the delayed answers
+///   carry `x-tern-fault`, are 30% within 11 points over 300 requests, each
+///   took at least 100 ms, and api's sidecar counts exactly as many;
 /// * a reset of web's TCP connections to db: web's connection gets no echo,
 ///   batch's does, and api's and db's sidecars count what they injected.
 #[test]
@@ -721,6 +724,7 @@ fn fault_injection_aborts_delays_and_resets_what_it_names_across_zones() {
         "{H}kind: FaultInjection\nmetadata: {{name: api-faults}}\nspec:\n  targetRef: {{service: api}}\n  faults:\n\
          \x20   - {{name: web-aborts, from: [{{service: web}}], when: {{paths: [{{prefix: /flaky}}]}}, abort: {{httpStatus: 503, percent: 50}}}}\n\
          \x20   - {{name: web-slow, from: [{{service: web}}], when: {{paths: [{{prefix: /slow}}]}}, delay: {{duration: 5s, percent: 100}}}}\n\
+         \x20   - {{name: web-share, from: [{{service: web}}], when: {{paths: [{{prefix: /share}}]}}, delay: {{duration: 100ms, percent: 30}}}}\n\
          ---\n{H}kind: FaultInjection\nmetadata: {{name: db-faults}}\nspec:\n  targetRef: {{service: db}}\n  faults:\n\
          \x20   - {{name: resets, from: [{{service: web}}], abort: {{reset: true, percent: 100}}}}\n\
          ---\n{H}kind: HttpRoute\nmetadata: {{name: api-slow}}\nspec:\n  to: {{service: api}}\n  rules:\n\
@@ -789,6 +793,38 @@ fn fault_injection_aborts_delays_and_resets_what_it_names_across_zones() {
         ) >= 3.0
     );
 
+    // A delay on a share: the delayed answers say so, are 30% within 11
+    // points over 300 requests (standard deviation 2.65 points: 4.2 of
+    // them), and each took at least the delay.
+    let share_fault = "FaultInjection/api-faults/web-share";
+    let mut delayed = 0usize;
+    for _ in 0..300 {
+        let t0 = std::time::Instant::now();
+        let r = http(web.outbound(), "GET", "api", "/share", &[]).unwrap();
+        let took = t0.elapsed();
+        assert_eq!(r.status, 200, "{}", r.body);
+        if r.headers.to_ascii_lowercase().contains(&format!(
+            "x-tern-fault: {}",
+            share_fault.to_ascii_lowercase()
+        )) {
+            delayed += 1;
+            assert!(
+                took >= Duration::from_millis(100),
+                "a delayed answer took {took:?}"
+            );
+        }
+    }
+    let share = delayed as f64 / 300.0;
+    assert!((share - 0.3).abs() < 0.11, "delayed share {share}");
+    assert_eq!(
+        metric_sum(
+            api.admin(),
+            "tern_proxy_faults_injected_total",
+            &format!("fault=\"{share_fault}\",action=\"delay\""),
+        ),
+        delayed as f64
+    );
+
     // TCP: web's connections to db are reset, batch's echo.
     let echo = |host: u8| tcp_echo(net.addr(host, 16000));
     assert_eq!(echo(41).as_deref(), Some(&b"ping\n"[..]));
@@ -814,6 +850,9 @@ fn fault_injection_aborts_delays_and_resets_what_it_names_across_zones() {
 ///   counts exactly those 5;
 /// * batch matches the per-header limit (burst 2 per `x-api-key` value):
 ///   key `a` gets 2 answers then 429, key `b` still gets its own 2;
+/// * batch's `/steady` requests (10 per second, burst 1), sent back to
+///   back for 3 s: at most 1 + 10 per second elapsed (+1) pass, which a
+///   bucket that let more through would break, and at least half the rate;
 /// * web's TCP connections to db (burst 2): 2 echo, the third is reset.
 #[test]
 fn rate_limits_refuse_past_their_buckets_across_zones() {
@@ -823,12 +862,13 @@ fn rate_limits_refuse_past_their_buckets_across_zones() {
     m.g.apply(&format!(
         "{H}kind: RateLimit\nmetadata: {{name: api-limits}}\nspec:\n  targetRef: {{service: api}}\n  limits:\n\
          \x20   - {{name: web-burst, from: [{{service: web}}], http: {{requests: 1, interval: 1h, burst: 5}}}}\n\
+         \x20   - {{name: steady, from: [{{service: batch}}], when: {{paths: [{{prefix: /steady}}]}}, http: {{requests: 10, interval: 1s, burst: 1}}}}\n\
          \x20   - {{name: keys, http: {{requests: 1, interval: 1h, burst: 2}}, per: {{header: x-api-key}}}}\n\
          ---\n{H}kind: RateLimit\nmetadata: {{name: db-limits}}\nspec:\n  targetRef: {{service: db}}\n  limits:\n\
          \x20   - {{name: conns, from: [{{service: web}}], tcp: {{connections: 1, interval: 1h, burst: 2}}}}\n"
     ));
     wait_dump(&api, "/rateLimits", |v| {
-        v.as_array().is_some_and(|a| a.len() == 2)
+        v.as_array().is_some_and(|a| a.len() == 3)
     });
     wait_for("db's sidecar holds its limit", T, || {
         let d = get(net.addr(13, 15000), "x", "/config_dump").ok()?.json();
@@ -875,6 +915,27 @@ fn rate_limits_refuse_past_their_buckets_across_zones() {
     };
     assert_eq!([key("a"), key("a"), key("a")], [200, 200, 429]);
     assert_eq!([key("b"), key("b")], [200, 200]);
+
+    // The rate: batch's /steady requests, sent back to back for 3 s, pass
+    // at 10 per second after a burst of 1. The token bucket allows at most
+    // 1 + 10 per second elapsed (+1 for the clock's edges); a client that
+    // sends much faster than 10 per second gets at least half the rate.
+    let t0 = std::time::Instant::now();
+    let mut passed = 0usize;
+    while t0.elapsed() < Duration::from_secs(3) {
+        let r = http(batch.outbound(), "GET", "api", "/steady", &[]).unwrap();
+        match r.status {
+            200 => passed += 1,
+            429 => {}
+            s => panic!("unexpected {s}: {}", r.body),
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let most = 2.0 + 10.0 * elapsed;
+    assert!(
+        (passed as f64) <= most && (passed as f64) >= 5.0 * elapsed,
+        "{passed} passed in {elapsed:.2} s at 10/s (at most {most:.0})"
+    );
 
     let echo = |host: u8| tcp_echo(net.addr(host, 16000));
     let got: Vec<bool> = (0..3).map(|_| echo(40).is_some()).collect();
