@@ -129,8 +129,15 @@ impl Proxy {
             }
             // Opaque TCP has no way to finish gracefully: cut it at once.
             let splice = self.splice_to_app(stream, app);
-            if let Err(why) = self.shared.live.while_trusted(chain, splice).await {
-                self.metrics.connections_distrusted.inc();
+            let distrusted = self.metrics.connections_distrusted.clone();
+            if let Err(why) = self
+                .shared
+                .live
+                .while_trusted(chain, splice, move || {
+                    distrusted.inc();
+                })
+                .await
+            {
                 tracing::warn!(%remote, %peer, reason = %why, "closed an inbound TCP connection: its peer is no longer trusted");
             }
             return;

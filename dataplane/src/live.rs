@@ -127,19 +127,27 @@ impl LiveConns {
     }
 
     /// Run `fut` (a connection) to its end, or until its peer stops being
-    /// trusted: then `Err` with the reason.
+    /// trusted: then `Err` with the reason. `on_cut` runs as the peer stops
+    /// being trusted, before the connection is cut, so what it counts is
+    /// counted by the time the peer sees the cut.
     pub async fn while_trusted<F: Future>(
         &self,
         chain: Arc<[CertificateDer<'static>]>,
         fut: F,
+        on_cut: impl FnOnce() + Send + 'static,
     ) -> Result<F::Output, String> {
         let (handle, reg) = AbortHandle::new_pair();
         let reason = Arc::new(OnceLock::new());
         let r = reason.clone();
+        let on_cut = std::sync::Mutex::new(Some(on_cut));
         let _guard = self.watch(
             chain,
             Box::new(move |why| {
                 let _ = r.set(why.to_string());
+                let f = on_cut.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(f) = f {
+                    f();
+                }
                 handle.abort();
             }),
         );
@@ -197,15 +205,24 @@ mod tests {
             )
         };
         // Two live connections, one from each zone.
-        let conn_a = live.while_trusted(chain(&a, "a"), std::future::pending::<()>());
-        let conn_b = live.while_trusted(chain(&b, "b"), std::future::pending::<()>());
+        let cut = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = || {
+            let c = cut.clone();
+            move || {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        };
+        let conn_a = live.while_trusted(chain(&a, "a"), std::future::pending::<()>(), count());
+        let conn_b = live.while_trusted(chain(&b, "b"), std::future::pending::<()>(), count());
         tokio::pin!(conn_a, conn_b);
         tokio::select! { biased; _ = &mut conn_a => {}, _ = &mut conn_b => {}, _ = async {} => {} }
         assert_eq!(live.len(), 2);
         // Both zones trusted: nothing is cut.
         assert_eq!(live.sweep(&only(&[("a", &a), ("b", &b)])), 0);
-        // Zone b revoked: its connection ends with the reason, a's lives on.
+        // Zone b revoked: its connection ends with the reason, a's lives on;
+        // the cut is counted as the sweep runs, before the connection ends.
         assert_eq!(live.sweep(&only(&[("a", &a)])), 1);
+        assert_eq!(cut.load(std::sync::atomic::Ordering::SeqCst), 1);
         let why = (&mut conn_b).await.unwrap_err();
         assert!(why.contains("no longer trusts"), "{why}");
         assert_eq!(live.len(), 1, "an ended connection unregisters");

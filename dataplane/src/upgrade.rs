@@ -174,7 +174,7 @@ impl Proxy {
                     let idle = self.tcp_idle;
                     tokio::spawn(async move {
                         if let Err(why) = live
-                            .while_trusted(chain, splice(from_caller, to_app, idle))
+                            .while_trusted(chain, splice(from_caller, to_app, idle), || {})
                             .await
                         {
                             tracing::warn!(reason = %why, "closed an upgraded inbound connection: its peer is no longer trusted");

@@ -382,10 +382,13 @@ impl Gateway {
             Some(&sent),
             Some(&received),
         );
-        match self.shared.live.while_trusted(chain, splice).await {
+        let distrusted = self.metrics.distrusted.clone();
+        let cut = move || {
+            distrusted.inc();
+        };
+        match self.shared.live.while_trusted(chain, splice, cut).await {
             Ok(_) => {}
             Err(why) => {
-                self.metrics.distrusted.inc();
                 anyhow::bail!("closed a flow from {peer}: no longer trusted ({why})");
             }
         }
