@@ -3,10 +3,12 @@
 #   load -> client sidecar (127.0.0.1:15001) -> mTLS -> server sidecar (127.0.0.1:15006) -> nginx (127.0.0.1:18080, 1 KiB)
 # Contenders, each measured with and without policies:
 #   envoy, envoy-policy: a route that matches GET under / (10 s timeout) on the
-#     client side, an RBAC filter on the server side allowing only the client's
-#     SPIFFE ID to GET under /;
-#   tern, tern-policy: the same as an HttpRoute and an AccessPolicy (compiled
-#     by the standalone sidecars from policy documents, as a zone-cp would);
+#     client side; on the server side an RBAC filter allowing only the client's
+#     SPIFFE ID to GET under /, a local rate limit (1,000,000/s, never reached)
+#     and a fault filter (aborts only requests the benchmark never sends);
+#   tern, tern-policy: the same as an HttpRoute, an AccessPolicy, a RateLimit
+#     and a FaultInjection (compiled by the standalone sidecars from policy
+#     documents, as a zone-cp would);
 #   direct: the load straight at nginx (the floor).
 # Both use certificates in Tern's layout (root -> zone CA -> workloads,
 # bench/certs.sh) and one worker thread per sidecar. Load shapes, as in
@@ -53,6 +55,23 @@ spec:
       matches: [{path: {prefix: /}, method: GET}]
       timeout: 10s
 YAML
+cat > "$cfg/limits.yaml" <<'YAML'
+apiVersion: tern.dev/v1alpha1
+kind: RateLimit
+metadata: {name: server-limits}
+spec:
+  targetRef: {service: server}
+  limits:
+    - {name: all, http: {requests: 1000000, interval: 1s}}
+---
+apiVersion: tern.dev/v1alpha1
+kind: FaultInjection
+metadata: {name: server-chaos}
+spec:
+  targetRef: {service: server}
+  faults:
+    - {name: chaos, when: {paths: [{exact: /chaos}]}, abort: {httpStatus: 503, percent: 100}}
+YAML
 cat > "$cfg/access.yaml" <<'YAML'
 apiVersion: tern.dev/v1alpha1
 kind: AccessPolicy
@@ -88,7 +107,7 @@ $3
 YAML
 }
 tern_configs "" "" ""
-tern_configs "-policy" "policies: { files: [$cfg/access.yaml], service: server, zone: bench }" \
+tern_configs "-policy" "policies: { files: [$cfg/access.yaml, $cfg/limits.yaml], service: server, zone: bench }" \
   "policies: { files: [$cfg/route.yaml], service: client, zone: bench }"
 
 nginx -c "$root/bench/nginx-app.conf" -e /dev/null & ngpid=$!

@@ -54,10 +54,27 @@ pub struct Endpoint {
     pub labels: std::collections::BTreeMap<String, String>,
     /// For a path to a remote zone: that zone's label sets.
     pub remote_subsets: Vec<RemoteSubset>,
+    /// Shared with the endpoint's subset paths, and kept across config
+    /// updates for the same authority and identity.
+    health: Arc<Health>,
+}
+
+/// An endpoint's health state.
+#[derive(Debug)]
+pub struct Health {
     /// Passive health: ejected until this many ms after `epoch()`.
     ejected_until: AtomicU64,
     /// Active health: the last probe's result.
     probe_ok: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            ejected_until: AtomicU64::new(0),
+            probe_ok: AtomicBool::new(true),
+        }
+    }
 }
 
 fn epoch() -> Instant {
@@ -113,11 +130,12 @@ fn now_ms() -> u64 {
 
 impl Endpoint {
     pub fn ejected(&self) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > now_ms()
+        self.health.ejected_until.load(Ordering::Relaxed) > now_ms()
     }
     /// Outlier detection: stop picking this endpoint for a while.
     pub fn eject(&self, for_: Duration) {
-        self.ejected_until
+        self.health
+            .ejected_until
             .store(now_ms() + for_.as_millis() as u64, Ordering::Relaxed);
     }
     /// For a path to a remote zone that has instances with all of
@@ -159,20 +177,21 @@ impl Endpoint {
             weight: matched,
             labels: selector.clone(),
             remote_subsets: Vec::new(),
-            ejected_until: AtomicU64::new(0),
-            probe_ok: AtomicBool::new(true),
+            // The subset is reached over the same path: it is up, down or
+            // ejected with it.
+            health: self.health.clone(),
         }))
     }
 
     pub fn available(&self) -> bool {
-        self.probe_ok.load(Ordering::Relaxed) && !self.ejected()
+        self.health.probe_ok.load(Ordering::Relaxed) && !self.ejected()
     }
     /// Record an active probe. A recovery clears any ejection, so a
     /// restored endpoint gets traffic back within one probe interval.
     pub fn set_probe(&self, ok: bool) {
-        let was = self.probe_ok.swap(ok, Ordering::Relaxed);
+        let was = self.health.probe_ok.swap(ok, Ordering::Relaxed);
         if ok && !was {
-            self.ejected_until.store(0, Ordering::Relaxed);
+            self.health.ejected_until.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -454,7 +473,10 @@ impl Clusters {
                     .map(|s| (s.labels.clone().into_iter().collect(), s.healthy))
                     .collect();
                 let authority = authority_for(addr, &via)?;
-                let ep = match known.get(&(authority.as_str(), &identity)) {
+                let prior: Option<Arc<Endpoint>> = known
+                    .get(&(authority.as_str(), &identity))
+                    .map(|e| Arc::clone(e));
+                let ep = match &prior {
                     Some(old)
                         if old.priority == e.priority
                             && old.weight == e.weight.max(1)
@@ -462,7 +484,7 @@ impl Clusters {
                             && e.labels.iter().all(|(k, v)| old.labels.get(k) == Some(v))
                             && old.remote_subsets == remote_subsets =>
                     {
-                        (*old).clone()
+                        old.clone()
                     }
                     _ => Arc::new(Endpoint {
                         target: Arc::new(Target {
@@ -477,8 +499,9 @@ impl Clusters {
                         weight: e.weight.max(1),
                         labels: e.labels.clone().into_iter().collect(),
                         remote_subsets,
-                        ejected_until: AtomicU64::new(0),
-                        probe_ok: AtomicBool::new(true),
+                        // A changed endpoint (its weight, labels or a remote
+                        // zone's label sets) keeps its health.
+                        health: prior.map(|o| o.health.clone()).unwrap_or_default(),
                     }),
                 };
                 endpoints.push(ep);
@@ -520,7 +543,7 @@ impl Clusters {
                         "viaGateway": e.target.via.is_some(),
                         "subsets": e.remote_subsets.iter().map(|(l, n)| serde_json::json!({"labels": l, "healthy": n})).collect::<Vec<_>>(),
                         "ejected": e.ejected(),
-                        "probeOk": e.probe_ok.load(Ordering::Relaxed),
+                        "probeOk": e.health.probe_ok.load(Ordering::Relaxed),
                     })).collect::<Vec<_>>(),
                 }),
             );

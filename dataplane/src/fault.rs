@@ -75,6 +75,7 @@ impl Faults {
                         .ok_or_else(|| format!("fault {}: bad HTTP status {s}", f.name))?,
                 )),
                 (0, g, false) if g <= 16 => Some(Abort::Grpc(g)),
+                (0, g, false) => return Err(format!("fault {}: bad gRPC status {g}", f.name)),
                 (0, 0, true) => Some(Abort::Reset),
                 _ => return Err(format!("fault {}: more than one abort", f.name)),
             };
@@ -135,11 +136,21 @@ impl Faults {
     /// connection): the first matching fault, with its delay and abort
     /// drawn (an abort that cannot apply to this kind of traffic is not).
     pub fn draw(&self, caller: Option<&Caller>, req: Option<Request<'_>>) -> Option<Injected> {
-        let f = self.faults.iter().find(|f| f.cond.matches(caller, req))?;
+        // A fault with nothing to do to this kind of traffic (an HTTP abort
+        // for a TCP connection, a reset for a request, and no delay) does
+        // not match it, so it cannot hide a later fault that does.
+        let tcp = req.is_none();
+        let f = self
+            .faults
+            .iter()
+            .filter(|f| {
+                f.delay.is_some() || f.abort.is_some_and(|(a, _)| (a == Abort::Reset) == tcp)
+            })
+            .find(|f| f.cond.matches(caller, req))?;
         let delay = f.delay.filter(|(_, n)| self.hit(*n)).map(|(d, _)| d);
         let abort = f
             .abort
-            .filter(|(a, _)| (*a == Abort::Reset) == req.is_none())
+            .filter(|(a, _)| (*a == Abort::Reset) == tcp)
             .filter(|(_, n)| self.hit(*n))
             .map(|(a, _)| a);
         (delay.is_some() || abort.is_some()).then(|| Injected {
@@ -287,6 +298,26 @@ mod tests {
             ..fault("F/a/x", "", &[])
         }])
         .is_err());
+        // A reset-only fault does not hide a later fault from HTTP requests,
+        // nor an HTTP abort from TCP connections.
+        let both = Faults::build(&[
+            pb::Fault {
+                abort_reset: true,
+                abort_per_million: 1_000_000,
+                ..fault("F/a/reset", "", &[])
+            },
+            pb::Fault {
+                abort_http_status: 503,
+                abort_per_million: 1_000_000,
+                ..fault("F/a/abort", "", &[])
+            },
+        ])
+        .unwrap();
+        assert_eq!(
+            &*both.draw(Some(&c), Some(get("/"))).unwrap().fault,
+            "F/a/abort"
+        );
+        assert_eq!(&*both.draw(Some(&c), None).unwrap().fault, "F/a/reset");
     }
 
     /// A 25% abort over 20,000 requests lands within 1.6 points of 25%:

@@ -120,15 +120,27 @@ impl Proxy {
         // A peer whose zone is revoked (or whose root is retired) loses its
         // open connections too, not only new handshakes.
         if tcp_mode {
-            if !self.admit_tcp(Some(&caller), remote)
-                || self.limit_tcp(Some(&caller), remote)
-                || self.inject_tcp(Some(&caller)).await
-            {
+            if !self.admit_tcp(Some(&caller), remote) || self.limit_tcp(Some(&caller), remote) {
                 reset(stream.get_ref().0);
                 return;
             }
-            // Opaque TCP has no way to finish gracefully: cut it at once.
-            let splice = self.splice_to_app(stream, app);
+            let (delay, reset_it) = self.tcp_fault(Some(&caller));
+            if reset_it {
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
+                reset(stream.get_ref().0);
+                return;
+            }
+            // Opaque TCP has no way to finish gracefully: cut it at once. A
+            // fault's delay runs inside, so a trust change during it cuts
+            // the connection too.
+            let splice = async {
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
+                self.splice_to_app(stream, app).await
+            };
             let distrusted = self.metrics.connections_distrusted.clone();
             if let Err(why) = self
                 .shared
@@ -191,10 +203,15 @@ impl Proxy {
                 .plaintext
                 .get_or_create(&KindLabel { kind: "tcp" })
                 .inc();
-            if !self.admit_tcp(None, remote)
-                || self.limit_tcp(None, remote)
-                || self.inject_tcp(None).await
-            {
+            if !self.admit_tcp(None, remote) || self.limit_tcp(None, remote) {
+                reset(&tcp);
+                return;
+            }
+            let (delay, reset_it) = self.tcp_fault(None);
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            if reset_it {
                 reset(&tcp);
                 return;
             }
@@ -314,28 +331,24 @@ impl Proxy {
         }
     }
 
-    /// The fault, if any, for a new TCP connection: its delay is served
-    /// here; true when the connection is to be reset.
-    async fn inject_tcp(&self, caller: Option<&Caller>) -> bool {
-        let inj = {
-            let faults = self.shared.faults.load();
-            if faults.is_empty() {
-                return false;
-            }
-            match faults.draw(caller, None) {
-                Some(i) => i,
-                None => return false,
-            }
+    /// The fault, if any, for a new TCP connection, counted: the delay to
+    /// serve before splicing, and whether to reset it (after the delay).
+    fn tcp_fault(&self, caller: Option<&Caller>) -> (Option<Duration>, bool) {
+        let faults = self.shared.faults.load();
+        if faults.is_empty() {
+            return (None, false);
+        }
+        let Some(inj) = faults.draw(caller, None) else {
+            return (None, false);
         };
-        if let Some(d) = inj.delay {
+        if inj.delay.is_some() {
             self.count_fault(&inj.fault, "delay");
-            tokio::time::sleep(d).await;
         }
         let reset = inj.abort == Some(fault::Abort::Reset);
         if reset {
             self.count_fault(&inj.fault, "reset");
         }
-        reset
+        (inj.delay, reset)
     }
 
     fn count_fault(&self, fault: &str, action: &'static str) {

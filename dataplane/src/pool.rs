@@ -252,9 +252,12 @@ impl<C: Connect> Pool<C> {
                 }
             }
         };
+        let mine = pending.clone();
         let result = pending.await;
         let mut slot = host.h2.lock().expect("pool lock");
-        if matches!(*slot, H2Slot::Connecting(_)) {
+        // Only the connect this request waited for is settled here, not a
+        // newer one started since.
+        if matches!(&*slot, H2Slot::Connecting(f) if f.ptr_eq(&mine)) {
             *slot = match &result {
                 Ok(tx) => H2Slot::Ready {
                     tx: tx.clone(),

@@ -8,6 +8,7 @@
 //! config updates that leave their limit unchanged.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,9 +54,14 @@ impl Bucket {
     }
 
     fn refill(&mut self, rate: Rate, now: Instant) {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * rate.per_sec).min(rate.burst);
-        self.last = now;
+        // Callers read the clock before taking the lock, so `now` may be a
+        // little older than `last`: never move `last` back (that would
+        // credit the same time twice).
+        if now > self.last {
+            let dt = (now - self.last).as_secs_f64();
+            self.tokens = (self.tokens + dt * rate.per_sec).min(rate.burst);
+            self.last = now;
+        }
     }
 
     /// Take a token, or say how long until one is there.
@@ -72,8 +78,17 @@ impl Bucket {
 
 struct Buckets {
     one: Bucket,
-    keyed: HashMap<String, Bucket>,
+    /// By a keyed hash of the caller or header value (values are the
+    /// caller's to choose and may be long; a hash bounds the memory).
+    keyed: HashMap<u64, Bucket>,
+    hasher: std::collections::hash_map::RandomState,
+    /// When a full table was last swept for refilled buckets (at most
+    /// once a second, so a flood of new keys does not scan it each time).
+    swept: Option<Instant>,
 }
+
+/// How often a full table of keyed buckets may be swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 struct Limit {
     name: Arc<str>,
@@ -135,6 +150,8 @@ impl RateLimits {
                     None => Arc::new(Mutex::new(Buckets {
                         one: Bucket::full(rate, now),
                         keyed: HashMap::new(),
+                        hasher: Default::default(),
+                        swept: None,
                     })),
                 },
             });
@@ -187,28 +204,33 @@ impl RateLimits {
             .iter()
             .filter(|l| l.tcp == req.is_none())
             .find(|l| l.cond.matches(caller, req.map(|(r, _)| r)))?;
-        let key = match &l.per {
-            Per::One => None,
-            Per::Caller => Some(
-                caller
-                    .map(|c| format!("{}/{}", c.zone, c.service))
-                    .unwrap_or_else(|| "plaintext".into()),
-            ),
-            Per::Header(h) => Some(
-                req.and_then(|(_, hs)| hs.get(h))
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .unwrap_or_default(),
-            ),
-        };
         let mut b = l.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let b = &mut *b;
+        let key = match &l.per {
+            Per::One => None,
+            Per::Caller => Some(match caller {
+                Some(c) => b.hasher.hash_one((&c.zone, &c.service)),
+                None => b.hasher.hash_one("plaintext"),
+            }),
+            Per::Header(h) => Some(
+                b.hasher.hash_one(
+                    req.and_then(|(_, hs)| hs.get(h))
+                        .map(|v| v.as_bytes())
+                        .unwrap_or_default(),
+                ),
+            ),
+        };
         let bucket = match key {
             None => &mut b.one,
             Some(k) => {
-                if !b.keyed.contains_key(&k) && b.keyed.len() >= MAX_KEYS {
+                let full = !b.keyed.contains_key(&k) && b.keyed.len() >= MAX_KEYS;
+                if full
+                    && b.swept
+                        .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY)
+                {
                     // Forget buckets that have filled up again (they hold
-                    // nothing a fresh one would not); if none has, the new
-                    // key shares the overflow bucket.
+                    // nothing a fresh one would not).
+                    b.swept = Some(now);
                     let rate = l.rate;
                     b.keyed.retain(|_, x| {
                         x.refill(rate, now);
@@ -220,6 +242,7 @@ impl RateLimits {
                         .entry(k)
                         .or_insert_with(|| Bucket::full(l.rate, now))
                 } else {
+                    // Still full: new keys share the limit's single bucket.
                     &mut b.one
                 }
             }
@@ -305,6 +328,22 @@ mod tests {
             .filter(|_| l.check_at(Some(&c), Some((get(), &h)), later).is_none())
             .count();
         assert_eq!(passed, 5, "refilled to the burst, not beyond");
+        // A clock read before another thread's (an older `now`) credits
+        // nothing twice. The bucket is empty at `later`; at +50 ms it holds
+        // half a token; a reading of +10 ms then comes late; at +100 ms one
+        // token is there (not 1.4), and at +160 ms only 0.6 again.
+        let at = |ms: u64| {
+            l.check_at(
+                Some(&c),
+                Some((get(), &h)),
+                later + Duration::from_millis(ms),
+            )
+        };
+        assert!(at(50).is_some());
+        assert!(at(10).is_some());
+        assert!(at(100).is_none());
+        assert!(at(100).is_some());
+        assert!(at(160).is_some(), "a backwards clock credited time twice");
         // An HTTP limit never applies to a TCP connection.
         assert!(l.check_at(Some(&c), None, t0).is_none());
     }

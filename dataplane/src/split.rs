@@ -328,6 +328,42 @@ mod tests {
             let none = backend_cluster(&b(1, &["z3"], labels), "api", &cs);
             assert!(none.endpoints.is_empty(), "{labels:?}");
         }
+        // A subset path shares its gateway path's health: ejecting one
+        // ejects the other, and a rebuild whose label sets changed keeps it.
+        paths[0].eject(std::time::Duration::from_secs(5));
+        let base = |cs: &HashMap<String, Arc<Cluster>>| {
+            cs["api"]
+                .endpoints
+                .iter()
+                .find(|e| e.target.via.is_some() && e.target.addr == paths[0].target.addr)
+                .cloned()
+                .unwrap()
+        };
+        assert!(base(&cs).ejected());
+        let mut cfg = vec![pb::Cluster {
+            service: "api".into(),
+            protocol: "http".into(),
+            endpoints: cs["api"]
+                .endpoints
+                .iter()
+                .map(|e| pb::Endpoint {
+                    address: e.target.addr.ip().to_string(),
+                    zone: e.zone.clone(),
+                    via_gateway: e.target.via.is_some(),
+                    weight: e.weight,
+                    priority: e.priority,
+                    ..ep(&e.target.addr.ip().to_string(), &e.zone, &[])
+                })
+                .collect(),
+            ..Default::default()
+        }];
+        cfg[0].endpoints[0].labels = [("version".to_string(), "v1".to_string())].into();
+        let old = crate::balance::Clusters {
+            by_service: cs.clone(),
+            version: 1,
+        };
+        let rebuilt = crate::balance::Clusters::build(&cfg, &old, 2).unwrap().by_service;
+        assert!(base(&rebuilt).ejected(), "health kept although the label sets changed");
         // Without labels, the service's own paths (no subset).
         let all = backend_cluster(&b(1, &["z3"], &[]), "api", &cs);
         assert!(all

@@ -196,7 +196,18 @@ impl Shared {
             let r = Routes::build(c, &split, &mirror).map_err(|e| format!("{}: {e}", c.service))?;
             routes.insert(c.service.clone(), Arc::new(r));
         }
-        targets.extend(subset_paths.into_inner());
+        for (authority, target) in subset_paths.into_inner() {
+            match targets.get(&authority) {
+                Some(t) if *t != target => {
+                    return Err(format!(
+                        "two subset paths share the authority {authority}; rename a label"
+                    ))
+                }
+                _ => {
+                    targets.insert(authority, target);
+                }
+            }
+        }
         let access = match inbound {
             Some(p) => Access::build(p).map_err(|e| format!("inbound policy: {e}"))?,
             None => Access::default(),
