@@ -362,8 +362,13 @@ mod tests {
             by_service: cs.clone(),
             version: 1,
         };
-        let rebuilt = crate::balance::Clusters::build(&cfg, &old, 2).unwrap().by_service;
-        assert!(base(&rebuilt).ejected(), "health kept although the label sets changed");
+        let rebuilt = crate::balance::Clusters::build(&cfg, &old, 2)
+            .unwrap()
+            .by_service;
+        assert!(
+            base(&rebuilt).ejected(),
+            "health kept although the label sets changed"
+        );
         // Without labels, the service's own paths (no subset).
         let all = backend_cluster(&b(1, &["z3"], &[]), "api", &cs);
         assert!(all
