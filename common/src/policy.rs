@@ -11,8 +11,10 @@ use std::sync::Arc;
 use model::policy::access::{AccessDefaults, AccessPolicySpec, Action, MtlsMode, MtlsPolicySpec};
 use model::policy::fault::{Fault, FaultInjectionSpec};
 use model::policy::ratelimit::{Limit, Per, RateLimitSpec};
+use model::policy::retry::RetrySpec;
 use model::policy::route::{self, Backend, HttpRouteSpec, PathMatch, TcpRouteSpec, ValueMatch};
-use model::policy::{applicable, Facts, Mode, Origin, Policy, Selector};
+use model::policy::timeout::{self, TimeoutSpec};
+use model::policy::{applicable, applicable_to, Facts, Mode, Origin, Policy, Selector};
 use model::resource::{MeshSpec, Resource};
 use proto::v1 as pb;
 use serde_json::Value;
@@ -26,6 +28,8 @@ pub struct PolicySet {
     pub tcp: Vec<Policy<TcpRouteSpec>>,
     pub faults: Vec<Policy<FaultInjectionSpec>>,
     pub limits: Vec<Policy<RateLimitSpec>>,
+    pub retries: Vec<Policy<RetrySpec>>,
+    pub timeouts: Vec<Policy<TimeoutSpec>>,
     pub defaults: AccessDefaults,
     /// Zone → region, for callers named by region.
     pub regions: BTreeMap<String, String>,
@@ -82,6 +86,10 @@ impl PolicySet {
                     set.faults.push(p);
                 } else if let Some(p) = model::policy::parse(r, "RateLimit", origin) {
                     set.limits.push(p);
+                } else if let Some(p) = model::policy::parse(r, "Retry", origin) {
+                    set.retries.push(p);
+                } else if let Some(p) = model::policy::parse(r, "Timeout", origin) {
+                    set.timeouts.push(p);
                 }
             }
         }
@@ -277,6 +285,105 @@ impl PolicySet {
                 }
             });
         (http, tcp, policies)
+    }
+}
+
+impl PolicySet {
+    /// What a proxy's Retry and Timeout policies say about calls to
+    /// `service`, merged field by field in precedence order (a field the
+    /// first policy leaves out comes from the next), and the policies that
+    /// gave something. `None`: no policy applies.
+    pub fn resilience(
+        &self,
+        proxy: &ProxyFacts,
+        service: &str,
+    ) -> (Option<pb::Resilience>, Vec<String>) {
+        let f = proxy.facts();
+        let mut policies = Vec::new();
+        let retries = applicable_to(&self.retries, &f, service);
+        let timeouts = applicable_to(&self.timeouts, &f, service);
+        if retries.is_empty() && timeouts.is_empty() {
+            return (None, policies);
+        }
+        let retry = (!retries.is_empty()).then(|| {
+            policies.extend(retries.iter().map(|p| p.reference()));
+            merge_retry(retries.iter().map(|p| &p.spec))
+        });
+        let timeouts = (!timeouts.is_empty()).then(|| {
+            policies.extend(timeouts.iter().map(|p| p.reference()));
+            merge_timeouts(timeouts.iter().map(|p| &p.spec))
+        });
+        (Some(pb::Resilience { retry, timeouts }), policies)
+    }
+}
+
+/// The first value given, in precedence order.
+fn first<'a, S: 'a, T>(
+    specs: impl Iterator<Item = &'a S> + Clone,
+    field: impl Fn(&'a S) -> Option<T>,
+) -> Option<T> {
+    specs.clone().find_map(field)
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    d.as_millis().clamp(1, u64::MAX as u128) as u64
+}
+
+fn merge_retry<'a>(specs: impl Iterator<Item = &'a RetrySpec> + Clone) -> pb::RetryPolicy {
+    let http = specs.clone().filter_map(|s| s.http.as_ref());
+    let on = first(http.clone(), |h| h.on.clone());
+    let budget = first(http.clone(), |h| h.budget.clone());
+    let backoff = first(http.clone(), |h| h.backoff.clone());
+    pb::RetryPolicy {
+        attempts: first(http.clone(), |h| h.attempts).unwrap_or(0),
+        per_try_timeout_ms: first(http.clone(), |h| {
+            h.per_try_timeout.as_ref().map(|d| ms(d.0))
+        })
+        .unwrap_or(0),
+        on_given: on.is_some(),
+        on: on
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect(),
+        status_codes: first(http.clone(), |h| h.status_codes.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(u32::from)
+            .collect(),
+        grpc_statuses: first(http.clone(), |h| h.grpc_statuses.clone()).unwrap_or_default(),
+        backoff_base_ms: backoff.as_ref().map(|b| ms(b.base.0)).unwrap_or(0),
+        backoff_max_ms: backoff.as_ref().map(|b| ms(b.max.0)).unwrap_or(0),
+        budget_given: budget.is_some(),
+        budget_percent: budget.as_ref().map(|b| b.percent).unwrap_or(0.0),
+        budget_min_per_second: budget.as_ref().map(|b| b.min_per_second).unwrap_or(0),
+        attempts_per_locality: first(http.clone(), |h| h.attempts_per_locality).unwrap_or(0),
+        idempotent_methods: first(http, |h| h.idempotent_methods.clone()).unwrap_or_default(),
+        tcp_connect_attempts: first(specs.filter_map(|s| s.tcp.as_ref()), |t| t.connect_attempts)
+            .unwrap_or(0),
+    }
+}
+
+fn merge_timeouts<'a>(specs: impl Iterator<Item = &'a TimeoutSpec> + Clone) -> pb::Timeouts {
+    let limit = |field: fn(&TimeoutSpec) -> Option<timeout::Limit>| -> (u64, bool) {
+        match first(specs.clone(), field) {
+            None => (0, false),
+            Some(timeout::Limit::Infinite) => (0, true),
+            Some(timeout::Limit::After(d)) => (ms(d), false),
+        }
+    };
+    let (connect_ms, _) = limit(|s| s.connect);
+    let (request_ms, request_infinite) = limit(|s| s.request);
+    let (idle_ms, idle_infinite) = limit(|s| s.idle);
+    let (stream_ms, stream_infinite) = limit(|s| s.stream_duration);
+    pb::Timeouts {
+        connect_ms,
+        request_ms,
+        request_infinite,
+        idle_ms,
+        idle_infinite,
+        stream_ms,
+        stream_infinite,
     }
 }
 
@@ -521,6 +628,64 @@ mod tests {
         assert_eq!((l[1].burst, l[1].per_header.as_str()), (10, "x-api-key"));
         assert!(l[2].tcp && !l[2].http_only);
         assert!(s.inbound(&proxy("web", "eu-1", &[])).rate_limits.is_empty());
+    }
+
+    /// A field the most specific policy leaves out comes from the next one;
+    /// a policy naming the destination beats a mesh-wide one at equal
+    /// target specificity; policies for other destinations or callers do
+    /// not apply.
+    #[test]
+    fn retry_and_timeout_policies_merge_field_by_field_in_precedence_order() {
+        let mesh = format!("{H}kind: Retry\nmetadata: {{name: mesh}}\nspec:\n  http: {{attempts: 2, perTryTimeout: 1s, budget: {{percent: 5, minPerSecond: 1}}}}\n  tcp: {{connectAttempts: 4}}\n");
+        let api = format!("{H}kind: Retry\nmetadata: {{name: api}}\nspec:\n  to: {{service: api}}\n  http: {{attempts: 5, on: [5xx], statusCodes: [429], idempotentMethods: [PUT]}}\n");
+        let web_api = format!("{H}kind: Retry\nmetadata: {{name: web-api}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  http: {{backoff: {{base: 10ms, max: 80ms}}}}\n");
+        let other = format!("{H}kind: Retry\nmetadata: {{name: db}}\nspec:\n  to: {{service: db}}\n  http: {{attempts: 9}}\n");
+        let t_mesh = format!(
+            "{H}kind: Timeout\nmetadata: {{name: mesh}}\nspec:\n  connect: 2s\n  request: 20s\n"
+        );
+        let t_api = format!("{H}kind: Timeout\nmetadata: {{name: api}}\nspec:\n  to: {{service: api}}\n  request: infinite\n  idle: 5m\n");
+        let s = set(&[&mesh, &api, &web_api, &other, &t_mesh, &t_api], &[]);
+        let (r, policies) = s.resilience(&proxy("web", "eu-1", &[]), "api");
+        let r = r.unwrap();
+        let retry = r.retry.unwrap();
+        assert_eq!(
+            retry.attempts, 5,
+            "the destination's policy beats the mesh's"
+        );
+        assert_eq!(retry.per_try_timeout_ms, 1000, "from the mesh's");
+        assert_eq!((retry.backoff_base_ms, retry.backoff_max_ms), (10, 80));
+        assert!(retry.on_given);
+        assert_eq!(retry.on, ["5xx"]);
+        assert_eq!(retry.status_codes, [429]);
+        assert_eq!(retry.idempotent_methods, ["PUT"]);
+        assert!(retry.budget_given);
+        assert_eq!(
+            (retry.budget_percent, retry.budget_min_per_second),
+            (5.0, 1)
+        );
+        assert_eq!(retry.tcp_connect_attempts, 4);
+        let t = r.timeouts.unwrap();
+        assert_eq!(t.connect_ms, 2000);
+        assert!(t.request_infinite && t.request_ms == 0);
+        assert_eq!(t.idle_ms, 300_000);
+        assert_eq!(
+            policies,
+            [
+                "Retry/web-api",
+                "Retry/api",
+                "Retry/mesh",
+                "Timeout/api",
+                "Timeout/mesh"
+            ]
+        );
+        // Another caller does not get web's backoff; db's attempts stay db's.
+        let (r, _) = s.resilience(&proxy("batch", "eu-1", &[]), "api");
+        assert_eq!(r.unwrap().retry.unwrap().backoff_base_ms, 0);
+        let (r, _) = s.resilience(&proxy("web", "eu-1", &[]), "db");
+        assert_eq!(r.unwrap().retry.unwrap().attempts, 9);
+        // No policy at all: nothing compiled, the proxy's defaults apply.
+        let none = set(&[], &[]);
+        assert_eq!(none.resilience(&proxy("web", "eu-1", &[]), "api").0, None);
     }
 
     #[test]

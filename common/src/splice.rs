@@ -122,7 +122,8 @@ where
     };
     let copy = tokio::io::copy_bidirectional(&mut ta, &mut tb);
     tokio::pin!(copy);
-    let idle_ms = idle.as_millis() as u64;
+    // `Duration::MAX` (no limit) and anything past a century wait a century.
+    let idle_ms = idle.as_millis().min(100 * 365 * 86_400_000) as u64;
     loop {
         let due = last.load(Ordering::Relaxed).saturating_add(idle_ms);
         let at = base() + Duration::from_millis(due);

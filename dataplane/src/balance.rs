@@ -13,6 +13,7 @@ use model::ident::SpiffeId;
 use proto::v1 as pb;
 
 use crate::protocol::Protocol;
+use crate::resilience::{Defaults, Resilience};
 
 /// Where a connection to an endpoint goes and whom it must reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,9 @@ pub struct Target {
     pub identity: SpiffeId,
     /// Set when the endpoint is another zone reached through a local gateway.
     pub via: Option<Via>,
+    /// How long opening a connection may take (the destination's Timeout
+    /// policy).
+    pub connect_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +173,7 @@ impl Endpoint {
                 addr: self.target.addr,
                 identity: self.target.identity.clone(),
                 via: Some(via),
+                connect_timeout: self.target.connect_timeout,
             }),
             authority,
             zone: self.zone.clone(),
@@ -211,6 +216,9 @@ pub struct Cluster {
     /// Per tier: whether it holds gateway paths (else the fast path applies).
     tier_has_via: Vec<bool>,
     rng: Rng,
+    /// What the destination's Retry and Timeout policies say; shared with
+    /// the route backends built from this cluster (one retry budget).
+    pub resilience: Arc<Resilience>,
 }
 
 /// A pick: the endpoint, and the index of its tier.
@@ -243,7 +251,13 @@ impl Cluster {
             tiers,
             tier_has_via,
             rng: Rng::new(),
+            resilience: default_resilience(),
         }
+    }
+
+    pub fn with_resilience(mut self, r: Arc<Resilience>) -> Self {
+        self.resilience = r;
+        self
     }
 
     fn next_rand(&self) -> f64 {
@@ -402,6 +416,16 @@ pub struct Clusters {
     pub version: u64,
 }
 
+/// The settings of a destination no policy names, with the built-in
+/// defaults (used by clusters built outside a config, as in tests).
+fn default_resilience() -> Arc<Resilience> {
+    static D: std::sync::OnceLock<Arc<Resilience>> = std::sync::OnceLock::new();
+    D.get_or_init(|| {
+        Arc::new(Resilience::build(None, &Defaults::default()).expect("defaults are valid"))
+    })
+    .clone()
+}
+
 fn authority_for(addr: SocketAddr, via: &Option<Via>) -> Result<http::uri::Authority, String> {
     let s = match via {
         None => addr.to_string(),
@@ -438,7 +462,12 @@ fn subset_hash(subset: &[(String, String)]) -> u64 {
 
 impl Clusters {
     /// Build from config, keeping endpoint health from `old`.
-    pub fn build(cfg: &[pb::Cluster], old: &Clusters, version: u64) -> Result<Self, String> {
+    pub fn build(
+        cfg: &[pb::Cluster],
+        old: &Clusters,
+        version: u64,
+        defaults: &Defaults,
+    ) -> Result<Self, String> {
         let mut by_service = HashMap::new();
         let known: HashMap<(&str, &SpiffeId), &Arc<Endpoint>> = old
             .by_service
@@ -449,6 +478,13 @@ impl Clusters {
         for c in cfg {
             let protocol =
                 Protocol::parse(&c.protocol).map_err(|e| format!("cluster {}: {e}", c.service))?;
+            let resilience = Resilience::build(c.resilience.as_ref(), defaults)
+                .map_err(|e| format!("cluster {}: {e}", c.service))?;
+            // Unchanged settings keep their retry budget's window.
+            let resilience = match old.by_service.get(&c.service) {
+                Some(o) if o.resilience.same_settings(&resilience) => o.resilience.clone(),
+                _ => Arc::new(resilience),
+            };
             let mut endpoints = Vec::new();
             for e in c.endpoints.iter().filter(|e| e.healthy) {
                 let ip: std::net::IpAddr = e.address.parse().map_err(|_| {
@@ -479,6 +515,7 @@ impl Clusters {
                 let ep = match &prior {
                     Some(old)
                         if old.priority == e.priority
+                            && old.target.connect_timeout == resilience.connect_timeout
                             && old.weight == e.weight.max(1)
                             && old.labels.len() == e.labels.len()
                             && e.labels.iter().all(|(k, v)| old.labels.get(k) == Some(v))
@@ -491,6 +528,7 @@ impl Clusters {
                             addr,
                             identity,
                             via,
+                            connect_timeout: resilience.connect_timeout,
                         }),
                         authority,
                         zone: e.zone.clone(),
@@ -508,7 +546,10 @@ impl Clusters {
             }
             by_service.insert(
                 c.service.clone(),
-                Arc::new(Cluster::new(c.service.clone(), protocol, endpoints)),
+                Arc::new(
+                    Cluster::new(c.service.clone(), protocol, endpoints)
+                        .with_resilience(resilience),
+                ),
             );
         }
         Ok(Self {
@@ -534,6 +575,7 @@ impl Clusters {
                 serde_json::json!({
                     "protocol": format!("{:?}", c.protocol),
                     "tierLoads": c.tier_loads(&[], 0),
+                    "resilience": c.resilience.dump(),
                     "endpoints": c.endpoints.iter().map(|e| serde_json::json!({
                         "address": e.target.addr.to_string(),
                         "authority": e.authority.to_string(),
@@ -583,7 +625,7 @@ mod tests {
             ],
             ..Default::default()
         }];
-        Clusters::build(&cfg, &Clusters::default(), 1)
+        Clusters::build(&cfg, &Clusters::default(), 1, &Defaults::default())
             .unwrap()
             .by_service["api"]
             .clone()
@@ -660,7 +702,7 @@ mod tests {
             ],
             ..Default::default()
         }];
-        let c = Clusters::build(&cfg, &Clusters::default(), 1)
+        let c = Clusters::build(&cfg, &Clusters::default(), 1, &Defaults::default())
             .unwrap()
             .by_service["api"]
             .clone();
@@ -700,7 +742,7 @@ mod tests {
             ],
             ..Default::default()
         }];
-        let c2 = Clusters::build(&cfg, &Clusters::default(), 1)
+        let c2 = Clusters::build(&cfg, &Clusters::default(), 1, &Defaults::default())
             .unwrap()
             .by_service["api"]
             .clone();

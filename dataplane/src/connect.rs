@@ -149,7 +149,8 @@ pub enum ConnectError {
     Header(#[from] common::flow::HeaderError),
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Each step of the hop to a local gateway (TCP, then TLS).
+const CONNECT_TIMEOUT: Duration = crate::resilience::DEFAULT_CONNECT_TIMEOUT;
 
 async fn timed<T>(
     addr: SocketAddr,
@@ -187,7 +188,27 @@ pub async fn dial_gateway(
 /// Open the end-to-end mTLS session to `target`: directly, or through the
 /// local gateway named by `target.addr` (an mTLS hop to the gateway, the
 /// flow header, then the end-to-end handshake inside).
+/// The whole is bounded by the destination's connect timeout.
 pub async fn connect_mesh(
+    shared: &Arc<Shared>,
+    target: &Target,
+    alpn: Alpn,
+) -> Result<MeshStream, ConnectError> {
+    let limit = target.connect_timeout;
+    tokio::time::timeout(limit, connect_mesh_unbounded(shared, target, alpn))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ConnectError::Io {
+                addr: target.addr,
+                source: io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("not connected within the connect timeout of {limit:?}"),
+                ),
+            })
+        })
+}
+
+async fn connect_mesh_unbounded(
     shared: &Arc<Shared>,
     target: &Target,
     alpn: Alpn,
@@ -199,14 +220,14 @@ pub async fn connect_mesh(
         .map_err(|e| ConnectError::Tls(e.to_string()))?;
     let stream = match &target.via {
         None => {
-            let tcp = timed(addr, TcpStream::connect(addr)).await?;
+            let io = |source| ConnectError::Io { addr, source };
+            let tcp = TcpStream::connect(addr).await.map_err(io)?;
             let _ = tcp.set_nodelay(true);
             MeshStream::Direct(
-                timed(
-                    addr,
-                    TlsConnector::from(cfg).connect(common::tls::sni(), tcp),
-                )
-                .await?,
+                TlsConnector::from(cfg)
+                    .connect(common::tls::sni(), tcp)
+                    .await
+                    .map_err(io)?,
             )
         }
         Some(via) => {
@@ -226,12 +247,10 @@ pub async fn connect_mesh(
                 subset: via.subset.clone(),
             }
             .encode()?;
-            let inner = timed(
-                addr,
-                TlsConnector::from(cfg)
-                    .connect(common::tls::sni(), HeaderFirst::new(header, outer)),
-            )
-            .await;
+            let inner = TlsConnector::from(cfg)
+                .connect(common::tls::sni(), HeaderFirst::new(header, outer))
+                .await
+                .map_err(|source| ConnectError::Io { addr, source });
             // Topped up once this flow's own handshake is over, so that the
             // spare's handshake does not compete with it for the CPU here
             // and on the gateway.

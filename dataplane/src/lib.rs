@@ -21,6 +21,7 @@ pub mod pool;
 pub mod protocol;
 pub mod proxy;
 pub mod ratelimit;
+pub mod resilience;
 pub mod retry;
 pub mod route;
 pub mod spares;
@@ -94,14 +95,17 @@ pub struct Config {
     /// Worker threads for the data path.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Per-attempt timeout of idempotent requests; a timed-out attempt is
-    /// retried in the next locality.
+    /// Per-attempt timeout of requests that may be retried, when no Retry
+    /// policy sets `perTryTimeout`; a timed-out attempt is retried in the
+    /// next locality.
     #[arg(long, default_value = "10s", value_parser = positive_duration)]
     pub per_try_timeout: Duration,
-    /// How long a request that is not retried (a POST, a gRPC call, an
-    /// upgrade) waits for the response head; 0 waits as long as the
-    /// caller. Streaming bodies are not limited by it.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// How long a request waits for its response head, across all its
+    /// attempts, when no Timeout policy sets `request` for its destination
+    /// (also the limit on the local app's answer to an inbound request);
+    /// 0 waits as long as the caller. Streaming bodies are not limited by
+    /// it.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
     /// An opaque TCP flow or upgraded connection (WebSocket) on which
     /// nothing moves either way this long is closed.
@@ -253,6 +257,9 @@ fn compile_policies(
         c.http_routes = http;
         c.tcp_route = tcp;
         c.policies = policies;
+        let (resilience, more) = set.resilience(&facts, &c.service);
+        c.resilience = resilience;
+        c.policies.extend(more);
     }
     Ok((clusters, Some(set.inbound(&facts))))
 }
@@ -326,6 +333,11 @@ impl Running {
 }
 
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    let defaults = resilience::Defaults {
+        per_try_timeout: cfg.per_try_timeout,
+        request_timeout: (!cfg.request_timeout.is_zero()).then_some(cfg.request_timeout),
+        tcp_idle: cfg.tcp_idle_timeout,
+    };
     let mut reg = prometheus_client::registry::Registry::with_prefix("tern_proxy");
     let metrics = metrics::Metrics::new(&mut reg);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -361,7 +373,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             Some(i) => Protocol::parse(&i.protocol).map_err(anyhow::Error::msg)?,
             None => Protocol::Http1,
         };
-        let shared = Arc::new(Shared::new(inbound_protocol));
+        let shared = Arc::new(Shared::new(inbound_protocol).with_defaults(defaults));
         shared.set_trust(policy)?;
         shared.set_identity(ident)?;
         let clusters: Vec<pb::Cluster> = b
@@ -439,7 +451,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             // a sidecar that retries a refused registration forever.
             model::resource::check_name("--reachable-services", s)?;
         }
-        let shared = Arc::new(Shared::new(protocol));
+        let shared = Arc::new(Shared::new(protocol).with_defaults(defaults));
         let registration = pb::Registration {
             service: service.clone(),
             address: cfg.address.to_string(),
@@ -500,7 +512,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         app_addr,
         app_proto,
         proxy::Options {
-            per_try_timeout: cfg.per_try_timeout,
             request_timeout: (!cfg.request_timeout.is_zero()).then_some(cfg.request_timeout),
             limits: proxy::HeaderLimits {
                 max_headers: cfg.max_headers as usize,

@@ -80,6 +80,7 @@ pub struct Metrics {
     pub tls_failures: Family<DirLabel, Counter>,
     pub connections_distrusted: Counter,
     pub retries: Counter,
+    pub retries_refused: Counter,
     pub upstream_connect_errors: Counter,
     pub config_updates: Counter,
     pub config_rejected: Counter,
@@ -113,6 +114,7 @@ impl Metrics {
             tls_failures: Family::default(),
             connections_distrusted: Counter::default(),
             retries: Counter::default(),
+            retries_refused: Counter::default(),
             upstream_connect_errors: Counter::default(),
             config_updates: Counter::default(),
             config_rejected: Counter::default(),
@@ -183,6 +185,11 @@ impl Metrics {
             "retries",
             "Requests retried on another endpoint",
             m.retries.clone(),
+        );
+        reg.register(
+            "retries_refused",
+            "Retries not made because the destination's retry budget was spent",
+            m.retries_refused.clone(),
         );
         reg.register(
             "upstream_connect_errors",

@@ -13,7 +13,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header;
@@ -29,7 +29,7 @@ use crate::metrics::{DirLabel, Direction, ResultLabel};
 use crate::protocol::{Alpn, Protocol};
 use crate::proxy::{
     empty, error_response, mesh_request, path_of, strip_hop_by_hop, Body, Proxy, CLIENT_ID_HEADER,
-    EJECT_FOR, IDEMPOTENT_HEADER, MAX_ATTEMPTS, MAX_REPLAY_BODY,
+    EJECT_FOR, IDEMPOTENT_HEADER, MAX_REPLAY_BODY,
 };
 use crate::retry::Outgoing;
 use crate::split::Mirror;
@@ -100,7 +100,8 @@ impl Proxy {
         }
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut min_tier = 0;
-        for _ in 0..MAX_ATTEMPTS {
+        let policy = cluster.resilience.clone();
+        for _ in 0..policy.tcp_connect_attempts {
             let Some((ep, tier)) = cluster.pick(&tried, min_tier) else {
                 break;
             };
@@ -108,10 +109,20 @@ impl Proxy {
             min_tier = tier + 1;
             match connect_mesh(&self.shared, &ep.target, Alpn::Tcp).await {
                 Ok(mut up) => {
-                    if let Err(e) =
-                        common::splice::copy_bidirectional_idle(&mut client, &mut up, self.tcp_idle)
-                            .await
-                    {
+                    let idle = policy.tcp_idle.unwrap_or(Duration::MAX);
+                    let flow = common::splice::copy_bidirectional_idle(&mut client, &mut up, idle);
+                    let ended = match policy.stream_duration {
+                        Some(limit) => {
+                            tokio::time::timeout(limit, flow).await.unwrap_or_else(|_| {
+                                Err(std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    format!("closed at the stream duration limit of {limit:?}"),
+                                ))
+                            })
+                        }
+                        None => flow.await,
+                    };
+                    if let Err(e) = ended {
                         tracing::debug!(service, error = %e, "outbound TCP flow ended");
                     }
                     return;
@@ -184,7 +195,7 @@ impl Proxy {
         // body, and anything the caller marks idempotent (gRPC has no wire
         // marker; a client interceptor sets the header). Marked requests
         // are buffered so each attempt can replay them.
-        let marked = parts
+        let marked_by_caller = parts
             .headers
             .remove(IDEMPOTENT_HEADER)
             .is_some_and(|v| v == "true" || v == "1");
@@ -241,6 +252,10 @@ impl Proxy {
             }
             timeout = rule.timeout;
         }
+        let policy = target.resilience.clone();
+        // A method the destination's Retry policy lists as idempotent is
+        // buffered and repeated like a request the caller marks.
+        let marked = marked_by_caller || policy.idempotent_methods.contains(&parts.method);
         let (replay, body): (Option<Bytes>, Option<Body>) = if marked && !bodyless {
             match http_body_util::Limited::new(body, MAX_REPLAY_BODY)
                 .collect()
@@ -271,18 +286,38 @@ impl Proxy {
             bodyless,
             retryable: (safe_method && bodyless) || marked,
         };
-        let mut resp = match timeout {
-            None => self.attempts(&service, &target, out).await,
-            Some(limit) => match tokio::time::timeout(limit, self.attempts(&service, &target, out)).await {
-                Ok(r) => r,
-                Err(_) => error_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "service {service}: no response head within the route timeout of {limit:?} ({})",
-                        selected.as_ref().map(|s| s.rule.name.as_ref()).unwrap_or_default()
-                    ),
+        // The route's timeout, else the destination's request timeout: until
+        // the response head, across all attempts.
+        let (limit, whose) = match timeout {
+            Some(t) => (
+                Some(t),
+                format!(
+                    "the route timeout of {t:?} ({})",
+                    selected
+                        .as_ref()
+                        .map(|s| s.rule.name.as_ref())
+                        .unwrap_or_default()
                 ),
-            },
+            ),
+            None => (
+                policy.request_timeout,
+                format!(
+                    "the request timeout of {:?}",
+                    policy.request_timeout.unwrap_or_default()
+                ),
+            ),
+        };
+        let mut resp = match limit {
+            None => self.attempts(&service, &target, out).await,
+            Some(limit) => {
+                match tokio::time::timeout(limit, self.attempts(&service, &target, out)).await {
+                    Ok(r) => r,
+                    Err(_) => error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("service {service}: no response head within {whose}"),
+                    ),
+                }
+            }
         };
         if let Some(ops) = selected
             .as_ref()
@@ -336,7 +371,7 @@ impl Proxy {
             .insert(MIRROR_HEADER, http::HeaderValue::from_static("true"));
         let client = client.clone();
         let metrics = self.metrics.clone();
-        let limit = self.per_try_timeout;
+        let limit = m.cluster.resilience.per_try_timeout;
         tokio::spawn(async move {
             let result = match tokio::time::timeout(limit, client.send(r)).await {
                 Ok(Ok(_)) => "sent",

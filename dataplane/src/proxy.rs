@@ -43,7 +43,6 @@ pub const IDEMPOTENT_HEADER: &str = "x-tern-idempotent";
 /// Largest body buffered to replay a marked-idempotent request.
 pub const MAX_REPLAY_BODY: usize = 64 * 1024;
 pub(crate) const EJECT_FOR: Duration = Duration::from_secs(5);
-pub(crate) const MAX_ATTEMPTS: usize = 3;
 
 pub(crate) fn empty() -> Body {
     Either::Right(Full::new(Bytes::new()))
@@ -197,19 +196,20 @@ pub struct Proxy {
     pub(crate) app_addr: Option<SocketAddr>,
     pub(crate) app_authority: http::uri::Authority,
     pub(crate) app_protocol: Protocol,
-    pub(crate) per_try_timeout: Duration,
+    /// For the local app's answer to an inbound request.
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) limits: HeaderLimits,
     pub(crate) tcp_idle: Duration,
+    /// For retry backoff jitter.
+    pub(crate) rng: crate::balance::Rng,
 }
 
-/// Limits of the data path, from the command line.
+/// Limits of the data path, from the command line. The outbound side's
+/// timeouts come per destination from `Cluster::resilience`.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
-    /// Per attempt, for retryable requests.
-    pub per_try_timeout: Duration,
-    /// Until the response head arrives, for requests that are not retried;
-    /// `None` waits as long as the caller does.
+    /// Until the local app's response head arrives (inbound); `None` waits
+    /// as long as the caller does.
     pub request_timeout: Option<Duration>,
     pub limits: HeaderLimits,
     /// An opaque or upgraded flow on which nothing moves this long closes.
@@ -264,8 +264,8 @@ impl Proxy {
                 .parse()
                 .expect("socket address is an authority"),
             app_protocol,
-            per_try_timeout: opts.per_try_timeout,
             request_timeout: opts.request_timeout,
+            rng: crate::balance::Rng::new(),
             limits,
             tcp_idle: opts.tcp_idle,
         })

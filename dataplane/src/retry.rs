@@ -1,17 +1,24 @@
 //! Attempts: a routed request sent to endpoints the locality-aware balancer
-//! picks, retried in the next locality when that is safe. A failed connect
-//! is retried for any request without a body (nothing was sent);
-//! idempotent requests (GET/HEAD/OPTIONS/TRACE without a body, or marked
-//! `x-tern-idempotent`, whose body is buffered) on any failure. Each
-//! attempt's outcome is typed ([`Failure`]), and decides whether the
-//! endpoint is ejected and whether another attempt is made.
+//! picks, and sent again when the destination's Retry policy
+//! (`resilience.rs`, with defaults) says so and it is safe: a failed
+//! connect sent nothing and is retried for any request; anything else only
+//! for a request that may be repeated (GET/HEAD/OPTIONS/TRACE without a
+//! body, a method the policy lists as idempotent, or one the caller marks
+//! `x-tern-idempotent`; bodies of the last two are buffered). Each
+//! attempt's outcome is typed ([`Failure`]) and decides whether the
+//! endpoint is ejected, whether another attempt is made, and where: after
+//! `attemptsPerLocality` failures in one locality, the next attempt goes to
+//! the next. Retries wait an exponential backoff with jitter and draw on
+//! the destination's retry budget.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{Response, StatusCode, Version};
 use http_body_util::{Either, Full};
+use model::policy::retry::Condition;
 
 use crate::balance::{Cluster, Endpoint};
 use crate::connect::MeshConnector;
@@ -19,8 +26,9 @@ use crate::pool::{Pool, PoolError};
 use crate::protocol::Protocol;
 use crate::proxy::{
     empty, error_chain, error_response, mesh_request, Body, Proxy, EJECT_FOR, ERROR_HEADER,
-    ERROR_UNAVAILABLE, MAX_ATTEMPTS,
+    ERROR_UNAVAILABLE,
 };
+use crate::resilience::grpc_status;
 
 /// How an attempt failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +43,8 @@ pub enum Failure {
     Limit,
     /// A mesh proxy on the way could not deliver (`x-tern-error: proxy`).
     Unavailable,
+    /// The destination answered with a status the policy retries.
+    Answer,
 }
 
 impl Failure {
@@ -48,9 +58,24 @@ impl Failure {
         }
     }
 
-    /// Whether the endpoint is at fault (it is ejected for a while).
+    /// Whether the endpoint is at fault (it is ejected for a while). An
+    /// answer is not: the endpoint works, and outlier detection judges its
+    /// answers.
     pub fn ejects(self) -> bool {
-        !matches!(self, Failure::Limit)
+        !matches!(self, Failure::Limit | Failure::Answer)
+    }
+
+    /// The Retry condition that covers this failure.
+    pub fn condition(self) -> Option<Condition> {
+        match self {
+            Failure::Connect => Some(Condition::ConnectFailure),
+            Failure::Connection => Some(Condition::Reset),
+            Failure::Timeout => Some(Condition::Timeout),
+            Failure::Unavailable => Some(Condition::Unavailable),
+            // Covered by the status lists and conditions themselves.
+            Failure::Answer => None,
+            Failure::Limit => None,
+        }
     }
 
     /// Whether another attempt may follow: a failed connect sent nothing;
@@ -86,7 +111,8 @@ impl Proxy {
     }
 
     /// Send `req` to endpoints of `cluster` until one answers or the
-    /// attempts are used up.
+    /// attempts are used up. The caller bounds the whole by the request
+    /// timeout.
     pub(crate) async fn attempts(
         &self,
         service: &str,
@@ -94,16 +120,28 @@ impl Proxy {
         mut req: Outgoing<'_>,
     ) -> Response<Body> {
         let (client, version) = self.upstream_for(cluster.protocol);
+        let policy = &cluster.resilience;
+        policy.budget.deposit(Instant::now());
         // Allocated only when an attempt fails.
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut min_tier = 0;
+        let mut failed_in_tier = 0;
         let mut last_err = String::new();
+        // The last answer a retry was tried for: returned if none follows.
+        let mut last_answer: Option<Response<hyper::body::Incoming>> = None;
         // Set when a connection died under an idempotent request: the next
         // attempt goes to the same endpoint over a new connection.
         let mut again: Option<(Arc<Endpoint>, usize)> = None;
         let mut same_endpoint_retried = false;
-        for attempt in 0..MAX_ATTEMPTS {
-            let Some((ep, tier)) = again.take().or_else(|| cluster.pick(&tried, min_tier)) else {
+        for attempt in 0..policy.attempts {
+            let same_endpoint = again.is_some();
+            // Once every endpoint has failed once, any may be tried again
+            // (a flaky one may answer the next time).
+            let Some((ep, tier)) = again
+                .take()
+                .or_else(|| cluster.pick(&tried, min_tier))
+                .or_else(|| cluster.pick(&[], 0))
+            else {
                 break;
             };
             let b = match (&req.replay, req.body.take()) {
@@ -113,41 +151,60 @@ impl Proxy {
                 (None, None) => break,
             };
             if attempt > 0 {
+                if !policy.budget.withdraw(Instant::now()) {
+                    self.metrics.retries_refused.inc();
+                    last_err.push_str("; no retry: the destination's retry budget is spent");
+                    break;
+                }
                 self.metrics.retries.inc();
+                // A stale pooled connection is nobody's fault: no wait.
+                if !same_endpoint {
+                    let wait = policy.backoff(attempt, &self.rng);
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
             }
             let r = mesh_request(req.parts, &ep.authority, &req.path, version, b);
             let res: Result<Response<hyper::body::Incoming>, (Failure, String)> = if req.retryable {
-                match tokio::time::timeout(self.per_try_timeout, client.send(r)).await {
+                match tokio::time::timeout(policy.per_try_timeout, client.send(r)).await {
                     Ok(r) => r.map_err(|e| (Failure::of(&e), error_chain(&e))),
                     Err(_) => Err((
                         Failure::Timeout,
                         format!(
                             "no response within the per-try timeout of {:?}",
-                            self.per_try_timeout
+                            policy.per_try_timeout
                         ),
                     )),
                 }
             } else {
-                match self.within_request_timeout(client.send(r)).await {
-                    Ok(r) => r.map_err(|e| (Failure::of(&e), error_chain(&e))),
-                    Err(limit) => {
-                        return error_response(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            format!(
-                                "service {service}: no response head from {} within the request timeout of {limit:?}",
-                                ep.authority
-                            ),
-                        )
-                    }
-                }
+                client
+                    .send(r)
+                    .await
+                    .map_err(|e| (Failure::of(&e), error_chain(&e)))
             };
             let failure = match res {
                 // A proxy on the way could not reach the app: for a
                 // retryable request that is a failed attempt, not an answer.
-                Ok(resp) if req.retryable && is_proxy_failure(&resp) => (
-                    Failure::Unavailable,
-                    format!("{} from the mesh", resp.status()),
-                ),
+                Ok(resp)
+                    if req.retryable
+                        && policy.retries_on(Condition::Unavailable)
+                        && is_proxy_failure(&resp) =>
+                {
+                    (
+                        Failure::Unavailable,
+                        format!("{} from the mesh", resp.status()),
+                    )
+                }
+                Ok(resp)
+                    if req.retryable
+                        && policy.inspects_answers()
+                        && policy.retry_status(resp.status(), grpc_status(resp.headers())) =>
+                {
+                    let msg = format!("answered {}", resp.status());
+                    last_answer = Some(resp);
+                    (Failure::Answer, msg)
+                }
                 Ok(resp) => return resp.map(Either::Left),
                 Err(f) => f,
             };
@@ -156,6 +213,9 @@ impl Proxy {
                 // The endpoint answered; its answer is over our limits. Not
                 // its fault, and a retry would get the same.
                 return self.limits.exceeded(&format!("{}'s", ep.authority));
+            }
+            if kind != Failure::Answer {
+                last_answer = None;
             }
             last_err = format!("{}: {msg}", ep.authority);
             tracing::debug!(service, endpoint = %ep.authority, error = %last_err, "attempt failed");
@@ -171,12 +231,24 @@ impl Proxy {
             if kind.ejects() {
                 ep.eject(EJECT_FOR);
             }
-            if !kind.retryable(req.retryable) {
+            let by_condition = match kind.condition() {
+                Some(c) => policy.retries_on(c),
+                None => kind == Failure::Answer,
+            };
+            if !kind.retryable(req.retryable) || !by_condition {
                 break;
             }
             tried.push(ep);
-            // Cross-locality retry: the next attempt goes to the next tier.
-            min_tier = tier + 1;
+            failed_in_tier += 1;
+            if failed_in_tier >= policy.attempts_per_locality {
+                // Cross-locality retry: the next attempt goes to the next
+                // tier.
+                min_tier = tier + 1;
+                failed_in_tier = 0;
+            }
+        }
+        if let Some(answer) = last_answer {
+            return answer.map(Either::Left);
         }
         error_response(
             StatusCode::BAD_GATEWAY,
@@ -201,6 +273,9 @@ mod tests {
 
     #[test]
     fn failures_say_whether_to_eject_and_whether_to_try_again() {
+        // A retried answer: the endpoint works; outlier detection judges it.
+        assert!(!Failure::Answer.ejects() && Failure::Answer.retryable(true));
+        assert!(!Failure::Answer.retryable(false));
         // A connect failure sent nothing: any request may try elsewhere.
         assert!(Failure::Connect.retryable(false) && Failure::Connect.ejects());
         // Once sent, only an idempotent request is repeated.

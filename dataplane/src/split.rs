@@ -73,7 +73,10 @@ pub fn backend_cluster(
             })
             .collect()
     };
-    Arc::new(Cluster::new(base.service.clone(), base.protocol, endpoints))
+    Arc::new(
+        Cluster::new(base.service.clone(), base.protocol, endpoints)
+            .with_resilience(base.resilience.clone()),
+    )
 }
 
 impl Split {
@@ -208,7 +211,7 @@ mod tests {
             ],
             ..Default::default()
         }];
-        crate::balance::Clusters::build(&cfg, &Default::default(), 1)
+        crate::balance::Clusters::build(&cfg, &Default::default(), 1, &Default::default())
             .unwrap()
             .by_service
     }
@@ -284,7 +287,7 @@ mod tests {
             ],
             ..Default::default()
         }];
-        crate::balance::Clusters::build(&cfg, &Default::default(), 1)
+        crate::balance::Clusters::build(&cfg, &Default::default(), 1, &Default::default())
             .unwrap()
             .by_service
     }
@@ -362,7 +365,7 @@ mod tests {
             by_service: cs.clone(),
             version: 1,
         };
-        let rebuilt = crate::balance::Clusters::build(&cfg, &old, 2)
+        let rebuilt = crate::balance::Clusters::build(&cfg, &old, 2, &Default::default())
             .unwrap()
             .by_service;
         assert!(

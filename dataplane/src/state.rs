@@ -17,6 +17,7 @@ use crate::balance::{Clusters, Target};
 use crate::fault::Faults;
 use crate::protocol::{Alpn, Protocol};
 use crate::ratelimit::RateLimits;
+use crate::resilience::Defaults;
 use crate::route::Routes;
 use crate::spares::Spares;
 use crate::split::{Mirror, Split};
@@ -99,12 +100,15 @@ pub struct Shared {
     pub targets: ArcSwap<HashMap<String, Arc<Target>>>,
     /// What the local app speaks, which fixes what the inbound accepts.
     pub inbound: Protocol,
+    /// Timeouts from the command line, for destinations no policy names.
+    pub defaults: Defaults,
 }
 
 impl Shared {
     pub fn new(inbound: Protocol) -> Self {
         Self {
             inbound,
+            defaults: Defaults::default(),
             spares: Arc::new(Spares::default()),
             tls: ArcSwapOption::empty(),
             identity: ArcSwapOption::empty(),
@@ -119,6 +123,12 @@ impl Shared {
             limits: ArcSwap::from_pointee(RateLimits::default()),
             targets: ArcSwap::from_pointee(HashMap::new()),
         }
+    }
+
+    /// With timeouts from the command line.
+    pub fn with_defaults(mut self, d: Defaults) -> Self {
+        self.defaults = d;
+        self
     }
 
     pub fn set_identity(&self, ident: Identity) -> Result<(), tls::TlsConfigError> {
@@ -167,7 +177,7 @@ impl Shared {
         inbound: Option<&pb::InboundPolicy>,
         version: u64,
     ) -> Result<(), String> {
-        let new = Clusters::build(cfg, &self.clusters.load(), version)?;
+        let new = Clusters::build(cfg, &self.clusters.load(), version, &self.defaults)?;
         let mut routes = HashMap::new();
         let mut targets = new.targets();
         // Paths to another zone's label subset exist only in backends: the

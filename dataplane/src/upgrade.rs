@@ -25,7 +25,7 @@ use crate::balance::{Cluster, Endpoint};
 use crate::protocol::Protocol;
 use crate::proxy::{
     app_uri, empty, error_chain, error_response, mesh_request, path_of, strip_hop_by_hop, Body,
-    Proxy, CLIENT_ID_HEADER, EJECT_FOR, ERROR_HEADER, MAX_ATTEMPTS,
+    Proxy, CLIENT_ID_HEADER, EJECT_FOR, ERROR_HEADER,
 };
 
 /// An HTTP/1.1 request asking to switch protocols: `Connection: upgrade`
@@ -89,7 +89,9 @@ impl Proxy {
         let mut body = Some(Either::Left(body));
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut last_err = String::new();
-        for _ in 0..MAX_ATTEMPTS {
+        let policy = cluster.resilience.clone();
+        // Only failed connects are retried (nothing was sent).
+        for _ in 0..policy.tcp_connect_attempts {
             let Some((ep, _)) = cluster.pick(&tried, 0) else {
                 break;
             };
@@ -99,7 +101,12 @@ impl Proxy {
                 None => break,
             };
             let r = mesh_request(&parts, &ep.authority, &path, Version::HTTP_11, b);
-            let Ok(answer) = self.within_request_timeout(self.upstream_h1.send(r)).await else {
+            let send = self.upstream_h1.send(r);
+            let answer = match policy.request_timeout {
+                Some(limit) => tokio::time::timeout(limit, send).await.ok(),
+                None => Some(send.await),
+            };
+            let Some(answer) = answer else {
                 return error_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
@@ -112,7 +119,8 @@ impl Proxy {
                 Ok(mut resp) => {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let to_mesh = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(splice(from_app, to_mesh, self.tcp_idle));
+                        let idle = policy.tcp_idle.unwrap_or(Duration::MAX);
+                        tokio::spawn(splice(from_app, to_mesh, idle));
                     }
                     return resp.map(Either::Left);
                 }

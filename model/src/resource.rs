@@ -16,7 +16,9 @@ use serde_json::Value;
 use crate::policy::access::{AccessDefaults, AccessPolicySpec, MtlsPolicySpec};
 use crate::policy::fault::FaultInjectionSpec;
 use crate::policy::ratelimit::RateLimitSpec;
+use crate::policy::retry::RetrySpec;
 use crate::policy::route::{HttpRouteSpec, TcpRouteSpec};
+use crate::policy::timeout::TimeoutSpec;
 
 pub const API_VERSION: &str = "tern.dev/v1alpha1";
 /// The largest accepted resource, serialized as JSON. Lists are never
@@ -172,6 +174,18 @@ pub const KINDS: &[KindInfo] = &[
         plural: "ratelimits",
         system: false,
         validate: |v| typed::<RateLimitSpec>(v).and_then(|s| s.check()),
+    },
+    KindInfo {
+        name: "Retry",
+        plural: "retries",
+        system: false,
+        validate: |v| typed::<RetrySpec>(v).and_then(|s| s.check()),
+    },
+    KindInfo {
+        name: "Timeout",
+        plural: "timeouts",
+        system: false,
+        validate: |v| typed::<TimeoutSpec>(v).and_then(|s| s.check()),
     },
     KindInfo {
         name: "ZoneIngress",

@@ -552,6 +552,16 @@ fn explain_text(v: &Value) -> String {
                 );
             }
         }
+        if let Some(r) = c["resilience"].as_object().filter(|r| !r.is_empty()) {
+            let settings: Vec<String> = r
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(x) => format!("{k} {x}"),
+                    other => format!("{k} {other}"),
+                })
+                .collect();
+            let _ = writeln!(o, "    resilience: {}", settings.join(", "));
+        }
         if let Some(t) = c["tcpRoute"].as_object() {
             let _ = writeln!(
                 o,

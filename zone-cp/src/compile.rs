@@ -261,17 +261,20 @@ pub fn proxy_config(
         if !reachable.is_empty() && !wanted.contains(name) {
             continue;
         }
-        let (http, tcp, policies) = routed
+        let (http, tcp, mut policies) = routed
             .remove(name.as_str())
             .unwrap_or_else(|| set.routes(facts, name));
-        let item = if http.is_empty() && tcp.is_none() {
-            // No route: the cluster every sidecar shares.
+        let (resilience, more) = set.resilience(facts, name);
+        policies.extend(more);
+        let item = if http.is_empty() && tcp.is_none() && resilience.is_none() {
+            // No policy for calls to it: the cluster every sidecar shares.
             c.clone()
         } else {
             Arc::new(pb::Cluster {
                 http_routes: http,
                 tcp_route: tcp,
                 policies,
+                resilience,
                 ..(**c).clone()
             })
         };

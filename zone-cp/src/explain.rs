@@ -203,6 +203,79 @@ fn endpoint_name(e: &pb::Endpoint) -> String {
     }
 }
 
+/// What the Retry and Timeout policies set, as `setting: value` (what they
+/// leave out takes the defaults in docs/policies.md).
+fn resilience_json(r: &pb::Resilience) -> Value {
+    let mut out = serde_json::Map::new();
+    let ms = |v: u64| format!("{}ms", v);
+    let mut put = |k: &str, v: Value| {
+        out.insert(k.to_string(), v);
+    };
+    if let Some(x) = &r.retry {
+        if x.attempts > 0 {
+            put("attempts", json!(x.attempts));
+        }
+        if x.per_try_timeout_ms > 0 {
+            put("perTryTimeout", json!(ms(x.per_try_timeout_ms)));
+        }
+        if x.on_given {
+            put("on", json!(x.on));
+        }
+        if !x.status_codes.is_empty() {
+            put("statusCodes", json!(x.status_codes));
+        }
+        if !x.grpc_statuses.is_empty() {
+            put("grpcStatuses", json!(x.grpc_statuses));
+        }
+        if x.backoff_base_ms > 0 {
+            put(
+                "backoff",
+                json!(format!(
+                    "{} up to {}",
+                    ms(x.backoff_base_ms),
+                    ms(x.backoff_max_ms)
+                )),
+            );
+        }
+        if x.budget_given {
+            put(
+                "budget",
+                json!(format!(
+                    "{}% of requests + {}/s",
+                    x.budget_percent, x.budget_min_per_second
+                )),
+            );
+        }
+        if x.attempts_per_locality > 0 {
+            put("attemptsPerLocality", json!(x.attempts_per_locality));
+        }
+        if !x.idempotent_methods.is_empty() {
+            put("idempotentMethods", json!(x.idempotent_methods));
+        }
+        if x.tcp_connect_attempts > 0 {
+            put("tcpConnectAttempts", json!(x.tcp_connect_attempts));
+        }
+    }
+    if let Some(t) = &r.timeouts {
+        let lim = |v: u64, inf: bool| match (v, inf) {
+            (_, true) => Some(json!("infinite")),
+            (0, false) => None,
+            (v, false) => Some(json!(ms(v))),
+        };
+        for (k, v) in [
+            ("connectTimeout", lim(t.connect_ms, false)),
+            ("requestTimeout", lim(t.request_ms, t.request_infinite)),
+            ("idleTimeout", lim(t.idle_ms, t.idle_infinite)),
+            ("streamDuration", lim(t.stream_ms, t.stream_infinite)),
+        ] {
+            if let Some(v) = v {
+                put(k, v);
+            }
+        }
+    }
+    Value::Object(out)
+}
+
 fn cluster_json(c: &pb::Cluster, clusters: &BTreeMap<&str, &pb::Cluster>) -> Value {
     json!({
         "protocol": c.protocol,
@@ -229,6 +302,7 @@ fn cluster_json(c: &pb::Cluster, clusters: &BTreeMap<&str, &pb::Cluster>) -> Val
             "name": t.name,
             "backends": t.backends.iter().map(|b| backend_json(b, &c.service, clusters)).collect::<Vec<_>>(),
         })),
+        "resilience": c.resilience.as_ref().map(resilience_json),
         "endpoints": c.endpoints.iter().map(|e| json!({
             "name": endpoint_name(e),
             "zone": e.zone,

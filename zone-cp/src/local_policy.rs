@@ -15,7 +15,16 @@ use model::resource::{self, Resource};
 use tokio::sync::watch;
 
 /// The kinds a zone may declare for itself.
-pub const LOCAL_KINDS: &[&str] = &["AccessPolicy", "MtlsPolicy", "HttpRoute", "TcpRoute"];
+pub const LOCAL_KINDS: &[&str] = &[
+    "AccessPolicy",
+    "MtlsPolicy",
+    "HttpRoute",
+    "TcpRoute",
+    "Retry",
+    "Timeout",
+    "RateLimit",
+    "FaultInjection",
+];
 const POLL: Duration = Duration::from_secs(2);
 
 pub struct LocalPolicies {

@@ -1,6 +1,11 @@
 //! Demo service: answers HTTP/1.1 and h2c with a JSON description of who
 //! served the request and who called (`x-tern-client-id`), or echoes TCP.
 //! `/fake-mesh-error` answers 503 with the mesh's own error header.
+//!
+//! Tests steer an instance through `/control/...` on its own address (not
+//! through the mesh): `/control/fail?status=S&every=N` makes it answer S to
+//! every request but each N-th (no N: every request; status 0 ends it), and
+//! `/control/delay?ms=M` delays every answer by M ms.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -38,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // Of those, copies a mesh proxy mirrored here (`x-tern-mirror`).
     let mirrored = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let control = Arc::new(Control::default());
     loop {
         let (mut tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);
@@ -58,12 +64,17 @@ async fn main() -> anyhow::Result<()> {
         let who = who.clone();
         let served = served.clone();
         let mirrored = mirrored.clone();
+        let control = control.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let who = who.clone();
                 let served = served.clone();
                 let mirrored = mirrored.clone();
+                let control = control.clone();
                 async move {
+                    if req.uri().path().starts_with("/control/") {
+                        return Ok::<_, Infallible>(control.set(req.uri()));
+                    }
                     if req.uri().path() == "/stats" {
                         let n = served.load(std::sync::atomic::Ordering::SeqCst);
                         let m = mirrored.load(std::sync::atomic::Ordering::SeqCst);
@@ -72,6 +83,15 @@ async fn main() -> anyhow::Result<()> {
                         return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))));
                     }
                     served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let delay = control.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+                    if delay > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    }
+                    if let Some(status) = control.failing() {
+                        let mut r = Response::new(Full::new(Bytes::from("failing on purpose\n")));
+                        *r.status_mut() = status;
+                        return Ok::<_, Infallible>(r);
+                    }
                     if req.headers().contains_key("x-tern-mirror") {
                         mirrored.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
@@ -147,5 +167,54 @@ async fn main() -> anyhow::Result<()> {
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });
+    }
+}
+
+/// How tests steer this instance.
+#[derive(Default)]
+struct Control {
+    fail_status: std::sync::atomic::AtomicU64,
+    fail_every: std::sync::atomic::AtomicU64,
+    fail_count: std::sync::atomic::AtomicU64,
+    delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Control {
+    fn set(&self, uri: &hyper::Uri) -> Response<Full<Bytes>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let q = |name: &str| -> Option<u64> {
+            uri.query()?
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        };
+        match uri.path() {
+            "/control/fail" => {
+                self.fail_count.store(0, SeqCst);
+                self.fail_every.store(q("every").unwrap_or(0), SeqCst);
+                self.fail_status.store(q("status").unwrap_or(0), SeqCst);
+            }
+            "/control/delay" => self.delay_ms.store(q("ms").unwrap_or(0), SeqCst),
+            _ => {
+                let mut r = Response::new(Full::new(Bytes::from("unknown control\n")));
+                *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+                return r;
+            }
+        }
+        Response::new(Full::new(Bytes::from("ok\n")))
+    }
+
+    /// The status to fail this request with, if it fails.
+    fn failing(&self) -> Option<hyper::StatusCode> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let status = self.fail_status.load(SeqCst);
+        if status == 0 {
+            return None;
+        }
+        let k = self.fail_count.fetch_add(1, SeqCst) + 1;
+        let every = self.fail_every.load(SeqCst);
+        if every > 0 && k.is_multiple_of(every) {
+            return None;
+        }
+        hyper::StatusCode::from_u16(status as u16).ok()
     }
 }

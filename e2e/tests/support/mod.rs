@@ -5,6 +5,8 @@
 //! it on a slow machine).
 #![allow(dead_code)]
 
+pub mod mesh;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

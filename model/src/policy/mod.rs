@@ -21,7 +21,9 @@
 pub mod access;
 pub mod fault;
 pub mod ratelimit;
+pub mod retry;
 pub mod route;
+pub mod timeout;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -216,6 +218,42 @@ pub fn precedence<T>(a: &Policy<T>, b: &Policy<T>) -> std::cmp::Ordering {
 pub fn applicable<'a, T>(all: &'a [Policy<T>], proxy: &Facts<'_>) -> Vec<&'a Policy<T>> {
     let mut v: Vec<&Policy<T>> = all.iter().filter(|p| p.target.matches(proxy)).collect();
     v.sort_by(|a, b| precedence(a, b));
+    v
+}
+
+/// A spec that governs calls to one destination service, or to every one
+/// (`spec.to` omitted).
+pub trait Destined {
+    fn destination(&self) -> Option<&str>;
+}
+
+/// The policies (from `all`) that apply to a proxy's calls to `service`,
+/// in precedence order: the more specific target first; at equal
+/// specificity, one that names the destination before one that does not;
+/// then the global's before a zone's, then by name.
+pub fn applicable_to<'a, T: Destined>(
+    all: &'a [Policy<T>],
+    proxy: &Facts<'_>,
+    service: &str,
+) -> Vec<&'a Policy<T>> {
+    let mut v: Vec<&Policy<T>> = all
+        .iter()
+        .filter(|p| p.target.matches(proxy))
+        .filter(|p| p.spec.destination().is_none_or(|s| s == service))
+        .collect();
+    v.sort_by(|a, b| {
+        b.target
+            .specificity()
+            .cmp(&a.target.specificity())
+            .then(
+                b.spec
+                    .destination()
+                    .is_some()
+                    .cmp(&a.spec.destination().is_some()),
+            )
+            .then(a.origin.cmp(&b.origin))
+            .then_with(|| a.name.cmp(&b.name))
+    });
     v
 }
 
@@ -457,6 +495,36 @@ mod tests {
              "spec.limits[0].per.header", "lower-case"),
             ("kind: RateLimit\nmetadata: {name: l}\nspec: {limits: [{http: {requests: 5, interval: 1s}, per: tenant}]}",
              "spec.limits[0].per", "unknown variant"),
+            ("kind: Retry\nmetadata: {name: r}\nspec: {to: {service: api}}",
+             "spec", "http, tcp or both"),
+            ("kind: Retry\nmetadata: {name: r}\nspec: {http: {attempts: 11}}",
+             "spec.http.attempts", "1 to 10"),
+            ("kind: Retry\nmetadata: {name: r}\nspec: {http: {on: [5xx, teapot]}}",
+             "spec.http.on[1]", "unknown variant"),
+            ("kind: Retry\nmetadata: {name: r}\nspec: {http: {on: [reset, reset]}}",
+             "spec.http.on[1]", "twice"),
+            ("kind: Retry\nmetadata: {name: r}\nspec: {http: {statusCodes: [200, 700]}}",
+             "spec.http.statusCodes[1]", "100 to 599"),
+            ("kind: Retry\nmetadata: {name: r}\nspec: {http: {grpcStatuses: [0]}}",
+             "spec.http.grpcStatuses[0]", "1 to 16"),
+            ("kind: Retry\nmetadata: {name: r}\nspec: {http: {backoff: {base: 1s, max: 10ms}}}",
+             "spec.http.backoff.max", "allowed is 1s to 1h"),
+            ("kind: Retry\nmetadata: {name: r}\nspec: {http: {budget: {percent: -1, minPerSecond: 1}}}",
+             "spec.http.budget.percent", "0 to 1000"),
+            ("kind: Retry\nmetadata: {name: r}\nspec: {http: {idempotentMethods: [post]}}",
+             "spec.http.idempotentMethods[0]", "upper case"),
+            ("kind: Retry\nmetadata: {name: r}\nspec: {to: {service: API}, http: {attempts: 2}}",
+             "spec.to.service", "invalid name"),
+            ("kind: Timeout\nmetadata: {name: t}\nspec: {to: {service: api}}",
+             "spec", "at least one"),
+            ("kind: Timeout\nmetadata: {name: t}\nspec: {request: 0s}",
+             "spec.request", "infinite"),
+            ("kind: Timeout\nmetadata: {name: t}\nspec: {connect: infinite}",
+             "spec.connect", "cannot be infinite"),
+            ("kind: Timeout\nmetadata: {name: t}\nspec: {idle: forever}",
+             "spec.idle", "invalid duration"),
+            ("kind: Timeout\nmetadata: {name: t}\nspec: {streamDuration: 2d}",
+             "spec.streamDuration", "1ms to 1day"),
         ];
         for (doc, path, says) in cases {
             let errs =
@@ -481,12 +549,12 @@ mod tests {
             errs[0].error
         );
         // And a full document of every kind passes.
-        let ok = format!("{h}kind: HttpRoute\nmetadata: {{name: r}}\nspec:\n  targetRef: {{zone: z1}}\n  to: {{service: api}}\n  rules:\n    - matches: [{{path: {{prefix: /v1}}, method: GET, headers: [{{name: x-u, regex: 'a.*'}}], query: [{{name: q, present: true}}]}}]\n      backends: [{{weight: 90, labels: {{version: v1}}}}, {{weight: 10, zones: [z2]}}]\n      mirror: {{service: s, percent: 12.5}}\n      rewrite: {{pathPrefix: /v2}}\n      requestHeaders: {{set: {{x-a: '1'}}, add: {{x-b: '2'}}, remove: [x-c]}}\n      responseHeaders: {{add: {{x-d: '3'}}}}\n      timeout: 1500ms\n    - {{name: moved, matches: [{{path: {{exact: /old}}}}], redirect: {{scheme: https, host: example.org, port: 8443, path: /new, statusCode: 308}}}}\n---\n{h}kind: TcpRoute\nmetadata: {{name: t}}\nspec: {{to: {{service: db}}, backends: [{{weight: 1, zones: [z2]}}]}}\n---\n{h}kind: MtlsPolicy\nmetadata: {{name: m}}\nspec: {{targetRef: {{service: legacy}}, mode: permissive}}\n---\n{h}kind: AccessPolicy\nmetadata: {{name: a}}\nspec:\n  mode: shadow\n  rules: [{{name: web, action: allow, from: [{{service: web, region: eu, labels: {{team: a}}}}], when: {{methods: [GET], paths: [{{regex: '/x/[0-9]+'}}]}}}}]\n---\n{h}kind: FaultInjection\nmetadata: {{name: f}}\nspec:\n  targetRef: {{service: api}}\n  faults:\n    - {{name: slow, from: [{{service: web}}], when: {{paths: [{{prefix: /v1}}]}}, delay: {{duration: 200ms, percent: 10}}, abort: {{httpStatus: 503, percent: 5}}}}\n    - {{abort: {{grpcStatus: 14, percent: 1}}}}\n    - {{abort: {{reset: true, percent: 50}}}}\n---\n{h}kind: RateLimit\nmetadata: {{name: l}}\nspec:\n  targetRef: {{service: api}}\n  limits:\n    - {{name: reads, from: [{{service: web}}], when: {{methods: [GET]}}, http: {{requests: 100, interval: 1s, burst: 20}}, per: caller}}\n    - {{name: keys, http: {{requests: 10, interval: 1m}}, per: {{header: x-api-key}}}}\n    - {{name: conns, tcp: {{connections: 50, interval: 1s}}}}\n");
+        let ok = format!("{h}kind: HttpRoute\nmetadata: {{name: r}}\nspec:\n  targetRef: {{zone: z1}}\n  to: {{service: api}}\n  rules:\n    - matches: [{{path: {{prefix: /v1}}, method: GET, headers: [{{name: x-u, regex: 'a.*'}}], query: [{{name: q, present: true}}]}}]\n      backends: [{{weight: 90, labels: {{version: v1}}}}, {{weight: 10, zones: [z2]}}]\n      mirror: {{service: s, percent: 12.5}}\n      rewrite: {{pathPrefix: /v2}}\n      requestHeaders: {{set: {{x-a: '1'}}, add: {{x-b: '2'}}, remove: [x-c]}}\n      responseHeaders: {{add: {{x-d: '3'}}}}\n      timeout: 1500ms\n    - {{name: moved, matches: [{{path: {{exact: /old}}}}], redirect: {{scheme: https, host: example.org, port: 8443, path: /new, statusCode: 308}}}}\n---\n{h}kind: TcpRoute\nmetadata: {{name: t}}\nspec: {{to: {{service: db}}, backends: [{{weight: 1, zones: [z2]}}]}}\n---\n{h}kind: MtlsPolicy\nmetadata: {{name: m}}\nspec: {{targetRef: {{service: legacy}}, mode: permissive}}\n---\n{h}kind: AccessPolicy\nmetadata: {{name: a}}\nspec:\n  mode: shadow\n  rules: [{{name: web, action: allow, from: [{{service: web, region: eu, labels: {{team: a}}}}], when: {{methods: [GET], paths: [{{regex: '/x/[0-9]+'}}]}}}}]\n---\n{h}kind: FaultInjection\nmetadata: {{name: f}}\nspec:\n  targetRef: {{service: api}}\n  faults:\n    - {{name: slow, from: [{{service: web}}], when: {{paths: [{{prefix: /v1}}]}}, delay: {{duration: 200ms, percent: 10}}, abort: {{httpStatus: 503, percent: 5}}}}\n    - {{abort: {{grpcStatus: 14, percent: 1}}}}\n    - {{abort: {{reset: true, percent: 50}}}}\n---\n{h}kind: RateLimit\nmetadata: {{name: l}}\nspec:\n  targetRef: {{service: api}}\n  limits:\n    - {{name: reads, from: [{{service: web}}], when: {{methods: [GET]}}, http: {{requests: 100, interval: 1s, burst: 20}}, per: caller}}\n    - {{name: keys, http: {{requests: 10, interval: 1m}}, per: {{header: x-api-key}}}}\n    - {{name: conns, tcp: {{connections: 50, interval: 1s}}}}\n---\n{h}kind: Retry\nmetadata: {{name: r}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  http: {{attempts: 3, perTryTimeout: 2s, on: [connect-failure, reset, timeout, unavailable, gateway-error, 5xx], statusCodes: [429], grpcStatuses: [14], backoff: {{base: 25ms, max: 250ms}}, budget: {{percent: 20, minPerSecond: 10}}, attemptsPerLocality: 2, idempotentMethods: [PUT, DELETE]}}\n  tcp: {{connectAttempts: 2}}\n---\n{h}kind: Timeout\nmetadata: {{name: t}}\nspec: {{to: {{service: api}}, connect: 2s, request: infinite, idle: 10m, streamDuration: 1h}}\n");
         assert_eq!(
             crate::resource::parse_documents("ok.yaml", &ok)
                 .unwrap()
                 .len(),
-            6
+            8
         );
     }
 

@@ -408,6 +408,70 @@ pub struct Cluster {
     /// `Kind/name` of each policy above (for explain output).
     #[prost(string, repeated, tag = "6")]
     pub policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// What this proxy's Retry and Timeout policies say about calls to this
+    /// service, merged field by field; absent: the proxy's defaults.
+    #[prost(message, optional, tag = "7")]
+    pub resilience: ::core::option::Option<Resilience>,
+}
+/// Zero and empty values mean "the proxy's default" throughout.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Resilience {
+    #[prost(message, optional, tag = "1")]
+    pub retry: ::core::option::Option<RetryPolicy>,
+    #[prost(message, optional, tag = "2")]
+    pub timeouts: ::core::option::Option<Timeouts>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    #[prost(uint32, tag = "1")]
+    pub attempts: u32,
+    #[prost(uint64, tag = "2")]
+    pub per_try_timeout_ms: u64,
+    /// Condition names ("connect-failure", "reset", "timeout", "unavailable",
+    /// "gateway-error", "5xx"); `on_given` with none listed retries no
+    /// condition.
+    #[prost(string, repeated, tag = "3")]
+    pub on: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(bool, tag = "4")]
+    pub on_given: bool,
+    #[prost(uint32, repeated, tag = "5")]
+    pub status_codes: ::prost::alloc::vec::Vec<u32>,
+    #[prost(uint32, repeated, tag = "6")]
+    pub grpc_statuses: ::prost::alloc::vec::Vec<u32>,
+    #[prost(uint64, tag = "7")]
+    pub backoff_base_ms: u64,
+    #[prost(uint64, tag = "8")]
+    pub backoff_max_ms: u64,
+    #[prost(bool, tag = "9")]
+    pub budget_given: bool,
+    #[prost(double, tag = "10")]
+    pub budget_percent: f64,
+    #[prost(uint32, tag = "11")]
+    pub budget_min_per_second: u32,
+    #[prost(uint32, tag = "12")]
+    pub attempts_per_locality: u32,
+    #[prost(string, repeated, tag = "13")]
+    pub idempotent_methods: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint32, tag = "14")]
+    pub tcp_connect_attempts: u32,
+}
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct Timeouts {
+    #[prost(uint64, tag = "1")]
+    pub connect_ms: u64,
+    #[prost(uint64, tag = "2")]
+    pub request_ms: u64,
+    #[prost(bool, tag = "3")]
+    pub request_infinite: bool,
+    #[prost(uint64, tag = "4")]
+    pub idle_ms: u64,
+    #[prost(bool, tag = "5")]
+    pub idle_infinite: bool,
+    #[prost(uint64, tag = "6")]
+    pub stream_ms: u64,
+    #[prost(bool, tag = "7")]
+    pub stream_infinite: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct InboundPolicy {

@@ -1,0 +1,466 @@
+//! What a destination's `Retry` and `Timeout` policies compile to in this
+//! proxy (with the documented defaults for what they leave out), and the
+//! two pieces of retry state: the backoff between attempts and the retry
+//! budget. The attempts themselves are in `retry.rs`.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use model::policy::retry::{Condition, DEFAULT_ON};
+use proto::v1 as pb;
+
+use crate::balance::Rng;
+
+/// Defaults that come from the sidecar's flags.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Defaults {
+    pub per_try_timeout: Duration,
+    /// `None`: the flag asked for no limit (`--request-timeout 0`).
+    pub request_timeout: Option<Duration>,
+    pub tcp_idle: Duration,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            per_try_timeout: Duration::from_secs(10),
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
+            tcp_idle: Duration::from_secs(3600),
+        }
+    }
+}
+
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(25);
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(250);
+pub const DEFAULT_BUDGET_PERCENT: f64 = 20.0;
+pub const DEFAULT_BUDGET_MIN_PER_SECOND: u32 = 10;
+
+/// Everything the data path needs to know about calls to one destination.
+#[derive(Debug)]
+pub struct Resilience {
+    pub attempts: u32,
+    pub per_try_timeout: Duration,
+    /// Which conditions are retried, as a bit set of [`Condition`]s.
+    on: u8,
+    pub status_codes: Vec<u16>,
+    pub grpc_statuses: Vec<u32>,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub attempts_per_locality: u32,
+    pub idempotent_methods: Vec<Method>,
+    pub tcp_connect_attempts: u32,
+    pub connect_timeout: Duration,
+    /// Until the response head, across all attempts; `None`: no limit.
+    pub request_timeout: Option<Duration>,
+    /// A TCP flow with nothing moving either way; `None`: no limit.
+    pub tcp_idle: Option<Duration>,
+    /// A TCP flow's whole life; `None`: no limit.
+    pub stream_duration: Option<Duration>,
+    pub budget: Budget,
+}
+
+fn bit(c: Condition) -> u8 {
+    1 << (c as u8)
+}
+
+fn ms_or(ms: u64, default: Duration) -> Duration {
+    if ms == 0 {
+        default
+    } else {
+        Duration::from_millis(ms)
+    }
+}
+
+/// A limit that may be infinite: given, infinite, or the default.
+fn limit(ms: u64, infinite: bool, default: Option<Duration>) -> Option<Duration> {
+    match (ms, infinite) {
+        (_, true) => None,
+        (0, false) => default,
+        (ms, false) => Some(Duration::from_millis(ms)),
+    }
+}
+
+impl Resilience {
+    pub fn build(p: Option<&pb::Resilience>, d: &Defaults) -> Result<Self, String> {
+        let none = pb::RetryPolicy::default();
+        let r = p.and_then(|p| p.retry.as_ref()).unwrap_or(&none);
+        let no_t = pb::Timeouts::default();
+        let t = p.and_then(|p| p.timeouts.as_ref()).unwrap_or(&no_t);
+        let on = if r.on_given {
+            let mut bits = 0;
+            for name in &r.on {
+                let c = Condition::parse(name)
+                    .ok_or_else(|| format!("unknown retry condition {name:?}"))?;
+                bits |= bit(c);
+            }
+            bits
+        } else {
+            DEFAULT_ON.iter().fold(0, |b, c| b | bit(*c))
+        };
+        let idempotent_methods = r
+            .idempotent_methods
+            .iter()
+            .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| format!("bad method {m:?}")))
+            .collect::<Result<_, _>>()?;
+        let (percent, min_per_second) = if r.budget_given {
+            (r.budget_percent, r.budget_min_per_second)
+        } else {
+            (DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_MIN_PER_SECOND)
+        };
+        let backoff_base = ms_or(r.backoff_base_ms, DEFAULT_BACKOFF_BASE);
+        Ok(Self {
+            attempts: if r.attempts == 0 {
+                DEFAULT_ATTEMPTS
+            } else {
+                r.attempts
+            },
+            per_try_timeout: ms_or(r.per_try_timeout_ms, d.per_try_timeout),
+            on,
+            status_codes: r.status_codes.iter().map(|s| *s as u16).collect(),
+            grpc_statuses: r.grpc_statuses.clone(),
+            backoff_base,
+            backoff_max: ms_or(r.backoff_max_ms, DEFAULT_BACKOFF_MAX.max(backoff_base)),
+            attempts_per_locality: r.attempts_per_locality.max(1),
+            idempotent_methods,
+            tcp_connect_attempts: if r.tcp_connect_attempts == 0 {
+                DEFAULT_ATTEMPTS
+            } else {
+                r.tcp_connect_attempts
+            },
+            connect_timeout: ms_or(t.connect_ms, DEFAULT_CONNECT_TIMEOUT),
+            request_timeout: limit(t.request_ms, t.request_infinite, d.request_timeout),
+            tcp_idle: limit(t.idle_ms, t.idle_infinite, Some(d.tcp_idle)),
+            stream_duration: limit(t.stream_ms, t.stream_infinite, None),
+            budget: Budget::new(percent, min_per_second),
+        })
+    }
+
+    /// The same settings as `self` (budget state aside).
+    pub fn same_settings(&self, o: &Resilience) -> bool {
+        self.attempts == o.attempts
+            && self.per_try_timeout == o.per_try_timeout
+            && self.on == o.on
+            && self.status_codes == o.status_codes
+            && self.grpc_statuses == o.grpc_statuses
+            && self.backoff_base == o.backoff_base
+            && self.backoff_max == o.backoff_max
+            && self.attempts_per_locality == o.attempts_per_locality
+            && self.idempotent_methods == o.idempotent_methods
+            && self.tcp_connect_attempts == o.tcp_connect_attempts
+            && self.connect_timeout == o.connect_timeout
+            && self.request_timeout == o.request_timeout
+            && self.tcp_idle == o.tcp_idle
+            && self.stream_duration == o.stream_duration
+            && self.budget.percent == o.budget.percent
+            && self.budget.min_per_second == o.budget.min_per_second
+    }
+
+    /// The effective settings, for /config_dump.
+    pub fn dump(&self) -> serde_json::Value {
+        let d = |d: Option<Duration>| match d {
+            Some(d) => humantime::format_duration(d).to_string(),
+            None => "infinite".into(),
+        };
+        let on: Vec<&str> = [
+            Condition::ConnectFailure,
+            Condition::Reset,
+            Condition::Timeout,
+            Condition::Unavailable,
+            Condition::GatewayError,
+            Condition::ServerError,
+        ]
+        .into_iter()
+        .filter(|c| self.retries_on(*c))
+        .map(Condition::as_str)
+        .collect();
+        serde_json::json!({
+            "attempts": self.attempts,
+            "perTryTimeout": d(Some(self.per_try_timeout)),
+            "on": on,
+            "statusCodes": self.status_codes,
+            "grpcStatuses": self.grpc_statuses,
+            "backoff": {"base": d(Some(self.backoff_base)), "max": d(Some(self.backoff_max))},
+            "budget": {"percent": self.budget.percent, "minPerSecond": self.budget.min_per_second},
+            "attemptsPerLocality": self.attempts_per_locality,
+            "idempotentMethods": self.idempotent_methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+            "tcpConnectAttempts": self.tcp_connect_attempts,
+            "connectTimeout": d(Some(self.connect_timeout)),
+            "requestTimeout": d(self.request_timeout),
+            "idleTimeout": d(self.tcp_idle),
+            "streamDuration": d(self.stream_duration),
+        })
+    }
+
+    pub fn retries_on(&self, c: Condition) -> bool {
+        self.on & bit(c) != 0
+    }
+
+    /// Whether an answer is a failed attempt under these conditions.
+    pub fn retry_status(&self, status: StatusCode, grpc_status: Option<u32>) -> bool {
+        let s = status.as_u16();
+        (self.retries_on(Condition::ServerError) && status.is_server_error())
+            || (self.retries_on(Condition::GatewayError) && matches!(s, 502..=504))
+            || self.status_codes.contains(&s)
+            || grpc_status.is_some_and(|g| self.grpc_statuses.contains(&g))
+    }
+
+    /// Whether answers must be looked at for a retry (else an answer is
+    /// always returned as it is).
+    pub fn inspects_answers(&self) -> bool {
+        self.retries_on(Condition::ServerError)
+            || self.retries_on(Condition::GatewayError)
+            || !self.status_codes.is_empty()
+            || !self.grpc_statuses.is_empty()
+    }
+
+    /// The wait before retry `n` (from 1): full jitter, up to
+    /// `min(max, base × 2^(n-1))`.
+    pub fn backoff(&self, n: u32, rng: &Rng) -> Duration {
+        let cap = self
+            .backoff_base
+            .saturating_mul(1u32 << (n.saturating_sub(1)).min(20))
+            .min(self.backoff_max);
+        cap.mul_f64(rng.unit())
+    }
+}
+
+/// The retry budget: over a sliding window of 10 one-second slots, retries
+/// may be at most `percent` of the requests plus `min_per_second` per
+/// second. Every request deposits; every retry withdraws or is refused.
+#[derive(Debug)]
+pub struct Budget {
+    pub percent: f64,
+    pub min_per_second: u32,
+    slots: Mutex<Window>,
+}
+
+const SLOTS: usize = 10;
+
+#[derive(Debug)]
+struct Window {
+    /// Start of slot 0's second.
+    start: Instant,
+    /// Seconds since `start` of the newest slot.
+    newest: u64,
+    requests: [u64; SLOTS],
+    retries: [u64; SLOTS],
+}
+
+impl Window {
+    /// Move the window to `now`, clearing slots that fell out of it.
+    fn advance(&mut self, now: Instant) -> usize {
+        let sec = now.saturating_duration_since(self.start).as_secs();
+        if sec > self.newest {
+            let gap = (sec - self.newest).min(SLOTS as u64);
+            for k in 1..=gap {
+                let i = ((self.newest + k) % SLOTS as u64) as usize;
+                self.requests[i] = 0;
+                self.retries[i] = 0;
+            }
+            self.newest = sec;
+        }
+        (self.newest % SLOTS as u64) as usize
+    }
+}
+
+impl Budget {
+    pub fn new(percent: f64, min_per_second: u32) -> Self {
+        Self {
+            percent,
+            min_per_second,
+            slots: Mutex::new(Window {
+                start: Instant::now(),
+                newest: 0,
+                requests: [0; SLOTS],
+                retries: [0; SLOTS],
+            }),
+        }
+    }
+
+    /// A request was sent (its first attempt).
+    pub fn deposit(&self, now: Instant) {
+        let mut w = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let i = w.advance(now);
+        w.requests[i] += 1;
+    }
+
+    /// May a retry be sent now? Counts it when yes.
+    pub fn withdraw(&self, now: Instant) -> bool {
+        let mut w = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let i = w.advance(now);
+        let requests: u64 = w.requests.iter().sum();
+        let retries: u64 = w.retries.iter().sum();
+        let allowed =
+            self.min_per_second as f64 * SLOTS as f64 + requests as f64 * self.percent / 100.0;
+        if (retries + 1) as f64 <= allowed {
+            w.retries[i] += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The `grpc-status` of a trailers-only gRPC answer (an error the server
+/// gave before any message), read from the head.
+pub fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(r: pb::RetryPolicy, t: pb::Timeouts) -> Resilience {
+        Resilience::build(
+            Some(&pb::Resilience {
+                retry: Some(r),
+                timeouts: Some(t),
+            }),
+            &Defaults::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn unset_fields_take_the_documented_defaults() {
+        let r = Resilience::build(None, &Defaults::default()).unwrap();
+        assert_eq!(r.attempts, 3);
+        assert_eq!(r.per_try_timeout, Duration::from_secs(10));
+        assert_eq!(r.connect_timeout, Duration::from_secs(5));
+        assert_eq!(r.request_timeout, Some(Duration::from_secs(15)));
+        assert_eq!(r.tcp_idle, Some(Duration::from_secs(3600)));
+        assert_eq!(r.stream_duration, None);
+        for c in DEFAULT_ON {
+            assert!(r.retries_on(c), "{c:?}");
+        }
+        assert!(!r.retries_on(Condition::ServerError));
+        assert!(!r.inspects_answers());
+        assert_eq!((r.budget.percent, r.budget.min_per_second), (20.0, 10));
+    }
+
+    #[test]
+    fn infinite_must_be_asked_for_and_zero_means_the_default() {
+        let r = built(
+            pb::RetryPolicy::default(),
+            pb::Timeouts {
+                request_infinite: true,
+                idle_ms: 2000,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.request_timeout, None);
+        assert_eq!(r.tcp_idle, Some(Duration::from_secs(2)));
+        let r = built(pb::RetryPolicy::default(), pb::Timeouts::default());
+        assert_eq!(r.request_timeout, Some(DEFAULT_REQUEST_TIMEOUT));
+    }
+
+    #[test]
+    fn listed_conditions_replace_the_default_ones_and_statuses_add_to_them() {
+        let r = built(
+            pb::RetryPolicy {
+                on: vec!["5xx".into()],
+                on_given: true,
+                status_codes: vec![429],
+                grpc_statuses: vec![14],
+                ..Default::default()
+            },
+            pb::Timeouts::default(),
+        );
+        assert!(r.retries_on(Condition::ServerError));
+        assert!(!r.retries_on(Condition::ConnectFailure));
+        assert!(r.retry_status(StatusCode::INTERNAL_SERVER_ERROR, None));
+        assert!(r.retry_status(StatusCode::TOO_MANY_REQUESTS, None));
+        assert!(!r.retry_status(StatusCode::NOT_FOUND, None));
+        assert!(r.retry_status(StatusCode::OK, Some(14)));
+        assert!(!r.retry_status(StatusCode::OK, Some(5)));
+        let gw = built(
+            pb::RetryPolicy {
+                on: vec!["gateway-error".into()],
+                on_given: true,
+                ..Default::default()
+            },
+            pb::Timeouts::default(),
+        );
+        assert!(gw.retry_status(StatusCode::SERVICE_UNAVAILABLE, None));
+        assert!(!gw.retry_status(StatusCode::INTERNAL_SERVER_ERROR, None));
+        // An empty list given retries nothing, not the defaults.
+        let none = built(
+            pb::RetryPolicy {
+                on_given: true,
+                ..Default::default()
+            },
+            pb::Timeouts::default(),
+        );
+        assert!(DEFAULT_ON.iter().all(|c| !none.retries_on(*c)));
+    }
+
+    /// Full jitter: every wait is within [0, min(max, base·2^(n-1))], and
+    /// the waits spread over that range (not all at one end).
+    #[test]
+    fn backoff_grows_exponentially_with_full_jitter_up_to_the_cap() {
+        let r = built(
+            pb::RetryPolicy {
+                backoff_base_ms: 10,
+                backoff_max_ms: 50,
+                ..Default::default()
+            },
+            pb::Timeouts::default(),
+        );
+        let rng = Rng::new();
+        for (n, cap) in [(1, 10), (2, 20), (3, 40), (4, 50), (9, 50), (40, 50)] {
+            let waits: Vec<Duration> = (0..2000).map(|_| r.backoff(n, &rng)).collect();
+            let cap = Duration::from_millis(cap);
+            assert!(waits.iter().all(|w| *w <= cap), "retry {n}");
+            let below_half = waits.iter().filter(|w| **w < cap / 2).count();
+            assert!(
+                (800..1200).contains(&below_half),
+                "retry {n}: {below_half} of 2000 waits below half the cap"
+            );
+        }
+    }
+
+    /// Under simulated time: with 100 requests in the window, 20% and 1/s
+    /// allow 20 + 10 retries; then none until requests or time add room;
+    /// slots older than 10 s stop counting.
+    #[test]
+    fn the_budget_allows_a_share_of_requests_plus_a_floor_over_ten_seconds() {
+        let b = Budget::new(20.0, 1);
+        let t0 = b.slots.lock().unwrap().start;
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for _ in 0..100 {
+            b.deposit(at(0));
+        }
+        let granted = (0..100).filter(|_| b.withdraw(at(500))).count();
+        assert_eq!(granted, 30);
+        assert!(!b.withdraw(at(9_900)), "still inside the window");
+        // Five more requests make room for one retry.
+        for _ in 0..5 {
+            b.deposit(at(9_900));
+        }
+        assert!(b.withdraw(at(9_900)));
+        assert!(!b.withdraw(at(9_900)));
+        // At 10.5 s, second 0 (100 requests, 30 retries) has left the
+        // window: 5 requests and 1 retry remain, so 10 + 1 - 1 = 10 more.
+        let later = (0..100).filter(|_| b.withdraw(at(10_500))).count();
+        assert_eq!(later, 10);
+        // Long after, only the floor.
+        let much_later = (0..100).filter(|_| b.withdraw(at(60_000))).count();
+        assert_eq!(much_later, 10);
+    }
+
+    /// A budget with no floor and no share refuses every retry.
+    #[test]
+    fn a_zero_budget_refuses_all_retries() {
+        let b = Budget::new(0.0, 0);
+        let now = Instant::now();
+        for _ in 0..1000 {
+            b.deposit(now);
+        }
+        assert!(!b.withdraw(now));
+    }
+}

@@ -1,0 +1,190 @@
+//! Retry and Timeout policies applied at the global and enforced by callers'
+//! sidecars in another zone. The two-zone mesh of `support::mesh`: `api`
+//! runs in z1 (.12), its callers in z2 (.40, .41), so every call crosses
+//! the gateways. Tests steer the api app through its `/control/` paths.
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::mesh::*;
+use support::*;
+
+const H: &str = "apiVersion: tern.dev/v1alpha1\n";
+
+/// Tell the app at `app` (its own address, not through the mesh) to fail
+/// or slow down.
+fn control(app: std::net::SocketAddr, path: &str) {
+    let r = http(app, "GET", "x", path, &[]).expect("control request");
+    assert_eq!(r.status, 200, "{path}: {}", r.body);
+}
+
+/// Requests the app at `app` has received.
+fn served(app: std::net::SocketAddr) -> u64 {
+    http(app, "GET", "x", "/stats", &[]).unwrap().json()["requests"]
+        .as_u64()
+        .unwrap()
+}
+
+/// `n` requests from `caller` to api: (answered 200, answered 503).
+fn outcomes(caller: &Workload, n: usize, method: &str, body: &str) -> (usize, usize) {
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..n {
+        let r = http_body(caller.outbound(), method, "api", "/r", &[], body).unwrap();
+        match r.status {
+            200 => ok += 1,
+            503 => {
+                assert!(r.body.contains("failing on purpose"), "{}", r.body);
+                failed += 1
+            }
+            s => panic!("unexpected {s}: {}", r.body),
+        }
+    }
+    (ok, failed)
+}
+
+/// An api instance that fails every other request (503), called from
+/// another zone:
+///
+/// * with no Retry policy, exactly half the GETs fail: the default
+///   conditions never retry an app's own answer;
+/// * with `on: [5xx]`, every GET succeeds, and the app sees exactly two
+///   requests per GET (each one retried once), as the retry counter does;
+/// * a POST with a body is never sent twice (half fail) until the policy
+///   lists POST in `idempotentMethods`;
+/// * a budget of 10% + 1/s caps a retry storm against an instance that
+///   fails everything: 100 GETs with 5 attempts each reach the app at most
+///   100 + 10 + 10 times (500 without the budget), and the GETs whose retry
+///   was refused (at least 80) are counted.
+#[test]
+fn retries_hide_a_flaky_upstream_and_a_budget_caps_a_retry_storm() {
+    let net = Net(64);
+    let m = Mesh::start("resilience-retries", net, None);
+    let _api = m.workload("z1", 12, "api", &[]);
+    let web = m.workload("z2", 40, "web", &[]);
+    let app = net.addr(12, 8080);
+    wait_for("api reachable from z2", T, || {
+        let r = http(web.outbound(), "GET", "api", "/r", &[]).ok()?;
+        (r.status == 200).then_some(())
+    });
+
+    control(app, "/control/fail?status=503&every=2");
+    assert_eq!(
+        outcomes(&web, 100, "GET", ""),
+        (50, 50),
+        "no retry by default"
+    );
+
+    m.g.apply(&format!(
+        "{H}kind: Retry\nmetadata: {{name: api-retries}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  http: {{attempts: 3, on: [5xx], budget: {{percent: 100, minPerSecond: 10}}}}\n"
+    ));
+    wait_dump(&web, "/clusters/api/resilience/on", |v| {
+        v.as_array().is_some_and(|a| a.iter().any(|c| c == "5xx"))
+    });
+    control(app, "/control/fail?status=503&every=2");
+    let (before, retried) = (
+        served(app),
+        metric_sum(web.admin(), "tern_proxy_retries_total", ""),
+    );
+    assert_eq!(
+        outcomes(&web, 200, "GET", ""),
+        (200, 0),
+        "every GET retried"
+    );
+    assert_eq!(served(app) - before, 400, "each GET sent exactly twice");
+    assert_eq!(
+        metric_sum(web.admin(), "tern_proxy_retries_total", "") - retried,
+        200.0
+    );
+
+    // A POST with a body is not repeated; listed as idempotent, it is.
+    control(app, "/control/fail?status=503&every=2");
+    assert_eq!(outcomes(&web, 20, "POST", "order"), (10, 10));
+    m.g.apply(&format!(
+        "{H}kind: Retry\nmetadata: {{name: api-retries}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  http: {{attempts: 3, on: [5xx], budget: {{percent: 100, minPerSecond: 10}}, idempotentMethods: [POST]}}\n"
+    ));
+    wait_dump(&web, "/clusters/api/resilience/idempotentMethods", |v| {
+        v.as_array().is_some_and(|a| a.iter().any(|c| c == "POST"))
+    });
+    control(app, "/control/fail?status=503&every=2");
+    assert_eq!(outcomes(&web, 20, "POST", "order"), (20, 0));
+
+    // The storm: everything fails, five attempts each, a small budget.
+    m.g.apply(&format!(
+        "{H}kind: Retry\nmetadata: {{name: api-retries}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  http: {{attempts: 5, on: [5xx], backoff: {{base: 1ms, max: 2ms}}, budget: {{percent: 10, minPerSecond: 1}}}}\n"
+    ));
+    wait_dump(&web, "/clusters/api/resilience/budget/percent", |v| {
+        v.as_f64() == Some(10.0)
+    });
+    control(app, "/control/fail?status=503");
+    let (before, refused) = (
+        served(app),
+        metric_sum(web.admin(), "tern_proxy_retries_refused_total", ""),
+    );
+    assert_eq!(outcomes(&web, 100, "GET", ""), (0, 100));
+    let reached = served(app) - before;
+    // 100 first attempts; retries at most 1/s × 10 s + 10% of 100.
+    assert!(
+        (100..=120).contains(&reached),
+        "the app saw {reached} requests for 100 GETs"
+    );
+    // Each GET whose retry the budget refused ends there: at least 80.
+    assert!(metric_sum(web.admin(), "tern_proxy_retries_refused_total", "") - refused >= 80.0);
+}
+
+/// Timeouts from a Timeout policy, per caller and destination:
+///
+/// * api answering after 1 s: web (named) gets a 504 that names its 300 ms
+///   request timeout; batch (not named) waits for the 200 under the
+///   default;
+/// * an idle limit of 500 ms closes web's opaque TCP flow to db once
+///   nothing has moved, while a flow that keeps talking stays open past it.
+#[test]
+fn timeouts_bound_requests_and_idle_tcp_flows_across_zones() {
+    let net = Net(65);
+    let m = Mesh::start("resilience-timeouts", net, None);
+    let (_api, _db, web, batch) = m.api_db_and_callers();
+    let app = net.addr(12, 8080);
+    m.g.apply(&format!(
+        "{H}kind: Timeout\nmetadata: {{name: web-api}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  request: 300ms\n---\n{H}kind: Timeout\nmetadata: {{name: db}}\nspec:\n  to: {{service: db}}\n  idle: 500ms\n"
+    ));
+    wait_dump(&web, "/clusters/api/resilience/requestTimeout", |v| {
+        v == "300ms"
+    });
+    wait_dump(&web, "/clusters/db/resilience/idleTimeout", |v| {
+        v == "500ms"
+    });
+    wait_dump(&batch, "/clusters/api/resilience/requestTimeout", |v| {
+        v == "15s"
+    });
+    control(app, "/control/delay?ms=1000");
+    let r = http(web.outbound(), "GET", "api", "/slow", &[]).unwrap();
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(r.body.contains("request timeout of 300ms"), "{}", r.body);
+    let r = http(batch.outbound(), "GET", "api", "/slow", &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    control(app, "/control/delay?ms=0");
+
+    // A flow that talks every 100 ms for 1.5 s outlives the idle limit.
+    let mut s = TcpStream::connect(net.addr(40, 16000)).unwrap();
+    s.set_read_timeout(Some(patient(Duration::from_secs(10))))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    for i in 0..15 {
+        s.write_all(b"ping\n").unwrap();
+        let n = s.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"ping\n", "echo {i}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Then silence: the sidecar closes it.
+    let closed = match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(n) => panic!("unexpected {n} bytes"),
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+    };
+    assert!(closed, "the idle flow was closed");
+}
