@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use model::policy::access::{AccessDefaults, AccessPolicySpec, Action, MtlsMode, MtlsPolicySpec};
+use model::policy::breaker::CircuitBreakerSpec;
 use model::policy::fault::{Fault, FaultInjectionSpec};
 use model::policy::ratelimit::{Limit, Per, RateLimitSpec};
 use model::policy::retry::RetrySpec;
@@ -30,6 +31,7 @@ pub struct PolicySet {
     pub limits: Vec<Policy<RateLimitSpec>>,
     pub retries: Vec<Policy<RetrySpec>>,
     pub timeouts: Vec<Policy<TimeoutSpec>>,
+    pub breakers: Vec<Policy<CircuitBreakerSpec>>,
     pub defaults: AccessDefaults,
     /// Zone → region, for callers named by region.
     pub regions: BTreeMap<String, String>,
@@ -90,6 +92,8 @@ impl PolicySet {
                     set.retries.push(p);
                 } else if let Some(p) = model::policy::parse(r, "Timeout", origin) {
                     set.timeouts.push(p);
+                } else if let Some(p) = model::policy::parse(r, "CircuitBreaker", origin) {
+                    set.breakers.push(p);
                 }
             }
         }
@@ -302,7 +306,8 @@ impl PolicySet {
         let mut policies = Vec::new();
         let retries = applicable_to(&self.retries, &f, service);
         let timeouts = applicable_to(&self.timeouts, &f, service);
-        if retries.is_empty() && timeouts.is_empty() {
+        let breakers = applicable_to(&self.breakers, &f, service);
+        if retries.is_empty() && timeouts.is_empty() && breakers.is_empty() {
             return (None, policies);
         }
         let retry = (!retries.is_empty()).then(|| {
@@ -313,7 +318,18 @@ impl PolicySet {
             policies.extend(timeouts.iter().map(|p| p.reference()));
             merge_timeouts(timeouts.iter().map(|p| &p.spec))
         });
-        (Some(pb::Resilience { retry, timeouts }), policies)
+        let breaker = (!breakers.is_empty()).then(|| {
+            policies.extend(breakers.iter().map(|p| p.reference()));
+            merge_breaker(breakers.iter().map(|p| &p.spec))
+        });
+        (
+            Some(pb::Resilience {
+                retry,
+                timeouts,
+                breaker,
+            }),
+            policies,
+        )
     }
 }
 
@@ -361,6 +377,46 @@ fn merge_retry<'a>(specs: impl Iterator<Item = &'a RetrySpec> + Clone) -> pb::Re
         idempotent_methods: first(http, |h| h.idempotent_methods.clone()).unwrap_or_default(),
         tcp_connect_attempts: first(specs.filter_map(|s| s.tcp.as_ref()), |t| t.connect_attempts)
             .unwrap_or(0),
+    }
+}
+
+fn merge_breaker<'a>(
+    specs: impl Iterator<Item = &'a CircuitBreakerSpec> + Clone,
+) -> pb::CircuitBreaker {
+    let l = specs.clone().filter_map(|s| s.limits.as_ref());
+    let o = specs.filter_map(|s| s.outlier_detection.as_ref());
+    let pending = first(l.clone(), |x| x.max_pending_requests);
+    let retries = first(l.clone(), |x| x.max_retries);
+    let c5 = first(o.clone(), |x| x.consecutive5xx);
+    let cg = first(o.clone(), |x| x.consecutive_gateway_errors);
+    let cl = first(o.clone(), |x| x.consecutive_local_failures);
+    let sr = first(o.clone(), |x| x.success_rate.clone());
+    let pct = first(o.clone(), |x| x.max_ejection_percent);
+    pb::CircuitBreaker {
+        max_connections: first(l.clone(), |x| x.max_connections).unwrap_or(0),
+        max_requests: first(l, |x| x.max_requests).unwrap_or(0),
+        max_pending_given: pending.is_some(),
+        max_pending_requests: pending.unwrap_or(0),
+        max_retries_given: retries.is_some(),
+        max_retries: retries.unwrap_or(0),
+        interval_ms: first(o.clone(), |x| x.interval.as_ref().map(|d| ms(d.0))).unwrap_or(0),
+        consecutive_5xx_given: c5.is_some(),
+        consecutive_5xx: c5.unwrap_or(0),
+        consecutive_gateway_given: cg.is_some(),
+        consecutive_gateway: cg.unwrap_or(0),
+        consecutive_local_given: cl.is_some(),
+        consecutive_local: cl.unwrap_or(0),
+        success_rate_given: sr.is_some(),
+        success_rate_minimum_hosts: sr.as_ref().map(|s| s.minimum_hosts).unwrap_or(0),
+        success_rate_request_volume: sr.as_ref().map(|s| s.request_volume).unwrap_or(0),
+        success_rate_stdev_factor: sr.as_ref().map(|s| s.stdev_factor).unwrap_or(0.0),
+        base_ejection_ms: first(o.clone(), |x| {
+            x.base_ejection_time.as_ref().map(|d| ms(d.0))
+        })
+        .unwrap_or(0),
+        max_ejection_ms: first(o, |x| x.max_ejection_time.as_ref().map(|d| ms(d.0))).unwrap_or(0),
+        max_ejection_percent_given: pct.is_some(),
+        max_ejection_percent: pct.unwrap_or(0),
     }
 }
 
@@ -683,6 +739,23 @@ mod tests {
         assert_eq!(r.unwrap().retry.unwrap().backoff_base_ms, 0);
         let (r, _) = s.resilience(&proxy("web", "eu-1", &[]), "db");
         assert_eq!(r.unwrap().retry.unwrap().attempts, 9);
+        // A CircuitBreaker merges the same way; `0` given is kept apart
+        // from "not given" where 0 means something.
+        let b_mesh = format!("{H}kind: CircuitBreaker\nmetadata: {{name: mesh}}\nspec:\n  limits: {{maxRequests: 100, maxPendingRequests: 10}}\n  outlierDetection: {{consecutive5xx: 7, maxEjectionPercent: 30}}\n");
+        let b_api = format!("{H}kind: CircuitBreaker\nmetadata: {{name: api}}\nspec:\n  to: {{service: api}}\n  limits: {{maxPendingRequests: 0}}\n  outlierDetection: {{consecutive5xx: 0, baseEjectionTime: 1m}}\n");
+        let s = set(&[&b_mesh, &b_api], &[]);
+        let (r, policies) = s.resilience(&proxy("web", "eu-1", &[]), "api");
+        let b = r.unwrap().breaker.unwrap();
+        assert_eq!(b.max_requests, 100);
+        assert!(b.max_pending_given && b.max_pending_requests == 0);
+        assert!(
+            b.consecutive_5xx_given && b.consecutive_5xx == 0,
+            "turned off"
+        );
+        assert_eq!(b.base_ejection_ms, 60_000);
+        assert!(b.max_ejection_percent_given && b.max_ejection_percent == 30);
+        assert!(!b.max_retries_given && !b.success_rate_given);
+        assert_eq!(policies, ["CircuitBreaker/api", "CircuitBreaker/mesh"]);
         // No policy at all: nothing compiled, the proxy's defaults apply.
         let none = set(&[], &[]);
         assert_eq!(none.resilience(&proxy("web", "eu-1", &[]), "api").0, None);

@@ -16,7 +16,7 @@ use crate::protocol::Protocol;
 use crate::resilience::{Defaults, Resilience};
 
 /// Where a connection to an endpoint goes and whom it must reach.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Target {
     /// The TCP address dialed: the endpoint's sidecar, or a local gateway.
     pub addr: SocketAddr,
@@ -24,10 +24,21 @@ pub struct Target {
     pub identity: SpiffeId,
     /// Set when the endpoint is another zone reached through a local gateway.
     pub via: Option<Via>,
-    /// How long opening a connection may take (the destination's Timeout
-    /// policy).
-    pub connect_timeout: std::time::Duration,
+    /// The destination's settings: how long connecting may take, and how
+    /// many connections may be open to it.
+    pub policy: Arc<Resilience>,
 }
+
+impl PartialEq for Target {
+    fn eq(&self, o: &Self) -> bool {
+        self.addr == o.addr
+            && self.identity == o.identity
+            && self.via == o.via
+            && Arc::ptr_eq(&self.policy, &o.policy)
+    }
+}
+
+impl Eq for Target {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Via {
@@ -70,6 +81,8 @@ pub struct Health {
     ejected_until: AtomicU64,
     /// Active health: the last probe's result.
     probe_ok: AtomicBool,
+    /// Passive health: outcomes of attempts, for outlier detection.
+    outlier: crate::outlier::Counters,
 }
 
 impl Default for Health {
@@ -77,6 +90,7 @@ impl Default for Health {
         Self {
             ejected_until: AtomicU64::new(0),
             probe_ok: AtomicBool::new(true),
+            outlier: Default::default(),
         }
     }
 }
@@ -173,7 +187,7 @@ impl Endpoint {
                 addr: self.target.addr,
                 identity: self.target.identity.clone(),
                 via: Some(via),
-                connect_timeout: self.target.connect_timeout,
+                policy: self.target.policy.clone(),
             }),
             authority,
             zone: self.zone.clone(),
@@ -186,6 +200,10 @@ impl Endpoint {
             // ejected with it.
             health: self.health.clone(),
         }))
+    }
+
+    pub fn outlier(&self) -> &crate::outlier::Counters {
+        &self.health.outlier
     }
 
     pub fn available(&self) -> bool {
@@ -515,7 +533,7 @@ impl Clusters {
                 let ep = match &prior {
                     Some(old)
                         if old.priority == e.priority
-                            && old.target.connect_timeout == resilience.connect_timeout
+                            && Arc::ptr_eq(&old.target.policy, &resilience)
                             && old.weight == e.weight.max(1)
                             && old.labels.len() == e.labels.len()
                             && e.labels.iter().all(|(k, v)| old.labels.get(k) == Some(v))
@@ -528,7 +546,7 @@ impl Clusters {
                             addr,
                             identity,
                             via,
-                            connect_timeout: resilience.connect_timeout,
+                            policy: resilience.clone(),
                         }),
                         authority,
                         zone: e.zone.clone(),

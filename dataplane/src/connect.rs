@@ -90,6 +90,8 @@ impl tokio::io::AsyncWrite for MeshStream {
 
 pub struct MeshConn {
     io: TokioIo<MeshStream>,
+    /// Counts the connection against its destination's limit while open.
+    _slot: crate::resilience::ConnSlot,
 }
 
 impl hyper::rt::Read for MeshConn {
@@ -147,7 +149,15 @@ pub enum ConnectError {
     Tls(String),
     #[error("flow header: {0}")]
     Header(#[from] common::flow::HeaderError),
+    /// Starts with [`CIRCUIT_OPEN`], which callers look for.
+    #[error(
+        "circuit open: {0} connections are open to the destination (CircuitBreaker maxConnections)"
+    )]
+    CircuitOpen(usize),
 }
+
+/// How a refused connection's error begins.
+pub const CIRCUIT_OPEN: &str = "circuit open:";
 
 /// Each step of the hop to a local gateway (TCP, then TLS).
 const CONNECT_TIMEOUT: Duration = crate::resilience::DEFAULT_CONNECT_TIMEOUT;
@@ -194,7 +204,7 @@ pub async fn connect_mesh(
     target: &Target,
     alpn: Alpn,
 ) -> Result<MeshStream, ConnectError> {
-    let limit = target.connect_timeout;
+    let limit = target.policy.connect_timeout;
     tokio::time::timeout(limit, connect_mesh_unbounded(shared, target, alpn))
         .await
         .unwrap_or_else(|_| {
@@ -279,9 +289,14 @@ impl crate::pool::Connect for MeshConnector {
             .get(to.as_str())
             .cloned()
             .ok_or_else(|| ConnectError::UnknownEndpoint(to.to_string()))?;
+        let slot = target
+            .policy
+            .connection_slot()
+            .ok_or(ConnectError::CircuitOpen(target.policy.max_connections))?;
         match connect_mesh(&self.shared, &target, self.alpn).await {
             Ok(io) => Ok(MeshConn {
                 io: TokioIo::new(io),
+                _slot: slot,
             }),
             Err(e) => {
                 self.metrics.upstream_connect_errors.inc();

@@ -17,6 +17,7 @@ pub mod last_known;
 pub mod live;
 pub mod metrics;
 pub mod outbound;
+pub mod outlier;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
@@ -523,6 +524,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     if !cfg.health_interval.is_zero() {
         tokio::spawn(health::probe_loop(shared.clone(), cfg.health_interval));
     }
+    tokio::spawn(outlier::sweep_loop(shared.clone(), metrics.clone()));
     if let Some((listen, _, _)) = listeners.inbound {
         let l = tokio::net::TcpListener::bind(listen)
             .await

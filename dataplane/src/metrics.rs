@@ -51,6 +51,12 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// A circuit-breaker limit, or why an endpoint was ejected: a fixed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
@@ -81,6 +87,8 @@ pub struct Metrics {
     pub connections_distrusted: Counter,
     pub retries: Counter,
     pub retries_refused: Counter,
+    pub circuit_open: Family<ReasonLabel, Counter>,
+    pub ejections: Family<ReasonLabel, Counter>,
     pub upstream_connect_errors: Counter,
     pub config_updates: Counter,
     pub config_rejected: Counter,
@@ -115,6 +123,8 @@ impl Metrics {
             connections_distrusted: Counter::default(),
             retries: Counter::default(),
             retries_refused: Counter::default(),
+            circuit_open: Family::default(),
+            ejections: Family::default(),
             upstream_connect_errors: Counter::default(),
             config_updates: Counter::default(),
             config_rejected: Counter::default(),
@@ -190,6 +200,16 @@ impl Metrics {
             "retries_refused",
             "Retries not made because the destination's retry budget was spent",
             m.retries_refused.clone(),
+        );
+        reg.register(
+            "circuit_open",
+            "Outbound requests and connections a CircuitBreaker limit refused (answered 503), by limit",
+            m.circuit_open.clone(),
+        );
+        reg.register(
+            "ejections",
+            "Endpoints outlier detection took out of the balancer, by reason",
+            m.ejections.clone(),
         );
         reg.register(
             "upstream_connect_errors",

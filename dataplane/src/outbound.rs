@@ -29,7 +29,7 @@ use crate::metrics::{DirLabel, Direction, ResultLabel};
 use crate::protocol::{Alpn, Protocol};
 use crate::proxy::{
     empty, error_response, mesh_request, path_of, strip_hop_by_hop, Body, Proxy, CLIENT_ID_HEADER,
-    EJECT_FOR, IDEMPOTENT_HEADER, MAX_REPLAY_BODY,
+    IDEMPOTENT_HEADER, MAX_REPLAY_BODY,
 };
 use crate::retry::Outgoing;
 use crate::split::Mirror;
@@ -101,6 +101,21 @@ impl Proxy {
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut min_tier = 0;
         let policy = cluster.resilience.clone();
+        // The flow counts against the destination's connection limit.
+        let Some(_slot) = policy.connection_slot() else {
+            self.metrics
+                .circuit_open
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "max-connections",
+                })
+                .inc();
+            tracing::info!(
+                service,
+                limit = policy.max_connections,
+                "TCP: circuit open (CircuitBreaker maxConnections); connection closed"
+            );
+            return;
+        };
         for _ in 0..policy.tcp_connect_attempts {
             let Some((ep, tier)) = cluster.pick(&tried, min_tier) else {
                 break;
@@ -129,7 +144,7 @@ impl Proxy {
                 }
                 Err(e) => {
                     self.metrics.upstream_connect_errors.inc();
-                    ep.eject(EJECT_FOR);
+                    self.record_outcome(&cluster, &ep, crate::outlier::Outcome::Local);
                     tracing::info!(service, endpoint = %ep.authority, error = %e, "TCP connect failed; trying another endpoint");
                 }
             }

@@ -70,6 +70,12 @@ impl PoolError {
         matches!(self, PoolError::Connect(_))
     }
 
+    /// Whether the connector refused to open a connection because the
+    /// destination's connection limit was reached.
+    pub fn circuit_open(&self) -> bool {
+        matches!(self, PoolError::Connect(m) if m.starts_with(crate::connect::CIRCUIT_OPEN))
+    }
+
     /// Whether the response head was over the header limits.
     pub fn head_too_large(&self) -> bool {
         matches!(self, PoolError::Http(e) if e.is_parse_too_large())

@@ -42,7 +42,6 @@ pub const ERROR_HEADER: &str = "x-tern-error";
 pub const IDEMPOTENT_HEADER: &str = "x-tern-idempotent";
 /// Largest body buffered to replay a marked-idempotent request.
 pub const MAX_REPLAY_BODY: usize = 64 * 1024;
-pub(crate) const EJECT_FOR: Duration = Duration::from_secs(5);
 
 pub(crate) fn empty() -> Body {
     Either::Right(Full::new(Bytes::new()))

@@ -1,9 +1,12 @@
-//! What a destination's `Retry` and `Timeout` policies compile to in this
-//! proxy (with the documented defaults for what they leave out), and the
-//! two pieces of retry state: the backoff between attempts and the retry
-//! budget. The attempts themselves are in `retry.rs`.
+//! What a destination's `Retry`, `Timeout` and `CircuitBreaker` policies
+//! compile to in this proxy (with the documented defaults for what they
+//! leave out), and the state they keep per destination: the retry budget,
+//! and the circuit breaker's counts of requests, queued requests, retries
+//! and connections. The attempts themselves are in `retry.rs`, outlier
+//! detection in `outlier.rs`.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -61,7 +64,19 @@ pub struct Resilience {
     /// A TCP flow's whole life; `None`: no limit.
     pub stream_duration: Option<Duration>,
     pub budget: Budget,
+    pub outlier: crate::outlier::Settings,
+    pub max_connections: usize,
+    pub max_requests: usize,
+    pub max_pending: usize,
+    pub max_retries: usize,
+    /// Requests waiting for their response head.
+    requests: tokio::sync::Semaphore,
+    pending: AtomicUsize,
+    retries_active: AtomicUsize,
+    connections: Arc<AtomicUsize>,
 }
+
+pub const DEFAULT_MAX: u32 = 1024;
 
 fn bit(c: Condition) -> u8 {
     1 << (c as u8)
@@ -90,6 +105,8 @@ impl Resilience {
         let r = p.and_then(|p| p.retry.as_ref()).unwrap_or(&none);
         let no_t = pb::Timeouts::default();
         let t = p.and_then(|p| p.timeouts.as_ref()).unwrap_or(&no_t);
+        let no_b = pb::CircuitBreaker::default();
+        let b = p.and_then(|p| p.breaker.as_ref()).unwrap_or(&no_b);
         let on = if r.on_given {
             let mut bits = 0;
             for name in &r.on {
@@ -136,6 +153,15 @@ impl Resilience {
             tcp_idle: limit(t.idle_ms, t.idle_infinite, Some(d.tcp_idle)),
             stream_duration: limit(t.stream_ms, t.stream_infinite, None),
             budget: Budget::new(percent, min_per_second),
+            outlier: outlier_settings(b),
+            max_connections: nonzero_or(b.max_connections, DEFAULT_MAX),
+            max_requests: nonzero_or(b.max_requests, DEFAULT_MAX),
+            max_pending: given_or(b.max_pending_given, b.max_pending_requests, DEFAULT_MAX),
+            max_retries: given_or(b.max_retries_given, b.max_retries, DEFAULT_MAX),
+            requests: tokio::sync::Semaphore::new(nonzero_or(b.max_requests, DEFAULT_MAX)),
+            pending: AtomicUsize::new(0),
+            retries_active: AtomicUsize::new(0),
+            connections: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -157,8 +183,130 @@ impl Resilience {
             && self.stream_duration == o.stream_duration
             && self.budget.percent == o.budget.percent
             && self.budget.min_per_second == o.budget.min_per_second
+            && self.outlier == o.outlier
+            && self.max_connections == o.max_connections
+            && self.max_requests == o.max_requests
+            && self.max_pending == o.max_pending
+            && self.max_retries == o.max_retries
     }
 
+    /// A place among the requests waiting for their head, queueing for one
+    /// when all are taken and the queue has room. `Err`: the limit that
+    /// refused it.
+    pub async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, &'static str> {
+        if let Ok(p) = self.requests.try_acquire() {
+            return Ok(p);
+        }
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(if self.max_pending == 0 {
+                "max-requests"
+            } else {
+                "max-pending-requests"
+            });
+        }
+        let p = self.requests.acquire().await;
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        p.map_err(|_| "max-requests")
+    }
+
+    /// A retry's place among those in progress, if there is room.
+    pub fn retry_slot(&self) -> Option<Slot<'_>> {
+        if self.retries_active.fetch_add(1, Ordering::AcqRel) >= self.max_retries {
+            self.retries_active.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(&self.retries_active))
+    }
+
+    /// A connection's place among those open to the destination, if there
+    /// is room; held as long as the connection.
+    pub fn connection_slot(&self) -> Option<ConnSlot> {
+        if self.connections.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnSlot(self.connections.clone()))
+    }
+
+    /// Requests waiting for their head now (for /config_dump).
+    pub fn in_flight(&self) -> usize {
+        self.max_requests
+            .saturating_sub(self.requests.available_permits())
+    }
+}
+
+/// A retry in progress; released on drop.
+pub struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An open connection, counted against its destination; released on drop.
+#[derive(Debug)]
+pub struct ConnSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn nonzero_or(v: u32, default: u32) -> usize {
+    if v == 0 {
+        default as usize
+    } else {
+        v as usize
+    }
+}
+
+fn given_or(given: bool, v: u32, default: u32) -> usize {
+    if given {
+        v as usize
+    } else {
+        default as usize
+    }
+}
+
+fn outlier_settings(b: &pb::CircuitBreaker) -> crate::outlier::Settings {
+    let d = crate::outlier::Settings::default();
+    let base = ms_or(b.base_ejection_ms, d.base_ejection);
+    crate::outlier::Settings {
+        interval: ms_or(b.interval_ms, d.interval),
+        consecutive_5xx: if b.consecutive_5xx_given {
+            b.consecutive_5xx
+        } else {
+            d.consecutive_5xx
+        },
+        consecutive_gateway: if b.consecutive_gateway_given {
+            b.consecutive_gateway
+        } else {
+            d.consecutive_gateway
+        },
+        consecutive_local: if b.consecutive_local_given {
+            b.consecutive_local
+        } else {
+            d.consecutive_local
+        },
+        success_rate: b.success_rate_given.then_some((
+            b.success_rate_minimum_hosts,
+            b.success_rate_request_volume,
+            b.success_rate_stdev_factor,
+        )),
+        base_ejection: base,
+        max_ejection: ms_or(b.max_ejection_ms, d.max_ejection.max(base)),
+        max_ejection_percent: if b.max_ejection_percent_given {
+            b.max_ejection_percent
+        } else {
+            d.max_ejection_percent
+        },
+    }
+}
+
+impl Resilience {
     /// The effective settings, for /config_dump.
     pub fn dump(&self) -> serde_json::Value {
         let d = |d: Option<Duration>| match d {
@@ -192,6 +340,24 @@ impl Resilience {
             "requestTimeout": d(self.request_timeout),
             "idleTimeout": d(self.tcp_idle),
             "streamDuration": d(self.stream_duration),
+            "limits": {
+                "maxConnections": self.max_connections,
+                "maxRequests": self.max_requests,
+                "maxPendingRequests": self.max_pending,
+                "maxRetries": self.max_retries,
+                "openConnections": self.connections.load(Ordering::Relaxed),
+                "requestsInFlight": self.in_flight(),
+            },
+            "outlierDetection": {
+                "interval": d(Some(self.outlier.interval)),
+                "consecutive5xx": self.outlier.consecutive_5xx,
+                "consecutiveGatewayErrors": self.outlier.consecutive_gateway,
+                "consecutiveLocalFailures": self.outlier.consecutive_local,
+                "successRate": self.outlier.success_rate.map(|(h, v, f)| serde_json::json!({"minimumHosts": h, "requestVolume": v, "stdevFactor": f})),
+                "baseEjectionTime": d(Some(self.outlier.base_ejection)),
+                "maxEjectionTime": d(Some(self.outlier.max_ejection)),
+                "maxEjectionPercent": self.outlier.max_ejection_percent,
+            },
         })
     }
 
@@ -320,6 +486,7 @@ mod tests {
             Some(&pb::Resilience {
                 retry: Some(r),
                 timeouts: Some(t),
+                breaker: None,
             }),
             &Defaults::default(),
         )
@@ -451,6 +618,70 @@ mod tests {
         // Long after, only the floor.
         let much_later = (0..100).filter(|_| b.withdraw(at(60_000))).count();
         assert_eq!(much_later, 10);
+    }
+
+    /// Requests past `maxRequests` queue up to `maxPendingRequests`, then
+    /// are refused, naming the limit; retries and connections stop at
+    /// theirs; every place comes back when dropped.
+    #[tokio::test]
+    async fn breaker_limits_refuse_past_their_maximum_and_release_on_drop() {
+        use std::future::Future;
+        let r = Resilience::build(
+            Some(&pb::Resilience {
+                breaker: Some(pb::CircuitBreaker {
+                    max_requests: 1,
+                    max_pending_given: true,
+                    max_pending_requests: 1,
+                    max_retries_given: true,
+                    max_retries: 1,
+                    max_connections: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            &Defaults::default(),
+        )
+        .unwrap();
+        let first = r.admit().await.unwrap();
+        assert_eq!(r.in_flight(), 1);
+        // The second waits in the queue; a third finds the queue full.
+        let queued = r.admit();
+        tokio::pin!(queued);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(queued.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(r.admit().await.unwrap_err(), "max-pending-requests");
+        drop(first);
+        let second = queued.await.unwrap();
+        drop(second);
+        assert_eq!(r.in_flight(), 0);
+
+        let retry = r.retry_slot().unwrap();
+        assert!(r.retry_slot().is_none());
+        drop(retry);
+        assert!(r.retry_slot().is_some());
+
+        let conn = r.connection_slot().unwrap();
+        assert!(r.connection_slot().is_none());
+        drop(conn);
+        assert!(r.connection_slot().is_some());
+
+        // No queue: the limit itself is named.
+        let r = Resilience::build(
+            Some(&pb::Resilience {
+                breaker: Some(pb::CircuitBreaker {
+                    max_requests: 1,
+                    max_pending_given: true,
+                    max_pending_requests: 0,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            &Defaults::default(),
+        )
+        .unwrap();
+        let _held = r.admit().await.unwrap();
+        assert_eq!(r.admit().await.unwrap_err(), "max-requests");
     }
 
     /// A budget with no floor and no share refuses every retry.

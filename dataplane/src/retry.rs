@@ -22,11 +22,12 @@ use model::policy::retry::Condition;
 
 use crate::balance::{Cluster, Endpoint};
 use crate::connect::MeshConnector;
+use crate::metrics::ReasonLabel;
+use crate::outlier::{self, Outcome};
 use crate::pool::{Pool, PoolError};
 use crate::protocol::Protocol;
 use crate::proxy::{
-    empty, error_chain, error_response, mesh_request, Body, Proxy, EJECT_FOR, ERROR_HEADER,
-    ERROR_UNAVAILABLE,
+    empty, error_chain, error_response, mesh_request, Body, Proxy, ERROR_HEADER, ERROR_UNAVAILABLE,
 };
 use crate::resilience::grpc_status;
 
@@ -121,7 +122,13 @@ impl Proxy {
     ) -> Response<Body> {
         let (client, version) = self.upstream_for(cluster.protocol);
         let policy = &cluster.resilience;
+        // The circuit breaker: a place among the requests in progress.
+        let _place = match policy.admit().await {
+            Ok(p) => p,
+            Err(limit) => return self.circuit_open(service, limit),
+        };
         policy.budget.deposit(Instant::now());
+        let mut _retry_slot = None;
         // Allocated only when an attempt fails.
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut min_tier = 0;
@@ -151,6 +158,17 @@ impl Proxy {
                 (None, None) => break,
             };
             if attempt > 0 {
+                _retry_slot = policy.retry_slot();
+                if _retry_slot.is_none() {
+                    self.metrics
+                        .circuit_open
+                        .get_or_create(&ReasonLabel {
+                            reason: "max-retries",
+                        })
+                        .inc();
+                    last_err.push_str("; no retry: the destination's maxRetries are in progress");
+                    break;
+                }
                 if !policy.budget.withdraw(Instant::now()) {
                     self.metrics.retries_refused.inc();
                     last_err.push_str("; no retry: the destination's retry budget is spent");
@@ -168,6 +186,9 @@ impl Proxy {
             let r = mesh_request(req.parts, &ep.authority, &req.path, version, b);
             let res: Result<Response<hyper::body::Incoming>, (Failure, String)> = if req.retryable {
                 match tokio::time::timeout(policy.per_try_timeout, client.send(r)).await {
+                    Ok(Err(e)) if e.circuit_open() => {
+                        return self.circuit_open(service, "max-connections")
+                    }
                     Ok(r) => r.map_err(|e| (Failure::of(&e), error_chain(&e))),
                     Err(_) => Err((
                         Failure::Timeout,
@@ -178,10 +199,12 @@ impl Proxy {
                     )),
                 }
             } else {
-                client
-                    .send(r)
-                    .await
-                    .map_err(|e| (Failure::of(&e), error_chain(&e)))
+                match client.send(r).await {
+                    Err(e) if e.circuit_open() => {
+                        return self.circuit_open(service, "max-connections")
+                    }
+                    r => r.map_err(|e| (Failure::of(&e), error_chain(&e))),
+                }
             };
             let failure = match res {
                 // A proxy on the way could not reach the app: for a
@@ -202,10 +225,14 @@ impl Proxy {
                         && policy.retry_status(resp.status(), grpc_status(resp.headers())) =>
                 {
                     let msg = format!("answered {}", resp.status());
+                    self.record_outcome(cluster, &ep, Outcome::of(resp.status()));
                     last_answer = Some(resp);
                     (Failure::Answer, msg)
                 }
-                Ok(resp) => return resp.map(Either::Left),
+                Ok(resp) => {
+                    self.record_outcome(cluster, &ep, Outcome::of(resp.status()));
+                    return resp.map(Either::Left);
+                }
                 Err(f) => f,
             };
             let (kind, msg) = failure;
@@ -229,7 +256,7 @@ impl Proxy {
                 continue;
             }
             if kind.ejects() {
-                ep.eject(EJECT_FOR);
+                self.record_outcome(cluster, &ep, Outcome::Local);
             }
             let by_condition = match kind.condition() {
                 Some(c) => policy.retries_on(c),
@@ -255,7 +282,40 @@ impl Proxy {
             format!("service {service}: no endpoint answered ({last_err})"),
         )
     }
+
+    /// Feed an attempt's outcome to outlier detection; eject the endpoint
+    /// when it trips a threshold.
+    pub(crate) fn record_outcome(&self, cluster: &Cluster, ep: &Endpoint, o: Outcome) {
+        let settings = &cluster.resilience.outlier;
+        if let Some(reason) = ep.outlier().record(o, settings) {
+            if outlier::eject(ep, &cluster.endpoints, settings) {
+                tracing::info!(service = %cluster.service, endpoint = %ep.authority, reason, "endpoint ejected");
+                self.metrics
+                    .ejections
+                    .get_or_create(&ReasonLabel { reason })
+                    .inc();
+            }
+        }
+    }
+
+    /// A CircuitBreaker limit refused the request: 503, naming the limit.
+    pub(crate) fn circuit_open(&self, service: &str, limit: &'static str) -> Response<Body> {
+        self.metrics
+            .circuit_open
+            .get_or_create(&ReasonLabel { reason: limit })
+            .inc();
+        let mut r = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("service {service}: circuit open ({limit} reached; see its CircuitBreaker)"),
+        );
+        r.headers_mut()
+            .insert(CIRCUIT_HEADER, http::HeaderValue::from_static(limit));
+        r
+    }
 }
+
+/// Names the CircuitBreaker limit that refused a request.
+pub const CIRCUIT_HEADER: &str = "x-tern-circuit";
 
 pub(crate) fn is_proxy_failure<B>(resp: &Response<B>) -> bool {
     matches!(

@@ -25,7 +25,7 @@ use crate::balance::{Cluster, Endpoint};
 use crate::protocol::Protocol;
 use crate::proxy::{
     app_uri, empty, error_chain, error_response, mesh_request, path_of, strip_hop_by_hop, Body,
-    Proxy, CLIENT_ID_HEADER, EJECT_FOR, ERROR_HEADER,
+    Proxy, CLIENT_ID_HEADER, ERROR_HEADER,
 };
 
 /// An HTTP/1.1 request asking to switch protocols: `Connection: upgrade`
@@ -130,7 +130,7 @@ impl Proxy {
                         break;
                     }
                     self.metrics.upstream_connect_errors.inc();
-                    ep.eject(EJECT_FOR);
+                    self.record_outcome(cluster, &ep, crate::outlier::Outcome::Local);
                     tried.push(ep);
                 }
             }

@@ -188,3 +188,123 @@ fn timeouts_bound_requests_and_idle_tcp_flows_across_zones() {
     };
     assert!(closed, "the idle flow was closed");
 }
+
+/// The endpoints of `service` in `w`'s config that are ejected now.
+fn ejected(w: &Workload, service: &str) -> Vec<String> {
+    w.dump()["clusters"][service]["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["ejected"] == true)
+        .map(|e| e["address"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// A CircuitBreaker in a two-zone mesh, for callers of api in its own zone
+/// (z1: api on .12 and .13, web on .14):
+///
+/// * outlier detection: .13 answering 500 to everything is ejected after 3
+///   in a row (counted under `consecutive-5xx`), then the GETs sent while
+///   it is out (at least 10, at most 50) all reach .12; once .13 recovers
+///   and its ejection ends, it serves again;
+/// * `maxRequests: 1` with no queue: while one slow request waits for its
+///   answer, a second gets 503 at once with `x-tern-circuit: max-requests`
+///   (counted), and the first still succeeds.
+#[test]
+fn outlier_detection_ejects_and_restores_and_a_request_limit_answers_503() {
+    let net = Net(66);
+    let m = Mesh::start("resilience-breaker", net, None);
+    let _a = m.workload("z1", 12, "api", &[]);
+    let _b = m.workload("z1", 13, "api", &[]);
+    let web = m.workload("z1", 14, "web", &[]);
+    wait_for("both api instances in web's config", T, || {
+        (web.endpoints("api").len() == 2).then_some(())
+    });
+    m.g.apply(&format!(
+        "{H}kind: CircuitBreaker\nmetadata: {{name: api}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  outlierDetection: {{consecutive5xx: 3, interval: 1s, baseEjectionTime: 2s}}\n"
+    ));
+    wait_dump(
+        &web,
+        "/clusters/api/resilience/outlierDetection/consecutive5xx",
+        |v| v == 3,
+    );
+    let bad = net.ip(13);
+    control(net.addr(13, 8080), "/control/fail?status=500");
+    wait_for(".13 ejected by web", T, || {
+        let _ = http(web.outbound(), "GET", "api", "/r", &[]);
+        ejected(&web, "api")
+            .iter()
+            .any(|a| a.starts_with(&format!("{bad}:")))
+            .then_some(())
+    });
+    assert!(
+        metric_sum(
+            web.admin(),
+            "tern_proxy_ejections_total",
+            "reason=\"consecutive-5xx\""
+        ) >= 1.0
+    );
+    let mut while_ejected = 0;
+    for _ in 0..50 {
+        if ejected(&web, "api").is_empty() {
+            break; // the 2 s ejection ended: the rest proves nothing
+        }
+        while_ejected += 1;
+        let r = http(web.outbound(), "GET", "api", "/r", &[]).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            r.json()["instance"]
+                .as_str()
+                .unwrap()
+                .starts_with(&net.ip(12)),
+            "{}",
+            r.body
+        );
+    }
+    assert!(
+        while_ejected >= 10,
+        "only {while_ejected} GETs while ejected"
+    );
+    control(net.addr(13, 8080), "/control/fail?status=0");
+    wait_for(".13 serving web again", T, || {
+        let r = http(web.outbound(), "GET", "api", "/r", &[]).ok()?;
+        (r.status == 200 && r.json()["instance"].as_str()?.starts_with(&bad)).then_some(())
+    });
+
+    // One request at a time, no queue.
+    m.g.apply(&format!(
+        "{H}kind: CircuitBreaker\nmetadata: {{name: api}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  limits: {{maxRequests: 1, maxPendingRequests: 0}}\n"
+    ));
+    wait_dump(&web, "/clusters/api/resilience/limits/maxRequests", |v| {
+        v == 1
+    });
+    for host in [12, 13] {
+        control(net.addr(host, 8080), "/control/delay?ms=2000");
+    }
+    let out = web.outbound();
+    let slow = std::thread::spawn(move || http(out, "GET", "api", "/slow", &[]).unwrap());
+    wait_dump(
+        &web,
+        "/clusters/api/resilience/limits/requestsInFlight",
+        |v| v == 1,
+    );
+    let r = http(web.outbound(), "GET", "api", "/r", &[]).unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.headers
+            .to_ascii_lowercase()
+            .contains("x-tern-circuit: max-requests"),
+        "{}",
+        r.headers
+    );
+    assert!(r.body.contains("circuit open"), "{}", r.body);
+    assert_eq!(slow.join().unwrap().status, 200);
+    assert_eq!(
+        metric_sum(
+            web.admin(),
+            "tern_proxy_circuit_open_total",
+            "reason=\"max-requests\""
+        ),
+        1.0
+    );
+}

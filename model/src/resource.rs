@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::policy::access::{AccessDefaults, AccessPolicySpec, MtlsPolicySpec};
+use crate::policy::breaker::CircuitBreakerSpec;
 use crate::policy::fault::FaultInjectionSpec;
 use crate::policy::ratelimit::RateLimitSpec;
 use crate::policy::retry::RetrySpec;
@@ -186,6 +187,12 @@ pub const KINDS: &[KindInfo] = &[
         plural: "timeouts",
         system: false,
         validate: |v| typed::<TimeoutSpec>(v).and_then(|s| s.check()),
+    },
+    KindInfo {
+        name: "CircuitBreaker",
+        plural: "circuitbreakers",
+        system: false,
+        validate: |v| typed::<CircuitBreakerSpec>(v).and_then(|s| s.check()),
     },
     KindInfo {
         name: "ZoneIngress",

@@ -273,6 +273,58 @@ fn resilience_json(r: &pb::Resilience) -> Value {
             }
         }
     }
+    if let Some(b) = &r.breaker {
+        for (k, v, given) in [
+            ("maxConnections", b.max_connections, b.max_connections > 0),
+            ("maxRequests", b.max_requests, b.max_requests > 0),
+            (
+                "maxPendingRequests",
+                b.max_pending_requests,
+                b.max_pending_given,
+            ),
+            ("maxRetries", b.max_retries, b.max_retries_given),
+            ("consecutive5xx", b.consecutive_5xx, b.consecutive_5xx_given),
+            (
+                "consecutiveGatewayErrors",
+                b.consecutive_gateway,
+                b.consecutive_gateway_given,
+            ),
+            (
+                "consecutiveLocalFailures",
+                b.consecutive_local,
+                b.consecutive_local_given,
+            ),
+            (
+                "maxEjectionPercent",
+                b.max_ejection_percent,
+                b.max_ejection_percent_given,
+            ),
+        ] {
+            if given {
+                out.insert(k.to_string(), json!(v));
+            }
+        }
+        for (k, v) in [
+            ("outlierInterval", b.interval_ms),
+            ("baseEjectionTime", b.base_ejection_ms),
+            ("maxEjectionTime", b.max_ejection_ms),
+        ] {
+            if v > 0 {
+                out.insert(k.to_string(), json!(format!("{v}ms")));
+            }
+        }
+        if b.success_rate_given {
+            out.insert(
+                "successRate".to_string(),
+                json!(format!(
+                    "below mean - {} sd, {}+ hosts with {}+ requests",
+                    b.success_rate_stdev_factor,
+                    b.success_rate_minimum_hosts,
+                    b.success_rate_request_volume
+                )),
+            );
+        }
+    }
     Value::Object(out)
 }
 

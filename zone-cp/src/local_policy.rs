@@ -22,6 +22,7 @@ pub const LOCAL_KINDS: &[&str] = &[
     "TcpRoute",
     "Retry",
     "Timeout",
+    "CircuitBreaker",
     "RateLimit",
     "FaultInjection",
 ];

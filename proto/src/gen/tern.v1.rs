@@ -408,8 +408,8 @@ pub struct Cluster {
     /// `Kind/name` of each policy above (for explain output).
     #[prost(string, repeated, tag = "6")]
     pub policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
-    /// What this proxy's Retry and Timeout policies say about calls to this
-    /// service, merged field by field; absent: the proxy's defaults.
+    /// What this proxy's Retry, Timeout and CircuitBreaker policies say about
+    /// calls to this service, merged field by field; absent: the defaults.
     #[prost(message, optional, tag = "7")]
     pub resilience: ::core::option::Option<Resilience>,
 }
@@ -420,6 +420,55 @@ pub struct Resilience {
     pub retry: ::core::option::Option<RetryPolicy>,
     #[prost(message, optional, tag = "2")]
     pub timeouts: ::core::option::Option<Timeouts>,
+    #[prost(message, optional, tag = "3")]
+    pub breaker: ::core::option::Option<CircuitBreaker>,
+}
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct CircuitBreaker {
+    /// `*_given`: the limit was set (0 is a valid queue length).
+    #[prost(uint32, tag = "1")]
+    pub max_connections: u32,
+    #[prost(uint32, tag = "2")]
+    pub max_requests: u32,
+    #[prost(bool, tag = "3")]
+    pub max_pending_given: bool,
+    #[prost(uint32, tag = "4")]
+    pub max_pending_requests: u32,
+    #[prost(bool, tag = "5")]
+    pub max_retries_given: bool,
+    #[prost(uint32, tag = "6")]
+    pub max_retries: u32,
+    #[prost(uint64, tag = "7")]
+    pub interval_ms: u64,
+    /// Thresholds; `*_given` with 0 turns one off.
+    #[prost(bool, tag = "8")]
+    pub consecutive_5xx_given: bool,
+    #[prost(uint32, tag = "9")]
+    pub consecutive_5xx: u32,
+    #[prost(bool, tag = "10")]
+    pub consecutive_gateway_given: bool,
+    #[prost(uint32, tag = "11")]
+    pub consecutive_gateway: u32,
+    #[prost(bool, tag = "12")]
+    pub consecutive_local_given: bool,
+    #[prost(uint32, tag = "13")]
+    pub consecutive_local: u32,
+    #[prost(bool, tag = "14")]
+    pub success_rate_given: bool,
+    #[prost(uint32, tag = "15")]
+    pub success_rate_minimum_hosts: u32,
+    #[prost(uint32, tag = "16")]
+    pub success_rate_request_volume: u32,
+    #[prost(double, tag = "17")]
+    pub success_rate_stdev_factor: f64,
+    #[prost(uint64, tag = "18")]
+    pub base_ejection_ms: u64,
+    #[prost(uint64, tag = "19")]
+    pub max_ejection_ms: u64,
+    #[prost(bool, tag = "20")]
+    pub max_ejection_percent_given: bool,
+    #[prost(uint32, tag = "21")]
+    pub max_ejection_percent: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RetryPolicy {
