@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use model::policy::access::{AccessDefaults, AccessPolicySpec, Action, MtlsMode, MtlsPolicySpec};
+use model::policy::balancer::LoadBalancerSpec;
 use model::policy::breaker::CircuitBreakerSpec;
 use model::policy::fault::{Fault, FaultInjectionSpec};
 use model::policy::ratelimit::{Limit, Per, RateLimitSpec};
@@ -32,6 +33,7 @@ pub struct PolicySet {
     pub retries: Vec<Policy<RetrySpec>>,
     pub timeouts: Vec<Policy<TimeoutSpec>>,
     pub breakers: Vec<Policy<CircuitBreakerSpec>>,
+    pub balancers: Vec<Policy<LoadBalancerSpec>>,
     pub defaults: AccessDefaults,
     /// Zone → region, for callers named by region.
     pub regions: BTreeMap<String, String>,
@@ -94,6 +96,8 @@ impl PolicySet {
                     set.timeouts.push(p);
                 } else if let Some(p) = model::policy::parse(r, "CircuitBreaker", origin) {
                     set.breakers.push(p);
+                } else if let Some(p) = model::policy::parse(r, "LoadBalancer", origin) {
+                    set.balancers.push(p);
                 }
             }
         }
@@ -307,7 +311,9 @@ impl PolicySet {
         let retries = applicable_to(&self.retries, &f, service);
         let timeouts = applicable_to(&self.timeouts, &f, service);
         let breakers = applicable_to(&self.breakers, &f, service);
-        if retries.is_empty() && timeouts.is_empty() && breakers.is_empty() {
+        let balancers = applicable_to(&self.balancers, &f, service);
+        if retries.is_empty() && timeouts.is_empty() && breakers.is_empty() && balancers.is_empty()
+        {
             return (None, policies);
         }
         let retry = (!retries.is_empty()).then(|| {
@@ -322,11 +328,16 @@ impl PolicySet {
             policies.extend(breakers.iter().map(|p| p.reference()));
             merge_breaker(breakers.iter().map(|p| &p.spec))
         });
+        let balancer = (!balancers.is_empty()).then(|| {
+            policies.extend(balancers.iter().map(|p| p.reference()));
+            merge_balancer(balancers.iter().map(|p| &p.spec), &f)
+        });
         (
             Some(pb::Resilience {
                 retry,
                 timeouts,
                 breaker,
+                balancer,
             }),
             policies,
         )
@@ -377,6 +388,70 @@ fn merge_retry<'a>(specs: impl Iterator<Item = &'a RetrySpec> + Clone) -> pb::Re
         idempotent_methods: first(http, |h| h.idempotent_methods.clone()).unwrap_or_default(),
         tcp_connect_attempts: first(specs.filter_map(|s| s.tcp.as_ref()), |t| t.connect_attempts)
             .unwrap_or(0),
+    }
+}
+
+fn merge_balancer<'a>(
+    specs: impl Iterator<Item = &'a LoadBalancerSpec> + Clone,
+    caller: &Facts<'_>,
+) -> pb::LoadBalancer {
+    let hash = first(specs.clone(), |s| s.hash.clone()).unwrap_or_default();
+    // The first failover entry (in precedence order, then as written) that
+    // names the caller's zone or region.
+    let failover = first(specs.clone(), |s| {
+        s.failover
+            .as_ref()?
+            .iter()
+            .find(|f| f.from.matches(caller))
+            .cloned()
+    });
+    pb::LoadBalancer {
+        algorithm: first(specs.clone(), |s| s.algorithm)
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default(),
+        hash_header: hash.header.unwrap_or_default(),
+        hash_cookie: hash.cookie.unwrap_or_default(),
+        hash_source: hash.source,
+        overprovisioning: first(specs.clone(), |s| s.overprovisioning_factor).unwrap_or(0.0),
+        failover_scope: failover
+            .as_ref()
+            .and_then(|f| f.scope)
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        failover_zones: failover.and_then(|f| f.zones).unwrap_or_default(),
+        locality_off: first(specs, |s| s.locality_aware) == Some(false),
+    }
+}
+
+/// Re-rank (or drop) a cluster's endpoints as a caller's LoadBalancer
+/// says: locality off puts every endpoint in one tier; a zone list keeps
+/// the caller's zone first, then those zones in order, and drops the rest;
+/// a scope keeps the caller's zone or region only.
+pub fn apply_locality(lb: &pb::LoadBalancer, proxy: &ProxyFacts, eps: &mut Vec<pb::Endpoint>) {
+    if lb.locality_off {
+        for e in eps.iter_mut() {
+            e.priority = 0;
+        }
+    } else if !lb.failover_zones.is_empty() {
+        eps.retain_mut(|e| {
+            if e.zone == proxy.zone {
+                e.priority = 0;
+                return true;
+            }
+            match lb.failover_zones.iter().position(|z| *z == e.zone) {
+                Some(i) => {
+                    e.priority = i as u32 + 1;
+                    true
+                }
+                None => false,
+            }
+        });
+    } else {
+        match lb.failover_scope.as_str() {
+            "zone" => eps.retain(|e| e.zone == proxy.zone),
+            "region" => eps.retain(|e| e.region == proxy.region),
+            _ => {}
+        }
     }
 }
 
@@ -759,6 +834,56 @@ mod tests {
         // No policy at all: nothing compiled, the proxy's defaults apply.
         let none = set(&[], &[]);
         assert_eq!(none.resilience(&proxy("web", "eu-1", &[]), "api").0, None);
+    }
+
+    /// The first failover entry naming the caller's zone or region decides
+    /// where it may go: a zone list ranks those zones after its own and
+    /// drops the rest; `scope: zone` keeps its zone only; `region` its
+    /// region; locality off puts everything in one tier.
+    #[test]
+    fn load_balancer_failover_reranks_or_drops_endpoints_per_caller_zone() {
+        let lb = format!("{H}kind: LoadBalancer\nmetadata: {{name: lb}}\nspec:\n  to: {{service: api}}\n  algorithm: least-request\n  failover:\n    - {{from: {{zone: eu-1}}, zones: [us-1]}}\n    - {{from: {{zone: eu-2}}, scope: zone}}\n    - {{from: {{region: us}}, scope: region}}\n");
+        let flat = format!("{H}kind: LoadBalancer\nmetadata: {{name: flat}}\nspec:\n  targetRef: {{service: batch}}\n  localityAware: false\n");
+        let s = set(&[&lb, &flat], &[]);
+        let ep = |zone: &str, region: &str, priority: u32| pb::Endpoint {
+            zone: zone.into(),
+            region: region.into(),
+            priority,
+            ..Default::default()
+        };
+        let all = || {
+            vec![
+                ep("eu-1", "eu", 0),
+                ep("eu-2", "eu", 1),
+                ep("us-1", "us", 2),
+                ep("us-2", "us", 2),
+            ]
+        };
+        let ranked = |p: &ProxyFacts| {
+            let (r, _) = s.resilience(p, "api");
+            let lb = r.unwrap().balancer.unwrap();
+            let mut eps = all();
+            apply_locality(&lb, p, &mut eps);
+            eps.iter()
+                .map(|e| format!("{}:{}", e.zone, e.priority))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ranked(&proxy("web", "eu-1", &[])), ["eu-1:0", "us-1:1"]);
+        assert_eq!(ranked(&proxy("web", "eu-2", &[])), ["eu-2:1"]);
+        let us = ProxyFacts {
+            region: "us".into(),
+            ..proxy("web", "us-1", &[])
+        };
+        assert_eq!(ranked(&us), ["us-1:2", "us-2:2"]);
+        let (r, _) = s.resilience(&proxy("web", "eu-1", &[]), "api");
+        assert_eq!(r.unwrap().balancer.unwrap().algorithm, "least-request");
+        // batch: locality off, everything in one tier.
+        let b = proxy("batch", "eu-1", &[]);
+        let (r, _) = s.resilience(&b, "db");
+        let lb = r.unwrap().balancer.unwrap();
+        let mut eps = all();
+        apply_locality(&lb, &b, &mut eps);
+        assert!(eps.len() == 4 && eps.iter().all(|e| e.priority == 0));
     }
 
     #[test]

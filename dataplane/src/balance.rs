@@ -83,6 +83,8 @@ pub struct Health {
     probe_ok: AtomicBool,
     /// Passive health: outcomes of attempts, for outlier detection.
     outlier: crate::outlier::Counters,
+    /// Requests sent and waiting for their response head (least request).
+    active: std::sync::atomic::AtomicU32,
 }
 
 impl Default for Health {
@@ -91,6 +93,7 @@ impl Default for Health {
             ejected_until: AtomicU64::new(0),
             probe_ok: AtomicBool::new(true),
             outlier: Default::default(),
+            active: Default::default(),
         }
     }
 }
@@ -202,6 +205,17 @@ impl Endpoint {
         }))
     }
 
+    /// Requests in progress to this endpoint (waiting for their head).
+    pub fn active(&self) -> u32 {
+        self.health.active.load(Ordering::Relaxed)
+    }
+
+    /// Count a request in progress until the guard drops.
+    pub fn start_request(&self) -> Active<'_> {
+        self.health.active.fetch_add(1, Ordering::Relaxed);
+        Active(&self.health.active)
+    }
+
     pub fn outlier(&self) -> &crate::outlier::Counters {
         &self.health.outlier
     }
@@ -216,6 +230,15 @@ impl Endpoint {
         if ok && !was {
             self.health.ejected_until.store(0, Ordering::Relaxed);
         }
+    }
+}
+
+/// A request in progress to an endpoint.
+pub struct Active<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -237,6 +260,10 @@ pub struct Cluster {
     /// What the destination's Retry and Timeout policies say; shared with
     /// the route backends built from this cluster (one retry budget).
     pub resilience: Arc<Resilience>,
+    /// Per tier, for a ring hash: its ring.
+    rings: Vec<crate::choose::Ring>,
+    /// Round robin's turn.
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 /// A pick: the endpoint, and the index of its tier.
@@ -270,10 +297,20 @@ impl Cluster {
             tier_has_via,
             rng: Rng::new(),
             resilience: default_resilience(),
+            rings: Vec::new(),
+            turn: Default::default(),
         }
     }
 
     pub fn with_resilience(mut self, r: Arc<Resilience>) -> Self {
+        self.rings = if r.algorithm == crate::choose::Algorithm::RingHash {
+            self.tiers
+                .iter()
+                .map(|t| crate::choose::Ring::new(t))
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.resilience = r;
         self
     }
@@ -346,7 +383,7 @@ impl Cluster {
                 } else {
                     healthy as f64 / total as f64
                 };
-                let load = (frac * OVERPROVISIONING).min(remaining);
+                let load = (frac * self.resilience.overprovisioning).min(remaining);
                 remaining -= load;
                 load
             })
@@ -360,6 +397,17 @@ impl Cluster {
     /// gateway path to a zone whose first path failed), then any untried one
     /// (panic mode) rather than failing outright.
     pub fn pick(&self, tried: &[Arc<Endpoint>], min_tier: usize) -> Option<Pick> {
+        self.pick_keyed(tried, min_tier, None)
+    }
+
+    /// [`Cluster::pick`], where a ring hash uses `key` (a request without
+    /// one is placed at random).
+    pub fn pick_keyed(
+        &self,
+        tried: &[Arc<Endpoint>],
+        min_tier: usize,
+        key: Option<u64>,
+    ) -> Option<Pick> {
         let loads = self.tier_loads(tried, min_tier);
         let sum: f64 = loads.iter().sum();
         let untried = |e: &&Arc<Endpoint>| !tried.iter().any(|x| Arc::ptr_eq(x, e));
@@ -388,23 +436,17 @@ impl Cluster {
             tier -= 1;
         }
         if !self.tier_has_via[tier] {
-            let up = |e: &&Arc<Endpoint>| e.available() && !tried.iter().any(|x| Arc::ptr_eq(x, e));
-            let total: u64 = self.tiers[tier]
-                .iter()
-                .filter(up)
-                .map(|e| e.weight.max(1) as u64)
-                .sum();
-            let mut x = (self.next_rand() * total as f64) as u64;
-            let mut last = None;
-            for e in self.tiers[tier].iter().filter(up) {
-                let w = e.weight.max(1) as u64;
-                if x < w {
-                    return Some((e.clone(), tier));
-                }
-                x -= w;
-                last = Some(e);
-            }
-            return last.map(|e| (e.clone(), tier));
+            let up = |e: &Arc<Endpoint>| e.available() && !tried.iter().any(|x| Arc::ptr_eq(x, e));
+            return crate::choose::choose(
+                self.resilience.algorithm,
+                &self.tiers[tier],
+                up,
+                &self.rng,
+                &self.turn,
+                self.rings.get(tier),
+                key,
+            )
+            .map(|e| (e.clone(), tier));
         }
         let groups: Vec<(u64, Vec<&Arc<Endpoint>>, bool)> = Self::groups(&self.tiers[tier], tried)
             .into_iter()

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod balance;
+pub mod choose;
 pub mod connect;
 pub mod cp_client;
 pub mod fault;
@@ -259,6 +260,9 @@ fn compile_policies(
         c.tcp_route = tcp;
         c.policies = policies;
         let (resilience, more) = set.resilience(&facts, &c.service);
+        if let Some(lb) = resilience.as_ref().and_then(|r| r.balancer.as_ref()) {
+            common::policy::apply_locality(lb, &facts, &mut c.endpoints);
+        }
         c.resilience = resilience;
         c.policies.extend(more);
     }

@@ -300,6 +300,14 @@ impl Proxy {
             body,
             bodyless,
             retryable: (safe_method && bodyless) || marked,
+            key: match policy.hash {
+                crate::resilience::HashKey::None => None,
+                ref k => {
+                    let tls = self.shared.tls.load();
+                    let me = tls.as_ref().map(|t| t.ident.id.to_string());
+                    k.of(&parts.headers, me.as_deref())
+                }
+            },
         };
         // The route's timeout, else the destination's request timeout: until
         // the response head, across all attempts.

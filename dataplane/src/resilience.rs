@@ -74,6 +74,41 @@ pub struct Resilience {
     pending: AtomicUsize,
     retries_active: AtomicUsize,
     connections: Arc<AtomicUsize>,
+    pub algorithm: crate::choose::Algorithm,
+    pub hash: HashKey,
+    /// Spill-over between locality tiers (Envoy's overprovisioning factor).
+    pub overprovisioning: f64,
+}
+
+/// What a ring hash hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    None,
+    Header(http::HeaderName),
+    Cookie(String),
+    /// The caller's own identity.
+    Source,
+}
+
+impl HashKey {
+    /// The request's key, if it has one. `source`: this proxy's identity.
+    pub fn of(&self, h: &http::HeaderMap, source: Option<&str>) -> Option<u64> {
+        let v = match self {
+            HashKey::None => return None,
+            HashKey::Header(n) => h.get(n)?.to_str().ok()?.to_string(),
+            HashKey::Cookie(name) => h
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|kv| {
+                    let (k, v) = kv.trim().split_once('=')?;
+                    (k == name).then(|| v.to_string())
+                })?,
+            HashKey::Source => source?.to_string(),
+        };
+        Some(crate::choose::hash_str(&v))
+    }
 }
 
 pub const DEFAULT_MAX: u32 = 1024;
@@ -105,6 +140,8 @@ impl Resilience {
         let r = p.and_then(|p| p.retry.as_ref()).unwrap_or(&none);
         let no_t = pb::Timeouts::default();
         let t = p.and_then(|p| p.timeouts.as_ref()).unwrap_or(&no_t);
+        let no_lb = pb::LoadBalancer::default();
+        let lb = p.and_then(|p| p.balancer.as_ref()).unwrap_or(&no_lb);
         let no_b = pb::CircuitBreaker::default();
         let b = p.and_then(|p| p.breaker.as_ref()).unwrap_or(&no_b);
         let on = if r.on_given {
@@ -162,6 +199,24 @@ impl Resilience {
             pending: AtomicUsize::new(0),
             retries_active: AtomicUsize::new(0),
             connections: Arc::new(AtomicUsize::new(0)),
+            algorithm: crate::choose::Algorithm::parse(&lb.algorithm)?,
+            hash: if !lb.hash_header.is_empty() {
+                HashKey::Header(
+                    http::HeaderName::from_bytes(lb.hash_header.as_bytes())
+                        .map_err(|_| format!("bad hash header {:?}", lb.hash_header))?,
+                )
+            } else if !lb.hash_cookie.is_empty() {
+                HashKey::Cookie(lb.hash_cookie.clone())
+            } else if lb.hash_source {
+                HashKey::Source
+            } else {
+                HashKey::None
+            },
+            overprovisioning: if lb.overprovisioning >= 1.0 {
+                lb.overprovisioning
+            } else {
+                crate::balance::OVERPROVISIONING
+            },
         })
     }
 
@@ -188,6 +243,9 @@ impl Resilience {
             && self.max_requests == o.max_requests
             && self.max_pending == o.max_pending
             && self.max_retries == o.max_retries
+            && self.algorithm == o.algorithm
+            && self.hash == o.hash
+            && self.overprovisioning == o.overprovisioning
     }
 
     /// A place among the requests waiting for their head, queueing for one
@@ -340,6 +398,16 @@ impl Resilience {
             "requestTimeout": d(self.request_timeout),
             "idleTimeout": d(self.tcp_idle),
             "streamDuration": d(self.stream_duration),
+            "loadBalancer": {
+                "algorithm": self.algorithm.as_str(),
+                "hash": match &self.hash {
+                    HashKey::None => serde_json::Value::Null,
+                    HashKey::Header(h) => serde_json::json!({"header": h.as_str()}),
+                    HashKey::Cookie(c) => serde_json::json!({"cookie": c}),
+                    HashKey::Source => serde_json::json!({"source": true}),
+                },
+                "overprovisioningFactor": self.overprovisioning,
+            },
             "limits": {
                 "maxConnections": self.max_connections,
                 "maxRequests": self.max_requests,
@@ -487,6 +555,7 @@ mod tests {
                 retry: Some(r),
                 timeouts: Some(t),
                 breaker: None,
+                balancer: None,
             }),
             &Defaults::default(),
         )

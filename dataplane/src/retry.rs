@@ -100,6 +100,8 @@ pub struct Outgoing<'a> {
     pub bodyless: bool,
     /// Safe to send again (idempotent, or marked so).
     pub retryable: bool,
+    /// The request's ring-hash key, when the destination hashes.
+    pub key: Option<u64>,
 }
 
 impl Proxy {
@@ -146,7 +148,7 @@ impl Proxy {
             // (a flaky one may answer the next time).
             let Some((ep, tier)) = again
                 .take()
-                .or_else(|| cluster.pick(&tried, min_tier))
+                .or_else(|| cluster.pick_keyed(&tried, min_tier, req.key))
                 .or_else(|| cluster.pick(&[], 0))
             else {
                 break;
@@ -184,6 +186,7 @@ impl Proxy {
                 }
             }
             let r = mesh_request(req.parts, &ep.authority, &req.path, version, b);
+            let active = ep.start_request();
             let res: Result<Response<hyper::body::Incoming>, (Failure, String)> = if req.retryable {
                 match tokio::time::timeout(policy.per_try_timeout, client.send(r)).await {
                     Ok(Err(e)) if e.circuit_open() => {
@@ -206,6 +209,7 @@ impl Proxy {
                     r => r.map_err(|e| (Failure::of(&e), error_chain(&e))),
                 }
             };
+            drop(active);
             let failure = match res {
                 // A proxy on the way could not reach the app: for a
                 // retryable request that is a failed attempt, not an answer.
@@ -276,6 +280,16 @@ impl Proxy {
         }
         if let Some(answer) = last_answer {
             return answer.map(Either::Left);
+        }
+        if last_err.is_empty() {
+            // Not one attempt: nothing to send it to.
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "service {service}: no endpoint to send to (none registered, or none its \
+                     LoadBalancer failover allows from this zone)"
+                ),
+            );
         }
         error_response(
             StatusCode::BAD_GATEWAY,

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::policy::access::{AccessDefaults, AccessPolicySpec, MtlsPolicySpec};
+use crate::policy::balancer::LoadBalancerSpec;
 use crate::policy::breaker::CircuitBreakerSpec;
 use crate::policy::fault::FaultInjectionSpec;
 use crate::policy::ratelimit::RateLimitSpec;
@@ -193,6 +194,12 @@ pub const KINDS: &[KindInfo] = &[
         plural: "circuitbreakers",
         system: false,
         validate: |v| typed::<CircuitBreakerSpec>(v).and_then(|s| s.check()),
+    },
+    KindInfo {
+        name: "LoadBalancer",
+        plural: "loadbalancers",
+        system: false,
+        validate: |v| typed::<LoadBalancerSpec>(v).and_then(|s| s.check()),
     },
     KindInfo {
         name: "ZoneIngress",

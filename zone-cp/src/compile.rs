@@ -270,11 +270,16 @@ pub fn proxy_config(
             // No policy for calls to it: the cluster every sidecar shares.
             c.clone()
         } else {
+            let mut endpoints = c.endpoints.clone();
+            if let Some(lb) = resilience.as_ref().and_then(|r| r.balancer.as_ref()) {
+                common::policy::apply_locality(lb, facts, &mut endpoints);
+            }
             Arc::new(pb::Cluster {
                 http_routes: http,
                 tcp_route: tcp,
                 policies,
                 resilience,
+                endpoints,
                 ..(**c).clone()
             })
         };

@@ -273,6 +273,32 @@ fn resilience_json(r: &pb::Resilience) -> Value {
             }
         }
     }
+    if let Some(b) = &r.balancer {
+        if !b.algorithm.is_empty() {
+            out.insert("algorithm".into(), json!(b.algorithm));
+        }
+        for (k, v) in [
+            ("hashHeader", &b.hash_header),
+            ("hashCookie", &b.hash_cookie),
+            ("failoverScope", &b.failover_scope),
+        ] {
+            if !v.is_empty() {
+                out.insert(k.into(), json!(v));
+            }
+        }
+        if b.hash_source {
+            out.insert("hashSource".into(), json!(true));
+        }
+        if b.overprovisioning > 0.0 {
+            out.insert("overprovisioningFactor".into(), json!(b.overprovisioning));
+        }
+        if !b.failover_zones.is_empty() {
+            out.insert("failoverZones".into(), json!(b.failover_zones));
+        }
+        if b.locality_off {
+            out.insert("localityAware".into(), json!(false));
+        }
+    }
     if let Some(b) = &r.breaker {
         for (k, v, given) in [
             ("maxConnections", b.max_connections, b.max_connections > 0),

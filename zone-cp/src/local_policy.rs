@@ -23,6 +23,7 @@ pub const LOCAL_KINDS: &[&str] = &[
     "Retry",
     "Timeout",
     "CircuitBreaker",
+    "LoadBalancer",
     "RateLimit",
     "FaultInjection",
 ];

@@ -408,8 +408,9 @@ pub struct Cluster {
     /// `Kind/name` of each policy above (for explain output).
     #[prost(string, repeated, tag = "6")]
     pub policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
-    /// What this proxy's Retry, Timeout and CircuitBreaker policies say about
-    /// calls to this service, merged field by field; absent: the defaults.
+    /// What this proxy's Retry, Timeout, CircuitBreaker and LoadBalancer
+    /// policies say about calls to this service, merged field by field;
+    /// absent: the defaults.
     #[prost(message, optional, tag = "7")]
     pub resilience: ::core::option::Option<Resilience>,
 }
@@ -422,6 +423,33 @@ pub struct Resilience {
     pub timeouts: ::core::option::Option<Timeouts>,
     #[prost(message, optional, tag = "3")]
     pub breaker: ::core::option::Option<CircuitBreaker>,
+    #[prost(message, optional, tag = "4")]
+    pub balancer: ::core::option::Option<LoadBalancer>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct LoadBalancer {
+    /// "random" (or ""), "round-robin", "least-request", "ring-hash".
+    #[prost(string, tag = "1")]
+    pub algorithm: ::prost::alloc::string::String,
+    /// Ring hash key: one of a header, a cookie, or the caller's identity.
+    #[prost(string, tag = "2")]
+    pub hash_header: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub hash_cookie: ::prost::alloc::string::String,
+    #[prost(bool, tag = "4")]
+    pub hash_source: bool,
+    /// Envoy's overprovisioning factor for spill-over between tiers; 0: 1.4.
+    #[prost(double, tag = "5")]
+    pub overprovisioning: f64,
+    /// How the endpoints' priorities were compiled (for explain output): the
+    /// failover scope ("zone", "region", "mesh"), or the zones in order, or
+    /// locality awareness off.
+    #[prost(string, tag = "6")]
+    pub failover_scope: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "7")]
+    pub failover_zones: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(bool, tag = "8")]
+    pub locality_off: bool,
 }
 #[derive(Clone, Copy, PartialEq, ::prost::Message)]
 pub struct CircuitBreaker {
