@@ -2,13 +2,18 @@
 # Sidecar pair with policies, Tern against Envoy 1.40 in the same run:
 #   load -> client sidecar (127.0.0.1:15001) -> mTLS -> server sidecar (127.0.0.1:15006) -> nginx (127.0.0.1:18080, 1 KiB)
 # Contenders, each measured with and without policies:
-#   envoy, envoy-policy: a route that matches GET under / (10 s timeout) on the
-#     client side; on the server side an RBAC filter allowing only the client's
-#     SPIFFE ID to GET under /, a local rate limit (1,000,000/s, never reached)
-#     and a fault filter (aborts only requests the benchmark never sends);
-#   tern, tern-policy: the same as an HttpRoute, an AccessPolicy, a RateLimit
-#     and a FaultInjection (compiled by the standalone sidecars from policy
-#     documents, as a zone-cp would);
+#   envoy, envoy-policy: on the client side a route that matches GET under /
+#     (10 s timeout) with a retry policy, and a cluster with least-request
+#     balancing, circuit-breaker thresholds, outlier detection and an HTTP
+#     health check every 5 s; on the server side an RBAC filter allowing only
+#     the client's SPIFFE ID to GET under /, a local rate limit (1,000,000/s,
+#     never reached) and a fault filter (aborts only requests the benchmark
+#     never sends);
+#   tern, tern-policy: the same as an HttpRoute, a Retry, a Timeout, a
+#     LoadBalancer and a CircuitBreaker on the client side; an AccessPolicy,
+#     a RateLimit, a FaultInjection and a HealthCheck (the server sidecar
+#     checking its app every 5 s) on the server side (compiled by the
+#     standalone sidecars from policy documents, as a zone-cp would);
 #   direct: the load straight at nginx (the floor).
 # Both use certificates in Tern's layout (root -> zone CA -> workloads,
 # bench/certs.sh) and one worker thread per sidecar. Load shapes, as in
@@ -37,9 +42,9 @@ install -m 600 "$certs/tern-server.key" "$cfg/server.key"
 install -m 600 "$certs/tern-client.key" "$cfg/client.key"
 
 # Envoy: the route and RBAC filter switched on or off in the same files.
-sed "s#CERTS#$certs#g; s/^#PLAIN/      /; /^#ROUTE/d" "$root/bench/envoy-pair/out.yaml" > "$cfg/envoy-out.yaml"
+sed "s#CERTS#$certs#g; s/^#PLAIN/      /; /^#ROUTE/d; /^#CL/d" "$root/bench/envoy-pair/out.yaml" > "$cfg/envoy-out.yaml"
 sed "s#CERTS#$certs#g; /^#RBAC/d" "$root/bench/envoy-pair/in.yaml" > "$cfg/envoy-in.yaml"
-sed "s#CERTS#$certs#g; s/^#ROUTE/      /; /^#PLAIN/d" "$root/bench/envoy-pair/out.yaml" > "$cfg/envoy-out-policy.yaml"
+sed "s#CERTS#$certs#g; s/^#ROUTE/      /; s/^#CL/   /; /^#PLAIN/d" "$root/bench/envoy-pair/out.yaml" > "$cfg/envoy-out-policy.yaml"
 sed "s#CERTS#$certs#g; s/^#RBAC/     /" "$root/bench/envoy-pair/in.yaml" > "$cfg/envoy-in-policy.yaml"
 
 # Tern: the same policies as documents.
@@ -54,6 +59,53 @@ spec:
     - name: gets
       matches: [{path: {prefix: /}, method: GET}]
       timeout: 10s
+YAML
+cat > "$cfg/resilience.yaml" <<'YAML'
+apiVersion: tern.dev/v1alpha1
+kind: Retry
+metadata: {name: server-retries}
+spec:
+  targetRef: {service: client}
+  to: {service: server}
+  http: {attempts: 3, perTryTimeout: 2s, on: [connect-failure, reset, 5xx], backoff: {base: 25ms, max: 250ms}}
+---
+apiVersion: tern.dev/v1alpha1
+kind: Timeout
+metadata: {name: server-timeouts}
+spec:
+  targetRef: {service: client}
+  to: {service: server}
+  connect: 1s
+  request: 10s
+---
+apiVersion: tern.dev/v1alpha1
+kind: LoadBalancer
+metadata: {name: server-lb}
+spec:
+  targetRef: {service: client}
+  to: {service: server}
+  algorithm: least-request
+---
+apiVersion: tern.dev/v1alpha1
+kind: CircuitBreaker
+metadata: {name: server-breaker}
+spec:
+  targetRef: {service: client}
+  to: {service: server}
+  limits: {maxConnections: 1024, maxPendingRequests: 1024, maxRequests: 1024, maxRetries: 1024}
+  outlierDetection: {consecutive5xx: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 50}
+YAML
+cat > "$cfg/health.yaml" <<'YAML'
+apiVersion: tern.dev/v1alpha1
+kind: HealthCheck
+metadata: {name: server-health}
+spec:
+  targetRef: {service: server}
+  interval: 5s
+  timeout: 1s
+  unhealthyThreshold: 3
+  healthyThreshold: 2
+  http: {path: /}
 YAML
 cat > "$cfg/limits.yaml" <<'YAML'
 apiVersion: tern.dev/v1alpha1
@@ -107,8 +159,8 @@ $3
 YAML
 }
 tern_configs "" "" ""
-tern_configs "-policy" "policies: { files: [$cfg/access.yaml, $cfg/limits.yaml], service: server, zone: bench }" \
-  "policies: { files: [$cfg/route.yaml], service: client, zone: bench }"
+tern_configs "-policy" "policies: { files: [$cfg/access.yaml, $cfg/limits.yaml, $cfg/health.yaml], service: server, zone: bench }" \
+  "policies: { files: [$cfg/route.yaml, $cfg/resilience.yaml], service: client, zone: bench }"
 
 nginx -c "$root/bench/nginx-app.conf" -e /dev/null & ngpid=$!
 trap 'kill $ngpid 2>/dev/null' EXIT

@@ -12,6 +12,7 @@ use model::policy::access::{AccessDefaults, AccessPolicySpec, Action, MtlsMode, 
 use model::policy::balancer::LoadBalancerSpec;
 use model::policy::breaker::CircuitBreakerSpec;
 use model::policy::fault::{Fault, FaultInjectionSpec};
+use model::policy::health::HealthCheckSpec;
 use model::policy::ratelimit::{Limit, Per, RateLimitSpec};
 use model::policy::retry::RetrySpec;
 use model::policy::route::{self, Backend, HttpRouteSpec, PathMatch, TcpRouteSpec, ValueMatch};
@@ -34,6 +35,7 @@ pub struct PolicySet {
     pub timeouts: Vec<Policy<TimeoutSpec>>,
     pub breakers: Vec<Policy<CircuitBreakerSpec>>,
     pub balancers: Vec<Policy<LoadBalancerSpec>>,
+    pub health: Vec<Policy<HealthCheckSpec>>,
     pub defaults: AccessDefaults,
     /// Zone → region, for callers named by region.
     pub regions: BTreeMap<String, String>,
@@ -98,6 +100,8 @@ impl PolicySet {
                     set.breakers.push(p);
                 } else if let Some(p) = model::policy::parse(r, "LoadBalancer", origin) {
                     set.balancers.push(p);
+                } else if let Some(p) = model::policy::parse(r, "HealthCheck", origin) {
+                    set.health.push(p);
                 }
             }
         }
@@ -161,7 +165,12 @@ impl PolicySet {
                 ));
             }
         }
+        let health_check = applicable(&self.health, &f).first().map(|p| {
+            policies.push(p.reference());
+            health_check(p.reference(), &p.spec)
+        });
         pb::InboundPolicy {
+            health_check,
             faults,
             rate_limits,
             mtls_mode: match mtls.unwrap_or_default() {
@@ -515,6 +524,37 @@ fn merge_timeouts<'a>(specs: impl Iterator<Item = &'a TimeoutSpec> + Clone) -> p
         idle_infinite,
         stream_ms,
         stream_infinite,
+    }
+}
+
+fn health_check(name: String, s: &HealthCheckSpec) -> pb::HealthCheck {
+    let ms = |d: &Option<model::resource::Dur>| d.as_ref().map(|d| ms(d.0)).unwrap_or(0);
+    let (kind, path, expected, service) = match (&s.http, &s.grpc) {
+        (Some(h), _) => (
+            "http",
+            h.path.clone(),
+            h.expected_statuses.iter().map(|s| u32::from(*s)).collect(),
+            String::new(),
+        ),
+        (None, Some(g)) => ("grpc", String::new(), vec![], g.service.clone()),
+        (None, None) => ("tcp", String::new(), vec![], String::new()),
+    };
+    pb::HealthCheck {
+        name,
+        kind: kind.into(),
+        path,
+        expected_statuses: expected,
+        grpc_service: service,
+        interval_ms: ms(&s.interval),
+        timeout_ms: ms(&s.timeout),
+        // 0 is a valid jitter: none.
+        jitter_ms: s
+            .jitter
+            .as_ref()
+            .map(|d| d.0.as_millis() as u64)
+            .unwrap_or(0),
+        unhealthy_threshold: s.unhealthy_threshold.unwrap_or(0),
+        healthy_threshold: s.healthy_threshold.unwrap_or(0),
     }
 }
 
@@ -884,6 +924,35 @@ mod tests {
         let mut eps = all();
         apply_locality(&lb, &b, &mut eps);
         assert!(eps.len() == 4 && eps.iter().all(|e| e.priority == 0));
+    }
+
+    /// The most specific HealthCheck applies, compiled into the checked
+    /// proxy's inbound policy; proxies of other services get none.
+    #[test]
+    fn health_checks_reach_the_instances_they_target() {
+        let mesh = format!("{H}kind: HealthCheck\nmetadata: {{name: mesh}}\nspec: {{tcp: {{}}}}\n");
+        let api = format!("{H}kind: HealthCheck\nmetadata: {{name: api}}\nspec:\n  targetRef: {{service: api}}\n  interval: 2s\n  jitter: 0s\n  unhealthyThreshold: 4\n  http: {{path: /healthz, expectedStatuses: [204]}}\n");
+        let s = set(&[&mesh, &api], &[]);
+        let c = s.inbound(&proxy("api", "eu-1", &[])).health_check.unwrap();
+        assert_eq!(c.name, "HealthCheck/api");
+        assert_eq!((c.kind.as_str(), c.path.as_str()), ("http", "/healthz"));
+        assert_eq!(c.expected_statuses, [204]);
+        assert_eq!(
+            (c.interval_ms, c.jitter_ms, c.unhealthy_threshold),
+            (2000, 0, 4)
+        );
+        assert_eq!(c.healthy_threshold, 0, "the default");
+        let web = s.inbound(&proxy("web", "eu-1", &[])).health_check.unwrap();
+        assert_eq!(
+            (web.name.as_str(), web.kind.as_str()),
+            ("HealthCheck/mesh", "tcp")
+        );
+        assert_eq!(
+            set(&[], &[])
+                .inbound(&proxy("web", "eu-1", &[]))
+                .health_check,
+            None
+        );
     }
 
     #[test]

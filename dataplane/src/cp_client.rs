@@ -249,6 +249,10 @@ async fn run_once(
     });
     tracing::info!(cp = %opts.address, "connected to the zone control plane");
     let mut receiver: DeltaReceiver<ProxyItem> = DeltaReceiver::new(0, Default::default());
+    // The app's health: the current verdict after each (re)connect, then
+    // every change.
+    let mut health = shared.app_health.subscribe();
+    health.mark_changed();
     let mut renew_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
@@ -330,6 +334,15 @@ async fn run_once(
                         tx.send_timeout(pb::ProxyMessage { msg: Some(reply) }, common::grpc::SEND_TIMEOUT).await?;
                     }
                     None => {}
+                }
+            }
+            Ok(()) = health.changed() => {
+                let verdict = *health.borrow_and_update();
+                if let Some(healthy) = verdict {
+                    let check = shared.health_check.load().as_ref().map(|c| c.name.clone()).unwrap_or_default();
+                    tx.send_timeout(pb::ProxyMessage {
+                        msg: Some(proxy_message::Msg::Health(pb::HealthReport { healthy, check })),
+                    }, common::grpc::SEND_TIMEOUT).await?;
                 }
             }
             _ = async { tokio::time::sleep_until(renew_at.unwrap()).await }, if renew_at.is_some() => {

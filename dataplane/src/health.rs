@@ -1,8 +1,10 @@
-//! Active health checking: every interval, a TCP connect to each distinct
-//! endpoint address (sidecars of this zone, and local gateways for other
-//! zones). A failed probe takes the endpoint out of the balancer until a
-//! probe succeeds; passive outlier detection (ejection on failed requests)
-//! works alongside it.
+//! Active probes of this zone's gateways: every interval, a TCP connect to
+//! each distinct local gateway address that paths to other zones go
+//! through (a handful per zone). A failed probe takes those paths out of
+//! the balancer until a probe succeeds. Sidecars never probe each other:
+//! each one checks its own app (`appcheck.rs`) and the zone control plane
+//! publishes only healthy instances, so probes grow with the mesh, not its
+//! square. Passive outlier detection (`outlier.rs`) works alongside.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,7 +26,7 @@ pub async fn probe_loop(shared: Arc<Shared>, interval: Duration) {
             if c.protocol == crate::protocol::Protocol::Quic {
                 continue; // another zone's gateways: the gateway watches those
             }
-            for e in &c.endpoints {
+            for e in c.endpoints.iter().filter(|e| e.target.via.is_some()) {
                 by_addr.entry(e.target.addr).or_default().push(e.clone());
             }
         }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod appcheck;
 pub mod balance;
 pub mod choose;
 pub mod connect;
@@ -122,7 +123,9 @@ pub struct Config {
     /// field), on every hop.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     pub max_header_bytes: u32,
-    /// How often endpoints are probed (TCP connect); 0 disables.
+    /// How often this zone's gateways (the paths to other zones) are
+    /// probed (TCP connect); 0 disables. Other sidecars are never probed:
+    /// each checks its own app (HealthCheck policy).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
     /// On SIGTERM: deregister, keep serving this long, then exit.
@@ -534,6 +537,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("bind inbound {listen}"))?;
         tokio::spawn(proxy.clone().serve_inbound(l));
+        tokio::spawn(proxy.clone().app_check_loop());
     }
     for (listen, service, protocol) in listeners.outbound {
         if protocol == Protocol::Tcp && service.is_none() {

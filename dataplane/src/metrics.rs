@@ -88,6 +88,7 @@ pub struct Metrics {
     pub retries: Counter,
     pub retries_refused: Counter,
     pub circuit_open: Family<ReasonLabel, Counter>,
+    pub health_checks: Family<ResultLabel, Counter>,
     pub ejections: Family<ReasonLabel, Counter>,
     pub upstream_connect_errors: Counter,
     pub config_updates: Counter,
@@ -124,6 +125,7 @@ impl Metrics {
             retries: Counter::default(),
             retries_refused: Counter::default(),
             circuit_open: Family::default(),
+            health_checks: Family::default(),
             ejections: Family::default(),
             upstream_connect_errors: Counter::default(),
             config_updates: Counter::default(),
@@ -205,6 +207,11 @@ impl Metrics {
             "circuit_open",
             "Outbound requests and connections a CircuitBreaker limit refused (answered 503), by limit",
             m.circuit_open.clone(),
+        );
+        reg.register(
+            "health_checks",
+            "Checks of the local app (HealthCheck policy), by result (healthy, unhealthy)",
+            m.health_checks.clone(),
         );
         reg.register(
             "ejections",

@@ -102,6 +102,11 @@ pub struct Shared {
     pub inbound: Protocol,
     /// Timeouts from the command line, for destinations no policy names.
     pub defaults: Defaults,
+    /// How to check the local app (its HealthCheck policy), if at all.
+    pub health_check: ArcSwapOption<crate::appcheck::Check>,
+    /// The app's health as the checks see it (`None`: not checked); the
+    /// control-plane client reports each change.
+    pub app_health: tokio::sync::watch::Sender<Option<bool>>,
 }
 
 impl Shared {
@@ -109,6 +114,8 @@ impl Shared {
         Self {
             inbound,
             defaults: Defaults::default(),
+            health_check: ArcSwapOption::empty(),
+            app_health: tokio::sync::watch::channel(None).0,
             spares: Arc::new(Spares::default()),
             tls: ArcSwapOption::empty(),
             identity: ArcSwapOption::empty(),
@@ -226,6 +233,12 @@ impl Shared {
             Some(p) => Faults::build(&p.faults).map_err(|e| format!("inbound policy: {e}"))?,
             None => Faults::default(),
         };
+        let check = match inbound.and_then(|p| p.health_check.as_ref()) {
+            Some(c) => Some(Arc::new(
+                crate::appcheck::Check::build(c).map_err(|e| format!("inbound policy: {e}"))?,
+            )),
+            None => None,
+        };
         let no_limits = Vec::new();
         let limits = RateLimits::build(
             inbound.map(|p| &p.rate_limits).unwrap_or(&no_limits),
@@ -237,6 +250,9 @@ impl Shared {
         self.access.store(Arc::new(access));
         self.faults.store(Arc::new(faults));
         self.limits.store(Arc::new(limits));
+        if self.health_check.load().as_deref() != check.as_deref() {
+            self.health_check.store(check);
+        }
         self.clusters.store(Arc::new(new));
         Ok(())
     }

@@ -468,7 +468,11 @@ fn health_checks_withdraw_an_unhealthy_instance_and_publish_it_again() {
     ));
     for w in [&a, &b] {
         wait_for("api's sidecars checking their apps", T, || {
-            (metric_sum(w.admin(), "tern_proxy_health_checks_total", "result=\"healthy\"") >= 2.0)
+            (metric_sum(
+                w.admin(),
+                "tern_proxy_health_checks_total",
+                "result=\"healthy\"",
+            ) >= 2.0)
                 .then_some(())
         });
     }
@@ -492,7 +496,10 @@ fn health_checks_withdraw_an_unhealthy_instance_and_publish_it_again() {
         let r = http(web.outbound(), "GET", "api", "/r", &[]).unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(
-            r.json()["instance"].as_str().unwrap().starts_with(&net.ip(12)),
+            r.json()["instance"]
+                .as_str()
+                .unwrap()
+                .starts_with(&net.ip(12)),
             "{}",
             r.body
         );
@@ -501,6 +508,15 @@ fn health_checks_withdraw_an_unhealthy_instance_and_publish_it_again() {
     wait_for(".13 published again", T, || {
         (web.endpoints("api").len() == 2).then_some(())
     });
-    assert!(metric_sum(b.admin(), "tern_proxy_health_checks_total", "result=\"unhealthy\"") >= 2.0);
-    assert_eq!(metric_sum(web.admin(), "tern_proxy_health_checks_total", ""), 0.0);
+    assert!(
+        metric_sum(
+            b.admin(),
+            "tern_proxy_health_checks_total",
+            "result=\"unhealthy\""
+        ) >= 2.0
+    );
+    assert_eq!(
+        metric_sum(web.admin(), "tern_proxy_health_checks_total", ""),
+        0.0
+    );
 }

@@ -264,7 +264,8 @@ pub fn proxy_to_zone(data: &[u8]) {
             Some(pb::proxy_message::Msg::Nack(n)) => {
                 let _ = sender.on_nack(n.version, n.reason);
             }
-            None => {}
+            // A verdict only flips a flag of the sender's own registration.
+            Some(pb::proxy_message::Msg::Health(_)) | None => {}
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::policy::access::{AccessDefaults, AccessPolicySpec, MtlsPolicySpec};
 use crate::policy::balancer::LoadBalancerSpec;
 use crate::policy::breaker::CircuitBreakerSpec;
 use crate::policy::fault::FaultInjectionSpec;
+use crate::policy::health::HealthCheckSpec;
 use crate::policy::ratelimit::RateLimitSpec;
 use crate::policy::retry::RetrySpec;
 use crate::policy::route::{HttpRouteSpec, TcpRouteSpec};
@@ -200,6 +201,12 @@ pub const KINDS: &[KindInfo] = &[
         plural: "loadbalancers",
         system: false,
         validate: |v| typed::<LoadBalancerSpec>(v).and_then(|s| s.check()),
+    },
+    KindInfo {
+        name: "HealthCheck",
+        plural: "healthchecks",
+        system: false,
+        validate: |v| typed::<HealthCheckSpec>(v).and_then(|s| s.check()),
     },
     KindInfo {
         name: "ZoneIngress",

@@ -15,6 +15,7 @@ pub mod compile;
 pub mod explain;
 pub mod global_client;
 pub mod local_policy;
+pub mod prober;
 pub mod proxy_server;
 pub mod registration;
 pub mod registry;
@@ -207,6 +208,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
         config.deregister_after,
     ));
     registry.load(&config.data_dir);
+    prober::spawn(registry.clone());
     let local_policies = Arc::new(
         local_policy::LocalPolicies::load(config.policy_dir.clone())
             .map_err(|e| anyhow::anyhow!("--policy-dir: {e}"))?,

@@ -24,6 +24,7 @@ pub const LOCAL_KINDS: &[&str] = &[
     "Timeout",
     "CircuitBreaker",
     "LoadBalancer",
+    "HealthCheck",
     "RateLimit",
     "FaultInjection",
 ];

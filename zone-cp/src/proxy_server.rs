@@ -221,6 +221,9 @@ impl ProxyDiscovery for Service {
                     // Stays published when it was and says it can serve.
                     ready: reg.serving,
                     reachable: reachable.clone(),
+                    // It reports its app's health right after connecting.
+                    unhealthy: false,
+                    unreachable: false,
                 },
                 max,
             )
@@ -366,6 +369,10 @@ async fn run(
                             }
                             Err(s) => Err(s.message().to_string()),
                         },
+                        proxy_message::Msg::Health(h) => {
+                            z.registry.set_app_health(&instance, session, h.healthy, &h.check);
+                            Ok(())
+                        }
                         proxy_message::Msg::Hello(_) => Err("unexpected second hello".into()),
                     };
                     if let Err(e) = r {

@@ -50,6 +50,14 @@ pub struct Entry {
     /// The services it declared it calls (sorted); empty: every service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reachable: Vec<String>,
+    /// The proxy's checks of its app say it is unhealthy (its HealthCheck
+    /// policy): not published until they say otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unhealthy: bool,
+    /// Disconnected (in its grace period) and its inbound port refuses
+    /// connections: not published while that lasts (`prober.rs`).
+    #[serde(skip)]
+    pub unreachable: bool,
 }
 
 /// Entries persisted by a previous run were serving.
@@ -252,6 +260,55 @@ impl Registry {
         self.bump();
     }
 
+    /// Registrations in their grace period (disconnected, still published):
+    /// instance and `address:port`, for the prober.
+    pub fn disconnected(&self) -> Vec<(String, String)> {
+        self.lock()
+            .values()
+            .filter(|e| !e.connected && e.ready)
+            .map(|e| (e.instance.clone(), format!("{}:{}", e.address, e.port)))
+            .collect()
+    }
+
+    /// Record whether a disconnected proxy's port accepts connections.
+    pub fn set_reachable(&self, instance: &str, reachable: bool) {
+        let mut g = self.lock();
+        match g.get_mut(instance) {
+            Some(e) if !e.connected && e.unreachable == reachable => e.unreachable = !reachable,
+            _ => return,
+        }
+        drop(g);
+        if reachable {
+            tracing::info!(instance, "disconnected proxy reachable again; published");
+        } else {
+            tracing::warn!(
+                instance,
+                "disconnected proxy refuses connections; withdrawn"
+            );
+        }
+        self.bump();
+    }
+
+    /// Record the verdict of a proxy's checks of its app.
+    pub fn set_app_health(&self, instance: &str, session: u64, healthy: bool, check: &str) {
+        let mut g = self.lock();
+        match g.get_mut(instance) {
+            Some(e) if e.session == session && e.unhealthy == healthy => e.unhealthy = !healthy,
+            _ => return,
+        }
+        drop(g);
+        if healthy {
+            tracing::info!(instance, check, "instance healthy again; published");
+        } else {
+            tracing::warn!(
+                instance,
+                check,
+                "instance unhealthy; withdrawn until its checks pass"
+            );
+        }
+        self.bump();
+    }
+
     /// Remove a registration at once (its token was revoked), if `session`
     /// still owns it.
     /// The registration of `instance`, if any.
@@ -316,7 +373,7 @@ impl Registry {
     pub fn gateways(&self) -> Vec<Entry> {
         self.lock()
             .values()
-            .filter(|e| e.kind == "gateway" && e.ready)
+            .filter(|e| e.kind == "gateway" && e.ready && !e.unreachable)
             .cloned()
             .collect()
     }
@@ -326,7 +383,7 @@ impl Registry {
         for e in self
             .lock()
             .values()
-            .filter(|e| e.kind != "gateway" && e.ready)
+            .filter(|e| e.kind != "gateway" && e.ready && !e.unhealthy && !e.unreachable)
         {
             out.entry(e.service.clone())
                 .or_default()
@@ -401,7 +458,48 @@ mod tests {
             token_id: token.into(),
             ready: false,
             reachable: vec![],
+            unhealthy: false,
+            unreachable: false,
         }
+    }
+
+    /// An instance whose app checks fail, or that disconnected and refuses
+    /// connections, is not published; each comes back when that ends, and
+    /// a stale session's verdict changes nothing.
+    #[tokio::test]
+    async fn unhealthy_and_unreachable_instances_are_withdrawn_until_they_recover() {
+        let r = Arc::new(Registry::new("z", "r", Duration::from_secs(60)));
+        let s1 = r.register(entry("api-1", "api", "p1", "t"), 10).unwrap();
+        let s2 = r.register(entry("api-2", "api", "p2", "t"), 10).unwrap();
+        r.mark_ready("api-1", s1);
+        r.mark_ready("api-2", s2);
+        let published = |r: &Registry| -> Vec<String> {
+            r.endpoints()
+                .get("api")
+                .map(|v| v.iter().map(|e| e.instance.clone()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(published(&r), ["api-1", "api-2"]);
+        r.set_app_health("api-2", s2, false, "HealthCheck/api");
+        assert_eq!(published(&r), ["api-1"]);
+        r.set_app_health("api-2", s2 + 100, true, "HealthCheck/api");
+        assert_eq!(published(&r), ["api-1"], "another session's verdict");
+        r.set_app_health("api-2", s2, true, "HealthCheck/api");
+        assert_eq!(published(&r), ["api-1", "api-2"]);
+        // Disconnected: probed; refusing, withdrawn; answering, back.
+        assert!(r.disconnected().is_empty());
+        r.disconnect("api-1", s1, false);
+        assert_eq!(
+            r.disconnected(),
+            [("api-1".to_string(), "10.0.0.1:15006".to_string())]
+        );
+        r.set_reachable("api-1", false);
+        assert_eq!(published(&r), ["api-2"]);
+        r.set_reachable("api-1", true);
+        assert_eq!(published(&r), ["api-1", "api-2"]);
+        // A connected proxy is never marked unreachable.
+        r.set_reachable("api-2", false);
+        assert_eq!(published(&r), ["api-1", "api-2"]);
     }
 
     #[tokio::test]

@@ -284,6 +284,13 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         ..cluster("api", "http")
     };
     let inbound = pb::InboundPolicy {
+        health_check: Some(pb::HealthCheck {
+            name: "HealthCheck/api".into(),
+            kind: "http".into(),
+            path: "/healthz".into(),
+            interval_ms: 500,
+            ..Default::default()
+        }),
         mtls_mode: "permissive".into(),
         rules: vec![pb::AccessRule {
             name: "AccessPolicy/a/web".into(),

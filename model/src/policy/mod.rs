@@ -22,6 +22,7 @@ pub mod access;
 pub mod balancer;
 pub mod breaker;
 pub mod fault;
+pub mod health;
 pub mod ratelimit;
 pub mod retry;
 pub mod route;
@@ -557,6 +558,20 @@ mod tests {
              "spec.failover[0].from", "zone or region only"),
             ("kind: LoadBalancer\nmetadata: {name: b}\nspec: {failover: [{scope: planet}]}",
              "spec.failover[0].scope", "unknown variant"),
+            ("kind: HealthCheck\nmetadata: {name: h}\nspec: {interval: 5s}",
+             "spec", "exactly one of http, tcp or grpc"),
+            ("kind: HealthCheck\nmetadata: {name: h}\nspec: {tcp: {}, http: {path: /h}}",
+             "spec", "exactly one"),
+            ("kind: HealthCheck\nmetadata: {name: h}\nspec: {http: {path: healthz}}",
+             "spec.http.path", "start it with '/'"),
+            ("kind: HealthCheck\nmetadata: {name: h}\nspec: {http: {path: /h, expectedStatuses: [99]}}",
+             "spec.http.expectedStatuses[0]", "100 to 599"),
+            ("kind: HealthCheck\nmetadata: {name: h}\nspec: {tcp: {}, interval: 10ms}",
+             "spec.interval", "100ms to 1h"),
+            ("kind: HealthCheck\nmetadata: {name: h}\nspec: {tcp: {}, unhealthyThreshold: 0}",
+             "spec.unhealthyThreshold", "1 to 100"),
+            ("kind: HealthCheck\nmetadata: {name: h}\nspec: {grpc: {service: 'a b'}}",
+             "spec.grpc.service", "no spaces"),
         ];
         for (doc, path, says) in cases {
             let errs =
@@ -581,12 +596,12 @@ mod tests {
             errs[0].error
         );
         // And a full document of every kind passes.
-        let ok = format!("{h}kind: HttpRoute\nmetadata: {{name: r}}\nspec:\n  targetRef: {{zone: z1}}\n  to: {{service: api}}\n  rules:\n    - matches: [{{path: {{prefix: /v1}}, method: GET, headers: [{{name: x-u, regex: 'a.*'}}], query: [{{name: q, present: true}}]}}]\n      backends: [{{weight: 90, labels: {{version: v1}}}}, {{weight: 10, zones: [z2]}}]\n      mirror: {{service: s, percent: 12.5}}\n      rewrite: {{pathPrefix: /v2}}\n      requestHeaders: {{set: {{x-a: '1'}}, add: {{x-b: '2'}}, remove: [x-c]}}\n      responseHeaders: {{add: {{x-d: '3'}}}}\n      timeout: 1500ms\n    - {{name: moved, matches: [{{path: {{exact: /old}}}}], redirect: {{scheme: https, host: example.org, port: 8443, path: /new, statusCode: 308}}}}\n---\n{h}kind: TcpRoute\nmetadata: {{name: t}}\nspec: {{to: {{service: db}}, backends: [{{weight: 1, zones: [z2]}}]}}\n---\n{h}kind: MtlsPolicy\nmetadata: {{name: m}}\nspec: {{targetRef: {{service: legacy}}, mode: permissive}}\n---\n{h}kind: AccessPolicy\nmetadata: {{name: a}}\nspec:\n  mode: shadow\n  rules: [{{name: web, action: allow, from: [{{service: web, region: eu, labels: {{team: a}}}}], when: {{methods: [GET], paths: [{{regex: '/x/[0-9]+'}}]}}}}]\n---\n{h}kind: FaultInjection\nmetadata: {{name: f}}\nspec:\n  targetRef: {{service: api}}\n  faults:\n    - {{name: slow, from: [{{service: web}}], when: {{paths: [{{prefix: /v1}}]}}, delay: {{duration: 200ms, percent: 10}}, abort: {{httpStatus: 503, percent: 5}}}}\n    - {{abort: {{grpcStatus: 14, percent: 1}}}}\n    - {{abort: {{reset: true, percent: 50}}}}\n---\n{h}kind: RateLimit\nmetadata: {{name: l}}\nspec:\n  targetRef: {{service: api}}\n  limits:\n    - {{name: reads, from: [{{service: web}}], when: {{methods: [GET]}}, http: {{requests: 100, interval: 1s, burst: 20}}, per: caller}}\n    - {{name: keys, http: {{requests: 10, interval: 1m}}, per: {{header: x-api-key}}}}\n    - {{name: conns, tcp: {{connections: 50, interval: 1s}}}}\n---\n{h}kind: Retry\nmetadata: {{name: r}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  http: {{attempts: 3, perTryTimeout: 2s, on: [connect-failure, reset, timeout, unavailable, gateway-error, 5xx], statusCodes: [429], grpcStatuses: [14], backoff: {{base: 25ms, max: 250ms}}, budget: {{percent: 20, minPerSecond: 10}}, attemptsPerLocality: 2, idempotentMethods: [PUT, DELETE]}}\n  tcp: {{connectAttempts: 2}}\n---\n{h}kind: Timeout\nmetadata: {{name: t}}\nspec: {{to: {{service: api}}, connect: 2s, request: infinite, idle: 10m, streamDuration: 1h}}\n---\n{h}kind: CircuitBreaker\nmetadata: {{name: c}}\nspec:\n  to: {{service: api}}\n  limits: {{maxConnections: 100, maxRequests: 200, maxPendingRequests: 0, maxRetries: 20}}\n  outlierDetection: {{interval: 10s, consecutive5xx: 5, consecutiveGatewayErrors: 3, consecutiveLocalFailures: 1, successRate: {{minimumHosts: 3, requestVolume: 50, stdevFactor: 1.9}}, baseEjectionTime: 30s, maxEjectionTime: 5m, maxEjectionPercent: 50}}\n---\n{h}kind: LoadBalancer\nmetadata: {{name: b}}\nspec:\n  to: {{service: api}}\n  algorithm: ring-hash\n  hash: {{cookie: session}}\n  localityAware: true\n  overprovisioningFactor: 1.4\n  failover:\n    - {{from: {{zone: z1}}, zones: [z2, z3]}}\n    - {{from: {{region: us}}, scope: region}}\n    - {{scope: zone}}\n");
+        let ok = format!("{h}kind: HttpRoute\nmetadata: {{name: r}}\nspec:\n  targetRef: {{zone: z1}}\n  to: {{service: api}}\n  rules:\n    - matches: [{{path: {{prefix: /v1}}, method: GET, headers: [{{name: x-u, regex: 'a.*'}}], query: [{{name: q, present: true}}]}}]\n      backends: [{{weight: 90, labels: {{version: v1}}}}, {{weight: 10, zones: [z2]}}]\n      mirror: {{service: s, percent: 12.5}}\n      rewrite: {{pathPrefix: /v2}}\n      requestHeaders: {{set: {{x-a: '1'}}, add: {{x-b: '2'}}, remove: [x-c]}}\n      responseHeaders: {{add: {{x-d: '3'}}}}\n      timeout: 1500ms\n    - {{name: moved, matches: [{{path: {{exact: /old}}}}], redirect: {{scheme: https, host: example.org, port: 8443, path: /new, statusCode: 308}}}}\n---\n{h}kind: TcpRoute\nmetadata: {{name: t}}\nspec: {{to: {{service: db}}, backends: [{{weight: 1, zones: [z2]}}]}}\n---\n{h}kind: MtlsPolicy\nmetadata: {{name: m}}\nspec: {{targetRef: {{service: legacy}}, mode: permissive}}\n---\n{h}kind: AccessPolicy\nmetadata: {{name: a}}\nspec:\n  mode: shadow\n  rules: [{{name: web, action: allow, from: [{{service: web, region: eu, labels: {{team: a}}}}], when: {{methods: [GET], paths: [{{regex: '/x/[0-9]+'}}]}}}}]\n---\n{h}kind: FaultInjection\nmetadata: {{name: f}}\nspec:\n  targetRef: {{service: api}}\n  faults:\n    - {{name: slow, from: [{{service: web}}], when: {{paths: [{{prefix: /v1}}]}}, delay: {{duration: 200ms, percent: 10}}, abort: {{httpStatus: 503, percent: 5}}}}\n    - {{abort: {{grpcStatus: 14, percent: 1}}}}\n    - {{abort: {{reset: true, percent: 50}}}}\n---\n{h}kind: RateLimit\nmetadata: {{name: l}}\nspec:\n  targetRef: {{service: api}}\n  limits:\n    - {{name: reads, from: [{{service: web}}], when: {{methods: [GET]}}, http: {{requests: 100, interval: 1s, burst: 20}}, per: caller}}\n    - {{name: keys, http: {{requests: 10, interval: 1m}}, per: {{header: x-api-key}}}}\n    - {{name: conns, tcp: {{connections: 50, interval: 1s}}}}\n---\n{h}kind: Retry\nmetadata: {{name: r}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  http: {{attempts: 3, perTryTimeout: 2s, on: [connect-failure, reset, timeout, unavailable, gateway-error, 5xx], statusCodes: [429], grpcStatuses: [14], backoff: {{base: 25ms, max: 250ms}}, budget: {{percent: 20, minPerSecond: 10}}, attemptsPerLocality: 2, idempotentMethods: [PUT, DELETE]}}\n  tcp: {{connectAttempts: 2}}\n---\n{h}kind: Timeout\nmetadata: {{name: t}}\nspec: {{to: {{service: api}}, connect: 2s, request: infinite, idle: 10m, streamDuration: 1h}}\n---\n{h}kind: CircuitBreaker\nmetadata: {{name: c}}\nspec:\n  to: {{service: api}}\n  limits: {{maxConnections: 100, maxRequests: 200, maxPendingRequests: 0, maxRetries: 20}}\n  outlierDetection: {{interval: 10s, consecutive5xx: 5, consecutiveGatewayErrors: 3, consecutiveLocalFailures: 1, successRate: {{minimumHosts: 3, requestVolume: 50, stdevFactor: 1.9}}, baseEjectionTime: 30s, maxEjectionTime: 5m, maxEjectionPercent: 50}}\n---\n{h}kind: LoadBalancer\nmetadata: {{name: b}}\nspec:\n  to: {{service: api}}\n  algorithm: ring-hash\n  hash: {{cookie: session}}\n  localityAware: true\n  overprovisioningFactor: 1.4\n  failover:\n    - {{from: {{zone: z1}}, zones: [z2, z3]}}\n    - {{from: {{region: us}}, scope: region}}\n    - {{scope: zone}}\n---\n{h}kind: HealthCheck\nmetadata: {{name: hc}}\nspec:\n  targetRef: {{service: api}}\n  interval: 5s\n  timeout: 1s\n  unhealthyThreshold: 3\n  healthyThreshold: 2\n  jitter: 500ms\n  http: {{path: /healthz, expectedStatuses: [200, 204]}}\n---\n{h}kind: HealthCheck\nmetadata: {{name: hg}}\nspec: {{grpc: {{service: api.v1.Api}}}}\n");
         assert_eq!(
             crate::resource::parse_documents("ok.yaml", &ok)
                 .unwrap()
                 .len(),
-            10
+            12
         );
     }
 

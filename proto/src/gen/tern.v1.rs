@@ -265,7 +265,7 @@ pub struct ResourceKey {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ProxyMessage {
-    #[prost(oneof = "proxy_message::Msg", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "proxy_message::Msg", tags = "1, 2, 3, 4, 5")]
     pub msg: ::core::option::Option<proxy_message::Msg>,
 }
 /// Nested message and enum types in `ProxyMessage`.
@@ -280,7 +280,19 @@ pub mod proxy_message {
         Ack(super::Ack),
         #[prost(message, tag = "4")]
         Nack(super::Nack),
+        #[prost(message, tag = "5")]
+        Health(super::HealthReport),
     }
+}
+/// The verdict of a proxy's checks of its own app (sent when it changes,
+/// and again after each reconnect). An unhealthy instance is not published.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HealthReport {
+    #[prost(bool, tag = "1")]
+    pub healthy: bool,
+    /// The `HealthCheck/NAME` that decided.
+    #[prost(string, tag = "2")]
+    pub check: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ProxyHello {
@@ -577,6 +589,36 @@ pub struct InboundPolicy {
     /// request (or TCP connection) applies.
     #[prost(message, repeated, tag = "7")]
     pub rate_limits: ::prost::alloc::vec::Vec<RateLimit>,
+    /// How this proxy checks its own app (its HealthCheck policy), if at all.
+    #[prost(message, optional, tag = "8")]
+    pub health_check: ::core::option::Option<HealthCheck>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HealthCheck {
+    /// `HealthCheck/NAME`.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// "http", "tcp" or "grpc".
+    #[prost(string, tag = "2")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub path: ::prost::alloc::string::String,
+    /// Empty: any 2xx or 3xx.
+    #[prost(uint32, repeated, tag = "4")]
+    pub expected_statuses: ::prost::alloc::vec::Vec<u32>,
+    #[prost(string, tag = "5")]
+    pub grpc_service: ::prost::alloc::string::String,
+    /// Zero: the defaults.
+    #[prost(uint64, tag = "6")]
+    pub interval_ms: u64,
+    #[prost(uint64, tag = "7")]
+    pub timeout_ms: u64,
+    #[prost(uint64, tag = "8")]
+    pub jitter_ms: u64,
+    #[prost(uint32, tag = "9")]
+    pub unhealthy_threshold: u32,
+    #[prost(uint32, tag = "10")]
+    pub healthy_threshold: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RateLimit {
