@@ -507,7 +507,7 @@ impl Proxy {
         } else {
             Version::HTTP_11
         };
-        let req = Request::from_parts(parts, Either::Left(body));
+        let req = Request::from_parts(parts, crate::proxy::passed(body));
         match self.within_request_timeout(self.app.send(req)).await {
             Err(limit) => error_response(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -519,7 +519,7 @@ impl Proxy {
                 Ok(mut r) => {
                     // Only a mesh proxy may say "this failure was the mesh's".
                     r.headers_mut().remove(ERROR_HEADER);
-                    r.map(Either::Left)
+                    r.map(crate::proxy::passed)
                 }
                 Err(e) if e.head_too_large() => self.limits.exceeded("the app's"),
                 Err(e) => error_response(

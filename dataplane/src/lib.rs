@@ -30,6 +30,7 @@ pub mod route;
 pub mod spares;
 pub mod split;
 pub mod state;
+pub mod stream_limit;
 pub mod upgrade;
 
 use std::collections::BTreeMap;

@@ -288,7 +288,7 @@ impl Proxy {
                 }
             }
         } else {
-            (None, Some(Either::Left(body)))
+            (None, Some(crate::proxy::passed(body)))
         };
         if let Some(m) = selected.as_ref().and_then(|s| s.rule.mirror.as_ref()) {
             self.mirror(m, &parts, bodyless, replay.as_ref());

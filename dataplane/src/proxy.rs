@@ -30,9 +30,15 @@ use crate::pool::{self, Pool};
 use crate::protocol::{Alpn, Protocol};
 use crate::state::Shared;
 
-/// A proxied body, or one the proxy wrote itself (errors, empty retries).
-/// An enum rather than a box: no allocation per request.
-pub type Body = Either<Incoming, Full<Bytes>>;
+/// A proxied body (with the destination's stream limits, if any), or one
+/// the proxy wrote itself (errors, empty retries). An enum rather than a
+/// box: no allocation per request.
+pub type Body = Either<crate::stream_limit::Limited<Incoming>, Full<Bytes>>;
+
+/// A received body, passed on with no limits of its own.
+pub(crate) fn passed(b: Incoming) -> Body {
+    Either::Left(crate::stream_limit::Limited::plain(b))
+}
 
 pub const CLIENT_ID_HEADER: &str = "x-tern-client-id";
 /// Response header on errors a mesh proxy generated itself. Callers eject

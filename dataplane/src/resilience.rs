@@ -61,8 +61,12 @@ pub struct Resilience {
     pub request_timeout: Option<Duration>,
     /// A TCP flow with nothing moving either way; `None`: no limit.
     pub tcp_idle: Option<Duration>,
-    /// A TCP flow's whole life; `None`: no limit.
+    /// A TCP flow's whole life, and an HTTP response body's; `None`: no
+    /// limit.
     pub stream_duration: Option<Duration>,
+    /// An HTTP response body with no data for this long is cut; only when
+    /// a policy sets `idle`.
+    pub http_idle: Option<Duration>,
     pub budget: Budget,
     pub outlier: crate::outlier::Settings,
     pub max_connections: usize,
@@ -189,6 +193,7 @@ impl Resilience {
             request_timeout: limit(t.request_ms, t.request_infinite, d.request_timeout),
             tcp_idle: limit(t.idle_ms, t.idle_infinite, Some(d.tcp_idle)),
             stream_duration: limit(t.stream_ms, t.stream_infinite, None),
+            http_idle: limit(t.idle_ms, t.idle_infinite, None),
             budget: Budget::new(percent, min_per_second),
             outlier: outlier_settings(b),
             max_connections: nonzero_or(b.max_connections, DEFAULT_MAX),
@@ -236,6 +241,7 @@ impl Resilience {
             && self.request_timeout == o.request_timeout
             && self.tcp_idle == o.tcp_idle
             && self.stream_duration == o.stream_duration
+            && self.http_idle == o.http_idle
             && self.budget.percent == o.budget.percent
             && self.budget.min_per_second == o.budget.min_per_second
             && self.outlier == o.outlier
@@ -266,6 +272,20 @@ impl Resilience {
         let p = self.requests.acquire().await;
         self.pending.fetch_sub(1, Ordering::AcqRel);
         p.map_err(|_| "max-requests")
+    }
+
+    /// An answer passed to the caller, its body under the stream limits.
+    pub fn limit_body(
+        &self,
+        resp: http::Response<hyper::body::Incoming>,
+    ) -> http::Response<crate::proxy::Body> {
+        resp.map(|b| {
+            http_body_util::Either::Left(crate::stream_limit::Limited::new(
+                b,
+                self.http_idle,
+                self.stream_duration,
+            ))
+        })
     }
 
     /// A retry's place among those in progress, if there is room.
@@ -397,6 +417,7 @@ impl Resilience {
             "connectTimeout": d(Some(self.connect_timeout)),
             "requestTimeout": d(self.request_timeout),
             "idleTimeout": d(self.tcp_idle),
+            "httpIdleTimeout": d(self.http_idle),
             "streamDuration": d(self.stream_duration),
             "loadBalancer": {
                 "algorithm": self.algorithm.as_str(),

@@ -235,7 +235,7 @@ impl Proxy {
                 }
                 Ok(resp) => {
                     self.record_outcome(cluster, &ep, Outcome::of(resp.status()));
-                    return resp.map(Either::Left);
+                    return policy.limit_body(resp);
                 }
                 Err(f) => f,
             };
@@ -279,7 +279,7 @@ impl Proxy {
             }
         }
         if let Some(answer) = last_answer {
-            return answer.map(Either::Left);
+            return policy.limit_body(answer);
         }
         if last_err.is_empty() {
             // Not one attempt: nothing to send it to.

@@ -16,7 +16,6 @@ use std::time::Duration;
 use common::rustls::pki_types::CertificateDer;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::Either;
 use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -86,7 +85,7 @@ impl Proxy {
         // A body (rare on an upgrade) can be sent once; an empty one on
         // every attempt.
         let bodyless = body.is_end_stream();
-        let mut body = Some(Either::Left(body));
+        let mut body = Some(crate::proxy::passed(body));
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut last_err = String::new();
         let policy = cluster.resilience.clone();
@@ -122,7 +121,7 @@ impl Proxy {
                         let idle = policy.tcp_idle.unwrap_or(Duration::MAX);
                         tokio::spawn(splice(from_app, to_mesh, idle));
                     }
-                    return resp.map(Either::Left);
+                    return resp.map(crate::proxy::passed);
                 }
                 Err(e) => {
                     last_err = format!("{}: {}", ep.authority, error_chain(&e));
@@ -166,7 +165,7 @@ impl Proxy {
         };
         parts.uri = app_uri(&self.app_authority, &parts.uri);
         parts.version = Version::HTTP_11;
-        let req = Request::from_parts(parts, Either::Left(body));
+        let req = Request::from_parts(parts, crate::proxy::passed(body));
         let Ok(answer) = self.within_request_timeout(self.app.send(req)).await else {
             return error_response(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -189,7 +188,7 @@ impl Proxy {
                         }
                     });
                 }
-                resp.map(Either::Left)
+                resp.map(crate::proxy::passed)
             }
             Err(e) => error_response(
                 StatusCode::BAD_GATEWAY,

@@ -20,6 +20,28 @@ fn control(app: std::net::SocketAddr, path: &str) {
     assert_eq!(r.status, 200, "{path}: {}", r.body);
 }
 
+/// The raw response to a GET of `path` to api through `at`, as far as it
+/// came before the connection ended (normally or cut).
+fn stream_text(at: std::net::SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(at).unwrap();
+    s.set_read_timeout(Some(patient(Duration::from_secs(10))))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
 /// Requests the app at `app` has received.
 fn served(app: std::net::SocketAddr) -> u64 {
     http(app, "GET", "x", "/stats", &[]).unwrap().json()["requests"]
@@ -138,6 +160,10 @@ fn retries_hide_a_flaky_upstream_and_a_budget_caps_a_retry_storm() {
 /// * api answering after 1 s: web (named) gets a 504 that names its 300 ms
 ///   request timeout; batch (not named) waits for the 200 under the
 ///   default;
+/// * batch's HTTP limits on api (idle 500 ms, stream duration 2 s): a
+///   response whose chunks come 300 ms apart arrives whole; one that goes
+///   silent for 800 ms is cut after its first chunk; one still sending at
+///   2 s is cut there, without its last chunk;
 /// * an idle limit of 500 ms closes web's opaque TCP flow to db once
 ///   nothing has moved, while a flow that keeps talking stays open past it.
 #[test]
@@ -147,8 +173,11 @@ fn timeouts_bound_requests_and_idle_tcp_flows_across_zones() {
     let (_api, _db, web, batch) = m.api_db_and_callers();
     let app = net.addr(12, 8080);
     m.g.apply(&format!(
-        "{H}kind: Timeout\nmetadata: {{name: web-api}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  request: 300ms\n---\n{H}kind: Timeout\nmetadata: {{name: db}}\nspec:\n  to: {{service: db}}\n  idle: 500ms\n"
+        "{H}kind: Timeout\nmetadata: {{name: web-api}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  request: 300ms\n---\n{H}kind: Timeout\nmetadata: {{name: db}}\nspec:\n  to: {{service: db}}\n  idle: 500ms\n---\n{H}kind: Timeout\nmetadata: {{name: batch-api}}\nspec:\n  targetRef: {{service: batch}}\n  to: {{service: api}}\n  idle: 500ms\n  streamDuration: 2s\n"
     ));
+    wait_dump(&batch, "/clusters/api/resilience/httpIdleTimeout", |v| {
+        v == "500ms"
+    });
     wait_dump(&web, "/clusters/api/resilience/requestTimeout", |v| {
         v == "300ms"
     });
@@ -165,6 +194,29 @@ fn timeouts_bound_requests_and_idle_tcp_flows_across_zones() {
     let r = http(batch.outbound(), "GET", "api", "/slow", &[]).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     control(app, "/control/delay?ms=0");
+
+    // HTTP streams (batch's limits): chunks 300 ms apart get through whole;
+    // 800 ms of silence cuts a stream after its first chunk; a stream still
+    // sending at 2 s is cut there.
+    let whole = stream_text(batch.outbound(), "/drip/300/5");
+    assert!(
+        whole.contains("chunk 4") && whole.ends_with("0\r\n\r\n"),
+        "{whole}"
+    );
+    let idle = stream_text(batch.outbound(), "/drip/800/3");
+    assert!(
+        idle.contains("chunk 0") && !idle.contains("chunk 1"),
+        "{idle}"
+    );
+    let long = stream_text(batch.outbound(), "/drip/300/10");
+    assert!(
+        long.contains("chunk 4") && !long.contains("chunk 9"),
+        "{long}"
+    );
+    assert!(
+        !long.ends_with("0\r\n\r\n"),
+        "the cut stream has no last chunk: {long}"
+    );
 
     // A flow that talks every 100 ms for 1.5 s outlives the idle limit.
     let mut s = TcpStream::connect(net.addr(40, 16000)).unwrap();
@@ -209,7 +261,10 @@ fn ejected(w: &Workload, service: &str) -> Vec<String> {
 ///   and its ejection ends, it serves again;
 /// * `maxRequests: 1` with no queue: while one slow request waits for its
 ///   answer, a second gets 503 at once with `x-tern-circuit: max-requests`
-///   (counted), and the first still succeeds.
+///   (counted), and the first still succeeds;
+/// * `maxConnections: 1` to `report` (.15): while one request holds the
+///   only connection, a second gets 503 with `x-tern-circuit:
+///   max-connections`.
 #[test]
 fn outlier_detection_ejects_and_restores_and_a_request_limit_answers_503() {
     let net = Net(66);
@@ -217,8 +272,10 @@ fn outlier_detection_ejects_and_restores_and_a_request_limit_answers_503() {
     let _a = m.workload("z1", 12, "api", &[]);
     let _b = m.workload("z1", 13, "api", &[]);
     let web = m.workload("z1", 14, "web", &[]);
-    wait_for("both api instances in web's config", T, || {
-        (web.endpoints("api").len() == 2).then_some(())
+    let _report = m.workload("z1", 15, "report", &[]);
+    let report_app = net.addr(15, 8080);
+    wait_for("both api instances and report in web's config", T, || {
+        (web.endpoints("api").len() == 2 && web.endpoints("report").len() == 1).then_some(())
     });
     m.g.apply(&format!(
         "{H}kind: CircuitBreaker\nmetadata: {{name: api}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  outlierDetection: {{consecutive5xx: 3, interval: 1s, baseEjectionTime: 2s}}\n"
@@ -307,6 +364,35 @@ fn outlier_detection_ejects_and_restores_and_a_request_limit_answers_503() {
         ),
         1.0
     );
+
+    // One connection to `report` (never called before, so no connection to
+    // it is pooled): a second request while the first holds it gets 503.
+    m.g.apply(&format!(
+        "{H}kind: CircuitBreaker\nmetadata: {{name: report}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: report}}\n  limits: {{maxConnections: 1}}\n"
+    ));
+    wait_dump(
+        &web,
+        "/clusters/report/resilience/limits/maxConnections",
+        |v| v == 1,
+    );
+    control(report_app, "/control/delay?ms=2000");
+    let out = web.outbound();
+    let first = std::thread::spawn(move || http(out, "GET", "report", "/slow", &[]).unwrap());
+    wait_dump(
+        &web,
+        "/clusters/report/resilience/limits/openConnections",
+        |v| v == 1,
+    );
+    let r = http(web.outbound(), "GET", "report", "/r", &[]).unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.headers
+            .to_ascii_lowercase()
+            .contains("x-tern-circuit: max-connections"),
+        "{}",
+        r.headers
+    );
+    assert_eq!(first.join().unwrap().status, 200);
 }
 
 /// `n` GETs from each of `threads` concurrent clients through `caller`:

@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
         let mirrored = mirrored.clone();
         let control = control.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let inner = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let who = who.clone();
                 let served = served.clone();
                 let mirrored = mirrored.clone();
@@ -163,6 +163,17 @@ async fn main() -> anyhow::Result<()> {
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(v.to_string() + "\n"))))
                 }
             });
+            // `/drip/MS/N`: N chunks, one every MS ms (a slow stream).
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let inner = inner.clone();
+                async move {
+                    use hyper::service::Service;
+                    if let Some(rest) = req.uri().path().strip_prefix("/drip/") {
+                        return Ok::<_, Infallible>(drip(rest));
+                    }
+                    inner.call(req).await.map(|r| r.map(|b| b.boxed()))
+                }
+            });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
@@ -217,4 +228,24 @@ impl Control {
         }
         hyper::StatusCode::from_u16(status as u16).ok()
     }
+}
+
+/// A response of `n` chunks sent `ms` apart (`rest` is `MS/N`).
+fn drip(rest: &str) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+    let mut it = rest.split('/').map(|x| x.parse::<u64>().unwrap_or(0));
+    let (ms, n) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(1);
+    tokio::spawn(async move {
+        for i in 0..n {
+            if i > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            let chunk = Bytes::from(format!("chunk {i}\n"));
+            if tx.send(Ok(hyper::body::Frame::data(chunk))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Response::new(body.boxed())
 }
