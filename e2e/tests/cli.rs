@@ -135,3 +135,57 @@ fn apply_get_delete_and_clear_errors() {
         stderr(&o)
     );
 }
+
+/// `ternctl completion SHELL` needs no server or config. The bash script,
+/// sourced by a real bash, registers a completion that completes
+/// `ternctl ap` to `apply` and `ternctl inspect <TAB>` to its subcommands;
+/// the zsh and fish scripts name every top-level subcommand; an unknown
+/// shell is a usage error (exit 2) that lists the shells.
+#[test]
+fn shell_completion_scripts_complete_subcommands() {
+    let s = Scratch::new("cli-completion");
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(bin("ternctl"))
+            .args(args)
+            .env_remove("TERN_SERVER")
+            .env("TERN_CONFIG", s.path("none.json"))
+            .output()
+            .unwrap()
+    };
+    let bash = ctl(&["completion", "bash"]);
+    assert!(bash.status.success(), "{bash:?}");
+    let script = s.path("ternctl.bash");
+    std::fs::write(&script, &bash.stdout).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; complete -p ternctl; \
+             COMP_WORDS=(ternctl ap); COMP_CWORD=1; _ternctl ternctl ap ternctl; echo \"A:${{COMPREPLY[*]}}\"; \
+             COMP_WORDS=(ternctl inspect ''); COMP_CWORD=2; _ternctl ternctl '' inspect; echo \"B:${{COMPREPLY[*]}}\"",
+            script.display()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("-F _ternctl ternctl"), "{text}");
+    assert!(text.lines().any(|l| l == "A:apply"), "{text}");
+    let b = text
+        .lines()
+        .find(|l| l.starts_with("B:"))
+        .unwrap_or_default();
+    for sub in ["zones", "dataplane"] {
+        assert!(b.split_whitespace().any(|w| w == sub), "{sub} in {b}");
+    }
+    for shell in ["zsh", "fish"] {
+        let o = ctl(&["completion", shell]);
+        assert!(o.status.success(), "{o:?}");
+        let t = String::from_utf8_lossy(&o.stdout);
+        for sub in ["apply", "get", "inspect", "revoke", "completion"] {
+            assert!(t.contains(sub), "{shell} script names {sub}");
+        }
+    }
+    let bad = ctl(&["completion", "tcsh"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("possible values"));
+}

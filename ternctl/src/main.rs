@@ -88,6 +88,10 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Print a shell completion script: `source <(ternctl completion bash)`,
+    /// `ternctl completion zsh > "${fpath[1]}/_ternctl"`, or
+    /// `ternctl completion fish > ~/.config/fish/completions/ternctl.fish`.
+    Completion { shell: clap_complete::Shell },
 }
 
 // The subcommands are `zone-token`, `gateway-token`, `dataplane-token`.
@@ -602,6 +606,12 @@ fn s(v: &Value, p: &str) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Cmd::Completion { shell } = cli.cmd {
+        // Needs no server, token or config.
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut cmd, "ternctl", &mut std::io::stdout());
+        return Ok(());
+    }
     if let Cmd::UseConfig { path } = &cli.cmd {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
@@ -684,7 +694,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let api = Api::new(&cli)?;
     match cli.cmd {
-        Cmd::Apply { .. } | Cmd::UseConfig { .. } => unreachable!(),
+        Cmd::Apply { .. } | Cmd::UseConfig { .. } | Cmd::Completion { .. } => unreachable!(),
         Cmd::Get { kind, name, output } if kind == "tokens" || kind == "token" => {
             let v = api.ok("GET", "/api/v1/tokens", None).await?;
             let items = v["items"].as_array().cloned().unwrap_or_default();
