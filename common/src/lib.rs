@@ -5,6 +5,7 @@ pub mod flow;
 pub mod grpc;
 pub mod pki;
 pub mod policy;
+pub mod resilience;
 pub mod splice;
 pub mod sync;
 pub mod telemetry;

@@ -91,7 +91,7 @@ impl tokio::io::AsyncWrite for MeshStream {
 pub struct MeshConn {
     io: TokioIo<MeshStream>,
     /// Counts the connection against its destination's limit while open.
-    _slot: crate::resilience::ConnSlot,
+    _slot: crate::breaker::ConnSlot,
 }
 
 impl hyper::rt::Read for MeshConn {
@@ -291,8 +291,11 @@ impl crate::pool::Connect for MeshConnector {
             .ok_or_else(|| ConnectError::UnknownEndpoint(to.to_string()))?;
         let slot = target
             .policy
+            .limits
             .connection_slot()
-            .ok_or(ConnectError::CircuitOpen(target.policy.max_connections))?;
+            .ok_or(ConnectError::CircuitOpen(
+                target.policy.limits.max_connections,
+            ))?;
         match connect_mesh(&self.shared, &target, self.alpn).await {
             Ok(io) => Ok(MeshConn {
                 io: TokioIo::new(io),

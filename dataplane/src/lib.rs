@@ -8,6 +8,8 @@
 pub mod access;
 pub mod appcheck;
 pub mod balance;
+pub mod breaker;
+pub mod budget;
 pub mod choose;
 pub mod connect;
 pub mod cp_client;
@@ -265,7 +267,7 @@ fn compile_policies(
         c.policies = policies;
         let (resilience, more) = set.resilience(&facts, &c.service);
         if let Some(lb) = resilience.as_ref().and_then(|r| r.balancer.as_ref()) {
-            common::policy::apply_locality(lb, &facts, &mut c.endpoints);
+            common::resilience::apply_locality(lb, &facts, &mut c.endpoints);
         }
         c.resilience = resilience;
         c.policies.extend(more);

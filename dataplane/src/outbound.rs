@@ -102,7 +102,7 @@ impl Proxy {
         let mut min_tier = 0;
         let policy = cluster.resilience.clone();
         // The flow counts against the destination's connection limit.
-        let Some(_slot) = policy.connection_slot() else {
+        let Some(_slot) = policy.limits.connection_slot() else {
             self.metrics
                 .circuit_open
                 .get_or_create(&crate::metrics::ReasonLabel {
@@ -111,7 +111,7 @@ impl Proxy {
                 .inc();
             tracing::info!(
                 service,
-                limit = policy.max_connections,
+                limit = policy.limits.max_connections,
                 "TCP: circuit open (CircuitBreaker maxConnections); connection closed"
             );
             return;

@@ -1,19 +1,20 @@
-//! What a destination's `Retry`, `Timeout` and `CircuitBreaker` policies
-//! compile to in this proxy (with the documented defaults for what they
-//! leave out), and the state they keep per destination: the retry budget,
-//! and the circuit breaker's counts of requests, queued requests, retries
-//! and connections. The attempts themselves are in `retry.rs`, outlier
-//! detection in `outlier.rs`.
+//! What a destination's `Retry`, `Timeout`, `CircuitBreaker` and
+//! `LoadBalancer` policies compile to in this proxy, with the documented
+//! defaults for what they leave out. One value per destination, kept across
+//! config updates that leave it unchanged, so the state it holds survives:
+//! the retry budget (`budget.rs`) and the circuit breaker's counts
+//! (`breaker.rs`). The attempts are in `retry.rs`, outlier detection in
+//! `outlier.rs`, the choice of endpoint in `choose.rs`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Method, StatusCode};
 use model::policy::retry::{Condition, DEFAULT_ON};
 use proto::v1 as pb;
 
 use crate::balance::Rng;
+use crate::breaker::Limits;
+pub use crate::budget::Budget;
 
 /// Defaults that come from the sidecar's flags.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -69,15 +70,7 @@ pub struct Resilience {
     pub http_idle: Option<Duration>,
     pub budget: Budget,
     pub outlier: crate::outlier::Settings,
-    pub max_connections: usize,
-    pub max_requests: usize,
-    pub max_pending: usize,
-    pub max_retries: usize,
-    /// Requests waiting for their response head.
-    requests: tokio::sync::Semaphore,
-    pending: AtomicUsize,
-    retries_active: AtomicUsize,
-    connections: Arc<AtomicUsize>,
+    pub limits: Limits,
     pub algorithm: crate::choose::Algorithm,
     pub hash: HashKey,
     /// Spill-over between locality tiers (Envoy's overprovisioning factor).
@@ -114,8 +107,6 @@ impl HashKey {
         Some(crate::choose::hash_str(&v))
     }
 }
-
-pub const DEFAULT_MAX: u32 = 1024;
 
 fn bit(c: Condition) -> u8 {
     1 << (c as u8)
@@ -196,14 +187,7 @@ impl Resilience {
             http_idle: limit(t.idle_ms, t.idle_infinite, None),
             budget: Budget::new(percent, min_per_second),
             outlier: outlier_settings(b),
-            max_connections: nonzero_or(b.max_connections, DEFAULT_MAX),
-            max_requests: nonzero_or(b.max_requests, DEFAULT_MAX),
-            max_pending: given_or(b.max_pending_given, b.max_pending_requests, DEFAULT_MAX),
-            max_retries: given_or(b.max_retries_given, b.max_retries, DEFAULT_MAX),
-            requests: tokio::sync::Semaphore::new(nonzero_or(b.max_requests, DEFAULT_MAX)),
-            pending: AtomicUsize::new(0),
-            retries_active: AtomicUsize::new(0),
-            connections: Arc::new(AtomicUsize::new(0)),
+            limits: Limits::new(b),
             algorithm: crate::choose::Algorithm::parse(&lb.algorithm)?,
             hash: if !lb.hash_header.is_empty() {
                 HashKey::Header(
@@ -245,33 +229,10 @@ impl Resilience {
             && self.budget.percent == o.budget.percent
             && self.budget.min_per_second == o.budget.min_per_second
             && self.outlier == o.outlier
-            && self.max_connections == o.max_connections
-            && self.max_requests == o.max_requests
-            && self.max_pending == o.max_pending
-            && self.max_retries == o.max_retries
+            && self.limits.same(&o.limits)
             && self.algorithm == o.algorithm
             && self.hash == o.hash
             && self.overprovisioning == o.overprovisioning
-    }
-
-    /// A place among the requests waiting for their head, queueing for one
-    /// when all are taken and the queue has room. `Err`: the limit that
-    /// refused it.
-    pub async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, &'static str> {
-        if let Ok(p) = self.requests.try_acquire() {
-            return Ok(p);
-        }
-        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-            return Err(if self.max_pending == 0 {
-                "max-requests"
-            } else {
-                "max-pending-requests"
-            });
-        }
-        let p = self.requests.acquire().await;
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        p.map_err(|_| "max-requests")
     }
 
     /// An answer passed to the caller, its body under the stream limits.
@@ -286,66 +247,6 @@ impl Resilience {
                 self.stream_duration,
             ))
         })
-    }
-
-    /// A retry's place among those in progress, if there is room.
-    pub fn retry_slot(&self) -> Option<Slot<'_>> {
-        if self.retries_active.fetch_add(1, Ordering::AcqRel) >= self.max_retries {
-            self.retries_active.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Slot(&self.retries_active))
-    }
-
-    /// A connection's place among those open to the destination, if there
-    /// is room; held as long as the connection.
-    pub fn connection_slot(&self) -> Option<ConnSlot> {
-        if self.connections.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
-            self.connections.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ConnSlot(self.connections.clone()))
-    }
-
-    /// Requests waiting for their head now (for /config_dump).
-    pub fn in_flight(&self) -> usize {
-        self.max_requests
-            .saturating_sub(self.requests.available_permits())
-    }
-}
-
-/// A retry in progress; released on drop.
-pub struct Slot<'a>(&'a AtomicUsize);
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// An open connection, counted against its destination; released on drop.
-#[derive(Debug)]
-pub struct ConnSlot(Arc<AtomicUsize>);
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-fn nonzero_or(v: u32, default: u32) -> usize {
-    if v == 0 {
-        default as usize
-    } else {
-        v as usize
-    }
-}
-
-fn given_or(given: bool, v: u32, default: u32) -> usize {
-    if given {
-        v as usize
-    } else {
-        default as usize
     }
 }
 
@@ -430,12 +331,12 @@ impl Resilience {
                 "overprovisioningFactor": self.overprovisioning,
             },
             "limits": {
-                "maxConnections": self.max_connections,
-                "maxRequests": self.max_requests,
-                "maxPendingRequests": self.max_pending,
-                "maxRetries": self.max_retries,
-                "openConnections": self.connections.load(Ordering::Relaxed),
-                "requestsInFlight": self.in_flight(),
+                "maxConnections": self.limits.max_connections,
+                "maxRequests": self.limits.max_requests,
+                "maxPendingRequests": self.limits.max_pending,
+                "maxRetries": self.limits.max_retries,
+                "openConnections": self.limits.open_connections(),
+                "requestsInFlight": self.limits.in_flight(),
             },
             "outlierDetection": {
                 "interval": d(Some(self.outlier.interval)),
@@ -480,83 +381,6 @@ impl Resilience {
             .saturating_mul(1u32 << (n.saturating_sub(1)).min(20))
             .min(self.backoff_max);
         cap.mul_f64(rng.unit())
-    }
-}
-
-/// The retry budget: over a sliding window of 10 one-second slots, retries
-/// may be at most `percent` of the requests plus `min_per_second` per
-/// second. Every request deposits; every retry withdraws or is refused.
-#[derive(Debug)]
-pub struct Budget {
-    pub percent: f64,
-    pub min_per_second: u32,
-    slots: Mutex<Window>,
-}
-
-const SLOTS: usize = 10;
-
-#[derive(Debug)]
-struct Window {
-    /// Start of slot 0's second.
-    start: Instant,
-    /// Seconds since `start` of the newest slot.
-    newest: u64,
-    requests: [u64; SLOTS],
-    retries: [u64; SLOTS],
-}
-
-impl Window {
-    /// Move the window to `now`, clearing slots that fell out of it.
-    fn advance(&mut self, now: Instant) -> usize {
-        let sec = now.saturating_duration_since(self.start).as_secs();
-        if sec > self.newest {
-            let gap = (sec - self.newest).min(SLOTS as u64);
-            for k in 1..=gap {
-                let i = ((self.newest + k) % SLOTS as u64) as usize;
-                self.requests[i] = 0;
-                self.retries[i] = 0;
-            }
-            self.newest = sec;
-        }
-        (self.newest % SLOTS as u64) as usize
-    }
-}
-
-impl Budget {
-    pub fn new(percent: f64, min_per_second: u32) -> Self {
-        Self {
-            percent,
-            min_per_second,
-            slots: Mutex::new(Window {
-                start: Instant::now(),
-                newest: 0,
-                requests: [0; SLOTS],
-                retries: [0; SLOTS],
-            }),
-        }
-    }
-
-    /// A request was sent (its first attempt).
-    pub fn deposit(&self, now: Instant) {
-        let mut w = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let i = w.advance(now);
-        w.requests[i] += 1;
-    }
-
-    /// May a retry be sent now? Counts it when yes.
-    pub fn withdraw(&self, now: Instant) -> bool {
-        let mut w = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let i = w.advance(now);
-        let requests: u64 = w.requests.iter().sum();
-        let retries: u64 = w.retries.iter().sum();
-        let allowed =
-            self.min_per_second as f64 * SLOTS as f64 + requests as f64 * self.percent / 100.0;
-        if (retries + 1) as f64 <= allowed {
-            w.retries[i] += 1;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -679,109 +503,5 @@ mod tests {
                 "retry {n}: {below_half} of 2000 waits below half the cap"
             );
         }
-    }
-
-    /// Under simulated time: with 100 requests in the window, 20% and 1/s
-    /// allow 20 + 10 retries; then none until requests or time add room;
-    /// slots older than 10 s stop counting.
-    #[test]
-    fn the_budget_allows_a_share_of_requests_plus_a_floor_over_ten_seconds() {
-        let b = Budget::new(20.0, 1);
-        let t0 = b.slots.lock().unwrap().start;
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        for _ in 0..100 {
-            b.deposit(at(0));
-        }
-        let granted = (0..100).filter(|_| b.withdraw(at(500))).count();
-        assert_eq!(granted, 30);
-        assert!(!b.withdraw(at(9_900)), "still inside the window");
-        // Five more requests make room for one retry.
-        for _ in 0..5 {
-            b.deposit(at(9_900));
-        }
-        assert!(b.withdraw(at(9_900)));
-        assert!(!b.withdraw(at(9_900)));
-        // At 10.5 s, second 0 (100 requests, 30 retries) has left the
-        // window: 5 requests and 1 retry remain, so 10 + 1 - 1 = 10 more.
-        let later = (0..100).filter(|_| b.withdraw(at(10_500))).count();
-        assert_eq!(later, 10);
-        // Long after, only the floor.
-        let much_later = (0..100).filter(|_| b.withdraw(at(60_000))).count();
-        assert_eq!(much_later, 10);
-    }
-
-    /// Requests past `maxRequests` queue up to `maxPendingRequests`, then
-    /// are refused, naming the limit; retries and connections stop at
-    /// theirs; every place comes back when dropped.
-    #[tokio::test]
-    async fn breaker_limits_refuse_past_their_maximum_and_release_on_drop() {
-        use std::future::Future;
-        let r = Resilience::build(
-            Some(&pb::Resilience {
-                breaker: Some(pb::CircuitBreaker {
-                    max_requests: 1,
-                    max_pending_given: true,
-                    max_pending_requests: 1,
-                    max_retries_given: true,
-                    max_retries: 1,
-                    max_connections: 1,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            &Defaults::default(),
-        )
-        .unwrap();
-        let first = r.admit().await.unwrap();
-        assert_eq!(r.in_flight(), 1);
-        // The second waits in the queue; a third finds the queue full.
-        let queued = r.admit();
-        tokio::pin!(queued);
-        let waker = futures_util::task::noop_waker();
-        let mut cx = std::task::Context::from_waker(&waker);
-        assert!(queued.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(r.admit().await.unwrap_err(), "max-pending-requests");
-        drop(first);
-        let second = queued.await.unwrap();
-        drop(second);
-        assert_eq!(r.in_flight(), 0);
-
-        let retry = r.retry_slot().unwrap();
-        assert!(r.retry_slot().is_none());
-        drop(retry);
-        assert!(r.retry_slot().is_some());
-
-        let conn = r.connection_slot().unwrap();
-        assert!(r.connection_slot().is_none());
-        drop(conn);
-        assert!(r.connection_slot().is_some());
-
-        // No queue: the limit itself is named.
-        let r = Resilience::build(
-            Some(&pb::Resilience {
-                breaker: Some(pb::CircuitBreaker {
-                    max_requests: 1,
-                    max_pending_given: true,
-                    max_pending_requests: 0,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            &Defaults::default(),
-        )
-        .unwrap();
-        let _held = r.admit().await.unwrap();
-        assert_eq!(r.admit().await.unwrap_err(), "max-requests");
-    }
-
-    /// A budget with no floor and no share refuses every retry.
-    #[test]
-    fn a_zero_budget_refuses_all_retries() {
-        let b = Budget::new(0.0, 0);
-        let now = Instant::now();
-        for _ in 0..1000 {
-            b.deposit(now);
-        }
-        assert!(!b.withdraw(now));
     }
 }

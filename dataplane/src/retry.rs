@@ -125,7 +125,7 @@ impl Proxy {
         let (client, version) = self.upstream_for(cluster.protocol);
         let policy = &cluster.resilience;
         // The circuit breaker: a place among the requests in progress.
-        let _place = match policy.admit().await {
+        let _place = match policy.limits.admit().await {
             Ok(p) => p,
             Err(limit) => return self.circuit_open(service, limit),
         };
@@ -160,7 +160,7 @@ impl Proxy {
                 (None, None) => break,
             };
             if attempt > 0 {
-                _retry_slot = policy.retry_slot();
+                _retry_slot = policy.limits.retry_slot();
                 if _retry_slot.is_none() {
                     self.metrics
                         .circuit_open

@@ -272,7 +272,7 @@ pub fn proxy_config(
         } else {
             let mut endpoints = c.endpoints.clone();
             if let Some(lb) = resilience.as_ref().and_then(|r| r.balancer.as_ref()) {
-                common::policy::apply_locality(lb, facts, &mut endpoints);
+                common::resilience::apply_locality(lb, facts, &mut endpoints);
             }
             Arc::new(pb::Cluster {
                 http_routes: http,
