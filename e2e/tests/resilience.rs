@@ -160,12 +160,13 @@ fn retries_hide_a_flaky_upstream_and_a_budget_caps_a_retry_storm() {
 /// * api answering after 1 s: web (named) gets a 504 that names its 300 ms
 ///   request timeout; batch (not named) waits for the 200 under the
 ///   default;
-/// * batch's HTTP limits on api (idle 500 ms, stream duration 2 s): a
-///   response whose chunks come 300 ms apart arrives whole; one that goes
-///   silent for 800 ms is cut after its first chunk; one still sending at
-///   2 s is cut there, without its last chunk;
-/// * an idle limit of 500 ms closes web's opaque TCP flow to db once
-///   nothing has moved, while a flow that keeps talking stays open past it.
+/// * batch's HTTP limits on api (idle 1 s, stream duration 3 s): a
+///   response whose chunks come 200 ms apart arrives whole; one that goes
+///   silent for 3 s is cut after its first chunk; one still sending at 3 s
+///   is cut there, without its last chunk;
+/// * an idle limit of 1 s closes web's opaque TCP flow to db once nothing
+///   has moved, while a flow that talks every 100 ms for 1.5 s stays open
+///   past it.
 #[test]
 fn timeouts_bound_requests_and_idle_tcp_flows_across_zones() {
     let net = Net(65);
@@ -173,17 +174,15 @@ fn timeouts_bound_requests_and_idle_tcp_flows_across_zones() {
     let (_api, _db, web, batch) = m.api_db_and_callers();
     let app = net.addr(12, 8080);
     m.g.apply(&format!(
-        "{H}kind: Timeout\nmetadata: {{name: web-api}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  request: 300ms\n---\n{H}kind: Timeout\nmetadata: {{name: db}}\nspec:\n  to: {{service: db}}\n  idle: 500ms\n---\n{H}kind: Timeout\nmetadata: {{name: batch-api}}\nspec:\n  targetRef: {{service: batch}}\n  to: {{service: api}}\n  idle: 500ms\n  streamDuration: 2s\n"
+        "{H}kind: Timeout\nmetadata: {{name: web-api}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: api}}\n  request: 300ms\n---\n{H}kind: Timeout\nmetadata: {{name: db}}\nspec:\n  to: {{service: db}}\n  idle: 1s\n---\n{H}kind: Timeout\nmetadata: {{name: batch-api}}\nspec:\n  targetRef: {{service: batch}}\n  to: {{service: api}}\n  idle: 1s\n  streamDuration: 3s\n"
     ));
     wait_dump(&batch, "/clusters/api/resilience/httpIdleTimeout", |v| {
-        v == "500ms"
+        v == "1s"
     });
     wait_dump(&web, "/clusters/api/resilience/requestTimeout", |v| {
         v == "300ms"
     });
-    wait_dump(&web, "/clusters/db/resilience/idleTimeout", |v| {
-        v == "500ms"
-    });
+    wait_dump(&web, "/clusters/db/resilience/idleTimeout", |v| v == "1s");
     wait_dump(&batch, "/clusters/api/resilience/requestTimeout", |v| {
         v == "15s"
     });
@@ -195,22 +194,22 @@ fn timeouts_bound_requests_and_idle_tcp_flows_across_zones() {
     assert_eq!(r.status, 200, "{}", r.body);
     control(app, "/control/delay?ms=0");
 
-    // HTTP streams (batch's limits): chunks 300 ms apart get through whole;
-    // 800 ms of silence cuts a stream after its first chunk; a stream still
-    // sending at 2 s is cut there.
-    let whole = stream_text(batch.outbound(), "/drip/300/5");
+    // HTTP streams (batch's limits): chunks 200 ms apart get through whole;
+    // 3 s of silence is cut at 1 s, after the first chunk; a stream still
+    // sending at 3 s (25 chunks 200 ms apart: 4.8 s) is cut there.
+    let whole = stream_text(batch.outbound(), "/drip/200/5");
     assert!(
         whole.contains("chunk 4") && whole.ends_with("0\r\n\r\n"),
         "{whole}"
     );
-    let idle = stream_text(batch.outbound(), "/drip/800/3");
+    let idle = stream_text(batch.outbound(), "/drip/3000/2");
     assert!(
         idle.contains("chunk 0") && !idle.contains("chunk 1"),
         "{idle}"
     );
-    let long = stream_text(batch.outbound(), "/drip/300/10");
+    let long = stream_text(batch.outbound(), "/drip/200/25");
     assert!(
-        long.contains("chunk 4") && !long.contains("chunk 9"),
+        long.contains("chunk 4") && !long.contains("chunk 24"),
         "{long}"
     );
     assert!(
