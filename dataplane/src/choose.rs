@@ -7,37 +7,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+pub use model::policy::balancer::Algorithm;
+
 use crate::balance::{Endpoint, Rng};
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Algorithm {
-    #[default]
-    Random,
-    RoundRobin,
-    LeastRequest,
-    RingHash,
-}
-
-impl Algorithm {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "" | "random" => Algorithm::Random,
-            "round-robin" => Algorithm::RoundRobin,
-            "least-request" => Algorithm::LeastRequest,
-            "ring-hash" => Algorithm::RingHash,
-            other => return Err(format!("unknown load balancing algorithm {other:?}")),
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::Random => "random",
-            Algorithm::RoundRobin => "round-robin",
-            Algorithm::LeastRequest => "least-request",
-            Algorithm::RingHash => "ring-hash",
-        }
-    }
-}
 
 /// Points per unit of weight on the ring, and the most points in all.
 const POINTS_PER_WEIGHT: usize = 100;
@@ -151,33 +123,6 @@ pub fn choose<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::v1 as pb;
-
-    fn tier(weights: &[u32]) -> Vec<Arc<Endpoint>> {
-        let cfg = vec![pb::Cluster {
-            service: "api".into(),
-            protocol: "http".into(),
-            endpoints: weights
-                .iter()
-                .enumerate()
-                .map(|(i, w)| pb::Endpoint {
-                    address: format!("127.0.0.{}", i + 1),
-                    port: 15006,
-                    healthy: true,
-                    zone: "z1".into(),
-                    identity: "spiffe://tern/zone/z1/svc/api".into(),
-                    weight: *w,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }];
-        crate::balance::Clusters::build(&cfg, &Default::default(), 1, &Default::default())
-            .unwrap()
-            .by_service["api"]
-            .endpoints
-            .clone()
-    }
 
     fn counts(
         alg: Algorithm,
@@ -199,7 +144,7 @@ mod tests {
     /// full turn.
     #[test]
     fn weighted_round_robin_is_exact_over_each_turn() {
-        let eps = tier(&[1, 2, 3]);
+        let eps = crate::balance::test_endpoints(&[1, 2, 3]);
         assert_eq!(
             counts(Algorithm::RoundRobin, &eps, 600, |_| None, None),
             [100, 200, 300]
@@ -209,7 +154,7 @@ mod tests {
     /// Random follows the weights within a few percent over 60,000 picks.
     #[test]
     fn weighted_random_follows_the_weights() {
-        let eps = tier(&[1, 3]);
+        let eps = crate::balance::test_endpoints(&[1, 3]);
         let c = counts(Algorithm::Random, &eps, 60_000, |_| None, None);
         let share = c[1] as f64 / 60_000.0;
         assert!((share - 0.75).abs() < 0.02, "{c:?}");
@@ -220,7 +165,7 @@ mod tests {
     /// 1/9 of picks with three endpoints).
     #[test]
     fn least_request_prefers_the_less_busy_endpoint() {
-        let eps = tier(&[1, 1, 1]);
+        let eps = crate::balance::test_endpoints(&[1, 1, 1]);
         let _busy: Vec<_> = (0..5).map(|_| eps[0].start_request()).collect();
         let c = counts(Algorithm::LeastRequest, &eps, 9_000, |_| None, None);
         assert!(c[0] < 1_300, "{c:?}");
@@ -231,7 +176,7 @@ mod tests {
     /// of them; removing one endpoint moves only the keys it held.
     #[test]
     fn a_ring_hash_keeps_keys_in_place_and_moves_few_when_an_endpoint_goes() {
-        let eps = tier(&[1, 1, 1, 1]);
+        let eps = crate::balance::test_endpoints(&[1, 1, 1, 1]);
         let ring = Ring::new(&eps);
         let (rng, turn) = (Rng::new(), AtomicUsize::new(0));
         let at = |k: u64, up: &dyn Fn(&Arc<Endpoint>) -> bool| {

@@ -88,11 +88,17 @@ impl Counters {
     /// Record an outcome; the reason to eject, when it trips a threshold.
     pub fn record(&self, o: Outcome, s: &Settings) -> Option<&'static str> {
         let r = Ordering::Relaxed;
-        self.total.fetch_add(1, r);
+        // The interval's counts feed only the success-rate judgement.
+        let rated = s.success_rate.is_some();
+        if rated {
+            self.total.fetch_add(1, r);
+        }
         let trips = |n: u32, limit: u32| limit > 0 && n >= limit;
         match o {
             Outcome::Success => {
-                self.ok.fetch_add(1, r);
+                if rated {
+                    self.ok.fetch_add(1, r);
+                }
                 // Stores only when needed: the hot path stays read-only.
                 for c in [
                     &self.consecutive_5xx,
@@ -262,35 +268,10 @@ mod tests {
         }
     }
 
-    fn endpoints(n: u8) -> Vec<Arc<Endpoint>> {
-        use proto::v1 as pb;
-        let cfg = vec![pb::Cluster {
-            service: "api".into(),
-            protocol: "http".into(),
-            endpoints: (1..=n)
-                .map(|i| pb::Endpoint {
-                    address: format!("127.0.0.{i}"),
-                    port: 15006,
-                    healthy: true,
-                    zone: "z1".into(),
-                    identity: "spiffe://tern/zone/z1/svc/api".into(),
-                    weight: 1,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }];
-        crate::balance::Clusters::build(&cfg, &Default::default(), 1, &Default::default())
-            .unwrap()
-            .by_service["api"]
-            .endpoints
-            .clone()
-    }
-
     /// At most the allowed share is ejected at once; 100% lets all go.
     #[test]
     fn ejections_stop_at_the_maximum_share() {
-        let all = endpoints(4);
+        let all = crate::balance::test_endpoints(&[1; 4]);
         let s = Settings {
             max_ejection_percent: 50,
             ..settings()
@@ -310,7 +291,7 @@ mod tests {
     /// interval an endpoint spends in service forgives one.
     #[test]
     fn repeat_offenders_are_ejected_for_longer_and_forgiven_over_time() {
-        let all = endpoints(1);
+        let all = crate::balance::test_endpoints(&[1; 1]);
         let e = &all[0];
         let s = Settings {
             base_ejection: Duration::from_millis(1),
@@ -336,7 +317,7 @@ mod tests {
     /// rate is ejected; without enough volume nobody is judged.
     #[test]
     fn success_rate_outliers_are_ejected_when_enough_hosts_have_volume() {
-        let all = endpoints(5);
+        let all = crate::balance::test_endpoints(&[1; 5]);
         let s = Settings {
             success_rate: Some((3, 50, 1.5)),
             max_ejection_percent: 100,

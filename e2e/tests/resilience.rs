@@ -337,24 +337,8 @@ fn outlier_detection_ejects_and_restores_and_a_request_limit_answers_503() {
     for host in [12, 13] {
         control(net.addr(host, 8080), "/control/delay?ms=2000");
     }
-    let out = web.outbound();
-    let slow = std::thread::spawn(move || http(out, "GET", "api", "/slow", &[]).unwrap());
-    wait_dump(
-        &web,
-        "/clusters/api/resilience/limits/requestsInFlight",
-        |v| v == 1,
-    );
-    let r = http(web.outbound(), "GET", "api", "/r", &[]).unwrap();
-    assert_eq!(r.status, 503, "{}", r.body);
-    assert!(
-        r.headers
-            .to_ascii_lowercase()
-            .contains("x-tern-circuit: max-requests"),
-        "{}",
-        r.headers
-    );
+    let r = refused_while_one_holds(&web, "api", "requestsInFlight", "max-requests");
     assert!(r.body.contains("circuit open"), "{}", r.body);
-    assert_eq!(slow.join().unwrap().status, 200);
     assert_eq!(
         metric_sum(
             web.admin(),
@@ -375,23 +359,37 @@ fn outlier_detection_ejects_and_restores_and_a_request_limit_answers_503() {
         |v| v == 1,
     );
     control(report_app, "/control/delay?ms=2000");
-    let out = web.outbound();
-    let first = std::thread::spawn(move || http(out, "GET", "report", "/slow", &[]).unwrap());
+    refused_while_one_holds(&web, "report", "openConnections", "max-connections");
+}
+
+/// While one slow GET to `service` from `caller` holds the only place the
+/// breaker allows (its `/config_dump` gauge `held` shows 1), a second gets
+/// 503 with `x-tern-circuit: LIMIT`; the first still gets its 200. Returns
+/// the refusal.
+fn refused_while_one_holds(
+    caller: &Workload,
+    service: &'static str,
+    held: &str,
+    limit: &str,
+) -> HttpResponse {
+    let out = caller.outbound();
+    let first = std::thread::spawn(move || http(out, "GET", service, "/slow", &[]).unwrap());
     wait_dump(
-        &web,
-        "/clusters/report/resilience/limits/openConnections",
+        caller,
+        &format!("/clusters/{service}/resilience/limits/{held}"),
         |v| v == 1,
     );
-    let r = http(web.outbound(), "GET", "report", "/r", &[]).unwrap();
+    let r = http(caller.outbound(), "GET", service, "/r", &[]).unwrap();
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(
         r.headers
             .to_ascii_lowercase()
-            .contains("x-tern-circuit: max-connections"),
+            .contains(&format!("x-tern-circuit: {limit}")),
         "{}",
         r.headers
     );
     assert_eq!(first.join().unwrap().status, 200);
+    r
 }
 
 /// `n` GETs from each of `threads` concurrent clients through `caller`:

@@ -60,9 +60,10 @@ impl super::Destined for LoadBalancerSpec {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Algorithm {
+    #[default]
     Random,
     RoundRobin,
     LeastRequest,
@@ -70,6 +71,17 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// As compiled into proxy config (empty: the default).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "" | "random" => Algorithm::Random,
+            "round-robin" => Algorithm::RoundRobin,
+            "least-request" => Algorithm::LeastRequest,
+            "ring-hash" => Algorithm::RingHash,
+            other => return Err(format!("unknown load balancing algorithm {other:?}")),
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::Random => "random",

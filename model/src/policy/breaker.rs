@@ -29,7 +29,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::retry::check_dur;
+use super::retry::{check_dur, range};
 use super::route::Destination;
 use super::{Selector, Targeted};
 use crate::resource::{check_name, Dur, FieldError};
@@ -107,16 +107,6 @@ pub struct SuccessRate {
     pub minimum_hosts: u32,
     pub request_volume: u32,
     pub stdev_factor: f64,
-}
-
-fn range(path: &str, v: u32, lo: u32, hi: u32) -> Result<(), FieldError> {
-    if v < lo || v > hi {
-        return Err(FieldError::new(
-            path,
-            format!("{v} is out of range; allowed is {lo} to {hi}"),
-        ));
-    }
-    Ok(())
 }
 
 const MS: std::time::Duration = std::time::Duration::from_millis(1);

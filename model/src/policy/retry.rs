@@ -170,7 +170,7 @@ pub struct TcpRetry {
     pub connect_attempts: Option<u32>,
 }
 
-fn range<T: PartialOrd + std::fmt::Display>(
+pub(super) fn range<T: PartialOrd + std::fmt::Display>(
     path: &str,
     v: T,
     lo: T,
