@@ -10,6 +10,7 @@ pub mod splice;
 pub mod sync;
 pub mod telemetry;
 pub mod tls;
+pub mod traffic;
 pub mod trust;
 
 pub use rustls;

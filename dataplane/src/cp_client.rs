@@ -41,6 +41,9 @@ pub struct CpStatus {
     pub last_nack: Option<String>,
 }
 
+/// How often a proxy reports its traffic to the zone control plane.
+pub const TRAFFIC_REPORT_EVERY: Duration = Duration::from_secs(5);
+
 pub fn spawn(
     shared: Arc<Shared>,
     metrics: Metrics,
@@ -65,8 +68,17 @@ pub fn spawn(
             }
         }
         let mut backoff = Backoff::reconnect();
+        let mut reporter = crate::traffic::Reporter::default();
         loop {
-            let res = run_once(&shared, &metrics, &opts, &status, &mut shutdown).await;
+            let res = run_once(
+                &shared,
+                &metrics,
+                &opts,
+                &status,
+                &mut shutdown,
+                &mut reporter,
+            )
+            .await;
             let established = status.borrow().connected;
             status.send_modify(|s| s.connected = false);
             if *shutdown.borrow() {
@@ -196,6 +208,7 @@ async fn run_once(
     opts: &CpOptions,
     status: &watch::Sender<CpStatus>,
     shutdown: &mut watch::Receiver<bool>,
+    reporter: &mut crate::traffic::Reporter,
 ) -> anyhow::Result<()> {
     let claims = token::decode_unverified(&opts.token).context("the dataplane token")?;
     let expect = Expect::Exact(SpiffeId::zone_cp(&claims.td, &claims.zone));
@@ -254,8 +267,20 @@ async fn run_once(
     let mut health = shared.app_health.subscribe();
     health.mark_changed();
     let mut renew_at: Option<tokio::time::Instant> = None;
+    // Traffic since the last report; the first report after a reconnect
+    // carries what happened while disconnected.
+    let mut report = tokio::time::interval(TRAFFIC_REPORT_EVERY);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = report.tick() => {
+                let peers = reporter.changes(&shared.traffic);
+                if !peers.is_empty() {
+                    tx.send_timeout(pb::ProxyMessage {
+                        msg: Some(proxy_message::Msg::Traffic(pb::TrafficReport { peers })),
+                    }, common::grpc::SEND_TIMEOUT).await?;
+                }
+            }
             m = inbound.message() => {
                 let m = match m {
                     Ok(Some(m)) => m,

@@ -32,7 +32,9 @@ use crate::proxy::{
     ERROR_HEADER,
 };
 use crate::ratelimit;
+use crate::traffic::Counts;
 use crate::upgrade::is_upgrade;
+use common::traffic::Decision as Verdict;
 
 /// How long a connection whose peer stopped being trusted may take to
 /// finish its requests before it is cut.
@@ -120,18 +122,11 @@ impl Proxy {
         // A peer whose zone is revoked (or whose root is retired) loses its
         // open connections too, not only new handshakes.
         if tcp_mode {
-            if !self.admit_tcp(Some(&caller), remote) || self.limit_tcp(Some(&caller), remote) {
+            let counts = self.inbound_counts(Some(&caller));
+            let Some(delay) = self.tcp_decide(Some(&caller), remote, &counts).await else {
                 reset(stream.get_ref().0);
                 return;
-            }
-            let (delay, reset_it) = self.tcp_fault(Some(&caller));
-            if reset_it {
-                if let Some(d) = delay {
-                    tokio::time::sleep(d).await;
-                }
-                reset(stream.get_ref().0);
-                return;
-            }
+            };
             // Opaque TCP has no way to finish gracefully: cut it at once. A
             // fault's delay runs inside, so a trust change during it cuts
             // the connection too.
@@ -139,7 +134,7 @@ impl Proxy {
                 if let Some(d) = delay {
                     tokio::time::sleep(d).await;
                 }
-                self.splice_to_app(stream, app).await
+                self.splice_to_app(stream, app, &counts).await
             };
             let distrusted = self.metrics.connections_distrusted.clone();
             if let Err(why) = self
@@ -203,19 +198,15 @@ impl Proxy {
                 .plaintext
                 .get_or_create(&KindLabel { kind: "tcp" })
                 .inc();
-            if !self.admit_tcp(None, remote) || self.limit_tcp(None, remote) {
+            let counts = self.inbound_counts(None);
+            let Some(delay) = self.tcp_decide(None, remote, &counts).await else {
                 reset(&tcp);
                 return;
-            }
-            let (delay, reset_it) = self.tcp_fault(None);
+            };
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
-            if reset_it {
-                reset(&tcp);
-                return;
-            }
-            self.splice_to_app(tcp, app).await;
+            self.splice_to_app(tcp, app, &counts).await;
             return;
         }
         let me = self.clone();
@@ -407,16 +398,62 @@ impl Proxy {
         }
     }
 
-    async fn splice_to_app<S>(&self, mut stream: S, app: SocketAddr)
+    /// The traffic counts for requests and connections from `caller`
+    /// (a plaintext caller is `unknown`).
+    fn inbound_counts(&self, caller: Option<&Caller>) -> Arc<Counts> {
+        let (service, zone) = caller
+            .map(|c| (c.service.as_str(), c.zone.as_str()))
+            .unwrap_or((crate::traffic::UNKNOWN, crate::traffic::UNKNOWN));
+        self.shared.traffic.peer(Direction::Inbound, service, zone)
+    }
+
+    /// What the inbound policies do to a TCP connection, counted: `None`
+    /// to reset it (denied, rate limited, or a fault's reset, after its
+    /// delay), else the fault's delay to hold it for, if any.
+    async fn tcp_decide(
+        &self,
+        caller: Option<&Caller>,
+        remote: SocketAddr,
+        counts: &Counts,
+    ) -> Option<Option<Duration>> {
+        if !self.admit_tcp(caller, remote) {
+            counts.connection(Verdict::Denied);
+            return None;
+        }
+        if self.limit_tcp(caller, remote) {
+            counts.connection(Verdict::RateLimited);
+            return None;
+        }
+        let (delay, reset_it) = self.tcp_fault(caller);
+        counts.connection(if delay.is_some() || reset_it {
+            Verdict::Fault
+        } else {
+            Verdict::None
+        });
+        if reset_it {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            return None;
+        }
+        Some(delay)
+    }
+
+    async fn splice_to_app<S>(&self, mut stream: S, app: SocketAddr, counts: &Counts)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await {
             Ok(Ok(mut up)) => {
                 let _ = up.set_nodelay(true);
-                let _ =
-                    common::splice::copy_bidirectional_idle(&mut stream, &mut up, self.tcp_idle)
-                        .await;
+                let _ = common::splice::copy_bidirectional_metered(
+                    &mut stream,
+                    &mut up,
+                    self.tcp_idle,
+                    Some(&counts.sent),
+                    Some(&counts.received),
+                )
+                .await;
             }
             Ok(Err(e)) => {
                 tracing::warn!(%app, error = %e, "local app refused the connection")
@@ -457,14 +494,23 @@ impl Proxy {
         };
         drop(access);
         let caller = peer.as_ref().map(|(_, c)| c.clone());
+        let mut decision = Verdict::None;
         let resp = if let Some(rule) = denied {
+            decision = Verdict::Denied;
             forbidden(&rule)
         } else if let Some(limited) = self.limit_http(caller.as_deref(), &req, remote) {
+            decision = Verdict::RateLimited;
             limited
         } else {
             match self.inject_http(caller.as_deref(), &req).await {
-                Err(aborted) => aborted,
+                Err(aborted) => {
+                    decision = Verdict::Fault;
+                    aborted
+                }
                 Ok(delayed_by) => {
+                    if delayed_by.is_some() {
+                        decision = Verdict::Fault;
+                    }
                     let id = peer.map(|(v, _)| v);
                     let mut resp = if is_upgrade(&req) {
                         self.inbound_upgrade(app, id, chain, req).await
@@ -479,11 +525,10 @@ impl Proxy {
                 }
             }
         };
-        self.metrics.observe(
-            Direction::Inbound,
-            resp.status().as_u16(),
-            start.elapsed().as_secs_f64(),
-        );
+        let (status, secs) = (resp.status().as_u16(), start.elapsed().as_secs_f64());
+        self.metrics.observe(Direction::Inbound, status, secs);
+        self.inbound_counts(caller.as_deref())
+            .request(status, decision, secs);
         resp
     }
 

@@ -33,6 +33,7 @@ pub mod spares;
 pub mod split;
 pub mod state;
 pub mod stream_limit;
+pub mod traffic;
 pub mod upgrade;
 
 use std::collections::BTreeMap;
@@ -557,6 +558,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
 
     let sh_ready = shared.clone();
+    reg.register_collector(Box::new(traffic::Collector(shared.traffic.clone())));
     let sh_dump = shared.clone();
     let st_ready = status_rx.clone();
     let st_dump = status_rx;

@@ -33,7 +33,9 @@ use crate::proxy::{
 };
 use crate::retry::Outgoing;
 use crate::split::Mirror;
+use crate::traffic::Served;
 use crate::upgrade::is_upgrade;
+use common::traffic::Decision;
 
 impl Proxy {
     /// Serve an outbound listener. `service` fixes the destination; `None`
@@ -103,6 +105,14 @@ impl Proxy {
         let policy = cluster.resilience.clone();
         // The flow counts against the destination's connection limit.
         let Some(_slot) = policy.limits.connection_slot() else {
+            self.shared
+                .traffic
+                .peer(
+                    Direction::Outbound,
+                    &cluster.service,
+                    crate::traffic::UNKNOWN,
+                )
+                .connection(Decision::CircuitOpen);
             self.metrics
                 .circuit_open
                 .get_or_create(&crate::metrics::ReasonLabel {
@@ -116,7 +126,7 @@ impl Proxy {
             );
             return;
         };
-        for _ in 0..policy.tcp_connect_attempts {
+        for attempt in 0..policy.tcp_connect_attempts {
             let Some((ep, tier)) = cluster.pick(&tried, min_tier) else {
                 break;
             };
@@ -124,8 +134,23 @@ impl Proxy {
             min_tier = tier + 1;
             match connect_mesh(&self.shared, &ep.target, Alpn::Tcp).await {
                 Ok(mut up) => {
+                    let counts =
+                        self.shared
+                            .traffic
+                            .peer(Direction::Outbound, &cluster.service, &ep.zone);
+                    counts.connection(if attempt > 0 {
+                        Decision::Retried
+                    } else {
+                        Decision::None
+                    });
                     let idle = policy.tcp_idle.unwrap_or(Duration::MAX);
-                    let flow = common::splice::copy_bidirectional_idle(&mut client, &mut up, idle);
+                    let flow = common::splice::copy_bidirectional_metered(
+                        &mut client,
+                        &mut up,
+                        idle,
+                        Some(&counts.sent),
+                        Some(&counts.received),
+                    );
                     let ended = match policy.stream_duration {
                         Some(limit) => {
                             tokio::time::timeout(limit, flow).await.unwrap_or_else(|_| {
@@ -157,19 +182,27 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Response<Body> {
         let start = Instant::now();
-        let resp = self.route_outbound(fixed, req).await;
-        self.metrics.observe(
-            Direction::Outbound,
-            resp.status().as_u16(),
-            start.elapsed().as_secs_f64(),
+        let mut served = Served::default();
+        let resp = self
+            .route_outbound(fixed.as_deref(), req, &mut served)
+            .await;
+        let secs = start.elapsed().as_secs_f64();
+        let status = resp.status().as_u16();
+        self.metrics.observe(Direction::Outbound, status, secs);
+        served.count(
+            &self.shared.traffic,
+            fixed.as_deref().unwrap_or(crate::traffic::UNKNOWN),
+            status,
+            secs,
         );
         resp
     }
 
     async fn route_outbound(
         &self,
-        fixed: Option<Arc<str>>,
+        fixed: Option<&str>,
         req: Request<Incoming>,
+        served: &mut Served,
     ) -> Response<Body> {
         let service: String = match &fixed {
             Some(s) => s.to_string(),
@@ -194,6 +227,7 @@ impl Proxy {
             );
         };
         drop(clusters);
+        served.cluster = Some(cluster.clone());
         if self.shared.tls.load().is_none() {
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -331,9 +365,11 @@ impl Proxy {
             ),
         };
         let mut resp = match limit {
-            None => self.attempts(&service, &target, out).await,
+            None => self.attempts(&service, &target, out, served).await,
             Some(limit) => {
-                match tokio::time::timeout(limit, self.attempts(&service, &target, out)).await {
+                match tokio::time::timeout(limit, self.attempts(&service, &target, out, served))
+                    .await
+                {
                     Ok(r) => r,
                     Err(_) => error_response(
                         StatusCode::GATEWAY_TIMEOUT,

@@ -30,6 +30,8 @@ use crate::proxy::{
     empty, error_chain, error_response, mesh_request, Body, Proxy, ERROR_HEADER, ERROR_UNAVAILABLE,
 };
 use crate::resilience::grpc_status;
+use crate::traffic::Served;
+use common::traffic::Decision;
 
 /// How an attempt failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,15 +121,20 @@ impl Proxy {
     pub(crate) async fn attempts(
         &self,
         service: &str,
-        cluster: &Cluster,
+        cluster: &Arc<Cluster>,
         mut req: Outgoing<'_>,
+        served: &mut Served,
     ) -> Response<Body> {
+        served.cluster = Some(cluster.clone());
         let (client, version) = self.upstream_for(cluster.protocol);
         let policy = &cluster.resilience;
         // The circuit breaker: a place among the requests in progress.
         let _place = match policy.limits.admit().await {
             Ok(p) => p,
-            Err(limit) => return self.circuit_open(service, limit),
+            Err(limit) => {
+                served.decided(Decision::CircuitOpen);
+                return self.circuit_open(service, limit);
+            }
         };
         policy.budget.deposit(Instant::now());
         let mut _retry_slot = None;
@@ -162,6 +169,7 @@ impl Proxy {
             if attempt > 0 {
                 _retry_slot = policy.limits.retry_slot();
                 if _retry_slot.is_none() {
+                    served.decided(Decision::CircuitOpen);
                     self.metrics
                         .circuit_open
                         .get_or_create(&ReasonLabel {
@@ -177,6 +185,7 @@ impl Proxy {
                     break;
                 }
                 self.metrics.retries.inc();
+                served.decided(Decision::Retried);
                 // A stale pooled connection is nobody's fault: no wait.
                 if !same_endpoint {
                     let wait = policy.backoff(attempt, &self.rng);
@@ -185,12 +194,14 @@ impl Proxy {
                     }
                 }
             }
+            served.endpoint = Some(ep.clone());
             let r = mesh_request(req.parts, &ep.authority, &req.path, version, b);
             let active = ep.start_request();
             let res: Result<Response<hyper::body::Incoming>, (Failure, String)> = if req.retryable {
                 match tokio::time::timeout(policy.per_try_timeout, client.send(r)).await {
                     Ok(Err(e)) if e.circuit_open() => {
-                        return self.circuit_open(service, "max-connections")
+                        served.decided(Decision::CircuitOpen);
+                        return self.circuit_open(service, "max-connections");
                     }
                     Ok(r) => r.map_err(|e| (Failure::of(&e), error_chain(&e))),
                     Err(_) => Err((
@@ -204,7 +215,8 @@ impl Proxy {
             } else {
                 match client.send(r).await {
                     Err(e) if e.circuit_open() => {
-                        return self.circuit_open(service, "max-connections")
+                        served.decided(Decision::CircuitOpen);
+                        return self.circuit_open(service, "max-connections");
                     }
                     r => r.map_err(|e| (Failure::of(&e), error_chain(&e))),
                 }
@@ -229,12 +241,16 @@ impl Proxy {
                         && policy.retry_status(resp.status(), grpc_status(resp.headers())) =>
                 {
                     let msg = format!("answered {}", resp.status());
-                    self.record_outcome(cluster, &ep, Outcome::of(resp.status()));
+                    if self.record_outcome(cluster, &ep, Outcome::of(resp.status())) {
+                        served.decided(Decision::Ejected);
+                    }
                     last_answer = Some(resp);
                     (Failure::Answer, msg)
                 }
                 Ok(resp) => {
-                    self.record_outcome(cluster, &ep, Outcome::of(resp.status()));
+                    if self.record_outcome(cluster, &ep, Outcome::of(resp.status())) {
+                        served.decided(Decision::Ejected);
+                    }
                     return policy.limit_body(resp);
                 }
                 Err(f) => f,
@@ -259,8 +275,8 @@ impl Proxy {
                 again = Some((ep, tier));
                 continue;
             }
-            if kind.ejects() {
-                self.record_outcome(cluster, &ep, Outcome::Local);
+            if kind.ejects() && self.record_outcome(cluster, &ep, Outcome::Local) {
+                served.decided(Decision::Ejected);
             }
             let by_condition = match kind.condition() {
                 Some(c) => policy.retries_on(c),
@@ -299,7 +315,8 @@ impl Proxy {
 
     /// Feed an attempt's outcome to outlier detection; eject the endpoint
     /// when it trips a threshold.
-    pub(crate) fn record_outcome(&self, cluster: &Cluster, ep: &Endpoint, o: Outcome) {
+    /// Whether it ejected the endpoint.
+    pub(crate) fn record_outcome(&self, cluster: &Cluster, ep: &Endpoint, o: Outcome) -> bool {
         let settings = &cluster.resilience.outlier;
         if let Some(reason) = ep.outlier().record(o, settings) {
             if outlier::eject(ep, &cluster.endpoints, settings) {
@@ -308,8 +325,10 @@ impl Proxy {
                     .ejections
                     .get_or_create(&ReasonLabel { reason })
                     .inc();
+                return true;
             }
         }
+        false
     }
 
     /// A CircuitBreaker limit refused the request: 503, naming the limit.

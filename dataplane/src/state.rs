@@ -107,6 +107,8 @@ pub struct Shared {
     /// The app's health as the checks see it (`None`: not checked); the
     /// control-plane client reports each change.
     pub app_health: tokio::sync::watch::Sender<Option<bool>>,
+    /// Traffic by peer pair, for `/metrics` and the reports upward.
+    pub traffic: Arc<crate::traffic::Traffic>,
 }
 
 impl Shared {
@@ -129,6 +131,7 @@ impl Shared {
             faults: ArcSwap::from_pointee(Faults::default()),
             limits: ArcSwap::from_pointee(RateLimits::default()),
             targets: ArcSwap::from_pointee(HashMap::new()),
+            traffic: Default::default(),
         }
     }
 
@@ -140,6 +143,10 @@ impl Shared {
 
     pub fn set_identity(&self, ident: Identity) -> Result<(), tls::TlsConfigError> {
         tracing::info!(id = %ident.id, not_after = %humantime::format_rfc3339_seconds(ident.not_after), "workload certificate installed");
+        self.traffic.set_me(
+            ident.id.service().unwrap_or("gateway"),
+            ident.id.zone_name().unwrap_or(crate::traffic::UNKNOWN),
+        );
         let _g = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
         self.identity.store(Some(Arc::new(ident)));
         self.rebuild_tls()

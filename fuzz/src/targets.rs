@@ -147,6 +147,14 @@ pub fn zone_to_global(data: &[u8]) {
             Some(pb::zone_message::Msg::RenewCa(r)) => {
                 let _ = common::pki::csr_key_fingerprint(&r.csr_pem);
             }
+            Some(pb::zone_message::Msg::Traffic(t)) => {
+                // Bounded whatever a zone sends.
+                let mesh = global_cp::traffic::MeshTraffic::default();
+                mesh.record(ZONE, &t);
+                let w = std::time::Duration::from_secs(60);
+                assert!(mesh.services(w).len() <= global_cp::traffic::MAX_SERVICES);
+                assert!(mesh.traffic(w).edges.len() <= global_cp::traffic::MAX_FLOWS);
+            }
             None => {}
         }
     }
@@ -257,6 +265,16 @@ pub fn proxy_to_zone(data: &[u8]) {
             }
             Some(pb::proxy_message::Msg::Csr(c)) => {
                 let _ = common::pki::csr_key_fingerprint(&c.csr_pem);
+            }
+            Some(pb::proxy_message::Msg::Traffic(t)) => {
+                let zone = zone_cp::traffic::ZoneTraffic::new("z");
+                zone.add("web", &t);
+                let out = zone.take(&Default::default());
+                assert!(out.flows.len() <= zone_cp::traffic::MAX_FLOWS);
+                assert!(out
+                    .flows
+                    .iter()
+                    .all(|f| f.source_service == "web" && f.source_zone == "z"));
             }
             Some(pb::proxy_message::Msg::Ack(a)) => {
                 let _ = sender.on_ack(a.version);

@@ -101,6 +101,12 @@ pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyh
             "/api/v1/inspect/dataplanes/:zone/:name",
             get(inspect_dataplane),
         )
+        .route("/api/v1/inspect/services", get(inspect_services))
+        .route(
+            "/api/v1/inspect/services/:name/series",
+            get(inspect_service_series),
+        )
+        .route("/api/v1/inspect/traffic", get(inspect_traffic))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/ca", get(ca_status))
         .route("/api/v1/ca/rotate", post(ca_rotate))
@@ -660,6 +666,61 @@ async fn inspect_dataplane(
         Ok(v) => Json(v).into_response(),
         Err(e @ ExplainError::Zone(_)) => err(StatusCode::NOT_FOUND, e.to_string()),
         Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct WindowQuery {
+    window: Option<String>,
+}
+
+/// `?window=` (default 1m, at most what the global keeps).
+fn window(q: &WindowQuery) -> Result<std::time::Duration, Response> {
+    let Some(w) = &q.window else {
+        return Ok(std::time::Duration::from_secs(60));
+    };
+    match humantime::parse_duration(w) {
+        Ok(d) if !d.is_zero() && d <= crate::traffic::KEEP => Ok(d),
+        _ => Err(err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "window {w:?}: expected a duration like 30s or 5m, at most {}",
+                humantime::format_duration(crate::traffic::KEEP)
+            ),
+        )),
+    }
+}
+
+/// Every service across zones: rates, errors, latency, instances.
+async fn inspect_services(AxState(api): AxState<Api>, Query(q): Query<WindowQuery>) -> Response {
+    match window(&q) {
+        Ok(w) => Json(json!({
+            "windowSeconds": w.as_secs_f64(),
+            "items": api.state.traffic.services(w),
+        }))
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// One service's report intervals per zone, for charts.
+async fn inspect_service_series(
+    AxState(api): AxState<Api>,
+    Path(name): Path<String>,
+    Query(q): Query<WindowQuery>,
+) -> Response {
+    match window(&q) {
+        Ok(w) => Json(json!({ "service": name, "zones": api.state.traffic.series(&name, w) }))
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Zone-to-zone traffic and the service edges behind it.
+async fn inspect_traffic(AxState(api): AxState<Api>, Query(q): Query<WindowQuery>) -> Response {
+    match window(&q) {
+        Ok(w) => Json(api.state.traffic.traffic(w)).into_response(),
+        Err(r) => r,
     }
 }
 

@@ -16,6 +16,7 @@ pub mod membership;
 pub mod rotation;
 pub mod store;
 pub mod sync;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -94,6 +95,8 @@ pub struct State {
     pub authority: authority::Authority,
     pub zones: sync::ZoneTable,
     pub metrics: sync::Metrics,
+    /// The zones' live traffic figures.
+    pub traffic: traffic::MeshTraffic,
 }
 
 /// Start everything; returns once listeners are bound.
@@ -105,11 +108,18 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
     let authority = authority::Authority::load_or_init(&store, &config)?;
     let mut registry = prometheus_client::registry::Registry::with_prefix("tern_global");
     let metrics = sync::Metrics::new(&mut registry);
+    let traffic = traffic::MeshTraffic::default();
+    registry.register(
+        "traffic_dropped",
+        "Entries of zones' traffic reports not kept (past the bounds, malformed, or speaking for another zone)",
+        traffic.dropped.clone(),
+    );
     let state = Arc::new(State {
         store,
         authority,
         zones: sync::ZoneTable::default(),
         metrics,
+        traffic,
         config: config.clone(),
     });
     membership::reconcile(&state, config.zone_ca_validity)

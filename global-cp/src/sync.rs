@@ -716,6 +716,9 @@ fn handle(
                 Some((n.version, &n.reason)),
             );
         }
+        Some(zone_message::Msg::Traffic(t)) => {
+            st.traffic.record(zone, &t);
+        }
         Some(zone_message::Msg::Inventory(inv)) => {
             return Ok(on_inventory(st, zone, session, &inv))
         }

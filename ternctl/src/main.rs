@@ -33,6 +33,8 @@ struct Cli {
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum Output {
     Table,
+    /// A table with more columns (where a command has them).
+    Wide,
     Yaml,
     Json,
 }
@@ -185,6 +187,23 @@ enum RotateStep {
 enum Inspect {
     /// Zones: online, last seen, versions, NACKs, proxies.
     Zones {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Services across zones: request rate, error rate, p50/p99 latency
+    /// and serving instances, from the figures zones report (live, over
+    /// the last --window). `-o wide` adds TCP and policy decisions.
+    Services {
+        #[arg(long, default_value = "1m")]
+        window: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Zone-to-zone traffic (who calls whom across zones), over the last
+    /// --window. `-o wide` lists the service edges as well.
+    Traffic {
+        #[arg(long, default_value = "1m")]
+        window: String,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -381,6 +400,50 @@ fn plural(kind: &str) -> anyhow::Result<&'static str> {
                 resource::known_kinds()
             )
         })
+}
+
+/// A query parameter value, percent-encoded.
+fn enc(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The rate columns of a service or flow (`common::traffic::Rates`).
+fn rate_cells(v: &Value, wide: bool) -> Vec<String> {
+    let f = |k: &str| v[k].as_f64();
+    let ms = |k: &str| match f(k) {
+        Some(x) if x < 10.0 => format!("{x:.2}ms"),
+        Some(x) => format!("{x:.0}ms"),
+        None => "-".into(),
+    };
+    let mut out = vec![
+        format!("{:.1}", f("rps").unwrap_or(0.0)),
+        format!("{:.2}%", f("errorRate").unwrap_or(0.0) * 100.0),
+        ms("p50Ms"),
+        ms("p99Ms"),
+    ];
+    if wide {
+        out.push(format!("{:.1}", f("tcpCps").unwrap_or(0.0)));
+        out.push(format!("{:.0}", f("tcpBps").unwrap_or(0.0)));
+        let d: Vec<String> = v["decisions"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, n)| format!("{k}={:.1}", n.as_f64().unwrap_or(0.0)))
+            .collect();
+        out.push(if d.is_empty() {
+            "-".into()
+        } else {
+            d.join(",")
+        });
+    }
+    out
 }
 
 fn print_value(v: &Value, output: Output) -> anyhow::Result<()> {
@@ -702,7 +765,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_iter()
                 .filter(|t| name.as_ref().is_none_or(|n| t["id"] == *n))
                 .collect();
-            if output != Output::Table {
+            if !matches!(output, Output::Table | Output::Wide) {
                 return print_value(&json!(items), output);
             }
             table(
@@ -742,7 +805,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .cloned()
                     .unwrap_or_default(),
             };
-            if output != Output::Table {
+            if !matches!(output, Output::Table | Output::Wide) {
                 let v = if name.is_some() {
                     items[0].clone()
                 } else {
@@ -846,7 +909,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let v = api.ok("GET", "/api/v1/ca", None).await?;
             print_value(
                 &v,
-                if output == Output::Table {
+                if matches!(output, Output::Table | Output::Wide) {
                     Output::Yaml
                 } else {
                     output
@@ -865,7 +928,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Audit { output } => {
             let v = api.ok("GET", "/api/v1/audit", None).await?;
-            if output != Output::Table {
+            if !matches!(output, Output::Table | Output::Wide) {
                 return print_value(&v["items"], output);
             }
             let items = v["items"].as_array().cloned().unwrap_or_default();
@@ -907,16 +970,106 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            if output != Output::Table {
+            if !matches!(output, Output::Table | Output::Wide) {
                 return print_value(&v, output);
             }
             print!("{}", explain_text(&v));
         }
         Cmd::Inspect {
+            what: Inspect::Services { window, output },
+        } => {
+            let v = api
+                .ok(
+                    "GET",
+                    &format!("/api/v1/inspect/services?window={}", enc(&window)),
+                    None,
+                )
+                .await?;
+            if !matches!(output, Output::Table | Output::Wide) {
+                return print_value(&v["items"], output);
+            }
+            let wide = output == Output::Wide;
+            let mut head = vec![
+                "SERVICE", "ZONE", "HEALTHY", "REQ/S", "ERRORS", "P50", "P99",
+            ];
+            if wide {
+                head.extend(["TCP CONN/S", "TCP B/S", "DECISIONS/S"]);
+            }
+            let mut rows = Vec::new();
+            for svc in v["items"].as_array().into_iter().flatten() {
+                for z in svc["zones"].as_array().into_iter().flatten() {
+                    let mut row = vec![
+                        s(svc, "/service"),
+                        s(z, "/zone"),
+                        format!("{}/{}", s(z, "/healthy"), s(z, "/instances")),
+                    ];
+                    row.extend(rate_cells(z, wide));
+                    rows.push(row);
+                }
+            }
+            table(&head, rows);
+        }
+        Cmd::Inspect {
+            what: Inspect::Traffic { window, output },
+        } => {
+            let v = api
+                .ok(
+                    "GET",
+                    &format!("/api/v1/inspect/traffic?window={}", enc(&window)),
+                    None,
+                )
+                .await?;
+            if !matches!(output, Output::Table | Output::Wide) {
+                return print_value(&v, output);
+            }
+            let wide = output == Output::Wide;
+            let (key, head): (&str, Vec<&str>) = if wide {
+                (
+                    "edges",
+                    vec![
+                        "FROM ZONE",
+                        "SERVICE",
+                        "TO ZONE",
+                        "SERVICE",
+                        "REQ/S",
+                        "ERRORS",
+                        "P50",
+                        "P99",
+                        "TCP CONN/S",
+                        "TCP B/S",
+                        "DECISIONS/S",
+                    ],
+                )
+            } else {
+                (
+                    "matrix",
+                    vec!["FROM ZONE", "TO ZONE", "REQ/S", "ERRORS", "P50", "P99"],
+                )
+            };
+            let rows = v[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| {
+                    let mut row = vec![s(f, "/sourceZone")];
+                    if wide {
+                        row.push(s(f, "/sourceService"));
+                    }
+                    row.push(s(f, "/destinationZone"));
+                    if wide {
+                        row.push(s(f, "/destinationService"));
+                    }
+                    row.extend(rate_cells(f, wide));
+                    row
+                })
+                .collect();
+            table(&head, rows);
+        }
+        Cmd::Inspect {
             what: Inspect::Zones { output },
         } => {
             let v = api.ok("GET", "/api/v1/inspect/zones", None).await?;
-            if output != Output::Table {
+            if !matches!(output, Output::Table | Output::Wide) {
                 return print_value(&v["items"], output);
             }
             let items = v["items"].as_array().cloned().unwrap_or_default();

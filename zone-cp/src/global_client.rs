@@ -264,6 +264,9 @@ fn inv_msg(i: pb::Inventory) -> pb::ZoneMessage {
     }
 }
 
+/// How often the zone reports its traffic to the global.
+pub const TRAFFIC_REPORT_EVERY: Duration = Duration::from_secs(5);
+
 async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
     let ident = z.boot.identity.borrow().clone();
     let verifier = SpiffeServerVerifier::new(
@@ -307,9 +310,15 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
     let mut receiver: DeltaReceiver<Value> = DeltaReceiver::new(version, state);
     let mut renewal = crate::ca::Renewal::default();
     let mut ca_tick = tokio::time::interval(crate::ca::CHECK_EVERY);
+    let mut traffic_tick = tokio::time::interval(TRAFFIC_REPORT_EVERY);
+    traffic_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut send_full = false;
     loop {
         tokio::select! {
+            _ = traffic_tick.tick() => {
+                let t = z.traffic.take(&z.registry.instance_counts());
+                tx.send_timeout(pb::ZoneMessage { msg: Some(zone_message::Msg::Traffic(t)) }, common::grpc::SEND_TIMEOUT).await?;
+            }
             m = inbound.message() => {
                 let m = match m {
                     Ok(Some(m)) => m,

@@ -19,6 +19,7 @@ pub mod prober;
 pub mod proxy_server;
 pub mod registration;
 pub mod registry;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -164,6 +165,8 @@ pub struct Zone {
     policy_cache: std::sync::Mutex<Option<PolicyCache>>,
     /// Per-proxy configs, compiled once per version and view.
     pub compiled: std::sync::Mutex<compile::Compiled>,
+    /// Its proxies' traffic since the last report to the global.
+    pub traffic: Arc<traffic::ZoneTraffic>,
 }
 
 /// The parsed policies and the (global, local) versions they were parsed at.
@@ -214,7 +217,14 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
             .map_err(|e| anyhow::anyhow!("--policy-dir: {e}"))?,
     );
     local_policies.spawn_poller();
+    let traffic = Arc::new(traffic::ZoneTraffic::new(&config.zone));
+    reg.register(
+        "traffic_dropped",
+        "Traffic figures from proxies not counted: a proxy speaking for another service or zone, a malformed tally, or past the bounds",
+        traffic.dropped.clone(),
+    );
     let zone = Arc::new(Zone {
+        traffic,
         local_policies,
         policy_cache: Default::default(),
         compiled: Default::default(),

@@ -373,6 +373,10 @@ async fn run(
                             z.registry.set_app_health(&instance, session, h.healthy, &h.check);
                             Ok(())
                         }
+                        proxy_message::Msg::Traffic(t) => {
+                            z.traffic.add(&facts.service, &t);
+                            Ok(())
+                        }
                         proxy_message::Msg::Hello(_) => Err("unexpected second hello".into()),
                     };
                     if let Err(e) = r {

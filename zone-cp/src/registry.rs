@@ -378,6 +378,20 @@ impl Registry {
             .collect()
     }
 
+    /// Per service: instances serving (published), and instances
+    /// registered. Gateways are not services.
+    pub fn instance_counts(&self) -> BTreeMap<String, (u32, u32)> {
+        let mut out: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+        for e in self.lock().values().filter(|e| e.kind != "gateway") {
+            let c = out.entry(e.service.clone()).or_default();
+            c.1 += 1;
+            if e.ready && !e.unhealthy && !e.unreachable {
+                c.0 += 1;
+            }
+        }
+        out
+    }
+
     fn endpoints(&self) -> BTreeMap<String, Vec<pb::Endpoint>> {
         let mut out: BTreeMap<String, Vec<pb::Endpoint>> = BTreeMap::new();
         for e in self

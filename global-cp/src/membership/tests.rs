@@ -43,6 +43,7 @@ fn fixture(name: &str) -> Fixture {
         authority,
         zones: ZoneTable::default(),
         metrics: Metrics::new(&mut reg),
+        traffic: Default::default(),
         config,
     });
     Fixture { st, dir }

@@ -28,7 +28,7 @@ pub struct JoinResponse {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ZoneMessage {
-    #[prost(oneof = "zone_message::Msg", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "zone_message::Msg", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub msg: ::core::option::Option<zone_message::Msg>,
 }
 /// Nested message and enum types in `ZoneMessage`.
@@ -47,7 +47,37 @@ pub mod zone_message {
         RenewCa(super::CaRenewal),
         #[prost(message, tag = "6")]
         Explain(super::ExplainReply),
+        #[prost(message, tag = "7")]
+        Traffic(super::ZoneTraffic),
     }
+}
+/// What this zone's proxies handled since the zone's last report (sums of
+/// their TrafficReports), sent every few seconds. Bounded: the global keeps
+/// at most a fixed number of services and flows per zone and drops the rest.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ZoneTraffic {
+    /// The time the sums cover.
+    #[prost(uint64, tag = "1")]
+    pub interval_ms: u64,
+    /// Per service of this zone: what its instances served (their inbound
+    /// side), with its instance counts.
+    #[prost(message, repeated, tag = "2")]
+    pub services: ::prost::alloc::vec::Vec<ServiceTraffic>,
+    /// What this zone's callers sent, by source service and destination
+    /// service and zone (their outbound side): the zone-to-zone matrix.
+    #[prost(message, repeated, tag = "3")]
+    pub flows: ::prost::alloc::vec::Vec<PeerTraffic>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ServiceTraffic {
+    #[prost(string, tag = "1")]
+    pub service: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub tally: ::core::option::Option<Tally>,
+    #[prost(uint32, tag = "3")]
+    pub healthy: u32,
+    #[prost(uint32, tag = "4")]
+    pub instances: u32,
 }
 /// The answer to an ExplainRequest: what the zone compiled for one of its
 /// proxies (JSON), or why there is nothing to show.
@@ -265,7 +295,7 @@ pub struct ResourceKey {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ProxyMessage {
-    #[prost(oneof = "proxy_message::Msg", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "proxy_message::Msg", tags = "1, 2, 3, 4, 5, 6")]
     pub msg: ::core::option::Option<proxy_message::Msg>,
 }
 /// Nested message and enum types in `ProxyMessage`.
@@ -282,7 +312,56 @@ pub mod proxy_message {
         Nack(super::Nack),
         #[prost(message, tag = "5")]
         Health(super::HealthReport),
+        #[prost(message, tag = "6")]
+        Traffic(super::TrafficReport),
     }
+}
+/// What the proxy handled since its last report, by peer pair; only pairs
+/// with news. Sent every few seconds while there is traffic.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TrafficReport {
+    #[prost(message, repeated, tag = "1")]
+    pub peers: ::prost::alloc::vec::Vec<PeerTraffic>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PeerTraffic {
+    /// The proxy's inbound side (it served the request) or outbound side (its
+    /// app sent it).
+    #[prost(bool, tag = "1")]
+    pub inbound: bool,
+    #[prost(string, tag = "2")]
+    pub source_service: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub source_zone: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub destination_service: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub destination_zone: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "6")]
+    pub tally: ::core::option::Option<Tally>,
+}
+/// Counts over some time (common::traffic::Tally). Arrays have fixed
+/// lengths: every proxy uses the same latency buckets.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Tally {
+    /// HTTP requests by status class, 1xx to 5xx.
+    #[prost(uint64, repeated, tag = "1")]
+    pub requests: ::prost::alloc::vec::Vec<u64>,
+    /// Requests and TCP connections by policy decision (none, retried,
+    /// ejected, circuit_open, fault, rate_limited, denied).
+    #[prost(uint64, repeated, tag = "2")]
+    pub decisions: ::prost::alloc::vec::Vec<u64>,
+    /// HTTP requests by latency bucket (0.1 ms doubling, 18 bounds), then +Inf.
+    #[prost(uint64, repeated, tag = "3")]
+    pub latency: ::prost::alloc::vec::Vec<u64>,
+    #[prost(uint64, tag = "4")]
+    pub latency_sum_us: u64,
+    #[prost(uint64, tag = "5")]
+    pub tcp_connections: u64,
+    #[prost(uint64, tag = "6")]
+    pub tcp_sent_bytes: u64,
+    #[prost(uint64, tag = "7")]
+    pub tcp_received_bytes: u64,
 }
 /// The verdict of a proxy's checks of its own app (sent when it changes,
 /// and again after each reconnect). An unhealthy instance is not published.

@@ -1,0 +1,245 @@
+//! Traffic figures across zones: sidecars' per-peer metrics, their reports
+//! to the zone, the zone's reports to the global, and what `ternctl
+//! inspect` shows. The two-zone mesh of `support::mesh`: `pay` runs only
+//! in z1 (.12), `api` in z1 (.13) and z2 (.42), and their caller `web` in
+//! z2 (.40), so web's calls to pay cross the gateways and its calls to api
+//! stay in z2.
+mod support;
+
+use std::net::SocketAddr;
+
+use support::mesh::*;
+use support::*;
+
+const H: &str = "apiVersion: tern.dev/v1alpha1\n";
+
+/// The sum of a metric's lines that contain every one of `labels`.
+fn metric(admin: SocketAddr, name: &str, labels: &[&str]) -> f64 {
+    let body = get(admin, "x", "/metrics")
+        .map(|r| r.body)
+        .unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `n` GETs from `caller` to `service`, each answered 200.
+fn calls(caller: &Workload, service: &str, n: usize) {
+    for i in 0..n {
+        let r = http(caller.outbound(), "GET", service, "/r", &[]).unwrap();
+        assert_eq!(r.status, 200, "call {i} to {service}: {}", r.body);
+    }
+}
+
+/// The JSON of `ternctl inspect ...  -o json`.
+fn inspect(m: &Mesh, what: &[&str]) -> serde_json::Value {
+    let mut args = vec!["inspect"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&m.g.ctl(&args)).expect("inspect prints JSON")
+}
+
+fn service_in<'a>(
+    items: &'a serde_json::Value,
+    service: &str,
+    zone: &str,
+) -> Option<&'a serde_json::Value> {
+    items.as_array()?.iter().find(|s| s["service"] == service)?["zones"]
+        .as_array()?
+        .iter()
+        .find(|z| z["zone"] == zone)
+}
+
+/// web sends 40 GETs to pay (in z1 only, every other answer a 503 that a
+/// Retry policy retries) and 40 to api (served in z2). Proves that:
+/// - web's sidecar labels its outbound requests with both ends' service
+///   and zone and the policy decision (`retried` for exactly the requests
+///   pay failed once), and pay's sidecar labels its inbound ones with the
+///   caller's verified service and zone;
+/// - the zones report these figures to the global, and `ternctl inspect
+///   services` shows each service per zone with exact request and error
+///   counts (pay: 80 served, 40 failed; api in z2: 40, none failed; api
+///   in z1: none) and its serving instances;
+/// - `ternctl inspect traffic` shows the zone-to-zone matrix (z2→z1: the
+///   40 calls to pay, no errors seen by the caller, retries counted;
+///   z2→z2: the 40 to api), and `-o wide` lists the service edges.
+#[test]
+fn figures_follow_requests_from_sidecars_through_zones_to_the_global() {
+    let m = Mesh::start("obs-figures", Net(69), None);
+    let pay = m.workload("z1", 12, "pay", &[]);
+    let _api1 = m.workload("z1", 13, "api", &[]);
+    let _api2 = m.workload("z2", 42, "api", &[]);
+    let web = m.workload("z2", 40, "web", &[]);
+    wait_for("pay and api in web's config", T, || {
+        let local_api = m.net.addr(42, 15006).to_string();
+        (!web.endpoints("pay").is_empty() && web.endpoints("api").contains(&local_api))
+            .then_some(())
+    });
+    m.g.apply(&format!(
+        "{H}kind: Retry\nmetadata: {{name: pay-retries}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: pay}}\n  http: {{attempts: 3, on: [5xx], budget: {{percent: 100, minPerSecond: 50}}}}\n"
+    ));
+    wait_dump(&web, "/clusters/pay/resilience/on", |v| {
+        v.as_array().is_some_and(|a| a.iter().any(|c| c == "5xx"))
+    });
+    let app = pay_app(&m);
+    let r = http(app, "GET", "x", "/control/fail?status=503&every=2", &[]).unwrap();
+    assert_eq!(r.status, 200);
+
+    calls(&web, "pay", 40);
+    calls(&web, "api", 40);
+
+    // The caller's sidecar: both ends, zones and decisions.
+    let out = |status: &str, decision: &str| {
+        metric(
+            web.admin(),
+            "tern_proxy_traffic_requests_total",
+            &[
+                "direction=\"outbound\"",
+                "source_service=\"web\"",
+                "source_zone=\"z2\"",
+                "destination_service=\"pay\"",
+                "destination_zone=\"z1\"",
+                &format!("status=\"{status}\""),
+                &format!("decision=\"{decision}\""),
+            ],
+        )
+    };
+    assert_eq!(out("2xx", "retried"), 40.0, "each call to pay retried once");
+    assert_eq!(out("2xx", "none") + out("5xx", "none"), 0.0);
+    let local_api = metric(
+        web.admin(),
+        "tern_proxy_traffic_requests_total",
+        &["destination_service=\"api\"", "destination_zone=\"z2\""],
+    );
+    assert_eq!(local_api, 40.0, "api is served in web's own zone");
+    // The destination's sidecar: the caller's verified identity.
+    let inbound = |status: &str| {
+        metric(
+            pay.admin(),
+            "tern_proxy_traffic_requests_total",
+            &[
+                "direction=\"inbound\"",
+                "source_service=\"web\"",
+                "source_zone=\"z2\"",
+                "destination_service=\"pay\"",
+                "destination_zone=\"z1\"",
+                &format!("status=\"{status}\""),
+            ],
+        )
+    };
+    assert_eq!((inbound("2xx"), inbound("5xx")), (40.0, 40.0));
+    assert!(
+        metric(
+            web.admin(),
+            "tern_proxy_traffic_request_duration_seconds_count",
+            &["destination_service=\"pay\""],
+        ) == 40.0
+    );
+
+    // The global's view, once both zones have reported everything.
+    let window = ["--window", "10m"];
+    let services = wait_for("the zones' reports at the global", patient(T), || {
+        let v = inspect(&m, &["services", window[0], window[1]]);
+        let pay = service_in(&v, "pay", "z1")?;
+        let api = service_in(&v, "api", "z2")?;
+        (pay["requests"] == 80 && api["requests"] == 40).then_some(v)
+    });
+    let pay_z1 = service_in(&services, "pay", "z1").unwrap();
+    assert_eq!(pay_z1["errors"], 40, "{pay_z1}");
+    assert_eq!(pay_z1["errorRate"], 0.5);
+    assert_eq!(
+        (pay_z1["healthy"].as_u64(), pay_z1["instances"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(
+        pay_z1["p99Ms"].as_f64().is_some_and(|p| p > 0.0),
+        "{pay_z1}"
+    );
+    let api_z1 = service_in(&services, "api", "z1").expect("api listed in z1 too");
+    assert_eq!(
+        (api_z1["requests"].as_u64(), api_z1["healthy"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(service_in(&services, "api", "z2").unwrap()["errors"], 0);
+
+    let traffic = wait_for("the zone-to-zone matrix", patient(T), || {
+        let v = inspect(&m, &["traffic", window[0], window[1]]);
+        let cross = v["matrix"]
+            .as_array()?
+            .iter()
+            .find(|f| f["sourceZone"] == "z2" && f["destinationZone"] == "z1")?
+            .clone();
+        (cross["requests"] == 40).then_some(v)
+    });
+    let cross = traffic["matrix"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["sourceZone"] == "z2" && f["destinationZone"] == "z1")
+        .unwrap();
+    assert_eq!(cross["errors"], 0, "the caller saw no error: {cross}");
+    assert!(
+        cross["decisions"]["retried"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0),
+        "{cross}"
+    );
+    let local = traffic["matrix"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["sourceZone"] == "z2" && f["destinationZone"] == "z2")
+        .expect("z2 to z2");
+    assert_eq!(local["requests"], 40);
+    let edge = traffic["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["sourceService"] == "web" && e["destinationService"] == "pay")
+        .expect("the web→pay edge");
+    assert_eq!(
+        (
+            edge["sourceZone"].as_str(),
+            edge["destinationZone"].as_str()
+        ),
+        (Some("z2"), Some("z1"))
+    );
+
+    // The tables a person reads.
+    let table = m.g.ctl(&["inspect", "services", "--window", "10m"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("pay"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("z1") && row.contains("1/1") && row.contains("50.00%"),
+        "{table}"
+    );
+    let wide =
+        m.g.ctl(&["inspect", "traffic", "--window", "10m", "-o", "wide"]);
+    assert!(
+        wide.lines()
+            .any(|l| l.contains("web") && l.contains("pay") && l.contains("retried=")),
+        "{wide}"
+    );
+}
+
+/// The pay app's own address (not through the mesh).
+fn pay_app(m: &Mesh) -> SocketAddr {
+    m.net.addr(12, 8080)
+}
+
+/// A window the global does not keep, or that is not a duration, is a
+/// usage error that says what is allowed, not an empty answer.
+#[test]
+fn a_bad_window_is_refused_with_what_is_allowed() {
+    let s = Scratch::new("obs-window");
+    let g = Global::start(&s.0, Net(70));
+    for w in ["1h", "soon"] {
+        let out = g.ternctl(&["inspect", "services", "--window", w]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("at most 10m"), "{w}: {err}");
+    }
+}
