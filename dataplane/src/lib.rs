@@ -477,6 +477,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             instance_uid: model::token::random_id(),
             serving: false,
             reachable_services: cfg.reachable_services.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
         };
         let mut outbound = Vec::new();
         if !cfg.outbound.is_empty() {

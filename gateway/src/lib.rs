@@ -186,6 +186,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         kind: "gateway".into(),
         public_address: public.to_string(),
         instance_uid: model::token::random_id(),
+        version: env!("CARGO_PKG_VERSION").into(),
         ..Default::default()
     };
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -101,6 +101,7 @@ pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyh
             "/api/v1/inspect/dataplanes/:zone/:name",
             get(inspect_dataplane),
         )
+        .route("/api/v1/inspect/dataplanes", get(inspect_dataplanes))
         .route("/api/v1/inspect/services", get(inspect_services))
         .route(
             "/api/v1/inspect/services/:name/series",
@@ -667,6 +668,43 @@ async fn inspect_dataplane(
         Err(e @ ExplainError::Zone(_)) => err(StatusCode::NOT_FOUND, e.to_string()),
         Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct ZoneQuery {
+    zone: Option<String>,
+}
+
+/// The proxies of one zone (`?zone=`) or of every zone online, asked of
+/// the zones now. A zone that does not answer is listed under `errors`.
+async fn inspect_dataplanes(AxState(api): AxState<Api>, Query(q): Query<ZoneQuery>) -> Response {
+    let zones = match q.zone {
+        Some(z) => vec![z],
+        None => api.state.zones.online(),
+    };
+    let asks = zones.iter().map(|z| {
+        let st = api.state.clone();
+        async move {
+            (
+                z.clone(),
+                st.zones.dataplanes(z, Duration::from_secs(5)).await,
+            )
+        }
+    });
+    let mut items = Vec::new();
+    let mut errors = serde_json::Map::new();
+    for (zone, r) in futures_util::future::join_all(asks).await {
+        match r {
+            Ok(serde_json::Value::Array(v)) => items.extend(v),
+            Ok(_) => {
+                errors.insert(zone, json!("the zone sent something other than a list"));
+            }
+            Err(e) => {
+                errors.insert(zone, json!(e.to_string()));
+            }
+        }
+    }
+    Json(json!({ "items": items, "errors": errors })).into_response()
 }
 
 #[derive(serde::Deserialize)]

@@ -129,6 +129,12 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
     sync::serve(state.clone()).await?;
     sync::withdraw_stale_at_start(&state);
     membership::spawn_maintenance(state.clone());
+    registry.register_collector(Box::new(sync::ZoneCollector(state.clone())));
+    registry.register(
+        "store_call_duration_seconds",
+        "Store calls (reads, and writes with their fsync), including the wait for the store",
+        state.store.latency.clone(),
+    );
     admin::serve(state.clone(), registry, admin_token).await?;
     tracing::info!(
         sync = %config.sync_addr,

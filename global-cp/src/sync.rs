@@ -214,6 +214,37 @@ impl ZoneTable {
         dataplane: &str,
         limit: std::time::Duration,
     ) -> Result<serde_json::Value, ExplainError> {
+        self.ask(zone, dataplane, false, limit).await
+    }
+
+    /// The zone's list of its proxies.
+    pub async fn dataplanes(
+        &self,
+        zone: &str,
+        limit: std::time::Duration,
+    ) -> Result<serde_json::Value, ExplainError> {
+        self.ask(zone, "", true, limit).await
+    }
+
+    /// Zones online now.
+    pub fn online(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, z)| z.online)
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    async fn ask(
+        &self,
+        zone: &str,
+        dataplane: &str,
+        list: bool,
+        limit: std::time::Duration,
+    ) -> Result<serde_json::Value, ExplainError> {
         let outbox = self
             .lock()
             .get(zone)
@@ -232,6 +263,7 @@ impl ZoneTable {
             msg: Some(pb::global_message::Msg::Explain(pb::ExplainRequest {
                 id,
                 dataplane: dataplane.to_string(),
+                list,
             })),
         };
         let answer = tokio::time::timeout(limit, async {
@@ -791,5 +823,73 @@ fn on_inventory(
                 )),
             })
         }
+    }
+}
+
+/// Per-zone sync figures, read at scrape time: whether the zone is online,
+/// the mesh revision it acknowledged, how many revisions it is behind, and
+/// whether its last answer was a refusal. Zones are members, so the label
+/// set is bounded by membership.
+pub struct ZoneCollector(pub std::sync::Arc<crate::State>);
+
+impl std::fmt::Debug for ZoneCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ZoneCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for ZoneCollector {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType;
+        let revision = self.0.store.revision();
+        let zones: Vec<(String, bool, u64, bool)> = {
+            let g = self.0.zones.lock();
+            let mut v: Vec<_> = g
+                .iter()
+                .map(|(n, z)| (n.clone(), z.online, z.acked_version, z.last_nack.is_some()))
+                .collect();
+            v.sort();
+            v
+        };
+        // (zone, online, acked revision, nacked), and the store revision.
+        type Gauge = fn(&(String, bool, u64, bool), u64) -> i64;
+        let metrics: [(&str, &str, Gauge); 4] = [
+            ("zone_online", "1 while the zone's sync stream is up", |z, _| {
+                z.1 as i64
+            }),
+            (
+                "zone_acked_revision",
+                "The mesh revision the zone last acknowledged",
+                |z, _| z.2 as i64,
+            ),
+            (
+                "zone_sync_lag_revisions",
+                "Mesh revisions the zone has not acknowledged yet (the store's revision minus the zone's)",
+                |z, rev| rev.saturating_sub(z.2) as i64,
+            ),
+            (
+                "zone_nacked",
+                "1 when the zone's last answer was a NACK (see `ternctl inspect zones`)",
+                |z, _| z.3 as i64,
+            ),
+        ];
+        for (name, help, value) in metrics {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for z in &zones {
+                m.encode_family(&[("zone", z.0.as_str())])?
+                    .encode_gauge(&value(z, revision))?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "store_revision",
+            "The store's mesh-wide revision",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&(revision as i64))?;
+        Ok(())
     }
 }

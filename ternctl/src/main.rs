@@ -190,6 +190,15 @@ enum Inspect {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Proxies (sidecars and gateways): version, serving state,
+    /// certificate expiry and sync state, asked of the zones now.
+    Dataplanes {
+        /// One zone only (default: every zone online).
+        #[arg(long)]
+        zone: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Services across zones: request rate, error rate, p50/p99 latency
     /// and serving instances, from the figures zones report (live, over
     /// the last --window). `-o wide` adds TCP and policy decisions.
@@ -974,6 +983,71 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 return print_value(&v, output);
             }
             print!("{}", explain_text(&v));
+        }
+        Cmd::Inspect {
+            what: Inspect::Dataplanes { zone, output },
+        } => {
+            let path = match &zone {
+                Some(z) => format!("/api/v1/inspect/dataplanes?zone={}", enc(z)),
+                None => "/api/v1/inspect/dataplanes".to_string(),
+            };
+            let v = api.ok("GET", &path, None).await?;
+            for (z, e) in v["errors"].as_object().into_iter().flatten() {
+                eprintln!("zone {z}: {}", e.as_str().unwrap_or_default());
+            }
+            if !matches!(output, Output::Table | Output::Wide) {
+                return print_value(&v["items"], output);
+            }
+            let wide = output == Output::Wide;
+            let mut head = vec![
+                "NAME",
+                "ZONE",
+                "SERVICE",
+                "KIND",
+                "VERSION",
+                "STATE",
+                "CERT EXPIRES",
+                "SYNC",
+            ];
+            if wide {
+                head.extend(["ADDRESS", "LAST NACK"]);
+            }
+            let rows = v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| {
+                    let state = if d["connected"] != true {
+                        "disconnected".to_string()
+                    } else if d["kind"] == "gateway" {
+                        "connected".into()
+                    } else if d["serving"] == true {
+                        "serving".into()
+                    } else {
+                        s(d, "/health")
+                    };
+                    let mut row = vec![
+                        s(d, "/name"),
+                        s(d, "/zone"),
+                        s(d, "/service"),
+                        s(d, "/kind"),
+                        s(d, "/version"),
+                        state,
+                        s(d, "/certificateNotAfter"),
+                        if d["lastNack"].is_string() {
+                            format!("NACK (acked v{})", s(d, "/ackedVersion"))
+                        } else {
+                            format!("acked v{}", s(d, "/ackedVersion"))
+                        },
+                    ];
+                    if wide {
+                        row.push(s(d, "/address"));
+                        row.push(s(d, "/lastNack"));
+                    }
+                    row
+                })
+                .collect();
+            table(&head, rows);
         }
         Cmd::Inspect {
             what: Inspect::Services { window, output },

@@ -15,6 +15,38 @@ use crate::Zone;
 use common::policy::ProxyFacts;
 
 /// The explain document for the proxy registered as `instance`.
+/// Every proxy of the zone: what it is, what it runs, its certificate and
+/// how far it is in sync.
+pub fn dataplanes(z: &Zone) -> Value {
+    let latest = z.global.version();
+    Value::Array(
+        z.registry
+            .all()
+            .into_iter()
+            .map(|e| {
+                let serving =
+                    e.kind != "gateway" && e.ready && !e.unhealthy && !e.unreachable;
+                serde_json::json!({
+                    "name": e.instance,
+                    "zone": z.config.zone,
+                    "service": e.service,
+                    "kind": e.kind,
+                    "address": format!("{}:{}", e.address, e.port),
+                    "version": e.status.version,
+                    "connected": e.connected,
+                    "serving": serving,
+                    "health": if e.unhealthy { "unhealthy" } else if e.unreachable { "unreachable" } else { "ok" },
+                    "certificateNotAfter": (e.status.cert_not_after > 0)
+                        .then(|| model::token::fmt_unix(e.status.cert_not_after)),
+                    "ackedVersion": e.status.acked_version,
+                    "lastNack": e.status.last_nack,
+                    "globalVersion": latest,
+                })
+            })
+            .collect(),
+    )
+}
+
 pub fn dataplane(z: &Zone, instance: &str) -> Result<Value, String> {
     let e = z.registry.get(instance).ok_or_else(|| {
         format!(

@@ -332,7 +332,12 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
                         continue;
                     }
                     Some(pb::global_message::Msg::Explain(q)) => {
-                        let reply = match crate::explain::dataplane(z, &q.dataplane) {
+                        let answer = if q.list {
+                            Ok(crate::explain::dataplanes(z))
+                        } else {
+                            crate::explain::dataplane(z, &q.dataplane)
+                        };
+                        let reply = match answer {
                             Ok(v) => pb::ExplainReply { id: q.id, json: serde_json::to_vec(&v).unwrap_or_default(), error: String::new() },
                             Err(e) => pb::ExplainReply { id: q.id, json: vec![], error: e },
                         };

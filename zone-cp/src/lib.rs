@@ -217,6 +217,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
             .map_err(|e| anyhow::anyhow!("--policy-dir: {e}"))?,
     );
     local_policies.spawn_poller();
+    reg.register_collector(Box::new(registry::RegistryCollector(registry.clone())));
     let traffic = Arc::new(traffic::ZoneTraffic::new(&config.zone));
     reg.register(
         "traffic_dropped",

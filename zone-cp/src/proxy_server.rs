@@ -86,6 +86,15 @@ fn refuse(z: &Zone, service: &str, why: impl std::fmt::Display) -> Status {
 
 /// Sign a proxy's CSR. The certificate never outlives the token that
 /// authorized it, nor the zone CA that signs it.
+/// Remember when the certificate just issued to a proxy expires.
+fn note_cert(z: &Zone, instance: &str, session: u64, m: &pb::ZoneToProxy) {
+    if let Some(zone_to_proxy::Msg::Certificate(c)) = &m.msg {
+        let at = c.not_after_unix.max(0) as u64;
+        z.registry
+            .set_status(instance, session, |s| s.cert_not_after = at);
+    }
+}
+
 fn sign(
     z: &Zone,
     csr: &str,
@@ -224,13 +233,20 @@ impl ProxyDiscovery for Service {
                     // It reports its app's health right after connecting.
                     unhealthy: false,
                     unreachable: false,
+                    status: crate::registry::ProxyStatus {
+                        version: reg.version.clone(),
+                        ..Default::default()
+                    },
                 },
                 max,
             )
             .map_err(|e| refuse(&z, &reg.service, e))?;
         let labels: BTreeMap<String, String> = reg.labels.clone().into_iter().collect();
         let cert = match sign(&z, &csr.csr_pem, &id, &labels, claims.exp) {
-            Ok(c) => c,
+            Ok(c) => {
+                note_cert(&z, &reg.instance, session, &c);
+                c
+            }
             Err(e) => {
                 z.registry.disconnect(&reg.instance, session, true);
                 return Err(e);
@@ -356,15 +372,23 @@ async fn run(
                                 ready = true;
                                 z.registry.mark_ready(&instance, session);
                             }
+                            z.registry.set_status(&instance, session, |s| {
+                                s.acked_version = a.version;
+                                s.last_nack = None;
+                            });
                             sender.on_ack(a.version).map_err(|e| e.to_string())
                         }
                         proxy_message::Msg::Nack(n) => {
                             tracing::warn!(%instance, version = n.version, reason = %n.reason, "proxy refused config");
+                            z.registry.set_status(&instance, session, |s| {
+                                s.last_nack = Some(format!("v{}: {}", n.version, n.reason));
+                            });
                             sender.on_nack(n.version, n.reason).map_err(|e| e.to_string())
                         }
                         proxy_message::Msg::Csr(c) => match sign(&z, &c.csr_pem, &id, &facts.labels, token_exp) {
                             Ok(cert) => {
                                 tracing::debug!(%instance, "certificate renewed");
+                                note_cert(&z, &instance, session, &cert);
                                 tx.send(Ok(cert)).await.then_some(()).ok_or_else(|| "stream closed".to_string())
                             }
                             Err(s) => Err(s.message().to_string()),

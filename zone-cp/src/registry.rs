@@ -58,6 +58,26 @@ pub struct Entry {
     /// connections: not published while that lasts (`prober.rs`).
     #[serde(skip)]
     pub unreachable: bool,
+    /// What the proxy runs and how far it is in sync (for `ternctl
+    /// inspect dataplanes`); changes here do not change any config.
+    #[serde(default)]
+    pub status: ProxyStatus,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatus {
+    /// The proxy's version, as it registered.
+    #[serde(default)]
+    pub version: String,
+    /// Unix seconds: when its latest certificate expires.
+    #[serde(default)]
+    pub cert_not_after: u64,
+    /// The last config version it acknowledged, and its last refusal.
+    #[serde(default)]
+    pub acked_version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_nack: Option<String>,
 }
 
 /// Entries persisted by a previous run were serving.
@@ -309,6 +329,25 @@ impl Registry {
         self.bump();
     }
 
+    /// Update what a proxy reports about itself, if `session` still owns
+    /// the registration. Not a change of the mesh: nothing is recompiled.
+    pub fn set_status(&self, instance: &str, session: u64, f: impl FnOnce(&mut ProxyStatus)) {
+        if let Some(e) = self
+            .lock()
+            .get_mut(instance)
+            .filter(|e| e.session == session)
+        {
+            f(&mut e.status);
+        }
+    }
+
+    /// Every registration, sorted by instance.
+    pub fn all(&self) -> Vec<Entry> {
+        let mut v: Vec<Entry> = self.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.instance.cmp(&b.instance));
+        v
+    }
+
     /// Remove a registration at once (its token was revoked), if `session`
     /// still owns it.
     /// The registration of `instance`, if any.
@@ -451,6 +490,77 @@ impl Registry {
     }
 }
 
+/// The zone's proxies in figures, read at scrape time: how many are in
+/// each state, how many refused their last config, and the earliest
+/// certificate expiry among connected ones (for an alert before a proxy
+/// whose renewals fail runs out). Per-proxy detail is in `ternctl inspect
+/// dataplanes`, not in labels.
+pub struct RegistryCollector(pub Arc<Registry>);
+
+impl std::fmt::Debug for RegistryCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistryCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for RegistryCollector {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType;
+        let all = self.0.all();
+        let mut states: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for e in &all {
+            let state = if !e.connected {
+                "disconnected"
+            } else if e.unhealthy {
+                "unhealthy"
+            } else if e.unreachable {
+                "unreachable"
+            } else if !e.ready {
+                "starting"
+            } else {
+                "serving"
+            };
+            *states.entry((e.kind.as_str(), state)).or_default() += 1;
+        }
+        let mut m = enc.encode_descriptor(
+            "proxies",
+            "Registered proxies by kind and state (serving, starting, unhealthy, unreachable, disconnected)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((kind, state), n) in &states {
+            m.encode_family(&[("kind", *kind), ("state", *state)])?
+                .encode_gauge(n)?;
+        }
+        let nacked = all.iter().filter(|e| e.status.last_nack.is_some()).count() as i64;
+        enc.encode_descriptor(
+            "proxies_nacked",
+            "Proxies whose last answer to a config was a NACK",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&nacked)?;
+        if let Some(earliest) = all
+            .iter()
+            .filter(|e| e.connected && e.status.cert_not_after > 0)
+            .map(|e| e.status.cert_not_after)
+            .min()
+        {
+            enc.encode_descriptor(
+                "proxy_certificate_expiry_earliest_timestamp_seconds",
+                "The earliest expiry (unix seconds) among connected proxies' certificates",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&(earliest as i64))?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,6 +584,7 @@ mod tests {
             reachable: vec![],
             unhealthy: false,
             unreachable: false,
+            status: Default::default(),
         }
     }
 

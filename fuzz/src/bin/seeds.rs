@@ -184,6 +184,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         instance_uid: "u-1".into(),
         serving: false,
         reachable_services: vec!["api".into(), "db".into()],
+        version: "0.1.0".into(),
     };
     let pmsg = |msg| pb::ProxyMessage { msg: Some(msg) }.encode_to_vec();
     use pb::proxy_message::Msg as P;

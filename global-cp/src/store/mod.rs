@@ -39,6 +39,8 @@ pub enum StoreError {
 pub struct Store {
     conn: Mutex<Connection>,
     revision: watch::Sender<u64>,
+    /// Time per call, waiting for the connection included.
+    pub latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// A stored resource with the mesh revision of its last change.
@@ -114,6 +116,10 @@ impl Store {
         Ok(Self {
             conn: Mutex::new(conn),
             revision: watch::channel(rev).0,
+            // 50 µs doubling to about 3 s.
+            latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 16),
+            ),
         })
     }
 
@@ -124,7 +130,10 @@ impl Store {
     /// Run `f` on the connection, off the async threads: SQLite calls
     /// block, and commits fsync.
     pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
-        model::fsutil::off_async(|| f(&mut self.lock()))
+        let start = std::time::Instant::now();
+        let out = model::fsutil::off_async(|| f(&mut self.lock()));
+        self.latency.observe(start.elapsed().as_secs_f64());
+        out
     }
 
     fn read_revision(conn: &Connection) -> Result<u64, StoreError> {

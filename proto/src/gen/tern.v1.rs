@@ -237,6 +237,10 @@ pub struct ExplainRequest {
     pub id: u64,
     #[prost(string, tag = "2")]
     pub dataplane: ::prost::alloc::string::String,
+    /// Set: list the zone's proxies (their versions, certificates and sync
+    /// state) instead; `dataplane` is not used.
+    #[prost(bool, tag = "3")]
+    pub list: bool,
 }
 /// The global refused the zone's last inventory report (too large, or it
 /// spoke for what the zone does not own). The zone's published ZoneIngress
@@ -426,6 +430,9 @@ pub struct Registration {
     /// to another service does not reach it.
     #[prost(string, repeated, tag = "12")]
     pub reachable_services: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The proxy's version (its build), for `ternctl inspect dataplanes`.
+    #[prost(string, tag = "13")]
+    pub version: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CertificateRequest {
