@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use model::policy::access::{AccessDefaults, AccessPolicySpec, Action, MtlsMode, MtlsPolicySpec};
+use model::policy::access_log::AccessLogSpec;
 use model::policy::balancer::LoadBalancerSpec;
 use model::policy::breaker::CircuitBreakerSpec;
 use model::policy::fault::{Fault, FaultInjectionSpec};
@@ -36,6 +37,7 @@ pub struct PolicySet {
     pub breakers: Vec<Policy<CircuitBreakerSpec>>,
     pub balancers: Vec<Policy<LoadBalancerSpec>>,
     pub health: Vec<Policy<HealthCheckSpec>>,
+    pub access_logs: Vec<Policy<AccessLogSpec>>,
     pub defaults: AccessDefaults,
     /// Zone → region, for callers named by region.
     pub regions: BTreeMap<String, String>,
@@ -102,6 +104,8 @@ impl PolicySet {
                     set.balancers.push(p);
                 } else if let Some(p) = model::policy::parse(r, "HealthCheck", origin) {
                     set.health.push(p);
+                } else if let Some(p) = model::policy::parse(r, "AccessLog", origin) {
+                    set.access_logs.push(p);
                 }
             }
         }
@@ -169,7 +173,12 @@ impl PolicySet {
             policies.push(p.reference());
             health_check(p.reference(), &p.spec)
         });
+        let access_log = applicable(&self.access_logs, &f).first().map(|p| {
+            policies.push(p.reference());
+            access_log(p.reference(), &p.spec)
+        });
         pb::InboundPolicy {
+            access_log,
             health_check,
             faults,
             rate_limits,
@@ -308,6 +317,21 @@ impl PolicySet {
 /// Milliseconds, at least 1 (0 means "not set" in proxy config).
 pub(crate) fn ms(d: std::time::Duration) -> u64 {
     d.as_millis().clamp(1, u64::MAX as u128) as u64
+}
+
+fn access_log(name: String, s: &AccessLogSpec) -> pb::AccessLog {
+    use model::policy::access_log::{Direction, Format};
+    pb::AccessLog {
+        name,
+        format: match s.format {
+            Format::Json => "json",
+            Format::Text => "text",
+        }
+        .into(),
+        file: s.file.clone().unwrap_or_default(),
+        inbound: s.logs(Direction::Inbound),
+        outbound: s.logs(Direction::Outbound),
+    }
 }
 
 fn health_check(name: String, s: &HealthCheckSpec) -> pb::HealthCheck {

@@ -33,7 +33,7 @@ fn now_ms() -> u64 {
 struct Tracked<'a, T> {
     inner: &'a mut T,
     last: &'a AtomicU64,
-    read: Option<&'a Counter>,
+    read: &'a [&'a Counter],
 }
 
 impl<T> Tracked<'_, T> {
@@ -53,7 +53,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<'_, T> {
         let n = buf.filled().len() - before;
         if matches!(r, Poll::Ready(Ok(()))) && n > 0 {
             self.touch();
-            if let Some(c) = self.read {
+            for c in self.read {
                 c.inc_by(n as u64);
             }
         }
@@ -93,17 +93,17 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    copy_bidirectional_metered(a, b, idle, None, None).await
+    copy_bidirectional_metered(a, b, idle, &[], &[]).await
 }
 
-/// [`copy_bidirectional_idle`], adding the bytes read from `a` to
-/// `a_to_b` and those read from `b` to `b_to_a` as they move.
+/// [`copy_bidirectional_idle`], adding the bytes read from `a` to each
+/// of `a_to_b` and those read from `b` to each of `b_to_a` as they move.
 pub async fn copy_bidirectional_metered<A, B>(
     a: &mut A,
     b: &mut B,
     idle: Duration,
-    a_to_b: Option<&Counter>,
-    b_to_a: Option<&Counter>,
+    a_to_b: &[&Counter],
+    b_to_a: &[&Counter],
 ) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -196,7 +196,7 @@ mod tests {
         let (up, down) = (Counter::default(), Counter::default());
         let (u2, d2) = (up.clone(), down.clone());
         let splice = tokio::spawn(async move {
-            copy_bidirectional_metered(&mut a, &mut b, DEFAULT_IDLE, Some(&u2), Some(&d2)).await
+            copy_bidirectional_metered(&mut a, &mut b, DEFAULT_IDLE, &[&u2], &[&d2]).await
         });
         a_peer.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];

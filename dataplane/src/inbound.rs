@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::rustls::pki_types::CertificateDer;
 use http::header::HeaderValue;
@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::access::{self, Caller, Decision, DEFAULT_RULE};
+use crate::access_log::{self, RequestFacts};
 use crate::fault;
 use crate::metrics::{DirLabel, Direction, FaultLabel, KindLabel, RuleLabel};
 use crate::protocol::{Protocol, ALPN_TCP};
@@ -35,6 +36,7 @@ use crate::ratelimit;
 use crate::traffic::Counts;
 use crate::upgrade::is_upgrade;
 use common::traffic::Decision as Verdict;
+use prometheus_client::metrics::counter::Counter;
 
 /// How long a connection whose peer stopped being trusted may take to
 /// finish its requests before it is cut.
@@ -123,7 +125,8 @@ impl Proxy {
         // open connections too, not only new handshakes.
         if tcp_mode {
             let counts = self.inbound_counts(Some(&caller));
-            let Some(delay) = self.tcp_decide(Some(&caller), remote, &counts).await else {
+            let Some((delay, decision)) = self.tcp_decide(Some(&caller), remote, &counts).await
+            else {
                 reset(stream.get_ref().0);
                 return;
             };
@@ -134,7 +137,8 @@ impl Proxy {
                 if let Some(d) = delay {
                     tokio::time::sleep(d).await;
                 }
-                self.splice_to_app(stream, app, &counts).await
+                self.splice_to_app(stream, app, &counts, (Some(&caller), decision))
+                    .await
             };
             let distrusted = self.metrics.connections_distrusted.clone();
             if let Err(why) = self
@@ -199,14 +203,15 @@ impl Proxy {
                 .get_or_create(&KindLabel { kind: "tcp" })
                 .inc();
             let counts = self.inbound_counts(None);
-            let Some(delay) = self.tcp_decide(None, remote, &counts).await else {
+            let Some((delay, decision)) = self.tcp_decide(None, remote, &counts).await else {
                 reset(&tcp);
                 return;
             };
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
-            self.splice_to_app(tcp, app, &counts).await;
+            self.splice_to_app(tcp, app, &counts, (None, decision))
+                .await;
             return;
         }
         let me = self.clone();
@@ -415,45 +420,99 @@ impl Proxy {
         caller: Option<&Caller>,
         remote: SocketAddr,
         counts: &Counts,
-    ) -> Option<Option<Duration>> {
+    ) -> Option<(Option<Duration>, Verdict)> {
+        let started = Instant::now();
+        let refuse = |d: Verdict| {
+            counts.connection(d);
+            self.log_tcp(caller, d, started, None);
+            None
+        };
         if !self.admit_tcp(caller, remote) {
-            counts.connection(Verdict::Denied);
-            return None;
+            return refuse(Verdict::Denied);
         }
         if self.limit_tcp(caller, remote) {
-            counts.connection(Verdict::RateLimited);
-            return None;
+            return refuse(Verdict::RateLimited);
         }
         let (delay, reset_it) = self.tcp_fault(caller);
-        counts.connection(if delay.is_some() || reset_it {
-            Verdict::Fault
-        } else {
-            Verdict::None
-        });
         if reset_it {
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
-            return None;
+            return refuse(Verdict::Fault);
         }
-        Some(delay)
+        let decision = if delay.is_some() {
+            Verdict::Fault
+        } else {
+            Verdict::None
+        };
+        counts.connection(decision);
+        Some((delay, decision))
     }
 
-    async fn splice_to_app<S>(&self, mut stream: S, app: SocketAddr, counts: &Counts)
-    where
+    /// An access log line for a TCP connection from `caller`, if the
+    /// policy asks: `flow` is the app's address and the bytes each way.
+    fn log_tcp(
+        &self,
+        caller: Option<&Caller>,
+        decision: Verdict,
+        started: Instant,
+        flow: Option<(SocketAddr, u64, u64)>,
+    ) {
+        if !self.shared.access_logs.wants(Direction::Inbound) {
+            return;
+        }
+        let (me, my_zone) = self.shared.traffic.me();
+        let unknown = crate::traffic::UNKNOWN;
+        self.shared.access_logs.log(&access_log::Line {
+            start: SystemTime::now() - started.elapsed(),
+            direction: Direction::Inbound,
+            protocol: "tcp",
+            source_service: caller.map(|c| c.service.as_str()).unwrap_or(unknown),
+            source_zone: caller.map(|c| c.zone.as_str()).unwrap_or(unknown),
+            source_identity: None,
+            destination_service: &me,
+            destination_zone: &my_zone,
+            upstream: flow.map(|f| f.0.to_string()),
+            method: None,
+            authority: None,
+            path: None,
+            route: None,
+            status: None,
+            decision,
+            duration: started.elapsed(),
+            bytes_sent: flow.map(|f| f.1),
+            bytes_received: flow.map(|f| f.2),
+        });
+    }
+
+    async fn splice_to_app<S>(
+        &self,
+        mut stream: S,
+        app: SocketAddr,
+        counts: &Counts,
+        (caller, decision): (Option<&Caller>, Verdict),
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        let started = Instant::now();
         match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await {
             Ok(Ok(mut up)) => {
                 let _ = up.set_nodelay(true);
+                let (sent, received) = (Counter::default(), Counter::default());
                 let _ = common::splice::copy_bidirectional_metered(
                     &mut stream,
                     &mut up,
                     self.tcp_idle,
-                    Some(&counts.sent),
-                    Some(&counts.received),
+                    &[&counts.sent, &sent],
+                    &[&counts.received, &received],
                 )
                 .await;
+                self.log_tcp(
+                    caller,
+                    decision,
+                    started,
+                    Some((app, sent.get(), received.get())),
+                );
             }
             Ok(Err(e)) => {
                 tracing::warn!(%app, error = %e, "local app refused the connection")
@@ -476,6 +535,14 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Response<Body> {
         let start = Instant::now();
+        let log = self
+            .shared
+            .access_logs
+            .wants(Direction::Inbound)
+            .then(|| RequestFacts::of(&req));
+        let peer_id = log
+            .as_ref()
+            .and_then(|_| peer.as_ref().map(|(v, _)| v.clone()));
         let access = self.shared.access.load();
         let denied = if access.allow_all {
             None
@@ -525,10 +592,36 @@ impl Proxy {
                 }
             }
         };
-        let (status, secs) = (resp.status().as_u16(), start.elapsed().as_secs_f64());
+        let (status, elapsed) = (resp.status().as_u16(), start.elapsed());
+        let secs = elapsed.as_secs_f64();
         self.metrics.observe(Direction::Inbound, status, secs);
         self.inbound_counts(caller.as_deref())
             .request(status, decision, secs);
+        if let Some(f) = log {
+            let (me, my_zone) = self.shared.traffic.me();
+            let unknown = crate::traffic::UNKNOWN;
+            let c = caller.as_deref();
+            self.shared.access_logs.log(&access_log::Line {
+                start: SystemTime::now() - elapsed,
+                direction: Direction::Inbound,
+                protocol: "http",
+                source_service: c.map(|c| c.service.as_str()).unwrap_or(unknown),
+                source_zone: c.map(|c| c.zone.as_str()).unwrap_or(unknown),
+                source_identity: peer_id.as_ref().and_then(|v| v.to_str().ok()),
+                destination_service: &me,
+                destination_zone: &my_zone,
+                upstream: Some(app.to_string()),
+                method: Some(&f.method),
+                authority: f.authority.as_deref(),
+                path: Some(&f.path),
+                route: None,
+                status: Some(status),
+                decision,
+                duration: elapsed,
+                bytes_sent: None,
+                bytes_received: None,
+            });
+        }
         resp
     }
 

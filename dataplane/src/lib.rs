@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod access_log;
 pub mod appcheck;
 pub mod balance;
 pub mod breaker;
@@ -139,6 +140,10 @@ pub struct Config {
     /// so a restart while the zone control plane is down still serves.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// The folder an AccessLog policy with `to: file` writes in (the policy
+    /// names only the file). Without it, such a policy writes to stdout.
+    #[arg(long)]
+    pub access_log_dir: Option<PathBuf>,
     #[arg(long)]
     pub json_logs: bool,
 }
@@ -385,7 +390,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             Some(i) => Protocol::parse(&i.protocol).map_err(anyhow::Error::msg)?,
             None => Protocol::Http1,
         };
-        let shared = Arc::new(Shared::new(inbound_protocol).with_defaults(defaults));
+        let shared = Arc::new(
+            Shared::new(inbound_protocol)
+                .with_defaults(defaults)
+                .with_access_log_dir(cfg.access_log_dir.clone()),
+        );
         shared.set_trust(policy)?;
         shared.set_identity(ident)?;
         let clusters: Vec<pb::Cluster> = b
@@ -463,7 +472,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             // a sidecar that retries a refused registration forever.
             model::resource::check_name("--reachable-services", s)?;
         }
-        let shared = Arc::new(Shared::new(protocol).with_defaults(defaults));
+        let shared = Arc::new(
+            Shared::new(protocol)
+                .with_defaults(defaults)
+                .with_access_log_dir(cfg.access_log_dir.clone()),
+        );
         let registration = pb::Registration {
             service: service.clone(),
             address: cfg.address.to_string(),
@@ -560,6 +573,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let sh_ready = shared.clone();
     reg.register_collector(Box::new(traffic::Collector(shared.traffic.clone())));
+    reg.register(
+        "access_log_lines",
+        "Access log lines written",
+        shared.access_logs.written.clone(),
+    );
+    reg.register(
+        "access_log_dropped",
+        "Access log lines dropped because the writer fell behind",
+        shared.access_logs.dropped.clone(),
+    );
     let sh_dump = shared.clone();
     let st_ready = status_rx.clone();
     let st_dump = status_rx;
@@ -593,6 +616,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 "inbound": sh_dump.access.load().dump(),
                 "faults": sh_dump.faults.load().dump(),
                 "rateLimits": sh_dump.limits.load().dump(),
+                "accessLog": sh_dump.access_logs.dump(),
                 "routes": sh_dump.routes.load().iter().map(|(k, r)| (k.clone(), r.dump())).collect::<serde_json::Map<_, _>>(),
                 "controlPlane": if standalone { serde_json::Value::Null } else { serde_json::to_value(&*st_dump.borrow()).unwrap_or_default() },
             })

@@ -13,7 +13,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header;
@@ -23,6 +23,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::access_log::{self, RequestFacts};
 use crate::balance::Endpoint;
 use crate::connect::connect_mesh;
 use crate::metrics::{DirLabel, Direction, ResultLabel};
@@ -36,6 +37,7 @@ use crate::split::Mirror;
 use crate::traffic::Served;
 use crate::upgrade::is_upgrade;
 use common::traffic::Decision;
+use prometheus_client::metrics::counter::Counter;
 
 impl Proxy {
     /// Serve an outbound listener. `service` fixes the destination; `None`
@@ -80,6 +82,7 @@ impl Proxy {
     }
 
     async fn outbound_tcp(&self, mut client: TcpStream, service: &str) {
+        let started = Instant::now();
         let cluster = self.shared.clusters.load().by_service.get(service).cloned();
         let Some(mut cluster) = cluster else {
             tracing::info!(service, "TCP: no such service");
@@ -144,12 +147,16 @@ impl Proxy {
                         Decision::None
                     });
                     let idle = policy.tcp_idle.unwrap_or(Duration::MAX);
+                    // This flow's own bytes, for its access log line.
+                    let (sent, received) = (Counter::default(), Counter::default());
+                    let (to_dest, from_dest) =
+                        ([&counts.sent, &sent], [&counts.received, &received]);
                     let flow = common::splice::copy_bidirectional_metered(
                         &mut client,
                         &mut up,
                         idle,
-                        Some(&counts.sent),
-                        Some(&counts.received),
+                        &to_dest,
+                        &from_dest,
                     );
                     let ended = match policy.stream_duration {
                         Some(limit) => {
@@ -164,6 +171,33 @@ impl Proxy {
                     };
                     if let Err(e) = ended {
                         tracing::debug!(service, error = %e, "outbound TCP flow ended");
+                    }
+                    if self.shared.access_logs.wants(Direction::Outbound) {
+                        let (me, my_zone) = self.shared.traffic.me();
+                        self.shared.access_logs.log(&access_log::Line {
+                            start: SystemTime::now() - started.elapsed(),
+                            direction: Direction::Outbound,
+                            protocol: "tcp",
+                            source_service: &me,
+                            source_zone: &my_zone,
+                            source_identity: None,
+                            destination_service: &cluster.service,
+                            destination_zone: &ep.zone,
+                            upstream: Some(ep.target.addr.to_string()),
+                            method: None,
+                            authority: None,
+                            path: None,
+                            route: None,
+                            status: None,
+                            decision: if attempt > 0 {
+                                Decision::Retried
+                            } else {
+                                Decision::None
+                            },
+                            duration: started.elapsed(),
+                            bytes_sent: Some(sent.get()),
+                            bytes_received: Some(received.get()),
+                        });
                     }
                     return;
                 }
@@ -183,18 +217,53 @@ impl Proxy {
     ) -> Response<Body> {
         let start = Instant::now();
         let mut served = Served::default();
+        let log = self
+            .shared
+            .access_logs
+            .wants(Direction::Outbound)
+            .then(|| RequestFacts::of(&req));
         let resp = self
             .route_outbound(fixed.as_deref(), req, &mut served)
             .await;
-        let secs = start.elapsed().as_secs_f64();
+        let elapsed = start.elapsed();
+        let secs = elapsed.as_secs_f64();
         let status = resp.status().as_u16();
         self.metrics.observe(Direction::Outbound, status, secs);
-        served.count(
-            &self.shared.traffic,
-            fixed.as_deref().unwrap_or(crate::traffic::UNKNOWN),
-            status,
-            secs,
-        );
+        let fallback = fixed.as_deref().unwrap_or(crate::traffic::UNKNOWN);
+        served.count(&self.shared.traffic, fallback, status, secs);
+        if let Some(f) = log {
+            let (me, my_zone) = self.shared.traffic.me();
+            let tls = self.shared.tls.load();
+            let id = tls.as_ref().map(|t| t.ident.id.to_string());
+            self.shared.access_logs.log(&access_log::Line {
+                start: SystemTime::now() - elapsed,
+                direction: Direction::Outbound,
+                protocol: "http",
+                source_service: &me,
+                source_zone: &my_zone,
+                source_identity: id.as_deref(),
+                destination_service: served
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.service.as_str())
+                    .unwrap_or(fallback),
+                destination_zone: served
+                    .endpoint
+                    .as_ref()
+                    .map(|e| e.zone.as_str())
+                    .unwrap_or(crate::traffic::UNKNOWN),
+                upstream: served.endpoint.as_ref().map(|e| e.target.addr.to_string()),
+                method: Some(&f.method),
+                authority: f.authority.as_deref(),
+                path: Some(&f.path),
+                route: served.route.as_deref(),
+                status: Some(status),
+                decision: served.decision,
+                duration: elapsed,
+                bytes_sent: None,
+                bytes_received: None,
+            });
+        }
         resp
     }
 
@@ -263,6 +332,7 @@ impl Proxy {
         let mut timeout = None;
         if let Some(sel) = &selected {
             let rule = sel.rule;
+            served.route = Some(rule.name.clone());
             let host = parts
                 .headers
                 .get(header::HOST)

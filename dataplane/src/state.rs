@@ -109,6 +109,8 @@ pub struct Shared {
     pub app_health: tokio::sync::watch::Sender<Option<bool>>,
     /// Traffic by peer pair, for `/metrics` and the reports upward.
     pub traffic: Arc<crate::traffic::Traffic>,
+    /// The access log, as the proxy's AccessLog policy sets it.
+    pub access_logs: crate::access_log::AccessLogs,
 }
 
 impl Shared {
@@ -132,7 +134,14 @@ impl Shared {
             limits: ArcSwap::from_pointee(RateLimits::default()),
             targets: ArcSwap::from_pointee(HashMap::new()),
             traffic: Default::default(),
+            access_logs: Default::default(),
         }
+    }
+
+    /// With the folder AccessLog files are written in.
+    pub fn with_access_log_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.access_logs = crate::access_log::AccessLogs::new(dir);
+        self
     }
 
     /// With timeouts from the command line.
@@ -246,6 +255,14 @@ impl Shared {
             )),
             None => None,
         };
+        let access_log = match inbound.and_then(|p| p.access_log.as_ref()) {
+            Some(l) => Some(
+                self.access_logs
+                    .settings(l)
+                    .map_err(|e| format!("inbound policy: {e}"))?,
+            ),
+            None => None,
+        };
         let no_limits = Vec::new();
         let limits = RateLimits::build(
             inbound.map(|p| &p.rate_limits).unwrap_or(&no_limits),
@@ -257,6 +274,7 @@ impl Shared {
         self.access.store(Arc::new(access));
         self.faults.store(Arc::new(faults));
         self.limits.store(Arc::new(limits));
+        self.access_logs.apply(access_log);
         if self.health_check.load().as_deref() != check.as_deref() {
             self.health_check.store(check);
         }

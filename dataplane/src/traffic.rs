@@ -103,7 +103,8 @@ impl Traffic {
         let _ = self.me.set((service.into(), zone.into()));
     }
 
-    fn me(&self) -> (Arc<str>, Arc<str>) {
+    /// Our own service and zone (`unknown` before the first identity).
+    pub fn me(&self) -> (Arc<str>, Arc<str>) {
         self.me
             .get()
             .cloned()
@@ -342,6 +343,8 @@ pub struct Served {
     pub cluster: Option<Arc<crate::balance::Cluster>>,
     /// The endpoint of the last attempt: its zone is the destination zone.
     pub endpoint: Option<Arc<crate::balance::Endpoint>>,
+    /// The route rule that matched, if any.
+    pub route: Option<Arc<str>>,
     pub decision: Decision,
 }
 

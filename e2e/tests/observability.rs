@@ -326,6 +326,137 @@ fn dataplanes_are_listed_across_zones_with_version_certificate_and_sync_state() 
     assert!(err.contains("zone nowhere"), "{err}");
 }
 
+/// Access log lines (JSON) in a sidecar's output.
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"protocol\""))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Access logs are off until an AccessLog policy turns them on, then
+/// follow it. Proves that: without a policy, api's sidecar writes no line
+/// for 5 requests; with a JSON-to-stdout policy for api, each inbound
+/// request gets one line with the caller's verified service, zone and
+/// SPIFFE ID, both zones, method, path, status, decision and timing; with
+/// a text-to-file policy for web (inside its --access-log-dir), its
+/// outbound requests get text lines naming the destination zone and the
+/// endpoint it went through, and an opaque TCP connection gets a line with
+/// the bytes each way; lines for web never go to api's log and vice versa.
+#[test]
+fn access_logs_are_off_by_default_and_follow_the_policy() {
+    use std::io::{Read, Write};
+    let m = Mesh::start("obs-logs", Net(72), None);
+    let api = m.workload("z1", 12, "api", &[]);
+    let _db = m.tcp_echo_db(13);
+    let dir = m.s.path("web-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tcp_port = format!("tcp:db={}:16000", m.net.ip(40));
+    let web = m.workload(
+        "z2",
+        40,
+        "web",
+        &[
+            "--outbound-port",
+            &tcp_port,
+            "--access-log-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    wait_for("api and db in web's config", T, || {
+        (!web.endpoints("api").is_empty() && !web.endpoints("db").is_empty()).then_some(())
+    });
+    calls(&web, "api", 5);
+    assert!(
+        json_lines(&api.sidecar.log_text()).is_empty(),
+        "off by default"
+    );
+
+    m.g.apply(&format!(
+        "{H}kind: AccessLog\nmetadata: {{name: api-in}}\nspec: {{targetRef: {{service: api}}, directions: [inbound]}}\n"
+    ));
+    wait_dump(&api, "/accessLog/policy", |v| v == "AccessLog/api-in");
+    for i in 0..3 {
+        let r = http(web.outbound(), "GET", "api", &format!("/r?n={i}"), &[]).unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let lines = wait_for("three lines in api's log", patient(T), || {
+        let l = json_lines(&api.sidecar.log_text());
+        (l.len() >= 3).then_some(l)
+    });
+    assert_eq!(lines.len(), 3, "one line per request: {lines:?}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["direction"], "inbound");
+        assert_eq!(l["protocol"], "http");
+        assert_eq!(
+            (l["sourceService"].as_str(), l["sourceZone"].as_str()),
+            (Some("web"), Some("z2"))
+        );
+        assert_eq!(l["sourceIdentity"], "spiffe://tern/zone/z2/svc/web");
+        assert_eq!(
+            (
+                l["destinationService"].as_str(),
+                l["destinationZone"].as_str()
+            ),
+            (Some("api"), Some("z1"))
+        );
+        assert_eq!(
+            (l["method"].as_str(), l["status"].as_u64()),
+            (Some("GET"), Some(200))
+        );
+        assert_eq!(l["path"], format!("/r?n={i}"));
+        assert_eq!(l["decision"], "none");
+        assert!(l["durationMs"].as_f64().is_some_and(|d| d > 0.0), "{l}");
+        assert!(l["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{l}");
+    }
+
+    m.g.apply(&format!(
+        "{H}kind: AccessLog\nmetadata: {{name: web-out}}\nspec: {{targetRef: {{service: web}}, format: text, to: file, file: web.log, directions: [outbound]}}\n"
+    ));
+    wait_dump(&web, "/accessLog/policy", |v| v == "AccessLog/web-out");
+    calls(&web, "api", 2);
+    let mut s = std::net::TcpStream::connect(m.net.addr(40, 16000)).unwrap();
+    s.write_all(b"hello").unwrap();
+    let mut back = [0u8; 5];
+    s.read_exact(&mut back).unwrap();
+    drop(s);
+    let file = dir.join("web.log");
+    let text = wait_for("web's text lines", patient(T), || {
+        let t = std::fs::read_to_string(&file).ok()?;
+        (t.lines().count() >= 3).then_some(t)
+    });
+    let http_lines: Vec<&str> = text.lines().filter(|l| l.contains(" http ")).collect();
+    assert_eq!(http_lines.len(), 2, "{text}");
+    for l in &http_lines {
+        assert!(
+            l.contains(" outbound http web.z2 -> api.z1 \"GET api /r\" 200 none "),
+            "{l}"
+        );
+        assert!(
+            l.contains(" upstream=127.0.72."),
+            "the gateway it went through: {l}"
+        );
+    }
+    let tcp = text
+        .lines()
+        .find(|l| l.contains(" tcp "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        tcp.contains(" outbound tcp web.z2 -> db.z1 - - none "),
+        "{tcp}"
+    );
+    assert!(tcp.contains(" sent=5 received=5"), "{tcp}");
+    assert!(
+        json_lines(&web.sidecar.log_text()).is_empty(),
+        "web logs to its file only"
+    );
+    assert_eq!(
+        json_lines(&api.sidecar.log_text()).len(),
+        5,
+        "api logged the two new requests"
+    );
+}
+
 /// The pay app's own address (not through the mesh).
 fn pay_app(m: &Mesh) -> SocketAddr {
     m.net.addr(12, 8080)

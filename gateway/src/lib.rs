@@ -376,12 +376,9 @@ impl Gateway {
         self.metrics.stream_opened(&zone, "outbound");
         let mut quic = tokio::io::join(recv, send);
         let (sent, received) = self.metrics.byte_counters(&zone);
+        let (sent, received) = ([&sent], [&received]);
         let splice = common::splice::copy_bidirectional_metered(
-            &mut tls,
-            &mut quic,
-            FLOW_IDLE,
-            Some(&sent),
-            Some(&received),
+            &mut tls, &mut quic, FLOW_IDLE, &sent, &received,
         );
         let distrusted = self.metrics.distrusted.clone();
         let cut = move || {
@@ -486,8 +483,8 @@ impl Gateway {
                     &mut q,
                     &mut u,
                     FLOW_IDLE,
-                    Some(&received),
-                    Some(&sent),
+                    &[&received],
+                    &[&sent],
                 )
                 .await;
             }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::policy::access::{AccessDefaults, AccessPolicySpec, MtlsPolicySpec};
+use crate::policy::access_log::AccessLogSpec;
 use crate::policy::balancer::LoadBalancerSpec;
 use crate::policy::breaker::CircuitBreakerSpec;
 use crate::policy::fault::FaultInjectionSpec;
@@ -207,6 +208,12 @@ pub const KINDS: &[KindInfo] = &[
         plural: "healthchecks",
         system: false,
         validate: |v| typed::<HealthCheckSpec>(v).and_then(|s| s.check()),
+    },
+    KindInfo {
+        name: "AccessLog",
+        plural: "accesslogs",
+        system: false,
+        validate: |v| typed::<AccessLogSpec>(v).and_then(|s| s.check()),
     },
     KindInfo {
         name: "ZoneIngress",

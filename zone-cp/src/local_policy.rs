@@ -25,6 +25,7 @@ pub const LOCAL_KINDS: &[&str] = &[
     "CircuitBreaker",
     "LoadBalancer",
     "HealthCheck",
+    "AccessLog",
     "RateLimit",
     "FaultInjection",
 ];

@@ -292,6 +292,13 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             interval_ms: 500,
             ..Default::default()
         }),
+        access_log: Some(pb::AccessLog {
+            name: "AccessLog/api".into(),
+            format: "text".into(),
+            file: "api.log".into(),
+            inbound: true,
+            outbound: false,
+        }),
         mtls_mode: "permissive".into(),
         rules: vec![pb::AccessRule {
             name: "AccessPolicy/a/web".into(),

@@ -678,6 +678,26 @@ pub struct InboundPolicy {
     /// How this proxy checks its own app (its HealthCheck policy), if at all.
     #[prost(message, optional, tag = "8")]
     pub health_check: ::core::option::Option<HealthCheck>,
+    /// Where and how this proxy writes access logs (its AccessLog policy); none:
+    /// it writes none.
+    #[prost(message, optional, tag = "9")]
+    pub access_log: ::core::option::Option<AccessLog>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AccessLog {
+    /// `AccessLog/NAME`.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// "json" or "text".
+    #[prost(string, tag = "2")]
+    pub format: ::prost::alloc::string::String,
+    /// Empty: stdout. Else a file name inside the sidecar's --access-log-dir.
+    #[prost(string, tag = "3")]
+    pub file: ::prost::alloc::string::String,
+    #[prost(bool, tag = "4")]
+    pub inbound: bool,
+    #[prost(bool, tag = "5")]
+    pub outbound: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HealthCheck {
