@@ -120,6 +120,17 @@ for _ in $(seq 1 100); do
   [ "$n" -ge 3 ] && break; sleep 0.2
 done
 
+# A Prometheus config for this topology (deploy/grafana/ has dashboards).
+cat > "$state/prometheus.yml" <<EOF
+# prometheus --config.file=$state/prometheus.yml --web.listen-address=127.0.0.1:9090
+global: {scrape_interval: 5s, evaluation_interval: 5s}
+scrape_configs:
+  - {job_name: tern-global, static_configs: [{targets: ['127.0.0.1:5681']}]}
+  - {job_name: tern-zone, static_configs: [{targets: ['127.0.1.1:5680', '127.0.2.1:5680', '127.0.3.1:5680']}]}
+  - {job_name: tern-gateway, static_configs: [{targets: ['127.0.1.5:15090', '127.0.1.6:15090', '127.0.2.5:15090', '127.0.2.6:15090', '127.0.3.5:15090', '127.0.3.6:15090']}]}
+  - {job_name: tern-sidecar, static_configs: [{targets: ['127.0.1.10:15000', '127.0.1.11:15000', '127.0.2.10:15000', '127.0.2.11:15000', '127.0.3.11:15000', '127.0.3.12:15000']}]}
+EOF
+
 cat <<EOF
 
 Tern is running: a global control plane and three zones in two regions, on loopback.
@@ -138,6 +149,11 @@ Admin ports (/ready /metrics /config_dump):
   zone-cps        http://127.0.1.1:5680  http://127.0.2.1:5680  http://127.0.3.1:5680
   gateways        http://127.0.N.5:15090 and http://127.0.N.6:15090 for zone N = 1, 2, 3
   web's sidecar   http://127.0.1.10:15000/config_dump   (locality tiers, endpoint health)
+Traffic figures (docs/observability.md):
+  $bin/ternctl inspect services               # each service per zone: req/s, errors, p50/p99, instances
+  $bin/ternctl inspect traffic -o wide        # zone-to-zone matrix and service edges
+  $bin/ternctl inspect dataplanes             # every proxy: version, state, certificate expiry, sync
+  Prometheus config: $state/prometheus.yml   Grafana dashboards: deploy/grafana/*.json
 Logs: $state/logs        Ctrl-C stops everything.
 
 Demo traffic; each line says which zone answered web's calls, what batch
