@@ -18,6 +18,7 @@ use model::policy::ratelimit::{Limit, Per, RateLimitSpec};
 use model::policy::retry::RetrySpec;
 use model::policy::route::{self, Backend, HttpRouteSpec, PathMatch, TcpRouteSpec, ValueMatch};
 use model::policy::timeout::TimeoutSpec;
+use model::policy::trace::TraceSpec;
 use model::policy::{applicable, Facts, Mode, Origin, Policy, Selector};
 use model::resource::{MeshSpec, Resource};
 use proto::v1 as pb;
@@ -38,6 +39,7 @@ pub struct PolicySet {
     pub balancers: Vec<Policy<LoadBalancerSpec>>,
     pub health: Vec<Policy<HealthCheckSpec>>,
     pub access_logs: Vec<Policy<AccessLogSpec>>,
+    pub traces: Vec<Policy<TraceSpec>>,
     pub defaults: AccessDefaults,
     /// Zone → region, for callers named by region.
     pub regions: BTreeMap<String, String>,
@@ -106,6 +108,8 @@ impl PolicySet {
                     set.health.push(p);
                 } else if let Some(p) = model::policy::parse(r, "AccessLog", origin) {
                     set.access_logs.push(p);
+                } else if let Some(p) = model::policy::parse(r, "Trace", origin) {
+                    set.traces.push(p);
                 }
             }
         }
@@ -177,7 +181,21 @@ impl PolicySet {
             policies.push(p.reference());
             access_log(p.reference(), &p.spec)
         });
+        let trace = applicable(&self.traces, &f).first().map(|p| {
+            policies.push(p.reference());
+            pb::Trace {
+                name: p.reference(),
+                sampling: p.spec.ratio(),
+                endpoint: p.spec.otlp.endpoint.clone(),
+                protocol: match p.spec.otlp.protocol {
+                    model::policy::trace::Protocol::Grpc => "grpc",
+                    model::policy::trace::Protocol::Http => "http",
+                }
+                .into(),
+            }
+        });
         pb::InboundPolicy {
+            trace,
             access_log,
             health_check,
             faults,

@@ -33,6 +33,7 @@ use crate::proxy::{
     ERROR_HEADER,
 };
 use crate::ratelimit;
+use crate::trace;
 use crate::traffic::Counts;
 use crate::upgrade::is_upgrade;
 use common::traffic::Decision as Verdict;
@@ -535,6 +536,15 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Response<Body> {
         let start = Instant::now();
+        let mut req = req;
+        let span = self
+            .shared
+            .tracer
+            .start(req.headers().get(trace::TRACEPARENT));
+        let span_facts = span.as_ref().map(|a| {
+            req.headers_mut().insert(trace::TRACEPARENT, a.ctx.header());
+            RequestFacts::of(&req)
+        });
         let log = self
             .shared
             .access_logs
@@ -597,6 +607,35 @@ impl Proxy {
         self.metrics.observe(Direction::Inbound, status, secs);
         self.inbound_counts(caller.as_deref())
             .request(status, decision, secs);
+        if let (Some(a), Some(f)) = (span, span_facts) {
+            let (me, my_zone) = self.shared.traffic.me();
+            let unknown = crate::traffic::UNKNOWN;
+            let c = caller.as_deref();
+            let mut attrs = trace::http_attrs(&f, status);
+            attrs.extend([
+                ("tern.direction", trace::Value::Str("inbound".into())),
+                (
+                    "tern.source.service",
+                    trace::Value::Str(c.map(|c| c.service.as_str()).unwrap_or(unknown).into()),
+                ),
+                (
+                    "tern.source.zone",
+                    trace::Value::Str(c.map(|c| c.zone.as_str()).unwrap_or(unknown).into()),
+                ),
+                (
+                    "tern.destination.service",
+                    trace::Value::Str(me.to_string()),
+                ),
+                (
+                    "tern.destination.zone",
+                    trace::Value::Str(my_zone.to_string()),
+                ),
+                ("tern.decision", trace::Value::Str(decision.name().into())),
+            ]);
+            self.shared
+                .tracer
+                .finish(a, format!("{} {me}", f.method), true, attrs, status >= 500);
+        }
         if let Some(f) = log {
             let (me, my_zone) = self.shared.traffic.me();
             let unknown = crate::traffic::UNKNOWN;

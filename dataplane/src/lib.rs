@@ -34,6 +34,7 @@ pub mod spares;
 pub mod split;
 pub mod state;
 pub mod stream_limit;
+pub mod trace;
 pub mod traffic;
 pub mod upgrade;
 
@@ -579,6 +580,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         shared.access_logs.written.clone(),
     );
     reg.register(
+        "spans_exported",
+        "Spans sent to the OTLP collector",
+        shared.tracer.exported.clone(),
+    );
+    reg.register(
+        "spans_dropped",
+        "Spans dropped: the exporter fell behind or the collector did not take them",
+        shared.tracer.dropped.clone(),
+    );
+    reg.register(
         "access_log_dropped",
         "Access log lines dropped because the writer fell behind",
         shared.access_logs.dropped.clone(),
@@ -617,6 +628,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 "faults": sh_dump.faults.load().dump(),
                 "rateLimits": sh_dump.limits.load().dump(),
                 "accessLog": sh_dump.access_logs.dump(),
+                "trace": sh_dump.tracer.dump(),
                 "routes": sh_dump.routes.load().iter().map(|(k, r)| (k.clone(), r.dump())).collect::<serde_json::Map<_, _>>(),
                 "controlPlane": if standalone { serde_json::Value::Null } else { serde_json::to_value(&*st_dump.borrow()).unwrap_or_default() },
             })

@@ -34,6 +34,7 @@ use crate::proxy::{
 };
 use crate::retry::Outgoing;
 use crate::split::Mirror;
+use crate::trace;
 use crate::traffic::Served;
 use crate::upgrade::is_upgrade;
 use common::traffic::Decision;
@@ -213,10 +214,18 @@ impl Proxy {
     pub async fn outbound_http(
         &self,
         fixed: Option<Arc<str>>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Response<Body> {
         let start = Instant::now();
         let mut served = Served::default();
+        let span = self
+            .shared
+            .tracer
+            .start(req.headers().get(trace::TRACEPARENT));
+        let span_facts = span.as_ref().map(|a| {
+            req.headers_mut().insert(trace::TRACEPARENT, a.ctx.header());
+            RequestFacts::of(&req)
+        });
         let log = self
             .shared
             .access_logs
@@ -231,6 +240,47 @@ impl Proxy {
         self.metrics.observe(Direction::Outbound, status, secs);
         let fallback = fixed.as_deref().unwrap_or(crate::traffic::UNKNOWN);
         served.count(&self.shared.traffic, fallback, status, secs);
+        if let (Some(a), Some(f)) = (span, span_facts) {
+            let dest = served
+                .cluster
+                .as_ref()
+                .map(|c| c.service.as_str())
+                .unwrap_or(fallback);
+            let dest_zone = served
+                .endpoint
+                .as_ref()
+                .map(|e| e.zone.as_str())
+                .unwrap_or(crate::traffic::UNKNOWN);
+            let (me, my_zone) = self.shared.traffic.me();
+            let mut attrs = trace::http_attrs(&f, status);
+            attrs.extend([
+                ("tern.direction", trace::Value::Str("outbound".into())),
+                ("tern.source.service", trace::Value::Str(me.to_string())),
+                ("tern.source.zone", trace::Value::Str(my_zone.to_string())),
+                ("tern.destination.service", trace::Value::Str(dest.into())),
+                ("tern.destination.zone", trace::Value::Str(dest_zone.into())),
+                (
+                    "tern.decision",
+                    trace::Value::Str(served.decision.name().into()),
+                ),
+            ]);
+            if let Some(e) = &served.endpoint {
+                attrs.push((
+                    "network.peer.address",
+                    trace::Value::Str(e.target.addr.to_string()),
+                ));
+            }
+            if let Some(r) = &served.route {
+                attrs.push(("http.route", trace::Value::Str(r.to_string())));
+            }
+            self.shared.tracer.finish(
+                a,
+                format!("{} {dest}", f.method),
+                false,
+                attrs,
+                status >= 500,
+            );
+        }
         if let Some(f) = log {
             let (me, my_zone) = self.shared.traffic.me();
             let tls = self.shared.tls.load();

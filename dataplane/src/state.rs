@@ -111,6 +111,8 @@ pub struct Shared {
     pub traffic: Arc<crate::traffic::Traffic>,
     /// The access log, as the proxy's AccessLog policy sets it.
     pub access_logs: crate::access_log::AccessLogs,
+    /// Spans, as the proxy's Trace policy sets it.
+    pub tracer: crate::trace::Tracer,
 }
 
 impl Shared {
@@ -135,6 +137,7 @@ impl Shared {
             targets: ArcSwap::from_pointee(HashMap::new()),
             traffic: Default::default(),
             access_logs: Default::default(),
+            tracer: Default::default(),
         }
     }
 
@@ -263,6 +266,12 @@ impl Shared {
             ),
             None => None,
         };
+        let trace = match inbound.and_then(|p| p.trace.as_ref()) {
+            Some(t) => {
+                Some(crate::trace::Settings::of(t).map_err(|e| format!("inbound policy: {e}"))?)
+            }
+            None => None,
+        };
         let no_limits = Vec::new();
         let limits = RateLimits::build(
             inbound.map(|p| &p.rate_limits).unwrap_or(&no_limits),
@@ -275,6 +284,11 @@ impl Shared {
         self.faults.store(Arc::new(faults));
         self.limits.store(Arc::new(limits));
         self.access_logs.apply(access_log);
+        let traffic = self.traffic.clone();
+        self.tracer.apply(trace, move || {
+            let (service, zone) = traffic.me();
+            crate::trace::Origin { service, zone }
+        });
         if self.health_check.load().as_deref() != check.as_deref() {
             self.health_check.store(check);
         }

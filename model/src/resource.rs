@@ -23,6 +23,7 @@ use crate::policy::ratelimit::RateLimitSpec;
 use crate::policy::retry::RetrySpec;
 use crate::policy::route::{HttpRouteSpec, TcpRouteSpec};
 use crate::policy::timeout::TimeoutSpec;
+use crate::policy::trace::TraceSpec;
 
 pub const API_VERSION: &str = "tern.dev/v1alpha1";
 /// The largest accepted resource, serialized as JSON. Lists are never
@@ -214,6 +215,12 @@ pub const KINDS: &[KindInfo] = &[
         plural: "accesslogs",
         system: false,
         validate: |v| typed::<AccessLogSpec>(v).and_then(|s| s.check()),
+    },
+    KindInfo {
+        name: "Trace",
+        plural: "traces",
+        system: false,
+        validate: |v| typed::<TraceSpec>(v).and_then(|s| s.check()),
     },
     KindInfo {
         name: "ZoneIngress",

@@ -12,6 +12,13 @@ pub mod v1 {
     pub use crate::shared::ProxyConfig;
 }
 
+/// OTLP trace export (a subset of OpenTelemetry's published protocol; see
+/// `proto/otlp.proto`).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod otlp {
+    include!("gen/opentelemetry.proto.collector.trace.v1.rs");
+}
+
 pub mod codec;
 mod shared;
 

@@ -17,16 +17,25 @@ fn generated_code_is_fresh() {
         .out_dir(&out)
         .compile_protos(&[root.join("proto/tern.proto")], &[root.join("proto")])
         .expect("compile tern.proto");
-    let fresh = std::fs::read_to_string(out.join("tern.v1.rs")).unwrap();
-    let _ = std::fs::remove_dir_all(&out);
-    let committed_path = root.join("src/gen/tern.v1.rs");
-    let committed = std::fs::read_to_string(&committed_path).unwrap_or_default();
-    if std::env::var_os("TERN_REGEN").is_some() {
-        std::fs::write(&committed_path, &fresh).unwrap();
-        return;
+    // OTLP traces: a client only, the default codec.
+    tonic_build::configure()
+        .build_transport(false)
+        .build_server(false)
+        .out_dir(&out)
+        .compile_protos(&[root.join("proto/otlp.proto")], &[root.join("proto")])
+        .expect("compile otlp.proto");
+    for file in ["tern.v1.rs", "opentelemetry.proto.collector.trace.v1.rs"] {
+        let fresh = std::fs::read_to_string(out.join(file)).unwrap();
+        let committed_path = root.join("src/gen").join(file);
+        let committed = std::fs::read_to_string(&committed_path).unwrap_or_default();
+        if std::env::var_os("TERN_REGEN").is_some() {
+            std::fs::write(&committed_path, &fresh).unwrap();
+            continue;
+        }
+        assert!(
+            fresh == committed,
+            "proto/src/gen/{file} is stale: run `TERN_REGEN=1 cargo test -p proto --test generated`"
+        );
     }
-    assert!(
-        fresh == committed,
-        "proto/src/gen/tern.v1.rs is stale: run `TERN_REGEN=1 cargo test -p proto --test generated`"
-    );
+    let _ = std::fs::remove_dir_all(&out);
 }

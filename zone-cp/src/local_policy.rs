@@ -26,6 +26,7 @@ pub const LOCAL_KINDS: &[&str] = &[
     "LoadBalancer",
     "HealthCheck",
     "AccessLog",
+    "Trace",
     "RateLimit",
     "FaultInjection",
 ];

@@ -140,12 +140,14 @@ async fn main() -> anyhow::Result<()> {
                     let version = format!("{:?}", req.version());
                     let path = req.uri().path().to_string();
                     // The request's own `x-` headers (the mesh's excepted),
-                    // so tests see what routes changed.
+                    // so tests see what routes changed, and its trace
+                    // context.
                     let headers: serde_json::Map<String, serde_json::Value> = req
                         .headers()
                         .iter()
                         .filter(|(k, _)| {
-                            k.as_str().starts_with("x-") && !k.as_str().starts_with("x-tern-")
+                            (k.as_str().starts_with("x-") && !k.as_str().starts_with("x-tern-"))
+                                || k.as_str() == "traceparent"
                         })
                         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
                         .collect();

@@ -299,6 +299,12 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             inbound: true,
             outbound: false,
         }),
+        trace: Some(pb::Trace {
+            name: "Trace/mesh".into(),
+            sampling: 0.01,
+            endpoint: "127.0.0.1:4317".into(),
+            protocol: "grpc".into(),
+        }),
         mtls_mode: "permissive".into(),
         rules: vec![pb::AccessRule {
             name: "AccessPolicy/a/web".into(),

@@ -682,6 +682,25 @@ pub struct InboundPolicy {
     /// it writes none.
     #[prost(message, optional, tag = "9")]
     pub access_log: ::core::option::Option<AccessLog>,
+    /// Whether and where this proxy records traces (its Trace policy); none:
+    /// it records none, and passes `traceparent` on untouched.
+    #[prost(message, optional, tag = "10")]
+    pub trace: ::core::option::Option<Trace>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Trace {
+    /// `Trace/NAME`.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The share of new traces to start, 0 to 1.
+    #[prost(double, tag = "2")]
+    pub sampling: f64,
+    /// host:port of the OTLP collector.
+    #[prost(string, tag = "3")]
+    pub endpoint: ::prost::alloc::string::String,
+    /// "grpc" or "http".
+    #[prost(string, tag = "4")]
+    pub protocol: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AccessLog {

@@ -1,0 +1,483 @@
+//! Traces: a span for each HTTP request this proxy handles while its
+//! `Trace` policy says so, with W3C trace context (`traceparent`) carried
+//! through, exported in batches over OTLP (gRPC, or HTTP with a protobuf
+//! body) to the collector the policy names.
+//!
+//! Sampling is head-based: the first proxy a request meets without a
+//! `traceparent` decides, at the policy's rate, and writes its decision
+//! into the header it passes on; every proxy after it follows, so a trace
+//! is whole or absent. Without a policy a proxy records nothing and
+//! passes the header on untouched. Spans wait in a bounded queue for one
+//! exporter task; when it falls behind they are dropped and counted.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use http::HeaderValue;
+use prometheus_client::metrics::counter::Counter;
+use proto::otlp as otel;
+use proto::v1 as pb;
+use tokio::sync::mpsc;
+
+pub const TRACEPARENT: &str = "traceparent";
+/// Spans waiting for the exporter.
+const QUEUE: usize = 2048;
+/// A batch leaves when it has this many spans, or after [`FLUSH`].
+const BATCH: usize = 512;
+const FLUSH: Duration = Duration::from_secs(1);
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A W3C trace context (`traceparent`, version 00).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Context {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+}
+
+fn hex_into(s: &str, out: &mut [u8]) -> Option<()> {
+    if s.len() != out.len() * 2 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Context {
+    /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`; a later
+    /// version's header is read by its first four fields, as the spec
+    /// asks. All-zero ids are invalid.
+    pub fn parse(v: &HeaderValue) -> Option<Context> {
+        let s = v.to_str().ok()?;
+        let mut it = s.split('-');
+        let (version, trace, span, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
+        if version.len() != 2 || version == "ff" || (version == "00" && it.next().is_some()) {
+            return None;
+        }
+        let mut c = Context {
+            trace_id: [0; 16],
+            span_id: [0; 8],
+            sampled: false,
+        };
+        hex_into(trace, &mut c.trace_id)?;
+        hex_into(span, &mut c.span_id)?;
+        let mut f = [0u8; 1];
+        hex_into(flags, &mut f)?;
+        c.sampled = f[0] & 1 == 1;
+        if c.trace_id == [0; 16] || c.span_id == [0; 8] {
+            return None;
+        }
+        Some(c)
+    }
+
+    pub fn header(&self) -> HeaderValue {
+        let v = format!(
+            "00-{}-{}-{}",
+            hex(&self.trace_id),
+            hex(&self.span_id),
+            if self.sampled { "01" } else { "00" }
+        );
+        HeaderValue::from_str(&v).expect("hex is a valid header value")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// `Trace/NAME`.
+    pub name: String,
+    /// 0 to 1.
+    pub ratio: f64,
+    pub endpoint: String,
+    pub http: bool,
+}
+
+impl Settings {
+    pub fn of(p: &pb::Trace) -> Result<Settings, String> {
+        if !(0.0..=1.0).contains(&p.sampling) {
+            return Err(format!("{}: sampling {} is not 0 to 1", p.name, p.sampling));
+        }
+        let http = match p.protocol.as_str() {
+            "grpc" | "" => false,
+            "http" => true,
+            x => return Err(format!("{}: unknown OTLP protocol {x:?}", p.name)),
+        };
+        if p.endpoint.parse::<http::uri::Authority>().is_err() {
+            return Err(format!("{}: {:?} is not host:port", p.name, p.endpoint));
+        }
+        Ok(Settings {
+            name: p.name.clone(),
+            ratio: p.sampling,
+            endpoint: p.endpoint.clone(),
+            http,
+        })
+    }
+}
+
+struct Exporter {
+    settings: Settings,
+    tx: mpsc::Sender<otel::Span>,
+}
+
+/// A span in progress.
+pub struct Active {
+    /// Ours: what the next hop sees as its parent.
+    pub ctx: Context,
+    parent: Option<[u8; 8]>,
+    start: SystemTime,
+}
+
+#[derive(Default)]
+pub struct Tracer {
+    current: ArcSwapOption<Exporter>,
+    rng: crate::balance::Rng,
+    pub exported: Counter,
+    pub dropped: Counter,
+}
+
+/// What the proxy is, for the spans' resource.
+#[derive(Clone)]
+pub struct Origin {
+    pub service: Arc<str>,
+    pub zone: Arc<str>,
+}
+
+impl Tracer {
+    /// Follow the policy: a new exporter when the settings change, none
+    /// without a policy.
+    pub fn apply(&self, settings: Option<Settings>, origin: impl Fn() -> Origin + Send + 'static) {
+        let same = match (&*self.current.load(), &settings) {
+            (Some(e), Some(s)) => e.settings == *s,
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let Some(settings) = settings else {
+            self.current.store(None);
+            tracing::info!("tracing off");
+            return;
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tracing::info!(policy = %settings.name, endpoint = %settings.endpoint, http = settings.http, ratio = settings.ratio, "tracing on");
+        tokio::spawn(export_loop(
+            settings.clone(),
+            rx,
+            origin,
+            self.exported.clone(),
+            self.dropped.clone(),
+        ));
+        self.current
+            .store(Some(Arc::new(Exporter { settings, tx })));
+    }
+
+    fn id<const N: usize>(&self) -> [u8; N] {
+        let mut out = [0u8; N];
+        for chunk in out.chunks_mut(8) {
+            let v = self.rng.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        if out.iter().all(|b| *b == 0) {
+            out[0] = 1;
+        }
+        out
+    }
+
+    /// The span for a request whose incoming `traceparent` is `parent`,
+    /// and the header to pass on; `None` when this proxy has no Trace
+    /// policy (the header then passes untouched). A request without one
+    /// starts a trace, sampled at the policy's rate.
+    pub fn start(&self, parent: Option<&HeaderValue>) -> Option<Active> {
+        let e = self.current.load();
+        let e = e.as_ref()?;
+        let parent = parent.and_then(Context::parse);
+        let (trace_id, sampled, parent_id) = match parent {
+            Some(p) => (p.trace_id, p.sampled, Some(p.span_id)),
+            None => {
+                let draw = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                (self.id::<16>(), draw < e.settings.ratio, None)
+            }
+        };
+        Some(Active {
+            ctx: Context {
+                trace_id,
+                span_id: self.id::<8>(),
+                sampled,
+            },
+            parent: parent_id,
+            start: SystemTime::now(),
+        })
+    }
+
+    /// Record a finished span (if its trace is sampled).
+    pub fn finish(
+        &self,
+        a: Active,
+        name: String,
+        server: bool,
+        attrs: Vec<(&'static str, Value)>,
+        error: bool,
+    ) {
+        if !a.ctx.sampled {
+            return;
+        }
+        let guard = self.current.load();
+        let Some(e) = guard.as_ref() else {
+            return;
+        };
+        let nanos = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        };
+        let span = otel::Span {
+            trace_id: a.ctx.trace_id.to_vec(),
+            span_id: a.ctx.span_id.to_vec(),
+            parent_span_id: a.parent.map(|p| p.to_vec()).unwrap_or_default(),
+            name,
+            kind: if server {
+                otel::span::SpanKind::Server
+            } else {
+                otel::span::SpanKind::Client
+            } as i32,
+            start_time_unix_nano: nanos(a.start),
+            end_time_unix_nano: nanos(SystemTime::now()),
+            attributes: attrs.into_iter().map(|(k, v)| kv(k, v)).collect(),
+            status: Some(otel::Status {
+                message: String::new(),
+                code: if error {
+                    otel::status::StatusCode::Error
+                } else {
+                    otel::status::StatusCode::Unset
+                } as i32,
+            }),
+            flags: 0x100 | 1,
+            ..Default::default()
+        };
+        if e.tx.try_send(span).is_err() {
+            self.dropped.inc();
+        }
+    }
+
+    /// For `/config_dump`.
+    pub fn dump(&self) -> serde_json::Value {
+        match &*self.current.load() {
+            None => serde_json::Value::Null,
+            Some(e) => serde_json::json!({
+                "policy": e.settings.name,
+                "sampling": e.settings.ratio,
+                "endpoint": e.settings.endpoint,
+                "protocol": if e.settings.http { "http" } else { "grpc" },
+            }),
+        }
+    }
+}
+
+/// The HTTP attributes of a span (OpenTelemetry's semantic conventions).
+pub fn http_attrs(f: &crate::access_log::RequestFacts, status: u16) -> Vec<(&'static str, Value)> {
+    let path = f.path.split('?').next().unwrap_or("/");
+    let mut v = vec![
+        ("http.request.method", Value::Str(f.method.clone())),
+        ("url.path", Value::Str(path.to_string())),
+        ("http.response.status_code", Value::Int(i64::from(status))),
+    ];
+    if let Some(a) = &f.authority {
+        v.push(("server.address", Value::Str(a.clone())));
+    }
+    v
+}
+
+/// An attribute value.
+pub enum Value {
+    Str(String),
+    Int(i64),
+}
+
+fn kv(k: &str, v: Value) -> otel::KeyValue {
+    use otel::any_value::Value as V;
+    otel::KeyValue {
+        key: k.to_string(),
+        value: Some(otel::AnyValue {
+            value: Some(match v {
+                Value::Str(s) => V::StringValue(s),
+                Value::Int(i) => V::IntValue(i),
+            }),
+        }),
+    }
+}
+
+async fn export_loop(
+    s: Settings,
+    mut rx: mpsc::Receiver<otel::Span>,
+    origin: impl Fn() -> Origin,
+    exported: Counter,
+    dropped: Counter,
+) {
+    let grpc = if s.http {
+        None
+    } else {
+        match tonic::transport::Endpoint::from_shared(format!("http://{}", s.endpoint)) {
+            Ok(e) => Some(otel::trace_service_client::TraceServiceClient::new(
+                e.timeout(EXPORT_TIMEOUT)
+                    .connect_timeout(EXPORT_TIMEOUT)
+                    .connect_lazy(),
+            )),
+            Err(e) => {
+                tracing::error!(endpoint = %s.endpoint, error = %e, "bad OTLP endpoint; spans are dropped until the policy changes");
+                return;
+            }
+        }
+    };
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut warned = false;
+    loop {
+        // Wait for a first span, then up to FLUSH for the batch to fill.
+        if rx.recv_many(&mut batch, BATCH).await == 0 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + FLUSH;
+        while batch.len() < BATCH {
+            let room = BATCH - batch.len();
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let n = batch.len() as u64;
+        let o = origin();
+        let req = otel::ExportTraceServiceRequest {
+            resource_spans: vec![otel::ResourceSpans {
+                resource: Some(otel::Resource {
+                    attributes: vec![
+                        kv("service.name", Value::Str(o.service.to_string())),
+                        kv("tern.zone", Value::Str(o.zone.to_string())),
+                        kv("telemetry.sdk.name", Value::Str("tern".into())),
+                    ],
+                    dropped_attributes_count: 0,
+                }),
+                scope_spans: vec![otel::ScopeSpans {
+                    scope: Some(otel::InstrumentationScope {
+                        name: "tern-dataplane".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                    }),
+                    spans: std::mem::take(&mut batch),
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        let result: Result<(), String> = match &grpc {
+            Some(c) => c
+                .clone()
+                .export(req)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.message().to_string()),
+            None => {
+                let body = prost::Message::encode_to_vec(&req);
+                let r = http::Request::post(format!("http://{}/v1/traces", s.endpoint))
+                    .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    .map_err(|e| e.to_string());
+                match r {
+                    Err(e) => Err(e),
+                    Ok(r) => match tokio::time::timeout(EXPORT_TIMEOUT, http.request(r)).await {
+                        Err(_) => Err("timed out".into()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
+                        Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
+                    },
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                exported.inc_by(n);
+                warned = false;
+            }
+            Err(e) => {
+                dropped.inc_by(n);
+                if !warned {
+                    tracing::warn!(endpoint = %s.endpoint, error = %e, spans = n, "could not export spans; dropping them (said once until an export works)");
+                    warned = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips_and_bad_ones_are_ignored() {
+        let v = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let c = Context::parse(&v).unwrap();
+        assert!(c.sampled);
+        assert_eq!(c.header(), v);
+        // A future version with more fields is read by its first four.
+        let later = HeaderValue::from_static(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra",
+        );
+        assert!(!Context::parse(&later).unwrap().sampled);
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bZ-01",
+        ] {
+            assert_eq!(
+                Context::parse(&HeaderValue::from_static(bad)),
+                None,
+                "{bad}"
+            );
+        }
+    }
+
+    fn settings(ratio: f64) -> Settings {
+        Settings {
+            name: "Trace/t".into(),
+            ratio,
+            endpoint: "127.0.0.1:1".into(),
+            http: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trace_is_started_at_the_rate_and_followed_after() {
+        let t = Tracer::default();
+        assert!(t.start(None).is_none(), "no policy, no span");
+        let origin = || Origin {
+            service: "web".into(),
+            zone: "z".into(),
+        };
+        t.apply(Some(settings(0.25)), origin);
+        let sampled = (0..4000)
+            .filter(|_| t.start(None).unwrap().ctx.sampled)
+            .count();
+        assert!((800..1200).contains(&sampled), "{sampled} of 4000 at 25%");
+        // A parent's decision is followed, either way, in the same trace.
+        let parent = Context {
+            trace_id: [7; 16],
+            span_id: [9; 8],
+            sampled: false,
+        };
+        let child = t.start(Some(&parent.header())).unwrap();
+        assert_eq!(child.ctx.trace_id, [7; 16]);
+        assert!(!child.ctx.sampled);
+        assert_ne!(child.ctx.span_id, [9; 8]);
+        assert_eq!(child.parent, Some([9; 8]));
+    }
+}

@@ -1,0 +1,337 @@
+//! Traces across zones: Trace policies applied at the global, spans
+//! recorded by the caller's and the destination's sidecars, W3C trace
+//! context carried end to end through the gateways, exported over OTLP
+//! (gRPC and HTTP) to a receiver built on OpenTelemetry's published
+//! protobuf definitions (the `opentelemetry-proto` crate's own types, not
+//! Tern's). The two-zone mesh of `support::mesh`: `pay` in z1 (.12), its
+//! caller `web` in z2 (.40).
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use support::mesh::*;
+use support::*;
+
+const H: &str = "apiVersion: tern.dev/v1alpha1\n";
+
+/// A span as received, with its resource's attributes.
+#[derive(Clone, Debug)]
+struct Got {
+    service: String,
+    zone: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent: Vec<u8>,
+    kind: i32,
+    name: String,
+    attrs: Vec<(String, String)>,
+    via: &'static str,
+}
+
+impl Got {
+    fn attr(&self, k: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(x, _)| x == k)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+type Spans = Arc<Mutex<Vec<Got>>>;
+
+fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+fn keep(spans: &Spans, req: ExportTraceServiceRequest, via: &'static str) {
+    let mut g = spans.lock().unwrap();
+    for rs in req.resource_spans {
+        let res: Vec<(String, String)> = rs
+            .resource
+            .map(|r| {
+                r.attributes
+                    .iter()
+                    .map(|a| (a.key.clone(), text(&a.value)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let get = |k: &str| {
+            res.iter()
+                .find(|(x, _)| x == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        for ss in rs.scope_spans {
+            for s in ss.spans {
+                g.push(Got {
+                    service: get("service.name"),
+                    zone: get("tern.zone"),
+                    trace_id: s.trace_id,
+                    span_id: s.span_id,
+                    parent: s.parent_span_id,
+                    kind: s.kind,
+                    name: s.name,
+                    attrs: s
+                        .attributes
+                        .iter()
+                        .map(|a| (a.key.clone(), text(&a.value)))
+                        .collect(),
+                    via,
+                });
+            }
+        }
+    }
+}
+
+struct Grpc(Spans);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        keep(&self.0, req.into_inner(), "grpc");
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// OTLP receivers on `grpc` and `http` (POST /v1/traces, protobuf), run
+/// on their own runtime until the test ends.
+fn receivers(grpc: SocketAddr, http: SocketAddr) -> (Spans, tokio::runtime::Runtime) {
+    let spans: Spans = Default::default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = spans.clone();
+    rt.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Grpc(s)))
+            .serve(grpc)
+            .await
+            .unwrap();
+    });
+    let s = spans.clone();
+    let listener = rt.block_on(tokio::net::TcpListener::bind(http)).unwrap();
+    rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let s = s.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let ok = req.uri().path() == "/v1/traces"
+                                && req
+                                    .headers()
+                                    .get("content-type")
+                                    .is_some_and(|v| v == "application/x-protobuf");
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let status =
+                                match <ExportTraceServiceRequest as prost::Message>::decode(body) {
+                                    Ok(r) if ok => {
+                                        keep(&s, r, "http");
+                                        200
+                                    }
+                                    _ => 400,
+                                };
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (spans, rt)
+}
+
+fn trace_policy(m: &Mesh, sampling: &str, endpoint: SocketAddr, protocol: &str) {
+    m.g.apply(&format!(
+        "{H}kind: Trace\nmetadata: {{name: mesh-traces}}\nspec: {{sampling: {sampling}, otlp: {{endpoint: '{endpoint}', protocol: {protocol}}}}}\n"
+    ));
+}
+
+fn spans_of(spans: &Spans, trace: &[u8]) -> Vec<Got> {
+    spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.trace_id == trace)
+        .cloned()
+        .collect()
+}
+
+/// One request from web (z2) to pay (z1), traced at 100%: the receiver
+/// gets exactly two spans of one trace: web's client span (resource web in
+/// z2, destination pay in z1, status 200) and pay's server span (resource
+/// pay in z1, source web in z2) whose parent is web's span, so the context
+/// crossed both gateways inside the end-to-end mTLS session. The app
+/// behind pay receives a traceparent naming pay's span. At 0% no span is
+/// recorded, yet a request that arrives with a sampled traceparent is
+/// still traced in the caller's trace (the first proxy's decision is
+/// followed). With `protocol: http`, spans arrive over OTLP/HTTP.
+#[test]
+fn one_trace_crosses_two_zones_and_sampling_is_decided_once() {
+    let m = Mesh::start("traces", Net(74), None);
+    let grpc = m.net.addr(250, 4317);
+    let http_at = m.net.addr(251, 4318);
+    let (spans, _rt) = receivers(grpc, http_at);
+    let pay = m.workload("z1", 12, "pay", &[]);
+    let web = m.workload("z2", 40, "web", &[]);
+    wait_for("pay in web's config", T, || {
+        (!web.endpoints("pay").is_empty()).then_some(())
+    });
+    trace_policy(&m, "100", grpc, "grpc");
+    for w in [&web, &pay] {
+        wait_dump(w, "/trace/sampling", |v| v.as_f64() == Some(1.0));
+    }
+    let r = http(web.outbound(), "GET", "pay", "/headers", &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = wait_for("two spans at the receiver", patient(T), || {
+        let g = spans.lock().unwrap().clone();
+        (g.len() >= 2).then_some(g)
+    });
+    assert_eq!(got.len(), 2, "{got:#?}");
+    let client = got
+        .iter()
+        .find(|s| s.kind == SpanKind::Client as i32)
+        .expect("a client span");
+    let server = got
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .expect("a server span");
+    assert_eq!(client.trace_id, server.trace_id, "one trace");
+    assert_eq!(client.trace_id.len(), 16);
+    assert_eq!(
+        server.parent, client.span_id,
+        "pay's span is a child of web's"
+    );
+    assert!(client.parent.is_empty(), "web's span starts the trace");
+    assert_eq!(
+        (client.service.as_str(), client.zone.as_str()),
+        ("web", "z2")
+    );
+    assert_eq!(
+        (server.service.as_str(), server.zone.as_str()),
+        ("pay", "z1")
+    );
+    assert_eq!(client.attr("tern.destination.zone"), Some("z1"));
+    assert_eq!(client.attr("tern.destination.service"), Some("pay"));
+    assert_eq!(server.attr("tern.source.zone"), Some("z2"));
+    assert_eq!(server.attr("tern.source.service"), Some("web"));
+    assert_eq!(client.attr("http.response.status_code"), Some("200"));
+    assert_eq!(server.attr("url.path"), Some("/headers"));
+    assert_eq!(client.name, "GET pay");
+    assert_eq!(client.via, "grpc");
+    // The app saw the context with pay's span as its parent.
+    let want = format!("00-{}-{}-01", hex(&server.trace_id), hex(&server.span_id));
+    assert!(r.body.contains(&want), "the app got {want}: {}", r.body);
+
+    // 0%: nothing is started...
+    trace_policy(&m, "0", grpc, "grpc");
+    for w in [&web, &pay] {
+        wait_dump(w, "/trace/sampling", |v| v.as_f64() == Some(0.0));
+    }
+    let before = spans.lock().unwrap().len();
+    for _ in 0..20 {
+        assert_eq!(
+            http(web.outbound(), "GET", "pay", "/r", &[])
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    // ...but a sampled trace that began upstream is followed.
+    let upstream = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = http(
+        web.outbound(),
+        "GET",
+        "pay",
+        "/r",
+        &[("traceparent", upstream)],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let trace: Vec<u8> = (0..16)
+        .map(|i| {
+            u8::from_str_radix(&"0af7651916cd43dd8448eb211c80319c"[2 * i..2 * i + 2], 16).unwrap()
+        })
+        .collect();
+    let followed = wait_for("the upstream trace's spans", patient(T), || {
+        let s = spans_of(&spans, &trace);
+        (s.len() >= 2).then_some(s)
+    });
+    let c = followed
+        .iter()
+        .find(|s| s.kind == SpanKind::Client as i32)
+        .unwrap();
+    assert_eq!(
+        hex(&c.parent),
+        "b7ad6b7169203331",
+        "web's span continues the caller's"
+    );
+    assert_eq!(
+        spans.lock().unwrap().len(),
+        before + 2,
+        "only the upstream-sampled request was traced"
+    );
+
+    // OTLP over HTTP.
+    trace_policy(&m, "100", http_at, "http");
+    for w in [&web, &pay] {
+        wait_dump(w, "/trace/protocol", |v| v == "http");
+    }
+    assert_eq!(
+        http(web.outbound(), "GET", "pay", "/r", &[])
+            .unwrap()
+            .status,
+        200
+    );
+    wait_for("two spans over OTLP/HTTP", patient(T), || {
+        let n = spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.via == "http")
+            .count();
+        (n >= 2).then_some(())
+    });
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
