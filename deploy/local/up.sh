@@ -149,6 +149,7 @@ Admin ports (/ready /metrics /config_dump):
   zone-cps        http://127.0.1.1:5680  http://127.0.2.1:5680  http://127.0.3.1:5680
   gateways        http://127.0.N.5:15090 and http://127.0.N.6:15090 for zone N = 1, 2, 3
   web's sidecar   http://127.0.1.10:15000/config_dump   (locality tiers, endpoint health)
+Web console: http://127.0.0.1:5681/ui/  (sign in with the token in $state/global/admin-token)
 Traffic figures (docs/observability.md):
   $bin/ternctl inspect services               # each service per zone: req/s, errors, p50/p99, instances
   $bin/ternctl inspect traffic -o wide        # zone-to-zone matrix and service edges

@@ -4,11 +4,8 @@
 //! template variable's, must parse and return series.
 mod support;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::mesh::*;
@@ -111,51 +108,6 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
     out
 }
 
-/// Traffic until dropped: web calls pay (cross-zone, retried), api (local)
-/// and db (opaque TCP, cross-zone).
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(web: &Workload, tcp: SocketAddr) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for service in ["pay", "api"] {
-            let (stop, at) = (stop.clone(), web.outbound());
-            threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = http(at, "GET", service, "/r", &[]);
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }));
-        }
-        let s = stop.clone();
-        threads.push(std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                if let Ok(mut c) = std::net::TcpStream::connect(tcp) {
-                    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-                    let _ = c.write_all(b"ping!");
-                    let mut b = [0u8; 5];
-                    let _ = c.read_exact(&mut b);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }));
-        Traffic { stop, threads }
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Every query of every dashboard (and of its variables) returns series
 /// from a real Prometheus scraping the global, both zone control planes,
 /// all four gateways and the sidecars of a two-zone mesh with HTTP
@@ -196,7 +148,7 @@ fn every_dashboard_query_returns_series_from_a_real_prometheus() {
     )
     .unwrap();
     assert_eq!(r.status, 200);
-    let _traffic = Traffic::start(&web, m.net.addr(40, 16000));
+    let _traffic = Traffic::start(&web, &["pay", "api"], Some(m.net.addr(40, 16000)));
 
     // Prometheus on this test's own loopback address, scraping every
     // admin port each second.

@@ -63,6 +63,8 @@ pub fn init_credential(state: &State) -> anyhow::Result<String> {
 struct Api {
     state: Arc<State>,
     token: Arc<String>,
+    /// The console's signed-in browsers (read access).
+    sessions: Arc<crate::console::Sessions>,
 }
 
 pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyhow::Result<()> {
@@ -92,7 +94,12 @@ pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyh
     let api = Api {
         state: state.clone(),
         token: Arc::new(token),
+        sessions: Default::default(),
     };
+    let console = crate::console::router(crate::console::Console {
+        sessions: api.sessions.clone(),
+        token: api.token.clone(),
+    });
     let router = Router::new()
         .route("/api/v1/tokens", get(list_tokens).post(issue_token))
         .route("/api/v1/revocations", post(revoke))
@@ -118,7 +125,8 @@ pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyh
         )
         .layer(axum::middleware::from_fn_with_state(api.clone(), auth))
         .with_state(api)
-        .merge(admin.router());
+        .merge(admin.router())
+        .merge(console);
     telemetry::serve_router(router, state.config.admin_addr)
         .await
         .map_err(|e| anyhow::anyhow!("bind admin API {}: {e}", state.config.admin_addr))?;
@@ -131,6 +139,14 @@ async fn auth(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // The console's session cookie allows reads only.
+    let read = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if read && telemetry::bearer(&headers).is_none() && api.sessions.valid(&headers) {
+        return next.run(req).await;
+    }
     match telemetry::bearer(&headers) {
         Some(t) if telemetry::constant_time_eq(t.as_bytes(), api.token.as_bytes()) => next.run(req).await,
         Some(_) => err(StatusCode::UNAUTHORIZED, "the admin token is wrong; use the one in <data-dir>/admin-token"),

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod authority;
+pub mod console;
 pub mod inventory;
 pub mod membership;
 pub mod rotation;

@@ -149,3 +149,56 @@ pub fn wait_dump(w: &Workload, what: &str, ok: impl Fn(&serde_json::Value) -> bo
         d.pointer(what).filter(|v| ok(v)).map(|_| ())
     });
 }
+
+/// Traffic until dropped: `web` calls each of `services` every 20 ms, and
+/// opens an opaque TCP connection to `tcp` (an echo) every 50 ms.
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    pub fn start(
+        web: &Workload,
+        services: &[&'static str],
+        tcp: Option<std::net::SocketAddr>,
+    ) -> Traffic {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for service in services.iter().copied() {
+            let (stop, at) = (stop.clone(), web.outbound());
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = http(at, "GET", service, "/r", &[]);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }));
+        }
+        if let Some(tcp) = tcp {
+            let s = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    if let Ok(mut c) = std::net::TcpStream::connect(tcp) {
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                        let _ = c.write_all(b"ping!");
+                        let mut b = [0u8; 5];
+                        let _ = c.read_exact(&mut b);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }));
+        }
+        Traffic { stop, threads }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The web console, in a real browser: headless Chromium (Debian's
+//! `chromium`; `.ci/run` installs it) driven over the DevTools protocol by
+//! `e2e/py/console.py`, against the global of a running two-zone mesh
+//! with traffic. Screenshots of every page are kept as test artefacts in
+//! the target folder (`console-screenshots/`).
+mod support;
+
+use std::path::PathBuf;
+
+use support::mesh::*;
+use support::*;
+
+const H: &str = "apiVersion: tern.dev/v1alpha1\n";
+
+fn chromium() -> PathBuf {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .flat_map(|name| {
+            std::env::var_os("PATH")
+                .into_iter()
+                .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .map(move |d| d.join(name))
+        })
+        .find(|p| p.is_file())
+        .expect("this test needs Chromium: `apt-get install chromium` (Debian's package; .ci/run installs it)")
+}
+
+/// Signed out, the console sends a browser to its login page and the API
+/// refuses it; a wrong token is refused with a message; the admin token,
+/// typed into the form, signs in. Then each page shows the mesh's live
+/// data: zones online; services per zone with their instance counts and
+/// charts of their rates and latency; one service's charts; the
+/// zone-to-zone matrix and service edges; the policies with where each
+/// applies; the dataplanes with their state; and one dataplane's explain
+/// view. Every page's screenshot is a real image.
+#[test]
+fn the_console_shows_the_live_mesh_in_a_real_browser() {
+    let browser = chromium();
+    let m = Mesh::start("console", Net(75), None);
+    let _pay = m.workload("z1", 12, "pay", &[]);
+    let _api1 = m.workload("z1", 13, "api", &[]);
+    let _api2 = m.workload("z2", 42, "api", &[]);
+    let web = m.workload("z2", 40, "web", &[]);
+    wait_for("pay and api in web's config", T, || {
+        (!web.endpoints("pay").is_empty() && !web.endpoints("api").is_empty()).then_some(())
+    });
+    m.g.apply(&format!(
+        "{H}kind: Retry\nmetadata: {{name: pay-retries}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: pay}}\n  http: {{attempts: 3, on: [5xx], budget: {{percent: 100, minPerSecond: 100}}}}\n---\n{H}kind: AccessLog\nmetadata: {{name: pay-log}}\nspec: {{targetRef: {{service: pay}}}}\n"
+    ));
+    let _traffic = Traffic::start(&web, &["pay", "api"], None);
+    // Two reports from each zone at least, so charts have lines.
+    wait_for("services with traffic at the global", patient(T), || {
+        let v: serde_json::Value = serde_json::from_str(
+            &m.g.ctl(&["inspect", "services", "--window", "10m", "-o", "json"]),
+        )
+        .ok()?;
+        let busy = v
+            .as_array()?
+            .iter()
+            .filter(|s| s["total"]["requests"].as_u64().unwrap_or(0) > 100)
+            .count();
+        (busy == 2).then_some(())
+    });
+    std::thread::sleep(patient(std::time::Duration::from_secs(6)));
+
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    let _ = std::fs::remove_dir_all(&out);
+    let checks = serde_json::json!([
+        {"page": "#/zones", "expect": ["z1", "z2", "online"]},
+        {"page": "#/services", "expect": ["pay", "api", "z1", "z2", "1/1", "Requests per second by zone"]},
+        {"page": "#/service/pay", "name": "service-pay", "expect": ["Service pay", "z1", "Requests per second", "p99 latency"]},
+        {"page": "#/traffic", "expect": ["z2", "z1", "req/s", "web", "pay"]},
+        {"page": "#/policies", "expect": ["Retry", "pay-retries", "AccessLog", "pay-log", "service web → service pay"]},
+        {"page": "#/dataplanes", "expect": ["pay-12", "web-40", "serving", "gateway", "z1", "z2"]},
+        {"page": "#/dataplane/z1/pay-12", "name": "dataplane-pay-12", "expect": ["Dataplane pay-12", "outbound"]},
+    ]);
+    let o = std::process::Command::new(python())
+        .arg(py_script("console.py"))
+        .arg(&browser)
+        .arg(format!("http://{}", m.net.addr(1, 5681)))
+        .arg(m.g.data.join("admin-token"))
+        .arg(&out)
+        .arg(checks.to_string())
+        .output()
+        .expect("run console.py");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let steps: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name}: {stdout}"))
+            .clone()
+    };
+    assert_eq!(step("signed-out")["api"], 401);
+    assert!(step("wrong-token")["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("not the admin token")));
+    for (page, min_lines) in [("services", 2), ("service-pay", 3)] {
+        let lines = step(page)["charts"].as_u64().unwrap_or(0);
+        assert!(lines >= min_lines, "{page}: {lines} chart lines: {stdout}");
+    }
+    for name in [
+        "login-refused",
+        "zones",
+        "services",
+        "service-pay",
+        "traffic",
+        "policies",
+        "dataplanes",
+        "dataplane-pay-12",
+    ] {
+        let png = std::fs::read(out.join(format!("{name}.png"))).unwrap_or_default();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{name}.png: {} bytes",
+            png.len()
+        );
+    }
+}
