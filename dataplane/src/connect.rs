@@ -253,7 +253,7 @@ async fn connect_mesh_unbounded(
                 dest_zone: via.dest_zone.clone(),
                 source_zone: own_zone,
                 port: None,
-                traceparent: None,
+                traceparent: crate::trace::current_flow_traceparent(),
                 subset: via.subset.clone(),
             }
             .encode()?;

@@ -195,10 +195,19 @@ impl Proxy {
                 }
             }
             served.endpoint = Some(ep.clone());
+            let flow = crate::trace::flow_context(req.parts.headers.get(crate::trace::TRACEPARENT));
             let r = mesh_request(req.parts, &ep.authority, &req.path, version, b);
             let active = ep.start_request();
+            // A connection opened for a traced request carries its context
+            // to the gateways.
+            let send = async {
+                match flow {
+                    Some(c) => crate::trace::FLOW_CONTEXT.scope(c, client.send(r)).await,
+                    None => client.send(r).await,
+                }
+            };
             let res: Result<Response<hyper::body::Incoming>, (Failure, String)> = if req.retryable {
-                match tokio::time::timeout(policy.per_try_timeout, client.send(r)).await {
+                match tokio::time::timeout(policy.per_try_timeout, send).await {
                     Ok(Err(e)) if e.circuit_open() => {
                         served.decided(Decision::CircuitOpen);
                         return self.circuit_open(service, "max-connections");
@@ -213,7 +222,7 @@ impl Proxy {
                     )),
                 }
             } else {
-                match client.send(r).await {
+                match send.await {
                     Err(e) if e.circuit_open() => {
                         served.decided(Decision::CircuitOpen);
                         return self.circuit_open(service, "max-connections");

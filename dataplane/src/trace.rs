@@ -55,7 +55,11 @@ impl Context {
     /// version's header is read by its first four fields, as the spec
     /// asks. All-zero ids are invalid.
     pub fn parse(v: &HeaderValue) -> Option<Context> {
-        let s = v.to_str().ok()?;
+        Self::parse_str(v.to_str().ok()?)
+    }
+
+    /// As [`Context::parse`], from text (a flow header's field).
+    pub fn parse_str(s: &str) -> Option<Context> {
         let mut it = s.split('-');
         let (version, trace, span, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
         if version.len() != 2 || version == "ff" || (version == "00" && it.next().is_some()) {
@@ -86,6 +90,28 @@ impl Context {
         );
         HeaderValue::from_str(&v).expect("hex is a valid header value")
     }
+}
+
+tokio::task_local! {
+    /// The sampled trace of the request being sent, while a connection is
+    /// opened for it: a flow to a gateway carries it in its header, so the
+    /// gateways' spans join the request's trace.
+    pub static FLOW_CONTEXT: Context;
+}
+
+/// The context to open a connection under for a request carrying
+/// `traceparent` (sampled traces only).
+pub fn flow_context(h: Option<&HeaderValue>) -> Option<Context> {
+    h.and_then(Context::parse).filter(|c| c.sampled)
+}
+
+/// The `traceparent` for a new flow's header, if a sampled request is
+/// opening it.
+pub fn current_flow_traceparent() -> Option<String> {
+    FLOW_CONTEXT
+        .try_with(|c| c.header().to_str().ok().map(str::to_string))
+        .ok()
+        .flatten()
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -195,9 +221,13 @@ impl Tracer {
     /// policy (the header then passes untouched). A request without one
     /// starts a trace, sampled at the policy's rate.
     pub fn start(&self, parent: Option<&HeaderValue>) -> Option<Active> {
+        self.start_from(parent.and_then(Context::parse))
+    }
+
+    /// As [`Tracer::start`], from a parsed parent.
+    pub fn start_from(&self, parent: Option<Context>) -> Option<Active> {
         let e = self.current.load();
         let e = e.as_ref()?;
-        let parent = parent.and_then(Context::parse);
         let (trace_id, sampled, parent_id) = match parent {
             Some(p) => (p.trace_id, p.sampled, Some(p.span_id)),
             None => {

@@ -195,11 +195,15 @@ fn spans_of(spans: &Spans, trace: &[u8]) -> Vec<Got> {
         .collect()
 }
 
-/// One request from web (z2) to pay (z1), traced at 100%: the receiver
-/// gets exactly two spans of one trace: web's client span (resource web in
-/// z2, destination pay in z1, status 200) and pay's server span (resource
-/// pay in z1, source web in z2) whose parent is web's span, so the context
-/// crossed both gateways inside the end-to-end mTLS session. The app
+/// One request from web (z2) to pay (z1), traced at 100%, on a new
+/// connection: the receiver gets exactly four spans of one trace: web's
+/// client span (resource web in z2, destination pay in z1, status 200);
+/// the span of z2's gateway opening the stream to z1 (a child of web's:
+/// the context travels in the flow header); the span of z1's gateway
+/// connecting to pay's sidecar (a child of z2's gateway's); and pay's
+/// server span (resource pay in z1, source web in z2) whose parent is
+/// web's span, the context having crossed both gateways inside the
+/// end-to-end mTLS session. The app
 /// behind pay receives a traceparent naming pay's span. At 0% no span is
 /// recorded, yet a request that arrives with a sampled traceparent is
 /// still traced in the caller's trace (the first proxy's decision is
@@ -219,21 +223,42 @@ fn one_trace_crosses_two_zones_and_sampling_is_decided_once() {
     for w in [&web, &pay] {
         wait_dump(w, "/trace/sampling", |v| v.as_f64() == Some(1.0));
     }
+    for g in &m.gateways {
+        wait_for("the Trace policy at every gateway", T, || {
+            let d = get(m.net.addr(g.host, 15090), "x", "/config_dump")
+                .ok()?
+                .json();
+            (d["trace"]["sampling"].as_f64() == Some(1.0)).then_some(())
+        });
+    }
+    // The first call opens web's connection to pay through the gateways.
     let r = http(web.outbound(), "GET", "pay", "/headers", &[]).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    let got = wait_for("two spans at the receiver", patient(T), || {
+    let got = wait_for("four spans at the receiver", patient(T), || {
         let g = spans.lock().unwrap().clone();
-        (g.len() >= 2).then_some(g)
+        (g.len() >= 4).then_some(g)
     });
-    assert_eq!(got.len(), 2, "{got:#?}");
-    let client = got
-        .iter()
-        .find(|s| s.kind == SpanKind::Client as i32)
-        .expect("a client span");
-    let server = got
-        .iter()
-        .find(|s| s.kind == SpanKind::Server as i32)
-        .expect("a server span");
+    assert_eq!(got.len(), 4, "{got:#?}");
+    let is = |service: &str, kind: SpanKind| {
+        got.iter()
+            .find(|s| s.service == service && s.kind == kind as i32)
+            .unwrap_or_else(|| panic!("no {kind:?} span of {service}: {got:#?}"))
+    };
+    let client = is("web", SpanKind::Client);
+    let server = is("pay", SpanKind::Server);
+    // The gateways' spans: z2's (opening the stream to z1) is a child of
+    // web's; z1's (connecting to pay's sidecar) a child of z2's.
+    let gw_out = is("gateway", SpanKind::Client);
+    let gw_in = is("gateway", SpanKind::Server);
+    assert_eq!((gw_out.zone.as_str(), gw_in.zone.as_str()), ("z2", "z1"));
+    assert_eq!(gw_out.parent, client.span_id, "{gw_out:#?}");
+    assert_eq!(gw_in.parent, gw_out.span_id, "{gw_in:#?}");
+    assert!(
+        got.iter().all(|s| s.trace_id == client.trace_id),
+        "one trace: {got:#?}"
+    );
+    assert_eq!(gw_in.attr("tern.destination.service"), Some("pay"));
+    assert_eq!(gw_out.attr("tern.destination.zone"), Some("z1"));
     assert_eq!(client.trace_id, server.trace_id, "one trace");
     assert_eq!(client.trace_id.len(), 16);
     assert_eq!(
@@ -307,7 +332,7 @@ fn one_trace_crosses_two_zones_and_sampling_is_decided_once() {
     assert_eq!(
         spans.lock().unwrap().len(),
         before + 2,
-        "only the upstream-sampled request was traced"
+        "only the upstream-sampled request was traced (on the open connection: no gateway spans)"
     );
 
     // OTLP over HTTP.

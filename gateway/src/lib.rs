@@ -288,6 +288,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 "publicAddress": public.to_string(),
                 "remotes": g_dump.remotes.dump(),
                 "clusters": g_dump.shared.clusters.load().dump(),
+                "trace": g_dump.shared.tracer.dump(),
                 "controlPlane": serde_json::to_value(&*status_dump.borrow()).unwrap_or_default(),
             })
         },
@@ -371,8 +372,23 @@ impl Gateway {
         // The source zone is what we authenticated, not what was claimed.
         header.source_zone = self.zone.clone();
         let zone = header.dest_zone.clone();
-        let (mut send, recv) = self.remotes.open_stream(&self.shared, &zone).await?;
-        send.write_all(&header.encode()?).await?;
+        // A flow opened for a sampled trace: our span (until the stream to
+        // the other zone is open) joins it, and the other gateway's span
+        // is our child.
+        let span = self.span_for(&header);
+        if let Some(a) = &span {
+            header.traceparent = a.ctx.header().to_str().ok().map(str::to_string);
+        }
+        let opened = async {
+            let (mut send, recv) = self.remotes.open_stream(&self.shared, &zone).await?;
+            send.write_all(&header.encode()?).await?;
+            anyhow::Ok((send, recv))
+        }
+        .await;
+        if let Some(a) = span {
+            self.finish_span(a, &header, "outbound", opened.is_err(), None);
+        }
+        let (send, recv) = opened?;
         self.metrics.stream_opened(&zone, "outbound");
         let mut quic = tokio::io::join(recv, send);
         let (sent, received) = self.metrics.byte_counters(&zone);
@@ -462,7 +478,13 @@ impl Gateway {
             return reset(&mut send, &mut recv, code::UNKNOWN_ZONE);
         }
         self.metrics.stream_opened(from_zone, "inbound");
-        let upstream = match self.connect_local(&header).await {
+        let span = self.span_for(&header);
+        let connected = self.connect_local(&header).await;
+        if let Some(a) = span {
+            let peer = connected.as_ref().ok().and_then(|s| s.peer_addr().ok());
+            self.finish_span(a, &header, "inbound", connected.is_err(), peer);
+        }
+        let upstream = match connected {
             Ok(s) => s,
             Err(c) => {
                 self.metrics.reset(c);
@@ -489,6 +511,46 @@ impl Gateway {
                 .await;
             }
         }
+    }
+
+    /// A span for a flow whose header carries a sampled trace, if this
+    /// gateway has a Trace policy.
+    fn span_for(&self, h: &FlowHeader) -> Option<dataplane::trace::Active> {
+        let parent = h
+            .traceparent
+            .as_deref()
+            .and_then(dataplane::trace::Context::parse_str)
+            .filter(|c| c.sampled)?;
+        self.shared.tracer.start_from(Some(parent))
+    }
+
+    /// Record a flow's span: `outbound` covers opening the stream to the
+    /// other zone, `inbound` connecting to the endpoint in ours.
+    fn finish_span(
+        &self,
+        a: dataplane::trace::Active,
+        h: &FlowHeader,
+        direction: &'static str,
+        failed: bool,
+        peer: Option<SocketAddr>,
+    ) {
+        use dataplane::trace::Value;
+        let mut attrs = vec![
+            ("tern.direction", Value::Str(format!("gateway-{direction}"))),
+            ("tern.source.zone", Value::Str(h.source_zone.clone())),
+            ("tern.destination.zone", Value::Str(h.dest_zone.clone())),
+            ("tern.destination.service", Value::Str(h.service.clone())),
+        ];
+        if let Some(p) = peer {
+            attrs.push(("network.peer.address", Value::Str(p.to_string())));
+        }
+        let name = match direction {
+            "outbound" => format!("gateway {} → {}", self.zone, h.dest_zone),
+            _ => format!("gateway {} → {}", h.source_zone, h.service),
+        };
+        self.shared
+            .tracer
+            .finish(a, name, direction == "inbound", attrs, failed);
     }
 
     /// A healthy endpoint of the service in this zone (with the flow's

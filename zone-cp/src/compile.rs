@@ -182,8 +182,10 @@ fn refresh(z: &Zone, g: &mut Compiled) {
         // Read before building: inputs newer than what was built only
         // cause a rebuild next time, never a stale reuse.
         let inputs = cluster_inputs(z);
+        // Gateways' items hold their Trace policy too: rebuilt on any
+        // change (a zone has few gateways and few clusters).
         let (sidecar, gateway) = if old.inputs.as_ref() == Some(&inputs) {
-            (old.sidecar, old.gateway)
+            (old.sidecar, None)
         } else {
             let sidecar = clusters(z, ProxyKind::Sidecar)
                 .into_iter()
@@ -231,12 +233,30 @@ pub fn proxy_config(
     refresh(z, &mut g);
     if kind == ProxyKind::Gateway {
         if g.gateway.is_none() {
-            g.gateway = Some(Arc::new(
-                clusters(z, ProxyKind::Gateway)
-                    .into_iter()
-                    .map(|(k, c)| (k, ProxyItem::Cluster(Arc::new(c))))
-                    .collect(),
-            ));
+            let mut items: BTreeMap<String, ProxyItem> = clusters(z, ProxyKind::Gateway)
+                .into_iter()
+                .map(|(k, c)| (k, ProxyItem::Cluster(Arc::new(c))))
+                .collect();
+            // A gateway takes only its Trace policy of the inbound ones
+            // (it serves no app).
+            let inbound = z.policies().inbound(facts);
+            if inbound.trace.is_some() {
+                let only_trace = proto::v1::InboundPolicy {
+                    policies: inbound
+                        .policies
+                        .iter()
+                        .filter(|p| p.starts_with("Trace/"))
+                        .cloned()
+                        .collect(),
+                    trace: inbound.trace,
+                    ..Default::default()
+                };
+                items.insert(
+                    proto::INBOUND_KEY.to_string(),
+                    ProxyItem::Inbound(Arc::new(only_trace)),
+                );
+            }
+            g.gateway = Some(Arc::new(items));
         }
         return g.gateway.clone().unwrap_or_default();
     }
