@@ -169,6 +169,10 @@ async fn write_loop(file: Option<PathBuf>, mut rx: mpsc::Receiver<String>, writt
     let mut out: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = match &file {
         None => Box::new(tokio::io::stdout()),
         Some(path) => {
+            // The --access-log-dir folder, made if it is missing.
+            if let Some(dir) = path.parent() {
+                let _ = tokio::fs::create_dir_all(dir).await;
+            }
             let mut o = tokio::fs::OpenOptions::new();
             o.create(true).append(true);
             #[cfg(unix)]
