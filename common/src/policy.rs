@@ -187,11 +187,7 @@ impl PolicySet {
                 name: p.reference(),
                 sampling: p.spec.ratio(),
                 endpoint: p.spec.otlp.endpoint.clone(),
-                protocol: match p.spec.otlp.protocol {
-                    model::policy::trace::Protocol::Grpc => "grpc",
-                    model::policy::trace::Protocol::Http => "http",
-                }
-                .into(),
+                protocol: p.spec.otlp.protocol_name().into(),
             }
         });
         pb::InboundPolicy {
@@ -349,6 +345,16 @@ fn access_log(name: String, s: &AccessLogSpec) -> pb::AccessLog {
         file: s.file.clone().unwrap_or_default(),
         inbound: s.logs(Direction::Inbound),
         outbound: s.logs(Direction::Outbound),
+        otlp_endpoint: s
+            .otlp
+            .as_ref()
+            .map(|o| o.endpoint.clone())
+            .unwrap_or_default(),
+        otlp_protocol: s
+            .otlp
+            .as_ref()
+            .map(|o| o.protocol_name().to_string())
+            .unwrap_or_default(),
     }
 }
 

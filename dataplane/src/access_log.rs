@@ -1,6 +1,7 @@
 //! Access logs: one line per request or TCP connection, written when the
 //! proxy's `AccessLog` policy asks (off otherwise), as JSON or text, to
-//! stdout or to a file inside `--access-log-dir`.
+//! stdout or to a file inside `--access-log-dir`; or one OTLP log record
+//! each, sent to a collector (`otlp.rs`).
 //!
 //! Lines go through a bounded queue to one writer task, so a slow disk or
 //! a blocked stdout never slows a request: when the queue is full, lines
@@ -29,13 +30,20 @@ pub struct Settings {
     pub json: bool,
     /// None: stdout.
     pub file: Option<PathBuf>,
+    /// Set: OTLP log records to this collector (not lines).
+    pub otlp: Option<crate::otlp::Collector>,
     pub inbound: bool,
     pub outbound: bool,
 }
 
+enum Tx {
+    Lines(mpsc::Sender<String>),
+    Records(mpsc::Sender<proto::otlp::LogRecord>),
+}
+
 struct Writer {
     settings: Settings,
-    tx: mpsc::Sender<String>,
+    tx: Tx,
 }
 
 /// The proxy's access log, as its policy sets it.
@@ -85,10 +93,20 @@ impl AccessLogs {
                 }
             }
         };
+        let otlp = if p.otlp_endpoint.is_empty() {
+            None
+        } else {
+            Some(crate::otlp::Collector::of(
+                &p.otlp_endpoint,
+                &p.otlp_protocol,
+                &p.name,
+            )?)
+        };
         Ok(Settings {
             name: p.name.clone(),
             json,
             file,
+            otlp,
             inbound: p.inbound,
             outbound: p.outbound,
         })
@@ -96,7 +114,11 @@ impl AccessLogs {
 
     /// Follow the policy: a new writer when the settings change, none when
     /// no policy applies. The old writer finishes its queue and stops.
-    pub fn apply(&self, settings: Option<Settings>) {
+    pub fn apply(
+        &self,
+        settings: Option<Settings>,
+        origin: impl Fn() -> crate::otlp::Origin + Send + 'static,
+    ) {
         let same = match (&*self.current.load(), &settings) {
             (Some(w), Some(s)) => w.settings == *s,
             (None, None) => true,
@@ -110,9 +132,25 @@ impl AccessLogs {
             tracing::info!("access log off");
             return;
         };
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tracing::info!(policy = %settings.name, file = ?settings.file, json = settings.json, "access log on");
-        tokio::spawn(write_loop(settings.file.clone(), rx, self.written.clone()));
+        tracing::info!(policy = %settings.name, file = ?settings.file, otlp = ?settings.otlp, json = settings.json, "access log on");
+        let tx = match &settings.otlp {
+            Some(c) => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(crate::otlp::export_loop::<crate::otlp::Logs>(
+                    c.clone(),
+                    rx,
+                    origin,
+                    self.written.clone(),
+                    self.dropped.clone(),
+                ));
+                Tx::Records(tx)
+            }
+            None => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(write_loop(settings.file.clone(), rx, self.written.clone()));
+                Tx::Lines(tx)
+            }
+        };
         self.current.store(Some(Arc::new(Writer { settings, tx })));
     }
 
@@ -140,12 +178,17 @@ impl AccessLogs {
         if !wanted {
             return;
         }
-        let text = if w.settings.json {
-            line.json()
-        } else {
-            line.text()
+        let sent = match &w.tx {
+            Tx::Lines(tx) => tx
+                .try_send(if w.settings.json {
+                    line.json()
+                } else {
+                    line.text()
+                })
+                .is_ok(),
+            Tx::Records(tx) => tx.try_send(line.record()).is_ok(),
         };
-        if w.tx.try_send(text).is_err() {
+        if !sent {
             self.dropped.inc();
         }
     }
@@ -157,7 +200,11 @@ impl AccessLogs {
             Some(w) => serde_json::json!({
                 "policy": w.settings.name,
                 "format": if w.settings.json { "json" } else { "text" },
-                "to": w.settings.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "stdout".into()),
+                "to": match (&w.settings.otlp, &w.settings.file) {
+                    (Some(c), _) => format!("otlp {}://{}", if c.http { "http" } else { "grpc" }, c.endpoint),
+                    (None, Some(f)) => f.display().to_string(),
+                    (None, None) => "stdout".into(),
+                },
                 "inbound": w.settings.inbound,
                 "outbound": w.settings.outbound,
             }),
@@ -294,6 +341,65 @@ impl Line<'_> {
         v.to_string()
     }
 
+    /// An OTLP log record: the text line as its body, the fields as
+    /// attributes (OpenTelemetry's names where they exist).
+    pub fn record(&self) -> proto::otlp::LogRecord {
+        use crate::otlp::{kv, Value};
+        let nanos = self
+            .start
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let s = |v: &str| Value::Str(v.to_string());
+        let mut attrs = vec![
+            kv("tern.direction", s(self.direction())),
+            kv("network.protocol.name", s(self.protocol)),
+            kv("tern.source.service", s(self.source_service)),
+            kv("tern.source.zone", s(self.source_zone)),
+            kv("tern.destination.service", s(self.destination_service)),
+            kv("tern.destination.zone", s(self.destination_zone)),
+            kv("tern.decision", s(self.decision.name())),
+            kv(
+                "tern.duration_us",
+                Value::Int(self.duration.as_micros() as i64),
+            ),
+        ];
+        let mut opt = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                attrs.push(kv(k, v));
+            }
+        };
+        opt("tern.source.identity", self.source_identity.map(s));
+        opt("network.peer.address", self.upstream.as_deref().map(s));
+        opt("http.request.method", self.method.map(s));
+        opt("server.address", self.authority.map(s));
+        opt("url.path", self.path.map(s));
+        opt("http.route", self.route.map(s));
+        opt(
+            "http.response.status_code",
+            self.status.map(|c| Value::Int(i64::from(c))),
+        );
+        opt(
+            "tern.bytes_sent",
+            self.bytes_sent.map(|b| Value::Int(b as i64)),
+        );
+        opt(
+            "tern.bytes_received",
+            self.bytes_received.map(|b| Value::Int(b as i64)),
+        );
+        proto::otlp::LogRecord {
+            time_unix_nano: nanos,
+            observed_time_unix_nano: nanos,
+            severity_number: 9,
+            severity_text: "INFO".into(),
+            body: Some(proto::otlp::AnyValue {
+                value: Some(proto::otlp::any_value::Value::StringValue(self.text())),
+            }),
+            attributes: attrs,
+            ..Default::default()
+        }
+    }
+
     /// `TIME DIRECTION PROTOCOL SRC.ZONE -> DST.ZONE "METHOD AUTHORITY PATH"
     /// STATUS DECISION DURATIONms key=value...`; `-` for what does not
     /// apply. Client-sent parts are quoted with escapes, so a line is
@@ -406,6 +512,7 @@ mod tests {
             file: file.into(),
             inbound: true,
             outbound: true,
+            ..Default::default()
         };
         assert_eq!(
             logs.settings(&p("api.log")).unwrap().file,

@@ -21,6 +21,7 @@ pub mod inbound;
 pub mod last_known;
 pub mod live;
 pub mod metrics;
+pub mod otlp;
 pub mod outbound;
 pub mod outlier;
 pub mod pool;

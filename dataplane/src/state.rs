@@ -283,12 +283,15 @@ impl Shared {
         self.access.store(Arc::new(access));
         self.faults.store(Arc::new(faults));
         self.limits.store(Arc::new(limits));
-        self.access_logs.apply(access_log);
-        let traffic = self.traffic.clone();
-        self.tracer.apply(trace, move || {
-            let (service, zone) = traffic.me();
-            crate::trace::Origin { service, zone }
-        });
+        let origin = |traffic: Arc<crate::traffic::Traffic>| {
+            move || {
+                let (service, zone) = traffic.me();
+                crate::otlp::Origin { service, zone }
+            }
+        };
+        self.access_logs
+            .apply(access_log, origin(self.traffic.clone()));
+        self.tracer.apply(trace, origin(self.traffic.clone()));
         if self.health_check.load().as_deref() != check.as_deref() {
             self.health_check.store(check);
         }

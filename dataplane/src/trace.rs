@@ -11,7 +11,7 @@
 //! exporter task; when it falls behind they are dropped and counted.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
@@ -20,13 +20,12 @@ use proto::otlp as otel;
 use proto::v1 as pb;
 use tokio::sync::mpsc;
 
+use crate::otlp::{kv, Collector};
+pub use crate::otlp::{Origin, Value};
+
 pub const TRACEPARENT: &str = "traceparent";
 /// Spans waiting for the exporter.
 const QUEUE: usize = 2048;
-/// A batch leaves when it has this many spans, or after [`FLUSH`].
-const BATCH: usize = 512;
-const FLUSH: Duration = Duration::from_secs(1);
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A W3C trace context (`traceparent`, version 00).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,8 +119,7 @@ pub struct Settings {
     pub name: String,
     /// 0 to 1.
     pub ratio: f64,
-    pub endpoint: String,
-    pub http: bool,
+    pub collector: Collector,
 }
 
 impl Settings {
@@ -129,19 +127,10 @@ impl Settings {
         if !(0.0..=1.0).contains(&p.sampling) {
             return Err(format!("{}: sampling {} is not 0 to 1", p.name, p.sampling));
         }
-        let http = match p.protocol.as_str() {
-            "grpc" | "" => false,
-            "http" => true,
-            x => return Err(format!("{}: unknown OTLP protocol {x:?}", p.name)),
-        };
-        if p.endpoint.parse::<http::uri::Authority>().is_err() {
-            return Err(format!("{}: {:?} is not host:port", p.name, p.endpoint));
-        }
         Ok(Settings {
             name: p.name.clone(),
             ratio: p.sampling,
-            endpoint: p.endpoint.clone(),
-            http,
+            collector: Collector::of(&p.endpoint, &p.protocol, &p.name)?,
         })
     }
 }
@@ -167,13 +156,6 @@ pub struct Tracer {
     pub dropped: Counter,
 }
 
-/// What the proxy is, for the spans' resource.
-#[derive(Clone)]
-pub struct Origin {
-    pub service: Arc<str>,
-    pub zone: Arc<str>,
-}
-
 impl Tracer {
     /// Follow the policy: a new exporter when the settings change, none
     /// without a policy.
@@ -192,9 +174,9 @@ impl Tracer {
             return;
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        tracing::info!(policy = %settings.name, endpoint = %settings.endpoint, http = settings.http, ratio = settings.ratio, "tracing on");
-        tokio::spawn(export_loop(
-            settings.clone(),
+        tracing::info!(policy = %settings.name, endpoint = %settings.collector.endpoint, http = settings.collector.http, ratio = settings.ratio, "tracing on");
+        tokio::spawn(crate::otlp::export_loop::<crate::otlp::Traces>(
+            settings.collector.clone(),
             rx,
             origin,
             self.exported.clone(),
@@ -303,8 +285,8 @@ impl Tracer {
             Some(e) => serde_json::json!({
                 "policy": e.settings.name,
                 "sampling": e.settings.ratio,
-                "endpoint": e.settings.endpoint,
-                "protocol": if e.settings.http { "http" } else { "grpc" },
+                "endpoint": e.settings.collector.endpoint,
+                "protocol": if e.settings.collector.http { "http" } else { "grpc" },
             }),
         }
     }
@@ -322,127 +304,6 @@ pub fn http_attrs(f: &crate::access_log::RequestFacts, status: u16) -> Vec<(&'st
         v.push(("server.address", Value::Str(a.clone())));
     }
     v
-}
-
-/// An attribute value.
-pub enum Value {
-    Str(String),
-    Int(i64),
-}
-
-fn kv(k: &str, v: Value) -> otel::KeyValue {
-    use otel::any_value::Value as V;
-    otel::KeyValue {
-        key: k.to_string(),
-        value: Some(otel::AnyValue {
-            value: Some(match v {
-                Value::Str(s) => V::StringValue(s),
-                Value::Int(i) => V::IntValue(i),
-            }),
-        }),
-    }
-}
-
-async fn export_loop(
-    s: Settings,
-    mut rx: mpsc::Receiver<otel::Span>,
-    origin: impl Fn() -> Origin,
-    exported: Counter,
-    dropped: Counter,
-) {
-    let grpc = if s.http {
-        None
-    } else {
-        match tonic::transport::Endpoint::from_shared(format!("http://{}", s.endpoint)) {
-            Ok(e) => Some(otel::trace_service_client::TraceServiceClient::new(
-                e.timeout(EXPORT_TIMEOUT)
-                    .connect_timeout(EXPORT_TIMEOUT)
-                    .connect_lazy(),
-            )),
-            Err(e) => {
-                tracing::error!(endpoint = %s.endpoint, error = %e, "bad OTLP endpoint; spans are dropped until the policy changes");
-                return;
-            }
-        }
-    };
-    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut warned = false;
-    loop {
-        // Wait for a first span, then up to FLUSH for the batch to fill.
-        if rx.recv_many(&mut batch, BATCH).await == 0 {
-            return;
-        }
-        let deadline = tokio::time::Instant::now() + FLUSH;
-        while batch.len() < BATCH {
-            let room = BATCH - batch.len();
-            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-        let n = batch.len() as u64;
-        let o = origin();
-        let req = otel::ExportTraceServiceRequest {
-            resource_spans: vec![otel::ResourceSpans {
-                resource: Some(otel::Resource {
-                    attributes: vec![
-                        kv("service.name", Value::Str(o.service.to_string())),
-                        kv("tern.zone", Value::Str(o.zone.to_string())),
-                        kv("telemetry.sdk.name", Value::Str("tern".into())),
-                    ],
-                    dropped_attributes_count: 0,
-                }),
-                scope_spans: vec![otel::ScopeSpans {
-                    scope: Some(otel::InstrumentationScope {
-                        name: "tern-dataplane".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                    }),
-                    spans: std::mem::take(&mut batch),
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        };
-        let result: Result<(), String> = match &grpc {
-            Some(c) => c
-                .clone()
-                .export(req)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.message().to_string()),
-            None => {
-                let body = prost::Message::encode_to_vec(&req);
-                let r = http::Request::post(format!("http://{}/v1/traces", s.endpoint))
-                    .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                    .map_err(|e| e.to_string());
-                match r {
-                    Err(e) => Err(e),
-                    Ok(r) => match tokio::time::timeout(EXPORT_TIMEOUT, http.request(r)).await {
-                        Err(_) => Err("timed out".into()),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
-                        Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
-                    },
-                }
-            }
-        };
-        match result {
-            Ok(()) => {
-                exported.inc_by(n);
-                warned = false;
-            }
-            Err(e) => {
-                dropped.inc_by(n);
-                if !warned {
-                    tracing::warn!(endpoint = %s.endpoint, error = %e, spans = n, "could not export spans; dropping them (said once until an export works)");
-                    warned = true;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -480,8 +341,10 @@ mod tests {
         Settings {
             name: "Trace/t".into(),
             ratio,
-            endpoint: "127.0.0.1:1".into(),
-            http: false,
+            collector: Collector {
+                endpoint: "127.0.0.1:1".into(),
+                http: false,
+            },
         }
     }
 

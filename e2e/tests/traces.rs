@@ -1,4 +1,5 @@
-//! Traces across zones: Trace policies applied at the global, spans
+//! Traces across zones, and access logs as OTLP log records: Trace
+//! policies applied at the global, spans
 //! recorded by the caller's and the destination's sidecars, W3C trace
 //! context carried end to end through the gateways, exported over OTLP
 //! (gRPC and HTTP) to a receiver built on OpenTelemetry's published
@@ -10,6 +11,12 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -97,6 +104,70 @@ fn keep(spans: &Spans, req: ExportTraceServiceRequest, via: &'static str) {
     }
 }
 
+/// A log record as received: its resource's service, body and attributes.
+#[derive(Clone, Debug)]
+struct Record {
+    service: String,
+    body: String,
+    attrs: Vec<(String, String)>,
+    via: &'static str,
+}
+
+impl Record {
+    fn attr(&self, k: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(x, _)| x == k)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+type Records = Arc<Mutex<Vec<Record>>>;
+
+fn keep_logs(records: &Records, req: ExportLogsServiceRequest, via: &'static str) {
+    let mut g = records.lock().unwrap();
+    for rl in req.resource_logs {
+        let service = rl
+            .resource
+            .and_then(|r| {
+                r.attributes
+                    .iter()
+                    .find(|a| a.key == "service.name")
+                    .map(|a| text(&a.value))
+            })
+            .unwrap_or_default();
+        for sl in rl.scope_logs {
+            for l in sl.log_records {
+                g.push(Record {
+                    service: service.clone(),
+                    body: text(&l.body),
+                    attrs: l
+                        .attributes
+                        .iter()
+                        .map(|a| (a.key.clone(), text(&a.value)))
+                        .collect(),
+                    via,
+                });
+            }
+        }
+    }
+}
+
+struct LogsGrpc(Records);
+
+#[tonic::async_trait]
+impl LogsService for LogsGrpc {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        keep_logs(&self.0, req.into_inner(), "grpc");
+        Ok(tonic::Response::new(ExportLogsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
 struct Grpc(Spans);
 
 #[tonic::async_trait]
@@ -112,71 +183,81 @@ impl TraceService for Grpc {
     }
 }
 
-/// OTLP receivers on `grpc` and `http` (POST /v1/traces, protobuf), run
-/// on their own runtime until the test ends.
-fn receivers(grpc: SocketAddr, http: SocketAddr) -> (Spans, tokio::runtime::Runtime) {
+/// An OTLP/HTTP request's answer: decoded into `spans` or `records` by its
+/// path (protobuf only), else 400.
+async fn otlp_http(
+    req: http::Request<hyper::body::Incoming>,
+    spans: Spans,
+    records: Records,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    use http_body_util::BodyExt;
+    let protobuf = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/x-protobuf");
+    let path = req.uri().path().to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let ok = protobuf
+        && match path.as_str() {
+            "/v1/traces" => <ExportTraceServiceRequest as prost::Message>::decode(body)
+                .map(|r| keep(&spans, r, "http"))
+                .is_ok(),
+            "/v1/logs" => <ExportLogsServiceRequest as prost::Message>::decode(body)
+                .map(|r| keep_logs(&records, r, "http"))
+                .is_ok(),
+            _ => false,
+        };
+    http::Response::builder()
+        .status(if ok { 200 } else { 400 })
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap()
+}
+
+/// OTLP receivers on `grpc` (TraceService, LogsService) and `http` (POST
+/// /v1/traces and /v1/logs, protobuf), run on their own runtime until the
+/// test ends.
+fn receivers(grpc: SocketAddr, http: SocketAddr) -> (Spans, Records, tokio::runtime::Runtime) {
     let spans: Spans = Default::default();
+    let records: Records = Default::default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let s = spans.clone();
+    let (s, r) = (spans.clone(), records.clone());
     rt.spawn(async move {
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(Grpc(s)))
+            .add_service(LogsServiceServer::new(LogsGrpc(r)))
             .serve(grpc)
             .await
             .unwrap();
     });
-    let s = spans.clone();
+    let (s, r) = (spans.clone(), records.clone());
     let listener = rt.block_on(tokio::net::TcpListener::bind(http)).unwrap();
     rt.spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
-            let s = s.clone();
+            let (s, r) = (s.clone(), r.clone());
             tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let s = s.clone();
-                        async move {
-                            use http_body_util::BodyExt;
-                            let ok = req.uri().path() == "/v1/traces"
-                                && req
-                                    .headers()
-                                    .get("content-type")
-                                    .is_some_and(|v| v == "application/x-protobuf");
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let status =
-                                match <ExportTraceServiceRequest as prost::Message>::decode(body) {
-                                    Ok(r) if ok => {
-                                        keep(&s, r, "http");
-                                        200
-                                    }
-                                    _ => 400,
-                                };
-                            Ok::<_, std::convert::Infallible>(
-                                http::Response::builder()
-                                    .status(status)
-                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                                    .unwrap(),
-                            )
-                        }
-                    });
+                let svc = hyper::service::service_fn(move |req| {
+                    let (s, r) = (s.clone(), r.clone());
+                    async move { Ok::<_, std::convert::Infallible>(otlp_http(req, s, r).await) }
+                });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
                     .await;
             });
         }
     });
-    (spans, rt)
+    (spans, records, rt)
 }
 
 fn trace_policy(m: &Mesh, sampling: &str, endpoint: SocketAddr, protocol: &str) {
@@ -213,7 +294,7 @@ fn one_trace_crosses_two_zones_and_sampling_is_decided_once() {
     let m = Mesh::start("traces", Net(74), None);
     let grpc = m.net.addr(250, 4317);
     let http_at = m.net.addr(251, 4318);
-    let (spans, _rt) = receivers(grpc, http_at);
+    let (spans, _, _rt) = receivers(grpc, http_at);
     let pay = m.workload("z1", 12, "pay", &[]);
     let web = m.workload("z2", 40, "web", &[]);
     wait_for("pay in web's config", T, || {
@@ -359,4 +440,71 @@ fn one_trace_crosses_two_zones_and_sampling_is_decided_once() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// An AccessLog policy with `to: otlp` sends one OTLP log record per
+/// request to the collector instead of lines: pay's sidecar, for a request
+/// from web in z2, sends a record from resource pay whose attributes name
+/// the method, path, status, the caller's service, zone and SPIFFE ID and
+/// the destination zone, with the text line as its body; over gRPC, then
+/// over OTLP/HTTP when the policy says `protocol: http`. Nothing goes to
+/// the sidecar's own output.
+#[test]
+fn access_logs_reach_an_otlp_collector_as_log_records() {
+    let m = Mesh::start("otlp-logs", Net(76), None);
+    let grpc = m.net.addr(250, 4317);
+    let http_at = m.net.addr(251, 4318);
+    let (_, records, _rt) = receivers(grpc, http_at);
+    let pay = m.workload("z1", 12, "pay", &[]);
+    let web = m.workload("z2", 40, "web", &[]);
+    wait_for("pay in web's config", T, || {
+        (!web.endpoints("pay").is_empty()).then_some(())
+    });
+    for (protocol, at) in [("grpc", grpc), ("http", http_at)] {
+        m.g.apply(&format!(
+            "{H}kind: AccessLog\nmetadata: {{name: pay-otlp}}\nspec: {{targetRef: {{service: pay}}, directions: [inbound], to: otlp, otlp: {{endpoint: '{at}', protocol: {protocol}}}}}\n"
+        ));
+        wait_dump(&pay, "/accessLog/to", |v| {
+            v.as_str()
+                .is_some_and(|t| t.starts_with(&format!("otlp {protocol}://")))
+        });
+        let path = format!("/r?via={protocol}");
+        assert_eq!(
+            http(web.outbound(), "GET", "pay", &path, &[])
+                .unwrap()
+                .status,
+            200
+        );
+        let rec = wait_for("the request's log record", patient(T), || {
+            records
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|r| r.attr("url.path") == Some(path.as_str()))
+                .cloned()
+        });
+        assert_eq!(rec.via, protocol);
+        assert_eq!(rec.service, "pay");
+        assert_eq!(rec.attr("http.request.method"), Some("GET"));
+        assert_eq!(rec.attr("http.response.status_code"), Some("200"));
+        assert_eq!(rec.attr("tern.source.service"), Some("web"));
+        assert_eq!(rec.attr("tern.source.zone"), Some("z2"));
+        assert_eq!(rec.attr("tern.destination.zone"), Some("z1"));
+        assert_eq!(
+            rec.attr("tern.source.identity"),
+            Some("spiffe://tern/zone/z2/svc/web")
+        );
+        assert!(
+            rec.body.contains(" inbound http web.z2 -> pay.z1 "),
+            "{}",
+            rec.body
+        );
+    }
+    assert!(
+        !pay.sidecar
+            .log_text()
+            .lines()
+            .any(|l| l.contains("\"protocol\":\"http\"")),
+        "no lines on the sidecar's output"
+    );
 }

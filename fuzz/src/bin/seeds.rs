@@ -298,6 +298,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             file: "api.log".into(),
             inbound: true,
             outbound: false,
+            ..Default::default()
         }),
         trace: Some(pb::Trace {
             name: "Trace/mesh".into(),

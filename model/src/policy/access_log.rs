@@ -7,8 +7,9 @@
 //! spec:
 //!   targetRef: {service: api}     # whose sidecars write the lines
 //!   format: json                  # or text (see docs/observability.md)
-//!   to: stdout                    # or file
+//!   to: stdout                    # or file, or otlp
 //!   file: api.log                 # with to: file, inside the sidecar's --access-log-dir
+//!   # otlp: {endpoint: otel-collector:4317, protocol: grpc}   # with to: otlp (OTLP logs)
 //!   directions: [inbound, outbound]
 //! ```
 //!
@@ -32,6 +33,9 @@ pub struct AccessLogSpec {
     pub to: Sink,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// With `to: otlp`: the collector that takes the log records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<super::trace::Otlp>,
     /// Default: both.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub directions: Vec<Direction>,
@@ -51,6 +55,7 @@ pub enum Sink {
     #[default]
     Stdout,
     File,
+    Otlp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +74,28 @@ impl Targeted for AccessLogSpec {
 impl AccessLogSpec {
     pub fn check(&self) -> Result<(), FieldError> {
         self.target_ref.check("spec.targetRef")?;
+        match (self.to, &self.otlp) {
+            (Sink::Otlp, None) => {
+                return Err(FieldError::new(
+                    "spec.otlp",
+                    "to: otlp needs otlp: {endpoint: host:port, protocol: grpc|http}",
+                ))
+            }
+            (Sink::Otlp, Some(o)) => return o.check("spec.otlp"),
+            (_, Some(_)) => {
+                return Err(FieldError::new(
+                    "spec.otlp",
+                    "otlp settings are only used with to: otlp",
+                ))
+            }
+            (_, None) => {}
+        }
         match (self.to, &self.file) {
+            (Sink::Otlp, Some(_)) => Err(FieldError::new(
+                "spec.file",
+                "a file name is only used with to: file",
+            )),
+            (Sink::Otlp, None) => Ok(()),
             (Sink::File, None) => Err(FieldError::new(
                 "spec.file",
                 "to: file needs a file name (written inside the sidecar's --access-log-dir)",

@@ -70,7 +70,19 @@ impl TraceSpec {
                 ));
             }
         }
-        let e = &self.otlp.endpoint;
+        self.otlp.check("spec.otlp")
+    }
+
+    /// The share of new traces to start, 0 to 1.
+    pub fn ratio(&self) -> f64 {
+        self.sampling.unwrap_or(DEFAULT_SAMPLING_PERCENT) / 100.0
+    }
+}
+
+impl Otlp {
+    /// The endpoint is host:port.
+    pub fn check(&self, path: &str) -> Result<(), FieldError> {
+        let e = &self.endpoint;
         let ok = match e.rsplit_once(':') {
             Some((host, port)) => {
                 !host.is_empty()
@@ -84,15 +96,17 @@ impl TraceSpec {
         };
         if !ok {
             return Err(FieldError::new(
-                "spec.otlp.endpoint",
+                format!("{path}.endpoint"),
                 format!("{e:?} is not host:port (like otel-collector:4317)"),
             ));
         }
         Ok(())
     }
 
-    /// The share of new traces to start, 0 to 1.
-    pub fn ratio(&self) -> f64 {
-        self.sampling.unwrap_or(DEFAULT_SAMPLING_PERCENT) / 100.0
+    pub fn protocol_name(&self) -> &'static str {
+        match self.protocol {
+            Protocol::Grpc => "grpc",
+            Protocol::Http => "http",
+        }
     }
 }

@@ -204,6 +204,66 @@ pub mod any_value {
         DoubleValue(f64),
     }
 }
+/// opentelemetry.proto.collector.logs.v1 and opentelemetry.proto.logs.v1
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExportLogsServiceRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub resource_logs: ::prost::alloc::vec::Vec<ResourceLogs>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExportLogsServiceResponse {
+    #[prost(message, optional, tag = "1")]
+    pub partial_success: ::core::option::Option<ExportLogsPartialSuccess>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExportLogsPartialSuccess {
+    #[prost(int64, tag = "1")]
+    pub rejected_log_records: i64,
+    #[prost(string, tag = "2")]
+    pub error_message: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ResourceLogs {
+    #[prost(message, optional, tag = "1")]
+    pub resource: ::core::option::Option<Resource>,
+    #[prost(message, repeated, tag = "2")]
+    pub scope_logs: ::prost::alloc::vec::Vec<ScopeLogs>,
+    #[prost(string, tag = "3")]
+    pub schema_url: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ScopeLogs {
+    #[prost(message, optional, tag = "1")]
+    pub scope: ::core::option::Option<InstrumentationScope>,
+    #[prost(message, repeated, tag = "2")]
+    pub log_records: ::prost::alloc::vec::Vec<LogRecord>,
+    #[prost(string, tag = "3")]
+    pub schema_url: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct LogRecord {
+    #[prost(fixed64, tag = "1")]
+    pub time_unix_nano: u64,
+    /// 9 is INFO in the published SeverityNumber enum.
+    #[prost(int32, tag = "2")]
+    pub severity_number: i32,
+    #[prost(string, tag = "3")]
+    pub severity_text: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "5")]
+    pub body: ::core::option::Option<AnyValue>,
+    #[prost(message, repeated, tag = "6")]
+    pub attributes: ::prost::alloc::vec::Vec<KeyValue>,
+    #[prost(uint32, tag = "7")]
+    pub dropped_attributes_count: u32,
+    #[prost(fixed32, tag = "8")]
+    pub flags: u32,
+    #[prost(bytes = "vec", tag = "9")]
+    pub trace_id: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "10")]
+    pub span_id: ::prost::alloc::vec::Vec<u8>,
+    #[prost(fixed64, tag = "11")]
+    pub observed_time_unix_nano: u64,
+}
 /// Generated client implementations.
 pub mod trace_service_client {
     #![allow(

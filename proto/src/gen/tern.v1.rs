@@ -717,6 +717,12 @@ pub struct AccessLog {
     pub inbound: bool,
     #[prost(bool, tag = "5")]
     pub outbound: bool,
+    /// Set: log records go to this OTLP collector (host:port) instead;
+    /// `otlp_protocol` "grpc" or "http".
+    #[prost(string, tag = "6")]
+    pub otlp_endpoint: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub otlp_protocol: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HealthCheck {
