@@ -277,6 +277,57 @@ impl RequestFacts {
     }
 }
 
+/// A JSON object written field by field.
+struct JsonObject(String);
+
+impl JsonObject {
+    fn with_capacity(n: usize) -> Self {
+        let mut s = String::with_capacity(n);
+        s.push('{');
+        JsonObject(s)
+    }
+
+    fn key(&mut self, k: &str) {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        self.0.push('"');
+        self.0.push_str(k);
+        self.0.push_str("\":");
+    }
+
+    /// A string value, escaped as JSON requires.
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        self.0.push('"');
+        for c in v.chars() {
+            match c {
+                '"' => self.0.push_str("\\\""),
+                '\\' => self.0.push_str("\\\\"),
+                '\n' => self.0.push_str("\\n"),
+                '\r' => self.0.push_str("\\r"),
+                '\t' => self.0.push_str("\\t"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(self.0, "\\u{:04x}", c as u32);
+                }
+                c => self.0.push(c),
+            }
+        }
+        self.0.push('"');
+    }
+
+    /// A number, as written.
+    fn raw(&mut self, k: &str, v: &str) {
+        self.key(k);
+        self.0.push_str(v);
+    }
+
+    fn finish(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
 /// One request or connection.
 pub struct Line<'a> {
     pub start: SystemTime,
@@ -311,34 +362,48 @@ impl Line<'_> {
         }
     }
 
+    /// One JSON object, fields in a fixed order, those that do not apply
+    /// left out. Written straight into one string (no JSON value built per
+    /// request).
     pub fn json(&self) -> String {
-        let mut v = serde_json::json!({
-            "time": humantime::format_rfc3339_millis(self.start).to_string(),
-            "direction": self.direction(),
-            "protocol": self.protocol,
-            "sourceService": self.source_service,
-            "sourceZone": self.source_zone,
-            "destinationService": self.destination_service,
-            "destinationZone": self.destination_zone,
-            "decision": self.decision.name(),
-            "durationMs": (self.duration.as_secs_f64() * 1e6).round() / 1e3,
-        });
-        let o = v.as_object_mut().expect("an object");
-        let mut put = |k: &str, x: Option<serde_json::Value>| {
-            if let Some(x) = x {
-                o.insert(k.into(), x);
+        let mut o = JsonObject::with_capacity(384);
+        o.str(
+            "time",
+            &humantime::format_rfc3339_millis(self.start).to_string(),
+        );
+        o.str("direction", self.direction());
+        o.str("protocol", self.protocol);
+        o.str("sourceService", self.source_service);
+        o.str("sourceZone", self.source_zone);
+        if let Some(v) = self.source_identity {
+            o.str("sourceIdentity", v);
+        }
+        o.str("destinationService", self.destination_service);
+        o.str("destinationZone", self.destination_zone);
+        if let Some(v) = &self.upstream {
+            o.str("upstream", v);
+        }
+        for (k, v) in [
+            ("method", self.method),
+            ("authority", self.authority),
+            ("path", self.path),
+            ("route", self.route),
+        ] {
+            if let Some(v) = v {
+                o.str(k, v);
             }
-        };
-        put("sourceIdentity", self.source_identity.map(Into::into));
-        put("upstream", self.upstream.as_deref().map(Into::into));
-        put("method", self.method.map(Into::into));
-        put("authority", self.authority.map(Into::into));
-        put("path", self.path.map(Into::into));
-        put("route", self.route.map(Into::into));
-        put("status", self.status.map(Into::into));
-        put("bytesSent", self.bytes_sent.map(Into::into));
-        put("bytesReceived", self.bytes_received.map(Into::into));
-        v.to_string()
+        }
+        if let Some(c) = self.status {
+            o.raw("status", &c.to_string());
+        }
+        o.str("decision", self.decision.name());
+        let ms = (self.duration.as_secs_f64() * 1e6).round() / 1e3;
+        o.raw("durationMs", &ms.to_string());
+        if let (Some(a), Some(b)) = (self.bytes_sent, self.bytes_received) {
+            o.raw("bytesSent", &a.to_string());
+            o.raw("bytesReceived", &b.to_string());
+        }
+        o.finish()
     }
 
     /// An OTLP log record: the text line as its body, the fields as
@@ -492,6 +557,14 @@ mod tests {
             "2023-11-14T22:13:20.123Z inbound http web.z2 -> api.z1 \"GET api /a\\\"b\\nc\" 200 none 1.234ms upstream=127.0.0.1:8080 id=spiffe://tern/zone/z2/svc/web"
         );
         assert!(!t.contains('\n'));
+    }
+
+    #[test]
+    fn json_lines_escape_what_the_client_sent() {
+        let nasty = "/a\"b\\c\nd\u{1}é";
+        let v: serde_json::Value = serde_json::from_str(&line(nasty).json()).unwrap();
+        assert_eq!(v["path"], nasty);
+        assert!(!line(nasty).json().contains('\n'));
     }
 
     #[test]
