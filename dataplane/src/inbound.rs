@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use common::rustls::pki_types::CertificateDer;
 use http::header::HeaderValue;
@@ -24,26 +24,23 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::access::{self, Caller, Decision, DEFAULT_RULE};
-use crate::access_log::{self, RequestFacts};
 use crate::fault;
+use crate::inbound_tcp;
 use crate::metrics::{DirLabel, Direction, FaultLabel, KindLabel, RuleLabel};
+use crate::observe::{Ends, Observed};
 use crate::protocol::{Protocol, ALPN_TCP};
 use crate::proxy::{
     app_uri, error_chain, error_response, strip_hop_by_hop, Body, Proxy, CLIENT_ID_HEADER,
     ERROR_HEADER,
 };
 use crate::ratelimit;
-use crate::trace;
 use crate::traffic::Counts;
 use crate::upgrade::is_upgrade;
 use common::traffic::Decision as Verdict;
-use prometheus_client::metrics::counter::Counter;
 
 /// How long a connection whose peer stopped being trusted may take to
 /// finish its requests before it is cut.
 const DRAIN_DISTRUSTED: Duration = Duration::from_secs(10);
-/// How long connecting to the local app may take.
-pub(crate) const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Proxy {
     pub async fn serve_inbound(self: Arc<Self>, listener: TcpListener) {
@@ -128,7 +125,7 @@ impl Proxy {
             let counts = self.inbound_counts(Some(&caller));
             let Some((delay, decision)) = self.tcp_decide(Some(&caller), remote, &counts).await
             else {
-                reset(stream.get_ref().0);
+                inbound_tcp::reset(stream.get_ref().0);
                 return;
             };
             // Opaque TCP has no way to finish gracefully: cut it at once. A
@@ -205,7 +202,7 @@ impl Proxy {
                 .inc();
             let counts = self.inbound_counts(None);
             let Some((delay, decision)) = self.tcp_decide(None, remote, &counts).await else {
-                reset(&tcp);
+                inbound_tcp::reset(&tcp);
                 return;
             };
             if let Some(d) = delay {
@@ -255,22 +252,7 @@ impl Proxy {
         Some(ratelimit::too_many(&limited))
     }
 
-    /// Whether a rate limit refuses this TCP connection.
-    fn limit_tcp(&self, caller: Option<&Caller>, remote: SocketAddr) -> bool {
-        let limits = self.shared.limits.load();
-        if limits.is_empty() {
-            return false;
-        }
-        match limits.check(caller, None) {
-            Some(l) => {
-                self.count_limited(&l.limit, "tcp", caller, remote);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn count_limited(
+    pub(crate) fn count_limited(
         &self,
         limit: &str,
         kind: &'static str,
@@ -328,27 +310,7 @@ impl Proxy {
         }
     }
 
-    /// The fault, if any, for a new TCP connection, counted: the delay to
-    /// serve before splicing, and whether to reset it (after the delay).
-    fn tcp_fault(&self, caller: Option<&Caller>) -> (Option<Duration>, bool) {
-        let faults = self.shared.faults.load();
-        if faults.is_empty() {
-            return (None, false);
-        }
-        let Some(inj) = faults.draw(caller, None) else {
-            return (None, false);
-        };
-        if inj.delay.is_some() {
-            self.count_fault(&inj.fault, "delay");
-        }
-        let reset = inj.abort == Some(fault::Abort::Reset);
-        if reset {
-            self.count_fault(&inj.fault, "reset");
-        }
-        (inj.delay, reset)
-    }
-
-    fn count_fault(&self, fault: &str, action: &'static str) {
+    pub(crate) fn count_fault(&self, fault: &str, action: &'static str) {
         self.metrics
             .faults_injected
             .get_or_create(&FaultLabel {
@@ -358,19 +320,7 @@ impl Proxy {
             .inc();
     }
 
-    /// Whether the access rules let a TCP connection from `caller` (None:
-    /// plaintext) through; counted and logged either way they say no.
-    fn admit_tcp(&self, caller: Option<&Caller>, remote: SocketAddr) -> bool {
-        let access = self.shared.access.load();
-        if access.allow_all {
-            return true;
-        }
-        let d = access.decide(caller, None);
-        self.record(&d, "tcp", caller, remote, None);
-        d.allow
-    }
-
-    fn record(
+    pub(crate) fn record(
         &self,
         d: &Decision,
         kind: &'static str,
@@ -406,122 +356,11 @@ impl Proxy {
 
     /// The traffic counts for requests and connections from `caller`
     /// (a plaintext caller is `unknown`).
-    fn inbound_counts(&self, caller: Option<&Caller>) -> Arc<Counts> {
+    pub(crate) fn inbound_counts(&self, caller: Option<&Caller>) -> Arc<Counts> {
         let (service, zone) = caller
             .map(|c| (c.service.as_str(), c.zone.as_str()))
             .unwrap_or((crate::traffic::UNKNOWN, crate::traffic::UNKNOWN));
         self.shared.traffic.peer(Direction::Inbound, service, zone)
-    }
-
-    /// What the inbound policies do to a TCP connection, counted: `None`
-    /// to reset it (denied, rate limited, or a fault's reset, after its
-    /// delay), else the fault's delay to hold it for, if any.
-    async fn tcp_decide(
-        &self,
-        caller: Option<&Caller>,
-        remote: SocketAddr,
-        counts: &Counts,
-    ) -> Option<(Option<Duration>, Verdict)> {
-        let started = Instant::now();
-        let refuse = |d: Verdict| {
-            counts.connection(d);
-            self.log_tcp(caller, d, started, None);
-            None
-        };
-        if !self.admit_tcp(caller, remote) {
-            return refuse(Verdict::Denied);
-        }
-        if self.limit_tcp(caller, remote) {
-            return refuse(Verdict::RateLimited);
-        }
-        let (delay, reset_it) = self.tcp_fault(caller);
-        if reset_it {
-            if let Some(d) = delay {
-                tokio::time::sleep(d).await;
-            }
-            return refuse(Verdict::Fault);
-        }
-        let decision = if delay.is_some() {
-            Verdict::Fault
-        } else {
-            Verdict::None
-        };
-        counts.connection(decision);
-        Some((delay, decision))
-    }
-
-    /// An access log line for a TCP connection from `caller`, if the
-    /// policy asks: `flow` is the app's address and the bytes each way.
-    fn log_tcp(
-        &self,
-        caller: Option<&Caller>,
-        decision: Verdict,
-        started: Instant,
-        flow: Option<(SocketAddr, u64, u64)>,
-    ) {
-        if !self.shared.access_logs.wants(Direction::Inbound) {
-            return;
-        }
-        let (me, my_zone) = self.shared.traffic.me();
-        let unknown = crate::traffic::UNKNOWN;
-        self.shared.access_logs.log(&access_log::Line {
-            start: SystemTime::now() - started.elapsed(),
-            direction: Direction::Inbound,
-            protocol: "tcp",
-            source_service: caller.map(|c| c.service.as_str()).unwrap_or(unknown),
-            source_zone: caller.map(|c| c.zone.as_str()).unwrap_or(unknown),
-            source_identity: None,
-            destination_service: &me,
-            destination_zone: &my_zone,
-            upstream: flow.map(|f| f.0.to_string()),
-            method: None,
-            authority: None,
-            path: None,
-            route: None,
-            status: None,
-            decision,
-            duration: started.elapsed(),
-            bytes_sent: flow.map(|f| f.1),
-            bytes_received: flow.map(|f| f.2),
-        });
-    }
-
-    async fn splice_to_app<S>(
-        &self,
-        mut stream: S,
-        app: SocketAddr,
-        counts: &Counts,
-        (caller, decision): (Option<&Caller>, Verdict),
-    ) where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        let started = Instant::now();
-        match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await {
-            Ok(Ok(mut up)) => {
-                let _ = up.set_nodelay(true);
-                let (sent, received) = (Counter::default(), Counter::default());
-                let _ = common::splice::copy_bidirectional_metered(
-                    &mut stream,
-                    &mut up,
-                    self.tcp_idle,
-                    &[&counts.sent, &sent],
-                    &[&counts.received, &received],
-                )
-                .await;
-                self.log_tcp(
-                    caller,
-                    decision,
-                    started,
-                    Some((app, sent.get(), received.get())),
-                );
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(%app, error = %e, "local app refused the connection")
-            }
-            Err(_) => {
-                tracing::warn!(%app, "local app did not accept the connection within {APP_CONNECT_TIMEOUT:?}")
-            }
-        }
     }
 
     /// A request from the mesh (`peer`: the caller's identity header and
@@ -537,22 +376,12 @@ impl Proxy {
     ) -> Response<Body> {
         let start = Instant::now();
         let mut req = req;
-        let span = self
-            .shared
-            .tracer
-            .start(req.headers().get(trace::TRACEPARENT));
-        let span_facts = span.as_ref().map(|a| {
-            req.headers_mut().insert(trace::TRACEPARENT, a.ctx.header());
-            RequestFacts::of(&req)
-        });
-        let log = self
-            .shared
-            .access_logs
-            .wants(Direction::Inbound)
-            .then(|| RequestFacts::of(&req));
-        let peer_id = log
-            .as_ref()
-            .and_then(|_| peer.as_ref().map(|(v, _)| v.clone()));
+        let observed = Observed::start(&self.shared, Direction::Inbound, &mut req);
+        // The caller's SPIFFE ID, for the record.
+        let peer_id = observed
+            .wanted()
+            .then(|| peer.as_ref().map(|(v, _)| v.clone()))
+            .flatten();
         let access = self.shared.access.load();
         let denied = if access.allow_all {
             None
@@ -607,59 +436,26 @@ impl Proxy {
         self.metrics.observe(Direction::Inbound, status, secs);
         self.inbound_counts(caller.as_deref())
             .request(status, decision, secs);
-        if let (Some(a), Some(f)) = (span, span_facts) {
+        if observed.wanted() {
             let (me, my_zone) = self.shared.traffic.me();
             let unknown = crate::traffic::UNKNOWN;
             let c = caller.as_deref();
-            let mut attrs = trace::http_attrs(&f, status);
-            attrs.extend([
-                ("tern.direction", trace::Value::Str("inbound".into())),
-                (
-                    "tern.source.service",
-                    trace::Value::Str(c.map(|c| c.service.as_str()).unwrap_or(unknown).into()),
-                ),
-                (
-                    "tern.source.zone",
-                    trace::Value::Str(c.map(|c| c.zone.as_str()).unwrap_or(unknown).into()),
-                ),
-                (
-                    "tern.destination.service",
-                    trace::Value::Str(me.to_string()),
-                ),
-                (
-                    "tern.destination.zone",
-                    trace::Value::Str(my_zone.to_string()),
-                ),
-                ("tern.decision", trace::Value::Str(decision.name().into())),
-            ]);
-            self.shared
-                .tracer
-                .finish(a, format!("{} {me}", f.method), true, attrs, status >= 500);
-        }
-        if let Some(f) = log {
-            let (me, my_zone) = self.shared.traffic.me();
-            let unknown = crate::traffic::UNKNOWN;
-            let c = caller.as_deref();
-            self.shared.access_logs.log(&access_log::Line {
-                start: SystemTime::now() - elapsed,
-                direction: Direction::Inbound,
-                protocol: "http",
-                source_service: c.map(|c| c.service.as_str()).unwrap_or(unknown),
-                source_zone: c.map(|c| c.zone.as_str()).unwrap_or(unknown),
-                source_identity: peer_id.as_ref().and_then(|v| v.to_str().ok()),
-                destination_service: &me,
-                destination_zone: &my_zone,
-                upstream: Some(app.to_string()),
-                method: Some(&f.method),
-                authority: f.authority.as_deref(),
-                path: Some(&f.path),
-                route: None,
-                status: Some(status),
-                decision,
-                duration: elapsed,
-                bytes_sent: None,
-                bytes_received: None,
-            });
+            observed.finish(
+                &self.shared,
+                Ends {
+                    direction: Direction::Inbound,
+                    source_service: c.map(|c| c.service.as_str()).unwrap_or(unknown),
+                    source_zone: c.map(|c| c.zone.as_str()).unwrap_or(unknown),
+                    source_identity: peer_id.as_ref().and_then(|v| v.to_str().ok()),
+                    destination_service: &me,
+                    destination_zone: &my_zone,
+                    upstream: Some(app.to_string()),
+                    route: None,
+                    status,
+                    decision,
+                    elapsed,
+                },
+            );
         }
         resp
     }
@@ -721,13 +517,6 @@ fn forbidden(rule: &str) -> Response<Body> {
     r.headers_mut()
         .insert(ERROR_HEADER, HeaderValue::from_static(ERROR_DENIED));
     r
-}
-
-/// Close with a reset rather than a FIN (a denied TCP connection): a zero
-/// linger makes the close send RST at once, so it never blocks.
-#[allow(deprecated)]
-fn reset(tcp: &TcpStream) {
-    let _ = tcp.set_linger(Some(Duration::ZERO));
 }
 
 /// Whether a new connection opens with a TLS handshake record. Waits for

@@ -23,10 +23,10 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::access_log::{self, RequestFacts};
 use crate::balance::Endpoint;
 use crate::connect::connect_mesh;
 use crate::metrics::{DirLabel, Direction, ResultLabel};
+use crate::observe::{self, Ends, Observed};
 use crate::protocol::{Alpn, Protocol};
 use crate::proxy::{
     empty, error_response, mesh_request, path_of, strip_hop_by_hop, Body, Proxy, CLIENT_ID_HEADER,
@@ -34,7 +34,6 @@ use crate::proxy::{
 };
 use crate::retry::Outgoing;
 use crate::split::Mirror;
-use crate::trace;
 use crate::traffic::Served;
 use crate::upgrade::is_upgrade;
 use common::traffic::Decision;
@@ -175,7 +174,7 @@ impl Proxy {
                     }
                     if self.shared.access_logs.wants(Direction::Outbound) {
                         let (me, my_zone) = self.shared.traffic.me();
-                        self.shared.access_logs.log(&access_log::Line {
+                        self.shared.access_logs.log(&observe::Line {
                             start: SystemTime::now() - started.elapsed(),
                             direction: Direction::Outbound,
                             protocol: "tcp",
@@ -218,19 +217,7 @@ impl Proxy {
     ) -> Response<Body> {
         let start = Instant::now();
         let mut served = Served::default();
-        let span = self
-            .shared
-            .tracer
-            .start(req.headers().get(trace::TRACEPARENT));
-        let span_facts = span.as_ref().map(|a| {
-            req.headers_mut().insert(trace::TRACEPARENT, a.ctx.header());
-            RequestFacts::of(&req)
-        });
-        let log = self
-            .shared
-            .access_logs
-            .wants(Direction::Outbound)
-            .then(|| RequestFacts::of(&req));
+        let observed = Observed::start(&self.shared, Direction::Outbound, &mut req);
         let resp = self
             .route_outbound(fixed.as_deref(), req, &mut served)
             .await;
@@ -240,79 +227,34 @@ impl Proxy {
         self.metrics.observe(Direction::Outbound, status, secs);
         let fallback = fixed.as_deref().unwrap_or(crate::traffic::UNKNOWN);
         served.count(&self.shared.traffic, fallback, status, secs);
-        if let (Some(a), Some(f)) = (span, span_facts) {
-            let dest = served
-                .cluster
-                .as_ref()
-                .map(|c| c.service.as_str())
-                .unwrap_or(fallback);
-            let dest_zone = served
-                .endpoint
-                .as_ref()
-                .map(|e| e.zone.as_str())
-                .unwrap_or(crate::traffic::UNKNOWN);
-            let (me, my_zone) = self.shared.traffic.me();
-            let mut attrs = trace::http_attrs(&f, status);
-            attrs.extend([
-                ("tern.direction", trace::Value::Str("outbound".into())),
-                ("tern.source.service", trace::Value::Str(me.to_string())),
-                ("tern.source.zone", trace::Value::Str(my_zone.to_string())),
-                ("tern.destination.service", trace::Value::Str(dest.into())),
-                ("tern.destination.zone", trace::Value::Str(dest_zone.into())),
-                (
-                    "tern.decision",
-                    trace::Value::Str(served.decision.name().into()),
-                ),
-            ]);
-            if let Some(e) = &served.endpoint {
-                attrs.push((
-                    "network.peer.address",
-                    trace::Value::Str(e.target.addr.to_string()),
-                ));
-            }
-            if let Some(r) = &served.route {
-                attrs.push(("http.route", trace::Value::Str(r.to_string())));
-            }
-            self.shared.tracer.finish(
-                a,
-                format!("{} {dest}", f.method),
-                false,
-                attrs,
-                status >= 500,
-            );
-        }
-        if let Some(f) = log {
+        if observed.wanted() {
             let (me, my_zone) = self.shared.traffic.me();
             let tls = self.shared.tls.load();
             let id = tls.as_ref().map(|t| t.ident.id.to_string());
-            self.shared.access_logs.log(&access_log::Line {
-                start: SystemTime::now() - elapsed,
-                direction: Direction::Outbound,
-                protocol: "http",
-                source_service: &me,
-                source_zone: &my_zone,
-                source_identity: id.as_deref(),
-                destination_service: served
-                    .cluster
-                    .as_ref()
-                    .map(|c| c.service.as_str())
-                    .unwrap_or(fallback),
-                destination_zone: served
-                    .endpoint
-                    .as_ref()
-                    .map(|e| e.zone.as_str())
-                    .unwrap_or(crate::traffic::UNKNOWN),
-                upstream: served.endpoint.as_ref().map(|e| e.target.addr.to_string()),
-                method: Some(&f.method),
-                authority: f.authority.as_deref(),
-                path: Some(&f.path),
-                route: served.route.as_deref(),
-                status: Some(status),
-                decision: served.decision,
-                duration: elapsed,
-                bytes_sent: None,
-                bytes_received: None,
-            });
+            observed.finish(
+                &self.shared,
+                Ends {
+                    direction: Direction::Outbound,
+                    source_service: &me,
+                    source_zone: &my_zone,
+                    source_identity: id.as_deref(),
+                    destination_service: served
+                        .cluster
+                        .as_ref()
+                        .map(|c| c.service.as_str())
+                        .unwrap_or(fallback),
+                    destination_zone: served
+                        .endpoint
+                        .as_ref()
+                        .map(|e| e.zone.as_str())
+                        .unwrap_or(crate::traffic::UNKNOWN),
+                    upstream: served.endpoint.as_ref().map(|e| e.target.addr.to_string()),
+                    route: served.route.as_deref(),
+                    status,
+                    decision: served.decision,
+                    elapsed,
+                },
+            );
         }
         resp
     }

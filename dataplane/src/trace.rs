@@ -20,8 +20,7 @@ use proto::otlp as otel;
 use proto::v1 as pb;
 use tokio::sync::mpsc;
 
-use crate::otlp::{kv, Collector};
-pub use crate::otlp::{Origin, Value};
+use crate::otlp::{Collector, Origin};
 
 pub const TRACEPARENT: &str = "traceparent";
 /// Spans waiting for the exporter.
@@ -234,7 +233,7 @@ impl Tracer {
         a: Active,
         name: String,
         server: bool,
-        attrs: Vec<(&'static str, Value)>,
+        attributes: Vec<otel::KeyValue>,
         error: bool,
     ) {
         if !a.ctx.sampled {
@@ -261,7 +260,7 @@ impl Tracer {
             } as i32,
             start_time_unix_nano: nanos(a.start),
             end_time_unix_nano: nanos(SystemTime::now()),
-            attributes: attrs.into_iter().map(|(k, v)| kv(k, v)).collect(),
+            attributes,
             status: Some(otel::Status {
                 message: String::new(),
                 code: if error {
@@ -290,20 +289,6 @@ impl Tracer {
             }),
         }
     }
-}
-
-/// The HTTP attributes of a span (OpenTelemetry's semantic conventions).
-pub fn http_attrs(f: &crate::access_log::RequestFacts, status: u16) -> Vec<(&'static str, Value)> {
-    let path = f.path.split('?').next().unwrap_or("/");
-    let mut v = vec![
-        ("http.request.method", Value::Str(f.method.clone())),
-        ("url.path", Value::Str(path.to_string())),
-        ("http.response.status_code", Value::Int(i64::from(status))),
-    ];
-    if let Some(a) = &f.authority {
-        v.push(("server.address", Value::Str(a.clone())));
-    }
-    v
 }
 
 #[cfg(test)]

@@ -534,15 +534,15 @@ impl Gateway {
         failed: bool,
         peer: Option<SocketAddr>,
     ) {
-        use dataplane::trace::Value;
+        use dataplane::otlp::{kv, Value};
         let mut attrs = vec![
-            ("tern.direction", Value::Str(format!("gateway-{direction}"))),
-            ("tern.source.zone", Value::Str(h.source_zone.clone())),
-            ("tern.destination.zone", Value::Str(h.dest_zone.clone())),
-            ("tern.destination.service", Value::Str(h.service.clone())),
+            kv("tern.direction", Value::Str(format!("gateway-{direction}"))),
+            kv("tern.source.zone", Value::Str(h.source_zone.clone())),
+            kv("tern.destination.zone", Value::Str(h.dest_zone.clone())),
+            kv("tern.destination.service", Value::Str(h.service.clone())),
         ];
         if let Some(p) = peer {
-            attrs.push(("network.peer.address", Value::Str(p.to_string())));
+            attrs.push(kv("network.peer.address", Value::Str(p.to_string())));
         }
         let name = match direction {
             "outbound" => format!("gateway {} → {}", self.zone, h.dest_zone),

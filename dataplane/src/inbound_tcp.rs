@@ -1,0 +1,189 @@
+//! Opaque TCP connections to the local app (ALPN `tern/tcp`, or plaintext
+//! in permissive mode): what the inbound policies do to a connection (an
+//! access rule, a rate limit, a fault), the splice to the app, and the
+//! connection's access log line. `inbound.rs` accepts the connection and
+//! hands it here.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::net::TcpStream;
+
+use crate::access::Caller;
+use crate::fault;
+use crate::metrics::Direction;
+use crate::observe;
+use crate::proxy::Proxy;
+use crate::traffic::Counts;
+use common::traffic::Decision as Verdict;
+
+/// How long connecting to the local app may take.
+pub(crate) const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Proxy {
+    /// Whether a rate limit refuses this TCP connection.
+    fn limit_tcp(&self, caller: Option<&Caller>, remote: SocketAddr) -> bool {
+        let limits = self.shared.limits.load();
+        if limits.is_empty() {
+            return false;
+        }
+        match limits.check(caller, None) {
+            Some(l) => {
+                self.count_limited(&l.limit, "tcp", caller, remote);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The fault, if any, for a new TCP connection, counted: the delay to
+    /// serve before splicing, and whether to reset it (after the delay).
+    fn tcp_fault(&self, caller: Option<&Caller>) -> (Option<Duration>, bool) {
+        let faults = self.shared.faults.load();
+        if faults.is_empty() {
+            return (None, false);
+        }
+        let Some(inj) = faults.draw(caller, None) else {
+            return (None, false);
+        };
+        if inj.delay.is_some() {
+            self.count_fault(&inj.fault, "delay");
+        }
+        let reset = inj.abort == Some(fault::Abort::Reset);
+        if reset {
+            self.count_fault(&inj.fault, "reset");
+        }
+        (inj.delay, reset)
+    }
+
+    /// Whether the access rules let a TCP connection from `caller` (None:
+    /// plaintext) through; counted and logged either way they say no.
+    fn admit_tcp(&self, caller: Option<&Caller>, remote: SocketAddr) -> bool {
+        let access = self.shared.access.load();
+        if access.allow_all {
+            return true;
+        }
+        let d = access.decide(caller, None);
+        self.record(&d, "tcp", caller, remote, None);
+        d.allow
+    }
+
+    /// What the inbound policies do to a TCP connection, counted: `None`
+    /// to reset it (denied, rate limited, or a fault's reset, after its
+    /// delay), else the fault's delay to hold it for, if any.
+    pub(crate) async fn tcp_decide(
+        &self,
+        caller: Option<&Caller>,
+        remote: SocketAddr,
+        counts: &Counts,
+    ) -> Option<(Option<Duration>, Verdict)> {
+        let started = Instant::now();
+        let refuse = |d: Verdict| {
+            counts.connection(d);
+            self.log_tcp(caller, d, started, None);
+            None
+        };
+        if !self.admit_tcp(caller, remote) {
+            return refuse(Verdict::Denied);
+        }
+        if self.limit_tcp(caller, remote) {
+            return refuse(Verdict::RateLimited);
+        }
+        let (delay, reset_it) = self.tcp_fault(caller);
+        if reset_it {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            return refuse(Verdict::Fault);
+        }
+        let decision = if delay.is_some() {
+            Verdict::Fault
+        } else {
+            Verdict::None
+        };
+        counts.connection(decision);
+        Some((delay, decision))
+    }
+
+    /// An access log line for a TCP connection from `caller`, if the
+    /// policy asks: `flow` is the app's address and the bytes each way.
+    fn log_tcp(
+        &self,
+        caller: Option<&Caller>,
+        decision: Verdict,
+        started: Instant,
+        flow: Option<(SocketAddr, u64, u64)>,
+    ) {
+        if !self.shared.access_logs.wants(Direction::Inbound) {
+            return;
+        }
+        let (me, my_zone) = self.shared.traffic.me();
+        let unknown = crate::traffic::UNKNOWN;
+        self.shared.access_logs.log(&observe::Line {
+            start: SystemTime::now() - started.elapsed(),
+            direction: Direction::Inbound,
+            protocol: "tcp",
+            source_service: caller.map(|c| c.service.as_str()).unwrap_or(unknown),
+            source_zone: caller.map(|c| c.zone.as_str()).unwrap_or(unknown),
+            source_identity: None,
+            destination_service: &me,
+            destination_zone: &my_zone,
+            upstream: flow.map(|f| f.0.to_string()),
+            method: None,
+            authority: None,
+            path: None,
+            route: None,
+            status: None,
+            decision,
+            duration: started.elapsed(),
+            bytes_sent: flow.map(|f| f.1),
+            bytes_received: flow.map(|f| f.2),
+        });
+    }
+
+    pub(crate) async fn splice_to_app<S>(
+        &self,
+        mut stream: S,
+        app: SocketAddr,
+        counts: &Counts,
+        (caller, decision): (Option<&Caller>, Verdict),
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let started = Instant::now();
+        match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await {
+            Ok(Ok(mut up)) => {
+                let _ = up.set_nodelay(true);
+                let (sent, received) = (Counter::default(), Counter::default());
+                let _ = common::splice::copy_bidirectional_metered(
+                    &mut stream,
+                    &mut up,
+                    self.tcp_idle,
+                    &[&counts.sent, &sent],
+                    &[&counts.received, &received],
+                )
+                .await;
+                self.log_tcp(
+                    caller,
+                    decision,
+                    started,
+                    Some((app, sent.get(), received.get())),
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%app, error = %e, "local app refused the connection")
+            }
+            Err(_) => {
+                tracing::warn!(%app, "local app did not accept the connection within {APP_CONNECT_TIMEOUT:?}")
+            }
+        }
+    }
+}
+
+/// Close with a reset rather than a FIN (a denied TCP connection): a zero
+/// linger makes the close send RST at once, so it never blocks.
+#[allow(deprecated)]
+pub(crate) fn reset(tcp: &TcpStream) {
+    let _ = tcp.set_linger(Some(Duration::ZERO));
+}

@@ -1,0 +1,454 @@
+//! What a request leaves behind besides its answer: one record of it
+//! ([`Line`]), built once from facts taken before it went on, from which
+//! come its span (`trace.rs`) and its access log line or OTLP log record
+//! (`access_log.rs`), in JSON or text.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use common::traffic::Decision;
+use proto::otlp as otel;
+
+use crate::metrics::Direction;
+use crate::otlp::{kv, Value};
+use crate::state::Shared;
+use crate::trace;
+
+/// A request in progress, as far as traces and access logs care: its span
+/// (if its trace is recorded here) and its facts (if a span or a log line
+/// will want them), taken once.
+pub struct Observed {
+    span: Option<trace::Active>,
+    facts: Option<RequestFacts>,
+}
+
+/// Where a request went and how it ended, for [`Observed::finish`].
+pub struct Ends<'a> {
+    pub direction: Direction,
+    pub source_service: &'a str,
+    pub source_zone: &'a str,
+    pub source_identity: Option<&'a str>,
+    pub destination_service: &'a str,
+    pub destination_zone: &'a str,
+    pub upstream: Option<String>,
+    pub route: Option<&'a str>,
+    pub status: u16,
+    pub decision: Decision,
+    pub elapsed: Duration,
+}
+
+impl Observed {
+    /// Before the request goes on: start its span, and pass on a
+    /// `traceparent` naming it.
+    pub fn start<B>(shared: &Shared, direction: Direction, req: &mut http::Request<B>) -> Self {
+        let span = shared.tracer.start(req.headers().get(trace::TRACEPARENT));
+        if let Some(a) = &span {
+            req.headers_mut().insert(trace::TRACEPARENT, a.ctx.header());
+        }
+        let facts =
+            (span.is_some() || shared.access_logs.wants(direction)).then(|| RequestFacts::of(req));
+        Observed { span, facts }
+    }
+
+    /// Whether anything will be recorded (so callers skip gathering the
+    /// rest).
+    pub fn wanted(&self) -> bool {
+        self.facts.is_some()
+    }
+
+    /// Record the span and the access log line, from the same facts.
+    pub fn finish(self, shared: &Shared, e: Ends<'_>) {
+        let Some(f) = self.facts else {
+            return;
+        };
+        let line = Line {
+            start: SystemTime::now() - e.elapsed,
+            direction: e.direction,
+            protocol: "http",
+            source_service: e.source_service,
+            source_zone: e.source_zone,
+            source_identity: e.source_identity,
+            destination_service: e.destination_service,
+            destination_zone: e.destination_zone,
+            upstream: e.upstream,
+            method: Some(&f.method),
+            authority: f.authority.as_deref(),
+            path: Some(&f.path),
+            route: e.route,
+            status: Some(e.status),
+            decision: e.decision,
+            duration: e.elapsed,
+            bytes_sent: None,
+            bytes_received: None,
+        };
+        if let Some(a) = self.span {
+            shared.tracer.finish(
+                a,
+                format!("{} {}", f.method, e.destination_service),
+                e.direction == Direction::Inbound,
+                line.attributes(false),
+                e.status >= 500,
+            );
+        }
+        shared.access_logs.log(&line);
+    }
+}
+
+/// What a span and a log line need of a request, taken once before it is
+/// sent on.
+pub struct RequestFacts {
+    pub method: String,
+    pub authority: Option<String>,
+    pub path: String,
+}
+
+impl RequestFacts {
+    pub fn of<B>(req: &http::Request<B>) -> Self {
+        Self {
+            method: req.method().to_string(),
+            authority: req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                .map(str::to_string),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_string(),
+        }
+    }
+}
+
+/// A JSON object written field by field.
+struct JsonObject(String);
+
+impl JsonObject {
+    fn with_capacity(n: usize) -> Self {
+        let mut s = String::with_capacity(n);
+        s.push('{');
+        JsonObject(s)
+    }
+
+    fn key(&mut self, k: &str) {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        self.0.push('"');
+        self.0.push_str(k);
+        self.0.push_str("\":");
+    }
+
+    /// A string value, escaped as JSON requires.
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        self.0.push('"');
+        for c in v.chars() {
+            match c {
+                '"' => self.0.push_str("\\\""),
+                '\\' => self.0.push_str("\\\\"),
+                '\n' => self.0.push_str("\\n"),
+                '\r' => self.0.push_str("\\r"),
+                '\t' => self.0.push_str("\\t"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(self.0, "\\u{:04x}", c as u32);
+                }
+                c => self.0.push(c),
+            }
+        }
+        self.0.push('"');
+    }
+
+    /// A number, as written.
+    fn raw(&mut self, k: &str, v: &str) {
+        self.key(k);
+        self.0.push_str(v);
+    }
+
+    fn finish(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+/// One request or connection.
+pub struct Line<'a> {
+    pub start: SystemTime,
+    pub direction: Direction,
+    /// `http` or `tcp`.
+    pub protocol: &'static str,
+    pub source_service: &'a str,
+    pub source_zone: &'a str,
+    /// The caller's SPIFFE ID (verified), if known.
+    pub source_identity: Option<&'a str>,
+    pub destination_service: &'a str,
+    pub destination_zone: &'a str,
+    /// Where this proxy sent it: the endpoint (outbound) or the app.
+    pub upstream: Option<String>,
+    pub method: Option<&'a str>,
+    pub authority: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub status: Option<u16>,
+    pub decision: common::traffic::Decision,
+    pub duration: Duration,
+    /// TCP: bytes towards the destination and back.
+    pub bytes_sent: Option<u64>,
+    pub bytes_received: Option<u64>,
+}
+
+impl Line<'_> {
+    fn direction(&self) -> &'static str {
+        match self.direction {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+
+    /// One JSON object, fields in a fixed order, those that do not apply
+    /// left out. Written straight into one string (no JSON value built per
+    /// request).
+    pub fn json(&self) -> String {
+        let mut o = JsonObject::with_capacity(384);
+        o.str(
+            "time",
+            &humantime::format_rfc3339_millis(self.start).to_string(),
+        );
+        o.str("direction", self.direction());
+        o.str("protocol", self.protocol);
+        o.str("sourceService", self.source_service);
+        o.str("sourceZone", self.source_zone);
+        if let Some(v) = self.source_identity {
+            o.str("sourceIdentity", v);
+        }
+        o.str("destinationService", self.destination_service);
+        o.str("destinationZone", self.destination_zone);
+        if let Some(v) = &self.upstream {
+            o.str("upstream", v);
+        }
+        for (k, v) in [
+            ("method", self.method),
+            ("authority", self.authority),
+            ("path", self.path),
+            ("route", self.route),
+        ] {
+            if let Some(v) = v {
+                o.str(k, v);
+            }
+        }
+        if let Some(c) = self.status {
+            o.raw("status", &c.to_string());
+        }
+        o.str("decision", self.decision.name());
+        let ms = (self.duration.as_secs_f64() * 1e6).round() / 1e3;
+        o.raw("durationMs", &ms.to_string());
+        if let (Some(a), Some(b)) = (self.bytes_sent, self.bytes_received) {
+            o.raw("bytesSent", &a.to_string());
+            o.raw("bytesReceived", &b.to_string());
+        }
+        o.finish()
+    }
+
+    /// The line's fields as OTLP attributes, with OpenTelemetry's names
+    /// where they exist. A log record keeps the query in `url.path` and
+    /// carries the duration and TCP bytes; a span (`for_log` false) has the
+    /// path alone and its own times.
+    pub fn attributes(&self, for_log: bool) -> Vec<otel::KeyValue> {
+        let s = |v: &str| Value::Str(v.to_string());
+        let mut attrs = vec![
+            kv("tern.direction", s(self.direction())),
+            kv("network.protocol.name", s(self.protocol)),
+            kv("tern.source.service", s(self.source_service)),
+            kv("tern.source.zone", s(self.source_zone)),
+            kv("tern.destination.service", s(self.destination_service)),
+            kv("tern.destination.zone", s(self.destination_zone)),
+            kv("tern.decision", s(self.decision.name())),
+        ];
+        let mut opt = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                attrs.push(kv(k, v));
+            }
+        };
+        let path = match (for_log, self.path) {
+            (false, Some(p)) => p.split('?').next(),
+            (_, p) => p,
+        };
+        opt("tern.source.identity", self.source_identity.map(s));
+        opt("network.peer.address", self.upstream.as_deref().map(s));
+        opt("http.request.method", self.method.map(s));
+        opt("server.address", self.authority.map(s));
+        opt("url.path", path.map(s));
+        opt("http.route", self.route.map(s));
+        opt(
+            "http.response.status_code",
+            self.status.map(|c| Value::Int(i64::from(c))),
+        );
+        if for_log {
+            opt(
+                "tern.duration_us",
+                Some(Value::Int(self.duration.as_micros() as i64)),
+            );
+            opt(
+                "tern.bytes_sent",
+                self.bytes_sent.map(|b| Value::Int(b as i64)),
+            );
+            opt(
+                "tern.bytes_received",
+                self.bytes_received.map(|b| Value::Int(b as i64)),
+            );
+        }
+        attrs
+    }
+
+    /// An OTLP log record: the text line as its body, the fields as
+    /// attributes.
+    pub fn record(&self) -> otel::LogRecord {
+        let nanos = self
+            .start
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        otel::LogRecord {
+            time_unix_nano: nanos,
+            observed_time_unix_nano: nanos,
+            severity_number: 9,
+            severity_text: "INFO".into(),
+            body: Some(otel::AnyValue {
+                value: Some(otel::any_value::Value::StringValue(self.text())),
+            }),
+            attributes: self.attributes(true),
+            ..Default::default()
+        }
+    }
+
+    /// `TIME DIRECTION PROTOCOL SRC.ZONE -> DST.ZONE "METHOD AUTHORITY PATH"
+    /// STATUS DECISION DURATIONms key=value...`; `-` for what does not
+    /// apply. Client-sent parts are quoted with escapes, so a line is
+    /// always one line.
+    pub fn text(&self) -> String {
+        let mut s = String::with_capacity(160);
+        let _ = write!(
+            s,
+            "{} {} {} {}.{} -> {}.{} ",
+            humantime::format_rfc3339_millis(self.start),
+            self.direction(),
+            self.protocol,
+            self.source_service,
+            self.source_zone,
+            self.destination_service,
+            self.destination_zone,
+        );
+        match self.method {
+            Some(m) => {
+                let _ = write!(
+                    s,
+                    "\"{} {} {}\" ",
+                    m.escape_debug(),
+                    self.authority.unwrap_or("-").escape_debug(),
+                    self.path.unwrap_or("-").escape_debug()
+                );
+            }
+            None => s.push_str("- "),
+        }
+        match self.status {
+            Some(c) => {
+                let _ = write!(s, "{c} ");
+            }
+            None => s.push_str("- "),
+        }
+        let _ = write!(
+            s,
+            "{} {:.3}ms",
+            self.decision.name(),
+            self.duration.as_secs_f64() * 1e3
+        );
+        if let Some(r) = self.route {
+            let _ = write!(s, " route={r}");
+        }
+        if let Some(u) = &self.upstream {
+            let _ = write!(s, " upstream={u}");
+        }
+        if let Some(id) = self.source_identity {
+            let _ = write!(s, " id={id}");
+        }
+        if let (Some(a), Some(b)) = (self.bytes_sent, self.bytes_received) {
+            let _ = write!(s, " sent={a} received={b}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(path: &str) -> Line<'_> {
+        Line {
+            start: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            direction: Direction::Inbound,
+            protocol: "http",
+            source_service: "web",
+            source_zone: "z2",
+            source_identity: Some("spiffe://tern/zone/z2/svc/web"),
+            destination_service: "api",
+            destination_zone: "z1",
+            upstream: Some("127.0.0.1:8080".into()),
+            method: Some("GET"),
+            authority: Some("api"),
+            path: Some(path),
+            route: None,
+            status: Some(200),
+            decision: common::traffic::Decision::None,
+            duration: Duration::from_micros(1234),
+            bytes_sent: None,
+            bytes_received: None,
+        }
+    }
+
+    #[test]
+    fn text_lines_stay_one_line_whatever_the_client_sent() {
+        let t = line("/a\"b\nc").text();
+        assert_eq!(
+            t,
+            "2023-11-14T22:13:20.123Z inbound http web.z2 -> api.z1 \"GET api /a\\\"b\\nc\" 200 none 1.234ms upstream=127.0.0.1:8080 id=spiffe://tern/zone/z2/svc/web"
+        );
+        assert!(!t.contains('\n'));
+    }
+
+    #[test]
+    fn json_lines_escape_what_the_client_sent() {
+        let nasty = "/a\"b\\c\nd\u{1}é";
+        let v: serde_json::Value = serde_json::from_str(&line(nasty).json()).unwrap();
+        assert_eq!(v["path"], nasty);
+        assert!(!line(nasty).json().contains('\n'));
+    }
+
+    #[test]
+    fn json_lines_carry_what_applies_and_nothing_else() {
+        let v: serde_json::Value = serde_json::from_str(&line("/r").json()).unwrap();
+        assert_eq!(v["sourceZone"], "z2");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["durationMs"], 1.234);
+        assert!(v.get("route").is_none() && v.get("bytesSent").is_none());
+    }
+
+    #[test]
+    fn a_span_gets_the_path_alone_and_a_log_record_the_query_too() {
+        let l = line("/r?x=1");
+        let path = |attrs: Vec<otel::KeyValue>| {
+            attrs
+                .into_iter()
+                .find(|a| a.key == "url.path")
+                .and_then(|a| a.value)
+                .and_then(|v| v.value)
+        };
+        use otel::any_value::Value as V;
+        assert_eq!(path(l.attributes(false)), Some(V::StringValue("/r".into())));
+        assert_eq!(
+            path(l.attributes(true)),
+            Some(V::StringValue("/r?x=1".into()))
+        );
+    }
+}
