@@ -33,6 +33,8 @@ pub mod code {
     pub const NO_HEALTHY_ENDPOINT: u32 = 0x12;
     pub const UPSTREAM_FAILED: u32 = 0x13;
     pub const UNKNOWN_ZONE: u32 = 0x14;
+    /// Refused by a running drill (a partition or a blackhole).
+    pub const DRILL_REFUSED: u32 = 0x15;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

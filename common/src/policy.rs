@@ -205,6 +205,7 @@ impl PolicySet {
             default_deny: self.defaults.default == Action::Deny,
             default_shadow: self.defaults.mode == Mode::Shadow,
             policies,
+            gateway_drills: Vec::new(),
         }
     }
 
@@ -234,6 +235,7 @@ impl PolicySet {
             abort_http_status: abort.and_then(|a| a.http_status).unwrap_or(0) as u32,
             abort_grpc_status: abort.and_then(|a| a.grpc_status).unwrap_or(0),
             abort_reset: abort.is_some_and(|a| a.reset),
+            until_unix_ms: 0,
         }
     }
 

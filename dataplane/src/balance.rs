@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use model::ident::SpiffeId;
 use proto::v1 as pb;
 
+use crate::drill::{unix_ms, Drain};
 use crate::protocol::Protocol;
 use crate::resilience::{Defaults, Resilience};
+pub use crate::rng::Rng;
 
 /// Where a connection to an endpoint goes and whom it must reach.
 #[derive(Debug, Clone)]
@@ -101,48 +103,6 @@ impl Default for Health {
 fn epoch() -> Instant {
     static E: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *E.get_or_init(Instant::now)
-}
-
-/// A fresh random seed: std's hash keys come from the OS once per thread
-/// and advance on every call. Sidecars given the same config therefore
-/// pick independently, not in lockstep.
-/// A lock-free random source for picks (xorshift64*, seeded from the OS);
-/// its quality is ample for spreading load. Concurrent callers may now and
-/// then get the same value, which costs nothing here.
-#[derive(Debug)]
-pub struct Rng(AtomicU64);
-
-impl Rng {
-    pub fn new() -> Self {
-        Self(AtomicU64::new(os_seed() | 1))
-    }
-
-    pub fn next_u64(&self) -> u64 {
-        let mut x = self.0.load(Ordering::Relaxed);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0.store(x, Ordering::Relaxed);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-impl Default for Rng {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-fn os_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0x9e37_79b9_7f4a_7c15);
-    h.finish()
 }
 
 fn now_ms() -> u64 {
@@ -264,6 +224,8 @@ pub struct Cluster {
     rings: Vec<crate::choose::Ring>,
     /// Round robin's turn.
     turn: std::sync::atomic::AtomicUsize,
+    /// A drain drill on some of the cluster's localities.
+    pub drain: Option<Arc<Drain>>,
 }
 
 /// A pick: the endpoint, and the index of its tier.
@@ -299,7 +261,13 @@ impl Cluster {
             resilience: default_resilience(),
             rings: Vec::new(),
             turn: Default::default(),
+            drain: None,
         }
+    }
+
+    pub fn with_drain(mut self, d: Option<Arc<Drain>>) -> Self {
+        self.drain = d;
+        self
     }
 
     pub fn with_resilience(mut self, r: Arc<Resilience>) -> Self {
@@ -403,6 +371,30 @@ impl Cluster {
     /// [`Cluster::pick`], where a ring hash uses `key` (a request without
     /// one is placed at random).
     pub fn pick_keyed(
+        &self,
+        tried: &[Arc<Endpoint>],
+        min_tier: usize,
+        key: Option<u64>,
+    ) -> Option<Pick> {
+        if let Some(d) = &self.drain {
+            // A drained pick: the drill's localities count as tried, so
+            // the pick fails over exactly as if they were gone (and fails
+            // when nothing else is left).
+            if unix_ms() < d.until_ms && self.rng.hit(d.per_million) {
+                let mut t = tried.to_vec();
+                t.extend(
+                    self.endpoints
+                        .iter()
+                        .filter(|e| d.zones.contains(&e.zone))
+                        .cloned(),
+                );
+                return self.pick_among(&t, min_tier, key);
+            }
+        }
+        self.pick_among(tried, min_tier, key)
+    }
+
+    fn pick_among(
         &self,
         tried: &[Arc<Endpoint>],
         min_tier: usize,
@@ -608,7 +600,8 @@ impl Clusters {
                 c.service.clone(),
                 Arc::new(
                     Cluster::new(c.service.clone(), protocol, endpoints)
-                        .with_resilience(resilience),
+                        .with_resilience(resilience)
+                        .with_drain(c.drain.as_ref().and_then(Drain::from_pb).map(Arc::new)),
                 ),
             );
         }
@@ -636,6 +629,12 @@ impl Clusters {
                     "protocol": format!("{:?}", c.protocol),
                     "tierLoads": c.tier_loads(&[], 0),
                     "resilience": c.resilience.dump(),
+                    "drain": c.drain.as_ref().map(|d| serde_json::json!({
+                        "drill": d.name, "zones": d.zones,
+                        "percent": d.per_million as f64 / 10_000.0,
+                        "untilUnixMs": d.until_ms,
+                        "active": unix_ms() < d.until_ms,
+                    })),
                     "endpoints": c.endpoints.iter().map(|e| serde_json::json!({
                         "address": e.target.addr.to_string(),
                         "authority": e.authority.to_string(),

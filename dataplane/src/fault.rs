@@ -37,6 +37,8 @@ struct Fault {
     cond: Condition,
     delay: Option<(Duration, u32)>,
     abort: Option<(Abort, u32)>,
+    /// A drill's fault: not applied from this time on (unix ms).
+    until_ms: Option<u64>,
 }
 
 /// What to do to one request or connection.
@@ -94,6 +96,7 @@ impl Faults {
                     Some(a) if f.abort_per_million > 0 => Some((a, share(f.abort_per_million)?)),
                     _ => None,
                 },
+                until_ms: (f.until_unix_ms > 0).then_some(f.until_unix_ms),
             });
         }
         let summary = p
@@ -110,6 +113,7 @@ impl Faults {
                     "abortGrpcStatus": f.abort_grpc_status,
                     "abortReset": f.abort_reset,
                     "abortPercent": f.abort_per_million as f64 / 10_000.0,
+                    "untilUnixMs": (f.until_unix_ms > 0).then_some(f.until_unix_ms),
                 })
             })
             .collect();
@@ -129,7 +133,7 @@ impl Faults {
     }
 
     fn hit(&self, per_million: u32) -> bool {
-        per_million >= 1_000_000 || (self.rng.next_u64() >> 11) % 1_000_000 < per_million as u64
+        self.rng.hit(per_million)
     }
 
     /// For `caller` (None: plaintext) making `req` (None: a TCP
@@ -146,6 +150,7 @@ impl Faults {
             .filter(|f| {
                 f.delay.is_some() || f.abort.is_some_and(|(a, _)| (a == Abort::Reset) == tcp)
             })
+            .filter(|f| f.until_ms.is_none_or(|u| crate::drill::unix_ms() < u))
             .find(|f| f.cond.matches(caller, req))?;
         let delay = f.delay.filter(|(_, n)| self.hit(*n)).map(|(d, _)| d);
         let abort = f

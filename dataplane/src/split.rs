@@ -75,7 +75,8 @@ pub fn backend_cluster(
     };
     Arc::new(
         Cluster::new(base.service.clone(), base.protocol, endpoints)
-            .with_resilience(base.resilience.clone()),
+            .with_resilience(base.resilience.clone())
+            .with_drain(base.drain.clone()),
     )
 }
 

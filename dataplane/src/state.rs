@@ -113,6 +113,8 @@ pub struct Shared {
     pub access_logs: crate::access_log::AccessLogs,
     /// Spans, as the proxy's Trace policy sets it.
     pub tracer: crate::trace::Tracer,
+    /// Gateways: flows running drills make them refuse.
+    pub gateway_drills: ArcSwap<crate::drill::GatewayDrills>,
 }
 
 impl Shared {
@@ -133,6 +135,7 @@ impl Shared {
             routes: ArcSwap::from_pointee(HashMap::new()),
             access: ArcSwap::from_pointee(Access::default()),
             faults: ArcSwap::from_pointee(Faults::default()),
+            gateway_drills: Default::default(),
             limits: ArcSwap::from_pointee(RateLimits::default()),
             targets: ArcSwap::from_pointee(HashMap::new()),
             traffic: Default::default(),
@@ -282,6 +285,10 @@ impl Shared {
         self.routes.store(Arc::new(routes));
         self.access.store(Arc::new(access));
         self.faults.store(Arc::new(faults));
+        self.gateway_drills
+            .store(Arc::new(crate::drill::GatewayDrills::build(
+                inbound.map(|p| &p.gateway_drills[..]).unwrap_or(&[]),
+            )));
         self.limits.store(Arc::new(limits));
         let origin = |traffic: Arc<crate::traffic::Traffic>| {
             move || {

@@ -57,7 +57,7 @@ fn apply_get_delete_and_clear_errors() {
         )),
         "{e}"
     );
-    assert!(e.contains(&format!("{f}:12: document 3 (Gateway/x): kind: unknown kind \"Gateway\"; known kinds: Mesh, Zone, AccessPolicy, MtlsPolicy, HttpRoute, TcpRoute, FaultInjection, RateLimit, Retry, Timeout, CircuitBreaker, LoadBalancer, HealthCheck, AccessLog, Trace, ZoneIngress, Revocation, ZoneCa, MeshTrust")), "{e}");
+    assert!(e.contains(&format!("{f}:12: document 3 (Gateway/x): kind: unknown kind \"Gateway\"; known kinds: Mesh, Zone, AccessPolicy, MtlsPolicy, HttpRoute, TcpRoute, FaultInjection, RateLimit, Retry, Timeout, CircuitBreaker, LoadBalancer, HealthCheck, AccessLog, Trace, Drill, ZoneIngress, DrillRun, Revocation, ZoneCa, MeshTrust")), "{e}");
     assert!(e.contains(&format!("{f}:22: document 4 (Mesh/m): spec.mtls.workloadCertTTL: unknown field `workloadCertTTL`, expected `workloadCertTtl`")), "{e}");
     assert!(e.contains("nothing was applied"), "{e}");
     assert!(

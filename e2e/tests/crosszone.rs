@@ -158,14 +158,7 @@ impl World {
     }
 
     fn api_zones(&self) -> Vec<String> {
-        self.web.dump()["clusters"]["api"]["endpoints"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|e| e["zone"].as_str().unwrap_or("").to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.web.endpoint_zones("api")
     }
 
     fn kill_api(&mut self, i: usize) {

@@ -289,6 +289,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 "remotes": g_dump.remotes.dump(),
                 "clusters": g_dump.shared.clusters.load().dump(),
                 "trace": g_dump.shared.tracer.dump(),
+                "drills": g_dump.shared.gateway_drills.load().dump(),
                 "controlPlane": serde_json::to_value(&*status_dump.borrow()).unwrap_or_default(),
             })
         },
@@ -372,6 +373,12 @@ impl Gateway {
         // The source zone is what we authenticated, not what was claimed.
         header.source_zone = self.zone.clone();
         let zone = header.dest_zone.clone();
+        if let Some(drill) = self.shared.gateway_drills.load().refuse_outbound(&zone) {
+            // Closing before any stream opens: the sidecar sees the
+            // connection fail and fails over, as in a real partition.
+            self.metrics.reset(code::DRILL_REFUSED);
+            anyhow::bail!("flow to zone {zone} refused by {drill}");
+        }
         // A flow opened for a sampled trace: our span (until the stream to
         // the other zone is open) joins it, and the other gateway's span
         // is our child.
@@ -477,6 +484,13 @@ impl Gateway {
             self.metrics.reset(code::UNKNOWN_ZONE);
             return reset(&mut send, &mut recv, code::UNKNOWN_ZONE);
         }
+        let drills = self.shared.gateway_drills.load();
+        if let Some(drill) = drills.refuse_inbound(from_zone, &header.service) {
+            tracing::debug!(zone = from_zone, service = %header.service, %drill, "flow refused by a drill");
+            self.metrics.reset(code::DRILL_REFUSED);
+            return reset(&mut send, &mut recv, code::DRILL_REFUSED);
+        }
+        drop(drills);
         self.metrics.stream_opened(from_zone, "inbound");
         let span = self.span_for(&header);
         let connected = self.connect_local(&header).await;

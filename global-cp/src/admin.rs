@@ -59,6 +59,8 @@ pub fn init_credential(state: &State) -> anyhow::Result<String> {
     Ok(token)
 }
 
+mod drills;
+
 #[derive(Clone)]
 struct Api {
     state: Arc<State>,
@@ -116,6 +118,10 @@ pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyh
         )
         .route("/api/v1/inspect/traffic", get(inspect_traffic))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/drill-runs", get(drills::status))
+        .route("/api/v1/drills/:name/run", post(drills::run))
+        .route("/api/v1/drills/:name/abort", post(drills::abort))
+        .route("/api/v1/drills/:name/report", get(drills::report))
         .route("/api/v1/ca", get(ca_status))
         .route("/api/v1/ca/rotate", post(ca_rotate))
         .route("/api/v1/:plural", get(list))

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod authority;
 pub mod console;
+pub mod drill;
 pub mod inventory;
 pub mod membership;
 pub mod rotation;
@@ -98,6 +99,8 @@ pub struct State {
     pub metrics: sync::Metrics,
     /// The zones' live traffic figures.
     pub traffic: traffic::MeshTraffic,
+    /// The drill running now, if any.
+    pub drills: drill::Drills,
 }
 
 /// Start everything; returns once listeners are bound.
@@ -121,8 +124,10 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
         zones: sync::ZoneTable::default(),
         metrics,
         traffic,
+        drills: Default::default(),
         config: config.clone(),
     });
+    drill::recover(&state).context("end a drill left running")?;
     membership::reconcile(&state, config.zone_ca_validity)
         .context("bring zone records up to date")?;
     rotation::ensure_published(&state).context("publish the mesh roots")?;

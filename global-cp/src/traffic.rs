@@ -101,6 +101,26 @@ pub struct SeriesPoint {
     pub healthy: u32,
 }
 
+/// One zone's report of its callers' requests to one service in one zone.
+#[derive(Clone, Debug)]
+pub struct FlowSample {
+    /// When the report arrived (unix ms).
+    pub at_ms: u64,
+    pub interval_ms: u64,
+    /// The callers' zone.
+    pub source_zone: String,
+    /// The destination service, and the zone that served it.
+    pub service: String,
+    pub zone: String,
+    pub tally: Tally,
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
 impl MeshTraffic {
     /// Keep a zone's report, within bounds.
     pub fn record(&self, zone: &str, r: &pb::ZoneTraffic) {
@@ -286,6 +306,33 @@ impl MeshTraffic {
                     .collect(),
             }
         })
+    }
+
+    /// Every flow figure the zones reported after `after_ms` (unix ms, as
+    /// received here), oldest first: what a drill's report is made of.
+    pub fn flows_after(&self, after_ms: u64) -> Vec<FlowSample> {
+        let g = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (zone, points) in g.iter() {
+            for p in points {
+                let at_ms = unix_ms(p.wall);
+                if at_ms <= after_ms {
+                    continue;
+                }
+                for (_, dst, dst_zone, t) in &p.flows {
+                    out.push(FlowSample {
+                        at_ms,
+                        interval_ms: p.interval.as_millis() as u64,
+                        source_zone: zone.clone(),
+                        service: dst.clone(),
+                        zone: dst_zone.clone(),
+                        tally: t.clone(),
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|s| s.at_ms);
+        out
     }
 
     /// Per zone, the report intervals of `service` over the last `window`.

@@ -8,6 +8,7 @@
 //! * `fsutil` — private files (keys and credentials at rest).
 #![forbid(unsafe_code)]
 
+pub mod drill;
 pub mod fsutil;
 pub mod ident;
 pub mod policy;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+use crate::drill::{DrillRunSpec, DrillSpec};
 use crate::policy::access::{AccessDefaults, AccessPolicySpec, MtlsPolicySpec};
 use crate::policy::access_log::AccessLogSpec;
 use crate::policy::balancer::LoadBalancerSpec;
@@ -223,10 +224,22 @@ pub const KINDS: &[KindInfo] = &[
         validate: |v| typed::<TraceSpec>(v).and_then(|s| s.check()),
     },
     KindInfo {
+        name: "Drill",
+        plural: "drills",
+        system: false,
+        validate: |v| typed::<DrillSpec>(v).and_then(|s| s.check()),
+    },
+    KindInfo {
         name: "ZoneIngress",
         plural: "zoneingresses",
         system: true,
         validate: |v| typed::<ZoneIngressSpec>(v).map(|_| ()),
+    },
+    KindInfo {
+        name: "DrillRun",
+        plural: "drillruns",
+        system: true,
+        validate: |v| typed::<DrillRunSpec>(v).and_then(|s| s.check()),
     },
     KindInfo {
         name: "Revocation",

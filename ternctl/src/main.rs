@@ -1,6 +1,9 @@
 //! ternctl: the Tern command-line client. Talks to the global control
 //! plane's admin API.
 
+mod drill;
+mod drill_html;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -89,6 +92,11 @@ enum Cmd {
     Audit {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+    },
+    /// Failover drills: run one, follow it, abort it, read its report.
+    Drill {
+        #[command(subcommand)]
+        what: drill::DrillCmd,
     },
     /// Print a shell completion script: `source <(ternctl completion bash)`,
     /// `ternctl completion zsh > "${fpath[1]}/_ternctl"`, or
@@ -767,6 +775,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let api = Api::new(&cli)?;
     match cli.cmd {
         Cmd::Apply { .. } | Cmd::UseConfig { .. } | Cmd::Completion { .. } => unreachable!(),
+        Cmd::Drill { what } => return drill::run(&api, what).await,
         Cmd::Get { kind, name, output } if kind == "tokens" || kind == "token" => {
             let v = api.ok("GET", "/api/v1/tokens", None).await?;
             let items = v["items"].as_array().cloned().unwrap_or_default();

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use model::drill::DrillRunSpec;
 use model::ident::SpiffeId;
 use proto::v1 as pb;
 
@@ -73,7 +74,7 @@ pub fn trust(z: &Zone) -> pb::Trust {
 /// proxy's sync state holds pointers, not copies.
 #[derive(Default)]
 pub struct Compiled {
-    key: (u64, u64, u64),
+    key: (u64, u64, u64, u64),
     /// The trust every proxy gets, with the CA fingerprint and the roots it
     /// was built from (both change outside the global's versions: a CA
     /// renewal, and the roots the zone takes up after applying a delta).
@@ -127,6 +128,7 @@ struct ClusterInputs {
     registry: u64,
     ingresses: Vec<(String, model::resource::ZoneIngressSpec)>,
     order: Vec<String>,
+    drill: Option<DrillRunSpec>,
 }
 
 fn cluster_inputs(z: &Zone) -> ClusterInputs {
@@ -134,6 +136,7 @@ fn cluster_inputs(z: &Zone) -> ClusterInputs {
         registry: z.registry.generation(),
         ingresses: z.global.ingresses(),
         order: z.global.region_order(&z.boot.zone),
+        drill: crate::drill::current(z),
     }
 }
 
@@ -173,6 +176,7 @@ fn refresh(z: &Zone, g: &mut Compiled) {
         z.global.version(),
         z.local_policies.version(),
         z.registry.generation(),
+        *z.drills.epoch.borrow(),
     );
     if g.key != key || g.sidecar.is_empty() && g.gateway.is_none() && g.views.is_empty() {
         let mut old = std::mem::take(g);
@@ -187,7 +191,7 @@ fn refresh(z: &Zone, g: &mut Compiled) {
         let (sidecar, gateway) = if old.inputs.as_ref() == Some(&inputs) {
             (old.sidecar, None)
         } else {
-            let sidecar = clusters(z, ProxyKind::Sidecar)
+            let sidecar = clusters(z, ProxyKind::Sidecar, inputs.drill.as_ref())
                 .into_iter()
                 .map(|(k, c)| {
                     let c = match old.sidecar.get(&k) {
@@ -233,22 +237,29 @@ pub fn proxy_config(
     refresh(z, &mut g);
     if kind == ProxyKind::Gateway {
         if g.gateway.is_none() {
-            let mut items: BTreeMap<String, ProxyItem> = clusters(z, ProxyKind::Gateway)
+            let drill = g.inputs.as_ref().and_then(|i| i.drill.as_ref());
+            let mut items: BTreeMap<String, ProxyItem> = clusters(z, ProxyKind::Gateway, drill)
                 .into_iter()
                 .map(|(k, c)| (k, ProxyItem::Cluster(Arc::new(c))))
                 .collect();
             // A gateway takes only its Trace policy of the inbound ones
-            // (it serves no app).
+            // (it serves no app), and what a running drill makes it refuse.
             let inbound = z.policies().inbound(facts);
-            if inbound.trace.is_some() {
+            let gateway_drills: Vec<pb::GatewayDrill> = drill
+                .and_then(|d| crate::drill::gateway(d, &z.boot.zone))
+                .into_iter()
+                .collect();
+            if inbound.trace.is_some() || !gateway_drills.is_empty() {
                 let only_trace = proto::v1::InboundPolicy {
                     policies: inbound
                         .policies
                         .iter()
                         .filter(|p| p.starts_with("Trace/"))
                         .cloned()
+                        .chain(gateway_drills.iter().map(|d| d.name.clone()))
                         .collect(),
                     trace: inbound.trace,
+                    gateway_drills,
                     ..Default::default()
                 };
                 items.insert(
@@ -308,10 +319,20 @@ pub fn proxy_config(
             intern(ProxyItem::Cluster(item), old_item(name)),
         );
     }
+    let mut inbound = set.inbound(facts);
+    if let Some(d) = g.inputs.as_ref().and_then(|i| i.drill.as_ref()) {
+        // A blackhole's faults come first: the drill decides before any
+        // policy's fault.
+        let faults = crate::drill::blackhole(d, &z.boot.zone, &facts.service);
+        if !faults.is_empty() {
+            inbound.policies.push(faults[0].name.clone());
+            inbound.faults.splice(0..0, faults);
+        }
+    }
     out.insert(
         proto::INBOUND_KEY.to_string(),
         intern(
-            ProxyItem::Inbound(Arc::new(set.inbound(facts))),
+            ProxyItem::Inbound(Arc::new(inbound)),
             old_item(proto::INBOUND_KEY),
         ),
     );
@@ -336,7 +357,23 @@ fn route_targets<'a>(
         .filter(|s| !s.is_empty())
 }
 
-pub fn clusters(z: &Zone, kind: ProxyKind) -> BTreeMap<String, pb::Cluster> {
+/// The clusters every sidecar (or gateway) of the zone shares; a drain
+/// drill in `drill` is set on the clusters it names.
+pub fn clusters(
+    z: &Zone,
+    kind: ProxyKind,
+    drill: Option<&DrillRunSpec>,
+) -> BTreeMap<String, pb::Cluster> {
+    let mut out = clusters_without_drill(z, kind);
+    if let (ProxyKind::Sidecar, Some(d)) = (kind, drill) {
+        for c in out.values_mut() {
+            c.drain = crate::drill::drain(d, &c.service);
+        }
+    }
+    out
+}
+
+fn clusters_without_drill(z: &Zone, kind: ProxyKind) -> BTreeMap<String, pb::Cluster> {
     let mut out = z.registry.clusters();
     let td = &z.boot.trust_domain;
     let own_region = z.registry.region().to_string();

@@ -12,6 +12,7 @@
 pub mod bootstrap;
 pub mod ca;
 pub mod compile;
+pub mod drill;
 pub mod explain;
 pub mod global_client;
 pub mod local_policy;
@@ -167,6 +168,8 @@ pub struct Zone {
     pub compiled: std::sync::Mutex<compile::Compiled>,
     /// Its proxies' traffic since the last report to the global.
     pub traffic: Arc<traffic::ZoneTraffic>,
+    /// Running drills' deadlines as this zone enforces them.
+    pub drills: drill::Drills,
 }
 
 /// The parsed policies and the (global, local) versions they were parsed at.
@@ -226,6 +229,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
     );
     let zone = Arc::new(Zone {
         traffic,
+        drills: Default::default(),
         local_policies,
         policy_cache: Default::default(),
         compiled: Default::default(),
@@ -241,6 +245,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
     bootstrap::Boot::spawn_rotation_for(zone.clone());
     proxy_server::serve(zone.clone()).await?;
     global_client::spawn(zone.clone());
+    drill::spawn(zone.clone());
     let dz = zone.clone();
     Admin::new(
         reg,
@@ -256,6 +261,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
                 "globalConnected": dz.global.connected(),
                 "resources": dz.global.keys(),
                 "proxies": dz.registry.dump(),
+                "drill": drill::current(&dz),
             })
         },
     )

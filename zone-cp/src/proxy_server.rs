@@ -335,6 +335,7 @@ async fn run(
     let mut global = z.global.watch();
     let mut local_policies = z.local_policies.changed.subscribe();
     let mut ca_changed = z.boot.ca_changed.subscribe();
+    let mut drill_ended = z.drills.epoch.subscribe();
     let mut ready = false;
     let view = compile::View::new(&facts, &reachable);
     let clean: bool = loop {
@@ -420,6 +421,7 @@ async fn run(
                 tokio::time::sleep(REGISTRY_DEBOUNCE).await;
             }
             _ = local_policies.changed() => {}
+            _ = drill_ended.changed() => {}
             _ = ca_changed.changed() => {
                 if !resend_trust(&z, &mut trust, &tx).await {
                     break false;

@@ -778,11 +778,18 @@ impl Workload {
     }
     /// Endpoints of `service` in this sidecar's config.
     pub fn endpoints(&self, service: &str) -> Vec<String> {
+        self.endpoint_field(service, "address")
+    }
+    /// The zone of each endpoint of `service` in this sidecar's config.
+    pub fn endpoint_zones(&self, service: &str) -> Vec<String> {
+        self.endpoint_field(service, "zone")
+    }
+    fn endpoint_field(&self, service: &str, field: &str) -> Vec<String> {
         self.dump()["clusters"][service]["endpoints"]
             .as_array()
             .map(|a| {
                 a.iter()
-                    .map(|e| e["address"].as_str().unwrap_or("").to_string())
+                    .map(|e| e[field].as_str().unwrap_or("").to_string())
                     .collect()
             })
             .unwrap_or_default()

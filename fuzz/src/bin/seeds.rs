@@ -346,6 +346,13 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             per_header: "x-api-key".into(),
             ..Default::default()
         }],
+        gateway_drills: vec![pb::GatewayDrill {
+            name: "Drill/cut".into(),
+            peer_zones: vec!["z2".into()],
+            per_million: 500_000,
+            until_unix_ms: 4_000_000_000_000,
+            ..Default::default()
+        }],
     };
     let tmsg = |msg| pb::ZoneToProxy { msg: Some(msg) }.encode_to_vec();
     use pb::zone_to_proxy::Msg as T;

@@ -44,6 +44,7 @@ fn fixture(name: &str) -> Fixture {
         zones: ZoneTable::default(),
         metrics: Metrics::new(&mut reg),
         traffic: Default::default(),
+        drills: Default::default(),
         config,
     });
     Fixture { st, dir }

@@ -511,6 +511,23 @@ pub struct Cluster {
     /// absent: the defaults.
     #[prost(message, optional, tag = "7")]
     pub resilience: ::core::option::Option<Resilience>,
+    /// A drain drill running against some of this service's localities.
+    #[prost(message, optional, tag = "8")]
+    pub drain: ::core::option::Option<Drain>,
+}
+/// A drill's drain: `per_million` of the requests treat the endpoints in
+/// `zones` as gone (and fail over), until `until_unix_ms`.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Drain {
+    /// `Drill/NAME`.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "2")]
+    pub zones: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint32, tag = "3")]
+    pub per_million: u32,
+    #[prost(uint64, tag = "4")]
+    pub until_unix_ms: u64,
 }
 /// Zero and empty values mean "the proxy's default" throughout.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -686,6 +703,29 @@ pub struct InboundPolicy {
     /// it records none, and passes `traceparent` on untouched.
     #[prost(message, optional, tag = "10")]
     pub trace: ::core::option::Option<Trace>,
+    /// Gateways only: flows a running drill makes the gateway refuse.
+    #[prost(message, repeated, tag = "11")]
+    pub gateway_drills: ::prost::alloc::vec::Vec<GatewayDrill>,
+}
+/// What a drill makes a gateway refuse, on `per_million` of the flows, until
+/// `until_unix_ms`: flows to or from `peer_zones` (a partition), and flows
+/// from other zones to `services` of this zone (every service when
+/// `all_services`; a blackhole).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GatewayDrill {
+    /// `Drill/NAME`.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "2")]
+    pub peer_zones: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "3")]
+    pub services: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(bool, tag = "4")]
+    pub all_services: bool,
+    #[prost(uint32, tag = "5")]
+    pub per_million: u32,
+    #[prost(uint64, tag = "6")]
+    pub until_unix_ms: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Trace {
@@ -812,6 +852,10 @@ pub struct Fault {
     pub abort_grpc_status: u32,
     #[prost(bool, tag = "11")]
     pub abort_reset: bool,
+    /// Set for a drill's fault: not applied from this time on (unix
+    /// milliseconds), whether or not the zone control plane withdrew it.
+    #[prost(uint64, tag = "12")]
+    pub until_unix_ms: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AccessRule {
