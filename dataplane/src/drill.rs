@@ -50,6 +50,24 @@ struct Refusal {
     until_ms: u64,
 }
 
+/// Resolves with the refusing drill's name once `refused` holds for a
+/// config `drills` takes up (never while it does not): a flow that a new
+/// stage refuses is cut, not only the flows opened after.
+pub async fn cut_when(
+    mut drills: tokio::sync::watch::Receiver<std::sync::Arc<GatewayDrills>>,
+    refused: impl Fn(&GatewayDrills) -> Option<String>,
+) -> String {
+    loop {
+        if drills.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let now = drills.borrow_and_update().clone();
+        if let Some(why) = refused(&now) {
+            return why;
+        }
+    }
+}
+
 /// What running drills make this gateway refuse.
 #[derive(Debug, Default)]
 pub struct GatewayDrills {
@@ -75,31 +93,40 @@ impl GatewayDrills {
         }
     }
 
-    /// The drill refusing a flow from this zone to `dest_zone`, if one
-    /// draws it.
-    pub fn refuse_outbound(&self, dest_zone: &str) -> Option<&str> {
-        self.first(|r| r.peer_zones.iter().any(|z| z == dest_zone))
+    /// A flow's draw, made once when it opens: a drill of share `p`
+    /// refuses the flows whose ticket is below `p` (in millionths), so a
+    /// later stage with a larger share cuts those flows and more, never
+    /// others.
+    pub fn ticket(&self) -> u32 {
+        (self.rng.next_u64() % 1_000_000) as u32
     }
 
-    /// The drill refusing a flow from `from_zone` to `service` here, if one
-    /// draws it.
-    pub fn refuse_inbound(&self, from_zone: &str, service: &str) -> Option<&str> {
-        self.first(|r| {
+    /// The drill refusing a flow from this zone to `dest_zone`, if any.
+    pub fn refuse_outbound(&self, dest_zone: &str, ticket: u32) -> Option<&str> {
+        self.first(ticket, |r| r.peer_zones.iter().any(|z| z == dest_zone))
+    }
+
+    /// The drill refusing a flow from `from_zone` to `service` here, if any.
+    pub fn refuse_inbound(&self, from_zone: &str, service: &str, ticket: u32) -> Option<&str> {
+        self.first(ticket, |r| {
             r.peer_zones.iter().any(|z| z == from_zone)
                 || r.all_services
                 || r.services.iter().any(|s| s == service)
         })
     }
 
-    fn first(&self, applies: impl Fn(&Refusal) -> bool) -> Option<&str> {
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn first(&self, ticket: u32, applies: impl Fn(&Refusal) -> bool) -> Option<&str> {
         if self.list.is_empty() {
             return None;
         }
         let now = unix_ms();
         self.list
             .iter()
-            .find(|r| now < r.until_ms && applies(r))
-            .filter(|r| self.rng.hit(r.per_million))
+            .find(|r| now < r.until_ms && ticket < r.per_million && applies(r))
             .map(|r| r.name.as_str())
     }
 
@@ -136,13 +163,21 @@ mod tests {
     #[test]
     fn a_gateway_refuses_what_a_drill_names_until_its_deadline() {
         let g = GatewayDrills::build(&[drill(unix_ms() + 60_000)]);
-        assert_eq!(g.refuse_outbound("b"), Some("Drill/cut"));
-        assert_eq!(g.refuse_outbound("c"), None);
-        assert_eq!(g.refuse_inbound("b", "web"), Some("Drill/cut"));
-        assert_eq!(g.refuse_inbound("c", "api"), Some("Drill/cut"));
-        assert_eq!(g.refuse_inbound("c", "web"), None);
+        let t = g.ticket();
+        assert_eq!(g.refuse_outbound("b", t), Some("Drill/cut"));
+        assert_eq!(g.refuse_outbound("c", t), None);
+        assert_eq!(g.refuse_inbound("b", "web", t), Some("Drill/cut"));
+        assert_eq!(g.refuse_inbound("c", "api", t), Some("Drill/cut"));
+        assert_eq!(g.refuse_inbound("c", "web", t), None);
         let past = GatewayDrills::build(&[drill(unix_ms() - 1)]);
-        assert_eq!(past.refuse_outbound("b"), None);
+        assert_eq!(past.refuse_outbound("b", t), None);
+        // A share refuses the tickets below it: a larger share, a superset.
+        let half = GatewayDrills::build(&[pb::GatewayDrill {
+            per_million: 500_000,
+            ..drill(unix_ms() + 60_000)
+        }]);
+        assert!(half.refuse_outbound("b", 499_999).is_some());
+        assert!(half.refuse_outbound("b", 500_000).is_none());
     }
 
     #[test]

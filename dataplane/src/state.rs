@@ -113,8 +113,9 @@ pub struct Shared {
     pub access_logs: crate::access_log::AccessLogs,
     /// Spans, as the proxy's Trace policy sets it.
     pub tracer: crate::trace::Tracer,
-    /// Gateways: flows running drills make them refuse.
-    pub gateway_drills: ArcSwap<crate::drill::GatewayDrills>,
+    /// Gateways: flows running drills make them refuse (a watch, so live
+    /// flows are cut when a stage starts refusing them).
+    pub gateway_drills: tokio::sync::watch::Sender<Arc<crate::drill::GatewayDrills>>,
 }
 
 impl Shared {
@@ -135,7 +136,7 @@ impl Shared {
             routes: ArcSwap::from_pointee(HashMap::new()),
             access: ArcSwap::from_pointee(Access::default()),
             faults: ArcSwap::from_pointee(Faults::default()),
-            gateway_drills: Default::default(),
+            gateway_drills: tokio::sync::watch::channel(Default::default()).0,
             limits: ArcSwap::from_pointee(RateLimits::default()),
             targets: ArcSwap::from_pointee(HashMap::new()),
             traffic: Default::default(),
@@ -285,10 +286,11 @@ impl Shared {
         self.routes.store(Arc::new(routes));
         self.access.store(Arc::new(access));
         self.faults.store(Arc::new(faults));
-        self.gateway_drills
-            .store(Arc::new(crate::drill::GatewayDrills::build(
-                inbound.map(|p| &p.gateway_drills[..]).unwrap_or(&[]),
-            )));
+        let drills = inbound.map(|p| &p.gateway_drills[..]).unwrap_or(&[]);
+        if !drills.is_empty() || !self.gateway_drills.borrow().is_empty() {
+            self.gateway_drills
+                .send_replace(Arc::new(crate::drill::GatewayDrills::build(drills)));
+        }
         self.limits.store(Arc::new(limits));
         let origin = |traffic: Arc<crate::traffic::Traffic>| {
             move || {

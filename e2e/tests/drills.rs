@@ -152,9 +152,10 @@ fn retries_across_localities(g: &Global) {
 /// every failed attempt to z2, the drill's faults reach api's sidecar in
 /// z1 and z1's gateways while it runs and are gone after the restore,
 /// and the report's counts for api (all of its window) are exactly the
-/// load generator's own: requests and failed requests. Preflight refuses
-/// a second drill while one runs, and a drill of a service that runs
-/// nowhere else, saying why.
+/// load generator's own: requests and failed requests. Preflight refuses,
+/// saying why: a second drill while one runs, a drill of a service that
+/// runs nowhere else, and one whose declared capacity outside the target
+/// is below the observed rate.
 #[test]
 fn a_blackhole_drill_passes_and_its_report_counts_what_the_callers_saw() {
     let w = World::build("drill-blackhole", Net(77));
@@ -163,7 +164,7 @@ fn a_blackhole_drill_passes_and_its_report_counts_what_the_callers_saw() {
         (w.web.dump()["clusters"]["api"]["resilience"]["attemptsPerLocality"] == 1).then_some(())
     });
     w.g.apply(&format!(
-        "{H}kind: Drill\nmetadata: {{name: api-z1}}\nspec:\n  target: {{zone: z1, services: [api]}}\n  method: blackhole\n  stages: [{{percent: 50, hold: 6s}}, {{percent: 100, hold: 8s}}]\n  guard: {{for: 4s, slos: [{{service: api, maxErrorRate: 5}}]}}\n  observe: {{before: 60s, after: 20s}}\n---\n{H}kind: Drill\nmetadata: {{name: billing-z3}}\nspec:\n  target: {{zone: z3, services: [billing]}}\n  method: drain\n  stages: [{{percent: 100, hold: 5s}}]\n  guard: {{slos: [{{service: billing, maxErrorRate: 1}}]}}\n"
+        "{H}kind: Drill\nmetadata: {{name: api-z1}}\nspec:\n  target: {{zone: z1, services: [api]}}\n  method: blackhole\n  stages: [{{percent: 50, hold: 6s}}, {{percent: 100, hold: 8s}}]\n  guard: {{for: 4s, slos: [{{service: api, maxErrorRate: 5}}]}}\n  observe: {{before: 60s, after: 20s}}\n---\n{H}kind: Drill\nmetadata: {{name: billing-z3}}\nspec:\n  target: {{zone: z3, services: [billing]}}\n  method: drain\n  stages: [{{percent: 100, hold: 5s}}]\n  guard: {{slos: [{{service: billing, maxErrorRate: 1}}]}}\n---\n{H}kind: Drill\nmetadata: {{name: api-z1-small}}\nspec:\n  target: {{zone: z1, services: [api]}}\n  method: drain\n  stages: [{{percent: 100, hold: 5s}}]\n  guard: {{slos: [{{service: api, maxErrorRate: 1}}]}}\n  capacity: [{{service: api, perInstanceRps: 0.001}}]\n"
     ));
     let refused = w.g.ternctl(&["drill", "run", "billing-z3"]);
     let why = String::from_utf8_lossy(&refused.stderr);
@@ -173,6 +174,21 @@ fn a_blackhole_drill_passes_and_its_report_counts_what_the_callers_saw() {
         "{why}"
     );
     let load = w.load();
+    wait_for("the global sees api's rate", T, || {
+        let v: Value =
+            serde_json::from_str(&w.g.ctl(&["inspect", "services", "-o", "json"])).unwrap();
+        v.as_array()?
+            .iter()
+            .any(|s| s["service"] == "api" && s["total"]["rps"].as_f64() > Some(1.0))
+            .then_some(())
+    });
+    let small = w.g.ternctl(&["drill", "run", "api-z1-small"]);
+    let why = String::from_utf8_lossy(&small.stderr);
+    assert!(!small.status.success());
+    assert!(
+        why.contains("instances outside z1 can take 0.0 rps"),
+        "{why}"
+    );
     let out = w.g.ctl(&["drill", "run", "api-z1"]);
     assert!(out.contains("drill api-z1 started"), "{out}");
     let second = w.g.ternctl(&["drill", "run", "billing-z3"]);
@@ -320,4 +336,122 @@ fn zones_restore_a_drain_at_its_deadline_when_the_global_dies_mid_drill() {
             .contains("restored on their own"),
         "{r:#}"
     );
+}
+
+/// A partition of the z1–z2 link: with api gone from z1, web's traffic
+/// runs through z1's gateways to z2; while the partition holds, z1's
+/// gateways refuse flows to z2 and z2's refuse flows from z1, so web's
+/// retries move every request to z3 (no request fails), and after the
+/// restore z2 serves again.
+#[test]
+fn a_partition_between_two_zones_moves_traffic_to_the_third() {
+    let mut w = World::build("drill-partition", Net(80));
+    retries_across_localities(&w.g);
+    w.g.apply(&format!(
+        "{H}kind: Drill\nmetadata: {{name: cut-z1-z2}}\nspec:\n  target: {{link: [z1, z2]}}\n  method: partition\n  stages: [{{percent: 100, hold: 10s}}]\n  guard: {{slos: [{{service: api, maxErrorRate: 5}}]}}\n  observe: {{before: 30s, after: 5s}}\n"
+    ));
+    wait_for("web's retry policy for api", T, || {
+        (w.web.dump()["clusters"]["api"]["resilience"]["attemptsPerLocality"] == 1).then_some(())
+    });
+    let mut gone = w.apis.remove(0);
+    gone.sidecar.kill();
+    gone.app.kill();
+    wait_for("api gone from z1 in web's config", T, || {
+        (!w.api_zones().contains(&"z1".to_string())).then_some(())
+    });
+    let load = Load::start(w.web.outbound(), "api", "GET");
+    wait_for("load served by z2", T, || {
+        load.snapshot().last_from(20, "z2").then_some(())
+    });
+    w.g.ctl(&["drill", "run", "cut-z1-z2"]);
+    wait_for(
+        "the z1 and z2 gateways refuse each other's flows",
+        T,
+        || {
+            w.gateways
+                .iter()
+                .filter(|(z, _)| z != "z3")
+                .all(|(z, g)| {
+                    let peer = if z == "z1" { "z2" } else { "z1" };
+                    g.dump()["drills"][0]["peerZones"][0] == peer
+                })
+                .then_some(())
+        },
+    );
+    wait_for("load served by z3 during the partition", T, || {
+        load.snapshot().last_from(20, "z3").then_some(())
+    });
+    let r = w.wait_report("cut-z1-z2", "observing", patient(Duration::from_secs(60)));
+    assert_eq!(r["outcome"], "passed", "{r:#}");
+    wait_for("load served by z2 again", T, || {
+        load.snapshot().last_from(20, "z2").then_some(())
+    });
+    let seen = load.finish();
+    assert_eq!(seen.failed, 0, "{:?}", seen.failures);
+    let refused: f64 = w
+        .gateways
+        .iter()
+        .map(|(_, g)| g.metric("tern_gateway_stream_resets_total", "code=\"21\""))
+        .sum();
+    assert!(refused >= 1.0, "gateways counted refused flows");
+}
+
+/// A drill scheduled every minute starts on its own at the minute (by the
+/// global's clock, within the patience-scaled slack), its blackhole reaches
+/// api's sidecar, and an operator's abort restores at once: the faults
+/// leave the sidecar and the report says who ended it. A drill inside a
+/// blackout window is refused, naming the window.
+#[test]
+fn a_scheduled_drill_starts_on_time_and_an_abort_restores_at_once() {
+    let w = World::build("drill-schedule", Net(81));
+    let now = std::time::SystemTime::now();
+    let hour = |secs: i64| {
+        let t = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + secs;
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t as u64))
+            .to_string()
+    };
+    w.g.apply(&format!(
+        "{H}kind: Drill\nmetadata: {{name: every-minute}}\nspec:\n  target: {{zone: z1, services: [api]}}\n  method: blackhole\n  stages: [{{percent: 100, hold: 5m}}]\n  guard: {{slos: [{{service: api, maxErrorRate: 50}}]}}\n  schedule: {{cron: '* * * * *', timeZone: Asia/Kolkata}}\n---\n{H}kind: Drill\nmetadata: {{name: in-blackout}}\nspec:\n  target: {{zone: z2}}\n  method: drain\n  stages: [{{percent: 100, hold: 5s}}]\n  guard: {{slos: [{{service: api, maxErrorRate: 1}}]}}\n  blackouts: [{{start: '{}', end: '{}'}}]\n",
+        hour(-3600),
+        hour(3600)
+    ));
+    let o = w.g.ternctl(&["drill", "run", "in-blackout"]);
+    let why = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && why.contains("inside a blackout window"),
+        "{why}"
+    );
+    let run = wait_for(
+        "the scheduled drill starts",
+        patient(Duration::from_secs(90)),
+        || {
+            let v: Value =
+                serde_json::from_str(&w.g.ctl(&["drill", "status", "-o", "json"])).unwrap();
+            v["runs"]
+                .as_array()?
+                .iter()
+                .find(|r| r["drill"] == "every-minute" && r["state"] == "running")
+                .cloned()
+        },
+    );
+    let late = run["startedAt"].as_u64().unwrap() % 60_000;
+    assert!(
+        late < patient(Duration::from_secs(5)).as_millis() as u64,
+        "started {late} ms after the minute"
+    );
+    wait_for("blackhole faults on api's sidecar in z1", T, || {
+        (w.api_z1_drill_faults() == 2).then_some(())
+    });
+    let out = w.g.ctl(&["drill", "abort", "every-minute"]);
+    assert!(out.contains("aborted"), "{out}");
+    wait_for("api's sidecar in z1 restored", T, || {
+        (w.api_z1_drill_faults() == 0).then_some(())
+    });
+    let r = w.report("every-minute");
+    assert_eq!(r["outcome"], "aborted", "{r:#}");
+    assert_eq!(r["reason"], "aborted by an operator");
+    assert!(r["events"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .ends_with("by the schedule"));
 }

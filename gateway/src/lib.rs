@@ -289,7 +289,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 "remotes": g_dump.remotes.dump(),
                 "clusters": g_dump.shared.clusters.load().dump(),
                 "trace": g_dump.shared.tracer.dump(),
-                "drills": g_dump.shared.gateway_drills.load().dump(),
+                "drills": g_dump.shared.gateway_drills.borrow().dump(),
                 "controlPlane": serde_json::to_value(&*status_dump.borrow()).unwrap_or_default(),
             })
         },
@@ -373,7 +373,13 @@ impl Gateway {
         // The source zone is what we authenticated, not what was claimed.
         header.source_zone = self.zone.clone();
         let zone = header.dest_zone.clone();
-        if let Some(drill) = self.shared.gateway_drills.load().refuse_outbound(&zone) {
+        let ticket = self.shared.gateway_drills.borrow().ticket();
+        if let Some(drill) = self
+            .shared
+            .gateway_drills
+            .borrow()
+            .refuse_outbound(&zone, ticket)
+        {
             // Closing before any stream opens: the sidecar sees the
             // connection fail and fails over, as in a real partition.
             self.metrics.reset(code::DRILL_REFUSED);
@@ -400,9 +406,24 @@ impl Gateway {
         let mut quic = tokio::io::join(recv, send);
         let (sent, received) = self.metrics.byte_counters(&zone);
         let (sent, received) = ([&sent], [&received]);
-        let splice = common::splice::copy_bidirectional_metered(
-            &mut tls, &mut quic, FLOW_IDLE, &sent, &received,
-        );
+        let drill_cut = {
+            let zone = zone.clone();
+            dataplane::drill::cut_when(self.shared.gateway_drills.subscribe(), move |d| {
+                d.refuse_outbound(&zone, ticket).map(str::to_string)
+            })
+        };
+        let metrics = self.metrics.clone();
+        let splice = async {
+            tokio::select! {
+                r = common::splice::copy_bidirectional_metered(
+                    &mut tls, &mut quic, FLOW_IDLE, &sent, &received,
+                ) => r,
+                why = drill_cut => {
+                    metrics.reset(code::DRILL_REFUSED);
+                    Err(std::io::Error::other(format!("flow cut by {why}")))
+                }
+            }
+        };
         let distrusted = self.metrics.distrusted.clone();
         let cut = move || {
             distrusted.inc();
@@ -484,13 +505,18 @@ impl Gateway {
             self.metrics.reset(code::UNKNOWN_ZONE);
             return reset(&mut send, &mut recv, code::UNKNOWN_ZONE);
         }
-        let drills = self.shared.gateway_drills.load();
-        if let Some(drill) = drills.refuse_inbound(from_zone, &header.service) {
+        let ticket = self.shared.gateway_drills.borrow().ticket();
+        let refused = self
+            .shared
+            .gateway_drills
+            .borrow()
+            .refuse_inbound(from_zone, &header.service, ticket)
+            .map(str::to_string);
+        if let Some(drill) = refused {
             tracing::debug!(zone = from_zone, service = %header.service, %drill, "flow refused by a drill");
             self.metrics.reset(code::DRILL_REFUSED);
             return reset(&mut send, &mut recv, code::DRILL_REFUSED);
         }
-        drop(drills);
         self.metrics.stream_opened(from_zone, "inbound");
         let span = self.span_for(&header);
         let connected = self.connect_local(&header).await;
@@ -515,14 +541,26 @@ impl Gateway {
             None => {
                 let (mut q, mut u) = (quic, upstream);
                 let (sent, received) = self.metrics.byte_counters(from_zone);
-                let _ = common::splice::copy_bidirectional_metered(
-                    &mut q,
-                    &mut u,
-                    FLOW_IDLE,
-                    &[&received],
-                    &[&sent],
-                )
-                .await;
+                let (from, service) = (from_zone.to_string(), header.service.clone());
+                let drill_cut =
+                    dataplane::drill::cut_when(self.shared.gateway_drills.subscribe(), move |d| {
+                        d.refuse_inbound(&from, &service, ticket)
+                            .map(str::to_string)
+                    });
+                let (up, down) = ([&received], [&sent]);
+                tokio::select! {
+                    _ = common::splice::copy_bidirectional_metered(
+                        &mut q,
+                        &mut u,
+                        FLOW_IDLE,
+                        &up,
+                        &down,
+                    ) => {}
+                    why = drill_cut => {
+                        tracing::debug!(zone = from_zone, %why, "flow cut by a drill");
+                        self.metrics.reset(code::DRILL_REFUSED);
+                    }
+                }
             }
         }
     }

@@ -32,6 +32,10 @@ pub const KEEP_RUNS: usize = 100;
 const INDEX_KEY: &str = "drill/runs";
 const TICK: Duration = Duration::from_secs(1);
 const PERSIST_EVERY_MS: u64 = 5_000;
+/// The window of observed rates preflight compares with capacity.
+const CAPACITY_WINDOW: Duration = Duration::from_secs(60);
+/// How often schedules are checked.
+const SCHEDULE_TICK: Duration = Duration::from_secs(1);
 /// At most this many services in a report.
 const MAX_REPORTED: usize = 50;
 
@@ -231,11 +235,21 @@ fn resolve(state: &State, t: &Target) -> Result<Vec<String>, Refused> {
     Ok(out)
 }
 
-/// Refuse to start when the mesh is not healthy enough to lose the
-/// target: a zone offline or refusing config, or a named service with no
-/// healthy instance outside the target. Returns notes for the report.
+/// Refuse to start inside a blackout window, or when the mesh is not
+/// healthy enough to lose the target: a zone offline or refusing config,
+/// a target service with no healthy instance outside the target, or (with
+/// a declared capacity) too few of them for the service's observed rate.
+/// Returns notes for the report.
 fn preflight(state: &State, spec: &DrillSpec, zones: &[String]) -> Result<Vec<String>, Refused> {
     let mut notes = Vec::new();
+    let now = now_ms();
+    for b in &spec.blackouts {
+        if let Some(w) = b.holds(now) {
+            return Err(Refused::Preflight(format!(
+                "inside a blackout window ({w})"
+            )));
+        }
+    }
     let joined = state
         .store
         .zones()
@@ -269,6 +283,7 @@ fn preflight(state: &State, spec: &DrillSpec, zones: &[String]) -> Result<Vec<St
                 }
             }
         }
+        let observed = state.traffic.services(CAPACITY_WINDOW);
         for s in &services {
             let elsewhere: usize = live
                 .iter()
@@ -281,16 +296,38 @@ fn preflight(state: &State, spec: &DrillSpec, zones: &[String]) -> Result<Vec<St
                     zones.join(", ")
                 )));
             }
-            notes.push(format!(
-                "{s}: {elsewhere} healthy instances outside the target"
-            ));
+            let rps = observed
+                .iter()
+                .find(|v| v.service == *s)
+                .map(|v| v.total.rps)
+                .unwrap_or(0.0);
+            match spec.capacity.iter().find(|c| c.service == *s) {
+                Some(c) => {
+                    let can = elsewhere as f64 * c.per_instance_rps;
+                    if can < rps {
+                        return Err(Refused::Preflight(format!(
+                            "{s}: the {elsewhere} instances outside {} can take {can:.1} rps \
+                             ({} each), but {s} serves {rps:.1} rps now",
+                            zones.join(", "),
+                            c.per_instance_rps
+                        )));
+                    }
+                    notes.push(format!(
+                        "{s}: {elsewhere} healthy instances outside the target can take {can:.1} rps; it serves {rps:.1} rps"
+                    ));
+                }
+                None => notes.push(format!(
+                    "{s}: {elsewhere} healthy instances outside the target (no capacity declared; it serves {rps:.1} rps)"
+                )),
+            }
         }
     }
     Ok(notes)
 }
 
-/// Start `name` now, if preflight allows. Returns the run's first report.
-pub fn start(state: &Arc<State>, name: &str) -> Result<Report, Refused> {
+/// Start `name` now, if preflight allows; `by` says who asked (an
+/// operator, the schedule). Returns the run's first report.
+pub fn start(state: &Arc<State>, name: &str, by: &str) -> Result<Report, Refused> {
     let stored = state
         .store
         .get("Drill", name)
@@ -334,7 +371,7 @@ pub fn start(state: &Arc<State>, name: &str) -> Result<Report, Refused> {
     };
     report.event(
         "started",
-        format!("{} of {}", spec.method.name(), zones.join(", ")),
+        format!("{} of {}, by {by}", spec.method.name(), zones.join(", ")),
     );
     write_run(state, &spec, &report, 0).map_err(Refused::Store)?;
     report.stages[0].started_at = Some(started);
@@ -611,16 +648,10 @@ fn persist(state: &State, r: &Report) {
         }
     };
     let res = state.store.transact(|tx| {
-        let mut index: Vec<RunSummary> = tx
-            .meta_get(INDEX_KEY)?
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let mut index = read_index(tx.meta_get(INDEX_KEY)?);
         index.retain(|s| s.run != r.run);
         index.push(r.summary());
-        while index.len() > KEEP_RUNS {
-            let old = index.remove(0);
-            tx.meta_delete(&report_key(&old.run))?;
-        }
+        trim_index(tx, &mut index)?;
         tx.meta_set(&report_key(&r.run), &body)?;
         tx.meta_set(
             INDEX_KEY,
@@ -633,15 +664,99 @@ fn persist(state: &State, r: &Report) {
     }
 }
 
-/// Runs, newest last.
-pub fn runs(state: &State) -> Vec<RunSummary> {
-    state
+/// Start each drill whose schedule names a time since the last check.
+/// Times that passed while the global was down are not made up for.
+pub fn spawn_scheduler(state: Arc<State>) {
+    tokio::spawn(async move {
+        let mut checked = now_ms();
+        loop {
+            tokio::time::sleep(SCHEDULE_TICK).await;
+            let now = now_ms();
+            let drills = match state.store.list(Some("Drill")) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read drills for their schedules");
+                    continue;
+                }
+            };
+            for d in drills {
+                let name = d.resource.metadata.name.clone();
+                let Ok(spec) = serde_json::from_value::<DrillSpec>(d.resource.spec) else {
+                    continue;
+                };
+                let due = spec
+                    .schedule
+                    .as_ref()
+                    .and_then(|s| s.next_after(checked))
+                    .is_some_and(|t| t <= now);
+                if !due {
+                    continue;
+                }
+                match start(&state, &name, "the schedule") {
+                    Ok(r) => tracing::info!(drill = %name, run = %r.run, "scheduled drill started"),
+                    Err(e) => {
+                        tracing::warn!(drill = %name, error = %e, "scheduled drill refused");
+                        refused(&state, &name, &e.to_string(), now);
+                    }
+                }
+            }
+            checked = now;
+        }
+    });
+}
+
+/// A scheduled start that preflight refused, in the runs index.
+fn refused(state: &State, drill: &str, why: &str, at: u64) {
+    let method = state
         .store
-        .meta_get(INDEX_KEY)
+        .get("Drill", drill)
         .ok()
         .flatten()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+        .and_then(|d| serde_json::from_value::<DrillSpec>(d.resource.spec).ok())
+        .map(|s| s.method.name().to_string())
+        .unwrap_or_default();
+    let line = RunSummary {
+        drill: drill.into(),
+        run: format!("{drill}-{}", at / 1000),
+        method,
+        state: "refused".into(),
+        outcome: None,
+        reason: why.into(),
+        started_at: at,
+        ended_at: Some(at),
+    };
+    let res = state.store.transact(|tx| {
+        let mut index = read_index(tx.meta_get(INDEX_KEY)?);
+        index.push(line);
+        trim_index(tx, &mut index)?;
+        tx.meta_set(INDEX_KEY, &serde_json::to_vec(&index).unwrap_or_default())?;
+        Ok::<_, crate::store::StoreError>(())
+    });
+    if let Err(e) = res {
+        tracing::error!(error = %e, "could not record a refused drill");
+    }
+}
+
+fn read_index(b: Option<Vec<u8>>) -> Vec<RunSummary> {
+    b.and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
+}
+
+/// Drop the oldest runs past [`KEEP_RUNS`] and their reports.
+fn trim_index(
+    tx: &mut crate::store::Tx<'_>,
+    index: &mut Vec<RunSummary>,
+) -> Result<(), crate::store::StoreError> {
+    while index.len() > KEEP_RUNS {
+        let old = index.remove(0);
+        tx.meta_delete(&report_key(&old.run))?;
+    }
+    Ok(())
+}
+
+/// Runs, newest last.
+pub fn runs(state: &State) -> Vec<RunSummary> {
+    read_index(state.store.meta_get(INDEX_KEY).ok().flatten())
 }
 
 /// The report of `run`, or of the drill's latest run.

@@ -142,6 +142,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
         state.store.latency.clone(),
     );
     admin::serve(state.clone(), registry, admin_token).await?;
+    drill::spawn_scheduler(state.clone());
     tracing::info!(
         sync = %config.sync_addr,
         admin = %config.admin_addr,

@@ -18,6 +18,12 @@
 //!       - {service: api, maxErrorRate: 1, maxP99: 300ms}
 //!   deadline: 10m            # zones restore on their own by then
 //!   observe: {before: 60s, after: 60s}
+//!   schedule: {cron: "0 10 * * tue", timeZone: Europe/Dublin}
+//!   blackouts:               # no start inside these (scheduled or not)
+//!     - {start: "2026-12-24T00:00:00Z", end: "2027-01-02T00:00:00Z"}
+//!     - {cron: "0 17 * * fri", duration: 64h, timeZone: Europe/Dublin}
+//!   capacity:                # what one instance can take, for preflight
+//!     - {service: api, perInstanceRps: 200}
 //! ```
 //!
 //! A `Drill` is written by users; a `DrillRun` only by the global's drill
@@ -29,7 +35,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use jiff::Timestamp;
+
 use crate::resource::{check_name, Dur, FieldError};
+use crate::schedule::{from_unix_ms, time_zone, to_unix_ms, Cron};
 
 /// The longest a drill may run before zones restore on their own.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
@@ -55,6 +64,115 @@ pub struct DrillSpec {
     pub deadline: Option<Dur>,
     #[serde(default)]
     pub observe: Observe,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blackouts: Vec<Blackout>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capacity: Vec<Capacity>,
+}
+
+/// When the drill starts on its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Schedule {
+    pub cron: String,
+    /// IANA name; default UTC.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub time_zone: String,
+}
+
+/// A window in which the drill may not start: fixed (`start`, `end`, RFC
+/// 3339) or recurring (`duration` from each time `cron` names).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Blackout {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Dur>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub time_zone: String,
+}
+
+/// What one healthy instance of a service can serve; preflight checks that
+/// the instances outside the target can take the service's observed rate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Capacity {
+    pub service: String,
+    pub per_instance_rps: f64,
+}
+
+impl Schedule {
+    /// The first start after `after_ms` (unix ms).
+    pub fn next_after(&self, after_ms: u64) -> Option<u64> {
+        let cron = Cron::parse(&self.cron).ok()?;
+        let tz = time_zone(&self.time_zone).ok()?;
+        cron.next_after(from_unix_ms(after_ms), &tz).map(to_unix_ms)
+    }
+}
+
+impl Blackout {
+    /// The window holding `now_ms`, described, if any.
+    pub fn holds(&self, now_ms: u64) -> Option<String> {
+        let now = from_unix_ms(now_ms);
+        if let (Some(s), Some(e)) = (&self.start, &self.end) {
+            let (a, b): (Timestamp, Timestamp) = (s.parse().ok()?, e.parse().ok()?);
+            return (a <= now && now < b).then(|| format!("{s} to {e}"));
+        }
+        let (cron, d) = (Cron::parse(self.cron.as_deref()?).ok()?, self.duration?);
+        let tz = time_zone(&self.time_zone).ok()?;
+        let back = now_ms.saturating_sub(d.0.as_millis() as u64);
+        let began = cron.next_after(from_unix_ms(back), &tz)?;
+        (began <= now).then(|| {
+            format!(
+                "{} for {} from {}",
+                self.cron.as_deref().unwrap_or_default(),
+                humantime::format_duration(d.0),
+                began
+            )
+        })
+    }
+
+    fn check(&self, p: &str) -> Result<(), FieldError> {
+        match (&self.start, &self.end, &self.cron, &self.duration) {
+            (Some(s), Some(e), None, None) => {
+                let parse = |f: &str, v: &str| {
+                    v.parse::<Timestamp>().map_err(|_| {
+                        FieldError::new(
+                            format!("{p}.{f}"),
+                            format!("{v:?} is not an RFC 3339 time like 2026-12-24T00:00:00Z"),
+                        )
+                    })
+                };
+                if parse("start", s)? >= parse("end", e)? {
+                    return Err(FieldError::new(format!("{p}.end"), "must be after start"));
+                }
+            }
+            (None, None, Some(c), Some(d)) => {
+                Cron::parse(c).map_err(|e| FieldError::new(format!("{p}.cron"), e))?;
+                if d.0.is_zero() {
+                    return Err(FieldError::new(
+                        format!("{p}.duration"),
+                        "must be more than 0",
+                    ));
+                }
+            }
+            _ => {
+                return Err(FieldError::new(
+                    p,
+                    "give start and end, or cron and duration",
+                ))
+            }
+        }
+        time_zone(&self.time_zone).map_err(|e| FieldError::new(format!("{p}.timeZone"), e))?;
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -282,6 +400,29 @@ impl DrillSpec {
         if self.observe.after.0 > Duration::from_secs(3600) {
             return Err(FieldError::new("spec.observe.after", "at most 1h"));
         }
+        if let Some(s) = &self.schedule {
+            Cron::parse(&s.cron).map_err(|e| FieldError::new("spec.schedule.cron", e))?;
+            time_zone(&s.time_zone).map_err(|e| FieldError::new("spec.schedule.timeZone", e))?;
+        }
+        if self.blackouts.len() > MAX_SLOS {
+            return Err(FieldError::new(
+                "spec.blackouts",
+                format!("at most {MAX_SLOS}"),
+            ));
+        }
+        for (i, b) in self.blackouts.iter().enumerate() {
+            b.check(&format!("spec.blackouts[{i}]"))?;
+        }
+        for (i, c) in self.capacity.iter().enumerate() {
+            let p = format!("spec.capacity[{i}]");
+            check_name(&format!("{p}.service"), &c.service)?;
+            if !(c.per_instance_rps > 0.0 && c.per_instance_rps.is_finite()) {
+                return Err(FieldError::new(
+                    format!("{p}.perInstanceRps"),
+                    "must be more than 0",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -408,8 +549,63 @@ guard: {slos: [{service: api, maxErrorRate: 1}]}
             let e = spec(&y).unwrap_err();
             assert!(e.starts_with(path), "{change}: {e}");
         }
+        let b = |x: &str| format!("{OK}\nblackouts: [{x}]");
+        spec(&b(
+            "{start: '2026-12-24T00:00:00Z', end: '2026-12-27T00:00:00Z'}",
+        ))
+        .unwrap();
+        spec(&b(
+            "{cron: '0 17 * * fri', duration: 64h, timeZone: Europe/Dublin}",
+        ))
+        .unwrap();
+        for (x, path) in [
+            ("{start: '2026-12-24T00:00:00Z'}", "spec.blackouts[0]"),
+            (
+                "{start: 'soon', end: '2026-12-27T00:00:00Z'}",
+                "spec.blackouts[0].start",
+            ),
+            ("{cron: '0 17 * *', duration: 1h}", "spec.blackouts[0].cron"),
+            (
+                "{cron: '0 17 * * *', duration: 1h, timeZone: Nowhere}",
+                "spec.blackouts[0].timeZone",
+            ),
+        ] {
+            let e = spec(&b(x)).unwrap_err();
+            assert!(e.starts_with(path), "{x}: {e}");
+        }
+        let e = spec(&format!("{OK}\nschedule: {{cron: '61 * * * *'}}")).unwrap_err();
+        assert!(e.starts_with("spec.schedule.cron"), "{e}");
         let link = "target: {link: [a, b]}\nmethod: partition\nstages: [{percent: 100, hold: 5s}]\nguard: {slos: [{service: api, maxP99: 1s}]}";
         spec(link).unwrap();
+    }
+
+    #[test]
+    fn blackouts_hold_inside_their_windows_only() {
+        let fixed = Blackout {
+            start: Some("2026-12-24T00:00:00Z".into()),
+            end: Some("2026-12-27T00:00:00Z".into()),
+            ..Default::default()
+        };
+        let at = |s: &str| to_unix_ms(s.parse().unwrap());
+        assert!(fixed.holds(at("2026-12-25T12:00:00Z")).is_some());
+        assert!(fixed.holds(at("2026-12-27T00:00:00Z")).is_none());
+        // Friday 17:00 for 64 h: the weekend, not Monday noon.
+        let weekly = Blackout {
+            cron: Some("0 17 * * fri".into()),
+            duration: Some(Dur(Duration::from_secs(64 * 3600))),
+            ..Default::default()
+        };
+        assert!(weekly.holds(at("2026-12-12T10:00:00Z")).is_some());
+        assert!(weekly.holds(at("2026-12-11T16:59:00Z")).is_none());
+        assert!(weekly.holds(at("2026-12-14T12:00:00Z")).is_none());
+        let s = Schedule {
+            cron: "0 10 * * mon".into(),
+            time_zone: "Europe/Dublin".into(),
+        };
+        assert_eq!(
+            s.next_after(at("2026-12-07T00:00:00Z")),
+            Some(at("2026-12-07T10:00:00Z"))
+        );
     }
 
     #[test]

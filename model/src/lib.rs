@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod ident;
 pub mod policy;
 pub mod resource;
+pub mod schedule;
 #[doc(hidden)]
 pub mod testrand;
 pub mod token;

@@ -23,7 +23,7 @@ fn audit(api: &Api, action: &str, drill: &str, detail: &str) {
 }
 
 pub async fn run(AxState(api): AxState<Api>, Path(name): Path<String>) -> Response {
-    match drill::start(&api.state, &name) {
+    match drill::start(&api.state, &name, "an operator") {
         Ok(r) => {
             audit(&api, "drill.run", &name, &r.run);
             (StatusCode::ACCEPTED, Json(r)).into_response()
