@@ -7,8 +7,10 @@
 #   eu-west-2 calling billing too.
 # It applies deploy/local/policies.yaml (an access rule on billing that only
 # web passes, and a route that sends 20% of web's /split calls to api in
-# us-east-1), prints who answered each call, then runs a failover drill: api
-# in eu-west-1 goes down for 10 s and comes back.
+# us-east-1), prints who answered each call, and schedules a failover drill
+# (docs/drills.md): a blackhole of api in eu-west-1, 50% then 100%, guarded
+# by api's error rate; it prints the drill's events and, at the end, its
+# report (and where to read it again).
 # Everything lives under ./.tern-local; Ctrl-C stops it all.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -106,7 +108,7 @@ workload() { # zone subnet service host
 zone eu-west-1 eu-west 1
 zone eu-west-2 eu-west 2
 zone us-east-1 us-east 3
-workload eu-west-1 1 api 11; api_eu1=("${pids[-2]}" "${pids[-1]}")
+workload eu-west-1 1 api 11
 workload eu-west-2 2 api 11
 workload us-east-1 3 api 11
 workload us-east-1 3 billing 12
@@ -154,6 +156,10 @@ Traffic figures (docs/observability.md):
   $bin/ternctl inspect services               # each service per zone: req/s, errors, p50/p99, instances
   $bin/ternctl inspect traffic -o wide        # zone-to-zone matrix and service edges
   $bin/ternctl inspect dataplanes             # every proxy: version, state, certificate expiry, sync
+Drills (docs/drills.md):
+  $bin/ternctl drill status                   # the running drill and recent runs
+  $bin/ternctl drill report api-eu-west-1     # the demo drill's report (-o html for charts)
+  $bin/ternctl drill abort api-eu-west-1      # stop it and restore at once
   Prometheus config: $state/prometheus.yml   Grafana dashboards: deploy/grafana/*.json
 Logs: $state/logs        Ctrl-C stops everything.
 
@@ -181,20 +187,56 @@ split() { # ten calls to /split, counted by zone
     curl -s -m 5 -H 'Host: api' http://127.0.1.10:15001/split 2>/dev/null | zone_of; echo
   done | grep . | sort | uniq -c | awk '{printf "%s %s  ", $2, $1}'
 }
-tick=0
-drill_at=8; restore_at=18
+# The drill: scheduled (cron, UTC) for the first minute at least 30 s away,
+# so the report has a baseline of web's traffic before it.
+at=$(( ($(date +%s) + 90) / 60 * 60 ))
+cron="$(date -u -d "@$at" '+%-M %-H %-d %-m') *"
+cat <<YAML | ctl apply -f - >/dev/null
+apiVersion: tern.dev/v1alpha1
+kind: Drill
+metadata:
+  name: api-eu-west-1
+spec:
+  target: {zone: eu-west-1, services: [api]}
+  method: blackhole
+  stages:
+    - {percent: 50, hold: 15s}
+    - {percent: 100, hold: 20s}
+  guard:
+    for: 5s
+    slos: [{service: api, maxErrorRate: 1, maxP99: 500ms}]
+  observe: {before: 60s, after: 20s}
+  schedule: {cron: "$cron", timeZone: UTC}
+YAML
+echo ">>> drill api-eu-west-1 (blackhole of api in eu-west-1) is scheduled for $(date -d "@$at" +%T) (cron \"$cron\" UTC)"
+
+drill_json() { ctl drill report api-eu-west-1 -o json 2>/dev/null || true; }
+events_shown=0; reported=""
+drill_events() { # print new events of the drill's run; the report once it is done
+  local j n
+  j=$(drill_json); [ -n "$j" ] || return 0
+  n=$(printf '%s' "$j" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["events"]))')
+  if [ "$n" -gt "$events_shown" ]; then
+    printf '%s' "$j" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+for e in r["events"][int(sys.argv[1]):]:
+    print(">>> drill: %s %s" % (e["event"], e.get("detail", "")))' "$events_shown"
+    events_shown=$n
+  fi
+  if [ -z "$reported" ] && printf '%s' "$j" | grep -q '"state":"done"'; then
+    reported=1
+    echo; ctl drill report api-eu-west-1; echo
+    echo ">>> the report again: $bin/ternctl drill report api-eu-west-1 [-o json|html]"
+    echo ">>> in the console: http://127.0.0.1:5681/ui/#/drills"
+    echo
+  fi
+}
+
 while true; do
   a=$(call api); b=$(call billing); d=$(batch_billing)
   printf '%s  web -> api: %-10s  web -> billing: %-10s  batch -> billing: %s  web -> api/split x10: %s\n' \
     "$(date +%T)" "$a" "$b" "$d" "$(split)"
-  tick=$((tick + 1))
-  if [ "$tick" -eq "$drill_at" ]; then
-    echo ">>> failover drill: api in eu-west-1 goes down (killed) for 10 s; expect eu-west-2 (same region), then back"
-    kill -9 "${api_eu1[@]}" 2>/dev/null || true
-  fi
-  if [ "$tick" -eq "$restore_at" ]; then
-    echo ">>> restoring api in eu-west-1"
-    workload eu-west-1 1 api 11
-  fi
+  drill_events
   sleep 1
 done

@@ -4,7 +4,9 @@ Usage: console.py CHROMIUM BASE_URL TOKEN_FILE OUT_DIR CHECKS_JSON
 
 CHECKS_JSON is a list of {"page": "#/zones", "expect": ["z1", ...]}: each
 page is opened after signing in, and passes once its view is rendered
-(`main[data-ready]`) and its text holds every expected string. A
+(`main[data-ready]`) and its text holds every expected string. A check may
+also name a button to "click" (a CSS selector) and strings to expect
+"after" the click. A
 screenshot of each page is written to OUT_DIR/<name>.png. Before that, a
 wrong token must be refused on the login page, and the API must refuse a
 request without the session. Prints one JSON line per step; exits 1 on the
@@ -142,6 +144,13 @@ async def main():
                 fail("sign-in", f"still at {await p.eval('location.href')}")
             ok("sign-in")
 
+            # The session cookie alone cannot write: an abort without the
+            # page's CSRF token is refused.
+            status = await p.eval("fetch('/api/v1/drills/x/abort', {method: 'POST'}).then(r => r.status)")
+            if status != 401:
+                fail("write-without-csrf", f"expected 401, got {status}")
+            ok("write-without-csrf", status=status)
+
             for c in checks:
                 page, expect = c["page"], c["expect"]
                 name = c.get("name") or page.strip("#/").replace("/", "-") or "zones"
@@ -158,6 +167,20 @@ async def main():
                     seen = await p.eval("document.getElementById('view').innerText")
                     fail(name, f"expected {expect} on {page}; the view shows: {seen[:2000]}")
                 charts = await p.eval("document.querySelectorAll('#view svg polyline').length")
+                if c.get("click"):
+                    sel = json.dumps(c["click"])
+                    clicked = await p.eval(f"(() => {{ const b = document.querySelector({sel}); if (!b) return false; b.click(); return true; }})()")
+                    if not clicked:
+                        fail(name, f"no {c['click']} to click on {page}")
+                    after = json.dumps(c.get("after", []))
+                    seen = await p.wait(
+                        f"(() => {{ const t = document.getElementById('view').innerText;"
+                        f" return {after}.every(s => t.includes(s)) ? t : null; }})()",
+                        c.get("seconds", 60))
+                    await p.screenshot(os.path.join(out, f"{name}-after.png"))
+                    if not seen:
+                        now = await p.eval("document.getElementById('view').innerText")
+                        fail(name, f"expected {c.get('after')} after clicking {c['click']}; the view shows: {now[:2000]}")
                 ok(name, page=page, screenshot=shot, charts=charts)
     finally:
         proc.kill()

@@ -32,7 +32,10 @@ fn chromium() -> PathBuf {
 /// charts of their rates and latency; one service's charts; the
 /// zone-to-zone matrix and service edges; the policies with where each
 /// applies; the dataplanes with their state; and one dataplane's explain
-/// view. Every page's screenshot is a real image.
+/// view. A running drill shows on the drills page, its Abort button (the
+/// console's one write, sent with the session's CSRF token) ends it, and
+/// its report shows the timeline and charts. Every page's screenshot is
+/// a real image.
 #[test]
 fn the_console_shows_the_live_mesh_in_a_real_browser() {
     let browser = chromium();
@@ -62,6 +65,10 @@ fn the_console_shows_the_live_mesh_in_a_real_browser() {
         (busy == 2).then_some(())
     });
     std::thread::sleep(patient(std::time::Duration::from_secs(6)));
+    m.g.apply(&format!(
+        "{H}kind: Drill\nmetadata: {{name: api-z1}}\nspec:\n  target: {{zone: z1, services: [api]}}\n  method: drain\n  stages: [{{percent: 100, hold: 10m}}]\n  guard: {{slos: [{{service: api, maxErrorRate: 100}}]}}\n  observe: {{before: 60s, after: 5s}}\n"
+    ));
+    m.g.ctl(&["drill", "run", "api-z1"]);
 
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     let _ = std::fs::remove_dir_all(&out);
@@ -73,6 +80,9 @@ fn the_console_shows_the_live_mesh_in_a_real_browser() {
         {"page": "#/policies", "expect": ["Retry", "pay-retries", "AccessLog", "pay-log", "service web → service pay"]},
         {"page": "#/dataplanes", "expect": ["pay-12", "web-40", "serving", "gateway", "z1", "z2"]},
         {"page": "#/dataplane/z1/pay-12", "name": "dataplane-pay-12", "expect": ["Dataplane pay-12", "outbound"]},
+        {"page": "#/drills", "expect": ["Running: api-z1", "Abort now", "drain", "running"],
+         "click": "button[data-abort='api-z1']", "after": ["No drill running", "aborted"]},
+        {"page": "#/drill/api-z1", "name": "drill-api-z1", "expect": ["Drill api-z1", "aborted by an operator in the console", "Timeline", "restored", "requests per second by serving zone"]},
     ]);
     let o = std::process::Command::new(python())
         .arg(py_script("console.py"))
@@ -101,6 +111,13 @@ fn the_console_shows_the_live_mesh_in_a_real_browser() {
             .clone()
     };
     assert_eq!(step("signed-out")["api"], 401);
+    let r: serde_json::Value =
+        serde_json::from_str(&m.g.ctl(&["drill", "report", "api-z1", "-o", "json"])).unwrap();
+    assert_eq!(r["outcome"], "aborted");
+    assert_eq!(r["reason"], "aborted by an operator in the console");
+    assert_eq!(step("write-without-csrf")["status"], 401);
+    let audit = m.g.ctl(&["audit", "-o", "json"]);
+    assert!(audit.contains("drill.abort"), "{audit}");
     assert!(step("wrong-token")["error"]
         .as_str()
         .is_some_and(|e| e.contains("not the admin token")));
@@ -117,6 +134,9 @@ fn the_console_shows_the_live_mesh_in_a_real_browser() {
         "policies",
         "dataplanes",
         "dataplane-pay-12",
+        "drills",
+        "drills-after",
+        "drill-api-z1",
     ] {
         let png = std::fs::read(out.join(format!("{name}.png"))).unwrap_or_default();
         assert!(

@@ -243,6 +243,82 @@ async function dataplane(zone, name) {
     `<pre data-explain>${esc(toYaml(v))}</pre>`;
 }
 
+function when(t) {
+  return typeof t === "number" ? new Date(t).toLocaleString() : "–";
+}
+
+async function drills() {
+  const v = await api("/api/v1/drill-runs");
+  const running = v.running;
+  const head = running
+    ? `<div class="card"><p>Running: <b>${esc(running.drill)}</b> (run ${esc(running.run)}) ` +
+      `<button type="button" class="danger" data-abort="${esc(running.drill)}">Abort now</button></p></div>`
+    : `<p class="muted">No drill running. Start one with <code>ternctl drill run NAME</code>.</p>`;
+  const rows = v.runs.map((r) =>
+    `<tr data-run="${esc(r.run)}"><td><a href="#/drill/${encodeURIComponent(r.drill)}/${encodeURIComponent(r.run)}">${esc(r.drill)}</a></td>` +
+    `<td>${esc(r.run)}</td><td>${esc(r.method)}</td><td>${esc(r.state)}</td>` +
+    `<td class="${r.outcome === "passed" ? "ok" : r.outcome ? "bad" : ""}">${esc(r.outcome || "–")}</td>` +
+    `<td>${esc(when(r.startedAt))}</td><td>${esc(r.reason || "")}</td></tr>`);
+  return `<h2>Drills</h2>${head}` +
+    table(["Drill", "Run", "Method", "State", "Outcome", "Started", "Reason"], rows);
+}
+
+async function drill(name, run) {
+  const q = run ? `?run=${encodeURIComponent(run)}` : "";
+  const r = await api(`/api/v1/drills/${encodeURIComponent(name)}/report${q}`);
+  const start = r.startedAt;
+  const t = (x) => (typeof x === "number" ? `+${((x - start) / 1000).toFixed(0)} s` : "–");
+  const target = r.target.zone ? `zone ${r.target.zone}` : r.target.region ? `region ${r.target.region}`
+    : `link ${(r.target.link || []).join(" ↔ ")}`;
+  const abort = r.state === "running"
+    ? ` <button type="button" class="danger" data-abort="${esc(r.drill)}">Abort now</button>` : "";
+  let html = `<h2>Drill ${esc(r.drill)} <span class="muted">run ${esc(r.run)}</span>${abort}</h2>` +
+    `<p>${esc(r.method)} of ${esc(target)}${r.target.services ? " (services " + esc(r.target.services.join(", ")) + ")" : ""}` +
+    ` — ${esc(r.state)}, <b class="${r.outcome === "passed" ? "ok" : "bad"}">${esc(r.outcome || "in progress")}</b> ${esc(r.reason || "")}</p>` +
+    `<h3>Timeline</h3>` +
+    table(["Time", "Event", "Detail"], r.events.map((e) =>
+      `<tr><td>${esc(t(e.at))}</td><td>${esc(e.event)}</td><td>${esc(e.detail || "")}</td></tr>`)) +
+    `<h3>SLOs</h3>` +
+    table(["Service", "Max errors", "Errors", "Max p99", "p99", "Verdict"], (r.slos || []).map((x) =>
+      `<tr><td>${esc(x.service)}</td><td>${esc(x.maxErrorRate ?? "–")}%</td><td>${esc(x.errorRate)}%</td>` +
+      `<td>${ms(x.maxP99Ms)}</td><td>${ms(x.p99Ms)}</td><td class="${x.met ? "ok" : "bad"}">${x.met ? "met" : "breached"}</td></tr>`));
+  for (const f of r.services || []) {
+    const pts = (r.points || []).filter((p) => p.service === f.service);
+    const byZone = {};
+    for (const p of pts) {
+      for (const [z, v] of Object.entries(p.rps)) (byZone[z] ||= []).push([p.t, v]);
+    }
+    const moved = (f.movedAfterSeconds || []).map((x) => (x == null ? "–" : x + " s")).join(", ");
+    html += `<h3>${esc(f.service)}</h3>` +
+      `<p>${esc(f.total.requests)} requests, ${esc(f.total.failed)} failed (${esc(f.during.requests)} and ${esc(f.during.failed)} during the drill); ` +
+      `target share before ${esc((f.baselineShare * 100).toFixed(0))}%; moved after ${esc(moved || "–")}; ` +
+      `returned after ${esc(f.returnedAfterSeconds == null ? "–" : f.returnedAfterSeconds + " s")}</p>` +
+      `<div class="charts">` +
+      chart(`${f.service}: requests per second by serving zone`, byZone, "req/s") +
+      chart(`${f.service}: error rate`, { errors: pts.map((p) => [p.t, p.errorRate * 100]) }, "%") +
+      chart(`${f.service}: p99 latency`, { p99: pts.filter((p) => p.p99Ms != null).map((p) => [p.t, p.p99Ms]) }, "ms") +
+      `</div>` +
+      table(["Phase", "Served by", "Requests", "Failed", "p99"], ["before", "during", "after"].flatMap((ph) =>
+        Object.entries(f[ph].byZone || {}).map(([z, c]) =>
+          `<tr><td>${ph}</td><td>${esc(z)}</td><td>${esc(c.requests)}</td><td>${esc(c.failed)}</td><td>${ms(c.p99Ms)}</td></tr>`)));
+  }
+  return html;
+}
+
+// Aborting a drill is the console's one write: it carries the session's
+// CSRF token (embedded in the page) as well as its cookie.
+document.addEventListener("click", async (e) => {
+  const b = e.target.closest("button[data-abort]");
+  if (!b) return;
+  b.disabled = true;
+  const csrf = document.querySelector('meta[name="csrf"]').content;
+  const r = await fetch(`/api/v1/drills/${encodeURIComponent(b.dataset.abort)}/abort`, {
+    method: "POST", credentials: "same-origin", headers: { "x-tern-csrf": csrf },
+  });
+  b.textContent = r.ok ? "aborted" : `abort failed: ${r.status}`;
+  await render();
+});
+
 // ---- routing ----
 
 async function render() {
@@ -251,7 +327,8 @@ async function render() {
   document.querySelectorAll("header nav a").forEach((a) =>
     a.classList.toggle("active", a.dataset.nav === parts[0] ||
       (a.dataset.nav === "services" && parts[0] === "service") ||
-      (a.dataset.nav === "dataplanes" && parts[0] === "dataplane")));
+      (a.dataset.nav === "dataplanes" && parts[0] === "dataplane") ||
+      (a.dataset.nav === "drills" && parts[0] === "drill")));
   const view = document.getElementById("view");
   try {
     let html;
@@ -262,6 +339,8 @@ async function render() {
       case "policies": html = await policies(); break;
       case "dataplanes": html = await dataplanes(); break;
       case "dataplane": html = await dataplane(parts[1], parts[2]); break;
+      case "drills": html = await drills(); break;
+      case "drill": html = await drill(parts[1], parts[2]); break;
       default: html = await zones();
     }
     // Keep what a person opened (details) across refreshes.

@@ -5,8 +5,10 @@
 //! person signs in with the admin token on a login page (never in a URL);
 //! the global answers with a session cookie (random, HttpOnly,
 //! SameSite=Strict, 12 h) that the API accepts for reads, as it accepts
-//! the bearer token. The console only reads; changes go through `ternctl`
-//! or the API with the token.
+//! the bearer token. The one change the console can make is aborting a
+//! running drill (an abort only ever restores): that request must also
+//! carry the session's CSRF token, which the console page embeds. Other
+//! changes go through `ternctl` or the API with the admin token.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,36 +31,56 @@ const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at once; the oldest goes first.
 const MAX_SESSIONS: usize = 1000;
 
-/// Signed-in browsers.
+/// The header a console write carries its session's CSRF token in.
+pub const CSRF_HEADER: &str = "x-tern-csrf";
+
+/// Signed-in browsers: when each session began, and its CSRF token.
 #[derive(Default)]
 pub struct Sessions {
-    by_id: Mutex<HashMap<String, Instant>>,
+    by_id: Mutex<HashMap<String, (Instant, String)>>,
 }
 
 impl Sessions {
     fn create(&self) -> String {
         let id = format!("{}{}", model::token::random_id(), model::token::random_id());
+        let csrf = format!("{}{}", model::token::random_id(), model::token::random_id());
         let mut g = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        g.retain(|_, born| now.duration_since(*born) < LIFETIME);
+        g.retain(|_, (born, _)| now.duration_since(*born) < LIFETIME);
         if g.len() >= MAX_SESSIONS {
-            if let Some(oldest) = g.iter().min_by_key(|(_, b)| **b).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = g.iter().min_by_key(|(_, b)| b.0).map(|(k, _)| k.clone()) {
                 g.remove(&oldest);
             }
         }
-        g.insert(id.clone(), now);
+        g.insert(id.clone(), (now, csrf));
         id
+    }
+
+    /// The CSRF token of the request's live session.
+    fn csrf(&self, headers: &HeaderMap) -> Option<String> {
+        let id = cookie(headers, COOKIE)?;
+        let g = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        // Compared as a map key: the id is 256 random bits, so a lookup
+        // leaks nothing an attacker could use.
+        g.get(id)
+            .filter(|(born, _)| born.elapsed() < LIFETIME)
+            .map(|(_, csrf)| csrf.clone())
     }
 
     /// Whether the request's cookie names a live session.
     pub fn valid(&self, headers: &HeaderMap) -> bool {
-        let Some(id) = cookie(headers, COOKIE) else {
-            return false;
-        };
-        let g = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
-        // Compared as a map key: the id is 256 random bits, so a lookup
-        // leaks nothing an attacker could use.
-        g.get(id).is_some_and(|born| born.elapsed() < LIFETIME)
+        self.csrf(headers).is_some()
+    }
+
+    /// A live session's write: its cookie and its CSRF token both.
+    pub fn write_allowed(&self, headers: &HeaderMap) -> bool {
+        let given = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+        match (self.csrf(headers), given) {
+            (Some(want), Some(given)) => {
+                common::telemetry::constant_time_eq(want.as_bytes(), given.as_bytes())
+            }
+            _ => false,
+        }
     }
 
     fn end(&self, headers: &HeaderMap) {
@@ -133,10 +155,11 @@ fn page(status: StatusCode, body: String) -> Response {
 }
 
 async fn index(AxState(c): AxState<Console>, headers: HeaderMap) -> Response {
-    if !c.sessions.valid(&headers) {
-        return Redirect::to("/ui/login").into_response();
+    match c.sessions.csrf(&headers) {
+        // Hex only: nothing to escape.
+        Some(csrf) => page(StatusCode::OK, INDEX.replace("{{csrf}}", &csrf)),
+        None => Redirect::to("/ui/login").into_response(),
     }
-    page(StatusCode::OK, INDEX.to_string())
 }
 
 async fn login_page() -> Response {
@@ -232,6 +255,13 @@ mod tests {
             HeaderValue::from_str(&format!("{COOKIE}=x{id}")).unwrap(),
         );
         assert!(!s.valid(&wrong));
+        // A write needs the session's CSRF token as well.
+        assert!(!s.write_allowed(&h));
+        let mut with = h.clone();
+        with.insert(CSRF_HEADER, HeaderValue::from_str(&s.csrf(&h).unwrap()).unwrap());
+        assert!(s.write_allowed(&with));
+        with.insert(CSRF_HEADER, HeaderValue::from_static("guess"));
+        assert!(!s.write_allowed(&with));
         s.end(&h);
         assert!(!s.valid(&h));
     }

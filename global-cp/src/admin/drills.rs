@@ -34,9 +34,18 @@ pub async fn run(AxState(api): AxState<Api>, Path(name): Path<String>) -> Respon
     }
 }
 
-pub async fn abort(AxState(api): AxState<Api>, Path(name): Path<String>) -> Response {
-    if api.state.drills.abort(&name, "aborted by an operator") {
-        audit(&api, "drill.abort", &name, "");
+pub async fn abort(
+    AxState(api): AxState<Api>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    // Only the console signs in without a bearer token.
+    let from = match common::telemetry::bearer(&headers) {
+        Some(_) => "an operator",
+        None => "an operator in the console",
+    };
+    if api.state.drills.abort(&name, &format!("aborted by {from}")) {
+        audit(&api, "drill.abort", &name, from);
         Json(json!({ "aborted": name })).into_response()
     } else {
         err(
