@@ -206,6 +206,7 @@ impl PolicySet {
             default_shadow: self.defaults.mode == Mode::Shadow,
             policies,
             gateway_drills: Vec::new(),
+            traffic_report_ms: 0,
         }
     }
 

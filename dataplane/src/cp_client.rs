@@ -269,11 +269,22 @@ async fn run_once(
     let mut renew_at: Option<tokio::time::Instant> = None;
     // Traffic since the last report; the first report after a reconnect
     // carries what happened while disconnected.
-    let mut report = tokio::time::interval(TRAFFIC_REPORT_EVERY);
+    // Checked every second; sent every TRAFFIC_REPORT_EVERY, or as often
+    // as the config asks (faster while a drill runs).
+    let mut report = tokio::time::interval(Duration::from_secs(1));
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = report.tick() => {
+                let every = match shared.traffic_report_ms.load(std::sync::atomic::Ordering::Relaxed) {
+                    0 => TRAFFIC_REPORT_EVERY,
+                    ms => Duration::from_millis(ms.clamp(1000, 60_000) as u64),
+                };
+                if reported.elapsed() + Duration::from_millis(100) < every {
+                    continue;
+                }
+                reported = tokio::time::Instant::now();
                 let peers = reporter.changes(&shared.traffic);
                 if !peers.is_empty() {
                     tx.send_timeout(pb::ProxyMessage {

@@ -113,6 +113,9 @@ pub struct Shared {
     pub access_logs: crate::access_log::AccessLogs,
     /// Spans, as the proxy's Trace policy sets it.
     pub tracer: crate::trace::Tracer,
+    /// How often traffic figures go to the zone-cp (ms; the inbound
+    /// policy's `traffic_report_ms`, 0: the default).
+    pub traffic_report_ms: std::sync::atomic::AtomicU32,
     /// Gateways: flows running drills make them refuse (a watch, so live
     /// flows are cut when a stage starts refusing them).
     pub gateway_drills: tokio::sync::watch::Sender<Arc<crate::drill::GatewayDrills>>,
@@ -137,6 +140,7 @@ impl Shared {
             access: ArcSwap::from_pointee(Access::default()),
             faults: ArcSwap::from_pointee(Faults::default()),
             gateway_drills: tokio::sync::watch::channel(Default::default()).0,
+            traffic_report_ms: Default::default(),
             limits: ArcSwap::from_pointee(RateLimits::default()),
             targets: ArcSwap::from_pointee(HashMap::new()),
             traffic: Default::default(),
@@ -286,6 +290,10 @@ impl Shared {
         self.routes.store(Arc::new(routes));
         self.access.store(Arc::new(access));
         self.faults.store(Arc::new(faults));
+        self.traffic_report_ms.store(
+            inbound.map(|p| p.traffic_report_ms).unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let drills = inbound.map(|p| &p.gateway_drills[..]).unwrap_or(&[]);
         if !drills.is_empty() || !self.gateway_drills.borrow().is_empty() {
             self.gateway_drills

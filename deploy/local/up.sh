@@ -224,7 +224,7 @@ for e in r["events"][int(sys.argv[1]):]:
     print(">>> drill: %s %s" % (e["event"], e.get("detail", "")))' "$events_shown"
     events_shown=$n
   fi
-  if [ -z "$reported" ] && printf '%s' "$j" | grep -q '"state":"done"'; then
+  if [ -z "$reported" ] && printf '%s' "$j" | grep -q '"state": *"done"'; then
     reported=1
     echo; ctl drill report api-eu-west-1; echo
     echo ">>> the report again: $bin/ternctl drill report api-eu-west-1 [-o json|html]"

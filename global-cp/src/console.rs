@@ -258,7 +258,10 @@ mod tests {
         // A write needs the session's CSRF token as well.
         assert!(!s.write_allowed(&h));
         let mut with = h.clone();
-        with.insert(CSRF_HEADER, HeaderValue::from_str(&s.csrf(&h).unwrap()).unwrap());
+        with.insert(
+            CSRF_HEADER,
+            HeaderValue::from_str(&s.csrf(&h).unwrap()).unwrap(),
+        );
         assert!(s.write_allowed(&with));
         with.insert(CSRF_HEADER, HeaderValue::from_static("guess"));
         assert!(!s.write_allowed(&with));

@@ -373,7 +373,7 @@ pub fn start(state: &Arc<State>, name: &str, by: &str) -> Result<Report, Refused
         "started",
         format!("{} of {}, by {by}", spec.method.name(), zones.join(", ")),
     );
-    write_run(state, &spec, &report, 0).map_err(Refused::Store)?;
+    write_run(state, &spec, &report, Some(0)).map_err(Refused::Store)?;
     report.stages[0].started_at = Some(started);
     report.event("stage", format!("1: {}%", spec.stages[0].percent));
     persist(state, &report);
@@ -390,16 +390,23 @@ pub fn start(state: &Arc<State>, name: &str, by: &str) -> Result<Report, Refused
     Ok(first)
 }
 
-/// The `DrillRun` the zones apply for stage `stage`.
-fn write_run(state: &State, spec: &DrillSpec, r: &Report, stage: usize) -> Result<(), String> {
+/// The `DrillRun` the zones apply for stage `stage`; `None`: restored (0%,
+/// kept while the report observes the return, so proxies keep reporting
+/// every second).
+fn write_run(
+    state: &State,
+    spec: &DrillSpec,
+    r: &Report,
+    stage: Option<usize>,
+) -> Result<(), String> {
     let run = DrillRunSpec {
         drill: r.drill.clone(),
         run: r.run.clone(),
         method: r.method.clone(),
         zones: r.zones.clone(),
         services: spec.target.services.clone(),
-        percent: spec.stages[stage].percent,
-        stage: stage as u32,
+        percent: stage.map(|i| spec.stages[i].percent).unwrap_or(0.0),
+        stage: stage.unwrap_or(spec.stages.len()) as u32,
         until_unix_ms: r.deadline_at,
     };
     let res = Resource {
@@ -570,7 +577,7 @@ async fn drive(
             if end.is_none() && now >= stage_started + spec.stages[stage].hold.0.as_millis() as u64
             {
                 if stage + 1 < spec.stages.len() {
-                    match write_run(&state, &spec, &r, stage + 1) {
+                    match write_run(&state, &spec, &r, Some(stage + 1)) {
                         Ok(()) => {
                             stage += 1;
                             stage_started = now;
@@ -588,9 +595,12 @@ async fn drive(
                 changed = true;
             }
             if let Some((outcome, why)) = end {
-                // Restore first; the report follows.
+                // Restore first (0%: no effect left anywhere), the report
+                // follows; if even that fails, the deadline restores.
                 let mut tries = 0;
-                while let Err(e) = restore(&state, &r.drill) {
+                while let Err(e) =
+                    write_run(&state, &spec, &r, None).or_else(|_| restore(&state, &r.drill))
+                {
                     tries += 1;
                     tracing::error!(drill = %r.drill, error = %e, "could not restore; retrying (zones restore at the deadline regardless)");
                     if tries > 30 {
@@ -617,6 +627,9 @@ async fn drive(
             .restored_at
             .is_some_and(|t| now >= t + (r.observe_after_seconds * 1000.0) as u64)
         {
+            if let Err(e) = restore(&state, &r.drill) {
+                tracing::warn!(drill = %r.drill, error = %e, "could not delete the restored DrillRun; it lapses at its deadline");
+            }
             r.state = "done".into();
             r.ended_at = Some(now);
             r.event("report complete", "");

@@ -321,6 +321,7 @@ pub fn proxy_config(
     }
     let mut inbound = set.inbound(facts);
     if let Some(d) = g.inputs.as_ref().and_then(|i| i.drill.as_ref()) {
+        inbound.traffic_report_ms = crate::drill::PROXY_REPORT_MS;
         // A blackhole's faults come first: the drill decides before any
         // policy's fault.
         let faults = crate::drill::blackhole(d, &z.boot.zone, &facts.service);

@@ -49,14 +49,15 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The drill in force now, if any (at most one runs in the mesh).
+/// The drill in force now, if any (at most one runs in the mesh); one at
+/// 0% is restored and being observed: it only makes proxies report faster.
 pub fn current(z: &Zone) -> Option<DrillRunSpec> {
     let now = unix_ms();
     z.global.with_resources(|all| {
         all.range("DrillRun/".to_string().."DrillRun0".to_string())
             .filter_map(|(_, v)| serde_json::from_value::<Resource>(v.clone()).ok())
             .filter_map(|r| serde_json::from_value::<DrillRunSpec>(r.spec).ok())
-            .filter(|s| s.until_unix_ms > now && s.per_million() > 0)
+            .filter(|s| s.until_unix_ms > now)
             .min_by(|a, b| a.drill.cmp(&b.drill))
     })
 }
@@ -86,9 +87,12 @@ fn reference(r: &DrillRunSpec) -> String {
     format!("Drill/{}", r.drill)
 }
 
+/// How often proxies report traffic while a drill is in force (ms).
+pub const PROXY_REPORT_MS: u32 = 1000;
+
 /// A drain of `service`'s endpoints in the target zones, for callers.
 pub fn drain(r: &DrillRunSpec, service: &str) -> Option<pb::Drain> {
-    (r.method == "drain" && r.names_service(service)).then(|| pb::Drain {
+    (r.method == "drain" && r.per_million() > 0 && r.names_service(service)).then(|| pb::Drain {
         name: reference(r),
         zones: r.zones.clone(),
         per_million: r.per_million(),
@@ -99,7 +103,11 @@ pub fn drain(r: &DrillRunSpec, service: &str) -> Option<pb::Drain> {
 /// The inbound faults a blackhole gives a sidecar of `service` in `zone`
 /// (none when the drill does not name it).
 pub fn blackhole(r: &DrillRunSpec, zone: &str, service: &str) -> Vec<pb::Fault> {
-    if r.method != "blackhole" || !r.zones.iter().any(|z| z == zone) || !r.names_service(service) {
+    if r.method != "blackhole"
+        || r.per_million() == 0
+        || !r.zones.iter().any(|z| z == zone)
+        || !r.names_service(service)
+    {
         return Vec::new();
     }
     let base = pb::Fault {
@@ -122,7 +130,7 @@ pub fn blackhole(r: &DrillRunSpec, zone: &str, service: &str) -> Vec<pb::Fault> 
 
 /// What a gateway of `zone` must refuse.
 pub fn gateway(r: &DrillRunSpec, zone: &str) -> Option<pb::GatewayDrill> {
-    if !r.zones.iter().any(|z| z == zone) {
+    if r.per_million() == 0 || !r.zones.iter().any(|z| z == zone) {
         return None;
     }
     let base = pb::GatewayDrill {
@@ -187,5 +195,15 @@ mod tests {
         assert_eq!(gateway(&p, "b").unwrap().peer_zones, vec!["a"]);
         assert!(gateway(&p, "c").is_none());
         assert!(blackhole(&p, "a", "api").is_empty());
+
+        // Restored (0%), being observed: no effect at all.
+        let done = |m: &str| DrillRunSpec {
+            percent: 0.0,
+            ..run(m, &["a", "b"], &["api"])
+        };
+        assert!(drain(&done("drain"), "api").is_none());
+        assert!(blackhole(&done("blackhole"), "a", "api").is_empty());
+        assert!(gateway(&done("partition"), "a").is_none());
+        assert!(gateway(&done("blackhole"), "a").is_none());
     }
 }

@@ -266,6 +266,8 @@ fn inv_msg(i: pb::Inventory) -> pb::ZoneMessage {
 
 /// How often the zone reports its traffic to the global.
 pub const TRAFFIC_REPORT_EVERY: Duration = Duration::from_secs(5);
+/// While a drill runs or is being observed.
+pub const DRILL_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
     let ident = z.boot.identity.borrow().clone();
@@ -310,12 +312,20 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
     let mut receiver: DeltaReceiver<Value> = DeltaReceiver::new(version, state);
     let mut renewal = crate::ca::Renewal::default();
     let mut ca_tick = tokio::time::interval(crate::ca::CHECK_EVERY);
-    let mut traffic_tick = tokio::time::interval(TRAFFIC_REPORT_EVERY);
+    // Every TRAFFIC_REPORT_EVERY, and every second while a drill runs (or
+    // is being observed), so its guard and report see changes sooner.
+    let mut traffic_tick = tokio::time::interval(DRILL_REPORT_EVERY);
     traffic_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = tokio::time::Instant::now();
     let mut send_full = false;
     loop {
         tokio::select! {
             _ = traffic_tick.tick() => {
+                let every = if crate::drill::current(z).is_some() { DRILL_REPORT_EVERY } else { TRAFFIC_REPORT_EVERY };
+                if reported.elapsed() + Duration::from_millis(100) < every {
+                    continue;
+                }
+                reported = tokio::time::Instant::now();
                 let t = z.traffic.take(&z.registry.instance_counts());
                 tx.send_timeout(pb::ZoneMessage { msg: Some(zone_message::Msg::Traffic(t)) }, common::grpc::SEND_TIMEOUT).await?;
             }

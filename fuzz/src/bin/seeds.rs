@@ -353,6 +353,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             until_unix_ms: 4_000_000_000_000,
             ..Default::default()
         }],
+        traffic_report_ms: 1000,
     };
     let tmsg = |msg| pb::ZoneToProxy { msg: Some(msg) }.encode_to_vec();
     use pb::zone_to_proxy::Msg as T;

@@ -5,9 +5,10 @@
 //! took to move away from the target and to come back.
 //!
 //! Pure functions of the samples and the run's timeline, so they are
-//! tested without a mesh. Reports reach the global every few seconds, so
-//! phase boundaries are where reports arrived: a figure may hold requests
-//! made up to two report intervals earlier.
+//! tested without a mesh. Reports reach the global every second while a
+//! drill runs or is observed (every 5 s otherwise), so phase boundaries
+//! are where reports arrived: a figure may hold requests made up to two
+//! report intervals earlier.
 
 use std::collections::BTreeMap;
 
@@ -19,8 +20,11 @@ use crate::traffic::FlowSample;
 
 /// The guard judges the figures that arrived within this window.
 pub const GUARD_WINDOW_MS: u64 = 10_000;
-/// Buckets for "has traffic moved" (reports arrive every 5 s per zone).
+/// Buckets for charts.
 pub const BUCKET_MS: u64 = 5_000;
+/// Buckets for "has traffic moved": zones report every second while a
+/// drill runs or is observed.
+pub const SHARE_BUCKET_MS: u64 = 1_000;
 /// How close to the expected share counts as moved (or returned).
 pub const SHARE_TOLERANCE: f64 = 0.05;
 
@@ -132,18 +136,20 @@ pub struct Point {
     pub p99_ms: Option<f64>,
 }
 
-/// Per bucket since `first_ms`: the service's tally in all and by zone.
+/// Per bucket of `size` ms since `first_ms`: the service's tally in all
+/// and by zone.
 fn buckets(
     samples: &[FlowSample],
     service: &str,
     first_ms: u64,
+    size: u64,
 ) -> BTreeMap<u64, (Tally, BTreeMap<String, Tally>)> {
     let mut out: BTreeMap<u64, (Tally, BTreeMap<String, Tally>)> = BTreeMap::new();
     for s in samples
         .iter()
         .filter(|s| s.service == service && s.at_ms >= first_ms)
     {
-        let b = (s.at_ms - first_ms) / BUCKET_MS;
+        let b = (s.at_ms - first_ms) / size;
         let e = out.entry(b).or_default();
         e.0.add(&s.tally);
         e.1.entry(s.zone.clone()).or_default().add(&s.tally);
@@ -200,8 +206,8 @@ pub fn service(
         total.add(&p.0);
     }
     let baseline = share(&phases[0].0, &phases[0].1, target).unwrap_or(0.0);
-    let b = buckets(samples, service, tl.started_ms);
-    let bucket_end = |k: u64| tl.started_ms + (k + 1) * BUCKET_MS;
+    let b = buckets(samples, service, tl.started_ms, SHARE_BUCKET_MS);
+    let bucket_end = |k: u64| tl.started_ms + (k + 1) * SHARE_BUCKET_MS;
     let shares: Vec<(u64, f64)> = b
         .iter()
         .filter_map(|(k, (all, by))| Some((bucket_end(*k), share(all, by, target)?)))
@@ -224,7 +230,7 @@ pub fn service(
             let want = baseline * (1.0 - percent / 100.0) + SHARE_TOLERANCE;
             shares
                 .iter()
-                .find(|(end, sh)| *end > *start && *end - BUCKET_MS < until && *sh <= want)
+                .find(|(end, sh)| *end > *start && *end - SHARE_BUCKET_MS < until && *sh <= want)
                 .map(|(end, _)| end.saturating_sub(*start) as f64 / 1000.0)
         })
         .collect();
@@ -249,7 +255,7 @@ pub fn service(
 
 /// The chart points of `service` from `first_ms` on.
 pub fn points(samples: &[FlowSample], service: &str, first_ms: u64) -> Vec<Point> {
-    buckets(samples, service, first_ms)
+    buckets(samples, service, first_ms, BUCKET_MS)
         .into_iter()
         .map(|(k, (all, by))| {
             let secs = BUCKET_MS as f64 / 1000.0;
@@ -335,8 +341,10 @@ mod tests {
         assert_eq!((f.during.all.requests, f.during.all.failed), (300, 10));
         assert_eq!(f.during.by_zone["a"].requests, 50);
         assert_eq!(f.after.all.requests, 200);
-        assert_eq!(f.moved_after_seconds, vec![Some(10.0)]);
-        assert_eq!(f.returned_after_seconds, Some(10.0));
+        // 1 s buckets: moved in the bucket ending at 109 s, back in the one
+        // ending at 123 s.
+        assert_eq!(f.moved_after_seconds, vec![Some(9.0)]);
+        assert_eq!(f.returned_after_seconds, Some(8.0));
         let p = points(&s, "api", 90_000);
         assert_eq!(p[0].rps["a"], 10.0);
     }

@@ -706,6 +706,10 @@ pub struct InboundPolicy {
     /// Gateways only: flows a running drill makes the gateway refuse.
     #[prost(message, repeated, tag = "11")]
     pub gateway_drills: ::prost::alloc::vec::Vec<GatewayDrill>,
+    /// How often the proxy reports its traffic figures; 0: every 5 s. Faster
+    /// while a drill runs, so its report and guard see changes sooner.
+    #[prost(uint32, tag = "12")]
+    pub traffic_report_ms: u32,
 }
 /// What a drill makes a gateway refuse, on `per_million` of the flows, until
 /// `until_unix_ms`: flows to or from `peer_zones` (a partition), and flows
