@@ -286,24 +286,32 @@ fn a_drill_that_breaks_its_slo_is_aborted_by_its_guard_and_restored() {
     assert_eq!(totals(&r).1, seen.failed, "{:#}", r["services"]);
 }
 
-/// A drain of api in z1 whose global is killed mid-drill: the zones keep
-/// the drain until the drill's deadline and then restore on their own
-/// (web's sidecar stops draining and z1 serves again, with no global);
-/// the restarted global marks the run interrupted.
+/// A drain of api in region eu (z1 and z2, resolved by the global) moves
+/// web's traffic to z3 in us; the global is killed mid-drill: the zones
+/// keep the drain until the drill's deadline and then restore on their
+/// own, not before (web's sidecar stops draining and z1 serves again, with
+/// no global; no request failed); the restarted global marks the run
+/// interrupted.
 #[test]
 fn zones_restore_a_drain_at_its_deadline_when_the_global_dies_mid_drill() {
     let mut w = World::build("drill-deadline", Net(79));
     w.g.apply(&format!(
-        "{H}kind: Drill\nmetadata: {{name: drain-z1}}\nspec:\n  target: {{zone: z1, services: [api]}}\n  method: drain\n  stages: [{{percent: 100, hold: 15s}}]\n  deadline: 20s\n  guard: {{slos: [{{service: api, maxErrorRate: 50}}]}}\n  observe: {{before: 30s, after: 5s}}\n"
+        "{H}kind: Drill\nmetadata: {{name: drain-eu}}\nspec:\n  target: {{region: eu, services: [api]}}\n  method: drain\n  stages: [{{percent: 100, hold: 15s}}]\n  deadline: 20s\n  guard: {{slos: [{{service: api, maxErrorRate: 50}}]}}\n  observe: {{before: 30s, after: 5s}}\n"
     ));
     let load = w.load();
-    w.g.ctl(&["drill", "run", "drain-z1"]);
-    let deadline = w.report("drain-z1")["deadlineAt"].as_u64().unwrap();
-    wait_for("web drains api in z1", T, || {
+    w.g.ctl(&["drill", "run", "drain-eu"]);
+    let started = w.report("drain-eu");
+    let deadline = started["deadlineAt"].as_u64().unwrap();
+    assert_eq!(
+        started["zones"],
+        serde_json::json!(["z1", "z2"]),
+        "the region's zones"
+    );
+    wait_for("web drains api in eu (z1 and z2)", T, || {
         w.web_drain_active().then_some(())
     });
-    wait_for("load served by z2 during the drain", T, || {
-        load.snapshot().last_from(20, "z2").then_some(())
+    wait_for("load served by z3 (us) during the drain", T, || {
+        load.snapshot().last_from(20, "z3").then_some(())
     });
     w.g.proc.kill();
     // Restored by the deadline (20 s from the start), the global dead...
@@ -327,7 +335,7 @@ fn zones_restore_a_drain_at_its_deadline_when_the_global_dies_mid_drill() {
     let seen = load.finish();
     assert_eq!(seen.failed, 0, "{:?}", seen.failures);
     w.g.start_again();
-    let r = w.wait_report("drain-z1", "done", T);
+    let r = w.wait_report("drain-eu", "done", T);
     assert_eq!(r["outcome"], "interrupted", "{r:#}");
     assert!(
         r["reason"]
