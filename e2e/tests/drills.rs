@@ -128,6 +128,18 @@ impl World {
     }
 }
 
+/// Now plus `secs`, as RFC 3339.
+fn rfc3339_in(secs: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs((now + secs) as u64),
+    )
+    .to_string()
+}
+
 /// What the report counts for api across its whole window.
 fn totals(r: &Value) -> (u64, u64) {
     let api = r["services"]
@@ -408,20 +420,15 @@ fn a_partition_between_two_zones_moves_traffic_to_the_third() {
 /// global's clock, within the patience-scaled slack), its blackhole reaches
 /// api's sidecar, and an operator's abort restores at once: the faults
 /// leave the sidecar and the report says who ended it. A drill inside a
-/// blackout window is refused, naming the window.
+/// blackout window is refused, naming the window; one running when a
+/// blackout window opens is ended by it.
 #[test]
 fn a_scheduled_drill_starts_on_time_and_an_abort_restores_at_once() {
     let w = World::build("drill-schedule", Net(81));
-    let now = std::time::SystemTime::now();
-    let hour = |secs: i64| {
-        let t = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + secs;
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t as u64))
-            .to_string()
-    };
     w.g.apply(&format!(
-        "{H}kind: Drill\nmetadata: {{name: every-minute}}\nspec:\n  target: {{zone: z1, services: [api]}}\n  method: blackhole\n  stages: [{{percent: 100, hold: 5m}}]\n  guard: {{slos: [{{service: api, maxErrorRate: 50}}]}}\n  schedule: {{cron: '* * * * *', timeZone: Asia/Kolkata}}\n---\n{H}kind: Drill\nmetadata: {{name: in-blackout}}\nspec:\n  target: {{zone: z2}}\n  method: drain\n  stages: [{{percent: 100, hold: 5s}}]\n  guard: {{slos: [{{service: api, maxErrorRate: 1}}]}}\n  blackouts: [{{start: '{}', end: '{}'}}]\n",
-        hour(-3600),
-        hour(3600)
+        "{H}kind: Drill\nmetadata: {{name: every-minute}}\nspec:\n  target: {{zone: z1, services: [api]}}\n  method: blackhole\n  stages: [{{percent: 100, hold: 5m}}]\n  guard: {{slos: [{{service: api, maxErrorRate: 50}}]}}\n  observe: {{before: 10s, after: 1s}}\n  schedule: {{cron: '* * * * *', timeZone: Asia/Kolkata}}\n---\n{H}kind: Drill\nmetadata: {{name: in-blackout}}\nspec:\n  target: {{zone: z2}}\n  method: drain\n  stages: [{{percent: 100, hold: 5s}}]\n  guard: {{slos: [{{service: api, maxErrorRate: 1}}]}}\n  blackouts: [{{start: '{}', end: '{}'}}]\n",
+        rfc3339_in(-3600),
+        rfc3339_in(3600)
     ));
     let o = w.g.ternctl(&["drill", "run", "in-blackout"]);
     let why = String::from_utf8_lossy(&o.stderr);
@@ -455,11 +462,28 @@ fn a_scheduled_drill_starts_on_time_and_an_abort_restores_at_once() {
     wait_for("api's sidecar in z1 restored", T, || {
         (w.api_z1_drill_faults() == 0).then_some(())
     });
-    let r = w.report("every-minute");
+    let r = w.wait_report("every-minute", "done", T);
     assert_eq!(r["outcome"], "aborted", "{r:#}");
     assert_eq!(r["reason"], "aborted by an operator");
     assert!(r["events"][0]["detail"]
         .as_str()
         .unwrap()
         .ends_with("by the schedule"));
+
+    // A blackout that opens while a drill runs ends it.
+    w.g.apply(&format!(
+        "{H}kind: Drill\nmetadata: {{name: blackout-soon}}\nspec:\n  target: {{zone: z1, services: [api]}}\n  method: drain\n  stages: [{{percent: 100, hold: 5m}}]\n  guard: {{slos: [{{service: api, maxErrorRate: 50}}]}}\n  observe: {{before: 10s, after: 1s}}\n  blackouts: [{{start: '{}', end: '{}'}}]\n",
+        rfc3339_in(8),
+        rfc3339_in(3600)
+    ));
+    w.g.ctl(&["drill", "run", "blackout-soon"]);
+    let r = w.wait_report("blackout-soon", "done", patient(T));
+    assert_eq!(r["outcome"], "aborted", "{r:#}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("a blackout window opened"),
+        "{r:#}"
+    );
 }

@@ -338,7 +338,7 @@ pub fn start(state: &Arc<State>, name: &str, by: &str) -> Result<Report, Refused
     let mut slot = state.drills.lock();
     if let Some(r) = slot.as_ref() {
         return Err(Refused::Preflight(format!(
-            "drill {} is running (run {}); one drill runs at a time",
+            "drill {} is running or observing its return (run {}); one drill runs at a time",
             r.drill, r.run
         )));
     }
@@ -569,6 +569,12 @@ async fn drive(
                             changed = true;
                         }
                     }
+                }
+            }
+            if end.is_none() {
+                // A blackout that opens mid-drill ends it.
+                if let Some(w) = spec.blackouts.iter().find_map(|b| b.holds(now)) {
+                    end = Some(("aborted", format!("a blackout window opened ({w})")));
                 }
             }
             if end.is_none() && now >= r.deadline_at {
