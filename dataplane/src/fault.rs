@@ -166,6 +166,23 @@ impl Faults {
     }
 }
 
+impl Faults {
+    /// For a TCP connection already open: the drill whose reset it draws
+    /// now, if any (a blackhole that begins cuts live connections too;
+    /// other faults apply to new connections only).
+    pub fn drill_cut(&self, caller: Option<&Caller>) -> Option<Arc<str>> {
+        let now = crate::drill::unix_ms();
+        let f = self
+            .faults
+            .iter()
+            .filter(|f| f.name.starts_with("Drill/") && f.until_ms.is_none_or(|u| now < u))
+            .filter(|f| f.abort.is_some_and(|(a, _)| a == Abort::Reset))
+            .find(|f| f.cond.matches(caller, None))?;
+        let (_, share) = f.abort?;
+        self.hit(share).then(|| f.name.clone())
+    }
+}
+
 /// The answer to an HTTP request aborted by `fault`.
 pub fn abort_response(abort: Abort, fault: &str) -> Response<Body> {
     let msg = format!("fault injected by {fault}");
@@ -243,6 +260,25 @@ mod tests {
 
     /// The first fault whose callers and conditions match applies; others
     /// are not consulted; a caller or path nothing names gets nothing.
+    #[test]
+    fn a_drill_reset_cuts_live_connections_until_its_deadline_and_other_faults_do_not() {
+        let reset = |name: &str, until: u64| pb::Fault {
+            abort_reset: true,
+            abort_per_million: 1_000_000,
+            until_unix_ms: until,
+            ..fault(name, "", &[])
+        };
+        let later = crate::drill::unix_ms() + 60_000;
+        let c = web();
+        let f = Faults::build(&[reset("FaultInjection/f/r", 0), reset("Drill/d", later)]).unwrap();
+        assert_eq!(f.drill_cut(Some(&c)).as_deref(), Some("Drill/d"));
+        let only_policy = Faults::build(&[reset("FaultInjection/f/r", 0)]).unwrap();
+        assert!(only_policy.drill_cut(Some(&c)).is_none());
+        let over = Faults::build(&[reset("Drill/d", 1)]).unwrap();
+        assert!(over.drill_cut(Some(&c)).is_none());
+        assert!(over.draw(Some(&c), None).is_none(), "past its deadline");
+    }
+
     #[test]
     fn the_first_matching_fault_applies() {
         let f = Faults::build(&[

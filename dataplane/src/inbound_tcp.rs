@@ -156,14 +156,31 @@ impl Proxy {
             Ok(Ok(mut up)) => {
                 let _ = up.set_nodelay(true);
                 let (sent, received) = (Counter::default(), Counter::default());
-                let _ = common::splice::copy_bidirectional_metered(
-                    &mut stream,
-                    &mut up,
-                    self.tcp_idle,
-                    &[&counts.sent, &sent],
-                    &[&counts.received, &received],
-                )
-                .await;
+                let (down, up_counts) = ([&counts.sent, &sent], [&counts.received, &received]);
+                let mut changed = self.shared.faults_changed.subscribe();
+                let cut = async {
+                    loop {
+                        if changed.changed().await.is_err() {
+                            return std::future::pending().await;
+                        }
+                        if let Some(drill) = self.shared.faults.load().drill_cut(caller) {
+                            return drill;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = common::splice::copy_bidirectional_metered(
+                        &mut stream,
+                        &mut up,
+                        self.tcp_idle,
+                        &down,
+                        &up_counts,
+                    ) => {}
+                    drill = cut => {
+                        tracing::debug!(%drill, "live connection cut by a drill's blackhole");
+                        self.count_fault(&drill, "reset");
+                    }
+                }
                 self.log_tcp(
                     caller,
                     decision,

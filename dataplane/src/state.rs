@@ -95,6 +95,9 @@ pub struct Shared {
     pub access: ArcSwap<Access>,
     /// Faults to inject into inbound requests and connections.
     pub faults: ArcSwap<Faults>,
+    /// Bumped when the faults change: live TCP connections then draw a
+    /// drill's reset again.
+    pub faults_changed: tokio::sync::watch::Sender<u64>,
     /// Local rate limits on inbound requests and connections.
     pub limits: ArcSwap<RateLimits>,
     pub targets: ArcSwap<HashMap<String, Arc<Target>>>,
@@ -140,6 +143,7 @@ impl Shared {
             access: ArcSwap::from_pointee(Access::default()),
             faults: ArcSwap::from_pointee(Faults::default()),
             gateway_drills: tokio::sync::watch::channel(Default::default()).0,
+            faults_changed: tokio::sync::watch::channel(0).0,
             traffic_report_ms: Default::default(),
             limits: ArcSwap::from_pointee(RateLimits::default()),
             targets: ArcSwap::from_pointee(HashMap::new()),
@@ -289,7 +293,11 @@ impl Shared {
         self.targets.store(Arc::new(targets));
         self.routes.store(Arc::new(routes));
         self.access.store(Arc::new(access));
+        let bump = !faults.is_empty() || !self.faults.load().is_empty();
         self.faults.store(Arc::new(faults));
+        if bump {
+            self.faults_changed.send_modify(|n| *n += 1);
+        }
         self.traffic_report_ms.store(
             inbound.map(|p| p.traffic_report_ms).unwrap_or(0),
             std::sync::atomic::Ordering::Relaxed,

@@ -487,3 +487,76 @@ fn a_scheduled_drill_starts_on_time_and_an_abort_restores_at_once() {
         "{r:#}"
     );
 }
+
+/// A blackhole of an opaque-TCP service cuts the connections already open
+/// to it, not only new ones: web (z2) holds a connection to db in z2 (its
+/// local tier) through its sidecar, echoing; once the drill's blackhole
+/// reaches db's sidecar in z2 that connection is closed; after the drill
+/// is aborted, a new connection echoes again.
+#[test]
+fn a_blackhole_cuts_live_tcp_connections_to_the_target() {
+    use std::io::{Read, Write};
+    use support::mesh::Mesh;
+    let m = Mesh::start("drill-tcp", Net(82), None);
+    let _db1 = m.tcp_echo_db(13);
+    let t = m.g.dp_token("z2", "db");
+    let _db2_app = spawn(
+        &m.s.0,
+        "app-db-43",
+        "demo-app",
+        &[
+            "--listen".into(),
+            format!("{}:8080", m.net.ip(43)),
+            "--tcp-echo".into(),
+        ],
+    );
+    let _db2 = start_sidecar(
+        &m.s.0,
+        m.net,
+        43,
+        "db",
+        m.zone("z2"),
+        &t,
+        &["--protocol", "tcp", "--instance", "db-43"],
+    );
+    let port = format!("tcp:db={}:16000", m.net.ip(40));
+    let web = m.workload("z2", 40, "web", &["--outbound-port", &port]);
+    wait_for("db in both zones in web's config", T, || {
+        let zs = web.endpoint_zones("db");
+        (zs.contains(&"z1".to_string()) && zs.contains(&"z2".to_string())).then_some(())
+    });
+    let echo = |c: &mut std::net::TcpStream| -> bool {
+        let mut b = [0u8; 5];
+        c.write_all(b"ping!").is_ok() && c.read_exact(&mut b).is_ok() && &b == b"ping!"
+    };
+    let mut live = std::net::TcpStream::connect(m.net.addr(40, 16000)).unwrap();
+    live.set_read_timeout(Some(patient(T))).unwrap();
+    assert!(echo(&mut live), "the connection echoes before the drill");
+    m.g.apply(&format!(
+        "{H}kind: Drill\nmetadata: {{name: db-z2}}\nspec:\n  target: {{zone: z2, services: [db]}}\n  method: blackhole\n  stages: [{{percent: 100, hold: 5m}}]\n  guard: {{slos: [{{service: db, maxErrorRate: 100}}]}}\n  observe: {{before: 10s, after: 1s}}\n"
+    ));
+    m.g.ctl(&["drill", "run", "db-z2"]);
+    // The open connection is closed by db's sidecar (EOF or a reset; a
+    // read that times out means it was not).
+    let mut b = [0u8; 5];
+    let _ = live.write_all(b"ping!");
+    let ended = |r: std::io::Result<usize>| match r {
+        Ok(0) => Some(true),
+        Ok(_) => None,
+        Err(e) => Some(!matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+    };
+    // The echo may beat the drill's config: then the next read ends.
+    let cut = ended(live.read(&mut b))
+        .or_else(|| ended(live.read(&mut b)))
+        .unwrap_or(false);
+    assert!(cut, "the live connection was not cut");
+    m.g.ctl(&["drill", "abort", "db-z2"]);
+    wait_for("a new connection echoes after the abort", T, || {
+        let mut c = std::net::TcpStream::connect(m.net.addr(40, 16000)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        echo(&mut c).then_some(())
+    });
+}
