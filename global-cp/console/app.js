@@ -288,11 +288,12 @@ async function drill(name, run) {
     for (const p of pts) {
       for (const [z, v] of Object.entries(p.rps)) (byZone[z] ||= []).push([p.t, v]);
     }
-    const moved = (f.movedAfterSeconds || []).map((x) => (x == null ? "–" : x + " s")).join(", ");
+    const secs = (x) => (x == null ? "–" : x.toFixed(1) + " s");
+    const moved = (f.movedAfterSeconds || []).map(secs).join(", ");
     html += `<h3>${esc(f.service)}</h3>` +
       `<p>${esc(f.total.requests)} requests, ${esc(f.total.failed)} failed (${esc(f.during.requests)} and ${esc(f.during.failed)} during the drill); ` +
       `target share before ${esc((f.baselineShare * 100).toFixed(0))}%; moved after ${esc(moved || "–")}; ` +
-      `returned after ${esc(f.returnedAfterSeconds == null ? "–" : f.returnedAfterSeconds + " s")}</p>` +
+      `returned after ${esc(secs(f.returnedAfterSeconds))}</p>` +
       `<div class="charts">` +
       chart(`${f.service}: requests per second by serving zone`, byZone, "req/s") +
       chart(`${f.service}: error rate`, { errors: pts.map((p) => [p.t, p.errorRate * 100]) }, "%") +

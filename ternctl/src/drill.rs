@@ -181,7 +181,7 @@ fn event_line(e: &Value, start: u64) -> String {
 
 fn secs(v: &Value) -> String {
     v.as_f64()
-        .map(|x| format!("{x:.0}s"))
+        .map(|x| format!("{x:.1}s"))
         .unwrap_or_else(|| "-".into())
 }
 

@@ -169,6 +169,11 @@ fn share(all: &Tally, by_zone: &BTreeMap<String, Tally>, target: &[String]) -> O
     })
 }
 
+/// Milliseconds as seconds, to a tenth.
+fn tenths(ms: u64) -> f64 {
+    (ms as f64 / 100.0).round() / 10.0
+}
+
 /// The figures of `service`, with `target` the zones the drill acts on.
 pub fn service(
     samples: &[FlowSample],
@@ -231,7 +236,7 @@ pub fn service(
             shares
                 .iter()
                 .find(|(end, sh)| *end > *start && *end - SHARE_BUCKET_MS < until && *sh <= want)
-                .map(|(end, _)| end.saturating_sub(*start) as f64 / 1000.0)
+                .map(|(end, _)| tenths(end.saturating_sub(*start)))
         })
         .collect();
     let returned = tl.restored_ms.filter(|_| meaningful).and_then(|r| {
@@ -239,7 +244,7 @@ pub fn service(
         shares
             .iter()
             .find(|(end, sh)| *end > r && *sh >= want)
-            .map(|(end, _)| end.saturating_sub(r) as f64 / 1000.0)
+            .map(|(end, _)| tenths(end.saturating_sub(r)))
     });
     ServiceFigures {
         service: service.to_string(),
@@ -253,18 +258,25 @@ pub fn service(
     }
 }
 
-/// The chart points of `service` from `first_ms` on.
+/// The chart points of `service` from `first_ms` on; every zone that
+/// served it has a rate in every point (0 where it served none), so a
+/// zone's line drops to 0 rather than skipping the gap.
 pub fn points(samples: &[FlowSample], service: &str, first_ms: u64) -> Vec<Point> {
-    buckets(samples, service, first_ms, BUCKET_MS)
-        .into_iter()
+    let b = buckets(samples, service, first_ms, BUCKET_MS);
+    let zones: std::collections::BTreeSet<&String> =
+        b.values().flat_map(|(_, by)| by.keys()).collect();
+    b.iter()
         .map(|(k, (all, by))| {
             let secs = BUCKET_MS as f64 / 1000.0;
             Point {
                 t: first_ms + (k + 1) * BUCKET_MS,
                 service: service.to_string(),
-                rps: by
+                rps: zones
                     .iter()
-                    .map(|(z, t)| (z.clone(), t.total() as f64 / secs))
+                    .map(|z| {
+                        let n = by.get(*z).map(|t| t.total()).unwrap_or(0);
+                        ((*z).clone(), n as f64 / secs)
+                    })
                     .collect(),
                 error_rate: if all.total() == 0 {
                     0.0
@@ -347,5 +359,8 @@ mod tests {
         assert_eq!(f.returned_after_seconds, Some(8.0));
         let p = points(&s, "api", 90_000);
         assert_eq!(p[0].rps["a"], 10.0);
+        // The bucket where a served none still has its 0.
+        let last = p.iter().find(|x| x.t == 120_000).unwrap();
+        assert_eq!((last.rps["a"], last.rps["b"]), (0.0, 20.0));
     }
 }
