@@ -421,7 +421,8 @@ fn a_partition_between_two_zones_moves_traffic_to_the_third() {
 /// api's sidecar, and an operator's abort restores at once: the faults
 /// leave the sidecar and the report says who ended it. A drill inside a
 /// blackout window is refused, naming the window; one running when a
-/// blackout window opens is ended by it.
+/// blackout window opens is ended by it, and `drill run --wait` follows
+/// that run to its report and exits with an error saying why.
 #[test]
 fn a_scheduled_drill_starts_on_time_and_an_abort_restores_at_once() {
     let w = World::build("drill-schedule", Net(81));
@@ -476,7 +477,21 @@ fn a_scheduled_drill_starts_on_time_and_an_abort_restores_at_once() {
         rfc3339_in(8),
         rfc3339_in(3600)
     ));
-    w.g.ctl(&["drill", "run", "blackout-soon"]);
+    // `--wait` follows the run to its report and fails unless it passed.
+    let o = w.g.ternctl(&["drill", "run", "blackout-soon", "--wait"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        err.contains("did not pass: a blackout window opened"),
+        "{err}"
+    );
+    assert!(
+        out.contains("aborted") && out.contains("outcome aborted"),
+        "{out}"
+    );
     let r = w.wait_report("blackout-soon", "done", patient(T));
     assert_eq!(r["outcome"], "aborted", "{r:#}");
     assert!(
