@@ -260,22 +260,50 @@ pub fn service(
 
 /// The chart points of `service` from `first_ms` on; every zone that
 /// served it has a rate in every point (0 where it served none), so a
-/// zone's line drops to 0 rather than skipping the gap.
+/// zone's line drops to 0 rather than skipping the gap. A report's
+/// requests are spread over the time it covers (its interval before it
+/// arrived), so a 5 s report and 1 s reports landing in one bucket are
+/// not drawn as a spike.
 pub fn points(samples: &[FlowSample], service: &str, first_ms: u64) -> Vec<Point> {
     let b = buckets(samples, service, first_ms, BUCKET_MS);
     let zones: std::collections::BTreeSet<&String> =
         b.values().flat_map(|(_, by)| by.keys()).collect();
-    b.iter()
-        .map(|(k, (all, by))| {
-            let secs = BUCKET_MS as f64 / 1000.0;
+    // Requests per bucket and zone, spread by the time each report covers.
+    let mut spread: BTreeMap<(u64, &str), f64> = BTreeMap::new();
+    for s in samples
+        .iter()
+        .filter(|s| s.service == service && s.at_ms >= first_ms)
+    {
+        let n = s.tally.total() as f64;
+        let to = s.at_ms - first_ms;
+        let from = to.saturating_sub(s.interval_ms.max(1));
+        let span = (to - from).max(1) as f64;
+        let mut k = from / BUCKET_MS;
+        while k * BUCKET_MS < to.max(1) {
+            let (lo, hi) = (k * BUCKET_MS, (k + 1) * BUCKET_MS);
+            let overlap = hi.min(to).saturating_sub(lo.max(from)) as f64;
+            *spread.entry((k, s.zone.as_str())).or_default() += n * overlap / span;
+            k += 1;
+        }
+    }
+    let secs = BUCKET_MS as f64 / 1000.0;
+    let keys: std::collections::BTreeSet<u64> = b
+        .keys()
+        .copied()
+        .chain(spread.keys().map(|(k, _)| *k))
+        .collect();
+    keys.into_iter()
+        .map(|k| {
+            let none = Tally::default();
+            let all = b.get(&k).map(|(t, _)| t).unwrap_or(&none);
             Point {
                 t: first_ms + (k + 1) * BUCKET_MS,
                 service: service.to_string(),
                 rps: zones
                     .iter()
                     .map(|z| {
-                        let n = by.get(*z).map(|t| t.total()).unwrap_or(0);
-                        ((*z).clone(), n as f64 / secs)
+                        let n = spread.get(&(k, z.as_str())).copied().unwrap_or(0.0);
+                        ((*z).clone(), (n / secs * 100.0).round() / 100.0)
                     })
                     .collect(),
                 error_rate: if all.total() == 0 {
@@ -314,6 +342,24 @@ mod tests {
             max_error_rate: Some(err),
             max_p99: None,
         }
+    }
+
+    #[test]
+    fn a_report_is_drawn_over_the_time_it_covers() {
+        // 10 req/s throughout: a 5 s report (covering 7-12 s), then 1 s
+        // reports from 13 s on, as when a drill starts.
+        let mut s = vec![sample(12_000, "a", 50, 0)];
+        for at in [13_000, 14_000, 15_000, 16_000, 17_000] {
+            let mut x = sample(at, "a", 10, 0);
+            x.interval_ms = 1000;
+            s.push(x);
+        }
+        let p = points(&s, "api", 0);
+        let at = |t: u64| p.iter().find(|x| x.t == t).unwrap().rps["a"];
+        // By arrival the 10-15 s bucket would hold 70 requests (14 req/s).
+        assert_eq!(at(15_000), 10.0);
+        // 7-10 s of the 5 s report: 30 requests in the 5-10 s bucket.
+        assert_eq!(at(10_000), 6.0);
     }
 
     #[test]
@@ -358,9 +404,9 @@ mod tests {
         assert_eq!(f.moved_after_seconds, vec![Some(9.0)]);
         assert_eq!(f.returned_after_seconds, Some(8.0));
         let p = points(&s, "api", 90_000);
-        assert_eq!(p[0].rps["a"], 10.0);
-        // The bucket where a served none still has its 0.
-        let last = p.iter().find(|x| x.t == 120_000).unwrap();
-        assert_eq!((last.rps["a"], last.rps["b"]), (0.0, 20.0));
+        // Every point names both zones, 0 where one served nothing.
+        assert!(p.iter().all(|x| x.rps.len() == 2));
+        let quiet = p.iter().find(|x| x.t == 115_000).unwrap();
+        assert_eq!(quiet.rps["a"], 0.0);
     }
 }
