@@ -260,10 +260,11 @@ pub fn service(
 
 /// The chart points of `service` from `first_ms` on; every zone that
 /// served it has a rate in every point (0 where it served none), so a
-/// zone's line drops to 0 rather than skipping the gap. A report's
+/// zone's line drops to 0 rather than skipping the gap. A zone report's
 /// requests are spread over the time it covers (its interval before it
-/// arrived), so a 5 s report and 1 s reports landing in one bucket are
-/// not drawn as a spike.
+/// arrived) rather than put where it arrived. One artefact remains when a
+/// drill starts: a proxy's last 5 s report can arrive inside its zone's
+/// first 1 s report, and that bucket then shows more than was served.
 pub fn points(samples: &[FlowSample], service: &str, first_ms: u64) -> Vec<Point> {
     let b = buckets(samples, service, first_ms, BUCKET_MS);
     let zones: std::collections::BTreeSet<&String> =
