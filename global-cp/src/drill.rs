@@ -8,147 +8,33 @@
 //! even if this process dies mid-run; a global that starts and finds a
 //! `DrillRun` ends it at once and marks the report interrupted.
 //!
-//! Reports are kept in the store's meta table (`drill/report/RUN`, and an
-//! index of the last [`KEEP_RUNS`] runs), written at every event and every
-//! few seconds while a run lasts.
+//! The report and its storage are in `drill/report.rs`, its figures in
+//! `drill/figures.rs`, and the scheduler in `drill/schedule.rs`.
 
 pub mod figures;
+pub mod report;
+pub mod schedule;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use model::drill::{DrillRunSpec, DrillSpec, Method, Slo, Target};
+use model::drill::{DrillRunSpec, DrillSpec, Method, Target};
 use model::resource::{Key, Metadata, Resource, API_VERSION};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::traffic::{unix_ms, FlowSample};
 use crate::State;
-use figures::{Counts, Point, ServiceFigures, Timeline};
+use report::{persist, refresh};
+pub use report::{report, runs, Report, RunSummary, StageRecord};
+pub use schedule::spawn_scheduler;
 
-/// Runs whose reports are kept.
-pub const KEEP_RUNS: usize = 100;
-const INDEX_KEY: &str = "drill/runs";
 const TICK: Duration = Duration::from_secs(1);
 const PERSIST_EVERY_MS: u64 = 5_000;
 /// The window of observed rates preflight compares with capacity.
 const CAPACITY_WINDOW: Duration = Duration::from_secs(60);
-/// How often schedules are checked.
-const SCHEDULE_TICK: Duration = Duration::from_secs(1);
-/// At most this many services in a report.
-const MAX_REPORTED: usize = 50;
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Event {
-    pub at: u64,
-    pub event: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub detail: String,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct StageRecord {
-    pub percent: f64,
-    pub hold_seconds: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<u64>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct SloResult {
-    pub service: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_error_rate: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_p99_ms: Option<f64>,
-    /// During the drill, percent.
-    pub error_rate: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub p99_ms: Option<f64>,
-    pub met: bool,
-}
-
-/// A run's report; the same document while it runs and once done.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Report {
-    pub drill: String,
-    pub run: String,
-    pub method: String,
-    pub target: Target,
-    /// The zones the target covers (a region resolved to its zones).
-    pub zones: Vec<String>,
-    /// `running`, `observing` (restored, watching the return) or `done`.
-    pub state: String,
-    /// Once restored: `passed`, `aborted` or `interrupted`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
-    pub started_at: u64,
-    pub deadline_at: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restored_at: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ended_at: Option<u64>,
-    pub observe_before_seconds: f64,
-    pub observe_after_seconds: f64,
-    pub stages: Vec<StageRecord>,
-    pub events: Vec<Event>,
-    /// Checks passed before the start, and what preflight could not check.
-    pub preflight: Vec<String>,
-    pub slos: Vec<SloResult>,
-    pub services: Vec<ServiceFigures>,
-    pub points: Vec<Point>,
-}
-
-/// One line of the runs index.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct RunSummary {
-    pub drill: String,
-    pub run: String,
-    pub method: String,
-    pub state: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
-    pub started_at: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ended_at: Option<u64>,
-}
-
-impl Report {
-    fn summary(&self) -> RunSummary {
-        RunSummary {
-            drill: self.drill.clone(),
-            run: self.run.clone(),
-            method: self.method.clone(),
-            state: self.state.clone(),
-            outcome: self.outcome.clone(),
-            reason: self.reason.clone(),
-            started_at: self.started_at,
-            ended_at: self.ended_at,
-        }
-    }
-
-    fn event(&mut self, event: &str, detail: impl Into<String>) {
-        let detail = detail.into();
-        tracing::info!(drill = %self.drill, run = %self.run, %event, %detail, "drill");
-        self.events.push(Event {
-            at: now_ms(),
-            event: event.into(),
-            detail,
-        });
-    }
-}
-
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     unix_ms(std::time::SystemTime::now())
 }
 
@@ -347,13 +233,16 @@ pub fn start(state: &Arc<State>, name: &str, by: &str) -> Result<Report, Refused
     let started = now_ms();
     let run = format!("{name}-{}", started / 1000);
     let mut report = Report {
-        drill: name.to_string(),
-        run: run.clone(),
-        method: spec.method.name().into(),
+        summary: RunSummary {
+            drill: name.to_string(),
+            run: run.clone(),
+            method: spec.method.name().into(),
+            state: "running".into(),
+            started_at: started,
+            ..Default::default()
+        },
         target: spec.target.clone(),
         zones: zones.clone(),
-        state: "running".into(),
-        started_at: started,
         deadline_at: started + spec.deadline().as_millis() as u64,
         observe_before_seconds: spec.observe.before.0.as_secs_f64(),
         observe_after_seconds: spec.observe.after.0.as_secs_f64(),
@@ -400,9 +289,9 @@ fn write_run(
     stage: Option<usize>,
 ) -> Result<(), String> {
     let run = DrillRunSpec {
-        drill: r.drill.clone(),
-        run: r.run.clone(),
-        method: r.method.clone(),
+        drill: r.summary.drill.clone(),
+        run: r.summary.run.clone(),
+        method: r.summary.method.clone(),
         zones: r.zones.clone(),
         services: spec.target.services.clone(),
         percent: stage.map(|i| spec.stages[i].percent).unwrap_or(0.0),
@@ -413,7 +302,7 @@ fn write_run(
         api_version: API_VERSION.into(),
         kind: "DrillRun".into(),
         metadata: Metadata {
-            name: r.drill.clone(),
+            name: r.summary.drill.clone(),
             ..Default::default()
         },
         spec: serde_json::to_value(&run).map_err(|e| e.to_string())?,
@@ -422,7 +311,7 @@ fn write_run(
         .store
         .put(res, &model::token::fmt_unix(model::token::now_unix()))
         .map(|_| ())
-        .map_err(|e| format!("write DrillRun/{}: {e}", r.drill))
+        .map_err(|e| format!("write DrillRun/{}: {e}", r.summary.drill))
 }
 
 fn restore(state: &State, drill: &str) -> Result<(), String> {
@@ -439,79 +328,6 @@ fn restore(state: &State, drill: &str) -> Result<(), String> {
         .map_err(|e| format!("delete DrillRun/{drill}: {e}"))
 }
 
-/// The services a report covers: the target's, the guarded ones, and
-/// (for a whole zone or region) those its zones served before the drill.
-fn reported(spec: &DrillSpec, zones: &[String], samples: &[FlowSample]) -> Vec<String> {
-    let mut s: BTreeSet<String> = spec.target.services.iter().cloned().collect();
-    s.extend(spec.guard.slos.iter().map(|x| x.service.clone()));
-    if spec.target.services.is_empty() {
-        s.extend(
-            samples
-                .iter()
-                .filter(|x| zones.contains(&x.zone))
-                .map(|x| x.service.clone()),
-        );
-    }
-    s.into_iter().take(MAX_REPORTED).collect()
-}
-
-fn timeline(r: &Report) -> Timeline {
-    Timeline {
-        started_ms: r.started_at,
-        stages: r
-            .stages
-            .iter()
-            .filter_map(|s| Some((s.started_at?, s.percent)))
-            .collect(),
-        restored_ms: r.restored_at,
-    }
-}
-
-fn slo_result(slo: &Slo, f: Option<&ServiceFigures>) -> SloResult {
-    let d: Counts = f.map(|f| f.during.all.clone()).unwrap_or_default();
-    let rate = if d.requests == 0 {
-        0.0
-    } else {
-        d.failed as f64 * 100.0 / d.requests as f64
-    };
-    let max_p99_ms = slo.max_p99.map(|m| m.0.as_secs_f64() * 1000.0);
-    let met = slo.max_error_rate.is_none_or(|m| rate <= m)
-        && match (max_p99_ms, d.p99_ms) {
-            (Some(m), Some(p)) => p <= m,
-            _ => true,
-        };
-    SloResult {
-        service: slo.service.clone(),
-        max_error_rate: slo.max_error_rate,
-        max_p99_ms,
-        error_rate: (rate * 100.0).round() / 100.0,
-        p99_ms: d.p99_ms,
-        met,
-    }
-}
-
-/// Recompute the figures from the samples.
-fn refresh(r: &mut Report, spec: &DrillSpec, samples: &[FlowSample]) {
-    let tl = timeline(r);
-    let before = (r.observe_before_seconds * 1000.0) as u64;
-    let first = r.started_at.saturating_sub(before);
-    let services = reported(spec, &r.zones, samples);
-    r.services = services
-        .iter()
-        .map(|s| figures::service(samples, s, &r.zones, &tl, before))
-        .collect();
-    r.points = services
-        .iter()
-        .flat_map(|s| figures::points(samples, s, first))
-        .collect();
-    r.slos = spec
-        .guard
-        .slos
-        .iter()
-        .map(|slo| slo_result(slo, r.services.iter().find(|f| f.service == slo.service)))
-        .collect();
-}
-
 async fn drive(
     state: Arc<State>,
     spec: DrillSpec,
@@ -519,13 +335,13 @@ async fn drive(
     mut abort: watch::Receiver<Option<String>>,
 ) {
     let before = spec.observe.before.0.as_millis() as u64;
-    let first = r.started_at.saturating_sub(before);
+    let first = r.summary.started_at.saturating_sub(before);
     let mut samples: Vec<FlowSample> = state.traffic.flows_after(first);
     let mut seen = samples.last().map(|s| s.at_ms).unwrap_or(first);
     let mut stage = 0usize;
-    let mut stage_started = r.started_at;
+    let mut stage_started = r.summary.started_at;
     let mut breaching: BTreeMap<String, (u64, String)> = BTreeMap::new();
-    let mut persisted = r.started_at;
+    let mut persisted = r.summary.started_at;
     let guard_for = spec.guard_for().as_millis() as u64;
     loop {
         tokio::select! {
@@ -539,7 +355,7 @@ async fn drive(
         }
         samples.extend(new);
         let mut changed = false;
-        if r.state == "running" {
+        if r.summary.state == "running" {
             let mut end: Option<(&str, String)> = None;
             if let Some(why) = abort.borrow_and_update().clone() {
                 end = Some(("aborted", why));
@@ -604,19 +420,19 @@ async fn drive(
                 // Restore first (0%: no effect left anywhere), the report
                 // follows; if even that fails, the deadline restores.
                 let mut tries = 0;
-                while let Err(e) =
-                    write_run(&state, &spec, &r, None).or_else(|_| restore(&state, &r.drill))
+                while let Err(e) = write_run(&state, &spec, &r, None)
+                    .or_else(|_| restore(&state, &r.summary.drill))
                 {
                     tries += 1;
-                    tracing::error!(drill = %r.drill, error = %e, "could not restore; retrying (zones restore at the deadline regardless)");
+                    tracing::error!(drill = %r.summary.drill, error = %e, "could not restore; retrying (zones restore at the deadline regardless)");
                     if tries > 30 {
                         break;
                     }
                     tokio::time::sleep(TICK).await;
                 }
                 r.restored_at = Some(now_ms());
-                r.outcome = Some(outcome.into());
-                r.reason = why.clone();
+                r.summary.outcome = Some(outcome.into());
+                r.summary.reason = why.clone();
                 r.event(
                     if outcome == "passed" {
                         "completed"
@@ -626,18 +442,18 @@ async fn drive(
                     why,
                 );
                 r.event("restored", "");
-                r.state = "observing".into();
+                r.summary.state = "observing".into();
                 changed = true;
             }
         } else if r
             .restored_at
             .is_some_and(|t| now >= t + (r.observe_after_seconds * 1000.0) as u64)
         {
-            if let Err(e) = restore(&state, &r.drill) {
-                tracing::warn!(drill = %r.drill, error = %e, "could not delete the restored DrillRun; it lapses at its deadline");
+            if let Err(e) = restore(&state, &r.summary.drill) {
+                tracing::warn!(drill = %r.summary.drill, error = %e, "could not delete the restored DrillRun; it lapses at its deadline");
             }
-            r.state = "done".into();
-            r.ended_at = Some(now);
+            r.summary.state = "done".into();
+            r.summary.ended_at = Some(now);
             r.event("report complete", "");
             refresh(&mut r, &spec, &samples);
             persist(&state, &r);
@@ -650,155 +466,6 @@ async fn drive(
         }
     }
     *state.drills.lock() = None;
-}
-
-fn report_key(run: &str) -> String {
-    format!("drill/report/{run}")
-}
-
-/// Write the report and its line in the index; old runs past
-/// [`KEEP_RUNS`] are dropped.
-fn persist(state: &State, r: &Report) {
-    let body = match serde_json::to_vec(r) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "drill report not serializable");
-            return;
-        }
-    };
-    let res = state.store.transact(|tx| {
-        let mut index = read_index(tx.meta_get(INDEX_KEY)?);
-        index.retain(|s| s.run != r.run);
-        index.push(r.summary());
-        trim_index(tx, &mut index)?;
-        tx.meta_set(&report_key(&r.run), &body)?;
-        tx.meta_set(
-            INDEX_KEY,
-            &serde_json::to_vec(&index).unwrap_or_else(|_| b"[]".to_vec()),
-        )?;
-        Ok::<_, crate::store::StoreError>(())
-    });
-    if let Err(e) = res {
-        tracing::error!(run = %r.run, error = %e, "could not store the drill report");
-    }
-}
-
-/// Start each drill whose schedule names a time since the last check.
-/// Times that passed while the global was down are not made up for.
-pub fn spawn_scheduler(state: Arc<State>) {
-    tokio::spawn(async move {
-        let mut checked = now_ms();
-        loop {
-            tokio::time::sleep(SCHEDULE_TICK).await;
-            let now = now_ms();
-            let drills = match state.store.list(Some("Drill")) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read drills for their schedules");
-                    continue;
-                }
-            };
-            for d in drills {
-                let name = d.resource.metadata.name.clone();
-                let Ok(spec) = serde_json::from_value::<DrillSpec>(d.resource.spec) else {
-                    continue;
-                };
-                let due = spec
-                    .schedule
-                    .as_ref()
-                    .and_then(|s| s.next_after(checked))
-                    .is_some_and(|t| t <= now);
-                if !due {
-                    continue;
-                }
-                match start(&state, &name, "the schedule") {
-                    Ok(r) => tracing::info!(drill = %name, run = %r.run, "scheduled drill started"),
-                    // The schedule overtaking its own run is not worth a
-                    // line in the index (it would push real reports out).
-                    Err(e) if state.drills.current().is_some_and(|(d, _)| d == name) => {
-                        tracing::warn!(drill = %name, error = %e, "scheduled drill still running; this start skipped");
-                    }
-                    Err(e) => {
-                        tracing::warn!(drill = %name, error = %e, "scheduled drill refused");
-                        refused(&state, &name, &e.to_string(), now);
-                    }
-                }
-            }
-            checked = now;
-        }
-    });
-}
-
-/// A scheduled start that preflight refused, in the runs index.
-fn refused(state: &State, drill: &str, why: &str, at: u64) {
-    let method = state
-        .store
-        .get("Drill", drill)
-        .ok()
-        .flatten()
-        .and_then(|d| serde_json::from_value::<DrillSpec>(d.resource.spec).ok())
-        .map(|s| s.method.name().to_string())
-        .unwrap_or_default();
-    let line = RunSummary {
-        drill: drill.into(),
-        run: format!("{drill}-{}", at / 1000),
-        method,
-        state: "refused".into(),
-        outcome: None,
-        reason: why.into(),
-        started_at: at,
-        ended_at: Some(at),
-    };
-    let res = state.store.transact(|tx| {
-        let mut index = read_index(tx.meta_get(INDEX_KEY)?);
-        index.push(line);
-        trim_index(tx, &mut index)?;
-        tx.meta_set(INDEX_KEY, &serde_json::to_vec(&index).unwrap_or_default())?;
-        Ok::<_, crate::store::StoreError>(())
-    });
-    if let Err(e) = res {
-        tracing::error!(error = %e, "could not record a refused drill");
-    }
-}
-
-fn read_index(b: Option<Vec<u8>>) -> Vec<RunSummary> {
-    b.and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-/// Drop the oldest runs past [`KEEP_RUNS`] and their reports.
-fn trim_index(
-    tx: &mut crate::store::Tx<'_>,
-    index: &mut Vec<RunSummary>,
-) -> Result<(), crate::store::StoreError> {
-    while index.len() > KEEP_RUNS {
-        let old = index.remove(0);
-        tx.meta_delete(&report_key(&old.run))?;
-    }
-    Ok(())
-}
-
-/// Runs, newest last.
-pub fn runs(state: &State) -> Vec<RunSummary> {
-    read_index(state.store.meta_get(INDEX_KEY).ok().flatten())
-}
-
-/// The report of `run`, or of the drill's latest run.
-pub fn report(state: &State, drill: &str, run: Option<&str>) -> Option<Report> {
-    let run = match run {
-        Some(r) => r.to_string(),
-        None => {
-            runs(state)
-                .into_iter()
-                .rev()
-                .find(|s| s.drill == drill)?
-                .run
-        }
-    };
-    let b = state.store.meta_get(&report_key(&run)).ok().flatten()?;
-    serde_json::from_slice::<Report>(&b)
-        .ok()
-        .filter(|r| r.drill == drill)
 }
 
 /// At start: a `DrillRun` left by a global that died mid-drill is ended
@@ -819,12 +486,12 @@ pub fn recover(state: &State) -> anyhow::Result<()> {
             };
             if r.restored_at.is_none() {
                 r.restored_at = Some(now.min(spec.until_unix_ms));
-                r.outcome = Some("interrupted".into());
-                r.reason = why.into();
+                r.summary.outcome = Some("interrupted".into());
+                r.summary.reason = why.into();
             }
             r.event("interrupted", why);
-            r.state = "done".into();
-            r.ended_at = Some(now);
+            r.summary.state = "done".into();
+            r.summary.ended_at = Some(now);
             persist(state, &r);
         }
         tracing::warn!(drill = %name, "ended a drill left running by the previous global process");

@@ -25,7 +25,7 @@ fn audit(api: &Api, action: &str, drill: &str, detail: &str) {
 pub async fn run(AxState(api): AxState<Api>, Path(name): Path<String>) -> Response {
     match drill::start(&api.state, &name, "an operator") {
         Ok(r) => {
-            audit(&api, "drill.run", &name, &r.run);
+            audit(&api, "drill.run", &name, &r.summary.run);
             (StatusCode::ACCEPTED, Json(r)).into_response()
         }
         Err(e @ Refused::NotFound(_)) => err(StatusCode::NOT_FOUND, e.to_string()),
