@@ -3,9 +3,12 @@
 //! stdout or to a file inside `--access-log-dir`; or one OTLP log record
 //! each, sent to a collector (`otlp.rs`).
 //!
-//! Lines go through a bounded queue to one writer task, so a slow disk or
-//! a blocked stdout never slows a request: when the queue is full, lines
-//! are dropped and counted (`tern_proxy_access_log_dropped_total`).
+//! Lines wait in a bounded buffer for a writer thread (`access_log/sink.rs`),
+//! and OTLP records in a bounded queue for the exporter task, so a slow disk,
+//! a blocked stdout or a slow collector never slows a request: what does not
+//! fit is dropped and counted (`tern_proxy_access_log_dropped_total`).
+
+mod sink;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,13 +16,12 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
 use proto::v1 as pb;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::metrics::Direction;
 use crate::observe::Line;
 
-/// Lines waiting for the writer.
+/// OTLP records waiting for the exporter.
 const QUEUE: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -36,7 +38,7 @@ pub struct Settings {
 }
 
 enum Tx {
-    Lines(mpsc::Sender<String>),
+    Lines(sink::Sink),
     Records(mpsc::Sender<proto::otlp::LogRecord>),
 }
 
@@ -144,11 +146,12 @@ impl AccessLogs {
                 ));
                 Tx::Records(tx)
             }
-            None => {
-                let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(write_loop(settings.file.clone(), rx, self.written.clone()));
-                Tx::Lines(tx)
-            }
+            None => Tx::Lines(sink::Sink::start(
+                settings.file.clone(),
+                sink::FLUSH_EVERY,
+                self.written.clone(),
+                self.dropped.clone(),
+            )),
         };
         self.current.store(Some(Arc::new(Writer { settings, tx })));
     }
@@ -177,18 +180,26 @@ impl AccessLogs {
         if !wanted {
             return;
         }
-        let sent = match &w.tx {
-            Tx::Lines(tx) => tx
-                .try_send(if w.settings.json {
-                    line.json()
-                } else {
-                    line.text()
-                })
-                .is_ok(),
-            Tx::Records(tx) => tx.try_send(line.record()).is_ok(),
-        };
-        if !sent {
-            self.dropped.inc();
+        match &w.tx {
+            Tx::Lines(sink) => sink.push(&if w.settings.json {
+                line.json()
+            } else {
+                line.text()
+            }),
+            Tx::Records(tx) => {
+                if tx.try_send(line.record()).is_err() {
+                    self.dropped.inc();
+                }
+            }
+        }
+    }
+
+    /// The proxy is stopping: write the lines that wait (up to `limit`).
+    pub fn close(&self, limit: std::time::Duration) {
+        if let Some(w) = self.current.swap(None) {
+            if let Tx::Lines(sink) = &w.tx {
+                sink.close(limit);
+            }
         }
     }
 
@@ -208,44 +219,6 @@ impl AccessLogs {
                 "outbound": w.settings.outbound,
             }),
         }
-    }
-}
-
-async fn write_loop(file: Option<PathBuf>, mut rx: mpsc::Receiver<String>, written: Counter) {
-    let mut out: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = match &file {
-        None => Box::new(tokio::io::stdout()),
-        Some(path) => {
-            // The --access-log-dir folder, made if it is missing.
-            if let Some(dir) = path.parent() {
-                let _ = tokio::fs::create_dir_all(dir).await;
-            }
-            let mut o = tokio::fs::OpenOptions::new();
-            o.create(true).append(true);
-            #[cfg(unix)]
-            o.mode(0o640);
-            match o.open(path).await {
-                Ok(f) => Box::new(f),
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot open the access log file; lines are dropped until the policy changes");
-                    while rx.recv().await.is_some() {}
-                    return;
-                }
-            }
-        }
-    };
-    let mut batch = Vec::with_capacity(256);
-    let mut buf = String::new();
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        buf.clear();
-        for line in batch.drain(..) {
-            buf.push_str(&line);
-            buf.push('\n');
-            written.inc();
-        }
-        if let Err(e) = out.write_all(buf.as_bytes()).await {
-            tracing::warn!(error = %e, "could not write access log lines");
-        }
-        let _ = out.flush().await;
     }
 }
 

@@ -352,6 +352,10 @@ impl Running {
             let _ = tokio::time::timeout(Duration::from_secs(3), cp).await;
         }
         tokio::time::sleep(drain).await;
+        let shared = self.shared.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || shared.access_logs.close(Duration::from_secs(3)))
+                .await;
     }
 }
 

@@ -450,11 +450,12 @@ fn access_logs_are_off_by_default_and_follow_the_policy() {
         json_lines(&web.sidecar.log_text()).is_empty(),
         "web logs to its file only"
     );
-    assert_eq!(
-        json_lines(&api.sidecar.log_text()).len(),
-        5,
-        "api logged the two new requests"
-    );
+    // Lines reach stdout within the writer's flush interval (1 s).
+    let api_lines = wait_for("api's lines for the two new requests", patient(T), || {
+        let l = json_lines(&api.sidecar.log_text());
+        (l.len() >= 5).then_some(l)
+    });
+    assert_eq!(api_lines.len(), 5, "api logged the two new requests");
 }
 
 /// The pay app's own address (not through the mesh).
