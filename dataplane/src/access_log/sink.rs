@@ -100,12 +100,7 @@ impl Sink {
 
     /// Write what waits and end the thread, waiting for it up to `limit`.
     pub fn close(&self, limit: Duration) {
-        self.inner
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .closed = true;
-        self.inner.wake.notify_one();
+        self.end();
         let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(done) = done {
             let _ = done.recv_timeout(limit);
@@ -113,15 +108,22 @@ impl Sink {
     }
 }
 
-impl Drop for Sink {
-    /// A replaced writer finishes in the background: nothing waits for it.
-    fn drop(&mut self) {
+impl Sink {
+    /// No more lines: the thread writes what waits and ends.
+    fn end(&self) {
         self.inner
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .closed = true;
         self.inner.wake.notify_one();
+    }
+}
+
+impl Drop for Sink {
+    /// A replaced writer finishes in the background: nothing waits for it.
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
