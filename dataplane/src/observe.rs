@@ -141,24 +141,39 @@ impl JsonObject {
         self.0.push_str("\":");
     }
 
-    /// A string value, escaped as JSON requires.
+    /// A string value, escaped as JSON requires (runs of plain bytes are
+    /// copied whole; every byte escaped is ASCII, so runs end on character
+    /// boundaries).
     fn str(&mut self, k: &str, v: &str) {
         self.key(k);
         self.0.push('"');
-        for c in v.chars() {
-            match c {
-                '"' => self.0.push_str("\\\""),
-                '\\' => self.0.push_str("\\\\"),
-                '\n' => self.0.push_str("\\n"),
-                '\r' => self.0.push_str("\\r"),
-                '\t' => self.0.push_str("\\t"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(self.0, "\\u{:04x}", c as u32);
-                }
-                c => self.0.push(c),
+        let mut run = 0;
+        for (i, b) in v.bytes().enumerate() {
+            let escaped = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            self.0.push_str(&v[run..i]);
+            if escaped.is_empty() {
+                let _ = write!(self.0, "\\u{:04x}", b);
+            } else {
+                self.0.push_str(escaped);
             }
+            run = i + 1;
         }
+        self.0.push_str(&v[run..]);
         self.0.push('"');
+    }
+
+    /// A time, RFC 3339 UTC with milliseconds.
+    fn time(&mut self, k: &str, t: SystemTime) {
+        self.key(k);
+        let _ = write!(self.0, "\"{}\"", humantime::format_rfc3339_millis(t));
     }
 
     /// A number, as written.
@@ -212,10 +227,7 @@ impl Line<'_> {
     /// request).
     pub fn json(&self) -> String {
         let mut o = JsonObject::with_capacity(384);
-        o.str(
-            "time",
-            &humantime::format_rfc3339_millis(self.start).to_string(),
-        );
+        o.time("time", self.start);
         o.str("direction", self.direction());
         o.str("protocol", self.protocol);
         o.str("sourceService", self.source_service);

@@ -35,17 +35,32 @@ pub struct Context {
 }
 
 fn hex_into(s: &str, out: &mut [u8]) -> Option<()> {
-    if s.len() != out.len() * 2 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let s = s.as_bytes();
+    if s.len() != out.len() * 2 {
         return None;
     }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        *o = (nibble(pair[0])? << 4) | nibble(pair[1])?;
     }
     Some(())
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Lower-case hex of `b` into `out` (twice as long).
+fn hex_out(b: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (x, o) in b.iter().zip(out.chunks_exact_mut(2)) {
+        o[0] = DIGITS[usize::from(x >> 4)];
+        o[1] = DIGITS[usize::from(x & 0xf)];
+    }
 }
 
 impl Context {
@@ -80,13 +95,14 @@ impl Context {
     }
 
     pub fn header(&self) -> HeaderValue {
-        let v = format!(
-            "00-{}-{}-{}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            if self.sampled { "01" } else { "00" }
-        );
-        HeaderValue::from_str(&v).expect("hex is a valid header value")
+        // 00-<32>-<16>-<2>: 55 bytes, built in place.
+        let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_out(&self.trace_id, &mut v[3..35]);
+        hex_out(&self.span_id, &mut v[36..52]);
+        if self.sampled {
+            v[54] = b'1';
+        }
+        HeaderValue::from_bytes(&v).expect("hex is a valid header value")
     }
 }
 
