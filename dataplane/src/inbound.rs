@@ -449,7 +449,7 @@ impl Proxy {
                     source_identity: peer_id.as_ref().and_then(|v| v.to_str().ok()),
                     destination_service: &me,
                     destination_zone: &my_zone,
-                    upstream: Some(app.to_string()),
+                    upstream: Some(app),
                     route: None,
                     status,
                     decision,

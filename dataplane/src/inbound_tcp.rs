@@ -129,7 +129,7 @@ impl Proxy {
             source_identity: None,
             destination_service: &me,
             destination_zone: &my_zone,
-            upstream: flow.map(|f| f.0.to_string()),
+            upstream: flow.map(|f| f.0),
             method: None,
             authority: None,
             path: None,

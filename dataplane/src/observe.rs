@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use common::traffic::Decision;
+use http::HeaderValue;
 use proto::otlp as otel;
 
 use crate::metrics::Direction;
@@ -30,7 +31,7 @@ pub struct Ends<'a> {
     pub source_identity: Option<&'a str>,
     pub destination_service: &'a str,
     pub destination_zone: &'a str,
-    pub upstream: Option<String>,
+    pub upstream: Option<std::net::SocketAddr>,
     pub route: Option<&'a str>,
     pub status: u16,
     pub decision: Decision,
@@ -45,8 +46,8 @@ impl Observed {
         if let Some(a) = &span {
             req.headers_mut().insert(trace::TRACEPARENT, a.ctx.header());
         }
-        let facts =
-            (span.is_some() || shared.access_logs.wants(direction)).then(|| RequestFacts::of(req));
+        let sampled = span.as_ref().is_some_and(|a| a.ctx.sampled);
+        let facts = (sampled || shared.access_logs.wants(direction)).then(|| RequestFacts::of(req));
         Observed { span, facts }
     }
 
@@ -71,9 +72,9 @@ impl Observed {
             destination_service: e.destination_service,
             destination_zone: e.destination_zone,
             upstream: e.upstream,
-            method: Some(&f.method),
-            authority: f.authority.as_deref(),
-            path: Some(&f.path),
+            method: Some(f.method.as_str()),
+            authority: f.authority(),
+            path: Some(f.path()),
             route: e.route,
             status: Some(e.status),
             decision: e.decision,
@@ -81,7 +82,9 @@ impl Observed {
             bytes_sent: None,
             bytes_received: None,
         };
-        if let Some(a) = self.span {
+        // An unsampled span (most, at low rates) records nothing: skip
+        // building its name and attributes.
+        if let Some(a) = self.span.filter(|a| a.ctx.sampled) {
             shared.tracer.finish(
                 a,
                 format!("{} {}", f.method, e.destination_service),
@@ -95,30 +98,37 @@ impl Observed {
 }
 
 /// What a span and a log line need of a request, taken once before it is
-/// sent on.
+/// sent on (shared, not copied: the parts are reference-counted).
 pub struct RequestFacts {
-    pub method: String,
-    pub authority: Option<String>,
-    pub path: String,
+    pub method: http::Method,
+    pub authority: Option<HeaderValue>,
+    pub path: Option<http::uri::PathAndQuery>,
 }
 
 impl RequestFacts {
     pub fn of<B>(req: &http::Request<B>) -> Self {
         Self {
-            method: req.method().to_string(),
+            method: req.method().clone(),
             authority: req
                 .headers()
                 .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri().authority().map(|a| a.as_str()))
-                .map(str::to_string),
-            path: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/")
-                .to_string(),
+                .filter(|h| h.to_str().is_ok())
+                .cloned()
+                .or_else(|| {
+                    req.uri()
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                }),
+            path: req.uri().path_and_query().cloned(),
         }
+    }
+
+    fn authority(&self) -> Option<&str> {
+        self.authority.as_ref().and_then(|h| h.to_str().ok())
+    }
+
+    fn path(&self) -> &str {
+        self.path.as_ref().map_or("/", |p| p.as_str())
     }
 }
 
@@ -170,6 +180,12 @@ impl JsonObject {
         self.0.push('"');
     }
 
+    /// A value whose text needs no escaping (an address), as a string.
+    fn display(&mut self, k: &str, v: &impl std::fmt::Display) {
+        self.key(k);
+        let _ = write!(self.0, "\"{v}\"");
+    }
+
     /// A time, RFC 3339 UTC with milliseconds.
     fn time(&mut self, k: &str, t: SystemTime) {
         self.key(k);
@@ -201,7 +217,7 @@ pub struct Line<'a> {
     pub destination_service: &'a str,
     pub destination_zone: &'a str,
     /// Where this proxy sent it: the endpoint (outbound) or the app.
-    pub upstream: Option<String>,
+    pub upstream: Option<std::net::SocketAddr>,
     pub method: Option<&'a str>,
     pub authority: Option<&'a str>,
     pub path: Option<&'a str>,
@@ -238,7 +254,7 @@ impl Line<'_> {
         o.str("destinationService", self.destination_service);
         o.str("destinationZone", self.destination_zone);
         if let Some(v) = &self.upstream {
-            o.str("upstream", v);
+            o.display("upstream", v);
         }
         for (k, v) in [
             ("method", self.method),
@@ -288,7 +304,10 @@ impl Line<'_> {
             (_, p) => p,
         };
         opt("tern.source.identity", self.source_identity.map(s));
-        opt("network.peer.address", self.upstream.as_deref().map(s));
+        opt(
+            "network.peer.address",
+            self.upstream.map(|a| Value::Str(a.to_string())),
+        );
         opt("http.request.method", self.method.map(s));
         opt("server.address", self.authority.map(s));
         opt("url.path", path.map(s));
@@ -406,7 +425,7 @@ mod tests {
             source_identity: Some("spiffe://tern/zone/z2/svc/web"),
             destination_service: "api",
             destination_zone: "z1",
-            upstream: Some("127.0.0.1:8080".into()),
+            upstream: Some("127.0.0.1:8080".parse().unwrap()),
             method: Some("GET"),
             authority: Some("api"),
             path: Some(path),

@@ -183,7 +183,7 @@ impl Proxy {
                             source_identity: None,
                             destination_service: &cluster.service,
                             destination_zone: &ep.zone,
-                            upstream: Some(ep.target.addr.to_string()),
+                            upstream: Some(ep.target.addr),
                             method: None,
                             authority: None,
                             path: None,
@@ -248,7 +248,7 @@ impl Proxy {
                         .as_ref()
                         .map(|e| e.zone.as_str())
                         .unwrap_or(crate::traffic::UNKNOWN),
-                    upstream: served.endpoint.as_ref().map(|e| e.target.addr.to_string()),
+                    upstream: served.endpoint.as_ref().map(|e| e.target.addr),
                     route: served.route.as_deref(),
                     status,
                     decision: served.decision,
