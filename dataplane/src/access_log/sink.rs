@@ -1,6 +1,6 @@
 //! Where access log lines wait for the disk: one buffer, written by a thread
-//! of its own once a second or when 64 KiB are waiting (as Envoy's file
-//! logger flushes), so a request costs an append under a short lock and
+//! of its own once a second or when 32 KiB are waiting (as Envoy's file
+//! logger flushes, at 64 KiB), so a request costs an append under a short lock and
 //! never a wake-up, a syscall or a hand-off to tokio's blocking pool.
 //!
 //! The buffer is bounded: while a slow disk or a blocked stdout holds the
@@ -17,8 +17,9 @@ use prometheus_client::metrics::counter::Counter;
 
 /// Written at least this often while lines wait.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
-/// Written at once when this much waits.
-const FLUSH_BYTES: usize = 64 * 1024;
+/// Written at once when this much waits. Small enough that the two buffers
+/// (filling and being written) rarely grow past twice this.
+const FLUSH_BYTES: usize = 32 * 1024;
 /// Lines past this many waiting bytes are dropped.
 const MAX_PENDING: usize = 4 * 1024 * 1024;
 
@@ -54,7 +55,10 @@ impl Sink {
         dropped: Counter,
     ) -> Self {
         let inner = Arc::new(Inner {
-            pending: Mutex::new(Pending::default()),
+            pending: Mutex::new(Pending {
+                text: String::with_capacity(2 * FLUSH_BYTES),
+                ..Default::default()
+            }),
             wake: Condvar::new(),
         });
         let (done_tx, done) = std::sync::mpsc::channel();
@@ -151,7 +155,7 @@ fn write_loop(inner: &Inner, file: Option<&Path>, every: Duration, written: &Cou
             None
         }
     };
-    let mut spare = String::new();
+    let mut spare = String::with_capacity(2 * FLUSH_BYTES);
     loop {
         let (lines, closed) = {
             let mut p = inner.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -178,7 +182,7 @@ fn write_loop(inner: &Inner, file: Option<&Path>, every: Duration, written: &Cou
             spare.clear();
             // A burst must not keep its buffer for ever.
             if spare.capacity() > 4 * FLUSH_BYTES {
-                spare = String::new();
+                spare = String::with_capacity(2 * FLUSH_BYTES);
             }
         }
         if closed {
