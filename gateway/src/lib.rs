@@ -1,14 +1,14 @@
 //! Tern east-west gateway.
 //!
-//! * **Local side**: sidecars of this zone open an mTLS connection (ALPN
+//! * **Local side** (`outbound.rs`): sidecars of this zone open an mTLS connection (ALPN
 //!   `tern/gw`) to the gateway, send a flow header naming the destination
 //!   zone and service, then the bytes of their own end-to-end mTLS session.
-//! * **Between zones**: one long-lived QUIC connection per remote gateway
+//! * **Between zones** (`remote.rs`): one long-lived QUIC connection per remote gateway
 //!   (TLS 1.3, both sides present gateway identities chained to the mesh
 //!   root), keep-alives, reconnect, RTT and loss measured. Each flow is one
 //!   bidirectional stream that opens with the same bounded header, so a
 //!   lost packet on one flow does not stall the others.
-//! * **Remote side**: the receiving gateway picks a healthy endpoint of the
+//! * **Remote side** (`inbound.rs`): the receiving gateway picks a healthy endpoint of the
 //!   service in its own zone and splices bytes. It never decrypts the inner
 //!   session; the destination sidecar sees the caller's identity.
 //!
@@ -16,8 +16,11 @@
 //! through the same client the sidecar uses (`dataplane::cp_client`).
 #![forbid(unsafe_code)]
 
+mod capture;
 pub mod dup;
+mod inbound;
 pub mod metrics;
+mod outbound;
 pub mod remote;
 
 use std::net::SocketAddr;
@@ -27,13 +30,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use common::flow::{self, code, FlowHeader};
+use common::flow::FlowHeader;
 use common::telemetry::Admin;
 use dataplane::protocol::{Protocol, ALPN_GATEWAY};
 use dataplane::state::Shared;
 use model::ident::SpiffeId;
 use proto::v1 as pb;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub const QUIC_ALPN: &[u8] = b"tern-gw/1";
@@ -323,248 +326,6 @@ impl Gateway {
         Ok(())
     }
 
-    // ----- local side: sidecars of this zone -----
-
-    async fn serve_local(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (tcp, peer) = common::grpc::accept(&listener, "gateway local").await;
-            let me = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = me.local_flow(tcp).await {
-                    tracing::debug!(%peer, error = %e, "local flow ended with an error");
-                }
-            });
-        }
-    }
-
-    async fn local_flow(&self, tcp: TcpStream) -> anyhow::Result<()> {
-        let cfg = self
-            .local_tls
-            .get()
-            .context("no certificate yet (failing closed)")?;
-        let mut tls = tokio::time::timeout(
-            HEADER_TIMEOUT,
-            tokio_rustls::TlsAcceptor::from(cfg).accept(tcp),
-        )
-        .await
-        .context("TLS handshake timed out")??;
-        let peer = common::tls::peer_identity(tls.get_ref().1.peer_certificates())
-            .context("no client identity")?;
-        let chain: Arc<[common::rustls::pki_types::CertificateDer<'static>]> = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
-            .unwrap_or_default();
-        if peer.zone_name() != Some(self.zone.as_str()) {
-            anyhow::bail!("{peer} is not a workload of zone {}", self.zone);
-        }
-        // Sidecars keep spare connections ready for new flows, so the header
-        // may come a while after the handshake.
-        let mut header = tokio::time::timeout(SPARE_IDLE, flow::read(&mut tls))
-            .await
-            .context("no flow header on an idle connection")??;
-        if header.dest_zone == self.zone {
-            anyhow::bail!(
-                "flow for our own zone {}; sidecars reach it directly",
-                self.zone
-            );
-        }
-        // The source zone is what we authenticated, not what was claimed.
-        header.source_zone = self.zone.clone();
-        let zone = header.dest_zone.clone();
-        let ticket = self.shared.gateway_drills.borrow().ticket();
-        if let Some(drill) = self
-            .shared
-            .gateway_drills
-            .borrow()
-            .refuse_outbound(&zone, ticket)
-        {
-            // Closing before any stream opens: the sidecar sees the
-            // connection fail and fails over, as in a real partition.
-            self.metrics.reset(code::DRILL_REFUSED);
-            anyhow::bail!("flow to zone {zone} refused by {drill}");
-        }
-        // A flow opened for a sampled trace: our span (until the stream to
-        // the other zone is open) joins it, and the other gateway's span
-        // is our child.
-        let span = self.span_for(&header);
-        if let Some(a) = &span {
-            header.traceparent = a.ctx.header().to_str().ok().map(str::to_string);
-        }
-        let opened = async {
-            let (mut send, recv) = self.remotes.open_stream(&self.shared, &zone).await?;
-            send.write_all(&header.encode()?).await?;
-            anyhow::Ok((send, recv))
-        }
-        .await;
-        if let Some(a) = span {
-            self.finish_span(a, &header, "outbound", opened.is_err(), None);
-        }
-        let (send, recv) = opened?;
-        self.metrics.stream_opened(&zone, "outbound");
-        let mut quic = tokio::io::join(recv, send);
-        let (sent, received) = self.metrics.byte_counters(&zone);
-        let (sent, received) = ([&sent], [&received]);
-        let drill_cut = {
-            let zone = zone.clone();
-            dataplane::drill::cut_when(self.shared.gateway_drills.subscribe(), move |d| {
-                d.refuse_outbound(&zone, ticket).map(str::to_string)
-            })
-        };
-        let metrics = self.metrics.clone();
-        let splice = async {
-            tokio::select! {
-                r = common::splice::copy_bidirectional_metered(
-                    &mut tls, &mut quic, FLOW_IDLE, &sent, &received,
-                ) => r,
-                why = drill_cut => {
-                    metrics.reset(code::DRILL_REFUSED);
-                    Err(std::io::Error::other(format!("flow cut by {why}")))
-                }
-            }
-        };
-        let distrusted = self.metrics.distrusted.clone();
-        let cut = move || {
-            distrusted.inc();
-        };
-        match self.shared.live.while_trusted(chain, splice, cut).await {
-            Ok(_) => {}
-            Err(why) => {
-                anyhow::bail!("closed a flow from {peer}: no longer trusted ({why})");
-            }
-        }
-        Ok(())
-    }
-
-    // ----- remote side: flows from other zones -----
-
-    async fn serve_quic(self: Arc<Self>, endpoint: quinn::Endpoint) {
-        while let Some(incoming) = endpoint.accept().await {
-            let me = self.clone();
-            tokio::spawn(async move {
-                let remote = incoming.remote_address();
-                let conn = match incoming.await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        me.metrics.handshake_failure("unknown");
-                        tracing::info!(%remote, error = %e, "QUIC handshake refused");
-                        return;
-                    }
-                };
-                let peer = remote::peer_id(&conn);
-                let Some(peer) = peer.filter(|p| p.is_gateway()) else {
-                    conn.close(0x1u32.into(), b"only gateways may connect");
-                    me.metrics.handshake_failure("unknown");
-                    return;
-                };
-                let zone = peer.zone_name().unwrap_or_default().to_string();
-                tracing::info!(%remote, %zone, "gateway connected");
-                let _live = me.remotes.close_when_distrusted(&conn);
-                me.remotes.watch_loss(&conn, &zone);
-                loop {
-                    match conn.accept_bi().await {
-                        Ok((send, recv)) => {
-                            let me = me.clone();
-                            let zone = zone.clone();
-                            tokio::spawn(async move { me.remote_flow(&zone, send, recv).await });
-                        }
-                        Err(e) => {
-                            tracing::info!(%remote, %zone, reason = %e, "gateway connection closed");
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    }
-
-    async fn remote_flow(
-        &self,
-        from_zone: &str,
-        mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
-    ) {
-        let reset = |send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, c: u32| {
-            let _ = send.reset(c.into());
-            let _ = recv.stop(c.into());
-        };
-        let header = match tokio::time::timeout(HEADER_TIMEOUT, flow::read(&mut recv)).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                tracing::info!(zone = from_zone, error = %e, "malformed flow header; resetting the stream");
-                self.metrics.reset(code::MALFORMED_HEADER);
-                return reset(&mut send, &mut recv, code::MALFORMED_HEADER);
-            }
-            Err(_) => {
-                self.metrics.reset(code::MALFORMED_HEADER);
-                return reset(&mut send, &mut recv, code::MALFORMED_HEADER);
-            }
-        };
-        if header.dest_zone != self.zone {
-            self.metrics.reset(code::UNKNOWN_ZONE);
-            return reset(&mut send, &mut recv, code::UNKNOWN_ZONE);
-        }
-        let ticket = self.shared.gateway_drills.borrow().ticket();
-        let refused = self
-            .shared
-            .gateway_drills
-            .borrow()
-            .refuse_inbound(from_zone, &header.service, ticket)
-            .map(str::to_string);
-        if let Some(drill) = refused {
-            tracing::debug!(zone = from_zone, service = %header.service, %drill, "flow refused by a drill");
-            self.metrics.reset(code::DRILL_REFUSED);
-            return reset(&mut send, &mut recv, code::DRILL_REFUSED);
-        }
-        self.metrics.stream_opened(from_zone, "inbound");
-        let span = self.span_for(&header);
-        let connected = self.connect_local(&header).await;
-        if let Some(a) = span {
-            let peer = connected.as_ref().ok().and_then(|s| s.peer_addr().ok());
-            self.finish_span(a, &header, "inbound", connected.is_err(), peer);
-        }
-        let upstream = match connected {
-            Ok(s) => s,
-            Err(c) => {
-                self.metrics.reset(c);
-                return reset(&mut send, &mut recv, c);
-            }
-        };
-        let quic = tokio::io::join(recv, send);
-        match &self.cfg.debug_capture {
-            Some(dir) => {
-                if let Ok((down, up)) = capture::splice(quic, upstream, dir).await {
-                    self.metrics.bytes(from_zone, up, down);
-                }
-            }
-            None => {
-                let (mut q, mut u) = (quic, upstream);
-                let (sent, received) = self.metrics.byte_counters(from_zone);
-                let (from, service) = (from_zone.to_string(), header.service.clone());
-                let drill_cut =
-                    dataplane::drill::cut_when(self.shared.gateway_drills.subscribe(), move |d| {
-                        d.refuse_inbound(&from, &service, ticket)
-                            .map(str::to_string)
-                    });
-                let (up, down) = ([&received], [&sent]);
-                tokio::select! {
-                    _ = common::splice::copy_bidirectional_metered(
-                        &mut q,
-                        &mut u,
-                        FLOW_IDLE,
-                        &up,
-                        &down,
-                    ) => {}
-                    why = drill_cut => {
-                        tracing::debug!(zone = from_zone, %why, "flow cut by a drill");
-                        self.metrics.reset(code::DRILL_REFUSED);
-                    }
-                }
-            }
-        }
-    }
-
     /// A span for a flow whose header carries a sampled trace, if this
     /// gateway has a Trace policy.
     fn span_for(&self, h: &FlowHeader) -> Option<dataplane::trace::Active> {
@@ -604,113 +365,9 @@ impl Gateway {
             .tracer
             .finish(a, name, direction == "inbound", attrs, failed);
     }
-
-    /// A healthy endpoint of the service in this zone (with the flow's
-    /// subset labels, if any): its sidecar's inbound port. Tries up to
-    /// three, ejecting the ones that refuse.
-    async fn connect_local(&self, h: &FlowHeader) -> Result<TcpStream, u32> {
-        let clusters = self.shared.clusters.load_full();
-        let Some(cluster) = clusters.by_service.get(&h.service).cloned() else {
-            return Err(code::UNKNOWN_SERVICE);
-        };
-        if cluster.protocol == Protocol::Quic {
-            return Err(code::UNKNOWN_SERVICE);
-        }
-        // A flow for a label subset: only instances with all its labels.
-        let cluster = if h.subset.is_empty() {
-            cluster
-        } else {
-            let fits = |e: &&Arc<dataplane::balance::Endpoint>| {
-                h.subset
-                    .iter()
-                    .all(|(k, v)| e.labels.get(k).is_some_and(|x| x == v))
-            };
-            Arc::new(dataplane::balance::Cluster::new(
-                cluster.service.clone(),
-                cluster.protocol,
-                cluster.endpoints.iter().filter(fits).cloned().collect(),
-            ))
-        };
-        let mut tried = Vec::new();
-        for _ in 0..3 {
-            let Some((ep, _)) = cluster.pick(&tried, 0) else {
-                break;
-            };
-            tried.push(ep.clone());
-            if ep.target.via.is_some() || ep.zone != self.zone {
-                continue;
-            }
-            match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(ep.target.addr))
-                .await
-            {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
-                    return Ok(s);
-                }
-                _ => ep.eject(Duration::from_secs(5)),
-            }
-        }
-        Err(if tried.is_empty() {
-            code::NO_HEALTHY_ENDPOINT
-        } else {
-            code::UPSTREAM_FAILED
-        })
-    }
 }
 
 /// Expected identity of the gateways of `zone`.
 pub fn gateway_id(td: &str, zone: &str) -> SpiffeId {
     SpiffeId::gateway(td, zone)
-}
-
-mod capture {
-    //! `--debug-capture`: a splice that also writes what it forwards (up to
-    //! 64 KiB per direction) to files, so an operator can confirm that a
-    //! gateway carries only the inner session's ciphertext.
-    use std::path::Path;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-    static N: AtomicU64 = AtomicU64::new(0);
-    const LIMIT: usize = 64 * 1024;
-
-    async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-        mut r: R,
-        mut w: W,
-        file: std::path::PathBuf,
-    ) -> std::io::Result<u64> {
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut seen = Vec::new();
-        let mut total = 0u64;
-        loop {
-            let n = r.read(&mut buf).await?;
-            if n == 0 {
-                let _ = w.shutdown().await;
-                break;
-            }
-            if seen.len() < LIMIT {
-                let take = n.min(LIMIT - seen.len());
-                seen.extend_from_slice(&buf[..take]);
-                let _ = tokio::fs::write(&file, &seen).await;
-            }
-            w.write_all(&buf[..n]).await?;
-            total += n as u64;
-        }
-        Ok(total)
-    }
-
-    pub async fn splice<Q, U>(quic: Q, upstream: U, dir: &Path) -> std::io::Result<(u64, u64)>
-    where
-        Q: AsyncRead + AsyncWrite + Unpin,
-        U: AsyncRead + AsyncWrite + Unpin,
-    {
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let _ = std::fs::create_dir_all(dir);
-        let (qr, qw) = tokio::io::split(quic);
-        let (ur, uw) = tokio::io::split(upstream);
-        let a = pump(qr, uw, dir.join(format!("flow-{n}-in.bin")));
-        let b = pump(ur, qw, dir.join(format!("flow-{n}-out.bin")));
-        let (x, y) = tokio::join!(a, b);
-        Ok((x.unwrap_or(0), y.unwrap_or(0)))
-    }
 }

@@ -1,0 +1,126 @@
+//! Flows leaving the zone: a sidecar of this zone opens an mTLS connection
+//! (ALPN `tern/gw`), sends a flow header naming the destination zone and
+//! service, and the gateway carries the bytes on a QUIC stream to a gateway
+//! of that zone.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use common::flow::{self, code};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{Gateway, FLOW_IDLE, HEADER_TIMEOUT, SPARE_IDLE};
+
+impl Gateway {
+    pub(crate) async fn serve_local(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (tcp, peer) = common::grpc::accept(&listener, "gateway local").await;
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.local_flow(tcp).await {
+                    tracing::debug!(%peer, error = %e, "local flow ended with an error");
+                }
+            });
+        }
+    }
+
+    async fn local_flow(&self, tcp: TcpStream) -> anyhow::Result<()> {
+        let cfg = self
+            .local_tls
+            .get()
+            .context("no certificate yet (failing closed)")?;
+        let mut tls = tokio::time::timeout(
+            HEADER_TIMEOUT,
+            tokio_rustls::TlsAcceptor::from(cfg).accept(tcp),
+        )
+        .await
+        .context("TLS handshake timed out")??;
+        let peer = common::tls::peer_identity(tls.get_ref().1.peer_certificates())
+            .context("no client identity")?;
+        let chain: Arc<[common::rustls::pki_types::CertificateDer<'static>]> = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default();
+        if peer.zone_name() != Some(self.zone.as_str()) {
+            anyhow::bail!("{peer} is not a workload of zone {}", self.zone);
+        }
+        // Sidecars keep spare connections ready for new flows, so the header
+        // may come a while after the handshake.
+        let mut header = tokio::time::timeout(SPARE_IDLE, flow::read(&mut tls))
+            .await
+            .context("no flow header on an idle connection")??;
+        if header.dest_zone == self.zone {
+            anyhow::bail!(
+                "flow for our own zone {}; sidecars reach it directly",
+                self.zone
+            );
+        }
+        // The source zone is what we authenticated, not what was claimed.
+        header.source_zone = self.zone.clone();
+        let zone = header.dest_zone.clone();
+        let ticket = self.shared.gateway_drills.borrow().ticket();
+        if let Some(drill) = self
+            .shared
+            .gateway_drills
+            .borrow()
+            .refuse_outbound(&zone, ticket)
+        {
+            // Closing before any stream opens: the sidecar sees the
+            // connection fail and fails over, as in a real partition.
+            self.metrics.reset(code::DRILL_REFUSED);
+            anyhow::bail!("flow to zone {zone} refused by {drill}");
+        }
+        // A flow opened for a sampled trace: our span (until the stream to
+        // the other zone is open) joins it, and the other gateway's span
+        // is our child.
+        let span = self.span_for(&header);
+        if let Some(a) = &span {
+            header.traceparent = a.ctx.header().to_str().ok().map(str::to_string);
+        }
+        let opened = async {
+            let (mut send, recv) = self.remotes.open_stream(&self.shared, &zone).await?;
+            send.write_all(&header.encode()?).await?;
+            anyhow::Ok((send, recv))
+        }
+        .await;
+        if let Some(a) = span {
+            self.finish_span(a, &header, "outbound", opened.is_err(), None);
+        }
+        let (send, recv) = opened?;
+        self.metrics.stream_opened(&zone, "outbound");
+        let mut quic = tokio::io::join(recv, send);
+        let (sent, received) = self.metrics.byte_counters(&zone);
+        let (sent, received) = ([&sent], [&received]);
+        let drill_cut = {
+            let zone = zone.clone();
+            dataplane::drill::cut_when(self.shared.gateway_drills.subscribe(), move |d| {
+                d.refuse_outbound(&zone, ticket).map(str::to_string)
+            })
+        };
+        let metrics = self.metrics.clone();
+        let splice = async {
+            tokio::select! {
+                r = common::splice::copy_bidirectional_metered(
+                    &mut tls, &mut quic, FLOW_IDLE, &sent, &received,
+                ) => r,
+                why = drill_cut => {
+                    metrics.reset(code::DRILL_REFUSED);
+                    Err(std::io::Error::other(format!("flow cut by {why}")))
+                }
+            }
+        };
+        let distrusted = self.metrics.distrusted.clone();
+        let cut = move || {
+            distrusted.inc();
+        };
+        match self.shared.live.while_trusted(chain, splice, cut).await {
+            Ok(_) => {}
+            Err(why) => {
+                anyhow::bail!("closed a flow from {peer}: no longer trusted ({why})");
+            }
+        }
+        Ok(())
+    }
+}
