@@ -181,10 +181,12 @@ impl AccessLogs {
             return;
         }
         match &w.tx {
-            Tx::Lines(sink) => sink.push(&if w.settings.json {
-                line.json()
-            } else {
-                line.text()
+            Tx::Lines(sink) => sink.push_with(|b| {
+                if w.settings.json {
+                    line.json_into(b)
+                } else {
+                    line.text_into(b)
+                }
             }),
             Tx::Records(tx) => {
                 if tx.try_send(line.record()).is_err() {

@@ -132,23 +132,26 @@ impl RequestFacts {
     }
 }
 
-/// A JSON object written field by field.
-struct JsonObject(String);
+/// A JSON object written field by field, straight into its line.
+struct JsonObject<'a> {
+    out: &'a mut String,
+    first: bool,
+}
 
-impl JsonObject {
-    fn with_capacity(n: usize) -> Self {
-        let mut s = String::with_capacity(n);
-        s.push('{');
-        JsonObject(s)
+impl<'a> JsonObject<'a> {
+    fn open(out: &'a mut String) -> Self {
+        out.push('{');
+        JsonObject { out, first: true }
     }
 
     fn key(&mut self, k: &str) {
-        if self.0.len() > 1 {
-            self.0.push(',');
+        if !self.first {
+            self.out.push(',');
         }
-        self.0.push('"');
-        self.0.push_str(k);
-        self.0.push_str("\":");
+        self.first = false;
+        self.out.push('"');
+        self.out.push_str(k);
+        self.out.push_str("\":");
     }
 
     /// A string value, escaped as JSON requires (runs of plain bytes are
@@ -156,7 +159,7 @@ impl JsonObject {
     /// boundaries).
     fn str(&mut self, k: &str, v: &str) {
         self.key(k);
-        self.0.push('"');
+        self.out.push('"');
         let mut run = 0;
         for (i, b) in v.bytes().enumerate() {
             let escaped = match b {
@@ -168,39 +171,38 @@ impl JsonObject {
                 0..=0x1f => "",
                 _ => continue,
             };
-            self.0.push_str(&v[run..i]);
+            self.out.push_str(&v[run..i]);
             if escaped.is_empty() {
-                let _ = write!(self.0, "\\u{:04x}", b);
+                let _ = write!(self.out, "\\u{:04x}", b);
             } else {
-                self.0.push_str(escaped);
+                self.out.push_str(escaped);
             }
             run = i + 1;
         }
-        self.0.push_str(&v[run..]);
-        self.0.push('"');
+        self.out.push_str(&v[run..]);
+        self.out.push('"');
     }
 
     /// A value whose text needs no escaping (an address), as a string.
     fn display(&mut self, k: &str, v: &impl std::fmt::Display) {
         self.key(k);
-        let _ = write!(self.0, "\"{v}\"");
+        let _ = write!(self.out, "\"{v}\"");
     }
 
     /// A time, RFC 3339 UTC with milliseconds.
     fn time(&mut self, k: &str, t: SystemTime) {
         self.key(k);
-        let _ = write!(self.0, "\"{}\"", humantime::format_rfc3339_millis(t));
+        let _ = write!(self.out, "\"{}\"", humantime::format_rfc3339_millis(t));
     }
 
     /// A number, as written.
-    fn raw(&mut self, k: &str, v: &str) {
+    fn raw(&mut self, k: &str, v: impl std::fmt::Display) {
         self.key(k);
-        self.0.push_str(v);
+        let _ = write!(self.out, "{v}");
     }
 
-    fn finish(mut self) -> String {
-        self.0.push('}');
-        self.0
+    fn finish(self) {
+        self.out.push('}');
     }
 }
 
@@ -242,7 +244,14 @@ impl Line<'_> {
     /// left out. Written straight into one string (no JSON value built per
     /// request).
     pub fn json(&self) -> String {
-        let mut o = JsonObject::with_capacity(384);
+        let mut s = String::with_capacity(384);
+        self.json_into(&mut s);
+        s
+    }
+
+    /// As [`Line::json`], appended to `out`.
+    pub fn json_into(&self, out: &mut String) {
+        let mut o = JsonObject::open(out);
         o.time("time", self.start);
         o.str("direction", self.direction());
         o.str("protocol", self.protocol);
@@ -267,16 +276,16 @@ impl Line<'_> {
             }
         }
         if let Some(c) = self.status {
-            o.raw("status", &c.to_string());
+            o.raw("status", c);
         }
         o.str("decision", self.decision.name());
         let ms = (self.duration.as_secs_f64() * 1e6).round() / 1e3;
-        o.raw("durationMs", &ms.to_string());
+        o.raw("durationMs", ms);
         if let (Some(a), Some(b)) = (self.bytes_sent, self.bytes_received) {
-            o.raw("bytesSent", &a.to_string());
-            o.raw("bytesReceived", &b.to_string());
+            o.raw("bytesSent", a);
+            o.raw("bytesReceived", b);
         }
-        o.finish()
+        o.finish();
     }
 
     /// The line's fields as OTLP attributes, with OpenTelemetry's names
@@ -360,6 +369,12 @@ impl Line<'_> {
     /// always one line.
     pub fn text(&self) -> String {
         let mut s = String::with_capacity(160);
+        self.text_into(&mut s);
+        s
+    }
+
+    /// As [`Line::text`], appended to `s`.
+    pub fn text_into(&self, s: &mut String) {
         let _ = write!(
             s,
             "{} {} {} {}.{} -> {}.{} ",
@@ -407,7 +422,6 @@ impl Line<'_> {
         if let (Some(a), Some(b)) = (self.bytes_sent, self.bytes_received) {
             let _ = write!(s, " sent={a} received={b}");
         }
-        s
     }
 }
 

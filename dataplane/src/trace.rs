@@ -68,25 +68,38 @@ impl Context {
     /// version's header is read by its first four fields, as the spec
     /// asks. All-zero ids are invalid.
     pub fn parse(v: &HeaderValue) -> Option<Context> {
-        Self::parse_str(v.to_str().ok()?)
+        Self::parse_bytes(v.as_bytes())
     }
 
     /// As [`Context::parse`], from text (a flow header's field).
     pub fn parse_str(s: &str) -> Option<Context> {
-        let mut it = s.split('-');
-        let (version, trace, span, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
-        if version.len() != 2 || version == "ff" || (version == "00" && it.next().is_some()) {
+        Self::parse_bytes(s.as_bytes())
+    }
+
+    /// The fields sit at fixed offsets (2-32-16-2 hex digits, dashes
+    /// between), in every version; a later version may add `-...` after.
+    fn parse_bytes(b: &[u8]) -> Option<Context> {
+        const LEN: usize = 55;
+        if b.len() < LEN || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
             return None;
         }
+        let version = &b[..2];
+        let later = b.len() > LEN;
+        if version == b"ff" || (version == b"00" && later) || (later && b[LEN] != b'-') {
+            return None;
+        }
+        let hex = |s: &[u8], out: &mut [u8]| hex_into(std::str::from_utf8(s).ok()?, out);
+        let mut v = [0u8; 1];
+        hex(version, &mut v)?;
         let mut c = Context {
             trace_id: [0; 16],
             span_id: [0; 8],
             sampled: false,
         };
-        hex_into(trace, &mut c.trace_id)?;
-        hex_into(span, &mut c.span_id)?;
+        hex(&b[3..35], &mut c.trace_id)?;
+        hex(&b[36..52], &mut c.span_id)?;
         let mut f = [0u8; 1];
-        hex_into(flags, &mut f)?;
+        hex(&b[53..55], &mut f)?;
         c.sampled = f[0] & 1 == 1;
         if c.trace_id == [0; 16] || c.span_id == [0; 8] {
             return None;
@@ -239,7 +252,12 @@ impl Tracer {
                 sampled,
             },
             parent: parent_id,
-            start: SystemTime::now(),
+            // Only a sampled span is ever recorded: skip the clock read.
+            start: if sampled {
+                SystemTime::now()
+            } else {
+                SystemTime::UNIX_EPOCH
+            },
         })
     }
 

@@ -20,7 +20,7 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Written at once when this much waits. Small enough that the two buffers
 /// (filling and being written) rarely grow past twice this.
 const FLUSH_BYTES: usize = 32 * 1024;
-/// Lines past this many waiting bytes are dropped.
+/// Lines that find this many bytes waiting are dropped.
 const MAX_PENDING: usize = 4 * 1024 * 1024;
 
 #[derive(Default)]
@@ -85,14 +85,21 @@ impl Sink {
     }
 
     /// Queue one line (without its newline).
+    #[cfg(test)]
     pub fn push(&self, line: &str) {
+        self.push_with(|b| b.push_str(line));
+    }
+
+    /// Queue one line, written by `write` straight into the buffer (no
+    /// string of its own); the newline is added here.
+    pub fn push_with(&self, write: impl FnOnce(&mut String)) {
         let mut p = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if p.closed || p.text.len() + line.len() + 1 > MAX_PENDING {
+        if p.closed || p.text.len() >= MAX_PENDING {
             drop(p);
             self.dropped.inc();
             return;
         }
-        p.text.push_str(line);
+        write(&mut p.text);
         p.text.push('\n');
         p.lines += 1;
         if p.text.len() >= FLUSH_BYTES && !p.woken {
