@@ -6,7 +6,8 @@ use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
 use serde_json::Value;
 
-use crate::{s, table, Api};
+use crate::api::Api;
+use crate::output::{s, table};
 
 #[derive(Subcommand)]
 pub enum DrillCmd {
@@ -106,7 +107,7 @@ pub async fn run(api: &Api, cmd: DrillCmd) -> anyhow::Result<()> {
         }
         DrillCmd::Report { name, run, output } => {
             let path = match &run {
-                Some(r) => format!("/api/v1/drills/{name}/report?run={}", crate::enc(r)),
+                Some(r) => format!("/api/v1/drills/{name}/report?run={}", crate::api::enc(r)),
                 None => format!("/api/v1/drills/{name}/report"),
             };
             let v = api.ok("GET", &path, None).await?;
@@ -128,7 +129,7 @@ async fn follow(api: &Api, name: &str, run: &str) -> anyhow::Result<()> {
         let v = api
             .ok(
                 "GET",
-                &format!("/api/v1/drills/{name}/report?run={}", crate::enc(run)),
+                &format!("/api/v1/drills/{name}/report?run={}", crate::api::enc(run)),
                 None,
             )
             .await?;

@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use crate::s;
+use crate::output::s;
 
 const W: f64 = 760.0;
 const H: f64 = 180.0;

@@ -1,19 +1,23 @@
 //! ternctl: the Tern command-line client. Talks to the global control
 //! plane's admin API.
 
+mod api;
 mod drill;
 mod drill_html;
+mod explain;
+mod output;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
-use clap::{Parser, Subcommand, ValueEnum};
-use http_body_util::{BodyExt, Full};
+use clap::{Parser, Subcommand};
 use model::resource::{self, Resource};
-use serde::Deserialize;
 use serde_json::{json, Value};
+
+use api::{default_config_path, enc, Api, FileConfig, Target};
+use explain::explain_text;
+use output::{print_value, rate_cells, s, table, Output};
 
 #[derive(Parser)]
 #[command(name = "ternctl", version, about = "Manage a Tern mesh")]
@@ -33,13 +37,14 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq)]
-enum Output {
-    Table,
-    /// A table with more columns (where a command has them).
-    Wide,
-    Yaml,
-    Json,
+impl Cli {
+    fn target(&self) -> Target {
+        Target {
+            config: self.config.clone(),
+            server: self.server.clone(),
+            token: self.token.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -239,136 +244,6 @@ enum Inspect {
     },
 }
 
-#[derive(Deserialize)]
-struct FileConfig {
-    server: String,
-    token: String,
-}
-
-struct Api {
-    server: String,
-    token: String,
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
-}
-
-fn default_config_path() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".tern/config.json"))
-}
-
-/// Read a ternctl config (it holds the admin token), refusing one that
-/// other users can read.
-fn read_config(p: &Path) -> anyhow::Result<FileConfig> {
-    let text = model::fsutil::read_secret(p)?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a ternctl config", p.display()))
-}
-
-impl Api {
-    fn new(cli: &Cli) -> anyhow::Result<Self> {
-        let local = PathBuf::from("tern-global-data/ternctl.json");
-        let path = cli.config.clone().or_else(|| {
-            default_config_path()
-                .filter(|p| p.exists())
-                .or_else(|| local.exists().then_some(local))
-        });
-        let file: Option<FileConfig> = match &path {
-            Some(p) if p.exists() => Some(read_config(p)?),
-            Some(p) if cli.config.is_some() => bail!("config file {} does not exist", p.display()),
-            _ => None,
-        };
-        let server = cli
-            .server
-            .clone()
-            .or_else(|| file.as_ref().map(|f| f.server.clone()))
-            .unwrap_or_else(|| "http://127.0.0.1:5681".into());
-        let token = cli
-            .token
-            .clone()
-            .or_else(|| file.as_ref().map(|f| f.token.clone()))
-            .context(
-                "no admin token: set TERN_CONFIG to the global's <data-dir>/ternctl.json, \
-                 run `ternctl use-config <data-dir>/ternctl.json`, or pass --token",
-            )?;
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        Ok(Self {
-            server: server.trim_end_matches('/').to_string(),
-            token,
-            client,
-        })
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<(u16, Value)> {
-        let (status, v, _) = self.call_warned(method, path, body).await?;
-        Ok((status, v))
-    }
-
-    /// [`Api::call`], with the `Warning` headers the server sent.
-    async fn call_warned(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<(u16, Value, Vec<String>)> {
-        let url = format!("{}{}", self.server, path);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(&url)
-            .header("authorization", format!("Bearer {}", self.token));
-        let bytes = match body {
-            Some(b) => {
-                req = req.header("content-type", "application/json");
-                Bytes::from(serde_json::to_vec(b)?)
-            }
-            None => Bytes::new(),
-        };
-        let resp = self
-            .client
-            .request(req.body(Full::new(bytes))?)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the global control plane at {}: {e:?}; is it running? (--server / TERN_CONFIG)", self.server))?;
-        let status = resp.status().as_u16();
-        // `299 - "text"`, as Kubernetes sends them.
-        let warnings = resp
-            .headers()
-            .get_all("warning")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(|w| {
-                w.split_once(" - ")
-                    .map(|(_, t)| t.trim_matches('"'))
-                    .unwrap_or(w)
-                    .to_string()
-            })
-            .collect();
-        let b = resp.into_body().collect().await?.to_bytes();
-        let v = serde_json::from_slice(&b)
-            .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&b) }));
-        Ok((status, v, warnings))
-    }
-
-    async fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let (status, v) = self.call(method, path, body).await?;
-        if status >= 400 {
-            bail!(
-                "{}",
-                v.get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("request failed")
-            );
-        }
-        Ok(v)
-    }
-}
-
 /// Files given to apply: each file, each *.yaml/*.yml/*.json in a folder
 /// (sorted), or stdin for `-`.
 fn read_sources(args: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -419,272 +294,6 @@ fn plural(kind: &str) -> anyhow::Result<&'static str> {
         })
 }
 
-/// A query parameter value, percent-encoded.
-fn enc(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// The rate columns of a service or flow (`common::traffic::Rates`).
-fn rate_cells(v: &Value, wide: bool) -> Vec<String> {
-    let f = |k: &str| v[k].as_f64();
-    let ms = |k: &str| match f(k) {
-        Some(x) if x < 10.0 => format!("{x:.2}ms"),
-        Some(x) => format!("{x:.0}ms"),
-        None => "-".into(),
-    };
-    let mut out = vec![
-        format!("{:.1}", f("rps").unwrap_or(0.0)),
-        format!("{:.2}%", f("errorRate").unwrap_or(0.0) * 100.0),
-        ms("p50Ms"),
-        ms("p99Ms"),
-    ];
-    if wide {
-        out.push(format!("{:.1}", f("tcpCps").unwrap_or(0.0)));
-        out.push(format!("{:.0}", f("tcpBps").unwrap_or(0.0)));
-        let d: Vec<String> = v["decisions"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(k, n)| format!("{k}={:.1}", n.as_f64().unwrap_or(0.0)))
-            .collect();
-        out.push(if d.is_empty() {
-            "-".into()
-        } else {
-            d.join(",")
-        });
-    }
-    out
-}
-
-fn print_value(v: &Value, output: Output) -> anyhow::Result<()> {
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
-        _ => print!("{}", serde_yaml::to_string(v)?),
-    }
-    Ok(())
-}
-
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
-    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.len());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:<width$}", c, width = w[i]))
-            .collect();
-        println!("{}", s.join("   ").trim_end());
-    };
-    line(headers.iter().map(|s| s.to_string()).collect());
-    for r in rows {
-        line(r);
-    }
-}
-
-/// `inspect dataplane` for people: who, what applies, and what results.
-fn explain_text(v: &Value) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    let d = &v["dataplane"];
-    let labels = |l: &Value| {
-        l.as_object()
-            .filter(|m| !m.is_empty())
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_else(|| "-".into())
-    };
-    let list = |l: &Value| {
-        l.as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|x| {
-                        x.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| x.to_string())
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default()
-    };
-    let _ = writeln!(
-        o,
-        "dataplane {} ({}): service {}, zone {} (region {}), labels {}, {}",
-        s(d, "/name"),
-        s(d, "/kind"),
-        s(d, "/service"),
-        s(d, "/zone"),
-        s(d, "/region"),
-        labels(&d["labels"]),
-        if d["connected"] == true {
-            "connected"
-        } else {
-            "disconnected"
-        }
-    );
-    let i = &v["inbound"];
-    if !i.is_null() {
-        let _ = writeln!(
-            o,
-            "\ninbound: mTLS {}; when no rule matches: {} ({})",
-            s(i, "/mtlsMode"),
-            s(i, "/default"),
-            s(i, "/defaultMode")
-        );
-        let pols = list(&i["policies"]);
-        let _ = writeln!(
-            o,
-            "  policies: {}",
-            if pols.is_empty() { "none".into() } else { pols }
-        );
-        for (n, r) in i["rules"].as_array().into_iter().flatten().enumerate() {
-            let from = match &r["from"] {
-                Value::String(x) => x.clone(),
-                f => f
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|c| {
-                                let mut parts = vec![];
-                                if let Some(x) = c["service"].as_str() {
-                                    parts.push(format!("service {x}"));
-                                }
-                                if !c["zones"].is_null() {
-                                    parts.push(format!("zones [{}]", list(&c["zones"])));
-                                }
-                                if !c["labels"].is_null() {
-                                    parts.push(format!("labels {}", labels(&c["labels"])));
-                                }
-                                parts.join(" ")
-                            })
-                            .collect::<Vec<_>>()
-                            .join(" | ")
-                    })
-                    .unwrap_or_default(),
-            };
-            let mut when = list(&r["methods"]);
-            let paths: Vec<String> = r["paths"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| p.to_string())
-                .collect();
-            if !paths.is_empty() {
-                when = format!("{when} {}", paths.join(" ")).trim().to_string();
-            }
-            let _ = writeln!(
-                o,
-                "  {}. {}: {}{} from {}{}",
-                n + 1,
-                s(r, "/name"),
-                s(r, "/action"),
-                if r["shadow"] == true { " (shadow)" } else { "" },
-                from,
-                if when.is_empty() {
-                    String::new()
-                } else {
-                    format!(" when {when}")
-                }
-            );
-        }
-    }
-    let _ = writeln!(o, "\noutbound:");
-    for (svc, c) in v["outbound"].as_object().into_iter().flatten() {
-        let pols = list(&c["policies"]);
-        let _ = writeln!(
-            o,
-            "  {svc} ({}){}",
-            s(c, "/protocol"),
-            if pols.is_empty() {
-                String::new()
-            } else {
-                format!(": {pols}")
-            }
-        );
-        for r in c["httpRoutes"].as_array().into_iter().flatten() {
-            let _ = writeln!(o, "    route {}", s(r, "/name"));
-            for b in r["backends"].as_array().into_iter().flatten() {
-                let _ = writeln!(
-                    o,
-                    "      weight {} -> {}: {}",
-                    s(b, "/weight"),
-                    s(b, "/service"),
-                    list(&b["endpoints"])
-                );
-            }
-            if !r["mirror"].is_null() {
-                let _ = writeln!(
-                    o,
-                    "      mirror {}% -> {}",
-                    s(&r["mirror"], "/percent"),
-                    list(&r["mirror"]["backend"]["endpoints"])
-                );
-            }
-        }
-        if let Some(r) = c["resilience"].as_object().filter(|r| !r.is_empty()) {
-            let settings: Vec<String> = r
-                .iter()
-                .map(|(k, v)| match v {
-                    Value::String(x) => format!("{k} {x}"),
-                    other => format!("{k} {other}"),
-                })
-                .collect();
-            let _ = writeln!(o, "    resilience: {}", settings.join(", "));
-        }
-        if let Some(t) = c["tcpRoute"].as_object() {
-            let _ = writeln!(
-                o,
-                "    tcp route {}",
-                t.get("name").and_then(Value::as_str).unwrap_or_default()
-            );
-            for b in t
-                .get("backends")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let _ = writeln!(
-                    o,
-                    "      weight {} -> {}",
-                    s(b, "/weight"),
-                    list(&b["endpoints"])
-                );
-            }
-        }
-        let eps: Vec<String> = c["endpoints"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| s(e, "/name"))
-            .collect();
-        let _ = writeln!(o, "    endpoints: {}", eps.join(", "));
-    }
-    o
-}
-
-fn s(v: &Value, p: &str) -> String {
-    match v.pointer(p) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => "-".into(),
-        Some(other) => other.to_string(),
-    }
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Cmd::Completion { shell } = cli.cmd {
         // Needs no server, token or config.
@@ -727,7 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         if docs.is_empty() {
             bail!("no resources found in {}", files.join(", "));
         }
-        let api = Api::new(&cli)?;
+        let api = Api::new(cli.target())?;
         let mut failed = 0;
         for (file, _, r) in docs {
             let info = resource::kind_info(&r.kind).expect("validated");
@@ -772,7 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let api = Api::new(&cli)?;
+    let api = Api::new(cli.target())?;
     match cli.cmd {
         Cmd::Apply { .. } | Cmd::UseConfig { .. } | Cmd::Completion { .. } => unreachable!(),
         Cmd::Drill { what } => return drill::run(&api, what).await,

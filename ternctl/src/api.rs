@@ -1,0 +1,162 @@
+//! The global control plane's admin API, as ternctl reaches it: where the
+//! server and token come from (flags, the config file), and the calls.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Where to reach the global: what the flags said (each may be unset).
+pub(crate) struct Target {
+    pub config: Option<PathBuf>,
+    pub server: Option<String>,
+    pub token: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct FileConfig {
+    server: String,
+    token: String,
+}
+
+pub(crate) struct Api {
+    server: String,
+    token: String,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+}
+
+pub(crate) fn default_config_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".tern/config.json"))
+}
+
+/// Read a ternctl config (it holds the admin token), refusing one that
+/// other users can read.
+pub(crate) fn read_config(p: &Path) -> anyhow::Result<FileConfig> {
+    let text = model::fsutil::read_secret(p)?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a ternctl config", p.display()))
+}
+
+impl Api {
+    pub(crate) fn new(cli: Target) -> anyhow::Result<Self> {
+        let local = PathBuf::from("tern-global-data/ternctl.json");
+        let path = cli.config.clone().or_else(|| {
+            default_config_path()
+                .filter(|p| p.exists())
+                .or_else(|| local.exists().then_some(local))
+        });
+        let file: Option<FileConfig> = match &path {
+            Some(p) if p.exists() => Some(read_config(p)?),
+            Some(p) if cli.config.is_some() => bail!("config file {} does not exist", p.display()),
+            _ => None,
+        };
+        let server = cli
+            .server
+            .or_else(|| file.as_ref().map(|f| f.server.clone()))
+            .unwrap_or_else(|| "http://127.0.0.1:5681".into());
+        let token = cli
+            .token
+            .or_else(|| file.as_ref().map(|f| f.token.clone()))
+            .context(
+                "no admin token: set TERN_CONFIG to the global's <data-dir>/ternctl.json, \
+                 run `ternctl use-config <data-dir>/ternctl.json`, or pass --token",
+            )?;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        Ok(Self {
+            server: server.trim_end_matches('/').to_string(),
+            token,
+            client,
+        })
+    }
+
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let (status, v, _) = self.call_warned(method, path, body).await?;
+        Ok((status, v))
+    }
+
+    /// [`Api::call`], with the `Warning` headers the server sent.
+    pub(crate) async fn call_warned(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value, Vec<String>)> {
+        let url = format!("{}{}", self.server, path);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("authorization", format!("Bearer {}", self.token));
+        let bytes = match body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                Bytes::from(serde_json::to_vec(b)?)
+            }
+            None => Bytes::new(),
+        };
+        let resp = self
+            .client
+            .request(req.body(Full::new(bytes))?)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the global control plane at {}: {e:?}; is it running? (--server / TERN_CONFIG)", self.server))?;
+        let status = resp.status().as_u16();
+        // `299 - "text"`, as Kubernetes sends them.
+        let warnings = resp
+            .headers()
+            .get_all("warning")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|w| {
+                w.split_once(" - ")
+                    .map(|(_, t)| t.trim_matches('"'))
+                    .unwrap_or(w)
+                    .to_string()
+            })
+            .collect();
+        let b = resp.into_body().collect().await?.to_bytes();
+        let v = serde_json::from_slice(&b)
+            .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&b) }));
+        Ok((status, v, warnings))
+    }
+
+    pub(crate) async fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let (status, v) = self.call(method, path, body).await?;
+        if status >= 400 {
+            bail!(
+                "{}",
+                v.get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("request failed")
+            );
+        }
+        Ok(v)
+    }
+}
+
+/// A query parameter value, percent-encoded.
+pub(crate) fn enc(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
