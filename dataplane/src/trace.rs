@@ -34,8 +34,7 @@ pub struct Context {
     pub sampled: bool,
 }
 
-fn hex_into(s: &str, out: &mut [u8]) -> Option<()> {
-    let s = s.as_bytes();
+fn hex_into(s: &[u8], out: &mut [u8]) -> Option<()> {
     if s.len() != out.len() * 2 {
         return None;
     }
@@ -88,18 +87,17 @@ impl Context {
         if version == b"ff" || (version == b"00" && later) || (later && b[LEN] != b'-') {
             return None;
         }
-        let hex = |s: &[u8], out: &mut [u8]| hex_into(std::str::from_utf8(s).ok()?, out);
         let mut v = [0u8; 1];
-        hex(version, &mut v)?;
+        hex_into(version, &mut v)?;
         let mut c = Context {
             trace_id: [0; 16],
             span_id: [0; 8],
             sampled: false,
         };
-        hex(&b[3..35], &mut c.trace_id)?;
-        hex(&b[36..52], &mut c.span_id)?;
+        hex_into(&b[3..35], &mut c.trace_id)?;
+        hex_into(&b[36..52], &mut c.span_id)?;
         let mut f = [0u8; 1];
-        hex(&b[53..55], &mut f)?;
+        hex_into(&b[53..55], &mut f)?;
         c.sampled = f[0] & 1 == 1;
         if c.trace_id == [0; 16] || c.span_id == [0; 8] {
             return None;

@@ -63,10 +63,17 @@ impl Sink {
         });
         let (done_tx, done) = std::sync::mpsc::channel();
         let thread_inner = inner.clone();
+        let thread_dropped = dropped.clone();
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
-                write_loop(&thread_inner, file.as_deref(), every, &written);
+                write_loop(
+                    &thread_inner,
+                    file.as_deref(),
+                    every,
+                    &written,
+                    &thread_dropped,
+                );
                 let _ = done_tx.send(());
             });
         if let Err(e) = spawned {
@@ -153,13 +160,24 @@ fn open(file: Option<&Path>) -> std::io::Result<Box<dyn Write>> {
     Ok(Box::new(o.open(path)?))
 }
 
-fn write_loop(inner: &Inner, file: Option<&Path>, every: Duration, written: &Counter) {
+fn write_loop(
+    inner: &Inner,
+    file: Option<&Path>,
+    every: Duration,
+    written: &Counter,
+    dropped: &Counter,
+) {
     let mut out = match open(file) {
-        Ok(o) => Some(o),
+        Ok(o) => o,
         Err(e) => {
             let path = file.map(|p| p.display().to_string()).unwrap_or_default();
-            tracing::error!(path = %path, error = %e, "cannot open the access log file; lines are dropped until the policy changes");
-            None
+            tracing::error!(path = %path, error = %e, "cannot open the access log file; lines are dropped (and counted) until the policy changes");
+            // Closed: what waits and every later line count as dropped.
+            let mut p = inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+            p.closed = true;
+            dropped.inc_by(std::mem::take(&mut p.lines));
+            p.text = String::new();
+            return;
         }
     };
     let mut spare = String::with_capacity(2 * FLUSH_BYTES);
@@ -178,12 +196,13 @@ fn write_loop(inner: &Inner, file: Option<&Path>, every: Duration, written: &Cou
             (std::mem::take(&mut p.lines), p.closed)
         };
         if !spare.is_empty() {
-            if let Some(o) = out.as_mut() {
-                match o.write_all(spare.as_bytes()).and_then(|()| o.flush()) {
-                    Ok(()) => {
-                        written.inc_by(lines);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not write access log lines"),
+            match out.write_all(spare.as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => {
+                    written.inc_by(lines);
+                }
+                Err(e) => {
+                    dropped.inc_by(lines);
+                    tracing::warn!(error = %e, "could not write access log lines");
                 }
             }
             spare.clear();
@@ -231,6 +250,24 @@ mod tests {
         sink.push("late");
         assert_eq!(dropped.get(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lines_for_a_file_that_cannot_be_opened_are_counted_as_dropped() {
+        // A file under a regular file cannot be made.
+        let (written, dropped) = (Counter::default(), Counter::default());
+        let sink = Sink::start(
+            Some(PathBuf::from("/dev/null/a.log")),
+            FLUSH_EVERY,
+            written.clone(),
+            dropped.clone(),
+        );
+        for i in 0..10 {
+            sink.push(&format!("line {i}"));
+        }
+        sink.close(Duration::from_secs(10));
+        assert_eq!(written.get(), 0);
+        assert_eq!(dropped.get(), 10, "every line is counted, none vanishes");
     }
 
     #[test]
