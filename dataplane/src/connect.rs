@@ -15,6 +15,7 @@ use std::time::Duration;
 use http::uri::Authority;
 use hyper_util::rt::TokioIo;
 use model::ident::SpiffeId;
+use tokio::io::AsyncWrite as _;
 use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
 
@@ -32,6 +33,16 @@ use crate::state::Shared;
 pub enum MeshStream {
     Direct(TlsStream<TcpStream>),
     Gateway(Box<TlsStream<HeaderFirst<TlsStream<TcpStream>>>>),
+}
+
+impl MeshStream {
+    /// The end-to-end session.
+    pub fn session(&self) -> &common::rustls::ClientConnection {
+        match self {
+            MeshStream::Direct(s) => s.get_ref().1,
+            MeshStream::Gateway(s) => s.get_ref().1,
+        }
+    }
 }
 
 macro_rules! delegate {
@@ -204,24 +215,149 @@ pub async fn connect_mesh(
     target: &Target,
     alpn: Alpn,
 ) -> Result<MeshStream, ConnectError> {
-    let limit = target.policy.connect_timeout;
-    tokio::time::timeout(limit, connect_mesh_unbounded(shared, target, alpn))
-        .await
-        .unwrap_or_else(|_| {
-            Err(ConnectError::Io {
-                addr: target.addr,
-                source: io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("not connected within the connect timeout of {limit:?}"),
-                ),
-            })
-        })
+    let up = bounded(target, connect_mesh_unbounded(shared, target, alpn, false)).await;
+    refill_spares(shared, target);
+    up
 }
 
+/// Top up the spare connections to the gateway a flow went through. Called
+/// once the flow's own handshake is over, so that the spare's handshake
+/// does not compete with it for the CPU here and on the gateway.
+fn refill_spares(shared: &Arc<Shared>, target: &Target) {
+    if target.via.is_none() {
+        return;
+    }
+    let (sh, addr) = (shared.clone(), target.addr);
+    shared.spares.refill(addr, move || {
+        let sh = sh.clone();
+        async move { dial_gateway(&sh, addr).await }
+    });
+}
+
+/// An opaque TCP flow's session: as [`connect_mesh`], but the app's first
+/// bytes leave while the handshake is in flight, as TLS 1.3 early data
+/// when a session resumed from an earlier one allows it (the destination
+/// sidecar hands them to its app at once, `inbound_tls.rs`: one round trip
+/// through the gateways instead of two), else right after the handshake.
+///
+/// `first` holds every byte taken from the app so far: a failed attempt
+/// leaves them there and the next attempt sends them first. It returns
+/// once the handshake is complete, so a destination that never answers
+/// still fails over to the next endpoint. (The destination passes early
+/// bytes to its app only after its answer has left; they reach a second
+/// endpoint only if a hop dies after that answer left and before it
+/// arrived.)
+pub async fn connect_mesh_tcp(
+    shared: &Arc<Shared>,
+    target: &Target,
+    app: &TcpStream,
+    first: &mut Vec<u8>,
+    metrics: &Metrics,
+) -> Result<MeshStream, ConnectError> {
+    let addr = target.addr;
+    let up = bounded(target, async {
+        let mut up = connect_mesh_unbounded(shared, target, Alpn::Tcp, true).await?;
+        let early = up.session().is_handshaking();
+        send_first(&mut up, app, first)
+            .await
+            .map_err(|source| ConnectError::Io { addr, source })?;
+        if early {
+            let result = match up.session().is_early_data_accepted() {
+                true => "accepted",
+                false => "rejected",
+            };
+            metrics
+                .early_data
+                .get_or_create(&crate::metrics::ResultLabel { result })
+                .inc();
+        }
+        Ok(up)
+    })
+    .await;
+    // A failed flow leaves the pool to the next one (the spare it took is
+    // gone either way).
+    refill_spares(shared, target);
+    up
+}
+
+/// At most this much of the app's first bytes is held while a handshake
+/// is in flight (what the destination accepts as early data).
+const MAX_FIRST: usize = crate::inbound_tls::MAX_EARLY_DATA as usize;
+
+/// Send `first`, and, while the session's handshake is in flight, whatever
+/// more the app sends (early data while the session allows, the rest held
+/// until the handshake is over); return once the handshake is complete and
+/// everything taken from the app is sent. Early data the destination
+/// refused is sent again after the handshake (tokio-rustls does that).
+async fn send_first(up: &mut MeshStream, app: &TcpStream, first: &mut Vec<u8>) -> io::Result<()> {
+    let mut sent = 0;
+    let mut app_open = true;
+    let mut chunk = vec![0u8; 4096];
+    std::future::poll_fn(|cx| loop {
+        while sent < first.len() {
+            match Pin::new(&mut *up).poll_write(cx, &first[sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                // Early data is full: the rest waits for the handshake.
+                Poll::Pending => break,
+            }
+        }
+        if app_open
+            && sent == first.len()
+            && first.len() < MAX_FIRST
+            && up.session().is_handshaking()
+        {
+            match app.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    let room = (MAX_FIRST - first.len()).min(chunk.len());
+                    match app.try_read(&mut chunk[..room]) {
+                        // The app closed its side: the splice sees that too.
+                        Ok(0) => app_open = false,
+                        Ok(n) => first.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                    continue;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        // Sends what is buffered and drives the handshake.
+        return match Pin::new(&mut *up).poll_flush(cx) {
+            Poll::Ready(Ok(())) if sent < first.len() => continue,
+            Poll::Ready(Ok(())) if up.session().is_handshaking() => continue,
+            other => other,
+        };
+    })
+    .await
+}
+
+/// Bound `f` by the destination's connect timeout.
+async fn bounded(
+    target: &Target,
+    f: impl Future<Output = Result<MeshStream, ConnectError>>,
+) -> Result<MeshStream, ConnectError> {
+    let limit = target.policy.connect_timeout;
+    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
+        Err(ConnectError::Io {
+            addr: target.addr,
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("not connected within the connect timeout of {limit:?}"),
+            ),
+        })
+    })
+}
+
+/// `early`: return before the handshake when a resumed session allows
+/// early data (the caller sends it and finishes the handshake).
 async fn connect_mesh_unbounded(
     shared: &Arc<Shared>,
     target: &Target,
     alpn: Alpn,
+    early: bool,
 ) -> Result<MeshStream, ConnectError> {
     let tls = shared.tls.load_full().ok_or(ConnectError::NoCertificate)?;
     let addr = target.addr;
@@ -235,6 +371,7 @@ async fn connect_mesh_unbounded(
             let _ = tcp.set_nodelay(true);
             MeshStream::Direct(
                 TlsConnector::from(cfg)
+                    .early_data(early)
                     .connect(common::tls::sni(), tcp)
                     .await
                     .map_err(io)?,
@@ -258,17 +395,10 @@ async fn connect_mesh_unbounded(
             }
             .encode()?;
             let inner = TlsConnector::from(cfg)
+                .early_data(early)
                 .connect(common::tls::sni(), HeaderFirst::new(header, outer))
                 .await
                 .map_err(|source| ConnectError::Io { addr, source });
-            // Topped up once this flow's own handshake is over, so that the
-            // spare's handshake does not compete with it for the CPU here
-            // and on the gateway.
-            let sh = shared.clone();
-            shared.spares.refill(addr, move || {
-                let sh = sh.clone();
-                async move { dial_gateway(&sh, addr).await }
-            });
             MeshStream::Gateway(Box::new(inner?))
         }
     };

@@ -23,12 +23,18 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use common::rustls::ServerConnection;
+use model::ident::SpiffeId;
+
+use crate::inbound_tls::ServerTls;
+use crate::state::Tls;
+
 use crate::access::{self, Caller, Decision, DEFAULT_RULE};
 use crate::fault;
 use crate::inbound_tcp;
 use crate::metrics::{DirLabel, Direction, FaultLabel, KindLabel, RuleLabel};
 use crate::observe::{Ends, Observed};
-use crate::protocol::{Protocol, ALPN_TCP};
+use crate::protocol::Protocol;
 use crate::proxy::{
     app_uri, error_chain, error_response, strip_hop_by_hop, Body, Proxy, CLIENT_ID_HEADER,
     ERROR_HEADER,
@@ -73,84 +79,26 @@ impl Proxy {
             self.metrics.tls_failures.get_or_create(&dir).inc();
             return;
         };
-        let stream = match tokio::time::timeout(
-            Duration::from_secs(10),
-            TlsAcceptor::from(tls.server.clone()).accept(tcp),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                if e.kind() == io::ErrorKind::UnexpectedEof {
-                    // A TCP health probe: connected, sent nothing, closed.
-                    tracing::debug!(%remote, "inbound connection closed before a TLS hello");
-                } else {
-                    self.metrics.tls_failures.get_or_create(&dir).inc();
-                    tracing::info!(%remote, error = %e, "inbound TLS refused");
-                }
-                return;
+        // Opaque TCP apps: a handshake that serves 0-RTT early data.
+        if self.app_protocol == Protocol::Tcp {
+            let accept = ServerTls::accept(tcp, tls.server.clone());
+            if let Some(stream) = self.handshake(remote, accept).await {
+                self.inbound_tcp_tls(stream, remote, &tls).await;
             }
-            Err(_) => {
-                self.metrics.tls_failures.get_or_create(&dir).inc();
-                return;
-            }
-        };
-        let (_, conn) = stream.get_ref();
-        let Some(peer) = common::tls::peer_identity(conn.peer_certificates()) else {
-            return;
-        };
-        let chain: Arc<[CertificateDer<'static>]> = conn
-            .peer_certificates()
-            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
-            .unwrap_or_default();
-        // The caller gets the mode the app's protocol allows, nothing else:
-        // an HTTP app's bytes are always parsed here, so the identity
-        // header is always ours. (rustls already refused an ALPN outside
-        // the list; a caller that offered none is refused here.)
-        let alpn = conn.alpn_protocol();
-        if !alpn.is_some_and(|a| tls.inbound_alpns().contains(&a)) {
-            self.metrics.tls_failures.get_or_create(&dir).inc();
-            tracing::info!(%remote, %peer, alpn = ?alpn.map(String::from_utf8_lossy), app = ?self.app_protocol, "inbound refused: mode does not match the app's protocol");
             return;
         }
-        let tcp_mode = alpn == Some(ALPN_TCP);
+        let accept = TlsAcceptor::from(tls.server.clone()).accept(tcp);
+        let Some(stream) = self.handshake(remote, accept).await else {
+            return;
+        };
+        let Some((peer, chain)) = self.inbound_peer(stream.get_ref().1, remote, &tls) else {
+            return;
+        };
         let Some(app) = self.app_addr else {
             tracing::info!(%remote, "inbound connection, but this proxy has no local app");
             return;
         };
         let caller = Arc::new(Caller::from_peer(&peer, chain.first().cloned()));
-        // A peer whose zone is revoked (or whose root is retired) loses its
-        // open connections too, not only new handshakes.
-        if tcp_mode {
-            let counts = self.inbound_counts(Some(&caller));
-            let Some((delay, decision)) = self.tcp_decide(Some(&caller), remote, &counts).await
-            else {
-                inbound_tcp::reset(stream.get_ref().0);
-                return;
-            };
-            // Opaque TCP has no way to finish gracefully: cut it at once. A
-            // fault's delay runs inside, so a trust change during it cuts
-            // the connection too.
-            let splice = async {
-                if let Some(d) = delay {
-                    tokio::time::sleep(d).await;
-                }
-                self.splice_to_app(stream, app, &counts, (Some(&caller), decision))
-                    .await
-            };
-            let distrusted = self.metrics.connections_distrusted.clone();
-            if let Err(why) = self
-                .shared
-                .live
-                .while_trusted(chain, splice, move || {
-                    distrusted.inc();
-                })
-                .await
-            {
-                tracing::warn!(%remote, %peer, reason = %why, "closed an inbound TCP connection: its peer is no longer trusted");
-            }
-            return;
-        }
         let peer_value: HeaderValue = match HeaderValue::from_str(peer.as_str()) {
             Ok(v) => v,
             Err(_) => return,
@@ -186,6 +134,108 @@ impl Proxy {
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(DRAIN_DISTRUSTED, conn).await;
             }
+        }
+    }
+
+    /// Finish (or, for a resumed TCP session, answer) the handshake within
+    /// 10 s; failures are counted and logged.
+    async fn handshake<S>(
+        &self,
+        remote: SocketAddr,
+        accept: impl std::future::Future<Output = io::Result<S>>,
+    ) -> Option<S> {
+        let dir = DirLabel {
+            direction: Direction::Inbound,
+        };
+        match tokio::time::timeout(Duration::from_secs(10), accept).await {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    // A TCP health probe: connected, sent nothing, closed.
+                    tracing::debug!(%remote, "inbound connection closed before a TLS hello");
+                } else {
+                    self.metrics.tls_failures.get_or_create(&dir).inc();
+                    tracing::info!(%remote, error = %e, "inbound TLS refused");
+                }
+                None
+            }
+            Err(_) => {
+                self.metrics.tls_failures.get_or_create(&dir).inc();
+                None
+            }
+        }
+    }
+
+    /// The caller's identity and chain, if its session names one and it
+    /// asked for the mode the app's protocol allows.
+    fn inbound_peer(
+        &self,
+        conn: &ServerConnection,
+        remote: SocketAddr,
+        tls: &Tls,
+    ) -> Option<(SpiffeId, Arc<[CertificateDer<'static>]>)> {
+        let peer = common::tls::peer_identity(conn.peer_certificates())?;
+        let chain: Arc<[CertificateDer<'static>]> = conn
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default();
+        // The caller gets the mode the app's protocol allows, nothing else:
+        // an HTTP app's bytes are always parsed here, so the identity
+        // header is always ours. (rustls already refused an ALPN outside
+        // the list; a caller that offered none is refused here.)
+        let alpn = conn.alpn_protocol();
+        if !alpn.is_some_and(|a| tls.inbound_alpns().contains(&a)) {
+            self.metrics
+                .tls_failures
+                .get_or_create(&DirLabel {
+                    direction: Direction::Inbound,
+                })
+                .inc();
+            tracing::info!(%remote, %peer, alpn = ?alpn.map(String::from_utf8_lossy), app = ?self.app_protocol, "inbound refused: mode does not match the app's protocol");
+            return None;
+        }
+        Some((peer, chain))
+    }
+
+    /// An opaque TCP connection from a mesh caller: the inbound policies,
+    /// then the splice to the app (early data first).
+    async fn inbound_tcp_tls(self: &Arc<Self>, stream: ServerTls, remote: SocketAddr, tls: &Tls) {
+        let Some((peer, chain)) = self.inbound_peer(stream.get_ref().1, remote, tls) else {
+            return;
+        };
+        let Some(app) = self.app_addr else {
+            tracing::info!(%remote, "inbound connection, but this proxy has no local app");
+            return;
+        };
+        let caller = Caller::from_peer(&peer, chain.first().cloned());
+        let counts = self.inbound_counts(Some(&caller));
+        let Some((delay, decision)) = self.tcp_decide(Some(&caller), remote, &counts).await else {
+            inbound_tcp::reset(stream.get_ref().0);
+            return;
+        };
+        // A peer whose zone is revoked (or whose root is retired) loses its
+        // open connections too, not only new handshakes. Opaque TCP has no
+        // way to finish gracefully: cut it at once. A fault's delay runs
+        // inside, so a trust change during it cuts the connection too.
+        let splice = async {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            let mut stream = stream;
+            self.splice_to_app(&mut stream, app, &counts, (Some(&caller), decision))
+                .await;
+            self.metrics.early_data_bytes.inc_by(stream.early_bytes());
+        };
+        let distrusted = self.metrics.connections_distrusted.clone();
+        if let Err(why) = self
+            .shared
+            .live
+            .while_trusted(chain, splice, move || {
+                distrusted.inc();
+            })
+            .await
+        {
+            tracing::warn!(%remote, %peer, reason = %why, "closed an inbound TCP connection: its peer is no longer trusted");
         }
     }
 

@@ -20,6 +20,7 @@ pub mod header_first;
 pub mod health;
 pub mod inbound;
 pub mod inbound_tcp;
+pub mod inbound_tls;
 pub mod last_known;
 pub mod live;
 pub mod metrics;

@@ -85,6 +85,8 @@ pub struct Metrics {
     pub connections: Family<DirLabel, Counter>,
     pub tls_failures: Family<DirLabel, Counter>,
     pub connections_distrusted: Counter,
+    pub early_data_bytes: Counter,
+    pub early_data: Family<ResultLabel, Counter>,
     pub retries: Counter,
     pub retries_refused: Counter,
     pub circuit_open: Family<ReasonLabel, Counter>,
@@ -122,6 +124,8 @@ impl Metrics {
             connections: Family::default(),
             tls_failures: Family::default(),
             connections_distrusted: Counter::default(),
+            early_data_bytes: Counter::default(),
+            early_data: Family::default(),
             retries: Counter::default(),
             retries_refused: Counter::default(),
             circuit_open: Family::default(),
@@ -192,6 +196,16 @@ impl Metrics {
             "connections_distrusted",
             "Live connections closed because the trust policy stopped accepting the peer (zone revoked or re-joined, root retired)",
             m.connections_distrusted.clone(),
+        );
+        reg.register(
+            "early_data_bytes",
+            "Bytes of opaque TCP connections received as TLS 1.3 early data (0-RTT) and passed to the app before the caller's handshake finished",
+            m.early_data_bytes.clone(),
+        );
+        reg.register(
+            "early_data",
+            "Outbound opaque TCP sessions that sent the app's first bytes as early data, by whether the destination accepted them (rejected: sent again after the handshake)",
+            m.early_data.clone(),
         );
         reg.register(
             "retries",

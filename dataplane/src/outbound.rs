@@ -24,10 +24,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::balance::Endpoint;
-use crate::connect::connect_mesh;
+use crate::connect::connect_mesh_tcp;
 use crate::metrics::{DirLabel, Direction, ResultLabel};
 use crate::observe::{self, Ends, Observed};
-use crate::protocol::{Alpn, Protocol};
+use crate::protocol::Protocol;
 use crate::proxy::{
     empty, error_response, mesh_request, path_of, strip_hop_by_hop, Body, Proxy, CLIENT_ID_HEADER,
     IDEMPOTENT_HEADER, MAX_REPLAY_BODY,
@@ -106,6 +106,8 @@ impl Proxy {
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut min_tier = 0;
         let policy = cluster.resilience.clone();
+        // The app's bytes taken while connecting (sent before the splice).
+        let mut first = Vec::new();
         // The flow counts against the destination's connection limit.
         let Some(_slot) = policy.limits.connection_slot() else {
             self.shared
@@ -135,7 +137,9 @@ impl Proxy {
             };
             tried.push(ep.clone());
             min_tier = tier + 1;
-            match connect_mesh(&self.shared, &ep.target, Alpn::Tcp).await {
+            match connect_mesh_tcp(&self.shared, &ep.target, &client, &mut first, &self.metrics)
+                .await
+            {
                 Ok(mut up) => {
                     let counts =
                         self.shared
@@ -149,6 +153,9 @@ impl Proxy {
                     let idle = policy.tcp_idle.unwrap_or(Duration::MAX);
                     // This flow's own bytes, for its access log line.
                     let (sent, received) = (Counter::default(), Counter::default());
+                    // What went out while connecting counts too.
+                    counts.sent.inc_by(first.len() as u64);
+                    sent.inc_by(first.len() as u64);
                     let (to_dest, from_dest) =
                         ([&counts.sent, &sent], [&counts.received, &received]);
                     let flow = common::splice::copy_bidirectional_metered(

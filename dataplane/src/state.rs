@@ -37,7 +37,12 @@ impl Tls {
         policy: Arc<TrustPolicy>,
         inbound: Protocol,
     ) -> Result<Self, tls::TlsConfigError> {
-        let server = tls::server_config_mtls(&ident, policy.clone(), inbound.inbound_alpns())?;
+        let mut server = tls::server_config_mtls(&ident, policy.clone(), inbound.inbound_alpns())?;
+        // Opaque TCP callers open a session per connection: let resumed
+        // ones send their first bytes with the hello (`inbound_tls.rs`).
+        if inbound == Protocol::Tcp {
+            crate::inbound_tls::enable_early_data(&mut server);
+        }
         Ok(Self {
             ident,
             policy,
@@ -64,11 +69,11 @@ impl Tls {
         }
         let verifier =
             SpiffeServerVerifier::new(self.policy.clone(), Expect::Exact(expect.clone()));
-        let c = Arc::new(tls::client_config(
-            Some(&self.ident),
-            Arc::new(verifier),
-            &[alpn.id()],
-        )?);
+        let mut c = tls::client_config(Some(&self.ident), Arc::new(verifier), &[alpn.id()])?;
+        // TCP flows send their app's first bytes as early data when a
+        // resumed session allows (`connect::send_first`).
+        c.enable_early_data = alpn == Alpn::Tcp;
+        let c = Arc::new(c);
         g.insert((expect.clone(), alpn), c.clone());
         Ok(c)
     }

@@ -101,6 +101,42 @@ fn requests_cross_two_sidecars_with_caller_identity_and_bad_clients_are_refused(
     let mut buf = [0u8; 14];
     c.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ping over mtls");
+    drop(c);
+    // Later connections resume the session and send their first bytes as
+    // TLS 1.3 early data, which echo's sidecar hands to the app before the
+    // handshake ends: each echo is byte-exact (several KiB, past one TLS
+    // record), the destination counts early bytes and the caller counts
+    // accepted early data. A caller that speaks only after a pause (nothing
+    // to send early) is served too.
+    let early_before = metric_sum(_echo.admin(), "tern_proxy_early_data_bytes_total", "");
+    for i in 0..5u8 {
+        let payload: Vec<u8> = (0..6000u32).map(|j| (j as u8) ^ i).collect();
+        let got = tcp_echo_exchange(tcp_port.parse().unwrap(), &payload, Duration::ZERO).unwrap();
+        assert!(
+            got == payload,
+            "connection {i}: echo of {} bytes differs",
+            got.len()
+        );
+    }
+    let got = tcp_echo_exchange(
+        tcp_port.parse().unwrap(),
+        b"late speaker",
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    assert_eq!(got, b"late speaker");
+    wait_for("echo's sidecar counted early data", T, || {
+        (metric_sum(_echo.admin(), "tern_proxy_early_data_bytes_total", "") > early_before)
+            .then_some(())
+    });
+    assert!(
+        metric_sum(
+            web.admin(),
+            "tern_proxy_early_data_total",
+            "result=\"accepted\""
+        ) >= 1.0,
+        "web's sidecar saw early data accepted"
+    );
 
     // The sidecar's TLS material: what a real mesh member would have.
     let (member, roots) = zone_member(&z.data, &SpiffeId::workload("tern", "z1", "web"));

@@ -1021,6 +1021,27 @@ impl GatewayProc {
     }
 }
 
+/// One connection to a TCP echo through `at`: waits `hold` after
+/// connecting (a caller that is slow to speak), sends `payload`, closes
+/// its sending side, and returns everything echoed until the far end
+/// closes.
+pub fn tcp_echo_exchange(
+    at: SocketAddr,
+    payload: &[u8],
+    hold: Duration,
+) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(at)?;
+    s.set_read_timeout(Some(patient(Duration::from_secs(10))))?;
+    if !hold.is_zero() {
+        std::thread::sleep(hold);
+    }
+    s.write_all(payload)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
 pub fn metric_sum(admin: SocketAddr, name: &str, filter: &str) -> f64 {
     let body = get(admin, "x", "/metrics")
         .map(|r| r.body)
