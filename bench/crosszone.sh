@@ -12,7 +12,7 @@
 # connections (opaque TCP, a new end-to-end mTLS session per request).
 # Over a lossy WAN (real packet loss on both sides) see bench/lossy.sh.
 # Every proxy gets one worker thread. Prints JSON lines, then Tern/Envoy ratios.
-# Usage: bench/crosszone.sh        env: ROUNDS (3), DUR seconds per run (10),
+# Usage: bench/crosszone.sh        env: ROUNDS (5), DUR seconds per run (10),
 #   PHASES ("reused new"), HOLD=1 keeps both chains running after the runs
 #   (for profiling; Ctrl-C or kill the script to stop them)
 # Self-contained: it installs nginx, oha and Envoy 1.40 itself if missing,
@@ -21,7 +21,7 @@ set -uo pipefail
 # Token files are credentials: components refuse ones other users can read.
 umask 077
 root=$(cd "$(dirname "$0")/.." && pwd)
-ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10}; PHASES=${PHASES:-reused new}
+ROUNDS=${ROUNDS:-5}; DUR=${DUR:-10}; PHASES=${PHASES:-reused new}
 work=${BENCH_WORK:-/tmp/tern-bench}; mkdir -p "$work"
 need() { command -v "$1" >/dev/null 2>&1; }
 need nginx || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
