@@ -190,15 +190,51 @@ impl<'a> JsonObject<'a> {
     }
 
     /// A time, RFC 3339 UTC with milliseconds.
+    /// RFC 3339 in UTC with milliseconds (`2026-12-07T13:50:12.345Z`). The
+    /// date and time up to the second are computed once per second per
+    /// thread; lines within it copy them.
     fn time(&mut self, k: &str, t: SystemTime) {
+        thread_local! {
+            static SECOND: std::cell::RefCell<(u64, String)> = const {
+                std::cell::RefCell::new((u64::MAX, String::new()))
+            };
+        }
         self.key(k);
-        let _ = write!(self.out, "\"{}\"", humantime::format_rfc3339_millis(t));
+        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        SECOND.with_borrow_mut(|(at, text)| {
+            if *at != secs {
+                let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+                text.clear();
+                let _ = write!(text, "{}", humantime::format_rfc3339_seconds(whole));
+                text.pop(); // the `Z`
+                *at = secs;
+            }
+            let _ = write!(self.out, "\"{text}.{:03}Z\"", since.subsec_millis());
+        });
     }
 
     /// A number, as written.
     fn raw(&mut self, k: &str, v: impl std::fmt::Display) {
         self.key(k);
         let _ = write!(self.out, "{v}");
+    }
+
+    /// Milliseconds with up to three decimals (whole microseconds, rounded),
+    /// as a JSON number: `12`, `0.5`, `1.234`. Written from integers, the
+    /// way `{}` would print the same value as a float.
+    fn millis(&mut self, k: &str, d: Duration) {
+        self.key(k);
+        let us = (d.as_nanos() + 500) / 1000;
+        let (whole, mut frac, mut digits) = (us / 1000, us % 1000, 3);
+        let _ = write!(self.out, "{whole}");
+        if frac > 0 {
+            while frac % 10 == 0 {
+                frac /= 10;
+                digits -= 1;
+            }
+            let _ = write!(self.out, ".{frac:0digits$}");
+        }
     }
 
     fn finish(self) {
@@ -279,8 +315,7 @@ impl Line<'_> {
             o.raw("status", c);
         }
         o.str("decision", self.decision.name());
-        let ms = (self.duration.as_secs_f64() * 1e6).round() / 1e3;
-        o.raw("durationMs", ms);
+        o.millis("durationMs", self.duration);
         if let (Some(a), Some(b)) = (self.bytes_sent, self.bytes_received) {
             o.raw("bytesSent", a);
             o.raw("bytesReceived", b);
@@ -495,5 +530,52 @@ mod tests {
             path(l.attributes(true)),
             Some(V::StringValue("/r?x=1".into()))
         );
+    }
+
+    // durationMs is written from integers; it reads as the float the line
+    // carried before (microseconds rounded, up to three decimals).
+    #[test]
+    fn duration_ms_is_written_as_the_rounded_float_was() {
+        for ns in [
+            0u64,
+            499,
+            500,
+            1_000,
+            10_000,
+            100_000,
+            999_499,
+            999_500,
+            1_000_000,
+            1_000_400,
+            1_230_000,
+            1_234_000,
+            1_234_567,
+            12_000_000,
+            123_456_789_012,
+        ] {
+            let d = Duration::from_nanos(ns);
+            let mut out = String::new();
+            JsonObject::open(&mut out).millis("d", d);
+            let want = format!("{}", (d.as_secs_f64() * 1e6).round() / 1e3);
+            assert_eq!(out, format!("{{\"d\":{want}"), "{ns} ns");
+        }
+    }
+
+    // The cached second gives the text humantime would write.
+    #[test]
+    fn times_are_rfc3339_with_milliseconds() {
+        let base = SystemTime::UNIX_EPOCH + Duration::from_millis(1_765_115_412_345);
+        for t in [
+            base,
+            base + Duration::from_millis(1),
+            base + Duration::from_millis(655),
+            base + Duration::from_secs(86_400 * 40) + Duration::from_nanos(999_999_999),
+            SystemTime::UNIX_EPOCH,
+        ] {
+            let mut out = String::new();
+            JsonObject::open(&mut out).time("t", t);
+            let want = format!("{{\"t\":\"{}\"", humantime::format_rfc3339_millis(t));
+            assert_eq!(out, want);
+        }
     }
 }

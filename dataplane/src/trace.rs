@@ -127,7 +127,13 @@ tokio::task_local! {
 /// The context to open a connection under for a request carrying
 /// `traceparent` (sampled traces only).
 pub fn flow_context(h: Option<&HeaderValue>) -> Option<Context> {
-    h.and_then(Context::parse).filter(|c| c.sampled)
+    let b = h?.as_bytes();
+    // Most requests are not sampled: the flags' low bit, at its fixed
+    // offset in every version, says so without reading the ids.
+    if nibble(*b.get(54)?)? & 1 == 0 {
+        return None;
+    }
+    Context::parse_bytes(b).filter(|c| c.sampled)
 }
 
 /// The `traceparent` for a new flow's header, if a sampled request is
@@ -352,6 +358,26 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    // A connection carries a request's context to the gateways only when
+    // the request is sampled; the quick look at the flags agrees with the
+    // full parse.
+    #[test]
+    fn only_sampled_valid_contexts_travel_with_a_flow() {
+        let h = |s: &'static str| HeaderValue::from_static(s);
+        let sampled = h("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(flow_context(Some(&sampled)), Context::parse(&sampled));
+        assert!(flow_context(Some(&sampled)).is_some());
+        for none in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
+        ] {
+            assert_eq!(flow_context(Some(&h(none))), None, "{none}");
+        }
+        assert_eq!(flow_context(None), None);
     }
 
     fn settings(ratio: f64) -> Settings {
