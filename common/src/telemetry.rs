@@ -57,6 +57,9 @@ pub struct Admin {
     log: Option<LogHandle>,
     /// When set, `/config_dump` and `/log-level` require `Authorization: Bearer <token>`.
     token: Option<Arc<String>>,
+    /// Without a token, whether those two answer at all: only on a
+    /// loopback address (set by [`Admin::serve`]).
+    open_without_token: bool,
 }
 
 impl Admin {
@@ -71,6 +74,7 @@ impl Admin {
             dump: Arc::new(dump),
             log: LOG.get().cloned(),
             token: None,
+            open_without_token: true,
         }
     }
     pub fn with_token(mut self, token: Option<String>) -> Self {
@@ -87,17 +91,29 @@ impl Admin {
             .with_state(self)
     }
 
-    /// Serve the admin router on `addr` in the background.
-    pub async fn serve(self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    /// Serve the admin router on `addr` in the background. Without a
+    /// token, `/config_dump` and `/log-level` answer only when `addr` is a
+    /// loopback address; elsewhere they refuse every request and say how
+    /// to set a token (`/ready` and `/metrics` stay open for probes and
+    /// scrapers).
+    pub async fn serve(mut self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        self.open_without_token = addr.ip().is_loopback();
+        if self.token.is_none() && !self.open_without_token {
+            tracing::warn!(%addr, "admin port is not on loopback and has no token: /config_dump and /log-level are refused (set --admin-token-file)");
+        }
         serve_router(self.router(), addr).await
     }
 
-    fn authorized(&self, headers: &HeaderMap) -> bool {
+    /// Whether a request may read the config or change the log level.
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
         match &self.token {
-            None => true,
-            Some(t) => {
-                bearer(headers).is_some_and(|b| constant_time_eq(b.as_bytes(), t.as_bytes()))
-            }
+            Some(t) if bearer(headers).is_some_and(|b| constant_time_eq(b.as_bytes(), t.as_bytes())) => Ok(()),
+            Some(_) => Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n")),
+            None if self.open_without_token => Ok(()),
+            None => Err((
+                StatusCode::FORBIDDEN,
+                "this admin port is not on loopback and has no token: start the component with --admin-token-file to use /config_dump and /log-level\n",
+            )),
         }
     }
 }
@@ -139,6 +155,27 @@ pub async fn serve_router(router: Router, addr: SocketAddr) -> std::io::Result<S
         }
     });
     Ok(local)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error(transparent)]
+    File(#[from] model::fsutil::FsError),
+    #[error("admin token file {0} is empty; put a long random string in it")]
+    Empty(String),
+}
+
+/// The admin token from `--admin-token-file` (trimmed), if given. The file
+/// must be closed to other users and not empty.
+pub fn admin_token(path: Option<&std::path::Path>) -> Result<Option<String>, AdminTokenError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let token = model::fsutil::read_secret(path)?.trim().to_string();
+    if token.is_empty() {
+        return Err(AdminTokenError::Empty(path.display().to_string()));
+    }
+    Ok(Some(token))
 }
 
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -184,18 +221,15 @@ async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
 }
 
 async fn config_dump(State(a): State<Admin>, headers: HeaderMap) -> axum::response::Response {
-    if !a.authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
+    if let Err(refused) = a.authorize(&headers) {
+        return refused.into_response();
     }
     axum::Json((a.dump)()).into_response()
 }
 
 async fn log_level(State(a): State<Admin>, headers: HeaderMap, body: String) -> impl IntoResponse {
-    if !a.authorized(&headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token\n".to_string(),
-        );
+    if let Err((code, why)) = a.authorize(&headers) {
+        return (code, why.to_string());
     }
     let Some(h) = &a.log else {
         return (StatusCode::NOT_IMPLEMENTED, "no log handle\n".into());
@@ -254,5 +288,87 @@ pub fn parse_config<T: clap::Parser>() -> T {
             let _ = e.print();
             std::process::exit(code);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn admin() -> Admin {
+        Admin::new(
+            Registry::default(),
+            || Ok(()),
+            || serde_json::json!({"k": 1}),
+        )
+    }
+
+    /// The status line's code for one request to `addr`.
+    async fn status(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> u16 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 4\r\nConnection: close\r\n\r\ninfo"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out[9..12].parse().unwrap()
+    }
+
+    // With a token, reading the config and changing the log level need it;
+    // probes and scrapes do not.
+    #[tokio::test]
+    async fn a_token_guards_the_config_and_the_log_level() {
+        let a = admin().with_token(Some("s3cret".into()));
+        let addr = a.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        assert_eq!(status(addr, "GET", "/config_dump", None).await, 401);
+        assert_eq!(
+            status(addr, "GET", "/config_dump", Some("wrong")).await,
+            401
+        );
+        assert_eq!(
+            status(addr, "GET", "/config_dump", Some("s3cret")).await,
+            200
+        );
+        assert_eq!(status(addr, "PUT", "/log-level", None).await, 401);
+        assert_eq!(status(addr, "GET", "/ready", None).await, 200);
+        assert_eq!(status(addr, "GET", "/metrics", None).await, 200);
+    }
+
+    // Without a token: open on loopback (as documented), refused on any
+    // other bind address (here the unspecified one, reached over loopback).
+    #[tokio::test]
+    async fn without_a_token_only_a_loopback_admin_port_serves_the_config() {
+        let local = admin().serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        assert_eq!(status(local, "GET", "/config_dump", None).await, 200);
+        let any = admin().serve("0.0.0.0:0".parse().unwrap()).await.unwrap();
+        let any = SocketAddr::from(([127, 0, 0, 1], any.port()));
+        assert_eq!(status(any, "GET", "/config_dump", None).await, 403);
+        assert_eq!(status(any, "PUT", "/log-level", None).await, 403);
+        assert_eq!(status(any, "GET", "/ready", None).await, 200);
+        assert_eq!(status(any, "GET", "/metrics", None).await, 200);
+    }
+
+    #[test]
+    fn admin_token_files_must_be_private_and_not_empty() {
+        let dir = std::env::temp_dir().join(format!("tern-admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("token");
+        std::fs::write(&f, "  tok\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(admin_token(Some(&f)).unwrap().as_deref(), Some("tok"));
+        assert_eq!(admin_token(None).unwrap(), None);
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(admin_token(Some(&f)).is_err(), "a file others can read");
+        std::fs::write(&f, " \n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = admin_token(Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("is empty"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -107,6 +107,11 @@ pub struct Config {
     pub reachable_services: Vec<String>,
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
+    /// File holding a bearer token for `/config_dump` and `PUT /log-level`
+    /// on the admin port (closed to other users). Without one those answer
+    /// only on a loopback admin address.
+    #[arg(long, env = "TERN_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// Worker threads for the data path.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -645,6 +650,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         },
     );
     let admin_addr = admin
+        .with_token(common::telemetry::admin_token(
+            cfg.admin_token_file.as_deref(),
+        )?)
         .serve(admin_addr)
         .await
         .with_context(|| format!("bind admin {admin_addr}"))?;

@@ -71,6 +71,11 @@ pub struct Config {
     pub public_address: Option<SocketAddr>,
     #[arg(long, default_value = "127.0.0.1:15090")]
     pub admin: SocketAddr,
+    /// File holding a bearer token for `/config_dump` and `PUT /log-level`
+    /// on the admin port (closed to other users). Without one those answer
+    /// only on a loopback admin address.
+    #[arg(long, env = "TERN_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// Instance name, unique in the zone.
     #[arg(long)]
     pub instance: Option<String>,
@@ -297,6 +302,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             })
         },
     )
+    .with_token(common::telemetry::admin_token(cfg.admin_token_file.as_deref())?)
     .serve(cfg.admin)
     .await
     .with_context(|| format!("bind admin {}", cfg.admin))?;

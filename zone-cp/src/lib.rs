@@ -56,6 +56,11 @@ pub struct Config {
     /// /ready, /metrics, /config_dump.
     #[arg(long, env = "TERN_ZONE_ADMIN_ADDR", default_value = "127.0.0.1:5680")]
     pub admin_addr: SocketAddr,
+    /// File holding a bearer token for `/config_dump` and `PUT /log-level`
+    /// on the admin port (closed to other users). Without one those answer
+    /// only on a loopback admin address.
+    #[arg(long, env = "TERN_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// How long a proxy that lost its stream stays registered.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub deregister_after: Duration,
@@ -265,6 +270,9 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
             })
         },
     )
+    .with_token(common::telemetry::admin_token(
+        config.admin_token_file.as_deref(),
+    )?)
     .serve(config.admin_addr)
     .await
     .with_context(|| format!("bind admin {}", config.admin_addr))?;
