@@ -78,3 +78,60 @@ fn json_logs_and_the_log_level_can_be_set_on_a_running_process() {
     .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// A sidecar, a gateway and a zone-cp started with `--admin-token-file`: their
+/// `/config_dump` and `PUT /log-level` answer 401 without the bearer token
+/// and with a wrong one, and 200 with it; `/ready` and `/metrics` stay open
+/// for probes and scrapers.
+#[test]
+fn a_token_file_guards_the_sidecar_gateway_and_zone_cp_admin_ports() {
+    use std::os::unix::fs::PermissionsExt;
+    let net = Net(58);
+    let (s, g, z) = one_zone("admin-token", net);
+    let file = s.0.join("admin.token");
+    std::fs::write(&file, "a-long-random-admin-string\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let file_arg = file.display().to_string();
+    let w = Workload::start_with(
+        &s.0,
+        net,
+        10,
+        "web",
+        &z,
+        &g.dp_token("z1", "web"),
+        &["--admin-token-file", &file_arg],
+    );
+    let gt = g.token_file(
+        "z1-gw.token",
+        &["generate", "gateway-token", "--zone", "z1"],
+    );
+    let gw = GatewayProc::start(&s.0, net, 21, &z, &gt, &["--admin-token-file", &file_arg]);
+    let zt = g.zone_token("z2");
+    let _z2 = ZoneCp::start_with(
+        &s.0,
+        net,
+        3,
+        "z2",
+        "r1",
+        Some(&zt),
+        &["--admin-token-file", &file_arg],
+    );
+    wait_for("z2's admin port serves", T, || {
+        get(net.addr(3, 5680), "x", "/ready")
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    let good = "Bearer a-long-random-admin-string";
+    for admin in [w.admin(), gw.admin(), net.addr(3, 5680)] {
+        for (auth, want) in [(None, 401), (Some("Bearer nope"), 401), (Some(good), 200)] {
+            let h: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+            let r = http_body(admin, "GET", "x", "/config_dump", &h, "")
+                .unwrap_or_else(|e| panic!("{admin}: {e}"));
+            assert_eq!(r.status, want, "{admin} config_dump with {auth:?}: {r:?}");
+            let r = http_body(admin, "PUT", "x", "/log-level", &h, "info").unwrap();
+            assert_eq!(r.status, want, "{admin} log-level with {auth:?}: {r:?}");
+        }
+        assert_eq!(get(admin, "x", "/ready").unwrap().status, 200);
+        assert_eq!(get(admin, "x", "/metrics").unwrap().status, 200);
+    }
+}
