@@ -22,6 +22,7 @@ mod inbound;
 pub mod metrics;
 mod outbound;
 pub mod remote;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -217,7 +218,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let socket = std::net::UdpSocket::bind(cfg.quic_bind)
         .with_context(|| format!("bind QUIC {}", cfg.quic_bind))?;
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-    let dup = Arc::new(dup::DupSocket::new(runtime.wrap_udp_socket(socket)?));
+    let dup = Arc::new(dup::DupSocket::new(Arc::new(udp::QuietSocket::new(
+        socket,
+    )?)));
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         None,
