@@ -63,7 +63,7 @@ ctl generate dataplane-token --zone zone-b --service api > "$out/api.token"
 ctl generate dataplane-token --zone zone-b --service api-tcp > "$out/api-tcp.token"
 ctl generate dataplane-token --zone zone-a --service client > "$out/client.token"
 bg api "$bin/dataplane" --cp-address 127.0.6.1:5678 --token-file "$out/api.token" --service api --address 127.0.6.11 --inbound 127.0.6.11:15006 --app 127.0.0.1:18080 --outbound "" --admin 127.0.6.11:15000 --workers 1
-bg api-tcp "$bin/dataplane" --cp-address 127.0.6.1:5678 --token-file "$out/api-tcp.token" --service api-tcp --protocol tcp --address 127.0.6.12 --inbound 127.0.6.12:15006 --app 127.0.0.1:18080 --outbound "" --admin 127.0.6.12:15000 --workers 1
+bg api-tcp "$bin/dataplane" --cp-address 127.0.6.1:5678 --token-file "$out/api-tcp.token" --service api-tcp --protocol tcp --accept-early-data --address 127.0.6.12 --inbound 127.0.6.12:15006 --app 127.0.0.1:18080 --outbound "" --admin 127.0.6.12:15000 --workers 1
 bg client "$bin/dataplane" --cp-address 127.0.5.1:5678 --token-file "$out/client.token" --service client --address 127.0.5.10 --outbound "" \
    --outbound-port api=127.0.5.10:16001 --outbound-port tcp:api-tcp=127.0.5.10:16002 --admin 127.0.5.10:15000 --workers 1
 

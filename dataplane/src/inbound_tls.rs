@@ -446,4 +446,25 @@ mod tests {
         assert_eq!((early, accepted), (0, false));
         assert_eq!(got, b"exactly once");
     }
+
+    // Early data is the destination's choice: only a TCP app's sidecar
+    // started with --accept-early-data takes it; HTTP apps never do.
+    #[test]
+    fn only_tcp_apps_that_opt_in_accept_early_data() {
+        use crate::protocol::Protocol;
+        for (inbound, opt_in, want) in [
+            (Protocol::Tcp, true, MAX_EARLY_DATA),
+            (Protocol::Tcp, false, 0),
+            (Protocol::Http1, true, 0),
+            (Protocol::Http2, true, 0),
+        ] {
+            let m = mesh();
+            let tls =
+                crate::state::Tls::new(Arc::new(m.server), m.policy, inbound, opt_in).unwrap();
+            assert_eq!(
+                tls.server.max_early_data_size, want,
+                "{inbound:?} opt-in {opt_in}"
+            );
+        }
+    }
 }

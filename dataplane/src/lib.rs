@@ -107,6 +107,15 @@ pub struct Config {
     pub reachable_services: Vec<String>,
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
+    /// TCP apps: accept TLS 1.3 early data (0-RTT) from callers resuming a
+    /// session, so a new connection's first bytes (up to 16 KiB) reach the
+    /// app a round trip sooner (across zones, one round trip instead of
+    /// two). Tickets are single-use, but an attacker on the network path
+    /// between sidecars who replays a caller's hello first makes the caller
+    /// send those bytes again on a new handshake: turn this on only for apps
+    /// whose protocol tolerates its first bytes arriving twice.
+    #[arg(long, env = "TERN_ACCEPT_EARLY_DATA")]
+    pub accept_early_data: bool,
     /// File holding a bearer token for `/config_dump` and `PUT /log-level`
     /// on the admin port (closed to other users). Without one those answer
     /// only on a loopback admin address.
@@ -409,6 +418,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         let shared = Arc::new(
             Shared::new(inbound_protocol)
                 .with_defaults(defaults)
+                .with_early_data(cfg.accept_early_data)
                 .with_access_log_dir(cfg.access_log_dir.clone()),
         );
         shared.set_trust(policy)?;
@@ -491,6 +501,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         let shared = Arc::new(
             Shared::new(protocol)
                 .with_defaults(defaults)
+                .with_early_data(cfg.accept_early_data)
                 .with_access_log_dir(cfg.access_log_dir.clone()),
         );
         let registration = pb::Registration {

@@ -32,15 +32,19 @@ pub struct Tls {
 }
 
 impl Tls {
+    /// `early_data`: accept 0-RTT data from resumed TCP callers (TCP apps
+    /// only; `--accept-early-data`).
     pub fn new(
         ident: Arc<Identity>,
         policy: Arc<TrustPolicy>,
         inbound: Protocol,
+        early_data: bool,
     ) -> Result<Self, tls::TlsConfigError> {
         let mut server = tls::server_config_mtls(&ident, policy.clone(), inbound.inbound_alpns())?;
         // Opaque TCP callers open a session per connection: let resumed
-        // ones send their first bytes with the hello (`inbound_tls.rs`).
-        if inbound == Protocol::Tcp {
+        // ones send their first bytes with the hello (`inbound_tls.rs`),
+        // when the operator said the app's protocol tolerates a replay.
+        if inbound == Protocol::Tcp && early_data {
             crate::inbound_tls::enable_early_data(&mut server);
         }
         Ok(Self {
@@ -108,6 +112,8 @@ pub struct Shared {
     pub targets: ArcSwap<HashMap<String, Arc<Target>>>,
     /// What the local app speaks, which fixes what the inbound accepts.
     pub inbound: Protocol,
+    /// Accept TLS 1.3 early data from resumed callers (TCP apps only).
+    pub accept_early_data: bool,
     /// Timeouts from the command line, for destinations no policy names.
     pub defaults: Defaults,
     /// How to check the local app (its HealthCheck policy), if at all.
@@ -133,6 +139,7 @@ impl Shared {
     pub fn new(inbound: Protocol) -> Self {
         Self {
             inbound,
+            accept_early_data: false,
             defaults: Defaults::default(),
             health_check: ArcSwapOption::empty(),
             app_health: tokio::sync::watch::channel(None).0,
@@ -159,6 +166,12 @@ impl Shared {
     }
 
     /// With the folder AccessLog files are written in.
+    /// Accept 0-RTT data from resumed TCP callers (`--accept-early-data`).
+    pub fn with_early_data(mut self, on: bool) -> Self {
+        self.accept_early_data = on;
+        self
+    }
+
     pub fn with_access_log_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
         self.access_logs = crate::access_log::AccessLogs::new(dir);
         self
@@ -204,8 +217,12 @@ impl Shared {
 
     fn rebuild_tls(&self) -> Result<(), tls::TlsConfigError> {
         if let (Some(ident), Some(policy)) = (self.identity.load_full(), self.trust.load_full()) {
-            self.tls
-                .store(Some(Arc::new(Tls::new(ident, policy, self.inbound)?)));
+            self.tls.store(Some(Arc::new(Tls::new(
+                ident,
+                policy,
+                self.inbound,
+                self.accept_early_data,
+            )?)));
             self.identity_changed.send_modify(|n| *n += 1);
         }
         Ok(())

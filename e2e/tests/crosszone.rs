@@ -287,7 +287,8 @@ fn cross_zone_requests_are_end_to_end_mtls_and_local_is_preferred() {
 }
 
 /// Opaque TCP to another zone: z1's web reaches echo, which runs only in
-/// z3, through both zones' gateways. After a first connection (a full
+/// z3 (its sidecar started with `--accept-early-data`), through both
+/// zones' gateways. After a first connection (a full
 /// handshake, which leaves session tickets), later connections resume the
 /// end-to-end session and send their first bytes as TLS 1.3 early data
 /// inside the gateway hops: every echo is byte-exact, echo's sidecar
@@ -334,7 +335,7 @@ fn opaque_tcp_across_zones_sends_first_bytes_as_early_data_through_the_gateways(
         &zones[1],
         &echo_t,
         &["--tcp-echo"],
-        &["--protocol", "tcp"],
+        &["--protocol", "tcp", "--accept-early-data"],
     );
     let web_t = g.token_file(
         "web.token",

@@ -40,7 +40,7 @@ fn requests_cross_two_sidecars_with_caller_identity_and_bad_clients_are_refused(
         &z,
         &echo_t,
         &["--tcp-echo"],
-        &["--protocol", "tcp"],
+        &["--protocol", "tcp", "--accept-early-data"],
     );
     let tcp_port = net.addr(10, 16000).to_string();
     let web = Workload::start_with(
@@ -103,7 +103,8 @@ fn requests_cross_two_sidecars_with_caller_identity_and_bad_clients_are_refused(
     assert_eq!(&buf, b"ping over mtls");
     drop(c);
     // Later connections resume the session and send their first bytes as
-    // TLS 1.3 early data, which echo's sidecar hands to the app before the
+    // TLS 1.3 early data (echo's sidecar opted in with --accept-early-data),
+    // which echo's sidecar hands to the app before the
     // handshake ends: each echo is byte-exact (several KiB, past one TLS
     // record), the destination counts early bytes and the caller counts
     // accepted early data. A caller that speaks only after a pause (nothing
