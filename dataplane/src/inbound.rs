@@ -168,7 +168,7 @@ impl Proxy {
 
     /// The caller's identity and chain, if its session names one and it
     /// asked for the mode the app's protocol allows.
-    fn inbound_peer(
+    pub(crate) fn inbound_peer(
         &self,
         conn: &ServerConnection,
         remote: SocketAddr,
@@ -195,48 +195,6 @@ impl Proxy {
             return None;
         }
         Some((peer, chain))
-    }
-
-    /// An opaque TCP connection from a mesh caller: the inbound policies,
-    /// then the splice to the app (early data first).
-    async fn inbound_tcp_tls(self: &Arc<Self>, stream: ServerTls, remote: SocketAddr, tls: &Tls) {
-        let Some((peer, chain)) = self.inbound_peer(stream.get_ref().1, remote, tls) else {
-            return;
-        };
-        let Some(app) = self.app_addr else {
-            tracing::info!(%remote, "inbound connection, but this proxy has no local app");
-            return;
-        };
-        let caller = Caller::from_peer(&peer, chain.first().cloned());
-        let counts = self.inbound_counts(Some(&caller));
-        let Some((delay, decision)) = self.tcp_decide(Some(&caller), remote, &counts).await else {
-            inbound_tcp::reset(stream.get_ref().0);
-            return;
-        };
-        // A peer whose zone is revoked (or whose root is retired) loses its
-        // open connections too, not only new handshakes. Opaque TCP has no
-        // way to finish gracefully: cut it at once. A fault's delay runs
-        // inside, so a trust change during it cuts the connection too.
-        let splice = async {
-            if let Some(d) = delay {
-                tokio::time::sleep(d).await;
-            }
-            let mut stream = stream;
-            self.splice_to_app(&mut stream, app, &counts, (Some(&caller), decision))
-                .await;
-            self.metrics.early_data_bytes.inc_by(stream.early_bytes());
-        };
-        let distrusted = self.metrics.connections_distrusted.clone();
-        if let Err(why) = self
-            .shared
-            .live
-            .while_trusted(chain, splice, move || {
-                distrusted.inc();
-            })
-            .await
-        {
-            tracing::warn!(%remote, %peer, reason = %why, "closed an inbound TCP connection: its peer is no longer trusted");
-        }
     }
 
     /// A plaintext connection (permissive mode): no caller identity, so

@@ -1,10 +1,12 @@
-//! Opaque TCP connections to the local app (ALPN `tern/tcp`, or plaintext
-//! in permissive mode): what the inbound policies do to a connection (an
+//! Opaque TCP connections to the local app (ALPN `tern/tcp`, after the
+//! handshake in `inbound_tls.rs`, or plaintext in permissive mode): what the
+//! inbound policies do to a connection (an
 //! access rule, a rate limit, a fault), the splice to the app, and the
 //! connection's access log line. `inbound.rs` accepts the connection and
 //! hands it here.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
@@ -12,9 +14,11 @@ use tokio::net::TcpStream;
 
 use crate::access::Caller;
 use crate::fault;
+use crate::inbound_tls::ServerTls;
 use crate::metrics::Direction;
 use crate::observe;
 use crate::proxy::Proxy;
+use crate::state::Tls;
 use crate::traffic::Counts;
 use common::traffic::Decision as Verdict;
 
@@ -22,6 +26,53 @@ use common::traffic::Decision as Verdict;
 pub(crate) const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Proxy {
+    /// An opaque TCP connection from a mesh caller: the inbound policies,
+    /// then the splice to the app (early data first).
+    pub(crate) async fn inbound_tcp_tls(
+        self: &Arc<Self>,
+        stream: ServerTls,
+        remote: SocketAddr,
+        tls: &Tls,
+    ) {
+        let Some((peer, chain)) = self.inbound_peer(stream.get_ref().1, remote, tls) else {
+            return;
+        };
+        let Some(app) = self.app_addr else {
+            tracing::info!(%remote, "inbound connection, but this proxy has no local app");
+            return;
+        };
+        let caller = Caller::from_peer(&peer, chain.first().cloned());
+        let counts = self.inbound_counts(Some(&caller));
+        let Some((delay, decision)) = self.tcp_decide(Some(&caller), remote, &counts).await else {
+            reset(stream.get_ref().0);
+            return;
+        };
+        // A peer whose zone is revoked (or whose root is retired) loses its
+        // open connections too, not only new handshakes. Opaque TCP has no
+        // way to finish gracefully: cut it at once. A fault's delay runs
+        // inside, so a trust change during it cuts the connection too.
+        let splice = async {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            let mut stream = stream;
+            self.splice_to_app(&mut stream, app, &counts, (Some(&caller), decision))
+                .await;
+            self.metrics.early_data_bytes.inc_by(stream.early_bytes());
+        };
+        let distrusted = self.metrics.connections_distrusted.clone();
+        if let Err(why) = self
+            .shared
+            .live
+            .while_trusted(chain, splice, move || {
+                distrusted.inc();
+            })
+            .await
+        {
+            tracing::warn!(%remote, %peer, reason = %why, "closed an inbound TCP connection: its peer is no longer trusted");
+        }
+    }
+
     /// Whether a rate limit refuses this TCP connection.
     fn limit_tcp(&self, caller: Option<&Caller>, remote: SocketAddr) -> bool {
         let limits = self.shared.limits.load();

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use common::rustls::{HandshakeKind, ServerConfig, ServerConnection};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// How much early data a caller may send (the rest waits for the
@@ -55,50 +55,25 @@ impl ServerTls {
     /// Answer the ClientHello. Resumed: returns once the answer is
     /// written (the caller's identity is the session's). Full: returns
     /// when the handshake is complete (the caller's certificate checked).
-    pub async fn accept(mut io: TcpStream, cfg: Arc<ServerConfig>) -> io::Result<Self> {
-        let mut conn = ServerConnection::new(cfg).map_err(io::Error::other)?;
-        let mut buf = Vec::new();
-        loop {
-            if conn.wants_write() {
-                buf.clear();
-                while conn.wants_write() {
-                    conn.write_tls(&mut buf)?;
-                }
-                io.write_all(&buf).await?;
-            }
-            // Resumed: the hello is answered (everything queued is out).
-            if !conn.is_handshaking() || conn.handshake_kind() == Some(HandshakeKind::Resumed) {
-                break;
-            }
-            io.readable().await?;
-            let read = conn.read_tls(&mut SyncIo {
-                io: &mut io,
-                cx: None,
-            });
-            match read {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-            if let Err(e) = conn.process_new_packets() {
-                // Tell the peer why (the alert rustls queued), then fail.
-                buf.clear();
-                while conn.wants_write() {
-                    if conn.write_tls(&mut buf).is_err() {
-                        break;
-                    }
-                }
-                let _ = io.write_all(&buf).await;
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
-        }
-        Ok(Self {
+    pub async fn accept(io: TcpStream, cfg: Arc<ServerConfig>) -> io::Result<Self> {
+        let conn = ServerConnection::new(cfg).map_err(io::Error::other)?;
+        let mut s = Self {
             io,
             conn,
             early: 0,
             closed: false,
-        })
+        };
+        loop {
+            std::future::poll_fn(|cx| s.poll_send_tls(cx)).await?;
+            // Resumed: the hello is answered (everything queued is out).
+            if !s.conn.is_handshaking() || s.conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+                return Ok(s);
+            }
+            // A bad message: rustls's alert goes out, then the error.
+            if std::future::poll_fn(|cx| s.poll_receive_tls(cx)).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
     }
 
     pub fn get_ref(&self) -> (&TcpStream, &ServerConnection) {
@@ -115,7 +90,7 @@ impl ServerTls {
         while self.conn.wants_write() {
             let mut sync = SyncIo {
                 io: &mut self.io,
-                cx: Some(cx),
+                cx,
             };
             match self.conn.write_tls(&mut sync) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
@@ -132,7 +107,7 @@ impl ServerTls {
     fn poll_receive_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let mut sync = SyncIo {
             io: &mut self.io,
-            cx: Some(cx),
+            cx,
         };
         let n = match self.conn.read_tls(&mut sync) {
             Ok(n) => n,
@@ -234,48 +209,35 @@ impl AsyncWrite for ServerTls {
     }
 }
 
-/// std::io over a tokio socket: WouldBlock stands for Pending. Without a
-/// context (the accept loop, which waits for readiness itself) it uses the
-/// socket's non-blocking calls.
+/// std::io over a tokio socket: WouldBlock stands for Pending.
 struct SyncIo<'a, 'b> {
     io: &'a mut TcpStream,
-    cx: Option<&'a mut Context<'b>>,
+    cx: &'a mut Context<'b>,
 }
 
 impl Read for SyncIo<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.cx.as_deref_mut() {
-            None => self.io.try_read(buf),
-            Some(cx) => {
-                let mut rb = ReadBuf::new(buf);
-                match Pin::new(&mut *self.io).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => Ok(rb.filled().len()),
-                    Poll::Ready(Err(e)) => Err(e),
-                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-                }
-            }
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(&mut *self.io).poll_read(self.cx, &mut rb) {
+            Poll::Ready(Ok(())) => Ok(rb.filled().len()),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 }
 
 impl Write for SyncIo<'_, '_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.cx.as_deref_mut() {
-            None => self.io.try_write(buf),
-            Some(cx) => match Pin::new(&mut *self.io).poll_write(cx, buf) {
-                Poll::Ready(r) => r,
-                Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-            },
+        match Pin::new(&mut *self.io).poll_write(self.cx, buf) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        match self.cx.as_deref_mut() {
-            None => self.io.try_write_vectored(bufs),
-            Some(cx) => match Pin::new(&mut *self.io).poll_write_vectored(cx, bufs) {
-                Poll::Ready(r) => r,
-                Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-            },
+        match Pin::new(&mut *self.io).poll_write_vectored(self.cx, bufs) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 

@@ -302,10 +302,7 @@ fn opaque_tcp_across_zones_sends_first_bytes_as_early_data_through_the_gateways(
     let g = Global::start(&s.0, net);
     let mut zones = Vec::new();
     for (i, (z, region)) in [("z1", "eu"), ("z3", "us")].into_iter().enumerate() {
-        let t = g.token_file(
-            &format!("{z}.token"),
-            &["generate", "zone-token", "--zone", z],
-        );
+        let t = g.zone_token(z);
         zones.push(ZoneCp::start(&s.0, net, 2 + i as u8, z, region, Some(&t)));
     }
     let mut gateways = Vec::new();
@@ -316,17 +313,7 @@ fn opaque_tcp_across_zones_sends_first_bytes_as_early_data_through_the_gateways(
         );
         gateways.push(GatewayProc::start(&s.0, net, host, &zones[i], &t, &[]));
     }
-    let echo_t = g.token_file(
-        "echo.token",
-        &[
-            "generate",
-            "dataplane-token",
-            "--zone",
-            "z3",
-            "--service",
-            "echo",
-        ],
-    );
+    let echo_t = g.dp_token("z3", "echo");
     let echo = Workload::start_full(
         &s.0,
         net,
@@ -337,17 +324,7 @@ fn opaque_tcp_across_zones_sends_first_bytes_as_early_data_through_the_gateways(
         &["--tcp-echo"],
         &["--protocol", "tcp", "--accept-early-data"],
     );
-    let web_t = g.token_file(
-        "web.token",
-        &[
-            "generate",
-            "dataplane-token",
-            "--zone",
-            "z1",
-            "--service",
-            "web",
-        ],
-    );
+    let web_t = g.dp_token("z1", "web");
     let port = net.addr(10, 16000);
     let web = Workload::start_with(
         &s.0,
