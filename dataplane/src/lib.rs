@@ -351,6 +351,17 @@ fn parse_outbound_port(s: &str) -> anyhow::Result<(SocketAddr, Option<String>, P
     Ok((addr, Some(svc.to_string()), proto))
 }
 
+/// `--accept-early-data` is for opaque TCP apps; an HTTP app's callers
+/// pool their connections and never send early data.
+fn early_data_needs_tcp(on: bool, app: Protocol) -> anyhow::Result<()> {
+    if on && app != Protocol::Tcp {
+        anyhow::bail!(
+            "--accept-early-data applies to TCP apps only (this app speaks {app:?}); drop the flag or start the sidecar with --protocol tcp"
+        );
+    }
+    Ok(())
+}
+
 pub struct Running {
     pub shared: Arc<Shared>,
     pub admin: SocketAddr,
@@ -415,6 +426,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             Some(i) => Protocol::parse(&i.protocol).map_err(anyhow::Error::msg)?,
             None => Protocol::Http1,
         };
+        early_data_needs_tcp(cfg.accept_early_data, inbound_protocol)?;
         let shared = Arc::new(
             Shared::new(inbound_protocol)
                 .with_defaults(defaults)
@@ -483,6 +495,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         let token = model::fsutil::read_secret(tf)?;
         model::token::decode_unverified(&token).context("the dataplane token")?;
         let protocol = Protocol::parse(&cfg.protocol).map_err(anyhow::Error::msg)?;
+        early_data_needs_tcp(cfg.accept_early_data, protocol)?;
         let mut labels = BTreeMap::new();
         for l in &cfg.labels {
             let (k, v) = l
@@ -673,4 +686,23 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         shutdown: shutdown_tx,
         cp,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // --accept-early-data on an HTTP app is refused, naming the fix.
+    #[test]
+    fn early_data_is_refused_for_http_apps() {
+        assert!(early_data_needs_tcp(true, Protocol::Tcp).is_ok());
+        assert!(early_data_needs_tcp(false, Protocol::Http1).is_ok());
+        let e = early_data_needs_tcp(true, Protocol::Http2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("TCP apps only") && e.contains("--protocol tcp"),
+            "{e}"
+        );
+    }
 }
