@@ -10,19 +10,43 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
-use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt};
 
-pub type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+pub type LogHandle = reload::Handle<Targets, tracing_subscriber::Registry>;
 
 /// The process's log filter handle, set by `init_tracing`; every admin
 /// port's `PUT /log-level` changes it.
 static LOG: std::sync::OnceLock<LogHandle> = std::sync::OnceLock::new();
 
-/// Initialise tracing. `RUST_LOG` overrides `default`; `json` switches to
-/// JSON lines. Returns a handle to change the filter at run time (the
-/// admin port uses the same one).
+/// A log filter: comma-separated directives, each a level (`info`) or
+/// `target=level` (`dataplane::outbound=debug`); the most specific target
+/// wins. The same syntax as `RUST_LOG` and `PUT /log-level`.
+pub fn parse_log_filter(s: &str) -> Result<Targets, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty filter: give a level (error, warn, info, debug, trace, off) or target=level directives".into());
+    }
+    s.parse::<Targets>().map_err(|e| {
+        format!("{e}; use a level (error, warn, info, debug, trace, off) or target=level, comma-separated")
+    })
+}
+
+/// Initialise tracing. `RUST_LOG` overrides `default` (an invalid one is
+/// reported and ignored); `json` switches to JSON lines. Returns a handle
+/// to change the filter at run time (the admin port uses the same one).
 pub fn init_tracing(default: &str, json: bool) -> LogHandle {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    let filter = match from_env.as_deref().map(parse_log_filter) {
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            eprintln!("RUST_LOG ignored ({e}); logging at {default:?}");
+            parse_log_filter(default).unwrap_or_default()
+        }
+        None => parse_log_filter(default).unwrap_or_default(),
+    };
     let (filter, handle) = reload::Layer::new(filter);
     let _ = LOG.set(handle.clone());
     let reg = tracing_subscriber::registry().with(filter);
@@ -234,7 +258,7 @@ async fn log_level(State(a): State<Admin>, headers: HeaderMap, body: String) -> 
     let Some(h) = &a.log else {
         return (StatusCode::NOT_IMPLEMENTED, "no log handle\n".into());
     };
-    match EnvFilter::try_new(body.trim()) {
+    match parse_log_filter(&body) {
         Ok(f) => match h.reload(f) {
             Ok(()) => (
                 StatusCode::OK,
@@ -296,6 +320,29 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Levels and `target=level` directives parse, the most specific target
+    /// wins; an empty filter and a bad level are refused with an error that
+    /// names the syntax.
+    #[test]
+    fn log_filters_take_levels_and_target_directives() {
+        use tracing::Level;
+        let f = parse_log_filter(" dataplane::outbound=debug,warn ").unwrap();
+        assert!(f.would_enable("dataplane::outbound", &Level::DEBUG));
+        assert!(!f.would_enable("dataplane::outbound", &Level::TRACE));
+        assert!(!f.would_enable("dataplane::inbound", &Level::INFO));
+        assert!(f.would_enable("dataplane::inbound", &Level::WARN));
+        let f = parse_log_filter("info").unwrap();
+        assert!(f.would_enable("gateway", &Level::INFO));
+        assert!(!f.would_enable("gateway", &Level::DEBUG));
+        assert!(!parse_log_filter("off")
+            .unwrap()
+            .would_enable("x", &Level::ERROR));
+        for bad in ["", "  ", "=[bad", "dataplane=loud"] {
+            let e = parse_log_filter(bad).unwrap_err();
+            assert!(e.contains("target=level"), "{bad:?}: {e}");
+        }
+    }
 
     fn admin() -> Admin {
         Admin::new(
