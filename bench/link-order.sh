@@ -15,11 +15,22 @@
 # installed, a second pass samples the same load at full speed, so the
 # CPU-specific variants (AES, SHA) the real machine picks come first.
 # Usage: bench/link-order.sh      (installs valgrind if missing; about two minutes)
+#        CHECK=1 bench/link-order.sh   (how much of the list the build still has)
 set -uo pipefail
 umask 077
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${BENCH_WORK:-/tmp/tern-bench}; mkdir -p "$work"
 need() { command -v "$1" >/dev/null 2>&1; }
+# CHECK=1: only say how much of the list the current release build still has.
+if [ "${CHECK:-0}" = 1 ]; then
+  (cd "$root" && cargo build --release -q --bins) || exit 1
+  nm "$root/target/release/dataplane" | awk '{print $NF}' | sort -u > "$work/syms.txt"
+  total=$(wc -l < "$root/dataplane/link-order.txt")
+  have=$(sort -u "$root/dataplane/link-order.txt" | comm -12 - "$work/syms.txt" | wc -l)
+  echo "$have of $total listed functions are in target/release/dataplane"
+  # Below nine in ten, the packing has loosened: regenerate the list.
+  [ $((have * 10)) -ge $((total * 9)) ]; exit
+fi
 need valgrind || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 need oha || cargo install oha --locked -q
 # Every binary, as the benchmarks and deploy/local/up.sh build them (one
