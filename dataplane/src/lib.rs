@@ -386,6 +386,9 @@ impl Running {
 }
 
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    // Checked before waiting for a certificate from the zone-cp.
+    let admin_token = common::telemetry::admin_token(cfg.admin_token_file.as_deref())
+        .context("--admin-token-file")?;
     let defaults = resilience::Defaults {
         per_try_timeout: cfg.per_try_timeout,
         request_timeout: (!cfg.request_timeout.is_zero()).then_some(cfg.request_timeout),
@@ -674,9 +677,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         },
     );
     let admin_addr = admin
-        .with_token(common::telemetry::admin_token(
-            cfg.admin_token_file.as_deref(),
-        )?)
+        .with_token(admin_token)
         .serve(admin_addr)
         .await
         .with_context(|| format!("bind admin {admin_addr}"))?;

@@ -135,3 +135,47 @@ fn a_token_file_guards_the_sidecar_gateway_and_zone_cp_admin_ports() {
         assert_eq!(get(admin, "x", "/metrics").unwrap().status, 200);
     }
 }
+
+/// An admin token file that other users can read stops a zone-cp and a
+/// sidecar at start, before either waits for its control plane: with the
+/// global and the zone-cp down, both exit non-zero with an error naming
+/// `--admin-token-file` (a zone-cp used to check the file only after
+/// joining the global: with the global down it reported the failed join,
+/// never the file).
+#[test]
+fn a_bad_admin_token_file_stops_a_zone_cp_and_a_sidecar_before_they_wait_for_their_control_plane() {
+    use std::os::unix::fs::PermissionsExt;
+    let net = Net(59);
+    let (s, mut g, mut z) = one_zone("admin-token-open", net);
+    let zt = g.zone_token("z2");
+    let dt = g.dp_token("z1", "web");
+    let file = s.0.join("open.token");
+    std::fs::write(&file, "a-long-random-admin-string\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let file_arg = file.display().to_string();
+    g.proc.kill();
+    z.proc.kill();
+    let mut z2 = ZoneCp::start_with(
+        &s.0,
+        net,
+        3,
+        "z2",
+        "r1",
+        Some(&zt),
+        &["--admin-token-file", &file_arg],
+    );
+    let mut args = sidecar_args(net, 10, "web", &z, &dt);
+    args.extend(["--admin-token-file".to_string(), file_arg.clone()]);
+    let mut dp = spawn(&s.0, "sidecar-web-open-token", "dataplane", &args);
+    for p in [&mut z2.proc, &mut dp] {
+        let code = p.wait_exit(T);
+        assert!(
+            matches!(code, Some(c) if c != 0),
+            "{} exit code {code:?}; log:\n{}",
+            p.name,
+            p.log_text()
+        );
+        let log = p.log_text();
+        assert!(log.contains("--admin-token-file"), "{}: {log}", p.name);
+    }
+}

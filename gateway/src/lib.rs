@@ -175,6 +175,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             cfg.keep_alive
         );
     }
+    // Checked before waiting for an identity from the zone-cp.
+    let admin_token = common::telemetry::admin_token(cfg.admin_token_file.as_deref())
+        .context("--admin-token-file")?;
     let token = model::fsutil::read_secret(&cfg.token_file)?;
     let claims = model::token::decode_unverified(&token).context("the gateway token")?;
     let mut reg = prometheus_client::registry::Registry::with_prefix("tern_gateway");
@@ -305,7 +308,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             })
         },
     )
-    .with_token(common::telemetry::admin_token(cfg.admin_token_file.as_deref())?)
+    .with_token(admin_token)
     .serve(cfg.admin)
     .await
     .with_context(|| format!("bind admin {}", cfg.admin))?;

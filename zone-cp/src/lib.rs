@@ -207,6 +207,10 @@ impl Zone {
 }
 
 pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
+    // Checked before joining the global, which may wait for it: a bad file
+    // is reported at once, not once the zone has joined.
+    let admin_token = common::telemetry::admin_token(config.admin_token_file.as_deref())
+        .context("--admin-token-file")?;
     // The zone CA's key lives here.
     model::fsutil::private_dir(&config.data_dir, bootstrap::SECRET_FILES)?;
     let boot = bootstrap::Boot::load_or_join(&config).await?;
@@ -270,9 +274,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
             })
         },
     )
-    .with_token(common::telemetry::admin_token(
-        config.admin_token_file.as_deref(),
-    )?)
+    .with_token(admin_token)
     .serve(config.admin_addr)
     .await
     .with_context(|| format!("bind admin {}", config.admin_addr))?;
