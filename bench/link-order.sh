@@ -42,21 +42,16 @@ cfg=$work/pair-policy/cfg
 out=$work/link-order; rm -rf "$out"; mkdir -p "$out/logs/server" "$out/logs/client"
 
 nginx -c "$root/bench/nginx-app.conf" -e /dev/null & ngpid=$!
-python3 - <<'PYSINK' & sinkpid=$!
-import http.server
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", 4318), H).serve_forever()
-PYSINK
+python3 "$root/bench/otlp-sink.py" & sinkpid=$!
 pg=""; cps=()
 cleanup() { [ -n "$pg" ] && kill -- -"$pg" 2>/dev/null; kill $ngpid $sinkpid "${cps[@]}" 2>/dev/null; wait 2>/dev/null; }
 trap cleanup EXIT
+wait_ok() { for _ in $(seq 1 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.2; done; echo "timeout: $1" >&2; exit 1; }
+# cg NAME: the callgrind command line a sidecar runs under.
+cg() { echo valgrind --tool=callgrind --demangle=no "--callgrind-out-file=$out/callgrind-$1.%p"; }
 
 load() {
-  for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:15001/ && break; sleep 0.2; done
+  wait_ok http://127.0.0.1:15001/
   oha --no-tui -n "$1" -c 16 http://127.0.0.1:15001/ >/dev/null
   oha --no-tui -n "$(( $1 / 4 ))" -c 4 --http2 http://127.0.0.1:15001/ >/dev/null
   curl -s -o /dev/null -X POST http://127.0.0.1:15001/
@@ -75,11 +70,11 @@ stop() { kill -TERM -- -"$pg" 2>/dev/null; wait "$pg" 2>/dev/null; pg=""
   for _ in $(seq 1 100); do ss -ltn | grep -qE '127\.0\.0\.1:(15001|15006) ' || break; sleep 0.1; done; }
 
 for suffix in -observed -policy; do
-  run "cg$suffix" "$suffix" valgrind --tool=callgrind --demangle=no "--callgrind-out-file=$out/callgrind$suffix.%p"
+  run "cg$suffix" "$suffix" $(cg "pair$suffix")
   load 1000 30; stop
   if need perf; then
     run "perf$suffix" "$suffix"
-    for _ in $(seq 1 100); do curl -sf -o /dev/null http://127.0.0.1:15001/ && break; sleep 0.1; done
+    wait_ok http://127.0.0.1:15001/
     pids=$(pgrep -f -- "--bootstrap $cfg/(server|client)$suffix.yaml" | paste -sd,)
     perf record -q -F 2000 -p "$pids" -o "$out/perf$suffix.data" -- sleep 6 >/dev/null 2>&1 & perfpid=$!
     sleep 0.5; load 20000; wait $perfpid; stop
@@ -91,7 +86,6 @@ done
 # opaque TCP service and their caller, joined by tokens (start-up, the sync
 # stream, certificate requests, config from the zone-cp), on 127.0.7.x.
 rel=$root/target/release
-wait_ok() { for _ in $(seq 1 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.2; done; echo "timeout: $1" >&2; exit 1; }
 "$rel/global-cp" --data-dir "$out/global" --sync-addr 127.0.7.1:5685 --admin-addr 127.0.7.1:5681 >"$out/global.log" 2>&1 & cps+=($!)
 wait_ok http://127.0.7.1:5681/ready
 export TERN_CONFIG=$out/global/ternctl.json
@@ -99,11 +93,10 @@ export TERN_CONFIG=$out/global/ternctl.json
 "$rel/zone-cp" --zone zone-a --region r1 --token-file "$out/a.token" --data-dir "$out/za" --proxy-addr 127.0.7.2:5678 --admin-addr 127.0.7.2:5680 >"$out/zone.log" 2>&1 & cps+=($!)
 wait_ok http://127.0.7.2:5680/ready
 for svc in api api-tcp client; do "$rel/ternctl" generate dataplane-token --zone zone-a --service $svc > "$out/$svc.token"; done
-cg() { echo valgrind --tool=callgrind --demangle=no "--callgrind-out-file=$out/callgrind-cp-$1.%p"; }
 common="--cp-address 127.0.7.2:5678 --workers 1 --drain 0s"
-setsid bash -c "RUST_LOG=warn $(cg api) $bin $common --token-file $out/api.token --service api --address 127.0.7.11 --inbound 127.0.7.11:15006 --app 127.0.0.1:18080 --outbound '' --admin 127.0.7.11:15000 & \
-  RUST_LOG=warn $(cg tcp) $bin $common --token-file $out/api-tcp.token --service api-tcp --protocol tcp --address 127.0.7.12 --inbound 127.0.7.12:15006 --app 127.0.0.1:18080 --outbound '' --admin 127.0.7.12:15000 & \
-  RUST_LOG=warn $(cg client) $bin $common --token-file $out/client.token --service client --address 127.0.7.10 --outbound '' --outbound-port api=127.0.7.10:16001 --outbound-port tcp:api-tcp=127.0.7.10:16002 --admin 127.0.7.10:15000 & wait" \
+setsid bash -c "RUST_LOG=warn $(cg cp-api) $bin $common --token-file $out/api.token --service api --address 127.0.7.11 --inbound 127.0.7.11:15006 --app 127.0.0.1:18080 --outbound '' --admin 127.0.7.11:15000 & \
+  RUST_LOG=warn $(cg cp-tcp) $bin $common --token-file $out/api-tcp.token --service api-tcp --protocol tcp --address 127.0.7.12 --inbound 127.0.7.12:15006 --app 127.0.0.1:18080 --outbound '' --admin 127.0.7.12:15000 & \
+  RUST_LOG=warn $(cg cp-client) $bin $common --token-file $out/client.token --service client --address 127.0.7.10 --outbound '' --outbound-port api=127.0.7.10:16001 --outbound-port tcp:api-tcp=127.0.7.10:16002 --admin 127.0.7.10:15000 & wait" \
   >"$out/cp-sidecars.log" 2>&1 & pg=$!
 wait_ok http://127.0.7.10:16001/; wait_ok http://127.0.7.10:16002/
 oha --no-tui -n 500 -c 8 http://127.0.7.10:16001/ >/dev/null

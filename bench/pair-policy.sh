@@ -201,18 +201,7 @@ start[envoy]=$(envoy_pair ""); start[envoy-policy]=$(envoy_pair "-policy"); star
 start[tern]=$(tern_pair ""); start[tern-policy]=$(tern_pair "-policy"); start[tern-observed]=$(tern_pair "-observed")
 read -r -a names <<< "${CONTENDERS:-direct envoy envoy-policy tern tern-policy}"
 # An OTLP/HTTP sink for the observed contenders' spans (answers 200, counts).
-python3 - "$out/spans" <<'PYSINK' & sinkpid=$!
-import http.server, sys
-n = [0]
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        n[0] += 1
-        open(sys.argv[1], "w").write(str(n[0]))
-        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", 4318), H).serve_forever()
-PYSINK
+python3 "$root/bench/otlp-sink.py" "$out/spans" & sinkpid=$!
 trap 'kill $ngpid $sinkpid 2>/dev/null' EXIT
 for r in $(seq 1 "$ROUNDS"); do
   for n in "${names[@]}"; do

@@ -2,7 +2,7 @@
 //! other (`link-order.txt`, made by `bench/link-order.sh`). The kernel maps
 //! a program's text in 64 KiB runs around each page it touches, so with the
 //! running code spread over the whole binary nearly all of it stays
-//! resident; packed together, a sidecar keeps about 3 MB less resident
+//! resident; packed together, a sidecar keeps about 2.5 MB less resident
 //! (docs/performance.md, "Memory"). Only the layout changes: a function
 //! missing from the list (new or renamed) is placed after the listed ones.
 //! Set `TERN_NO_LINK_ORDER=1` to link without it (for a linker other than

@@ -23,13 +23,12 @@ static LOG: std::sync::OnceLock<LogHandle> = std::sync::OnceLock::new();
 /// `target=level` (`dataplane::outbound=debug`); the most specific target
 /// wins. The same syntax as `RUST_LOG` and `PUT /log-level`.
 pub fn parse_log_filter(s: &str) -> Result<Targets, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty filter: give a level (error, warn, info, debug, trace, off) or target=level directives".into());
+    const SYNTAX: &str =
+        "use a level (error, warn, info, debug, trace, off) or target=level, comma-separated";
+    match s.trim() {
+        "" => Err(format!("empty filter; {SYNTAX}")),
+        s => s.parse::<Targets>().map_err(|e| format!("{e}; {SYNTAX}")),
     }
-    s.parse::<Targets>().map_err(|e| {
-        format!("{e}; use a level (error, warn, info, debug, trace, off) or target=level, comma-separated")
-    })
 }
 
 /// Initialise tracing. `RUST_LOG` overrides `default` (an invalid one is
@@ -41,11 +40,12 @@ pub fn init_tracing(default: &str, json: bool) -> LogHandle {
         .filter(|s| !s.trim().is_empty());
     let filter = match from_env.as_deref().map(parse_log_filter) {
         Some(Ok(f)) => f,
-        Some(Err(e)) => {
-            eprintln!("RUST_LOG ignored ({e}); logging at {default:?}");
+        other => {
+            if let Some(Err(e)) = other {
+                eprintln!("RUST_LOG ignored ({e}); logging at {default:?}");
+            }
             parse_log_filter(default).unwrap_or_default()
         }
-        None => parse_log_filter(default).unwrap_or_default(),
     };
     let (filter, handle) = reload::Layer::new(filter);
     let _ = LOG.set(handle.clone());

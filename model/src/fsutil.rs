@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    #[error("{path}: {source}")]
+    /// The I/O error is part of the message, not a separate cause, so an
+    /// error chain (`{:#}`) names it once.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "{path} holds {what} and other users can access it (mode {mode:04o}); \
@@ -29,9 +31,9 @@ pub enum FsError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FsError + '_ {
-    move |source| FsError::Io {
+    move |error| FsError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
