@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// Where to reach the global: what the flags said (each may be unset).
+#[derive(Clone)]
 pub(crate) struct Target {
     pub config: Option<PathBuf>,
     pub server: Option<String>,
@@ -159,4 +160,17 @@ pub(crate) fn enc(v: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// `ternctl use-config`: make a config file the default (it holds the
+/// admin token: 0600 in a 0700 folder).
+pub(crate) fn use_config(path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let _: FileConfig = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a ternctl config", path.display()))?;
+    let dest = default_config_path().context("HOME is not set")?;
+    model::fsutil::private_dir(dest.parent().expect("has a parent"), &[])?;
+    model::fsutil::write_private(&dest, &text)?;
+    println!("ternctl now uses {}", dest.display());
+    Ok(())
 }

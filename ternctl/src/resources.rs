@@ -1,0 +1,184 @@
+//! Resources in the global's store: `ternctl apply`, `get` and `delete`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use model::resource::{self, Resource};
+use serde_json::{json, Value};
+
+use crate::api::{Api, Target};
+use crate::output::{print_value, s, table, Output};
+
+/// Validate every document locally, then send each; nothing is sent while
+/// any document is invalid.
+pub async fn apply(target: Target, files: &[String], dry_run: bool) -> anyhow::Result<()> {
+    let mut docs: Vec<(String, usize, Resource)> = Vec::new();
+    let mut errors = Vec::new();
+    for (name, text) in read_sources(files)? {
+        match resource::parse_documents(&name, &text) {
+            Ok(rs) => docs.extend(
+                rs.into_iter()
+                    .enumerate()
+                    .map(|(i, r)| (name.clone(), i + 1, r)),
+            ),
+            Err(es) => errors.extend(es),
+        }
+    }
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        bail!("{} invalid document(s); nothing was applied", errors.len());
+    }
+    if docs.is_empty() {
+        bail!("no resources found in {}", files.join(", "));
+    }
+    let api = Api::new(target)?;
+    let mut failed = 0;
+    for (file, _, r) in docs {
+        let info = resource::kind_info(&r.kind).expect("validated");
+        let path = format!(
+            "/api/v1/{}/{}{}",
+            info.plural,
+            r.metadata.name,
+            if dry_run { "?dryRun=true" } else { "" }
+        );
+        let (status, v, warnings) = api
+            .call_warned("PUT", &path, Some(&serde_json::to_value(&r)?))
+            .await?;
+        let what = format!("{}/{}", r.kind.to_lowercase(), r.metadata.name);
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        match status {
+            200 if dry_run => println!("{what} {} (dry run)", s(&v, "/result")),
+            201 => println!("{what} created"),
+            200 => println!(
+                "{what} applied (version {})",
+                s(&v, "/metadata/resourceVersion")
+            ),
+            _ => {
+                failed += 1;
+                eprintln!(
+                    "error: {file}: {what}: {}",
+                    v.get("error").and_then(Value::as_str).unwrap_or("failed")
+                );
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} resource(s) {}",
+            if dry_run {
+                "would be refused"
+            } else {
+                "were not applied"
+            }
+        );
+    }
+
+    Ok(())
+}
+
+/// One resource, or every resource of a kind.
+pub async fn get(
+    api: &Api,
+    kind: &str,
+    name: Option<String>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let p = plural(kind)?;
+    let items: Vec<Value> = match &name {
+        Some(n) => vec![api.ok("GET", &format!("/api/v1/{p}/{n}"), None).await?],
+        None => api.ok("GET", &format!("/api/v1/{p}"), None).await?["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    if !matches!(output, Output::Table | Output::Wide) {
+        let v = if name.is_some() {
+            items[0].clone()
+        } else {
+            json!({ "items": items })
+        };
+        return print_value(&v, output);
+    }
+    if items.is_empty() {
+        eprintln!("no {p} found");
+        return Ok(());
+    }
+    table(
+        &["NAME", "VERSION", "UPDATED", "SPEC"],
+        items
+            .iter()
+            .map(|r| {
+                vec![
+                    s(r, "/metadata/name"),
+                    s(r, "/metadata/resourceVersion"),
+                    s(r, "/metadata/updateTimestamp"),
+                    r.get("spec").map(|x| x.to_string()).unwrap_or_default(),
+                ]
+            })
+            .collect(),
+    );
+    Ok(())
+}
+
+pub async fn delete(api: &Api, kind: &str, name: &str) -> anyhow::Result<()> {
+    let p = plural(kind)?;
+    api.ok("DELETE", &format!("/api/v1/{p}/{name}"), None)
+        .await?;
+    println!("{}/{name} deleted", kind.to_lowercase());
+    Ok(())
+}
+
+/// Files given to apply: each file, each *.yaml/*.yml/*.json in a folder
+/// (sorted), or stdin for `-`.
+fn read_sources(args: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for a in args {
+        if a == "-" {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("read stdin")?;
+            out.push(("<stdin>".to_string(), s));
+            continue;
+        }
+        let p = Path::new(a);
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("read folder {a}"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml" | "json")
+                    )
+                })
+                .collect();
+            entries.sort();
+            for e in entries {
+                let text =
+                    std::fs::read_to_string(&e).with_context(|| format!("read {}", e.display()))?;
+                out.push((e.display().to_string(), text));
+            }
+        } else {
+            let text = std::fs::read_to_string(p).with_context(|| format!("read {a}"))?;
+            out.push((a.clone(), text));
+        }
+    }
+    Ok(out)
+}
+
+fn plural(kind: &str) -> anyhow::Result<&'static str> {
+    resource::kind_info(kind)
+        .map(|k| k.plural)
+        .with_context(|| {
+            format!(
+                "unknown kind {kind:?}; known kinds: {}, and tokens",
+                resource::known_kinds()
+            )
+        })
+}
