@@ -62,9 +62,10 @@ impl Limits {
                 "max-pending-requests"
             });
         }
-        let p = self.requests.acquire().await;
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        p.map_err(|_| "max-requests")
+        // Given back however the wait ends: with a place, or dropped because
+        // the request timed out or its caller went away.
+        let _queued = Slot(&self.pending);
+        self.requests.acquire().await.map_err(|_| "max-requests")
     }
 
     /// A retry's place among those in progress, if there is room.
@@ -186,6 +187,29 @@ mod tests {
         });
         let _held = r.admit().await.unwrap();
         assert_eq!(r.admit().await.unwrap_err(), "max-requests");
+    }
+
+    /// A request that leaves the queue without a place (its timeout fired,
+    /// or its caller went away) gives its queue place back: the next
+    /// request queues instead of being refused as if the queue were full.
+    #[tokio::test]
+    async fn a_request_dropped_while_queued_gives_its_queue_place_back() {
+        use std::future::Future;
+        let r = Limits::new(&pb::CircuitBreaker {
+            max_requests: 1,
+            max_pending_given: true,
+            max_pending_requests: 1,
+            ..Default::default()
+        });
+        let _first = r.admit().await.unwrap();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        for _ in 0..3 {
+            let queued = r.admit();
+            tokio::pin!(queued);
+            assert!(queued.as_mut().poll(&mut cx).is_pending(), "queues");
+        }
+        assert_eq!(r.pending.load(Ordering::Relaxed), 0);
     }
 
     /// Nothing given: 1024 of each.
