@@ -65,6 +65,31 @@ pub enum PoolError {
     Http(#[from] hyper::Error),
 }
 
+/// A request the pool could not send: why, and the request itself when no
+/// connection could be opened for it.
+pub struct Unsent {
+    pub error: PoolError,
+    pub request: Option<Request<Body>>,
+}
+
+impl Unsent {
+    fn connect(error: PoolError, request: Request<Body>) -> Self {
+        Self {
+            error,
+            request: Some(request),
+        }
+    }
+}
+
+impl From<PoolError> for Unsent {
+    fn from(error: PoolError) -> Self {
+        Self {
+            error,
+            request: None,
+        }
+    }
+}
+
 impl PoolError {
     pub fn is_connect(&self) -> bool {
         matches!(self, PoolError::Connect(_))
@@ -145,9 +170,19 @@ impl<C: Connect> Pool<C> {
 
     /// Send `req` (an absolute URI naming the peer) over a pooled
     /// connection, opening one when none is free.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, PoolError> {
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, PoolError> {
+        self.try_send(req).await.map_err(|u| u.error)
+    }
+
+    /// As [`Pool::send`], but a request for which no connection could be
+    /// opened comes back with the error: nothing of it was sent, so its
+    /// body can go to another endpoint.
+    pub async fn try_send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, Unsent> {
         let Some(authority) = req.uri().authority().cloned() else {
-            return Err(PoolError::Connect("request URI has no authority".into()));
+            return Err(Unsent::connect(
+                PoolError::Connect("request URI has no authority".into()),
+                req,
+            ));
         };
         let host = self.host(&authority);
         match self.inner.settings.version {
@@ -172,11 +207,14 @@ impl<C: Connect> Pool<C> {
         host: &Host,
         authority: &Authority,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, PoolError> {
+    ) -> Result<Response<Incoming>, Unsent> {
         loop {
             let (mut tx, reused) = match take_idle(host, self.inner.settings.idle_timeout) {
                 Some(tx) => (tx, true),
-                None => (self.connect_h1(authority).await?, false),
+                None => match self.connect_h1(authority).await {
+                    Ok(tx) => (tx, false),
+                    Err(e) => return Err(Unsent::connect(e, req)),
+                },
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => {
@@ -187,7 +225,7 @@ impl<C: Connect> Pool<C> {
                     // The idle connection closed before the request could
                     // start: nothing was sent; take another.
                     Some(r) if reused => req = r,
-                    _ => return Err(PoolError::Http(e.into_error())),
+                    _ => return Err(PoolError::Http(e.into_error()).into()),
                 },
             }
         }
@@ -218,10 +256,13 @@ impl<C: Connect> Pool<C> {
         host: &Host,
         authority: &Authority,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, PoolError> {
+    ) -> Result<Response<Incoming>, Unsent> {
         let mut fresh = false;
         loop {
-            let (mut tx, reused) = self.h2_sender(host, authority, fresh).await?;
+            let (mut tx, reused) = match self.h2_sender(host, authority, fresh).await {
+                Ok(s) => s,
+                Err(e) => return Err(Unsent::connect(e, req)),
+            };
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
@@ -229,7 +270,7 @@ impl<C: Connect> Pool<C> {
                         req = r;
                         fresh = true;
                     }
-                    _ => return Err(PoolError::Http(e.into_error())),
+                    _ => return Err(PoolError::Http(e.into_error()).into()),
                 },
             }
         }

@@ -29,7 +29,7 @@ use crate::protocol::Protocol;
 use crate::proxy::{
     empty, error_chain, error_response, mesh_request, Body, Proxy, ERROR_HEADER, ERROR_UNAVAILABLE,
 };
-use crate::resilience::grpc_status;
+use crate::resilience::{grpc_status, Resilience};
 use crate::traffic::Served;
 use common::traffic::Decision;
 
@@ -79,6 +79,14 @@ impl Failure {
             Failure::Answer => None,
             Failure::Limit => None,
         }
+    }
+
+    /// Whether a pooled connection that closed under the request is tried
+    /// again on the same endpoint over a new connection: only for a request
+    /// that may be repeated, and only if the Retry policy retries resets
+    /// (`on` without `reset` means no such attempt either).
+    pub fn resends_to_same_endpoint(self, idempotent: bool, policy: &Resilience) -> bool {
+        self == Failure::Connection && idempotent && policy.retries_on(Condition::Reset)
     }
 
     /// Whether another attempt may follow: a failed connect sent nothing;
@@ -200,11 +208,24 @@ impl Proxy {
             let active = ep.start_request();
             // A connection opened for a traced request carries its context
             // to the gateways.
+            let body_back = &mut req.body;
             let send = async {
-                match flow {
-                    Some(c) => crate::trace::FLOW_CONTEXT.scope(c, client.send(r)).await,
-                    None => client.send(r).await,
-                }
+                let sent = match flow {
+                    Some(c) => {
+                        crate::trace::FLOW_CONTEXT
+                            .scope(c, client.try_send(r))
+                            .await
+                    }
+                    None => client.try_send(r).await,
+                };
+                // No connection: nothing was sent, and the body (even a
+                // streamed one) can go to the next endpoint.
+                sent.map_err(|u| {
+                    if let Some(r) = u.request {
+                        *body_back = Some(r.into_body());
+                    }
+                    u.error
+                })
             };
             let res: Result<Response<hyper::body::Incoming>, (Failure, String)> = if req.retryable {
                 match tokio::time::timeout(policy.per_try_timeout, send).await {
@@ -278,8 +299,8 @@ impl Proxy {
             // A pooled connection closed under the request (the peer
             // restarted, or closed it when trust changed): the endpoint is
             // not at fault. An idempotent request tries it once more over a
-            // new connection.
-            if kind == Failure::Connection && req.retryable && !same_endpoint_retried {
+            // new connection, if the Retry policy retries resets at all.
+            if !same_endpoint_retried && kind.resends_to_same_endpoint(req.retryable, policy) {
                 same_endpoint_retried = true;
                 again = Some((ep, tier));
                 continue;
@@ -389,6 +410,36 @@ mod tests {
         // An answer over the header limits is nobody's fault and would come
         // back the same.
         assert!(!Failure::Limit.retryable(true) && !Failure::Limit.ejects());
+    }
+
+    /// A connection closed under an idempotent request is sent again on
+    /// the same endpoint under the default conditions, but not when the
+    /// Retry policy's `on` leaves out `reset` (`on: []` or `on: [5xx]`), and
+    /// never for a request that may not be repeated.
+    #[test]
+    fn the_same_endpoint_resend_follows_the_retry_conditions() {
+        use crate::resilience::Defaults;
+        let with_on = |on: &[&str]| {
+            Resilience::build(
+                Some(&proto::v1::Resilience {
+                    retry: Some(proto::v1::RetryPolicy {
+                        on: on.iter().map(|c| c.to_string()).collect(),
+                        on_given: true,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                &Defaults::default(),
+            )
+            .unwrap()
+        };
+        let defaults = Resilience::build(None, &Defaults::default()).unwrap();
+        assert!(Failure::Connection.resends_to_same_endpoint(true, &defaults));
+        assert!(!Failure::Connection.resends_to_same_endpoint(false, &defaults));
+        assert!(!Failure::Timeout.resends_to_same_endpoint(true, &defaults));
+        assert!(!Failure::Connection.resends_to_same_endpoint(true, &with_on(&[])));
+        assert!(!Failure::Connection.resends_to_same_endpoint(true, &with_on(&["5xx"])));
+        assert!(Failure::Connection.resends_to_same_endpoint(true, &with_on(&["reset"])));
     }
 
     #[test]

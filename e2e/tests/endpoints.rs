@@ -115,3 +115,44 @@ fn short_lived_certificates_rotate_without_failed_requests() {
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
 }
+
+/// A POST with a body whose chosen endpoint refuses connections (its
+/// sidecar killed, still published within the zone-cp's 30 s grace) goes
+/// to the other endpoint with its body: 20 POSTs, 20 answers, each received
+/// by the live app exactly once. (Before, the failed connect lost the
+/// streamed body and the caller got a 502.)
+#[test]
+fn a_post_whose_endpoint_refuses_connections_goes_to_another_with_its_body() {
+    let net = Net(83);
+    let (s, g, z) = one_zone("connect-retry", net);
+    let web_t = g.dp_token("z1", "web");
+    let api_t = g.dp_token("z1", "api");
+    let mut a = Workload::start(&s.0, net, 11, "api", &z, &api_t);
+    let _b = Workload::start(&s.0, net, 12, "api", &z, &api_t);
+    let web = Workload::start(&s.0, net, 10, "web", &z, &web_t);
+    wait_for("web sees both api endpoints", T, || {
+        (web.endpoints("api").len() == 2).then_some(())
+    });
+    a.sidecar.kill();
+    wait_for("api-a's inbound refuses connections", T, || {
+        std::net::TcpStream::connect(a.inbound())
+            .is_err()
+            .then_some(())
+    });
+    let served = || -> u64 {
+        get(net.addr(12, 8080), "x", "/stats").unwrap().json()["requests"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = served();
+    for i in 0..20 {
+        let r = http_body(web.outbound(), "POST", "api", "/r", &[], "ten bytes!").unwrap();
+        assert_eq!(r.status, 200, "POST {i}: {}", r.body);
+    }
+    assert_eq!(served() - before, 20, "each POST reached api-b once");
+    assert_eq!(
+        web.endpoints("api").len(),
+        2,
+        "api-a stayed published throughout, so some POSTs were sent to it first"
+    );
+}
