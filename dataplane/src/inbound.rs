@@ -384,6 +384,10 @@ impl Proxy {
     ) -> Response<Body> {
         let start = Instant::now();
         let mut req = req;
+        // Rules and the app see the same, canonical path.
+        if let Err(e) = crate::path::canonical(&mut req) {
+            return error_response(StatusCode::BAD_REQUEST, e.to_string());
+        }
         let observed = Observed::start(&self.shared, Direction::Inbound, &mut req);
         // The caller's SPIFFE ID, for the record.
         let peer_id = observed

@@ -30,6 +30,7 @@ pub mod observe;
 pub mod otlp;
 pub mod outbound;
 pub mod outlier;
+pub mod path;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;

@@ -224,6 +224,10 @@ impl Proxy {
     ) -> Response<Body> {
         let start = Instant::now();
         let mut served = Served::default();
+        // Routes match, and the destination receives, the canonical path.
+        if let Err(e) = crate::path::canonical(&mut req) {
+            return error_response(StatusCode::BAD_REQUEST, e.to_string());
+        }
         let observed = Observed::start(&self.shared, Direction::Outbound, &mut req);
         let resp = self
             .route_outbound(fixed.as_deref(), req, &mut served)

@@ -75,9 +75,12 @@ const H: &str = "apiVersion: tern.dev/v1alpha1\n";
 /// * a shadow-mode policy counts exactly the requests it would deny and
 ///   denies none;
 /// * a zone-local policy of z1 cannot allow what the global denies, and its
-///   own deny is enforced and named `(zone)`;
+///   own deny is enforced and named `(zone)`, also for other spellings of
+///   its path (`/%61dmin`, `//admin`, `/x/../admin`);
 /// * permissive mTLS lets a plaintext client in (counted, no client ID),
-///   only where a rule names no callers; strict mode does not;
+///   only where a rule names no callers; strict mode does not; the inbound
+///   port matches rules on, and forwards, the canonical path
+///   (`//x/../%68ealth` is the allowed `/health`) and refuses `/%zz`;
 /// * `ternctl inspect dataplane` shows the policies applied to `api`;
 ///   `apply --dry-run` stores nothing and warns about a target that
 ///   matches nothing.
@@ -190,6 +193,13 @@ fn access_rules_deny_across_zones_shadow_counts_and_permissive_accepts_plaintext
         "{}",
         r.body
     );
+    // Other spellings of /admin are /admin to the rules (the caller's
+    // sidecar sends the canonical path).
+    for p in ["/%61dmin/x", "//admin/x", "/x/../admin", "/./admin"] {
+        let r = http(web.outbound(), "GET", "api", p, &[]).unwrap();
+        assert_eq!(r.status, 403, "{p}: {}", r.body);
+        assert!(r.body.contains("no-admin"), "{p}: {}", r.body);
+    }
     let r = http(batch.outbound(), "GET", "api", "/", &[]).unwrap();
     assert!(
         r.body.contains("AccessPolicy/api-callers/others"),
@@ -257,6 +267,14 @@ fn access_rules_deny_across_zones_shadow_counts_and_permissive_accepts_plaintext
         "",
         "a plaintext caller's ID is removed"
     );
+    // Straight to api's inbound (no sidecar of the caller's on the way):
+    // the rules see, and the app receives, the canonical path (only the
+    // exact /health is allowed to plaintext callers); a malformed escape
+    // is refused.
+    let r = get(api.inbound(), "api", "//x/../%68ealth").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["path"], "/health");
+    assert_eq!(get(api.inbound(), "api", "/%zz").unwrap().status, 400);
     let r = get(api.inbound(), "api", "/data").unwrap();
     assert_eq!(
         r.status, 403,
