@@ -31,6 +31,7 @@ use crate::state::Tls;
 
 use crate::access::{self, Caller, Decision, DEFAULT_RULE};
 use crate::fault;
+use crate::first_bytes::{FirstBytes, FIRST_BYTES};
 use crate::inbound_tcp;
 use crate::metrics::{DirLabel, Direction, FaultLabel, KindLabel, RuleLabel};
 use crate::observe::{Ends, Observed};
@@ -118,7 +119,10 @@ impl Proxy {
             }
         });
         let builder = self.server_builder();
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        let conn = builder.serve_connection_with_upgrades(
+            TokioIo::new(FirstBytes::new(stream, FIRST_BYTES)),
+            svc,
+        );
         tokio::pin!(conn);
         let (_live, distrusted) = self.shared.live.signal(chain);
         tokio::select! {
@@ -236,7 +240,7 @@ impl Proxy {
         });
         let _ = self
             .server_builder()
-            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+            .serve_connection_with_upgrades(TokioIo::new(FirstBytes::new(tcp, FIRST_BYTES)), svc)
             .await;
     }
 

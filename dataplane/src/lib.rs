@@ -18,6 +18,7 @@ pub mod connect;
 pub mod cp_client;
 pub mod drill;
 pub mod fault;
+pub mod first_bytes;
 pub mod header_first;
 pub mod health;
 pub mod inbound;

@@ -85,6 +85,10 @@ pub struct HeaderLimits {
 /// per message, so it is only set when it differs.
 const HYPER_MAX_HEADERS: usize = 100;
 
+/// How often an idle inbound HTTP/2 connection is pinged, and how long the
+/// answer may take before the connection is closed.
+const H2_PING_EVERY: Duration = Duration::from_secs(20);
+
 impl Default for HeaderLimits {
     fn default() -> Self {
         Self {
@@ -295,9 +299,14 @@ impl Proxy {
         if let Some(n) = self.limits.h1_max_headers() {
             b.http1().max_headers(n);
         }
+        // An idle HTTP/1.1 connection is closed by hyper's header-read
+        // timeout (30 s); an HTTP/2 one whose peer vanished (no FIN: a node
+        // lost, a partition) is found by pings.
         b.http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(self.limits.max_header_bytes);
+            .max_header_list_size(self.limits.max_header_bytes)
+            .keep_alive_interval(Some(H2_PING_EVERY))
+            .keep_alive_timeout(H2_PING_EVERY);
         b
     }
 }

@@ -1,5 +1,6 @@
 //! Every wait has a limit: a request that is not retried, an idle opaque
-//! flow, a client that sends a partial request head to an admin port, and
+//! flow, a client that stalls in its first bytes on a sidecar's inbound
+//! port, a client that sends a partial request head to an admin port, and
 //! a client that opens more admin connections than the port serves.
 mod support;
 
@@ -150,4 +151,26 @@ fn admin_ports_bound_partial_requests_and_connections() {
     wait_for("the port serves again", T, || {
         get(admin, "x", "/ready").ok().filter(|r| r.status == 200)
     });
+}
+
+/// A client that connects to a sidecar's inbound HTTP port (plaintext, in
+/// permissive mode) and sends one byte of the HTTP/2 preface is cut off
+/// after the 10 s first-bytes deadline (before, the server waited for the
+/// rest of the preface for ever); a client that sends a whole request on
+/// the same port is answered.
+#[test]
+fn a_client_that_stalls_in_its_first_bytes_is_cut_off() {
+    let net = Net(84);
+    let (s, g, z) = one_zone("first-bytes", net);
+    let api = Workload::start(&s.0, net, 11, "api", &z, &g.dp_token("z1", "api"));
+    g.apply("apiVersion: tern.dev/v1alpha1\nkind: MtlsPolicy\nmetadata: {name: api-open}\nspec:\n  targetRef: {service: api}\n  mode: permissive\n");
+    wait_for("plaintext served by api", T, || {
+        get(api.inbound(), "api", "/")
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    let mut c = TcpStream::connect(api.inbound()).unwrap();
+    c.write_all(b"P").unwrap();
+    let rest = read_until_closed(&mut c, T).expect("a stalled preface is closed");
+    assert!(rest.is_empty(), "{rest:?}");
 }
