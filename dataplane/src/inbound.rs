@@ -37,8 +37,8 @@ use crate::metrics::{DirLabel, Direction, FaultLabel, KindLabel, RuleLabel};
 use crate::observe::{Ends, Observed};
 use crate::protocol::Protocol;
 use crate::proxy::{
-    app_uri, error_chain, error_response, strip_hop_by_hop, Body, Proxy, CLIENT_ID_HEADER,
-    ERROR_HEADER,
+    app_uri, error_chain, error_response, strip_hop_by_hop, strip_response_hop_by_hop, Body, Proxy,
+    CLIENT_ID_HEADER, ERROR_HEADER,
 };
 use crate::ratelimit;
 use crate::traffic::Counts;
@@ -508,6 +508,7 @@ impl Proxy {
                 Ok(mut r) => {
                     // Only a mesh proxy may say "this failure was the mesh's".
                     r.headers_mut().remove(ERROR_HEADER);
+                    strip_response_hop_by_hop(&mut r);
                     r.map(crate::proxy::passed)
                 }
                 Err(e) if e.head_too_large() => self.limits.exceeded("the app's"),

@@ -29,8 +29,8 @@ use crate::metrics::{DirLabel, Direction, ResultLabel};
 use crate::observe::{self, Ends, Observed};
 use crate::protocol::Protocol;
 use crate::proxy::{
-    empty, error_response, mesh_request, path_of, strip_hop_by_hop, Body, Proxy, CLIENT_ID_HEADER,
-    IDEMPOTENT_HEADER, MAX_REPLAY_BODY,
+    empty, error_response, mesh_request, path_of, strip_hop_by_hop, strip_response_hop_by_hop,
+    Body, Proxy, CLIENT_ID_HEADER, IDEMPOTENT_HEADER, MAX_REPLAY_BODY,
 };
 use crate::retry::Outgoing;
 use crate::split::Mirror;
@@ -229,9 +229,10 @@ impl Proxy {
             return error_response(StatusCode::BAD_REQUEST, e.to_string());
         }
         let observed = Observed::start(&self.shared, Direction::Outbound, &mut req);
-        let resp = self
+        let mut resp = self
             .route_outbound(fixed.as_deref(), req, &mut served)
             .await;
+        strip_response_hop_by_hop(&mut resp);
         let elapsed = start.elapsed();
         let secs = elapsed.as_secs_f64();
         let status = resp.status().as_u16();

@@ -129,15 +129,7 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         })
     });
-    if let Some(conn) = h.get(header::CONNECTION).cloned() {
-        if let Ok(s) = conn.to_str() {
-            for name in s.split(',') {
-                if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
-                    h.remove(n);
-                }
-            }
-        }
-    }
+    remove_nominated(h);
     for n in [
         header::CONNECTION,
         header::TE,
@@ -154,6 +146,43 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The headers every `Connection` field line names (all of its lines, not
+/// only the first).
+fn remove_nominated(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+}
+
+/// A response's hop-by-hop headers, removed before it is passed on (an
+/// app's `Connection: close` is about its own connection, not the caller's
+/// kept-alive one). A 101 keeps them: they are the upgrade. `Trailer` is
+/// end to end and stays.
+pub(crate) fn strip_response_hop_by_hop<B>(resp: &mut Response<B>) {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let h = resp.headers_mut();
+    remove_nominated(h);
+    for n in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
 }
 
 /// The URI of a request to a mesh endpoint.
@@ -336,6 +365,46 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-app"));
+    }
+
+    /// Every `Connection` line counts, not only the first.
+    #[test]
+    fn headers_named_on_a_second_connection_line_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.append("connection", "keep-alive".parse().unwrap());
+        h.append("connection", "x-hop".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        h.insert("x-app", "kept".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-app"));
+    }
+
+    /// An app's `Connection: close` and the headers it names stay on its
+    /// own hop; `Trailer` is end to end; a 101 keeps its upgrade headers.
+    #[test]
+    fn a_responses_hop_by_hop_headers_are_dropped_except_for_an_upgrade() {
+        let mut r = Response::new(());
+        let h = r.headers_mut();
+        h.append("connection", "close, x-hop".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("trailer", "grpc-status".parse().unwrap());
+        h.insert("x-app", "kept".parse().unwrap());
+        strip_response_hop_by_hop(&mut r);
+        let mut left: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["trailer", "x-app"]);
+
+        let mut r = Response::new(());
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        strip_response_hop_by_hop(&mut r);
+        assert_eq!(r.headers().len(), 2);
     }
 
     #[test]
