@@ -392,6 +392,7 @@ impl Proxy {
         if let Err(e) = crate::path::canonical(&mut req) {
             return error_response(StatusCode::BAD_REQUEST, e.to_string());
         }
+        crate::proxy::keep_authority(&mut req);
         let observed = Observed::start(&self.shared, Direction::Inbound, &mut req);
         // The caller's SPIFFE ID, for the record.
         let peer_id = observed

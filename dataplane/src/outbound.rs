@@ -228,6 +228,7 @@ impl Proxy {
         if let Err(e) = crate::path::canonical(&mut req) {
             return error_response(StatusCode::BAD_REQUEST, e.to_string());
         }
+        crate::proxy::keep_authority(&mut req);
         let observed = Observed::start(&self.shared, Direction::Outbound, &mut req);
         let mut resp = self
             .route_outbound(fixed.as_deref(), req, &mut served)

@@ -185,6 +185,23 @@ pub(crate) fn strip_response_hop_by_hop<B>(resp: &mut Response<B>) {
     h.remove("proxy-connection");
 }
 
+/// An HTTP/2 caller names its destination in `:authority` and sends no
+/// `Host`, and each hop rewrites the URI: the caller's authority is kept as
+/// `Host`, which every hop carries, so the app receives the name it was
+/// called by, not an endpoint's or a gateway's address.
+pub(crate) fn keep_authority<B>(req: &mut http::Request<B>) {
+    if req.headers().contains_key(header::HOST) {
+        return;
+    }
+    if let Some(v) = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+}
+
 /// The URI of a request to a mesh endpoint.
 pub(crate) fn mesh_uri(authority: &http::uri::Authority, path: &PathAndQuery) -> Uri {
     Uri::builder()
@@ -405,6 +422,26 @@ mod tests {
             .insert("upgrade", "websocket".parse().unwrap());
         strip_response_hop_by_hop(&mut r);
         assert_eq!(r.headers().len(), 2);
+    }
+
+    /// An HTTP/2 request's `:authority` becomes its `Host`; a `Host` sent
+    /// is kept as it is.
+    #[test]
+    fn an_http2_callers_authority_is_kept_as_host() {
+        let mut r = http::Request::new(());
+        *r.uri_mut() = "http://api:8080/x".parse().unwrap();
+        *r.version_mut() = http::Version::HTTP_2;
+        keep_authority(&mut r);
+        assert_eq!(r.headers()["host"], "api:8080");
+        let mut r = http::Request::new(());
+        *r.uri_mut() = "http://10.0.0.1/x".parse().unwrap();
+        r.headers_mut().insert("host", "api".parse().unwrap());
+        keep_authority(&mut r);
+        assert_eq!(r.headers()["host"], "api");
+        let mut r = http::Request::new(());
+        *r.uri_mut() = "/x".parse().unwrap();
+        keep_authority(&mut r);
+        assert!(r.headers().is_empty());
     }
 
     #[test]

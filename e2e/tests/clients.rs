@@ -188,3 +188,33 @@ fn websocket_upgrades_pass_through_sidecars_in_a_zone_and_across_zones() {
         );
     }
 }
+
+/// curl speaking HTTP/2 with prior knowledge (`:authority: api`, no
+/// `Host`) through a sidecar pair reaches an HTTP/1.1 app that receives
+/// `Host: api`, the name it was called by (before, it received its own
+/// endpoint's address: the caller's authority was lost when the caller's
+/// sidecar rewrote the URI for the hop).
+#[test]
+fn an_http2_callers_authority_reaches_the_app_as_host() {
+    let net = Net(85);
+    let (s, g, z) = one_zone("h2-authority", net);
+    let _api = Workload::start(&s.0, net, 11, "api", &z, &g.dp_token("z1", "api"));
+    let web = Workload::start(&s.0, net, 10, "web", &z, &g.dp_token("z1", "web"));
+    wait_for("api reachable", T, || {
+        get(web.outbound(), "api", "/")
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    let out = web.outbound();
+    let o = Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "--max-time", "20"])
+        .arg("--connect-to")
+        .arg(format!("api:80:{}:{}", out.ip(), out.port()))
+        .arg("http://api/who")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["host"], "api", "{v}");
+    assert_eq!(v["version"], "HTTP/1.1", "{v}");
+}

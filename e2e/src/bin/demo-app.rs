@@ -139,6 +139,14 @@ async fn main() -> anyhow::Result<()> {
                     let method = req.method().to_string();
                     let version = format!("{:?}", req.version());
                     let path = req.uri().path().to_string();
+                    // The name it was called by: Host, else :authority.
+                    let host = req
+                        .headers()
+                        .get(hyper::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                        .unwrap_or("")
+                        .to_string();
                     // The request's own `x-` headers (the mesh's excepted),
                     // so tests see what routes changed, and its trace
                     // context.
@@ -159,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
                         .unwrap_or_default();
                     let v = serde_json::json!({
                         "service": who.0, "zone": who.1, "instance": who.2,
-                        "clientId": client, "method": method, "path": path, "version": version,
+                        "clientId": client, "method": method, "path": path, "version": version, "host": host,
                         "bodyBytes": body.len(), "headers": headers,
                     });
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(v.to_string() + "\n"))))
