@@ -301,10 +301,13 @@ pub fn check_name(path: &str, name: &str) -> Result<(), FieldError> {
     if ok {
         Ok(())
     } else {
+        // Names can come from proxies: a long one is repeated in part.
+        let shown: String = name.chars().take(64).collect();
+        let cut = if shown.len() < name.len() { "…" } else { "" };
         Err(FieldError::new(
             path,
             format!(
-                "invalid name {name:?}: use 1-63 lowercase letters, digits or '-', \
+                "invalid name {shown:?}{cut}: use 1-63 lowercase letters, digits or '-', \
                  starting and ending with a letter or digit"
             ),
         ))
@@ -806,6 +809,17 @@ mod tests {
                 .starts_with("m.yaml:11: document 2 (Mesh/default)"),
             "{e}"
         );
+    }
+
+    /// A refused name is repeated only in part: check_name also judges
+    /// names proxies send, which can be megabytes long.
+    #[test]
+    fn a_long_refused_name_is_repeated_in_part() {
+        let e = check_name("service", &"a".repeat(1 << 20)).unwrap_err();
+        assert!(e.message.len() < 200, "{} bytes", e.message.len());
+        assert!(e.message.contains(&format!("{:?}…", "a".repeat(64))), "{e}");
+        let e = check_name("service", "Bad_Name").unwrap_err();
+        assert!(e.message.starts_with("invalid name \"Bad_Name\": "), "{e}");
     }
 
     #[test]

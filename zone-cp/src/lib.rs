@@ -233,7 +233,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
     let traffic = Arc::new(traffic::ZoneTraffic::new(&config.zone));
     reg.register(
         "traffic_dropped",
-        "Traffic figures from proxies not counted: a proxy speaking for another service or zone, a malformed tally, or past the bounds",
+        "Traffic figures from proxies not counted: a proxy speaking for another service or zone, a malformed tally or name, or past the bounds",
         traffic.dropped.clone(),
     );
     let zone = Arc::new(Zone {

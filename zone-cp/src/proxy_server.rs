@@ -380,11 +380,10 @@ async fn run(
                             sender.on_ack(a.version).map_err(|e| e.to_string())
                         }
                         proxy_message::Msg::Nack(n) => {
-                            tracing::warn!(%instance, version = n.version, reason = %n.reason, "proxy refused config");
-                            z.registry.set_status(&instance, session, |s| {
-                                s.last_nack = Some(format!("v{}: {}", n.version, n.reason));
-                            });
-                            sender.on_nack(n.version, n.reason).map_err(|e| e.to_string())
+                            let reason = crate::registration::clip(&n.reason, crate::registration::MAX_REASON_BYTES);
+                            tracing::warn!(%instance, version = n.version, %reason, "proxy refused config");
+                            z.registry.set_nack(&instance, session, n.version, &reason);
+                            sender.on_nack(n.version, reason).map_err(|e| e.to_string())
                         }
                         proxy_message::Msg::Csr(c) => match sign(&z, &c.csr_pem, &id, &facts.labels, token_exp) {
                             Ok(cert) => {

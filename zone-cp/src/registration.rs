@@ -5,14 +5,37 @@ use proto::v1 as pb;
 
 /// Labels a proxy may register.
 pub const MAX_LABELS: usize = 32;
+/// The longest version or address a proxy may register (its `version`, a
+/// sidecar's unused `publicAddress`), in bytes.
+pub const MAX_FIELD_BYTES: usize = 256;
+/// A proxy's NACK reason is kept and logged cut to this many bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+/// How much of a refused value an error repeats.
+const ECHO_BYTES: usize = 64;
+
+/// `s` cut to at most `max` bytes, at a character boundary, ending in `…`
+/// when cut: for text from a proxy that is kept, logged or repeated.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
 
 /// Check a registration before anything is recorded: names, addresses and
 /// the size of what it asks to publish.
 pub fn validate(r: &pb::Registration) -> Result<(), String> {
     model::resource::check_name("registration.service", &r.service).map_err(|e| e.to_string())?;
-    r.address
-        .parse::<std::net::IpAddr>()
-        .map_err(|_| format!("registration.address: {:?} is not an IP address", r.address))?;
+    r.address.parse::<std::net::IpAddr>().map_err(|_| {
+        format!(
+            "registration.address: {:?} is not an IP address",
+            clip(&r.address, ECHO_BYTES)
+        )
+    })?;
     if r.inbound_port == 0 || r.inbound_port > 65535 {
         return Err(format!(
             "registration.inboundPort: {} is not a port",
@@ -22,10 +45,18 @@ pub fn validate(r: &pb::Registration) -> Result<(), String> {
     if !["http", "http2", "grpc", "tcp"].contains(&r.protocol.as_str()) {
         return Err(format!(
             "registration.protocol: {:?} is not one of http, http2, grpc, tcp",
-            r.protocol
+            clip(&r.protocol, ECHO_BYTES)
         ));
     }
     match r.kind.as_str() {
+        // Not used for a sidecar, but kept with its registration.
+        "" | "sidecar" if r.public_address.len() > MAX_FIELD_BYTES => {
+            return Err(format!(
+                "registration.publicAddress: {} bytes; at most {MAX_FIELD_BYTES} (a sidecar \
+                 needs none)",
+                r.public_address.len()
+            ))
+        }
         "" | "sidecar" => {}
         "gateway" => {
             r.public_address
@@ -33,15 +64,22 @@ pub fn validate(r: &pb::Registration) -> Result<(), String> {
                 .map_err(|_| {
                     format!(
                         "registration.publicAddress: {:?} is not IP:port",
-                        r.public_address
+                        clip(&r.public_address, ECHO_BYTES)
                     )
                 })?;
         }
         other => {
             return Err(format!(
-                "registration.kind: {other:?} is not sidecar or gateway"
+                "registration.kind: {:?} is not sidecar or gateway",
+                clip(other, ECHO_BYTES)
             ))
         }
+    }
+    if r.version.len() > MAX_FIELD_BYTES {
+        return Err(format!(
+            "registration.version: {} bytes; at most {MAX_FIELD_BYTES}",
+            r.version.len()
+        ));
     }
     let word = |s: &str, extra: &str| {
         s.chars()
@@ -149,5 +187,79 @@ mod tests {
             r.reachable_services = (0..=MAX_REACHABLE).map(|i| format!("s{i}")).collect()
         })
         .contains("leave it empty"));
+    }
+
+    /// A proxy's version and a sidecar's public address are kept with its
+    /// registration (on disk, and in `inspect dataplanes`): 1 MiB of either
+    /// is refused, naming the field and the limit, and the error does not
+    /// repeat it. At the limit both are accepted.
+    #[test]
+    fn a_huge_version_or_sidecar_public_address_is_refused() {
+        let good = pb::Registration {
+            service: "api".into(),
+            address: "10.0.0.1".into(),
+            inbound_port: 15006,
+            protocol: "http".into(),
+            instance: "api-1".into(),
+            version: "v".repeat(MAX_FIELD_BYTES),
+            public_address: "a".repeat(MAX_FIELD_BYTES),
+            ..Default::default()
+        };
+        assert!(validate(&good).is_ok());
+        let mib = "x".repeat(1 << 20);
+        let e = validate(&pb::Registration {
+            version: mib.clone(),
+            ..good.clone()
+        })
+        .unwrap_err();
+        assert!(
+            e.contains("registration.version") && e.contains("at most 256"),
+            "{e}"
+        );
+        let e = validate(&pb::Registration {
+            public_address: mib.clone(),
+            ..good.clone()
+        })
+        .unwrap_err();
+        assert!(
+            e.contains("registration.publicAddress") && e.len() < 200,
+            "{e}"
+        );
+        // Refused values are repeated in part only.
+        for r in [
+            pb::Registration {
+                kind: mib.clone(),
+                ..good.clone()
+            },
+            pb::Registration {
+                protocol: mib.clone(),
+                ..good.clone()
+            },
+            pb::Registration {
+                address: mib.clone(),
+                ..good.clone()
+            },
+            pb::Registration {
+                service: mib.clone(),
+                ..good.clone()
+            },
+        ] {
+            let e = validate(&r).unwrap_err();
+            assert!(e.len() < 300, "{} bytes: {}", e.len(), clip(&e, 300));
+        }
+    }
+
+    /// Cut text stays within the bound, at a character boundary, and says
+    /// it was cut; short text is unchanged.
+    #[test]
+    fn clip_bounds_text_with_an_ellipsis() {
+        assert_eq!(clip("short", 10), "short");
+        let c = clip(&"é".repeat(100), 11);
+        assert!(c.len() <= 11 && c.ends_with('…'), "{c}");
+        assert_eq!(c, "éééé…");
+        assert_eq!(
+            clip(&"x".repeat(5000), MAX_REASON_BYTES).len(),
+            MAX_REASON_BYTES
+        );
     }
 }

@@ -317,6 +317,8 @@ impl Registry {
             _ => return,
         }
         drop(g);
+        // The proxy names the check: logged cut to a bound.
+        let check = crate::registration::clip(check, crate::registration::MAX_FIELD_BYTES);
         if healthy {
             tracing::info!(instance, check, "instance healthy again; published");
         } else {
@@ -339,6 +341,16 @@ impl Registry {
         {
             f(&mut e.status);
         }
+    }
+
+    /// Record a proxy's refusal of config `version`, if `session` still
+    /// owns the registration; its reason is kept cut to
+    /// [`MAX_REASON_BYTES`](crate::registration::MAX_REASON_BYTES).
+    pub fn set_nack(&self, instance: &str, session: u64, version: u64, reason: &str) {
+        let reason = crate::registration::clip(reason, crate::registration::MAX_REASON_BYTES);
+        self.set_status(instance, session, |s| {
+            s.last_nack = Some(format!("v{version}: {reason}"))
+        });
     }
 
     /// Every registration, sorted by instance.
@@ -768,5 +780,32 @@ mod tests {
         r.register(entry("a-2", "api", "p2", "t"), 2).unwrap();
         // Another token has its own budget.
         r.register(entry("a-3", "api", "p3", "u"), 2).unwrap();
+    }
+
+    /// A proxy's NACK reason is kept (on disk, in `inspect dataplanes`,
+    /// sent on to the global) cut to MAX_REASON_BYTES with an ellipsis: a
+    /// 1 MiB reason is not refused, and not kept whole.
+    #[tokio::test]
+    async fn a_stored_nack_reason_is_truncated() {
+        use crate::registration::MAX_REASON_BYTES;
+        let r = Arc::new(Registry::new("z", "r", Duration::from_secs(60)));
+        let s = r.register(entry("api-1", "api", "p1", "t"), 10).unwrap();
+        r.set_nack("api-1", s, 7, &"x".repeat(1 << 20));
+        let kept = r.get("api-1").unwrap().status.last_nack.unwrap();
+        assert!(
+            kept.starts_with("v7: xxx") && kept.ends_with('…'),
+            "{kept:.40}"
+        );
+        assert!(
+            kept.len() <= "v7: ".len() + MAX_REASON_BYTES,
+            "{}",
+            kept.len()
+        );
+        // A short reason is kept as it is.
+        r.set_nack("api-1", s, 8, "bad route");
+        assert_eq!(
+            r.get("api-1").unwrap().status.last_nack.unwrap(),
+            "v8: bad route"
+        );
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! A proxy speaks only for itself: an inbound figure counts only for the
 //! proxy's own service, an outbound one only with the proxy's service as
-//! the source, and both only in this zone. Sums are bounded: past
+//! the source, and both only in this zone. A flow's destination must be
+//! a valid service and zone name. Sums are bounded: past
 //! [`MAX_SERVICES`] services or [`MAX_FLOWS`] flows per interval, new
 //! keys are dropped and counted.
 
@@ -31,8 +32,8 @@ struct Sums {
 pub struct ZoneTraffic {
     zone: String,
     sums: Mutex<(Instant, Sums)>,
-    /// Figures dropped: a proxy speaking for others, a malformed tally, or
-    /// past the bounds.
+    /// Figures dropped: a proxy speaking for others, a malformed tally or
+    /// name, or past the bounds.
     pub dropped: Counter,
 }
 
@@ -70,6 +71,13 @@ impl ZoneTraffic {
                     self.dropped.inc();
                 }
             } else {
+                // Names as the mesh has them (DNS labels); anything else is
+                // not sent on to the global.
+                let named = |n: &str| model::resource::check_name("", n).is_ok();
+                if !named(&p.destination_service) || !named(&p.destination_zone) {
+                    self.dropped.inc();
+                    continue;
+                }
                 let key = (
                     p.source_service.clone(),
                     p.destination_service.clone(),
@@ -224,5 +232,33 @@ mod tests {
         }
         assert_eq!(z.dropped.get(), 10);
         assert_eq!(z.take(&Default::default()).flows.len(), MAX_FLOWS);
+    }
+
+    /// A flow whose destination service or zone is not a valid name (here
+    /// 8 KiB long) is dropped and counted at the zone: it is not in the
+    /// report sent to the global. Valid flows beside it are kept.
+    #[test]
+    fn a_flow_with_a_malformed_destination_name_is_not_reported() {
+        let z = ZoneTraffic::new("eu");
+        let long = "d".repeat(8 * 1024);
+        z.add(
+            "api",
+            &pb::TrafficReport {
+                peers: vec![
+                    peer(false, ("api", "eu"), (&long, "us"), 1),
+                    peer(false, ("api", "eu"), ("db", &long), 1),
+                    peer(false, ("api", "eu"), ("Bad Name", "us"), 1),
+                    peer(false, ("api", "eu"), ("db", "us"), 1),
+                ],
+            },
+        );
+        assert_eq!(z.dropped.get(), 3);
+        let sent = z.take(&Default::default());
+        let flows: Vec<_> = sent
+            .flows
+            .iter()
+            .map(|f| (f.destination_service.as_str(), f.destination_zone.as_str()))
+            .collect();
+        assert_eq!(flows, [("db", "us")]);
     }
 }
