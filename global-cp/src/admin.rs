@@ -6,7 +6,7 @@
 //! | GET | /api/v1/{plural} | list resources of a kind |
 //! | GET, PUT, DELETE | /api/v1/{plural}/{name} | one resource |
 //! | GET, POST | /api/v1/tokens | list issued tokens, issue one |
-//! | POST | /api/v1/revocations | revoke a token by id |
+//! | POST | /api/v1/revocations | revoke a token by id (`reason`: at most [`MAX_REASON_BYTES`]) |
 //! | GET | /api/v1/inspect/zones | zone status |
 //! | GET | /api/v1/audit | membership, CA and revocation events, newest first |
 //! | GET | /api/v1/ca | the mesh roots, a rotation in progress, each zone's CA |
@@ -298,6 +298,17 @@ fn with_warnings(mut resp: Response, r: &Resource, warnings: &[String]) -> Respo
     resp
 }
 
+/// The size of `r` as the store keeps it and the zones validate it: with
+/// the largest version and its timestamps set.
+fn stored_size(r: &Resource) -> usize {
+    let mut r = r.clone();
+    let now = token::fmt_unix(token::now_unix());
+    r.metadata.resource_version = Some(u64::MAX);
+    r.metadata.creation_timestamp = Some(now.clone());
+    r.metadata.update_timestamp = Some(now);
+    serde_json::to_vec(&r).map_or(usize::MAX, |v| v.len())
+}
+
 async fn put_one(
     AxState(api): AxState<Api>,
     Path((plural, name)): Path<(String, String)>,
@@ -338,11 +349,28 @@ async fn put_one(
             ),
         );
     }
+    // The store adds a version and timestamps; what the zones receive must
+    // still be within their limit, or every zone refuses every delta.
+    let stored = stored_size(&r);
+    if stored > resource::MAX_RESOURCE_BYTES {
+        return err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "resource is {stored} bytes as stored (with its version and timestamps); the \
+                 limit is {}",
+                resource::MAX_RESOURCE_BYTES
+            ),
+        );
+    }
     let warnings = model::policy::warnings(&r, &known(&api));
     if q.dry_run {
         // What would change; nothing is stored.
         let result = match api.state.store.get(&r.kind, &r.metadata.name) {
-            Ok(None) => "created",
+            // A version names a stored resource: the write would conflict.
+            Ok(None) => match r.metadata.resource_version {
+                Some(sent) => return store_err(StoreError::Missing { key: r.key(), sent }),
+                None => "created",
+            },
             Ok(Some(old)) => {
                 if let Some(v) = r.metadata.resource_version {
                     if old.resource.metadata.resource_version != Some(v) {
@@ -568,11 +596,30 @@ struct RevokeRequest {
     reason: Option<String>,
 }
 
+/// The longest revocation reason. It is stored in the `Revocation`, which
+/// every zone validates against `MAX_RESOURCE_BYTES` and which cannot be
+/// deleted: one too large would have every zone refuse every later delta.
+pub const MAX_REASON_BYTES: usize = 1024;
+
 async fn revoke(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response {
     let req: RevokeRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad revoke request: {e}")),
     };
+    if let Some(n) = req
+        .reason
+        .as_ref()
+        .map(String::len)
+        .filter(|&n| n > MAX_REASON_BYTES)
+    {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "reason is {n} bytes; the limit is {MAX_REASON_BYTES}: shorten it (the token \
+                 was not revoked)"
+            ),
+        );
+    }
     let st = &api.state;
     match st.store.tokens() {
         Ok(t) if t.iter().any(|t| t.id == req.id) => {}
@@ -696,7 +743,26 @@ async fn inspect_dataplane(
     {
         Ok(v) => Json(v).into_response(),
         Err(e @ ExplainError::Zone(_)) => err(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ ExplainError::Offline(_)) => match member(&api, &zone) {
+            Ok(()) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            Err(r) => r,
+        },
         Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// A zone that ever joined this mesh, or a 404 naming the one that did not
+/// (asking it again would not help).
+fn member(api: &Api, zone: &str) -> Result<(), Response> {
+    match api.state.store.zone(zone) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(err(
+            StatusCode::NOT_FOUND,
+            format!(
+                "zone {zone:?} has not joined this mesh; `ternctl inspect zones` lists its zones"
+            ),
+        )),
+        Err(e) => Err(store_err(e)),
     }
 }
 
@@ -709,7 +775,12 @@ struct ZoneQuery {
 /// the zones now. A zone that does not answer is listed under `errors`.
 async fn inspect_dataplanes(AxState(api): AxState<Api>, Query(q): Query<ZoneQuery>) -> Response {
     let zones = match q.zone {
-        Some(z) => vec![z],
+        Some(z) => {
+            if let Err(r) = member(&api, &z) {
+                return r;
+            }
+            vec![z]
+        }
         None => api.state.zones.online(),
     };
     let asks = zones.iter().map(|z| {
@@ -796,5 +867,154 @@ async fn inspect_zones(AxState(api): AxState<Api>) -> Response {
     match crate::sync::zone_views(&api.state) {
         Ok(v) => Json(json!({ "items": v })).into_response(),
         Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::tests::{csr, fixture, token, Fixture};
+
+    fn api(f: &Fixture) -> Api {
+        Api {
+            state: f.st.clone(),
+            token: Arc::new("admin".into()),
+            sessions: Default::default(),
+        }
+    }
+
+    async fn answer(resp: Response) -> (StatusCode, Value) {
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    async fn revoke_with(api: &Api, id: &str, reason: &str) -> (StatusCode, Value) {
+        let body = serde_json::to_vec(&json!({ "id": id, "reason": reason })).unwrap();
+        answer(revoke(AxState(api.clone()), body.into()).await).await
+    }
+
+    async fn put_zone(api: &Api, r: &Value, dry_run: bool) -> (StatusCode, Value) {
+        let body = serde_json::to_vec(r).unwrap();
+        answer(
+            put_one(
+                AxState(api.clone()),
+                Path(("zones".into(), "eu-1".into())),
+                Query(PutQuery { dry_run }),
+                body.into(),
+            )
+            .await,
+        )
+        .await
+    }
+
+    /// A revocation reason past MAX_REASON_BYTES is refused with 422 and
+    /// nothing is stored. Without the bound, a 300 KiB reason was stored
+    /// in a `Revocation` that every zone refuses (it exceeds
+    /// MAX_RESOURCE_BYTES) and that cannot be deleted. A reason at the
+    /// limit is stored, and the `Revocation` passes the zones' validation.
+    #[tokio::test]
+    async fn a_revocation_reason_past_the_limit_is_refused_and_nothing_is_stored() {
+        let f = fixture("admin-reason");
+        let api = api(&f);
+        let (_, jti) = token(&f.st, "eu-1", "join");
+        for n in [300 * 1024, MAX_REASON_BYTES + 1] {
+            let (status, body) = revoke_with(&api, &jti, &"x".repeat(n)).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{n}: {body}");
+            let msg = body["error"].as_str().unwrap();
+            assert!(msg.contains("the limit is 1024"), "{msg}");
+            assert!(f.st.store.get("Revocation", &jti).unwrap().is_none());
+            assert!(f.st.store.audit(10).unwrap().is_empty());
+        }
+        let (status, body) = revoke_with(&api, &jti, &"x".repeat(MAX_REASON_BYTES)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let stored = f.st.store.get("Revocation", &jti).unwrap().unwrap();
+        resource::validate(&stored.resource).unwrap();
+    }
+
+    /// A resource whose body is within MAX_RESOURCE_BYTES but which the
+    /// store's version and timestamps push past it is refused (413), dry
+    /// run or not: stored, every zone would refuse every delta until it
+    /// was deleted. Without the check both PUTs answered 201/200.
+    #[tokio::test]
+    async fn a_resource_past_the_limit_once_stored_is_refused() {
+        let f = fixture("admin-stored-size");
+        let api = api(&f);
+        let zone = |desc: &str| {
+            json!({
+                "apiVersion": resource::API_VERSION, "kind": "Zone",
+                "metadata": { "name": "eu-1" }, "spec": { "description": desc },
+            })
+        };
+        let empty = serde_json::to_vec(&zone("")).unwrap().len();
+        let big = zone(&"d".repeat(resource::MAX_RESOURCE_BYTES - 10 - empty));
+        // The body itself passes the model's own size check.
+        resource::from_value(big.clone()).unwrap();
+        for dry_run in [true, false] {
+            let (status, body) = put_zone(&api, &big, dry_run).await;
+            assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+            assert!(
+                body["error"].as_str().unwrap().contains("as stored"),
+                "{body}"
+            );
+        }
+        assert!(f.st.store.get("Zone", "eu-1").unwrap().is_none());
+        let (status, _) = put_zone(&api, &zone("small"), false).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+
+    /// A dry run naming a resourceVersion of a resource that does not
+    /// exist answers 409 with the real write's message, not 200 "created".
+    #[tokio::test]
+    async fn a_dry_run_with_a_version_of_a_missing_resource_conflicts_as_the_write_does() {
+        let f = fixture("admin-dry-run");
+        let api = api(&f);
+        let r = json!({
+            "apiVersion": resource::API_VERSION, "kind": "Zone",
+            "metadata": { "name": "eu-1", "resourceVersion": 3 },
+        });
+        let dry = put_zone(&api, &r, true).await;
+        let real = put_zone(&api, &r, false).await;
+        assert_eq!(real.0, StatusCode::CONFLICT, "{}", real.1);
+        assert_eq!(dry, real);
+        assert!(f.st.store.get("Zone", "eu-1").unwrap().is_none());
+    }
+
+    /// Inspecting a zone that never joined answers 404 naming it (asking
+    /// again would not help); a member that is offline still answers 503.
+    #[tokio::test]
+    async fn inspecting_a_zone_that_never_joined_is_404_and_an_offline_member_503() {
+        let f = fixture("admin-inspect");
+        let api = api(&f);
+        let (t, _) = token(&f.st, "eu-1", "join");
+        crate::membership::join(&f.st, "eu-1", &t, &csr()).unwrap();
+        let one = |zone: &str| {
+            inspect_dataplane(
+                AxState(api.clone()),
+                Path((zone.to_string(), "api-1".to_string())),
+            )
+        };
+        let (status, body) = answer(one("nope").await).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        let msg = body["error"].as_str().unwrap();
+        assert!(msg.contains("zone \"nope\" has not joined"), "{msg}");
+        let (status, body) = answer(one("eu-1").await).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("ask again"));
+        let list = |zone: &str| {
+            inspect_dataplanes(
+                AxState(api.clone()),
+                Query(ZoneQuery {
+                    zone: Some(zone.to_string()),
+                }),
+            )
+        };
+        let (status, body) = answer(list("nope").await).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        let (status, body) = answer(list("eu-1").await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["errors"]["eu-1"].is_string(), "{body}");
     }
 }

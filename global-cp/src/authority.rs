@@ -210,3 +210,21 @@ fn issue_serving(roots: &Roots, td: &str) -> anyhow::Result<Identity> {
     let chain = format!("{leaf}{}{}", roots.chain_extra_pem, roots.trusted_bundle());
     Ok(tls::Identity::from_pem(&chain, &kc.key_pem)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::membership::tests::{fixture, token};
+
+    /// An issued token's record keeps the root it pins (what
+    /// `rotation::pinned_tokens` compares with the previous root). The
+    /// INSERT left the pin out, so every record had '' and rotation fell
+    /// back to guessing by issue time.
+    #[test]
+    fn an_issued_tokens_stored_pin_is_the_active_root() {
+        let f = fixture("authority-pin");
+        let (_, jti) = token(&f.st, "eu-1", "join");
+        let rec = f.st.store.token(&jti).unwrap().unwrap();
+        assert_eq!(rec.pin, f.st.authority.root_fingerprint());
+        assert_eq!(rec.pin.len(), 64);
+    }
+}

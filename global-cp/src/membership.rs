@@ -287,33 +287,47 @@ pub fn publish(tx: &mut Tx<'_>, zone: &str, now: u64) -> Result<(), StoreError> 
 /// May this zone, presenting an identity issued by the intermediate with
 /// `issuer_fp`, sync now? Checked when its stream opens and on every change.
 pub fn authorized(st: &State, zone: &str, issuer_fp: &str) -> Result<(), String> {
-    let rec = st
-        .store
-        .zone(zone)
+    st.store
+        .transact(|tx| authorized_in(tx, zone, issuer_fp, token::now_unix()))
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("zone {zone} has not joined"))?;
-    if is_revoked(st, &rec.token_id) {
-        return Err(format!(
+}
+
+/// [`authorized`], read in `tx`: a write on the zone's behalf made in the
+/// same transaction cannot follow a revocation (or a disable) that
+/// committed before it.
+pub fn authorized_in(
+    tx: &Tx<'_>,
+    zone: &str,
+    issuer_fp: &str,
+    now: u64,
+) -> Result<Result<(), String>, StoreError> {
+    let Some(rec) = tx.zone(zone)? else {
+        return Ok(Err(format!("zone {zone} has not joined")));
+    };
+    if tx.get("Revocation", &rec.token_id)?.is_some() {
+        return Ok(Err(format!(
             "the token zone {zone} joined with ({}) has been revoked; generate a new one with \
              `ternctl generate zone-token --zone {zone}` and restart the zone-cp with it",
             rec.token_id
-        ));
+        )));
     }
-    if !zone_enabled(st, zone) {
-        return Err(format!(
+    let enabled = tx
+        .get("Zone", zone)?
+        .is_none_or(|s| ZoneSpec::from_resource(&s.resource).is_none_or(|z| z.enabled));
+    if !enabled {
+        return Ok(Err(format!(
             "zone {zone} is disabled (Zone/{zone} spec.enabled: false)"
-        ));
+        )));
     }
-    let now = token::now_unix();
-    let cas = live(st.store.zone_cas(zone).map_err(|e| e.to_string())?, now);
+    let cas = live(tx.zone_cas(zone)?, now);
     if !cas.iter().any(|c| c.fingerprint == issuer_fp) {
-        return Err(format!(
+        return Ok(Err(format!(
             "zone {zone} presented an identity from a zone CA that is no longer trusted (the \
              zone re-joined elsewhere, or the CA expired); restart this zone-cp with a new \
              zone token"
-        ));
+        )));
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// Issue a new intermediate to a zone for a new key (renewal, or a new
@@ -478,4 +492,4 @@ fn unix(t: std::time::SystemTime) -> u64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -94,8 +94,9 @@ impl Metrics {
 #[derive(Default)]
 pub struct ZoneTable {
     inner: Mutex<HashMap<String, ZoneLive>>,
-    /// Explain requests waiting for their zone's answer, by id.
-    pending: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<pb::ExplainReply>>>,
+    /// Explain requests waiting for their zone's answer, by zone and id:
+    /// only the zone asked can answer.
+    pending: Mutex<HashMap<(String, u64), tokio::sync::oneshot::Sender<pb::ExplainReply>>>,
     next_query: std::sync::atomic::AtomicU64,
 }
 
@@ -255,10 +256,11 @@ impl ZoneTable {
             .next_query
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let key = (zone.to_string(), id);
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+            .insert(key.clone(), tx);
         let ask = pb::GlobalMessage {
             msg: Some(pb::global_message::Msg::Explain(pb::ExplainRequest {
                 id,
@@ -274,7 +276,7 @@ impl ZoneTable {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+            .remove(&key);
         match answer {
             Ok(Some(r)) if r.error.is_empty() => serde_json::from_slice(&r.json)
                 .map_err(|e| ExplainError::Zone(format!("zone {zone} sent unreadable JSON: {e}"))),
@@ -284,12 +286,14 @@ impl ZoneTable {
         }
     }
 
-    fn answered(&self, r: pb::ExplainReply) {
+    /// `zone`'s answer to one of the queries sent to it; an id that was
+    /// not asked of this zone is ignored.
+    fn answered(&self, zone: &str, r: pb::ExplainReply) {
         if let Some(tx) = self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&r.id)
+            .remove(&(zone.to_string(), r.id))
         {
             let _ = tx.send(r);
         }
@@ -669,7 +673,7 @@ async fn session(
                         break "stream closed".into();
                     }
                 }
-                Ok(Some(m)) => match handle(&st, &zone, session, &mut sender, m) {
+                Ok(Some(m)) => match handle(&st, &zone, session, &issuer_fp, &mut sender, m) {
                     Ok(Some(reply)) => if tx.send_timeout(Ok(reply), common::grpc::SEND_TIMEOUT).await.is_err() {
                         break "stream closed".into();
                     },
@@ -718,6 +722,7 @@ fn handle(
     st: &State,
     zone: &str,
     session: u64,
+    issuer_fp: &str,
     sender: &mut DeltaSender,
     m: pb::ZoneMessage,
 ) -> Result<Option<pb::GlobalMessage>, String> {
@@ -752,9 +757,9 @@ fn handle(
             st.traffic.record(zone, &t);
         }
         Some(zone_message::Msg::Inventory(inv)) => {
-            return Ok(on_inventory(st, zone, session, &inv))
+            return Ok(on_inventory(st, zone, session, issuer_fp, &inv))
         }
-        Some(zone_message::Msg::Explain(r)) => st.zones.answered(r),
+        Some(zone_message::Msg::Explain(r)) => st.zones.answered(zone, r),
         Some(zone_message::Msg::Hello(_)) => return Err("unexpected second ZoneHello".into()),
         Some(zone_message::Msg::RenewCa(_)) => {
             return Err("CaRenewal is answered by the session loop".into())
@@ -766,11 +771,13 @@ fn handle(
 
 /// Judge a zone's inventory report (`crate::inventory`): publish it as the
 /// zone's ZoneIngress, ignore it, or refuse it for this zone alone and
-/// tell the zone why.
+/// tell the zone why. `issuer_fp`: the zone CA that issued the session's
+/// identity.
 fn on_inventory(
     st: &State,
     zone: &str,
     session: u64,
+    issuer_fp: &str,
     inv: &pb::Inventory,
 ) -> Option<pb::GlobalMessage> {
     use crate::inventory::{judge, Verdict};
@@ -799,8 +806,25 @@ fn on_inventory(
                 z.report = *report;
             });
             // A no-op when nothing changed: the store keeps its version.
-            if let Err(e) = st.store.put(*ingress, &token::fmt_unix(token::now_unix())) {
-                tracing::error!(zone, error = %e, "could not publish the zone's ingress");
+            // Only while the zone is authorized, checked in the same
+            // transaction: a revocation that withdrew its ingress (and
+            // ends this session) is not undone by a report racing it.
+            let now = token::now_unix();
+            let published = st.store.transact(|tx| {
+                if let Err(why) = membership::authorized_in(tx, zone, issuer_fp, now)? {
+                    return Ok(Err(why));
+                }
+                tx.put(*ingress, &token::fmt_unix(now))?;
+                Ok::<_, crate::store::StoreError>(Ok(()))
+            });
+            match published {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => {
+                    tracing::warn!(zone, reason = %why, "did not publish the zone's ingress")
+                }
+                Err(e) => {
+                    tracing::error!(zone, error = %e, "could not publish the zone's ingress")
+                }
             }
             None
         }
@@ -891,5 +915,98 @@ impl prometheus_client::collector::Collector for ZoneCollector {
         )?;
         m.encode_gauge(&(revision as i64))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::tests::{csr, fixture, fp, token};
+
+    fn reply(id: u64, from: &str) -> pb::ExplainReply {
+        pb::ExplainReply {
+            id,
+            json: serde_json::to_vec(&serde_json::json!({ "from": from })).unwrap(),
+            error: String::new(),
+        }
+    }
+
+    /// A query sent to zone b is answered by b alone: zone a replying with
+    /// the same id (ids are sequential, so easy to guess) is ignored, and
+    /// the query still gets b's answer. Keyed by id only, a's reply was
+    /// taken as b's.
+    #[tokio::test]
+    async fn a_zone_cannot_answer_a_query_sent_to_another() {
+        let t = Arc::new(ZoneTable::default());
+        let (a_tx, _a_rx) = mpsc::channel(4);
+        let (b_tx, mut b_rx) = mpsc::channel(4);
+        t.begin("a", &pb::ZoneHello::default(), a_tx);
+        t.begin("b", &pb::ZoneHello::default(), b_tx);
+        let ask = tokio::spawn({
+            let t = t.clone();
+            async move {
+                t.explain("b", "api-1", std::time::Duration::from_secs(5))
+                    .await
+            }
+        });
+        let id = match b_rx.recv().await {
+            Some(Ok(pb::GlobalMessage {
+                msg: Some(pb::global_message::Msg::Explain(e)),
+            })) => e.id,
+            _ => panic!("zone b was not asked"),
+        };
+        t.answered("a", reply(id, "a"));
+        t.answered("b", reply(id, "b"));
+        let v = ask.await.unwrap().unwrap();
+        assert_eq!(v, serde_json::json!({ "from": "b" }));
+    }
+
+    /// A revoked zone's inventory does not re-publish its ingress: the
+    /// zone's authorization is checked in the transaction that writes its
+    /// `ZoneIngress`, so a report handled after the revocation committed
+    /// (before the session noticed it) writes nothing. Unchecked, the
+    /// ingress the revocation withdrew was written again.
+    #[test]
+    fn an_inventory_after_a_revocation_does_not_republish_the_zones_ingress() {
+        let f = fixture("sync-revoked-inventory");
+        let st = &f.st;
+        let (t, jti) = token(st, "eu-1", "join");
+        let issuer = fp(&membership::join(st, "eu-1", &t, &csr())
+            .unwrap()
+            .intermediate_pem);
+        let (out, _rx) = mpsc::channel(4);
+        let (session, _) = st.zones.begin("eu-1", &pb::ZoneHello::default(), out);
+        let inv = pb::Inventory {
+            full: true,
+            region: "eu".into(),
+            last_chunk: true,
+            ..Default::default()
+        };
+        let ingress = || st.store.get("ZoneIngress", "eu-1").unwrap();
+        // A member's report is published.
+        assert!(on_inventory(st, "eu-1", session, &issuer, &inv).is_none());
+        assert!(ingress().is_some());
+        let now = token::now_unix();
+        st.store
+            .transact(|tx| {
+                tx.put(
+                    Resource {
+                        api_version: model::resource::API_VERSION.into(),
+                        kind: "Revocation".into(),
+                        metadata: model::resource::Metadata {
+                            name: jti.clone(),
+                            ..Default::default()
+                        },
+                        spec: serde_json::json!({ "revokedAt": token::fmt_unix(now) }),
+                    },
+                    &token::fmt_unix(now),
+                )?;
+                membership::on_revoked(tx, &jti, now)
+            })
+            .unwrap();
+        assert!(ingress().is_none(), "the revocation withdrew it");
+        // The session has not closed yet; its next report changes nothing.
+        on_inventory(st, "eu-1", session, &issuer, &inv);
+        assert!(ingress().is_none(), "a revoked zone's ingress came back");
     }
 }

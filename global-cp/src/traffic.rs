@@ -5,9 +5,9 @@
 //!
 //! Kept in memory only: these are live figures, not history. A restarted
 //! global fills up again from the next reports. A zone's report is
-//! bounded ([`MAX_SERVICES`], [`MAX_FLOWS`], name lengths); what is past
-//! the bounds or malformed is dropped and counted, and affects only that
-//! zone's figures.
+//! bounded ([`MAX_SERVICES`], [`MAX_FLOWS`], name lengths), and so is how
+//! many it keeps ([`MAX_POINTS`]); what is past the bounds or malformed is
+//! dropped and counted, and affects only that zone's figures.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -23,6 +23,10 @@ pub const KEEP: Duration = Duration::from_secs(600);
 pub const MAX_SERVICES: usize = 1000;
 pub const MAX_FLOWS: usize = 2000;
 const MAX_NAME: usize = 253;
+/// Reports kept per zone: zones report at most about once a second
+/// (while a drill runs; every 5 s otherwise), so [`KEEP`] holds at most
+/// about 670. A zone reporting faster loses its oldest reports first.
+pub const MAX_POINTS: usize = 720;
 
 struct Point {
     at: Instant,
@@ -185,6 +189,12 @@ impl MeshTraffic {
             .is_some_and(|p| now.duration_since(p.at) > KEEP)
         {
             points.pop_front();
+        }
+        while points.len() > MAX_POINTS {
+            if let Some(p) = points.pop_front() {
+                self.dropped
+                    .inc_by((p.services.len() + p.flows.len()) as u64);
+            }
         }
     }
 
@@ -419,6 +429,28 @@ mod tests {
         assert_eq!(t.matrix[0].destination_zone, "b");
         assert_eq!(t.edges[0].source_service.as_deref(), Some("web"));
         assert_eq!(m.series("api", Duration::from_secs(60))["a"].len(), 2);
+    }
+
+    /// Reports arriving faster than zones send them (100,000 at once) keep
+    /// at most MAX_POINTS per zone, the newest, and the ones let go are
+    /// counted; another zone's reports are not touched. Pruned by age only,
+    /// all 100,000 were kept.
+    #[test]
+    fn a_zone_keeps_at_most_max_points_reports() {
+        let m = MeshTraffic::default();
+        m.record("b", &report("b", 1, 0));
+        for i in 0..100_000u64 {
+            let mut r = report("a", 1, 0);
+            r.interval_ms = i + 1;
+            m.record("a", &r);
+        }
+        let g = m.zones.lock().unwrap();
+        let a = &g["a"];
+        assert_eq!(a.len(), MAX_POINTS);
+        assert_eq!(a.back().unwrap().interval, Duration::from_millis(100_000));
+        assert_eq!(g["b"].len(), 1);
+        // Each report held one service and one flow.
+        assert_eq!(m.dropped.get(), 2 * (100_000 - MAX_POINTS as u64));
     }
 
     #[test]

@@ -12,8 +12,10 @@ use crate::store::Store;
 use crate::sync::{Metrics, ZoneTable};
 use crate::Config;
 
-struct Fixture {
-    st: Arc<State>,
+/// A global's state over a fresh store; the folder is removed on drop.
+/// Shared with the crate's other tests (`crate::membership::tests::fixture`).
+pub(crate) struct Fixture {
+    pub(crate) st: Arc<State>,
     dir: std::path::PathBuf,
 }
 
@@ -23,7 +25,7 @@ impl Drop for Fixture {
     }
 }
 
-fn fixture(name: &str) -> Fixture {
+pub(crate) fn fixture(name: &str) -> Fixture {
     common::tls::install_provider();
     let dir = std::env::temp_dir().join(format!("tern-membership-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -50,7 +52,7 @@ fn fixture(name: &str) -> Fixture {
     Fixture { st, dir }
 }
 
-fn token(st: &State, zone: &str, purpose: &str) -> (String, String) {
+pub(crate) fn token(st: &State, zone: &str, purpose: &str) -> (String, String) {
     let (t, c) = st
         .authority
         .issue_token(
@@ -67,7 +69,7 @@ fn token(st: &State, zone: &str, purpose: &str) -> (String, String) {
     (t, c.jti)
 }
 
-fn csr() -> String {
+pub(crate) fn csr() -> String {
     pki::new_key_and_csr("zone").unwrap().csr_pem
 }
 
@@ -80,7 +82,7 @@ fn listed(st: &State, zone: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn fp(pem: &str) -> String {
+pub(crate) fn fp(pem: &str) -> String {
     pki::pem_fingerprint(pem).unwrap()
 }
 

@@ -478,6 +478,56 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A database from before tokens had a purpose and a pin opens: the
+    /// columns are added (its tokens get ''), and new tokens are recorded
+    /// with their pin.
+    #[test]
+    fn a_database_from_before_pins_opens_and_records_pins() {
+        let dir = std::env::temp_dir().join(format!("tern-store-pin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("g.db");
+        {
+            model::fsutil::create_private_file(&path).unwrap();
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE tokens (
+                   id TEXT PRIMARY KEY, kind TEXT NOT NULL, zone TEXT NOT NULL, service TEXT,
+                   issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+                 INSERT INTO tokens VALUES ('old', 'zone', 'eu-1', NULL, 1, 2);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        s.record_token(&TokenRecord {
+            id: "new".into(),
+            kind: "zone".into(),
+            zone: "eu-1".into(),
+            service: None,
+            issued_at: 3,
+            expires_at: 4,
+            used_at: None,
+            used_by: None,
+            purpose: "join".into(),
+            pin: "ab".repeat(32),
+        })
+        .unwrap();
+        let pins: Vec<(String, String)> = s
+            .tokens()
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.id, t.pin))
+            .collect();
+        assert_eq!(
+            pins,
+            [
+                ("old".into(), String::new()),
+                ("new".into(), "ab".repeat(32))
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn the_revision_watch_never_goes_back() {
         let dir = std::env::temp_dir().join(format!("tern-store-rev-{}", std::process::id()));

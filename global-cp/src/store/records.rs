@@ -154,8 +154,8 @@ impl Store {
     pub fn record_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO tokens (id, kind, zone, service, issued_at, expires_at, purpose)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO tokens (id, kind, zone, service, issued_at, expires_at, purpose, pin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     t.id,
                     t.kind,
@@ -163,7 +163,8 @@ impl Store {
                     t.service,
                     t.issued_at,
                     t.expires_at,
-                    t.purpose
+                    t.purpose,
+                    t.pin
                 ],
             )
         })?;
