@@ -90,22 +90,22 @@ impl Metrics {
         );
         reg.register(
             "rtt_seconds",
-            "Smoothed QUIC path RTT to a remote zone",
+            "Smoothed QUIC path RTT to a remote zone (the longest among its gateways)",
             m.rtt_seconds.clone(),
         );
         reg.register(
             "congestion_window_bytes",
-            "Congestion window of the current QUIC connection to a remote zone (shared by every flow to it)",
+            "Congestion window of the QUIC connections to a remote zone (the smallest among its gateways; shared by every flow to it)",
             m.cwnd_bytes.clone(),
         );
         reg.register(
             "lost_packets",
-            "Packets lost on the current connection to a remote zone",
+            "Packets lost on the current connections to a remote zone",
             m.lost_packets.clone(),
         );
         reg.register(
             "sent_packets",
-            "Packets sent on the current connection to a remote zone",
+            "Packets sent on the current connections to a remote zone",
             m.sent_packets.clone(),
         );
         reg.register(
@@ -159,16 +159,32 @@ impl Metrics {
     pub fn reset(&self, code: u32) {
         self.stream_resets.get_or_create(&CodeLabel { code }).inc();
     }
-    pub fn path(&self, zone: &str, p: &quinn::PathStats) {
+    /// The paths to a zone's gateways as one: the longest RTT, the
+    /// smallest congestion window, packets sent and lost summed. Nothing
+    /// while none is connected (the last figures stay).
+    pub fn paths(&self, zone: &str, paths: &[quinn::PathStats]) {
+        if paths.is_empty() {
+            return;
+        }
         let z = Self::z(zone);
-        self.rtt_seconds.get_or_create(&z).set(p.rtt.as_secs_f64());
-        self.lost_packets
-            .get_or_create(&z)
-            .set(p.lost_packets as i64);
-        self.sent_packets
-            .get_or_create(&z)
-            .set(p.sent_packets as i64);
-        self.cwnd_bytes.get_or_create(&z).set(p.cwnd as i64);
+        let rtt = paths.iter().map(|p| p.rtt).max().unwrap_or_default();
+        let cwnd = paths.iter().map(|p| p.cwnd).min().unwrap_or_default();
+        let lost: u64 = paths.iter().map(|p| p.lost_packets).sum();
+        let sent: u64 = paths.iter().map(|p| p.sent_packets).sum();
+        self.rtt_seconds.get_or_create(&z).set(rtt.as_secs_f64());
+        self.lost_packets.get_or_create(&z).set(lost as i64);
+        self.sent_packets.get_or_create(&z).set(sent as i64);
+        self.cwnd_bytes.get_or_create(&z).set(cwnd as i64);
+    }
+    /// Remove a zone's gauges (it left the config).
+    pub fn forget_zone(&self, zone: &str) {
+        let z = Self::z(zone);
+        self.rtt_seconds.remove(&z);
+        self.lost_packets.remove(&z);
+        self.sent_packets.remove(&z);
+        self.cwnd_bytes.remove(&z);
+        self.connections.remove(&z);
+        self.duplication_active.remove(&z);
     }
     pub fn set_duplication(&self, zone: &str, active: bool, total: u64) {
         self.duplication_active
@@ -178,5 +194,50 @@ impl Metrics {
     }
     pub fn set_connections(&self, zone: &str, n: i64) {
         self.connections.get_or_create(&Self::z(zone)).set(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(reg: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, reg).unwrap();
+        out
+    }
+
+    /// Two gateways of one zone publish one path (the longer RTT, the
+    /// packets of both), not whichever was read last; a zone that left the
+    /// config loses its gauges instead of keeping its last values.
+    #[test]
+    fn a_zones_paths_are_one_series_and_a_gone_zone_is_forgotten() {
+        let mut reg = Registry::default();
+        let m = Metrics::new(&mut reg);
+        let mut a = quinn::PathStats::default();
+        a.rtt = std::time::Duration::from_millis(5);
+        a.sent_packets = 10;
+        let mut b = quinn::PathStats::default();
+        b.rtt = std::time::Duration::from_millis(30);
+        b.sent_packets = 5;
+        m.paths("z3", &[a, b]);
+        m.set_connections("z3", 2);
+        m.set_duplication("z3", true, 0);
+        let text = scrape(&reg);
+        assert!(text.contains("rtt_seconds{zone=\"z3\"} 0.03"), "{text}");
+        assert!(text.contains("sent_packets{zone=\"z3\"} 15"), "{text}");
+        m.forget_zone("z3");
+        let text = scrape(&reg);
+        for g in [
+            "rtt_seconds",
+            "quic_connections",
+            "duplication_active",
+            "sent_packets",
+        ] {
+            assert!(
+                !text.contains(&format!("{g}{{zone=\"z3\"}}")),
+                "{g}: {text}"
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! remote gateway, opened ahead of need, kept alive, re-dialed when it
 //! dies, and skipped for a moment after a failed dial so flows fail fast.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -270,6 +270,8 @@ impl Remotes {
     /// their RTT and loss.
     pub async fn maintain(self, shared: Arc<Shared>) {
         let mut tick = tokio::time::interval(self.inner.transport_interval());
+        // Zones whose gauges are published.
+        let mut published: BTreeSet<String> = BTreeSet::new();
         loop {
             tick.tick().await;
             if shared.tls.load().is_none() {
@@ -302,20 +304,23 @@ impl Remotes {
                     c.close(0u32.into(), b"withdrawn");
                 }
             }
-            let mut per_zone: BTreeMap<String, i64> = BTreeMap::new();
+            // Per zone: live connections, and the paths of its gateways
+            // (published as one worst-case path, so several gateways of a
+            // zone do not overwrite each other's figures).
+            let mut per_zone: BTreeMap<String, (i64, Vec<quinn::PathStats>)> = BTreeMap::new();
             for (addr, zone) in wanted {
                 let slot = self.slot(addr);
-                let live = {
+                let path = {
                     let s = slot.lock().await;
                     match &s.conn {
-                        Some(c) if c.close_reason().is_none() => {
-                            self.inner.metrics.path(&zone, &c.stats().path);
-                            true
-                        }
-                        _ => false,
+                        Some(c) if c.close_reason().is_none() => Some(c.stats().path),
+                        _ => None,
                     }
                 };
-                *per_zone.entry(zone.clone()).or_default() += live as i64;
+                let live = path.is_some();
+                let entry = per_zone.entry(zone.clone()).or_default();
+                entry.0 += live as i64;
+                entry.1.extend(path);
                 if !live {
                     let me = self.clone();
                     tokio::spawn(async move {
@@ -325,8 +330,15 @@ impl Remotes {
                     });
                 }
             }
-            for (zone, n) in per_zone {
+            // A zone gone from the config loses its gauges (they would keep
+            // their last values for ever).
+            for zone in published.difference(&per_zone.keys().cloned().collect()) {
+                self.inner.metrics.forget_zone(zone);
+            }
+            published = per_zone.keys().cloned().collect();
+            for (zone, (n, paths)) in per_zone {
                 self.inner.metrics.set_connections(&zone, n);
+                self.inner.metrics.paths(&zone, &paths);
             }
         }
     }
