@@ -2,6 +2,7 @@
 
 use std::sync::atomic::AtomicU64;
 
+use dataplane::metrics::ReasonLabel;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -36,6 +37,7 @@ pub struct Metrics {
     pub handshake_failures: Family<ZoneLabel, Counter>,
     pub connections: Family<ZoneLabel, Gauge>,
     pub stream_resets: Family<CodeLabel, Counter>,
+    pub refused_flows: Family<ReasonLabel, Counter>,
     pub duplication_active: Family<ZoneLabel, Gauge>,
     pub duplicated_packets: Gauge,
     pub distrusted: Counter,
@@ -54,6 +56,7 @@ impl Metrics {
             handshake_failures: Family::default(),
             connections: Family::default(),
             stream_resets: Family::default(),
+            refused_flows: Family::default(),
             duplication_active: Family::default(),
             duplicated_packets: Gauge::default(),
             distrusted: Counter::default(),
@@ -119,6 +122,11 @@ impl Metrics {
             m.connections.clone(),
         );
         reg.register(
+            "refused_flows",
+            "Flows from this zone's sidecars refused before a stream opened, by reason (no-certificate, no-identity, other-zone, own-zone, no-stream)",
+            m.refused_flows.clone(),
+        );
+        reg.register(
             "stream_resets",
             "Flows reset, by error code",
             m.stream_resets.clone(),
@@ -155,6 +163,11 @@ impl Metrics {
     }
     pub fn handshake_failure(&self, zone: &str) {
         self.handshake_failures.get_or_create(&Self::z(zone)).inc();
+    }
+    pub fn refused(&self, reason: &'static str) {
+        self.refused_flows
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
     pub fn reset(&self, code: u32) {
         self.stream_resets.get_or_create(&CodeLabel { code }).inc();

@@ -18,7 +18,17 @@ impl Gateway {
             let me = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = me.local_flow(tcp).await {
-                    tracing::debug!(%peer, error = %e, "local flow ended with an error");
+                    match e.downcast_ref::<Refused>() {
+                        Some(r) => {
+                            me.metrics.refused(r.reason);
+                            tracing::info!(%peer, reason = r.reason, error = %e, "refused a flow from this zone");
+                        }
+                        // Spare connections that idled out, flows that
+                        // ended with a reset: routine.
+                        None => {
+                            tracing::debug!(%peer, error = %e, "local flow ended with an error")
+                        }
+                    }
                 }
             });
         }
@@ -28,6 +38,7 @@ impl Gateway {
         let cfg = self
             .local_tls
             .get()
+            .context(Refused::new("no-certificate"))
             .context("no certificate yet (failing closed)")?;
         let mut tls = tokio::time::timeout(
             HEADER_TIMEOUT,
@@ -36,6 +47,7 @@ impl Gateway {
         .await
         .context("TLS handshake timed out")??;
         let peer = common::tls::peer_identity(tls.get_ref().1.peer_certificates())
+            .context(Refused::new("no-identity"))
             .context("no client identity")?;
         let chain: Arc<[common::rustls::pki_types::CertificateDer<'static>]> = tls
             .get_ref()
@@ -44,7 +56,8 @@ impl Gateway {
             .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
             .unwrap_or_default();
         if peer.zone_name() != Some(self.zone.as_str()) {
-            anyhow::bail!("{peer} is not a workload of zone {}", self.zone);
+            return Err(anyhow::Error::new(Refused::new("other-zone"))
+                .context(format!("{peer} is not a workload of zone {}", self.zone)));
         }
         // Sidecars keep spare connections ready for new flows, so the header
         // may come a while after the handshake.
@@ -52,9 +65,11 @@ impl Gateway {
             .await
             .context("no flow header on an idle connection")??;
         if header.dest_zone == self.zone {
-            anyhow::bail!(
-                "flow for our own zone {}; sidecars reach it directly",
-                self.zone
+            return Err(
+                anyhow::Error::new(Refused::new("own-zone")).context(format!(
+                    "flow for our own zone {}; sidecars reach it directly",
+                    self.zone
+                )),
             );
         }
         // The source zone is what we authenticated, not what was claimed.
@@ -88,7 +103,10 @@ impl Gateway {
         if let Some(a) = span {
             self.finish_span(a, &header, "outbound", opened.is_err(), None);
         }
-        let (send, recv) = opened?;
+        let (send, recv) = opened.map_err(|e| {
+            e.context(Refused::new("no-stream"))
+                .context(format!("no stream to zone {zone}"))
+        })?;
         self.metrics.stream_opened(&zone, "outbound");
         let mut quic = tokio::io::join(recv, send);
         let (sent, received) = self.metrics.byte_counters(&zone);
@@ -122,5 +140,47 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+}
+
+/// A flow this gateway refused (as opposed to one that ended): counted by
+/// `reason` (a fixed word) and logged at info, so an operator sees why a
+/// sidecar's cross-zone connections fail.
+#[derive(Debug, thiserror::Error)]
+#[error("refused ({reason})")]
+struct Refused {
+    reason: &'static str,
+}
+
+impl Refused {
+    fn new(reason: &'static str) -> Self {
+        Self { reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal is found under the context an error carries (so it is
+    /// counted and logged at info); an idle spare connection's timeout is
+    /// not a refusal.
+    #[test]
+    fn a_refusal_is_told_from_a_flow_that_ended() {
+        let e = None::<()>
+            .context(Refused::new("no-certificate"))
+            .context("no certificate yet (failing closed)")
+            .unwrap_err();
+        assert_eq!(
+            e.downcast_ref::<Refused>().unwrap().reason,
+            "no-certificate"
+        );
+        let e = anyhow::anyhow!("open stream to 127.0.0.1:1: timed out")
+            .context(Refused::new("no-stream"))
+            .context("no stream to zone z2");
+        assert_eq!(e.downcast_ref::<Refused>().unwrap().reason, "no-stream");
+        assert!(format!("{e:#}").contains("timed out"), "{e:#}");
+        let e = anyhow::anyhow!("no flow header on an idle connection");
+        assert!(e.downcast_ref::<Refused>().is_none());
     }
 }
