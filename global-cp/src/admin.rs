@@ -644,24 +644,33 @@ async fn revoke(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response
         },
         spec: json!({ "revokedAt": now, "reason": req.reason }),
     };
-    if matches!(st.store.get("Revocation", &req.id), Ok(Some(_))) {
-        return Json(json!({ "revoked": req.id, "already": true })).into_response();
-    }
     // The revocation, and what it takes away (a zone's trust and ingress),
-    // reach the zones as one change.
+    // reach the zones as one change. Revoking a revoked token again takes
+    // away what is left (a zone CA issued despite the revocation): the
+    // operator's repair; when nothing is left it changes nothing.
     let now_unix = token::now_unix();
     let res = st.store.transact(|tx| {
-        tx.put(r, &now)?;
-        tx.audit(
-            "token.revoked",
-            &req.id,
-            req.reason.as_deref().unwrap_or(""),
-            now_unix,
-        )?;
-        crate::membership::on_revoked(tx, &req.id, now_unix)
+        let already = tx.get("Revocation", &req.id)?.is_some();
+        if !already {
+            tx.put(r, &now)?;
+            tx.audit(
+                "token.revoked",
+                &req.id,
+                req.reason.as_deref().unwrap_or(""),
+                now_unix,
+            )?;
+        }
+        Ok::<_, StoreError>((
+            already,
+            crate::membership::on_revoked(tx, &req.id, now_unix)?,
+        ))
     });
     match res {
-        Ok(zone) => {
+        Ok((true, zone)) => {
+            tracing::info!(id = %req.id, zone = ?zone, "token already revoked; its effects re-applied");
+            Json(json!({ "revoked": req.id, "already": true, "zone": zone })).into_response()
+        }
+        Ok((false, zone)) => {
             tracing::warn!(id = %req.id, zone = ?zone, "token revoked");
             Json(json!({ "revoked": req.id, "zone": zone })).into_response()
         }
@@ -932,6 +941,46 @@ mod tests {
         assert_eq!(status, StatusCode::OK, "{body}");
         let stored = f.st.store.get("Revocation", &jti).unwrap().unwrap();
         resource::validate(&stored.resource).unwrap();
+    }
+
+    /// Revoking a revoked token again re-applies what revoking takes away:
+    /// a zone whose CA outlived its token's revocation (here the
+    /// `Revocation` is written directly, skipping `on_revoked`) loses its
+    /// `ZoneCa`. Without the repair the second revoke answered `already`
+    /// and left the zone's CA trusted mesh-wide. Once nothing is left,
+    /// revoking again changes nothing (no revision, no audit).
+    #[tokio::test]
+    async fn revoking_again_withdraws_a_zone_ca_that_outlived_its_revocation() {
+        let f = fixture("admin-revoke-again");
+        let api = api(&f);
+        let (t, jti) = token(&f.st, "eu-1", "join");
+        crate::membership::join(&f.st, "eu-1", &t, &csr()).unwrap();
+        f.st.store
+            .put(
+                Resource {
+                    api_version: resource::API_VERSION.into(),
+                    kind: "Revocation".into(),
+                    metadata: resource::Metadata {
+                        name: jti.clone(),
+                        ..Default::default()
+                    },
+                    spec: json!({ "revokedAt": "now" }),
+                },
+                "now",
+            )
+            .unwrap();
+        assert!(f.st.store.get("ZoneCa", "eu-1").unwrap().is_some());
+        let (status, body) = revoke_with(&api, &jti, "again").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["already"], true, "{body}");
+        assert_eq!(body["zone"], "eu-1", "{body}");
+        assert!(f.st.store.get("ZoneCa", "eu-1").unwrap().is_none());
+        let rev = f.st.store.revision();
+        let audited = f.st.store.audit(100).unwrap().len();
+        let (status, body) = revoke_with(&api, &jti, "and again").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(f.st.store.revision(), rev);
+        assert_eq!(f.st.store.audit(100).unwrap().len(), audited);
     }
 
     /// A resource whose body is within MAX_RESOURCE_BYTES but which the

@@ -49,13 +49,6 @@ pub fn is_revoked(st: &State, jti: &str) -> bool {
     matches!(st.store.get("Revocation", jti), Ok(Some(_)))
 }
 
-pub fn zone_enabled(st: &State, zone: &str) -> bool {
-    match st.store.get("Zone", zone) {
-        Ok(Some(s)) => ZoneSpec::from_resource(&s.resource).is_none_or(|z| z.enabled),
-        _ => true,
-    }
-}
-
 fn live(cas: Vec<ZoneCaRecord>, now: u64) -> Vec<ZoneCaRecord> {
     cas.into_iter()
         .filter(|c| c.retired_at.is_none() && c.not_after > now)
@@ -81,117 +74,149 @@ pub fn join(st: &State, zone: &str, token_text: &str, csr_pem: &str) -> Result<A
     .and_then(|c| c.check_scope(zone, None).map(|_| c))
     .map_err(|e| denied(e.to_string()))?;
     let jti = claims.jti;
-    if is_revoked(st, &jti) {
-        return Err(denied(TokenError::Revoked { jti }.to_string()));
+    // Checked before the CSR is, and again in the transaction (`join_in`).
+    st.store.transact(|tx| may_join_in(tx, zone, &jti))?;
+    let key_fp = pki::csr_key_fingerprint(csr_pem)
+        .map_err(|e| Refused::Invalid(format!("bad CA CSR: {e}")))?;
+    st.store
+        .transact(|tx| join_in(tx, st, zone, &jti, csr_pem, &key_fp, now))
+}
+
+/// May `zone` join with token `jti`, read in `tx`: the token is unrevoked
+/// and the zone is not disabled.
+fn may_join_in(tx: &Tx<'_>, zone: &str, jti: &str) -> Result<(), Refused> {
+    if tx.get("Revocation", jti)?.is_some() {
+        return Err(denied(
+            TokenError::Revoked {
+                jti: jti.to_string(),
+            }
+            .to_string(),
+        ));
     }
-    if !zone_enabled(st, zone) {
+    let enabled = tx
+        .get("Zone", zone)?
+        .is_none_or(|s| ZoneSpec::from_resource(&s.resource).is_none_or(|z| z.enabled));
+    if !enabled {
         return Err(denied(format!(
             "zone {zone} is disabled (Zone/{zone} spec.enabled: false)"
         )));
     }
-    let key_fp = pki::csr_key_fingerprint(csr_pem)
-        .map_err(|e| Refused::Invalid(format!("bad CA CSR: {e}")))?;
-    st.store.transact(|tx| {
-        let rec = tx.token(&jti)?.ok_or_else(|| {
-            denied(format!(
-                "token {jti} is not in this global's records; generate a new one with \
-                 `ternctl generate zone-token --zone {zone}`"
-            ))
-        })?;
-        if let Some(used_at) = rec.used_at {
-            // The same zone-cp retrying a join whose answer it never got
-            // (same token, same zone, same key): answer the same again.
-            let retry = tx.zone_cas(zone)?.into_iter().find(|c| {
-                rec.used_by.as_deref() == Some(zone)
-                    && c.token_id.as_deref() == Some(jti.as_str())
-                    && c.key_fingerprint == key_fp
-                    && c.retired_at.is_none()
+    Ok(())
+}
+
+/// [`join`]'s writes, in `tx`. The token's revocation and the zone's
+/// `enabled` are read again here, in the transaction that writes: a revoke
+/// (or a disable) that committed after `join`'s first check would otherwise
+/// be followed by the join, and the zone's new CA published in `ZoneCa`.
+fn join_in(
+    tx: &mut Tx<'_>,
+    st: &State,
+    zone: &str,
+    jti: &str,
+    csr_pem: &str,
+    key_fp: &str,
+    now: u64,
+) -> Result<Admitted, Refused> {
+    may_join_in(tx, zone, jti)?;
+    let rec = tx.token(jti)?.ok_or_else(|| {
+        denied(format!(
+            "token {jti} is not in this global's records; generate a new one with \
+             `ternctl generate zone-token --zone {zone}`"
+        ))
+    })?;
+    if let Some(used_at) = rec.used_at {
+        // The same zone-cp retrying a join whose answer it never got
+        // (same token, same zone, same key): answer the same again.
+        let retry = tx.zone_cas(zone)?.into_iter().find(|c| {
+            rec.used_by.as_deref() == Some(zone)
+                && c.token_id.as_deref() == Some(jti)
+                && c.key_fingerprint == key_fp
+                && c.retired_at.is_none()
+        });
+        if let Some(pem) = retry.and_then(|c| c.pem) {
+            return Ok(Admitted {
+                intermediate_pem: pem,
+                token_id: jti.to_string(),
             });
-            if let Some(pem) = retry.and_then(|c| c.pem) {
-                return Ok(Admitted {
-                    intermediate_pem: pem,
-                    token_id: jti.clone(),
-                });
-            }
-            return Err(denied(format!(
-                "token {jti} was already used to join zone {} at {}; a zone token joins \
-                 once. Generate a new one with `ternctl generate zone-token --zone {zone}`",
-                rec.used_by.as_deref().unwrap_or("?"),
-                token::fmt_unix(used_at)
-            )));
         }
-        let current = live(tx.zone_cas(zone)?, now);
-        let rejoin = !current.is_empty();
-        if rejoin && rec.purpose != "rejoin" {
-            let since = tx
-                .zone(zone)?
-                .map(|z| {
-                    format!(
-                        " at {} with token {}",
-                        token::fmt_unix(z.joined_at),
-                        z.token_id
-                    )
-                })
-                .unwrap_or_default();
-            return Err(denied(format!(
-                "zone {zone} has already joined{since}; a zone joins once. If its zone \
-                 control plane lost its data, authorize a re-join with `ternctl generate \
-                 zone-token --zone {zone} --rejoin` (this replaces the zone's CA and cuts \
-                 off whoever holds the current one)"
-            )));
-        }
-        if !tx.use_token(&jti, zone, now)? {
-            return Err(denied(format!(
-                "token {jti} was already used to join; a zone token joins once"
-            )));
-        }
-        let (inter, fp) = sign_zone_ca(st, zone, csr_pem)?;
-        if rejoin {
-            tx.retire_zone_cas(
-                zone,
-                None,
-                &format!("replaced by a re-join with token {jti}"),
-                now,
-            )?;
-            tx.audit(
-                "zone.rejoined",
-                zone,
-                &format!(
-                    "token {jti}; retired CA(s) {}",
-                    current
-                        .iter()
-                        .map(|c| &c.fingerprint[..16])
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                now,
-            )?;
-        }
-        tx.add_zone_ca(&ca_record(st, zone, &inter, &fp, &key_fp, Some(&jti), now)?)?;
-        tx.zone_joined(&ZoneRecord {
-            name: zone.to_string(),
-            token_id: jti.clone(),
-            intermediate_fingerprint: fp.clone(),
-            joined_at: now,
-            ..Default::default()
-        })?;
-        tx.audit(
-            "zone.joined",
+        return Err(denied(format!(
+            "token {jti} was already used to join zone {} at {}; a zone token joins \
+             once. Generate a new one with `ternctl generate zone-token --zone {zone}`",
+            rec.used_by.as_deref().unwrap_or("?"),
+            token::fmt_unix(used_at)
+        )));
+    }
+    let current = live(tx.zone_cas(zone)?, now);
+    let rejoin = !current.is_empty();
+    if rejoin && rec.purpose != "rejoin" {
+        let since = tx
+            .zone(zone)?
+            .map(|z| {
+                format!(
+                    " at {} with token {}",
+                    token::fmt_unix(z.joined_at),
+                    z.token_id
+                )
+            })
+            .unwrap_or_default();
+        return Err(denied(format!(
+            "zone {zone} has already joined{since}; a zone joins once. If its zone \
+             control plane lost its data, authorize a re-join with `ternctl generate \
+             zone-token --zone {zone} --rejoin` (this replaces the zone's CA and cuts \
+             off whoever holds the current one)"
+        )));
+    }
+    if !tx.use_token(jti, zone, now)? {
+        return Err(denied(format!(
+            "token {jti} was already used to join; a zone token joins once"
+        )));
+    }
+    let (inter, fp) = sign_zone_ca(st, zone, csr_pem)?;
+    if rejoin {
+        tx.retire_zone_cas(
             zone,
-            &format!("token {jti}; CA {}", &fp[..16]),
+            None,
+            &format!("replaced by a re-join with token {jti}"),
             now,
         )?;
-        publish(tx, zone, now)?;
-        if tx.get("Zone", zone)?.is_none() {
-            tx.put(
-                system_resource("Zone", zone, serde_json::json!({ "enabled": true })),
-                &token::fmt_unix(now),
-            )?;
-        }
-        Ok(Admitted {
-            intermediate_pem: inter,
-            token_id: jti.clone(),
-        })
+        tx.audit(
+            "zone.rejoined",
+            zone,
+            &format!(
+                "token {jti}; retired CA(s) {}",
+                current
+                    .iter()
+                    .map(|c| &c.fingerprint[..16])
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            now,
+        )?;
+    }
+    tx.add_zone_ca(&ca_record(st, zone, &inter, &fp, key_fp, Some(jti), now)?)?;
+    tx.zone_joined(&ZoneRecord {
+        name: zone.to_string(),
+        token_id: jti.to_string(),
+        intermediate_fingerprint: fp.clone(),
+        joined_at: now,
+        ..Default::default()
+    })?;
+    tx.audit(
+        "zone.joined",
+        zone,
+        &format!("token {jti}; CA {}", &fp[..16]),
+        now,
+    )?;
+    publish(tx, zone, now)?;
+    if tx.get("Zone", zone)?.is_none() {
+        tx.put(
+            system_resource("Zone", zone, serde_json::json!({ "enabled": true })),
+            &token::fmt_unix(now),
+        )?;
+    }
+    Ok(Admitted {
+        intermediate_pem: inter,
+        token_id: jti.to_string(),
     })
 }
 
@@ -355,6 +380,9 @@ pub fn renew(
     let (inter, fp) = sign_zone_ca(st, zone, csr_pem)?;
     let rec = ca_record(st, zone, &inter, &fp, &key_fp, None, now)?;
     st.store.transact(|tx| {
+        // Again inside the write: a revocation committed since the check
+        // above must not be followed by a new, published CA.
+        authorized_in(tx, zone, issuer_fp, now)?.map_err(Refused::Denied)?;
         tx.add_zone_ca(&rec)?;
         tx.zone_renewed(zone, &fp)?;
         for old in live(tx.zone_cas(zone)?, now) {
@@ -378,7 +406,9 @@ pub fn renew(
 /// After a token is revoked in `tx`: if it is a zone's membership token,
 /// that zone is out. Its CAs are retired (so nobody in the mesh accepts its
 /// certificates), its `ZoneCa` and `ZoneIngress` are withdrawn, in the same
-/// transaction as the revocation.
+/// transaction as the revocation. Idempotent: revoking the token again
+/// runs it again, which withdraws whatever was left (a repair) and changes
+/// nothing, not even the audit, when nothing was.
 pub fn on_revoked(tx: &mut Tx<'_>, jti: &str, now: u64) -> Result<Option<String>, StoreError> {
     let zone = tx
         .sql()
@@ -390,16 +420,19 @@ pub fn on_revoked(tx: &mut Tx<'_>, jti: &str, now: u64) -> Result<Option<String>
         Err(rusqlite::Error::QueryReturnedNoRows) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    tx.retire_zone_cas(&zone, None, &format!("zone token {jti} revoked"), now)?;
+    let retired = tx.retire_zone_cas(&zone, None, &format!("zone token {jti} revoked"), now)?;
+    let listed = tx.get("ZoneCa", &zone)?.is_some();
     publish(tx, &zone, now)?;
-    tx.delete(
+    let ingress = tx.delete(
         &Key {
             kind: "ZoneIngress".into(),
             name: zone.clone(),
         },
         None,
     )?;
-    tx.audit("zone.revoked", &zone, &format!("token {jti}"), now)?;
+    if retired > 0 || listed || ingress {
+        tx.audit("zone.revoked", &zone, &format!("token {jti}"), now)?;
+    }
     Ok(Some(zone))
 }
 

@@ -31,6 +31,9 @@ use crate::State;
 /// bounded by MAX_RESOURCE_BYTES, far below the gRPC message limit.
 const CHUNK_BYTES: usize = 1024 * 1024;
 const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// A zone's NACK reason is kept (zone table, store) and logged cut to this
+/// many bytes.
+pub const MAX_NACK_REASON_BYTES: usize = 1024;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -737,20 +740,22 @@ fn handle(
             let _ = st.store.zone_seen(zone, token::now_unix(), a.version, None);
         }
         Some(zone_message::Msg::Nack(n)) => {
-            tracing::warn!(zone, version = n.version, reason = %n.reason, "zone refused a delta");
+            // The zone writes the reason: kept and logged cut to a bound.
+            let reason = model::text::clip(&n.reason, MAX_NACK_REASON_BYTES);
+            tracing::warn!(zone, version = n.version, %reason, "zone refused a delta");
             st.metrics.nacks.inc();
             sender
-                .on_nack(n.version, n.reason.clone())
+                .on_nack(n.version, reason.clone())
                 .map_err(|e| e.to_string())?;
             st.zones.update(zone, session, |z| {
                 z.in_flight = None;
-                z.last_nack = Some((n.version, n.reason.clone()));
+                z.last_nack = Some((n.version, reason.clone()));
             });
             let _ = st.store.zone_seen(
                 zone,
                 token::now_unix(),
                 sender.acked(),
-                Some((n.version, &n.reason)),
+                Some((n.version, &reason)),
             );
         }
         Some(zone_message::Msg::Traffic(t)) => {
@@ -959,6 +964,39 @@ mod tests {
         t.answered("b", reply(id, "b"));
         let v = ask.await.unwrap().unwrap();
         assert_eq!(v, serde_json::json!({ "from": "b" }));
+    }
+
+    /// A zone's NACK reason is kept (in the zone table and the store, for
+    /// `ternctl inspect zones`) cut to MAX_NACK_REASON_BYTES with an
+    /// ellipsis: a 100 KiB reason is not kept whole. Uncut, each NACK
+    /// stored and logged the zone's text in full.
+    #[test]
+    fn a_zones_nack_reason_is_stored_cut() {
+        let f = fixture("sync-nack-reason");
+        let st = &f.st;
+        let (t, _) = token(st, "eu-1", "join");
+        let issuer = fp(&membership::join(st, "eu-1", &t, &csr())
+            .unwrap()
+            .intermediate_pem);
+        let (out, _rx) = mpsc::channel(4);
+        let (session, _) = st.zones.begin("eu-1", &pb::ZoneHello::default(), out);
+        let mut sender = DeltaSender::new(0, std::time::Duration::from_secs(30));
+        sender.sent(3, Instant::now());
+        let nack = pb::ZoneMessage {
+            msg: Some(zone_message::Msg::Nack(pb::Nack {
+                version: 3,
+                reason: "x".repeat(100 * 1024),
+            })),
+        };
+        handle(st, "eu-1", session, &issuer, &mut sender, nack).unwrap();
+        let stored = st.store.zone("eu-1").unwrap().unwrap().last_nack.unwrap();
+        assert_eq!(stored.len(), MAX_NACK_REASON_BYTES);
+        assert!(
+            stored.starts_with("xxx") && stored.ends_with('…'),
+            "{stored:.40}"
+        );
+        let live = st.zones.snapshot()["eu-1"].last_nack.clone().unwrap();
+        assert_eq!(live, (3, stored));
     }
 
     /// A revoked zone's inventory does not re-publish its ingress: the

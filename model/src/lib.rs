@@ -5,6 +5,7 @@
 //! * `policy` — the policy kinds, their targeting and precedence;
 //! * `ident` — SPIFFE identities;
 //! * `token` — zone, dataplane and gateway tokens;
+//! * `text` — text from peers, cut to a bound before it is kept or logged;
 //! * `fsutil` — private files (keys and credentials at rest).
 #![forbid(unsafe_code)]
 
@@ -16,4 +17,5 @@ pub mod resource;
 pub mod schedule;
 #[doc(hidden)]
 pub mod testrand;
+pub mod text;
 pub mod token;

@@ -248,6 +248,9 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
         global,
         metrics,
     });
+    // Before proxies connect or the zone reports to the global: what the
+    // registry loaded may name tokens revoked since.
+    proxy_server::deregister_revoked(zone.clone());
     // What was synced last may be newer than the files (a crash between).
     ca::follow_mesh_trust(&zone)?;
     zone.metrics.ca_expiry.set(unix(zone.boot.ca().not_after));

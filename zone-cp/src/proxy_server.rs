@@ -57,6 +57,21 @@ pub async fn serve(z: Arc<Zone>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Deregister every proxy whose token is revoked, connected or not: now
+/// (registrations loaded from disk whose token was revoked meanwhile) and
+/// whenever the global's state changes. A connected proxy's stream also
+/// closes on the change (`run`); a registration in its grace period, or
+/// not reconnected since a restart, has no stream to remove it.
+pub fn deregister_revoked(z: Arc<Zone>) {
+    let mut global = z.global.watch();
+    z.registry.remove_revoked(|t| z.global.is_revoked(t));
+    tokio::spawn(async move {
+        while global.changed().await.is_ok() {
+            z.registry.remove_revoked(|t| z.global.is_revoked(t));
+        }
+    });
+}
+
 struct Service {
     z: Arc<Zone>,
 }

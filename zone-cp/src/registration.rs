@@ -1,6 +1,7 @@
 //! What a proxy registers with, checked before anything is recorded:
 //! names, addresses and the size of what it asks to publish or receive.
 
+pub use model::text::clip;
 use proto::v1 as pb;
 
 /// Labels a proxy may register.
@@ -12,19 +13,6 @@ pub const MAX_FIELD_BYTES: usize = 256;
 pub const MAX_REASON_BYTES: usize = 1024;
 /// How much of a refused value an error repeats.
 const ECHO_BYTES: usize = 64;
-
-/// `s` cut to at most `max` bytes, at a character boundary, ending in `…`
-/// when cut: for text from a proxy that is kept, logged or repeated.
-pub fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max.saturating_sub('…'.len_utf8());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
 
 /// Check a registration before anything is recorded: names, addresses and
 /// the size of what it asks to publish.
@@ -247,19 +235,5 @@ mod tests {
             let e = validate(&r).unwrap_err();
             assert!(e.len() < 300, "{} bytes: {}", e.len(), clip(&e, 300));
         }
-    }
-
-    /// Cut text stays within the bound, at a character boundary, and says
-    /// it was cut; short text is unchanged.
-    #[test]
-    fn clip_bounds_text_with_an_ellipsis() {
-        assert_eq!(clip("short", 10), "short");
-        let c = clip(&"é".repeat(100), 11);
-        assert!(c.len() <= 11 && c.ends_with('…'), "{c}");
-        assert_eq!(c, "éééé…");
-        assert_eq!(
-            clip(&"x".repeat(5000), MAX_REASON_BYTES).len(),
-            MAX_REASON_BYTES
-        );
     }
 }

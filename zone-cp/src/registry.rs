@@ -8,7 +8,7 @@
 //! (its random `instance_uid`) may take it over. One token registers a
 //! bounded number of instances.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -360,13 +360,13 @@ impl Registry {
         v
     }
 
-    /// Remove a registration at once (its token was revoked), if `session`
-    /// still owns it.
     /// The registration of `instance`, if any.
     pub fn get(&self, instance: &str) -> Option<Entry> {
         self.lock().get(instance).cloned()
     }
 
+    /// Remove a registration at once (its token was revoked), if `session`
+    /// still owns it.
     pub fn remove(&self, instance: &str, session: u64) {
         let mut g = self.lock();
         if g.get(instance).is_some_and(|e| e.session == session) {
@@ -375,6 +375,34 @@ impl Registry {
             tracing::info!(instance, "proxy deregistered (token revoked)");
             self.bump();
         }
+    }
+
+    /// Remove at once every registration made with a token `is_revoked`
+    /// names, connected or not: one in its grace period, or loaded from
+    /// disk and not reconnected since, has no stream that would remove it.
+    /// Returns how many were removed. `is_revoked` runs without the
+    /// registry locked.
+    pub fn remove_revoked(&self, is_revoked: impl Fn(&str) -> bool) -> usize {
+        let tokens: BTreeSet<String> = self.lock().values().map(|e| e.token_id.clone()).collect();
+        let revoked: BTreeSet<String> = tokens.into_iter().filter(|t| is_revoked(t)).collect();
+        if revoked.is_empty() {
+            return 0;
+        }
+        let mut removed = Vec::new();
+        self.lock().retain(|instance, e| {
+            let gone = revoked.contains(&e.token_id);
+            if gone {
+                removed.push((instance.clone(), e.token_id.clone()));
+            }
+            !gone
+        });
+        for (instance, token) in &removed {
+            tracing::info!(instance, token, "proxy deregistered (token revoked)");
+        }
+        if !removed.is_empty() {
+            self.bump();
+        }
+        removed.len()
     }
 
     /// The proxy's stream ended. A clean close (the proxy is shutting down)
@@ -723,6 +751,74 @@ mod tests {
             1,
             "a claim alone publishes nothing"
         );
+    }
+
+    /// A revoked token's registrations are removed at once, not only the
+    /// connected ones: one in its grace period (its stream broke) and one
+    /// loaded from `registry.json` after a restart (no stream yet) stop
+    /// being published when the revocation is applied (the sweep the
+    /// zone-cp runs right after loading and on every change of its synced
+    /// state, `proxy_server::deregister_revoked`). Before, only a live
+    /// stream removed its own registration, and these stayed published
+    /// until `--deregister-after` passed.
+    #[tokio::test]
+    async fn a_revoked_tokens_registrations_are_removed_at_once_connected_or_not() {
+        let dir =
+            std::env::temp_dir().join(format!("tern-registry-revoked-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let published = |r: &Registry| -> Vec<String> {
+            r.endpoints()
+                .values()
+                .flatten()
+                .map(|e| e.instance.clone())
+                .collect()
+        };
+        let grace = Duration::from_secs(3600);
+        let r = Arc::new(Registry::new("z", "r", grace));
+        let s1 = r
+            .register(entry("api-1", "api", "p1", "t-rev"), 10)
+            .unwrap();
+        let s2 = r.register(entry("api-2", "api", "p2", "t-ok"), 10).unwrap();
+        r.mark_ready("api-1", s1);
+        r.mark_ready("api-2", s2);
+        r.disconnect("api-1", s1, false);
+        assert_eq!(
+            published(&r),
+            ["api-1", "api-2"],
+            "api-1 in its grace period"
+        );
+        assert_eq!(r.remove_revoked(|t| t == "t-rev"), 1);
+        assert_eq!(published(&r), ["api-2"]);
+        assert!(r.get("api-1").is_none());
+        assert_eq!(r.remove_revoked(|t| t == "t-rev"), 0, "nothing left");
+        // Loaded after a restart: the proxy has not reconnected.
+        let mut kept = entry("api-3", "api", "p3", "t-rev");
+        kept.ready = true;
+        std::fs::write(
+            dir.join("registry.json"),
+            serde_json::to_vec(&vec![kept, r.get("api-2").unwrap()]).unwrap(),
+        )
+        .unwrap();
+        let again = Arc::new(Registry::new("z", "r", grace));
+        again.load(&dir);
+        assert_eq!(published(&again), ["api-2", "api-3"]);
+        assert_eq!(again.remove_revoked(|t| t == "t-rev"), 1);
+        assert_eq!(published(&again), ["api-2"]);
+        // Revoked as the zone's synced state has it (`Revocation/<id>`).
+        std::fs::write(
+            dir.join("global-state.json"),
+            serde_json::to_vec(&serde_json::json!({
+                "version": 1,
+                "resources": { "Revocation/t-ok": {} },
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        let global = crate::global_client::GlobalState::load(&dir).unwrap();
+        assert_eq!(again.remove_revoked(|t| global.is_revoked(t)), 1);
+        assert!(published(&again).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Saves run on the writer thread and coalesce (counted), and the file

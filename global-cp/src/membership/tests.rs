@@ -217,6 +217,50 @@ fn revoking_a_zone_withdraws_its_trust_at_once() {
     assert_eq!(z, None);
 }
 
+/// A join re-checks revocation and `enabled` in the transaction that
+/// writes: a token revoked (or a zone disabled) after `join`'s first check
+/// and before its transaction admits nothing. The revocation is written
+/// between the two by running the transaction part (`join_in`) after it.
+/// Without the re-check the zone joined with the revoked token and its CA
+/// was published in `ZoneCa`, trusted mesh-wide.
+#[test]
+fn a_join_refuses_a_token_revoked_after_its_first_check() {
+    let f = fixture("join-race");
+    let st = &f.st;
+    let now = token::now_unix();
+    let join_now = |zone: &str, jti: &str| {
+        let c = csr();
+        let key_fp = pki::csr_key_fingerprint(&c).unwrap();
+        st.store
+            .transact(|tx| join_in(tx, st, zone, jti, &c, &key_fp, now))
+    };
+    let (_, jti) = token(st, "eu-1", "join");
+    st.store
+        .put(
+            system_resource(
+                "Revocation",
+                &jti,
+                serde_json::json!({ "revokedAt": "now" }),
+            ),
+            "now",
+        )
+        .unwrap();
+    denied_with(join_now("eu-1", &jti), "has been revoked");
+    assert!(st.store.get("ZoneCa", "eu-1").unwrap().is_none());
+    assert!(st.store.zone("eu-1").unwrap().is_none());
+    assert!(st.store.token(&jti).unwrap().unwrap().used_at.is_none());
+    // The same for a zone disabled in between.
+    let (_, jti2) = token(st, "eu-2", "join");
+    st.store
+        .put(
+            system_resource("Zone", "eu-2", serde_json::json!({ "enabled": false })),
+            "now",
+        )
+        .unwrap();
+    denied_with(join_now("eu-2", &jti2), "disabled");
+    assert!(st.store.get("ZoneCa", "eu-2").unwrap().is_none());
+}
+
 #[test]
 fn renewal_keeps_the_ca_in_use_and_retires_the_rest() {
     let f = fixture("renew");
