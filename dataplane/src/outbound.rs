@@ -86,6 +86,14 @@ impl Proxy {
         let cluster = self.shared.clusters.load().by_service.get(service).cloned();
         let Some(mut cluster) = cluster else {
             tracing::info!(service, "TCP: no such service");
+            self.log_outbound_tcp(
+                started,
+                service,
+                crate::traffic::UNKNOWN,
+                None,
+                Decision::None,
+                (0, 0),
+            );
             return;
         };
         // A TcpRoute picks a backend per connection.
@@ -97,6 +105,14 @@ impl Proxy {
                         tracing::info!(
                             service,
                             "TCP: none of the route's backends has an endpoint"
+                        );
+                        self.log_outbound_tcp(
+                            started,
+                            service,
+                            crate::traffic::UNKNOWN,
+                            None,
+                            Decision::None,
+                            (0, 0),
                         );
                         return;
                     }
@@ -128,6 +144,14 @@ impl Proxy {
                 service,
                 limit = policy.limits.max_connections,
                 "TCP: circuit open (CircuitBreaker maxConnections); connection closed"
+            );
+            self.log_outbound_tcp(
+                started,
+                &cluster.service,
+                crate::traffic::UNKNOWN,
+                None,
+                Decision::CircuitOpen,
+                (0, 0),
             );
             return;
         };
@@ -179,33 +203,18 @@ impl Proxy {
                     if let Err(e) = ended {
                         tracing::debug!(service, error = %e, "outbound TCP flow ended");
                     }
-                    if self.shared.access_logs.wants(Direction::Outbound) {
-                        let (me, my_zone) = self.shared.traffic.me();
-                        self.shared.access_logs.log(&observe::Line {
-                            start: SystemTime::now() - started.elapsed(),
-                            direction: Direction::Outbound,
-                            protocol: "tcp",
-                            source_service: &me,
-                            source_zone: &my_zone,
-                            source_identity: None,
-                            destination_service: &cluster.service,
-                            destination_zone: &ep.zone,
-                            upstream: Some(ep.target.addr),
-                            method: None,
-                            authority: None,
-                            path: None,
-                            route: None,
-                            status: None,
-                            decision: if attempt > 0 {
-                                Decision::Retried
-                            } else {
-                                Decision::None
-                            },
-                            duration: started.elapsed(),
-                            bytes_sent: Some(sent.get()),
-                            bytes_received: Some(received.get()),
-                        });
-                    }
+                    self.log_outbound_tcp(
+                        started,
+                        &cluster.service,
+                        &ep.zone,
+                        Some(ep.target.addr),
+                        if attempt > 0 {
+                            Decision::Retried
+                        } else {
+                            Decision::None
+                        },
+                        (sent.get(), received.get()),
+                    );
                     return;
                 }
                 Err(e) => {
@@ -215,6 +224,58 @@ impl Proxy {
                 }
             }
         }
+        // No endpoint took the flow: its line has no upstream.
+        let decision = if tried.len() > 1 {
+            Decision::Retried
+        } else {
+            Decision::None
+        };
+        let zone = tried.last().map(|e| e.zone.as_str());
+        self.log_outbound_tcp(
+            started,
+            &cluster.service,
+            zone.unwrap_or(crate::traffic::UNKNOWN),
+            None,
+            decision,
+            (0, 0),
+        );
+    }
+
+    /// The access log line of an outbound TCP flow (`upstream`: the
+    /// endpoint that took it; none when no endpoint did).
+    fn log_outbound_tcp(
+        &self,
+        started: Instant,
+        service: &str,
+        zone: &str,
+        upstream: Option<std::net::SocketAddr>,
+        decision: Decision,
+        (sent, received): (u64, u64),
+    ) {
+        if !self.shared.access_logs.wants(Direction::Outbound) {
+            return;
+        }
+        let (me, my_zone) = self.shared.traffic.me();
+        self.shared.access_logs.log(&observe::Line {
+            start: SystemTime::now() - started.elapsed(),
+            direction: Direction::Outbound,
+            protocol: "tcp",
+            source_service: &me,
+            source_zone: &my_zone,
+            source_identity: None,
+            destination_service: service,
+            destination_zone: zone,
+            upstream,
+            method: None,
+            authority: None,
+            path: None,
+            route: None,
+            status: None,
+            decision,
+            duration: started.elapsed(),
+            bytes_sent: Some(sent),
+            bytes_received: Some(received),
+        });
     }
 
     pub async fn outbound_http(

@@ -343,8 +343,10 @@ fn json_lines(log: &str) -> Vec<serde_json::Value> {
 /// SPIFFE ID, both zones, method, path, status, decision and timing; with
 /// a text-to-file policy for web (inside its --access-log-dir), its
 /// outbound requests get text lines naming the destination zone and the
-/// endpoint it went through, and an opaque TCP connection gets a line with
-/// the bytes each way; lines for web never go to api's log and vice versa.
+/// endpoint it went through, an opaque TCP connection gets a line with
+/// the bytes each way, and one that no endpoint took (an unknown service)
+/// gets a line with no upstream; lines for web never go to api's log and
+/// vice versa.
 #[test]
 fn access_logs_are_off_by_default_and_follow_the_policy() {
     use std::io::{Read, Write};
@@ -354,6 +356,7 @@ fn access_logs_are_off_by_default_and_follow_the_policy() {
     let dir = m.s.path("web-logs");
     std::fs::create_dir_all(&dir).unwrap();
     let tcp_port = format!("tcp:db={}:16000", m.net.ip(40));
+    let ghost_port = format!("tcp:ghost={}:16001", m.net.ip(40));
     let web = m.workload(
         "z2",
         40,
@@ -361,6 +364,8 @@ fn access_logs_are_off_by_default_and_follow_the_policy() {
         &[
             "--outbound-port",
             &tcp_port,
+            "--outbound-port",
+            &ghost_port,
             "--access-log-dir",
             dir.to_str().unwrap(),
         ],
@@ -422,10 +427,17 @@ fn access_logs_are_off_by_default_and_follow_the_policy() {
     let mut back = [0u8; 5];
     s.read_exact(&mut back).unwrap();
     drop(s);
+    // A flow no endpoint takes (no such service) is closed, and logged.
+    let mut s = std::net::TcpStream::connect(m.net.addr(40, 16001)).unwrap();
+    let _ = s.write_all(b"hello");
+    let mut rest = Vec::new();
+    s.set_read_timeout(Some(patient(T))).unwrap();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
     let file = dir.join("web.log");
     let text = wait_for("web's text lines", patient(T), || {
         let t = std::fs::read_to_string(&file).ok()?;
-        (t.lines().count() >= 3).then_some(t)
+        (t.lines().count() >= 4).then_some(t)
     });
     let http_lines: Vec<&str> = text.lines().filter(|l| l.contains(" http ")).collect();
     assert_eq!(http_lines.len(), 2, "{text}");
@@ -441,13 +453,23 @@ fn access_logs_are_off_by_default_and_follow_the_policy() {
     }
     let tcp = text
         .lines()
-        .find(|l| l.contains(" tcp "))
+        .find(|l| l.contains(" tcp ") && l.contains(" -> db."))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(
         tcp.contains(" outbound tcp web.z2 -> db.z1 - - none "),
         "{tcp}"
     );
     assert!(tcp.contains(" sent=5 received=5"), "{tcp}");
+    let ghost = text
+        .lines()
+        .find(|l| l.contains(" -> ghost."))
+        .unwrap_or_else(|| panic!("a line for the flow nobody took: {text}"));
+    assert!(
+        ghost.contains(" outbound tcp web.z2 -> ghost.unknown - - none ")
+            && !ghost.contains("upstream=")
+            && ghost.contains(" sent=0 received=0"),
+        "{ghost}"
+    );
     assert!(
         json_lines(&web.sidecar.log_text()).is_empty(),
         "web logs to its file only"
