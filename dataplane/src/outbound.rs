@@ -601,11 +601,13 @@ pub fn host_service<B>(req: &Request<B>) -> Option<String> {
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
     let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-    let host = host.strip_suffix(".mesh").unwrap_or(host);
+    // Host names are case-insensitive: `API.MESH` is `api`.
+    let host = host.to_ascii_lowercase();
+    let host = host.strip_suffix(".mesh").unwrap_or(&host);
     if host.is_empty() {
         None
     } else {
-        Some(host.to_ascii_lowercase())
+        Some(host.to_string())
     }
 }
 
@@ -619,6 +621,7 @@ mod tests {
         assert_eq!(host_service(&r("web")).as_deref(), Some("web"));
         assert_eq!(host_service(&r("web:8080")).as_deref(), Some("web"));
         assert_eq!(host_service(&r("Web.mesh")).as_deref(), Some("web"));
+        assert_eq!(host_service(&r("API.MESH:80")).as_deref(), Some("api"));
         let r2 = Request::builder().uri("http://api:80/x").body(()).unwrap();
         assert_eq!(host_service(&r2).as_deref(), Some("api"));
     }
