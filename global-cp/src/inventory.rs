@@ -10,8 +10,12 @@
 //! nothing reaches other zones, so one zone cannot stop sync for the rest.
 //! Since the zone reports deltas, the global then ignores its reports until
 //! a full one arrives (the zone is told, and sends one on its next change).
+//!
+//! A large update comes in chunks (`proto::inventory`): an [`Assembler`]
+//! per session joins them, within the same bounds, and the whole update is
+//! judged as one message.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use model::ident::SpiffeId;
 use model::policy::label_ok;
@@ -28,6 +32,11 @@ pub const MAX_ENDPOINTS: usize = 50_000;
 /// Gateway addresses one zone may publish.
 pub const MAX_GATEWAYS: usize = 64;
 const PROTOCOLS: &[&str] = &["", "http", "http1", "http2", "grpc", "tcp"];
+/// The most one inventory update may take, all its chunks encoded: room
+/// for MAX_ENDPOINTS endpoints of about 1.3 KB each (four times a typical
+/// endpoint with a handful of labels). The global buffers no more than
+/// this of an unfinished update.
+pub const MAX_UPDATE_BYTES: usize = 64 * 1024 * 1024;
 
 /// What the global holds of one zone's reports.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -66,6 +75,193 @@ pub fn judge(
     match candidate(trust_domain, zone, held, inv, other_gateways) {
         Ok((report, ingress)) => Verdict::Accept(Box::new(report), Box::new(ingress)),
         Err(why) => Verdict::Refuse(why),
+    }
+}
+
+/// Why an update was refused as its chunks came in, at the chunk that
+/// crossed a bound: the global holds none of it from there on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TooLarge {
+    #[error(
+        "more than {MAX_SERVICES} services; a zone publishes at most {MAX_SERVICES} \
+         (move some services to another zone)"
+    )]
+    Services,
+    #[error(
+        "more than {MAX_ENDPOINTS} endpoints; a zone reports at most {MAX_ENDPOINTS} \
+         (move some services to another zone)"
+    )]
+    Endpoints,
+    #[error(
+        "an inventory update of more than {} MiB; a zone reports at most that \
+         (register fewer or shorter labels per proxy, or move some services to another zone)",
+        MAX_UPDATE_BYTES / (1024 * 1024)
+    )]
+    Bytes,
+}
+
+/// An update whose last chunk is in.
+#[derive(Debug, PartialEq)]
+pub enum Assembled {
+    /// The whole update, to judge as one message.
+    Whole(pb::Inventory),
+    /// Refused before it was whole; the rest of its chunks are dropped.
+    TooLarge {
+        full: bool,
+        connected_proxies: u32,
+        why: TooLarge,
+    },
+}
+
+impl Assembled {
+    /// The proxy count the zone reported with the update.
+    pub fn connected_proxies(&self) -> u32 {
+        match self {
+            Assembled::Whole(inv) => inv.connected_proxies,
+            Assembled::TooLarge {
+                connected_proxies, ..
+            } => *connected_proxies,
+        }
+    }
+
+    /// [`judge`] the whole update. One too large is refused like any bad
+    /// report, or ignored if it is incremental and the zone's last report
+    /// was refused (as `judge` ignores such a one). `other_gateways` is
+    /// asked for only when the update is whole.
+    pub fn judge(
+        &self,
+        trust_domain: &str,
+        zone: &str,
+        held: &Report,
+        other_gateways: impl FnOnce() -> BTreeSet<String>,
+    ) -> Verdict {
+        match self {
+            Assembled::Whole(inv) => judge(trust_domain, zone, held, inv, &other_gateways()),
+            Assembled::TooLarge { full: false, .. } if held.refused.is_some() => Verdict::Ignore,
+            Assembled::TooLarge { why, .. } => Verdict::Refuse(why.to_string()),
+        }
+    }
+}
+
+/// Joins the chunks of a zone's inventory updates, one sync session's
+/// worth (a new session starts empty). Chunks of an update are added as
+/// they come; a chunk with `full` starts a new update, dropping an
+/// unfinished one; entries of the same service name are one service (its
+/// endpoints concatenated in order). What it holds stays within
+/// MAX_SERVICES, MAX_ENDPOINTS and MAX_UPDATE_BYTES: an update that would
+/// exceed them is dropped at once and refused, and its remaining chunks
+/// are dropped as they come.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    state: Assembly,
+}
+
+#[derive(Debug, Default)]
+enum Assembly {
+    #[default]
+    Idle,
+    Pending(Pending),
+    /// The rest of an update already refused.
+    Dropping,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    update: pb::Inventory,
+    /// Where each service is in `update.upserts`.
+    index: HashMap<String, usize>,
+    endpoints: usize,
+    bytes: usize,
+}
+
+impl Assembler {
+    /// Add one inventory message; the update once its last chunk is in.
+    pub fn push(&mut self, chunk: pb::Inventory) -> Option<Assembled> {
+        let last = chunk.last_chunk;
+        let mut p = match std::mem::take(&mut self.state) {
+            Assembly::Pending(p) if !chunk.full => p,
+            Assembly::Dropping if !chunk.full => {
+                if !last {
+                    self.state = Assembly::Dropping;
+                }
+                return None;
+            }
+            _ => Pending {
+                update: pb::Inventory {
+                    full: chunk.full,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        };
+        if let Err(why) = p.add(chunk) {
+            if !last {
+                self.state = Assembly::Dropping;
+            }
+            return Some(Assembled::TooLarge {
+                full: p.update.full,
+                connected_proxies: p.update.connected_proxies,
+                why,
+            });
+        }
+        if last {
+            p.update.last_chunk = true;
+            Some(Assembled::Whole(p.update))
+        } else {
+            self.state = Assembly::Pending(p);
+            None
+        }
+    }
+
+    /// Whether an unfinished update is held (for tests and status).
+    pub fn pending(&self) -> bool {
+        matches!(self.state, Assembly::Pending(_))
+    }
+}
+
+impl Pending {
+    /// Add `chunk`, checking the bounds first: an update over them is not
+    /// taken in.
+    fn add(&mut self, chunk: pb::Inventory) -> Result<(), TooLarge> {
+        use proto::Message;
+        let bytes = self.bytes + chunk.encoded_len();
+        if bytes > MAX_UPDATE_BYTES {
+            return Err(TooLarge::Bytes);
+        }
+        let endpoints = self.endpoints
+            + chunk
+                .upserts
+                .iter()
+                .map(|s| s.endpoints.len())
+                .sum::<usize>();
+        if endpoints > MAX_ENDPOINTS {
+            return Err(TooLarge::Endpoints);
+        }
+        let new: BTreeSet<&str> = chunk
+            .upserts
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| !self.index.contains_key(*n))
+            .collect();
+        if self.index.len() + new.len() > MAX_SERVICES {
+            return Err(TooLarge::Services);
+        }
+        let u = &mut self.update;
+        (self.bytes, self.endpoints) = (bytes, endpoints);
+        u.removed.extend(chunk.removed);
+        for s in chunk.upserts {
+            match self.index.get(&s.name) {
+                Some(&i) => u.upserts[i].endpoints.extend(s.endpoints),
+                None => {
+                    self.index.insert(s.name.clone(), u.upserts.len());
+                    u.upserts.push(s);
+                }
+            }
+        }
+        u.connected_proxies = chunk.connected_proxies;
+        u.region = chunk.region;
+        u.gateways = chunk.gateways;
+        Ok(())
     }
 }
 

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::inventory::Assembler;
 use crate::membership;
 use crate::store::ZoneRecord;
 use crate::State;
@@ -605,6 +606,8 @@ async fn session(
     st.metrics.zones_online.inc();
     tracing::info!(zone, resume_from = hello.resume_from, instance = %hello.instance_id, "zone connected");
     let mut sender = DeltaSender::new(hello.resume_from, st.config.ack_timeout);
+    // Chunks of the zone's inventory updates, this session's alone.
+    let mut inventory = Assembler::default();
     let mut rev = st.store.watch_revision();
     let reason: String = 'outer: loop {
         let want = sender.want(st.store.revision(), st.store.floor());
@@ -676,7 +679,7 @@ async fn session(
                         break "stream closed".into();
                     }
                 }
-                Ok(Some(m)) => match handle(&st, &zone, session, &issuer_fp, &mut sender, m) {
+                Ok(Some(m)) => match handle(&st, &zone, session, &issuer_fp, (&mut sender, &mut inventory), m) {
                     Ok(Some(reply)) => if tx.send_timeout(Ok(reply), common::grpc::SEND_TIMEOUT).await.is_err() {
                         break "stream closed".into();
                     },
@@ -721,12 +724,14 @@ async fn session(
     tracing::info!(zone, reason, acked = sender.acked(), "zone disconnected");
 }
 
+/// One message of a zone's session; `sender` and `inventory` are the
+/// session's own.
 fn handle(
     st: &State,
     zone: &str,
     session: u64,
     issuer_fp: &str,
-    sender: &mut DeltaSender,
+    (sender, inventory): (&mut DeltaSender, &mut Assembler),
     m: pb::ZoneMessage,
 ) -> Result<Option<pb::GlobalMessage>, String> {
     match m.msg {
@@ -762,7 +767,7 @@ fn handle(
             st.traffic.record(zone, &t);
         }
         Some(zone_message::Msg::Inventory(inv)) => {
-            return Ok(on_inventory(st, zone, session, issuer_fp, &inv))
+            return Ok(on_inventory(st, zone, session, issuer_fp, inventory, inv))
         }
         Some(zone_message::Msg::Explain(r)) => st.zones.answered(zone, r),
         Some(zone_message::Msg::Hello(_)) => return Err("unexpected second ZoneHello".into()),
@@ -774,32 +779,37 @@ fn handle(
     Ok(None)
 }
 
-/// Judge a zone's inventory report (`crate::inventory`): publish it as the
-/// zone's ZoneIngress, ignore it, or refuse it for this zone alone and
-/// tell the zone why. `issuer_fp`: the zone CA that issued the session's
-/// identity.
+/// Take one chunk of a zone's inventory report into the session's
+/// `inventory` and, once the update is whole, judge it
+/// (`crate::inventory`): publish it as the zone's ZoneIngress, ignore it,
+/// or refuse it for this zone alone and tell the zone why. `issuer_fp`:
+/// the zone CA that issued the session's identity.
 fn on_inventory(
     st: &State,
     zone: &str,
     session: u64,
     issuer_fp: &str,
-    inv: &pb::Inventory,
+    inventory: &mut Assembler,
+    chunk: pb::Inventory,
 ) -> Option<pb::GlobalMessage> {
-    use crate::inventory::{judge, Verdict};
+    use crate::inventory::Verdict;
+    let update = inventory.push(chunk)?;
     let held = st.zones.report(zone)?;
-    let others: std::collections::BTreeSet<String> = st
-        .store
-        .list(Some("ZoneIngress"))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|s| s.resource.metadata.name != zone)
-        .filter_map(|s| ZoneIngressSpec::from_resource(&s.resource))
-        .flat_map(|spec| spec.gateways)
-        .collect();
-    match judge(&st.config.trust_domain, zone, &held, inv, &others) {
+    let others = || {
+        st.store
+            .list(Some("ZoneIngress"))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.resource.metadata.name != zone)
+            .filter_map(|s| ZoneIngressSpec::from_resource(&s.resource))
+            .flat_map(|spec| spec.gateways)
+            .collect()
+    };
+    let proxies = update.connected_proxies();
+    match update.judge(&st.config.trust_domain, zone, &held, others) {
         Verdict::Accept(report, ingress) => {
             st.zones.update(zone, session, |z| {
-                z.connected_proxies = inv.connected_proxies;
+                z.connected_proxies = proxies;
                 z.services = report
                     .services
                     .iter()
@@ -834,9 +844,8 @@ fn on_inventory(
             None
         }
         Verdict::Ignore => {
-            st.zones.update(zone, session, |z| {
-                z.connected_proxies = inv.connected_proxies
-            });
+            st.zones
+                .update(zone, session, |z| z.connected_proxies = proxies);
             None
         }
         Verdict::Refuse(reason) => {
@@ -988,7 +997,8 @@ mod tests {
                 reason: "x".repeat(100 * 1024),
             })),
         };
-        handle(st, "eu-1", session, &issuer, &mut sender, nack).unwrap();
+        let asm = &mut Assembler::default();
+        handle(st, "eu-1", session, &issuer, (&mut sender, asm), nack).unwrap();
         let stored = st.store.zone("eu-1").unwrap().unwrap().last_nack.unwrap();
         assert_eq!(stored.len(), MAX_NACK_REASON_BYTES);
         assert!(
@@ -997,6 +1007,116 @@ mod tests {
         );
         let live = st.zones.snapshot()["eu-1"].last_nack.clone().unwrap();
         assert_eq!(live, (3, stored));
+    }
+
+    /// A zone's report in chunks is judged once its last chunk is in, as
+    /// one message; one whose chunks together exceed the bounds (60,000
+    /// endpoints) is refused for its zone alone at the chunk that crosses
+    /// them. Here us-1's chunks are interleaved with eu-1's and with other
+    /// messages: us-1's report is published whole, eu-1 is told why its
+    /// report was refused, and nothing of eu-1's is published. Judged
+    /// chunk by chunk (before), each zone published its first chunk's
+    /// services at once, a part of its report, and eu-1's part stayed.
+    #[test]
+    fn a_chunked_report_over_the_bounds_is_refused_for_its_zone_alone() {
+        let f = fixture("sync-chunked-inventory");
+        let st = &f.st;
+        let td = st.config.trust_domain.clone();
+        let mut sessions = Vec::new();
+        for zone in ["eu-1", "us-1"] {
+            let (t, _) = token(st, zone, "join");
+            let issuer = fp(&membership::join(st, zone, &t, &csr())
+                .unwrap()
+                .intermediate_pem);
+            let (out, rx) = mpsc::channel(4);
+            let (session, _) = st.zones.begin(zone, &pb::ZoneHello::default(), out);
+            let sender = DeltaSender::new(0, std::time::Duration::from_secs(30));
+            sessions.push((zone, session, issuer, sender, Assembler::default(), rx));
+        }
+        let report = |zone: &str, services: usize, endpoints: usize| -> Vec<pb::ZoneMessage> {
+            let inv = pb::Inventory {
+                full: true,
+                last_chunk: true,
+                region: "eu".into(),
+                connected_proxies: 3,
+                upserts: (0..services)
+                    .map(|i| pb::ServiceInventory {
+                        name: format!("svc-{i}"),
+                        endpoints: vec![
+                            pb::Endpoint {
+                                address: "10.0.0.1".into(),
+                                port: 15006,
+                                healthy: true,
+                                zone: zone.into(),
+                                identity: format!("spiffe://{td}/zone/{zone}/svc/svc-{i}"),
+                                protocol: "http".into(),
+                                ..Default::default()
+                            };
+                            endpoints
+                        ],
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            proto::inventory::split(inv, 1024 * 1024)
+                .into_iter()
+                .map(|c| pb::ZoneMessage {
+                    msg: Some(zone_message::Msg::Inventory(c)),
+                })
+                .collect()
+        };
+        let eu = report("eu-1", 6, 10_000);
+        let us = report("us-1", 2, 20_000);
+        assert!(
+            eu.len() > 2 && us.len() > 2,
+            "{} and {}",
+            eu.len(),
+            us.len()
+        );
+        let traffic = || pb::ZoneMessage {
+            msg: Some(zone_message::Msg::Traffic(pb::ZoneTraffic::default())),
+        };
+        let ingress = |zone: &str| st.store.get("ZoneIngress", zone).unwrap();
+        let mut replies: [Vec<pb::GlobalMessage>; 2] = Default::default();
+        let (mut eu, mut us) = (eu.into_iter(), us.into_iter().peekable());
+        loop {
+            let mut fed = false;
+            for (k, m) in [(0, eu.next()), (0, Some(traffic())), (1, us.next())] {
+                let Some(m) = m else { continue };
+                fed |= k == 1 || matches!(m.msg, Some(zone_message::Msg::Inventory(_)));
+                let (zone, session, issuer, sender, asm, _) = &mut sessions[k];
+                let r = handle(st, zone, *session, issuer, (sender, asm), m).unwrap();
+                replies[k].extend(r);
+            }
+            if us.peek().is_some() {
+                assert!(ingress("us-1").is_none(), "published before its last chunk");
+            }
+            if !fed {
+                break;
+            }
+        }
+        let refusals: Vec<String> = replies[0]
+            .iter()
+            .filter_map(|m| match &m.msg {
+                Some(pb::global_message::Msg::InventoryRefused(r)) => Some(r.reason.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refusals.len(), 1, "{refusals:?}");
+        assert!(
+            refusals[0].contains("more than 50000 endpoints"),
+            "{refusals:?}"
+        );
+        assert!(ingress("eu-1").is_none());
+        let live = st.zones.snapshot();
+        assert!(live["eu-1"].inventory_refused.is_some());
+        assert!(replies[1].is_empty());
+        let spec = ZoneIngressSpec::from_resource(&ingress("us-1").unwrap().resource).unwrap();
+        assert_eq!(spec.services.len(), 2);
+        assert!(spec.services.values().all(|s| s.healthy == 20_000));
+        assert_eq!(live["us-1"].inventory_refused, None);
+        assert_eq!(live["us-1"].connected_proxies, 3);
+        assert_eq!(live["us-1"].services["svc-1"], 20_000);
     }
 
     /// A revoked zone's inventory does not re-publish its ingress: the
@@ -1022,7 +1142,8 @@ mod tests {
         };
         let ingress = || st.store.get("ZoneIngress", "eu-1").unwrap();
         // A member's report is published.
-        assert!(on_inventory(st, "eu-1", session, &issuer, &inv).is_none());
+        let asm = &mut Assembler::default();
+        assert!(on_inventory(st, "eu-1", session, &issuer, asm, inv.clone()).is_none());
         assert!(ingress().is_some());
         let now = token::now_unix();
         st.store
@@ -1044,7 +1165,7 @@ mod tests {
             .unwrap();
         assert!(ingress().is_none(), "the revocation withdrew it");
         // The session has not closed yet; its next report changes nothing.
-        on_inventory(st, "eu-1", session, &issuer, &inv);
+        on_inventory(st, "eu-1", session, &issuer, asm, inv);
         assert!(ingress().is_none(), "a revoked zone's ingress came back");
     }
 }

@@ -20,7 +20,12 @@ pub mod otlp {
 }
 
 pub mod codec;
+pub mod inventory;
 mod shared;
+
+/// What every message has: its encoded size (`encoded_len`), encoding and
+/// decoding, for crates that use the messages without depending on prost.
+pub use prost::Message;
 
 /// Key of the inbound policy among a proxy's config items (never a
 /// service name, which is a DNS label).

@@ -1,4 +1,5 @@
 use super::*;
+use proto::Message;
 
 fn ep(zone: &str, svc: &str) -> pb::Endpoint {
     pb::Endpoint {
@@ -294,4 +295,258 @@ fn label_sets_give_way_to_the_size_limit() {
         .services
         .values()
         .all(|s| s.subsets_truncated == (s.subsets.len() < MAX_SUBSETS)));
+}
+
+// Chunked updates (`proto::inventory::split`, `Assembler`).
+
+const MIB: usize = 1024 * 1024;
+/// The gRPC message limit of the sync stream, both ways.
+const MAX_MESSAGE_BYTES: usize = 8 * MIB;
+
+/// An endpoint as a zone reports it, with six typical labels.
+fn typical(svc_name: &str, i: usize) -> pb::Endpoint {
+    let labels = [
+        ("app.kubernetes.io/name", svc_name.to_string()),
+        ("app.kubernetes.io/version", "v1.42.0".into()),
+        ("pod-template-hash", "7d9f8c6b5d".into()),
+        ("topology.kubernetes.io/zone", "eu-west-1a".into()),
+        ("team", "payments".into()),
+        (
+            "statefulset.kubernetes.io/pod-name",
+            format!("{svc_name}-{i}"),
+        ),
+    ];
+    pb::Endpoint {
+        address: format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
+        region: "eu".into(),
+        instance: format!("{svc_name}-7d9f8c6b5d-{i:05}"),
+        weight: 1,
+        labels: labels
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        ..ep("z1", svc_name)
+    }
+}
+
+fn service_of(name: &str, endpoints: usize) -> pb::ServiceInventory {
+    pb::ServiceInventory {
+        name: name.into(),
+        endpoints: (0..endpoints).map(|i| typical(name, i)).collect(),
+    }
+}
+
+/// 30,000 endpoints of six labels: one service of 20,000 (alone larger
+/// than a chunk) and 100 of 100. Over the message limit as one message.
+fn thirty_thousand() -> pb::Inventory {
+    let mut services = vec![service_of("big", 20_000)];
+    services.extend((0..100).map(|i| service_of(&format!("s{i}"), 100)));
+    let whole = inv(true, services, &[]);
+    assert!(
+        whole.encoded_len() > MAX_MESSAGE_BYTES,
+        "not a large report"
+    );
+    whole
+}
+
+/// Feed `chunks` in order: nothing is judged before the last.
+fn assemble(asm: &mut Assembler, chunks: Vec<pb::Inventory>) -> Assembled {
+    let n = chunks.len();
+    let mut out = None;
+    for (i, c) in chunks.into_iter().enumerate() {
+        let a = asm.push(c);
+        if i + 1 < n {
+            assert_eq!(a, None, "chunk {i} of {n} was taken as a whole update");
+        } else {
+            out = a;
+        }
+    }
+    assert!(!asm.pending());
+    out.expect("the last chunk completes the update")
+}
+
+fn judged(a: &Assembled, held: &Report) -> Verdict {
+    a.judge("tern", "z1", held, BTreeSet::new)
+}
+
+/// A full report over the message limit, cut into chunks each well under
+/// it, is the same report to the global as the one message: the same
+/// services, endpoints, region and gateways, the same ZoneIngress. Before,
+/// the zone sent it whole and the stream was reset on every connect; each
+/// chunk judged alone would publish a part (the last part of `big`).
+#[test]
+fn a_chunked_full_report_is_judged_as_the_one_message() {
+    let whole = thirty_thousand();
+    let chunks = proto::inventory::split(whole.clone(), MIB);
+    assert!(chunks.len() > 8, "{} chunks", chunks.len());
+    assert!(chunks
+        .iter()
+        .all(|c| c.encoded_len() < MAX_MESSAGE_BYTES && c.encoded_len() <= MIB));
+    // Replaces what was held, as a full report does.
+    let held = accept(first(vec![svc("old", "z1")], NO));
+    let expected = judge("tern", "z1", &held, &whole, NO);
+    let report = match &expected {
+        Verdict::Accept(r, _) => r.clone(),
+        other => panic!("expected Accept, got {other:?}"),
+    };
+    assert_eq!(report.services.len(), 101);
+    assert_eq!(report.services["big"].endpoints.len(), 20_000);
+    let got = assemble(&mut Assembler::default(), chunks);
+    assert_eq!(got.connected_proxies(), whole.connected_proxies);
+    assert_eq!(judged(&got, &held), expected);
+}
+
+/// An incremental update in chunks (a service removed, one replaced by a
+/// larger one in parts, one added) applies to the held report as one
+/// message does, keeping what it does not name; chunk by chunk, `web`
+/// would end up with its last part only.
+#[test]
+fn a_chunked_incremental_update_applies_as_one() {
+    let held = accept(first(
+        vec![svc("api", "z1"), svc("web", "z1"), svc("old", "z1")],
+        NO,
+    ));
+    let whole = inv(
+        false,
+        vec![service_of("web", 5000), service_of("db", 10)],
+        &["old"],
+    );
+    let chunks = proto::inventory::split(whole.clone(), 256 * 1024);
+    assert!(chunks.len() > 3, "{} chunks", chunks.len());
+    assert!(chunks.iter().all(|c| !c.full));
+    let got = assemble(&mut Assembler::default(), chunks);
+    let verdict = judged(&got, &held);
+    assert_eq!(verdict, judge("tern", "z1", &held, &whole, NO));
+    let r = accept(verdict);
+    assert_eq!(
+        r.services.keys().collect::<Vec<_>>(),
+        vec!["api", "db", "web"]
+    );
+    assert_eq!(r.services["web"].endpoints, whole.upserts[0].endpoints);
+}
+
+/// Chunks of another kind of update do not mix: a chunk with `full`
+/// starts a new update (the unfinished one is dropped), and a one-message
+/// update after a finished one stands alone.
+#[test]
+fn a_full_chunk_restarts_an_unfinished_update() {
+    let mut asm = Assembler::default();
+    let mut part = inv(true, vec![svc("a", "z1")], &[]);
+    part.last_chunk = false;
+    assert_eq!(asm.push(part), None);
+    assert!(asm.pending());
+    let mut b1 = inv(true, vec![svc("b", "z1")], &[]);
+    b1.last_chunk = false;
+    let b2 = inv(false, vec![svc("c", "z1")], &[]);
+    let r = accept(judged(
+        &assemble(&mut asm, vec![b1, b2]),
+        &Report::default(),
+    ));
+    assert_eq!(r.services.keys().collect::<Vec<_>>(), vec!["b", "c"]);
+    let next = inv(false, vec![svc("d", "z1")], &[]);
+    assert_eq!(asm.push(next.clone()), Some(Assembled::Whole(next)));
+}
+
+/// An update whose chunks together exceed a bound is refused at the chunk
+/// that crosses it, before that chunk is taken in; the buffer is dropped
+/// at once and so are the update's remaining chunks. The zone's next full
+/// report is taken as usual.
+#[test]
+fn an_assembled_update_over_the_bounds_is_refused() {
+    fn chunked(services: Vec<pb::ServiceInventory>, full: bool) -> Vec<pb::Inventory> {
+        let n = services.len();
+        services
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| pb::Inventory {
+                last_chunk: i + 1 == n,
+                ..inv(full && i == 0, vec![s], &[])
+            })
+            .collect()
+    }
+    let cases: [(Vec<pb::ServiceInventory>, &str); 3] = [
+        // 6 × 10,000 endpoints, each chunk small.
+        (
+            (0..6)
+                .map(|i| pb::ServiceInventory {
+                    endpoints: vec![ep("z1", "x"); 10_000],
+                    ..svc(&format!("s{i}"), "z1")
+                })
+                .collect(),
+            "more than 50000 endpoints",
+        ),
+        // 2,001 services of one endpoint.
+        (
+            (0..=MAX_SERVICES)
+                .map(|i| svc(&format!("s{i}"), "z1"))
+                .collect(),
+            "more than 2000 services",
+        ),
+        // 10 × 7 MiB of labels.
+        (
+            (0..10)
+                .map(|i| {
+                    let mut s = svc(&format!("s{i}"), "z1");
+                    s.endpoints[0]
+                        .labels
+                        .insert("blob".into(), "x".repeat(7 * MIB));
+                    s
+                })
+                .collect(),
+            "more than 64 MiB",
+        ),
+    ];
+    for (services, why) in cases {
+        let mut asm = Assembler::default();
+        let mut verdicts = Vec::new();
+        for c in chunked(services, true) {
+            if let Some(a) = asm.push(c) {
+                assert!(!asm.pending(), "{why}: the buffer was kept");
+                verdicts.push(judged(&a, &Report::default()));
+            }
+        }
+        assert_eq!(verdicts.len(), 1, "{why}: {verdicts:?}");
+        refuse(verdicts.remove(0), why);
+        // A refused zone's incremental update, too large, is ignored.
+        let refused = Report {
+            refused: Some("x".into()),
+            ..Report::default()
+        };
+        let mut asm = Assembler::default();
+        let mut first = true;
+        for c in chunked(
+            (0..6)
+                .map(|i| pb::ServiceInventory {
+                    endpoints: vec![ep("z1", "x"); 10_000],
+                    ..svc(&format!("s{i}"), "z1")
+                })
+                .collect(),
+            false,
+        ) {
+            if let Some(a) = asm.push(c) {
+                assert!(first);
+                first = false;
+                assert_eq!(judged(&a, &refused), Verdict::Ignore);
+            }
+        }
+        // A full report after a refused one stands on its own.
+        let r = accept(judged(
+            &asm.push(inv(true, vec![svc("api", "z1")], &[])).unwrap(),
+            &refused,
+        ));
+        assert_eq!(r.services.keys().collect::<Vec<_>>(), vec!["api"]);
+    }
+    // The parts of one service count once: 2,000 services, one of them in
+    // two parts, are taken.
+    let mut asm = Assembler::default();
+    let services: Vec<_> = (0..MAX_SERVICES)
+        .map(|i| svc(&format!("s{i}"), "z1"))
+        .chain([svc("s0", "z1")])
+        .collect();
+    let r = accept(judged(
+        &assemble(&mut asm, chunked(services, true)),
+        &Report::default(),
+    ));
+    assert_eq!(r.services.len(), MAX_SERVICES);
+    assert_eq!(r.services["s0"].endpoints.len(), 2);
 }

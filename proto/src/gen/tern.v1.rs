@@ -128,22 +128,30 @@ pub struct Nack {
     pub reason: ::prost::alloc::string::String,
 }
 /// What the zone has: sent whole on connect (full = true), then per service
-/// as it changes. One service's inventory is the bounded unit.
+/// as it changes. An update larger than about 1 MiB is cut into chunks,
+/// sent one after another (other messages may come between them); the
+/// global judges the update once its last chunk is in, as one message. A
+/// service too large for one chunk is sent in parts: entries of the same
+/// name in consecutive chunks, whose endpoints the global concatenates. One
+/// endpoint is the bounded unit. See proto::inventory::split.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Inventory {
+    /// Set on the first chunk of a full update only: a chunk with full = true
+    /// starts a new update, dropping an unfinished one.
     #[prost(bool, tag = "1")]
     pub full: bool,
     #[prost(message, repeated, tag = "2")]
     pub upserts: ::prost::alloc::vec::Vec<ServiceInventory>,
     #[prost(string, repeated, tag = "3")]
     pub removed: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// On every chunk; the global keeps the last chunk's.
     #[prost(uint32, tag = "4")]
     pub connected_proxies: u32,
     /// false while more chunks of the same update follow.
     #[prost(bool, tag = "5")]
     pub last_chunk: bool,
     /// The zone's region, and its gateways' public QUIC addresses. Sent with
-    /// every inventory message; small.
+    /// every inventory message (every chunk); small.
     #[prost(string, tag = "6")]
     pub region: ::prost::alloc::string::String,
     #[prost(string, repeated, tag = "7")]
