@@ -111,6 +111,9 @@ pub fn proxy_state(data: &[u8]) {
 /// (one zone must not be able to stop sync for the others).
 pub fn zone_to_global(data: &[u8]) {
     let mut held = global_cp::inventory::Report::default();
+    // Inventory messages are chunks of updates, joined as the global joins
+    // them (`sync.rs`), then judged whole.
+    let mut assembler = global_cp::inventory::Assembler::default();
     let others: BTreeSet<String> = ["127.0.2.5:4433".to_string()].into();
     let mut sender = DeltaSender::new(0, ACK_TIMEOUT);
     let now = Instant::now();
@@ -131,13 +134,20 @@ pub fn zone_to_global(data: &[u8]) {
                 let _ = sender.on_nack(n.version, n.reason);
             }
             Some(pb::zone_message::Msg::Inventory(inv)) => {
-                use global_cp::inventory::{judge, Verdict};
-                match judge(TD, ZONE, &held, &inv, &others) {
+                use global_cp::inventory::{Assembled, Verdict};
+                let Some(update) = assembler.push(inv) else {
+                    continue;
+                };
+                let full = match &update {
+                    Assembled::Whole(inv) => inv.full,
+                    Assembled::TooLarge { full, .. } => *full,
+                };
+                match update.judge(TD, ZONE, &held, || others.clone()) {
                     Verdict::Accept(report, ingress) => {
                         check_ingress(&report, &ingress, &others);
                         held = *report;
                     }
-                    Verdict::Ignore => assert!(held.refused.is_some() && !inv.full),
+                    Verdict::Ignore => assert!(held.refused.is_some() && !full),
                     Verdict::Refuse(why) => held.refused = Some(why),
                 }
             }
