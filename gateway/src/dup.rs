@@ -204,10 +204,18 @@ pub fn monitor(
             sock.prune();
             metrics.set_duplication(
                 &zone,
+                peer,
                 sock.active(peer),
                 sock.duplicated.load(Ordering::Relaxed),
             );
         }
+        // The connection is gone: its peer no longer counts for the zone.
+        metrics.set_duplication(
+            &zone,
+            conn.remote_address(),
+            false,
+            sock.duplicated.load(Ordering::Relaxed),
+        );
     });
 }
 

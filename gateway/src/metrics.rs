@@ -1,6 +1,9 @@
 //! Gateway metrics per remote zone (`tern_gateway_*`).
 
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use dataplane::metrics::ReasonLabel;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -40,6 +43,8 @@ pub struct Metrics {
     pub refused_flows: Family<ReasonLabel, Counter>,
     pub duplication_active: Family<ZoneLabel, Gauge>,
     pub duplicated_packets: Gauge,
+    /// The gateways of each zone whose datagrams are duplicated now.
+    duplicating: Arc<Mutex<HashMap<String, HashSet<SocketAddr>>>>,
     pub distrusted: Counter,
 }
 
@@ -59,6 +64,7 @@ impl Metrics {
             refused_flows: Family::default(),
             duplication_active: Family::default(),
             duplicated_packets: Gauge::default(),
+            duplicating: Default::default(),
             distrusted: Counter::default(),
         };
         reg.register(
@@ -198,11 +204,27 @@ impl Metrics {
         self.cwnd_bytes.remove(&z);
         self.connections.remove(&z);
         self.duplication_active.remove(&z);
+        self.duplicating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(zone);
     }
-    pub fn set_duplication(&self, zone: &str, active: bool, total: u64) {
+    /// Whether datagrams to `peer`, a gateway of `zone`, are duplicated;
+    /// the zone's gauge is 1 while any of its gateways' are.
+    pub fn set_duplication(&self, zone: &str, peer: SocketAddr, active: bool, total: u64) {
+        let any = {
+            let mut d = self.duplicating.lock().unwrap_or_else(|e| e.into_inner());
+            let peers = d.entry(zone.to_string()).or_default();
+            if active {
+                peers.insert(peer);
+            } else {
+                peers.remove(&peer);
+            }
+            !peers.is_empty()
+        };
         self.duplication_active
             .get_or_create(&Self::z(zone))
-            .set(active as i64);
+            .set(any as i64);
         self.duplicated_packets.set(total as i64);
     }
     pub fn set_connections(&self, zone: &str, n: i64) {
@@ -221,7 +243,8 @@ mod tests {
     }
 
     /// Two gateways of one zone publish one path (the longer RTT, the
-    /// packets of both), not whichever was read last; a zone that left the
+    /// packets of both) and one duplication state (on while either
+    /// duplicates), not whichever was read last; a zone that left the
     /// config loses its gauges instead of keeping its last values.
     #[test]
     fn a_zones_paths_are_one_series_and_a_gone_zone_is_forgotten() {
@@ -235,7 +258,17 @@ mod tests {
         b.sent_packets = 5;
         m.paths("z3", &[a, b]);
         m.set_connections("z3", 2);
-        m.set_duplication("z3", true, 0);
+        let (ga, gb): (SocketAddr, SocketAddr) = (
+            "127.0.3.5:4433".parse().unwrap(),
+            "127.0.3.6:4433".parse().unwrap(),
+        );
+        m.set_duplication("z3", ga, true, 0);
+        m.set_duplication("z3", gb, false, 0);
+        assert!(
+            scrape(&reg).contains("duplication_active{zone=\"z3\"} 1"),
+            "one of two gateways duplicating"
+        );
+        m.set_duplication("z3", ga, true, 0);
         let text = scrape(&reg);
         assert!(text.contains("rtt_seconds{zone=\"z3\"} 0.03"), "{text}");
         assert!(text.contains("sent_packets{zone=\"z3\"} 15"), "{text}");
