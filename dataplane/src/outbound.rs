@@ -447,15 +447,7 @@ impl Proxy {
                 .await
             {
                 Ok(c) => (Some(c.to_bytes()), None),
-                Err(_) => {
-                    return error_response(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!(
-                            "{IDEMPOTENT_HEADER} requests are buffered for retries; \
-                             the body exceeds {MAX_REPLAY_BODY} bytes or failed to arrive"
-                        ),
-                    )
-                }
+                Err(e) => return replay_refused(&*e),
             }
         } else {
             (None, Some(crate::proxy::passed(body)))
@@ -594,6 +586,25 @@ fn redirect(status: StatusCode, location: &str) -> Response<Body> {
 
 /// The destination service named by Host or :authority: `web`,
 /// `web:8080` and `web.mesh` all mean `web`.
+/// The answer when a request buffered for retries cannot be: 413 when its
+/// body is over the limit, 400 when the body did not arrive whole (the
+/// caller reset or stopped sending), which is not a size problem.
+fn replay_refused(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Response<Body> {
+    if e.is::<http_body_util::LengthLimitError>() {
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{IDEMPOTENT_HEADER} requests are buffered for retries; the body exceeds \
+                 {MAX_REPLAY_BODY} bytes"
+            ),
+        );
+    }
+    error_response(
+        StatusCode::BAD_REQUEST,
+        format!("the request body did not arrive whole: {e}"),
+    )
+}
+
 pub fn host_service<B>(req: &Request<B>) -> Option<String> {
     let host = req
         .headers()
@@ -614,6 +625,30 @@ pub fn host_service<B>(req: &Request<B>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An over-long body is 413; one that failed to arrive is 400.
+    #[tokio::test]
+    async fn a_replay_body_over_the_limit_is_413_and_a_broken_one_400() {
+        use http_body_util::BodyExt;
+        let big = http_body_util::Full::new(Bytes::from(vec![0u8; 16]));
+        let e = http_body_util::Limited::new(big, 8)
+            .collect()
+            .await
+            .unwrap_err();
+        assert_eq!(replay_refused(&*e).status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let broken = http_body_util::StreamBody::new(futures_util::stream::iter(vec![Err::<
+            hyper::body::Frame<Bytes>,
+            std::io::Error,
+        >(
+            std::io::Error::other("reset by the caller"),
+        )]));
+        let e = http_body_util::Limited::new(broken, 8)
+            .collect()
+            .await
+            .unwrap_err();
+        let r = replay_refused(&*e);
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
 
     #[test]
     fn host_routing() {
