@@ -86,14 +86,7 @@ impl Proxy {
         let cluster = self.shared.clusters.load().by_service.get(service).cloned();
         let Some(mut cluster) = cluster else {
             tracing::info!(service, "TCP: no such service");
-            self.log_outbound_tcp(
-                started,
-                service,
-                crate::traffic::UNKNOWN,
-                None,
-                Decision::None,
-                (0, 0),
-            );
+            self.log_unrouted_tcp(started, service);
             return;
         };
         // A TcpRoute picks a backend per connection.
@@ -106,14 +99,7 @@ impl Proxy {
                             service,
                             "TCP: none of the route's backends has an endpoint"
                         );
-                        self.log_outbound_tcp(
-                            started,
-                            service,
-                            crate::traffic::UNKNOWN,
-                            None,
-                            Decision::None,
-                            (0, 0),
-                        );
+                        self.log_unrouted_tcp(started, service);
                         return;
                     }
                 }
@@ -237,6 +223,19 @@ impl Proxy {
             zone.unwrap_or(crate::traffic::UNKNOWN),
             None,
             decision,
+            (0, 0),
+        );
+    }
+
+    /// The line of a TCP flow with nowhere to go (no such service, or no
+    /// backend of its route with an endpoint).
+    fn log_unrouted_tcp(&self, started: Instant, service: &str) {
+        self.log_outbound_tcp(
+            started,
+            service,
+            crate::traffic::UNKNOWN,
+            None,
+            Decision::None,
             (0, 0),
         );
     }
