@@ -9,7 +9,7 @@
 //! `retry` (attempts across localities) → `balance` (the endpoint) →
 //! `connect` (mTLS, direct or through a gateway).
 //!
-//! Upgrades (WebSocket) go to `upgrade.rs` and are not routed.
+//! Upgrades (WebSocket) are routed, then go to `upgrade.rs`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -335,7 +335,7 @@ impl Proxy {
     async fn route_outbound(
         &self,
         fixed: Option<&str>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         served: &mut Served,
     ) -> Response<Body> {
         let service: String = match &fixed {
@@ -368,12 +368,16 @@ impl Proxy {
                 "no workload certificate yet; the proxy fails closed until it has one".into(),
             );
         }
-        if is_upgrade(&req) {
-            return self.outbound_upgrade(&service, &cluster, req).await;
-        }
+        // An upgrade (WebSocket) is routed as any request, then goes to
+        // `upgrade.rs` instead of the attempts.
+        let from_app = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(CLIENT_ID_HEADER);
+        if from_app.is_some() {
+            crate::upgrade::outbound_headers(&mut parts.headers);
+        } else {
+            strip_hop_by_hop(&mut parts.headers);
+            parts.headers.remove(CLIENT_ID_HEADER);
+        }
         // Retried in the next locality: GET/HEAD/OPTIONS/TRACE without a
         // body, and anything the caller marks idempotent (gRPC has no wire
         // marker; a client interceptor sets the header). Marked requests
@@ -437,6 +441,31 @@ impl Proxy {
             timeout = rule.timeout;
         }
         let policy = target.resilience.clone();
+        // The route's timeout, else the destination's request timeout: until
+        // the response head, across all attempts.
+        let limit = timeout.or(policy.request_timeout);
+        // Named only when it expires.
+        let route_name = selected.as_ref().map(|s| s.rule.name.clone());
+        let whose = move || match (timeout, &route_name) {
+            (Some(t), r) => format!(
+                "the route timeout of {t:?} ({})",
+                r.as_deref().unwrap_or_default()
+            ),
+            (None, _) => format!("the request timeout of {:?}", limit.unwrap_or_default()),
+        };
+        if let Some(from_app) = from_app {
+            let up = crate::upgrade::OutgoingUpgrade {
+                parts,
+                body,
+                from_app,
+                limit: limit.map(|l| (l, whose())),
+            };
+            let mut resp = self.outbound_upgrade(&service, &target, up, served).await;
+            if let Some(ops) = selected.and_then(|s| s.rule.response_headers.as_ref()) {
+                ops.apply(resp.headers_mut());
+            }
+            return resp;
+        }
         // A method the destination's Retry policy lists as idempotent is
         // buffered and repeated like a request the caller marks.
         let marked = marked_by_caller || policy.idempotent_methods.contains(&parts.method);
@@ -470,27 +499,6 @@ impl Proxy {
                 }
             },
         };
-        // The route's timeout, else the destination's request timeout: until
-        // the response head, across all attempts.
-        let (limit, whose) = match timeout {
-            Some(t) => (
-                Some(t),
-                format!(
-                    "the route timeout of {t:?} ({})",
-                    selected
-                        .as_ref()
-                        .map(|s| s.rule.name.as_ref())
-                        .unwrap_or_default()
-                ),
-            ),
-            None => (
-                policy.request_timeout,
-                format!(
-                    "the request timeout of {:?}",
-                    policy.request_timeout.unwrap_or_default()
-                ),
-            ),
-        };
         let mut resp = match limit {
             None => self.attempts(&service, &target, out, served).await,
             Some(limit) => {
@@ -500,7 +508,7 @@ impl Proxy {
                     Ok(r) => r,
                     Err(_) => error_response(
                         StatusCode::GATEWAY_TIMEOUT,
-                        format!("service {service}: no response head within {whose}"),
+                        format!("service {service}: no response head within {}", whose()),
                     ),
                 }
             }

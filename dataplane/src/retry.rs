@@ -136,13 +136,9 @@ impl Proxy {
         served.cluster = Some(cluster.clone());
         let (client, version) = self.upstream_for(cluster.protocol);
         let policy = &cluster.resilience;
-        // The circuit breaker: a place among the requests in progress.
-        let _place = match policy.limits.admit().await {
+        let _place = match self.admit(service, cluster, served).await {
             Ok(p) => p,
-            Err(limit) => {
-                served.decided(Decision::CircuitOpen);
-                return self.circuit_open(service, limit);
-            }
+            Err(refused) => return refused,
         };
         policy.budget.deposit(Instant::now());
         let mut _retry_slot = None;
@@ -362,6 +358,20 @@ impl Proxy {
     }
 
     /// A CircuitBreaker limit refused the request: 503, naming the limit.
+    /// The circuit breaker: a place among the destination's requests in
+    /// progress (until the response head), or the 503 that names the limit.
+    pub(crate) async fn admit<'c>(
+        &self,
+        service: &str,
+        cluster: &'c Cluster,
+        served: &mut Served,
+    ) -> Result<tokio::sync::SemaphorePermit<'c>, Response<Body>> {
+        cluster.resilience.limits.admit().await.map_err(|limit| {
+            served.decided(Decision::CircuitOpen);
+            self.circuit_open(service, limit)
+        })
+    }
+
     pub(crate) fn circuit_open(&self, service: &str, limit: &'static str) -> Response<Body> {
         self.metrics
             .circuit_open

@@ -6,7 +6,10 @@
 //! to the app the same way, with the verified caller identity. Once the
 //! answer is `101 Switching Protocols`, each side splices the two upgraded
 //! connections; inbound, the splice is cut when the caller stops being
-//! trusted, as any opaque connection is. Only a failed connect is retried
+//! trusted, as any opaque connection is. Outbound, an upgrade is routed
+//! as any request (`outbound.rs` applies the route's redirect, header
+//! changes, rewrite, backends and timeout) and takes a place in the
+//! destination's circuit breaker; only a failed connect is retried
 //! elsewhere: once sent, an upgrade is not idempotent.
 
 use std::net::SocketAddr;
@@ -21,11 +24,14 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::balance::{Cluster, Endpoint};
+use crate::outlier::Outcome;
 use crate::protocol::Protocol;
 use crate::proxy::{
     app_uri, empty, error_chain, error_response, mesh_request, path_of, strip_hop_by_hop, Body,
     Proxy, CLIENT_ID_HEADER, ERROR_HEADER,
 };
+use crate::traffic::Served;
+use common::traffic::Decision;
 
 /// An HTTP/1.1 request asking to switch protocols: `Connection: upgrade`
 /// and an `Upgrade` header. (HTTP/2 has no such request.)
@@ -69,26 +75,55 @@ async fn splice(a: OnUpgrade, b: OnUpgrade, idle: Duration) {
     }
 }
 
+/// An upgrade request on its way out, once routed: its head (the route's
+/// header changes and rewrite applied), its body, the caller's side of the
+/// upgrade, and the limit on its answer's head.
+pub(crate) struct OutgoingUpgrade {
+    pub parts: http::request::Parts,
+    pub body: Incoming,
+    pub from_app: OnUpgrade,
+    /// The route's timeout or the destination's request timeout, and how
+    /// to name it in a 504.
+    pub limit: Option<(Duration, String)>,
+}
+
+/// Prepare an upgrade request's headers for the mesh hop: hop-by-hop
+/// headers removed except the upgrade asked for, no forged caller identity.
+pub(crate) fn outbound_headers(h: &mut HeaderMap) {
+    upgrade_headers(h);
+    h.remove(CLIENT_ID_HEADER);
+}
+
 impl Proxy {
-    /// Outbound: carry an upgrade request to an endpoint of `cluster`.
+    /// Outbound: carry a routed upgrade request to an endpoint of
+    /// `cluster`. It takes a place in the destination's circuit breaker
+    /// until its answer's head, as any request does; a failed connect
+    /// goes to another endpoint with the body (nothing was sent); once
+    /// sent, an upgrade is not retried.
     pub(crate) async fn outbound_upgrade(
         &self,
         service: &str,
-        cluster: &Cluster,
-        mut req: Request<Incoming>,
+        cluster: &Arc<Cluster>,
+        up: OutgoingUpgrade,
+        served: &mut Served,
     ) -> Response<Body> {
-        let from_app = hyper::upgrade::on(&mut req);
-        let (mut parts, body) = req.into_parts();
-        upgrade_headers(&mut parts.headers);
-        parts.headers.remove(CLIENT_ID_HEADER);
+        served.cluster = Some(cluster.clone());
+        let policy = &cluster.resilience;
+        let _place = match self.admit(service, cluster, served).await {
+            Ok(p) => p,
+            Err(refused) => return refused,
+        };
+        let OutgoingUpgrade {
+            parts,
+            body,
+            from_app,
+            limit,
+        } = up;
         let path = path_of(&parts.uri);
-        // A body (rare on an upgrade) can be sent once; an empty one on
-        // every attempt.
         let bodyless = body.is_end_stream();
         let mut body = Some(crate::proxy::passed(body));
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut last_err = String::new();
-        let policy = cluster.resilience.clone();
         // Only failed connects are retried (nothing was sent).
         for _ in 0..policy.tcp_connect_attempts {
             let Some((ep, _)) = cluster.pick(&tried, 0) else {
@@ -99,23 +134,28 @@ impl Proxy {
                 None if bodyless => empty(),
                 None => break,
             };
+            served.endpoint = Some(ep.clone());
             let r = mesh_request(&parts, &ep.authority, &path, Version::HTTP_11, b);
-            let send = self.upstream_h1.send(r);
-            let answer = match policy.request_timeout {
-                Some(limit) => tokio::time::timeout(limit, send).await.ok(),
+            let active = ep.start_request();
+            let send = self.upstream_h1.try_send(r);
+            let answer = match &limit {
+                Some((limit, _)) => tokio::time::timeout(*limit, send).await.ok(),
                 None => Some(send.await),
             };
+            drop(active);
             let Some(answer) = answer else {
+                let whose = limit.map(|(_, w)| w).unwrap_or_default();
                 return error_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
-                        "service {service}: {} did not answer the upgrade in time",
+                        "service {service}: {} did not answer the upgrade within {whose}",
                         ep.authority
                     ),
                 );
             };
             match answer {
                 Ok(mut resp) => {
+                    self.record_outcome(cluster, &ep, Outcome::of(resp.status()));
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let to_mesh = hyper::upgrade::on(&mut resp);
                         let idle = policy.tcp_idle.unwrap_or(Duration::MAX);
@@ -123,13 +163,19 @@ impl Proxy {
                     }
                     return resp.map(crate::proxy::passed);
                 }
-                Err(e) => {
-                    last_err = format!("{}: {}", ep.authority, error_chain(&e));
-                    if !e.is_connect() {
-                        break;
+                Err(unsent) => {
+                    if unsent.error.circuit_open() {
+                        served.decided(Decision::CircuitOpen);
+                        return self.circuit_open(service, "max-connections");
                     }
+                    last_err = format!("{}: {}", ep.authority, error_chain(&unsent.error));
+                    let Some(r) = unsent.request else {
+                        // Sent, or partly: not repeated.
+                        break;
+                    };
+                    body = Some(r.into_body());
                     self.metrics.upstream_connect_errors.inc();
-                    self.record_outcome(cluster, &ep, crate::outlier::Outcome::Local);
+                    self.record_outcome(cluster, &ep, Outcome::Local);
                     tried.push(ep);
                 }
             }

@@ -6,6 +6,8 @@ put Tern sidecars (and gateways) between them.
   interop.py grpc-client TARGET AUTHORITY CALLER_ID
   interop.py ws-server LISTEN
   interop.py ws-client PROXY HOST CALLER_ID
+  interop.py ws-where PROXY HOST PATH
+  interop.py ws-limit PROXY HOST
 
 CALLER_ID is the SPIFFE ID the server must see for the caller (the one
 its sidecar verified, not the one the client forges).
@@ -162,6 +164,9 @@ def ws_server(listen):
         async for msg in ws:
             if msg == "whoami":
                 await ws.send(ws.request.headers.get("x-tern-client-id", ""))
+            elif msg == "whereami":
+                route = ws.request.headers.get("x-route", "-")
+                await ws.send(f"{listen} {ws.request.path} {route}")
             else:
                 await ws.send(msg)
 
@@ -217,6 +222,92 @@ def ws_client(proxy, host, caller_id):
     sys.exit(run(checks))
 
 
+def ws_where(proxy, host, path):
+    """One session to ws://HOST/PATH: prints the server's `whereami`
+    answer (its listen address, the path it was asked for, its x-route
+    header) as `where: ...`, or the failure."""
+    from websockets.asyncio.client import connect
+
+    phost, pport = split(proxy)
+
+    async def go():
+        async with connect(
+            f"ws://{host}{path}",
+            host=phost,
+            port=pport,
+            subprotocols=["chat.v1"],
+            open_timeout=20,
+        ) as ws:
+            await ws.send("whereami")
+            return await asyncio.wait_for(ws.recv(), 30)
+
+    from websockets.exceptions import InvalidStatus
+
+    try:
+        print(f"where: {asyncio.run(go())}", flush=True)
+    except Exception as e:  # noqa: BLE001
+        # A redirect is followed by the client, and fails on its http://
+        # Location: the answer that refused the upgrade is the context.
+        while e is not None and not isinstance(e, InvalidStatus):
+            e = e.__context__
+        if e is None:
+            raise
+        r = e.response
+        print(f"refused: HTTP {r.status_code} {r.body!r}", flush=True)
+        sys.exit(1)
+
+
+def ws_limit(proxy, host):
+    """HOST's CircuitBreaker allows one connection: while a session is
+    open a second upgrade gets 503 with `x-tern-circuit: max-connections`,
+    and once the first closes a new session opens (its connection's place
+    is given back when the connection closes, so this waits for it)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    phost, pport = split(proxy)
+
+    def session():
+        return connect(
+            f"ws://{host}/chat",
+            host=phost,
+            port=pport,
+            subprotocols=["chat.v1"],
+            open_timeout=20,
+        )
+
+    async def echo(ws):
+        await ws.send("ping")
+        assert await asyncio.wait_for(ws.recv(), 30) == "ping"
+
+    async def go():
+        async with session() as first:
+            await echo(first)
+            try:
+                async with session():
+                    raise AssertionError("a second session opened past maxConnections: 1")
+            except InvalidStatus as e:
+                r = e.response
+                assert r.status_code == 503, r.status_code
+                assert r.headers.get("x-tern-circuit") == "max-connections", r.headers
+            await echo(first)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                async with session() as third:
+                    await echo(third)
+                    return
+            except InvalidStatus:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    def limit():
+        asyncio.run(go())
+
+    sys.exit(run([limit]))
+
+
 def run(checks):
     failed = 0
     for c in checks:
@@ -237,4 +328,6 @@ if __name__ == "__main__":
         "grpc-client": grpc_client,
         "ws-server": ws_server,
         "ws-client": ws_client,
+        "ws-where": ws_where,
+        "ws-limit": ws_limit,
     }[cmd](*args)

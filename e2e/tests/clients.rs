@@ -22,7 +22,7 @@ struct Topology {
     _procs: Vec<Proc>,
     _zones: Vec<ZoneCp>,
     _gws: Vec<GatewayProc>,
-    _g: Global,
+    g: Global,
     s: Scratch,
 }
 
@@ -92,7 +92,7 @@ impl Topology {
             _procs: procs,
             _zones: vec![z1, z2],
             _gws: gws,
-            _g: g,
+            g,
             s,
         }
     }
@@ -175,9 +175,17 @@ fn grpcio_calls_of_every_shape_pass_through_sidecars_in_a_zone_and_across_zones(
 /// through the sidecars' HTTP listeners, in the zone and across zones: the
 /// upgrade succeeds with the negotiated subprotocol, 100 text messages and
 /// a 4 MiB binary message echo back intact, and the server sees the
-/// caller's verified identity on the upgrade request.
+/// caller's verified identity on the upgrade request. Then an HttpRoute on
+/// `ws-near` applies to upgrades as to any request: a session opened to
+/// `ws-near` under `/far` lands on `ws-far`'s server (in the other zone)
+/// with the path rewritten and the route's header set; a redirect rule
+/// answers the upgrade with its 301; a path no rule matches still reaches
+/// `ws-near` untouched. Last, a CircuitBreaker of one connection to
+/// `ws-near` refuses a second upgrade (503, `max-connections`) while a
+/// session is open, and admits one again after it closes.
 #[test]
-fn websocket_upgrades_pass_through_sidecars_in_a_zone_and_across_zones() {
+fn websocket_upgrades_pass_through_sidecars_in_a_zone_and_across_zones_follow_routes_and_count_as_connections(
+) {
     let t = Topology::start("websocket", Net(51), "ws", "http");
     let proxy = t.client_outbound().to_string();
     for svc in ["ws-near", "ws-far"] {
@@ -187,6 +195,48 @@ fn websocket_upgrades_pass_through_sidecars_in_a_zone_and_across_zones() {
             &["text", "binary_large", "identity"],
         );
     }
+
+    t.g.apply(
+        "apiVersion: tern.dev/v1alpha1\nkind: HttpRoute\nmetadata: {name: ws-routes}\nspec:\n  to: {service: ws-near}\n  rules:\n\
+         \x20   - name: to-far\n      matches: [{path: {prefix: /far}}]\n      rewrite: {pathPrefix: /chat}\n      requestHeaders: {set: {x-route: to-far}}\n      backends: [{service: ws-far}]\n\
+         \x20   - name: moved\n      matches: [{path: {exact: /moved}}]\n      redirect: {path: /chat, statusCode: 301}\n",
+    );
+    let admin = t.net.addr(10, 15000);
+    wait_for("the client sidecar holds ws-near's two routes", T, || {
+        let d = get(admin, "x", "/config_dump").ok()?.json();
+        (d["routes"]["ws-near"]["http"].as_array()?.len() == 2).then_some(())
+    });
+    let near = t.net.addr(11, 8080);
+    let far = t.net.addr(31, 8080);
+    let where_ = |path: &str| t.run_client(&["ws-where", &proxy, "ws-near", path]);
+    let (ok, out) = where_("/far/room");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("where: {far} /chat/room to-far")),
+        "{out}"
+    );
+    let (ok, out) = where_("/chat");
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("where: {near} /chat -")), "{out}");
+    let (ok, out) = where_("/moved");
+    assert!(!ok, "a redirect is not an upgrade: {out}");
+    assert!(out.contains("refused: HTTP 301"), "{out}");
+
+    // With ws-near's CircuitBreaker at one connection, an open WebSocket
+    // holds it: a second upgrade gets 503 naming max-connections, and a
+    // new session opens once the first is closed.
+    t.g.apply(
+        "apiVersion: tern.dev/v1alpha1\nkind: CircuitBreaker\nmetadata: {name: ws-one}\nspec:\n  to: {service: ws-near}\n  limits: {maxConnections: 1}\n",
+    );
+    wait_for("the client sidecar's limit for ws-near", T, || {
+        let d = get(admin, "x", "/config_dump").ok()?.json();
+        (d["clusters"]["ws-near"]["resilience"]["limits"]["maxConnections"] == 1).then_some(())
+    });
+    assert_checks(
+        "ws-near",
+        t.run_client(&["ws-limit", &proxy, "ws-near"]),
+        &["limit"],
+    );
 }
 
 /// curl speaking HTTP/2 with prior knowledge (`:authority: api`, no
