@@ -56,17 +56,26 @@ fn upgrade_headers(h: &mut HeaderMap) {
     }
 }
 
-/// Copy between two upgraded connections until either side closes, or
-/// nothing moves for `idle`.
-async fn splice(a: OnUpgrade, b: OnUpgrade, idle: Duration) {
+/// Copy between two upgraded connections until either side closes,
+/// nothing moves for `idle`, or `lifetime` (when set) has passed.
+async fn splice(a: OnUpgrade, b: OnUpgrade, idle: Duration, lifetime: Option<Duration>) {
     match tokio::join!(a, b) {
         (Ok(a), Ok(b)) => {
-            let _ = common::splice::copy_bidirectional_idle(
-                &mut TokioIo::new(a),
-                &mut TokioIo::new(b),
-                idle,
-            )
-            .await;
+            let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+            let copy = common::splice::copy_bidirectional_idle(&mut a, &mut b, idle);
+            match lifetime {
+                Some(limit) => {
+                    if tokio::time::timeout(limit, copy).await.is_err() {
+                        tracing::debug!(
+                            ?limit,
+                            "closed an upgraded connection at its stream duration limit"
+                        );
+                    }
+                }
+                None => {
+                    let _ = copy.await;
+                }
+            }
         }
         (a, b) => {
             let e = a.err().or(b.err()).map(|e| error_chain(&e));
@@ -159,7 +168,7 @@ impl Proxy {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let to_mesh = hyper::upgrade::on(&mut resp);
                         let idle = policy.tcp_idle.unwrap_or(Duration::MAX);
-                        tokio::spawn(splice(from_app, to_mesh, idle));
+                        tokio::spawn(splice(from_app, to_mesh, idle, policy.stream_duration));
                     }
                     return resp.map(crate::proxy::passed);
                 }
@@ -227,7 +236,7 @@ impl Proxy {
                     let idle = self.tcp_idle;
                     tokio::spawn(async move {
                         if let Err(why) = live
-                            .while_trusted(chain, splice(from_caller, to_app, idle), || {})
+                            .while_trusted(chain, splice(from_caller, to_app, idle, None), || {})
                             .await
                         {
                             tracing::warn!(reason = %why, "closed an upgraded inbound connection: its peer is no longer trusted");

@@ -8,6 +8,7 @@ put Tern sidecars (and gateways) between them.
   interop.py ws-client PROXY HOST CALLER_ID
   interop.py ws-where PROXY HOST PATH
   interop.py ws-limit PROXY HOST
+  interop.py ws-closed PROXY HOST
 
 CALLER_ID is the SPIFFE ID the server must see for the caller (the one
 its sidecar verified, not the one the client forges).
@@ -257,45 +258,47 @@ def ws_where(proxy, host, path):
         sys.exit(1)
 
 
+def ws_session(proxy, host):
+    from websockets.asyncio.client import connect
+
+    phost, pport = split(proxy)
+    return connect(
+        f"ws://{host}/chat",
+        host=phost,
+        port=pport,
+        subprotocols=["chat.v1"],
+        open_timeout=20,
+    )
+
+
+async def ws_echo(ws):
+    await ws.send("ping")
+    assert await asyncio.wait_for(ws.recv(), 30) == "ping"
+
+
 def ws_limit(proxy, host):
     """HOST's CircuitBreaker allows one connection: while a session is
     open a second upgrade gets 503 with `x-tern-circuit: max-connections`,
     and once the first closes a new session opens (its connection's place
     is given back when the connection closes, so this waits for it)."""
-    from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidStatus
 
-    phost, pport = split(proxy)
-
-    def session():
-        return connect(
-            f"ws://{host}/chat",
-            host=phost,
-            port=pport,
-            subprotocols=["chat.v1"],
-            open_timeout=20,
-        )
-
-    async def echo(ws):
-        await ws.send("ping")
-        assert await asyncio.wait_for(ws.recv(), 30) == "ping"
-
     async def go():
-        async with session() as first:
-            await echo(first)
+        async with ws_session(proxy, host) as first:
+            await ws_echo(first)
             try:
-                async with session():
+                async with ws_session(proxy, host):
                     raise AssertionError("a second session opened past maxConnections: 1")
             except InvalidStatus as e:
                 r = e.response
                 assert r.status_code == 503, r.status_code
                 assert r.headers.get("x-tern-circuit") == "max-connections", r.headers
-            await echo(first)
+            await ws_echo(first)
         deadline = time.monotonic() + 60
         while True:
             try:
-                async with session() as third:
-                    await echo(third)
+                async with ws_session(proxy, host) as third:
+                    await ws_echo(third)
                     return
             except InvalidStatus:
                 if time.monotonic() > deadline:
@@ -306,6 +309,27 @@ def ws_limit(proxy, host):
         asyncio.run(go())
 
     sys.exit(run([limit]))
+
+
+def ws_closed(proxy, host):
+    """A session that works, then is left quiet, is closed by the mesh
+    (HOST's streamDuration) within 60 s: no message comes, the connection
+    ends."""
+    from websockets.exceptions import ConnectionClosed
+
+    async def go():
+        async with ws_session(proxy, host) as ws:
+            await ws_echo(ws)
+            try:
+                got = await asyncio.wait_for(ws.recv(), 60)
+            except ConnectionClosed:
+                return
+            raise AssertionError(f"a message came instead of the close: {got!r}")
+
+    def closed():
+        asyncio.run(go())
+
+    sys.exit(run([closed]))
 
 
 def run(checks):
@@ -330,4 +354,5 @@ if __name__ == "__main__":
         "ws-client": ws_client,
         "ws-where": ws_where,
         "ws-limit": ws_limit,
+        "ws-closed": ws_closed,
     }[cmd](*args)

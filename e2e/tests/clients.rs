@@ -182,10 +182,10 @@ fn grpcio_calls_of_every_shape_pass_through_sidecars_in_a_zone_and_across_zones(
 /// answers the upgrade with its 301; a path no rule matches still reaches
 /// `ws-near` untouched. Last, a CircuitBreaker of one connection to
 /// `ws-near` refuses a second upgrade (503, `max-connections`) while a
-/// session is open, and admits one again after it closes.
+/// session is open, and admits one again after it closes; and a Timeout's
+/// `streamDuration` of 2 s closes a quiet session (within 60 s).
 #[test]
-fn websocket_upgrades_pass_through_sidecars_in_a_zone_and_across_zones_follow_routes_and_count_as_connections(
-) {
+fn websockets_cross_sidecars_and_zones_and_obey_routes_breakers_and_timeouts() {
     let t = Topology::start("websocket", Net(51), "ws", "http");
     let proxy = t.client_outbound().to_string();
     for svc in ["ws-near", "ws-far"] {
@@ -236,6 +236,25 @@ fn websocket_upgrades_pass_through_sidecars_in_a_zone_and_across_zones_follow_ro
         "ws-near",
         t.run_client(&["ws-limit", &proxy, "ws-near"]),
         &["limit"],
+    );
+
+    // A Timeout's streamDuration closes an upgraded connection at its
+    // limit, although it is not idle-timed-out (1h by default).
+    t.g.apply(
+        "apiVersion: tern.dev/v1alpha1\nkind: Timeout\nmetadata: {name: ws-short}\nspec:\n  to: {service: ws-near}\n  streamDuration: 2s\n",
+    );
+    wait_for(
+        "the client sidecar's stream duration for ws-near",
+        T,
+        || {
+            let d = get(admin, "x", "/config_dump").ok()?.json();
+            (d["clusters"]["ws-near"]["resilience"]["streamDuration"] == "2s").then_some(())
+        },
+    );
+    assert_checks(
+        "ws-near",
+        t.run_client(&["ws-closed", &proxy, "ws-near"]),
+        &["closed"],
     );
 }
 
