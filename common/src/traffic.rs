@@ -95,7 +95,12 @@ pub struct Tally {
     /// HTTP requests by latency bucket ([`LATENCY_BOUNDS`], then +Inf).
     pub latency: [u64; BUCKETS],
     pub latency_sum_us: u64,
+    /// TCP connections the app opened (or a caller opened to the app),
+    /// those refused by a policy included.
     pub tcp_connections: u64,
+    /// Of those, the ones that reached no endpoint (every connect
+    /// failed, or there was none to try).
+    pub tcp_failed: u64,
     pub tcp_sent_bytes: u64,
     pub tcp_received_bytes: u64,
 }
@@ -116,6 +121,7 @@ impl Tally {
         sum(&mut self.latency, &o.latency);
         self.latency_sum_us = self.latency_sum_us.saturating_add(o.latency_sum_us);
         self.tcp_connections = self.tcp_connections.saturating_add(o.tcp_connections);
+        self.tcp_failed = self.tcp_failed.saturating_add(o.tcp_failed);
         self.tcp_sent_bytes = self.tcp_sent_bytes.saturating_add(o.tcp_sent_bytes);
         self.tcp_received_bytes = self.tcp_received_bytes.saturating_add(o.tcp_received_bytes);
     }
@@ -133,6 +139,7 @@ impl Tally {
         diff(&self.latency, &earlier.latency, &mut d.latency);
         d.latency_sum_us = self.latency_sum_us.saturating_sub(earlier.latency_sum_us);
         d.tcp_connections = self.tcp_connections.saturating_sub(earlier.tcp_connections);
+        d.tcp_failed = self.tcp_failed.saturating_sub(earlier.tcp_failed);
         d.tcp_sent_bytes = self.tcp_sent_bytes.saturating_sub(earlier.tcp_sent_bytes);
         d.tcp_received_bytes = self
             .tcp_received_bytes
@@ -192,6 +199,7 @@ impl Tally {
             latency: self.latency.to_vec(),
             latency_sum_us: self.latency_sum_us,
             tcp_connections: self.tcp_connections,
+            tcp_failed: self.tcp_failed,
             tcp_sent_bytes: self.tcp_sent_bytes,
             tcp_received_bytes: self.tcp_received_bytes,
         }
@@ -213,6 +221,7 @@ impl Tally {
             latency: fill(&t.latency, "latency: unexpected bucket count")?,
             latency_sum_us: t.latency_sum_us,
             tcp_connections: t.tcp_connections,
+            tcp_failed: t.tcp_failed,
             tcp_sent_bytes: t.tcp_sent_bytes,
             tcp_received_bytes: t.tcp_received_bytes,
         })
@@ -234,6 +243,9 @@ pub struct Rates {
     pub p99_ms: Option<f64>,
     /// TCP connections per second.
     pub tcp_cps: f64,
+    /// TCP connections per second that reached no endpoint.
+    #[serde(default)]
+    pub tcp_failed_cps: f64,
     /// TCP bytes per second, both ways.
     pub tcp_bps: f64,
     /// Requests and connections per second that a policy decided on, by
@@ -259,6 +271,7 @@ impl Rates {
             p50_ms: ms(t.quantile(0.5)),
             p99_ms: ms(t.quantile(0.99)),
             tcp_cps: t.tcp_connections as f64 / secs,
+            tcp_failed_cps: t.tcp_failed as f64 / secs,
             tcp_bps: (t.tcp_sent_bytes + t.tcp_received_bytes) as f64 / secs,
             decisions: Decision::ALL
                 .iter()

@@ -240,10 +240,14 @@ impl Proxy {
                 );
             }
             Ok(Err(e)) => {
-                tracing::warn!(%app, error = %e, "local app refused the connection")
+                tracing::warn!(%app, error = %e, "local app refused the connection");
+                counts.failed();
+                self.log_tcp(caller, decision, started, None);
             }
             Err(_) => {
-                tracing::warn!(%app, "local app did not accept the connection within {APP_CONNECT_TIMEOUT:?}")
+                tracing::warn!(%app, "local app did not accept the connection within {APP_CONNECT_TIMEOUT:?}");
+                counts.failed();
+                self.log_tcp(caller, decision, started, None);
             }
         }
     }

@@ -112,14 +112,11 @@ impl Proxy {
         let mut first = Vec::new();
         // The flow counts against the destination's connection limit.
         let Some(_slot) = policy.limits.connection_slot() else {
-            self.shared
-                .traffic
-                .peer(
-                    Direction::Outbound,
-                    &cluster.service,
-                    crate::traffic::UNKNOWN,
-                )
-                .connection(Decision::CircuitOpen);
+            self.count_failed_tcp(
+                &cluster.service,
+                crate::traffic::UNKNOWN,
+                Decision::CircuitOpen,
+            );
             self.metrics
                 .circuit_open
                 .get_or_create(&crate::metrics::ReasonLabel {
@@ -216,20 +213,26 @@ impl Proxy {
         } else {
             Decision::None
         };
-        let zone = tried.last().map(|e| e.zone.as_str());
-        self.log_outbound_tcp(
-            started,
-            &cluster.service,
-            zone.unwrap_or(crate::traffic::UNKNOWN),
-            None,
-            decision,
-            (0, 0),
-        );
+        let zone = tried
+            .last()
+            .map(|e| e.zone.as_str())
+            .unwrap_or(crate::traffic::UNKNOWN);
+        self.count_failed_tcp(&cluster.service, zone, decision);
+        self.log_outbound_tcp(started, &cluster.service, zone, None, decision, (0, 0));
     }
 
-    /// The line of a TCP flow with nowhere to go (no such service, or no
-    /// backend of its route with an endpoint).
+    /// An outbound TCP flow that reached no endpoint, in the traffic
+    /// counts.
+    fn count_failed_tcp(&self, service: &str, zone: &str, decision: Decision) {
+        let counts = self.shared.traffic.peer(Direction::Outbound, service, zone);
+        counts.connection(decision);
+        counts.failed();
+    }
+
+    /// The line and count of a TCP flow with nowhere to go (no such
+    /// service, or no backend of its route with an endpoint).
     fn log_unrouted_tcp(&self, started: Instant, service: &str) {
+        self.count_failed_tcp(service, crate::traffic::UNKNOWN, Decision::None);
         self.log_outbound_tcp(
             started,
             service,

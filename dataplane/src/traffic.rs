@@ -45,6 +45,7 @@ pub struct Counts {
     latency: [AtomicU64; BUCKETS],
     latency_sum_us: AtomicU64,
     tcp: [AtomicU64; DECISIONS],
+    tcp_failed: AtomicU64,
     /// TCP bytes towards the destination and back, counted as they move.
     pub sent: Counter,
     pub received: Counter,
@@ -62,6 +63,13 @@ impl Counts {
     /// One TCP connection (opened, or refused by a policy).
     pub fn connection(&self, decision: Decision) {
         self.tcp[decision as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Of the TCP connections counted, one that reached no endpoint (no
+    /// connect succeeded, none to try, or the circuit breaker refused it):
+    /// the TCP counterpart of a 5xx from the mesh.
+    pub fn failed(&self) {
+        self.tcp_failed.fetch_add(1, Relaxed);
     }
 
     /// The cumulative counts.
@@ -83,6 +91,7 @@ impl Counts {
             t.latency[b] = c.load(Relaxed);
         }
         t.latency_sum_us = self.latency_sum_us.load(Relaxed);
+        t.tcp_failed = self.tcp_failed.load(Relaxed);
         t.tcp_sent_bytes = self.sent.get();
         t.tcp_received_bytes = self.received.get();
         t
@@ -309,6 +318,23 @@ impl prometheus_client::collector::Collector for Collector {
                 }
             }
         }
+        {
+            let mut m = enc.encode_descriptor(
+                "traffic_tcp_failed_connections",
+                "TCP connections that reached no endpoint (every connect failed, none to try, or \
+                 the circuit breaker refused it), by source and destination service and zone",
+                None,
+                MetricType::Counter,
+            )?;
+            for (p, c) in &peers {
+                let n = c.tcp_failed.load(Relaxed);
+                if n == 0 {
+                    continue;
+                }
+                m.encode_family(&p.labels(&[]))?
+                    .encode_counter::<(), _, u64>(&n, None)?;
+            }
+        }
         for (name, help, pick) in [
             (
                 "traffic_tcp_sent_bytes",
@@ -394,11 +420,27 @@ mod tests {
             .request(200, Decision::None, 0.0005);
         t.peer(Direction::Inbound, "lb", "eu")
             .connection(Decision::Denied);
+        let db = t.peer(Direction::Outbound, "db", "eu");
+        db.connection(Decision::Retried);
+        db.failed();
+        db.connection(Decision::None);
         let text = scrape(&t);
         assert!(text.contains(r#"tern_proxy_traffic_requests_total{direction="outbound",source_service="web",source_zone="eu",destination_service="api",destination_zone="us",status="5xx",decision="retried"} 1"#), "{text}");
         assert!(text.contains(r#"tern_proxy_traffic_requests_total{direction="inbound",source_service="lb",source_zone="eu",destination_service="web",destination_zone="eu",status="2xx",decision="none"} 1"#), "{text}");
         assert!(text.contains(r#"tern_proxy_traffic_request_duration_seconds_bucket{le="0.0032",direction="outbound",source_service="web",source_zone="eu",destination_service="api",destination_zone="us"} 1"#), "{text}");
         assert!(text.contains(r#"tern_proxy_traffic_tcp_connections_total{direction="inbound",source_service="lb",source_zone="eu",destination_service="web",destination_zone="eu",decision="denied"} 1"#), "{text}");
+        // A failed connection is one of the connections, and counted apart.
+        assert!(text.contains(r#"tern_proxy_traffic_tcp_connections_total{direction="outbound",source_service="web",source_zone="eu",destination_service="db",destination_zone="eu",decision="retried"} 1"#), "{text}");
+        assert!(text.contains(r#"tern_proxy_traffic_tcp_failed_connections_total{direction="outbound",source_service="web",source_zone="eu",destination_service="db",destination_zone="eu"} 1"#), "{text}");
+        assert!(
+            !text
+                .contains(r#"tern_proxy_traffic_tcp_failed_connections_total{direction="inbound""#),
+            "{text}"
+        );
+        let tally = db.tally();
+        assert_eq!((tally.tcp_connections, tally.tcp_failed), (2, 1));
+        let back = Tally::from_pb(&tally.to_pb()).unwrap();
+        assert_eq!(back, tally);
     }
 
     #[test]

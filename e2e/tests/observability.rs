@@ -345,8 +345,9 @@ fn json_lines(log: &str) -> Vec<serde_json::Value> {
 /// outbound requests get text lines naming the destination zone and the
 /// endpoint it went through, an opaque TCP connection gets a line with
 /// the bytes each way, and one that no endpoint took (an unknown service)
-/// gets a line with no upstream; lines for web never go to api's log and
-/// vice versa.
+/// gets a line with no upstream and is counted in
+/// `tern_proxy_traffic_tcp_failed_connections_total` (db's is not); lines
+/// for web never go to api's log and vice versa.
 #[test]
 fn access_logs_are_off_by_default_and_follow_the_policy() {
     use std::io::{Read, Write};
@@ -470,6 +471,26 @@ fn access_logs_are_off_by_default_and_follow_the_policy() {
             && ghost.contains(" sent=0 received=0"),
         "{ghost}"
     );
+    // ... and counted as a connection that failed; db's did not fail.
+    let failed = |svc: &str| {
+        metric(
+            web.admin(),
+            "tern_proxy_traffic_tcp_failed_connections_total",
+            &[
+                "direction=\"outbound\"",
+                &format!("destination_service=\"{svc}\""),
+            ],
+        )
+    };
+    assert_eq!((failed("ghost"), failed("db")), (1.0, 0.0));
+    let opened = |svc: &str| {
+        metric(
+            web.admin(),
+            "tern_proxy_traffic_tcp_connections_total",
+            &[&format!("destination_service=\"{svc}\"")],
+        )
+    };
+    assert_eq!((opened("ghost"), opened("db")), (1.0, 1.0));
     assert!(
         json_lines(&web.sidecar.log_text()).is_empty(),
         "web logs to its file only"

@@ -149,7 +149,7 @@ pub async fn run(api: &Api, what: Inspect) -> anyhow::Result<()> {
                 "SERVICE", "ZONE", "HEALTHY", "REQ/S", "ERRORS", "P50", "P99",
             ];
             if wide {
-                head.extend(["TCP CONN/S", "TCP B/S", "DECISIONS/S"]);
+                head.extend(["TCP CONN/S", "TCP FAIL/S", "TCP B/S", "DECISIONS/S"]);
             }
             let mut rows = Vec::new();
             for svc in v["items"].as_array().into_iter().flatten() {
@@ -190,6 +190,7 @@ pub async fn run(api: &Api, what: Inspect) -> anyhow::Result<()> {
                         "P50",
                         "P99",
                         "TCP CONN/S",
+                        "TCP FAIL/S",
                         "TCP B/S",
                         "DECISIONS/S",
                     ],

@@ -29,6 +29,7 @@ pub(crate) fn rate_cells(v: &Value, wide: bool) -> Vec<String> {
     ];
     if wide {
         out.push(format!("{:.1}", f("tcpCps").unwrap_or(0.0)));
+        out.push(format!("{:.1}", f("tcpFailedCps").unwrap_or(0.0)));
         out.push(format!("{:.0}", f("tcpBps").unwrap_or(0.0)));
         let d: Vec<String> = v["decisions"]
             .as_object()

@@ -374,6 +374,9 @@ pub struct Tally {
     pub tcp_sent_bytes: u64,
     #[prost(uint64, tag = "7")]
     pub tcp_received_bytes: u64,
+    /// Of tcp_connections, those that reached no endpoint.
+    #[prost(uint64, tag = "8")]
+    pub tcp_failed: u64,
 }
 /// The verdict of a proxy's checks of its own app (sent when it changes,
 /// and again after each reconnect). An unhealthy instance is not published.
