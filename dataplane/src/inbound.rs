@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::rustls::pki_types::CertificateDer;
-use http::header::HeaderValue;
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -491,14 +491,23 @@ impl Proxy {
             Some(p) => parts.headers.insert(CLIENT_ID_HEADER, p),
             None => parts.headers.remove(CLIENT_ID_HEADER),
         };
-        parts.uri = app_uri(&self.app_authority, &parts.uri);
-        parts.version = if self.app_protocol == Protocol::Http2 {
-            Version::HTTP_2
+        if self.app_protocol == Protocol::Http2 {
+            // The app's `:authority` is the name the caller used (its
+            // `Host`, which HTTP/2 replaces), not the app's own address.
+            let called = parts
+                .headers
+                .remove(header::HOST)
+                .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+            parts.uri = app_uri(called.as_ref().unwrap_or(&self.app_authority), &parts.uri);
+            parts.version = Version::HTTP_2;
         } else {
-            Version::HTTP_11
-        };
+            parts.uri = app_uri(&self.app_authority, &parts.uri);
+            parts.version = Version::HTTP_11;
+        }
         let req = Request::from_parts(parts, crate::proxy::passed(body));
-        match self.within_request_timeout(self.app.send(req)).await {
+        let sent = self.app.try_send_to(&self.app_authority, req);
+        let sent = async { sent.await.map_err(|u| u.error) };
+        match self.within_request_timeout(sent).await {
             Err(limit) => error_response(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(

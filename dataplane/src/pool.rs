@@ -177,20 +177,31 @@ impl<C: Connect> Pool<C> {
     /// As [`Pool::send`], but a request for which no connection could be
     /// opened comes back with the error: nothing of it was sent, so its
     /// body can go to another endpoint.
-    pub async fn try_send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, Unsent> {
+    pub async fn try_send(&self, req: Request<Body>) -> Result<Response<Incoming>, Unsent> {
         let Some(authority) = req.uri().authority().cloned() else {
             return Err(Unsent::connect(
                 PoolError::Connect("request URI has no authority".into()),
                 req,
             ));
         };
-        let host = self.host(&authority);
+        self.try_send_to(&authority, req).await
+    }
+
+    /// As [`Pool::try_send`], over a connection to `to` whatever the URI
+    /// names: an HTTP/2 request keeps its URI's authority as `:authority`
+    /// (the name it was called by), an HTTP/1.1 one its `Host`.
+    pub async fn try_send_to(
+        &self,
+        to: &Authority,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, Unsent> {
+        let host = self.host(to);
         match self.inner.settings.version {
             Version::Http1 => {
-                origin_form(&mut req, &authority);
-                self.send_h1(&host, &authority, req).await
+                origin_form(&mut req, to);
+                self.send_h1(&host, to, req).await
             }
-            Version::Http2 => self.send_h2(&host, &authority, req).await,
+            Version::Http2 => self.send_h2(&host, to, req).await,
         }
     }
 

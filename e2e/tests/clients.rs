@@ -262,7 +262,9 @@ fn websockets_cross_sidecars_and_zones_and_obey_routes_breakers_and_timeouts() {
 /// `Host`) through a sidecar pair reaches an HTTP/1.1 app that receives
 /// `Host: api`, the name it was called by (before, it received its own
 /// endpoint's address: the caller's authority was lost when the caller's
-/// sidecar rewrote the URI for the hop).
+/// sidecar rewrote the URI for the hop). The other way round, an HTTP/2
+/// app called over HTTP/1.1 as `api2` receives `:authority: api2` (before,
+/// its own address, with the name only in a `Host` header beside it).
 #[test]
 fn an_http2_callers_authority_reaches_the_app_as_host() {
     let net = Net(85);
@@ -286,4 +288,25 @@ fn an_http2_callers_authority_reaches_the_app_as_host() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["host"], "api", "{v}");
     assert_eq!(v["version"], "HTTP/1.1", "{v}");
+
+    // An app declared HTTP/2, called as `api2` over HTTP/1.1: the app's
+    // `:authority` is `api2`, not its own address.
+    let _api2 = Workload::start_with(
+        &s.0,
+        net,
+        12,
+        "api2",
+        &z,
+        &g.dp_token("z1", "api2"),
+        &["--protocol", "http2"],
+    );
+    let v = wait_for("api2 reachable", T, || {
+        get(web.outbound(), "api2", "/who")
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .json();
+    assert_eq!(v["version"], "HTTP/2.0", "{v}");
+    assert_eq!(v["authority"], "api2", "{v}");
+    assert_eq!(v["host"], "api2", "{v}");
 }

@@ -139,6 +139,9 @@ async fn main() -> anyhow::Result<()> {
                     let method = req.method().to_string();
                     let version = format!("{:?}", req.version());
                     let path = req.uri().path().to_string();
+                    // HTTP/2's `:authority` (an HTTP/1.1 request in origin
+                    // form has none).
+                    let authority = req.uri().authority().map(|a| a.to_string());
                     // The name it was called by: Host, else :authority.
                     let host = req
                         .headers()
@@ -168,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
                     let v = serde_json::json!({
                         "service": who.0, "zone": who.1, "instance": who.2,
                         "clientId": client, "method": method, "path": path, "version": version, "host": host,
+                        "authority": authority,
                         "bodyBytes": body.len(), "headers": headers,
                     });
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(v.to_string() + "\n"))))
