@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
@@ -171,26 +171,20 @@ impl Proxy {
         }
         let (me, my_zone) = self.shared.traffic.me();
         let unknown = crate::traffic::UNKNOWN;
-        self.shared.access_logs.log(&observe::Line {
-            start: SystemTime::now() - started.elapsed(),
-            direction: Direction::Inbound,
-            protocol: "tcp",
-            source_service: caller.map(|c| c.service.as_str()).unwrap_or(unknown),
-            source_zone: caller.map(|c| c.zone.as_str()).unwrap_or(unknown),
-            source_identity: None,
-            destination_service: &me,
-            destination_zone: &my_zone,
-            upstream: flow.map(|f| f.0),
-            method: None,
-            authority: None,
-            path: None,
-            route: None,
-            status: None,
-            decision,
-            duration: started.elapsed(),
-            bytes_sent: flow.map(|f| f.1),
-            bytes_received: flow.map(|f| f.2),
+        let source = caller.map_or((unknown, unknown), |c| {
+            (c.service.as_str(), c.zone.as_str())
         });
+        self.shared.access_logs.log(&observe::Line::tcp(
+            Direction::Inbound,
+            started,
+            observe::TcpEnds {
+                source,
+                destination: (&me, &my_zone),
+            },
+            flow.map(|f| f.0),
+            decision,
+            flow.map(|f| (f.1, f.2)),
+        ));
     }
 
     pub(crate) async fn splice_to_app<S>(

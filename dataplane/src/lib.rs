@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod observe;
 pub mod otlp;
 pub mod outbound;
+pub mod outbound_tcp;
 pub mod outlier;
 pub mod path;
 pub mod pool;

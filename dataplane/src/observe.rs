@@ -268,6 +268,47 @@ pub struct Line<'a> {
     pub bytes_received: Option<u64>,
 }
 
+/// The ends of a TCP connection, for its line: (service, zone) each.
+pub struct TcpEnds<'a> {
+    pub source: (&'a str, &'a str),
+    pub destination: (&'a str, &'a str),
+}
+
+impl<'a> Line<'a> {
+    /// The line of a TCP connection that started at `started` and ends
+    /// now: `upstream` where it went (if anywhere), `bytes` each way.
+    pub fn tcp(
+        direction: Direction,
+        started: std::time::Instant,
+        ends: TcpEnds<'a>,
+        upstream: Option<std::net::SocketAddr>,
+        decision: common::traffic::Decision,
+        bytes: Option<(u64, u64)>,
+    ) -> Line<'a> {
+        let duration = started.elapsed();
+        Line {
+            start: SystemTime::now() - duration,
+            direction,
+            protocol: "tcp",
+            source_service: ends.source.0,
+            source_zone: ends.source.1,
+            source_identity: None,
+            destination_service: ends.destination.0,
+            destination_zone: ends.destination.1,
+            upstream,
+            method: None,
+            authority: None,
+            path: None,
+            route: None,
+            status: None,
+            decision,
+            duration,
+            bytes_sent: bytes.map(|b| b.0),
+            bytes_received: bytes.map(|b| b.1),
+        }
+    }
+}
+
 impl Line<'_> {
     fn direction(&self) -> &'static str {
         match self.direction {

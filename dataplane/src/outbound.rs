@@ -9,11 +9,12 @@
 //! `retry` (attempts across localities) → `balance` (the endpoint) →
 //! `connect` (mTLS, direct or through a gateway).
 //!
-//! Upgrades (WebSocket) are routed, then go to `upgrade.rs`.
+//! Upgrades (WebSocket) are routed, then go to `upgrade.rs`; opaque TCP
+//! listeners hand their connections to `outbound_tcp.rs`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header;
@@ -21,12 +22,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use crate::balance::Endpoint;
-use crate::connect::connect_mesh_tcp;
 use crate::metrics::{DirLabel, Direction, ResultLabel};
-use crate::observe::{self, Ends, Observed};
+use crate::observe::{Ends, Observed};
 use crate::protocol::Protocol;
 use crate::proxy::{
     empty, error_response, mesh_request, path_of, strip_hop_by_hop, strip_response_hop_by_hop,
@@ -36,8 +35,6 @@ use crate::retry::Outgoing;
 use crate::split::Mirror;
 use crate::traffic::Served;
 use crate::upgrade::is_upgrade;
-use common::traffic::Decision;
-use prometheus_client::metrics::counter::Counter;
 
 impl Proxy {
     /// Serve an outbound listener. `service` fixes the destination; `None`
@@ -79,205 +76,6 @@ impl Proxy {
                 me.metrics.connections_open.get_or_create(&dir).dec();
             });
         }
-    }
-
-    async fn outbound_tcp(&self, mut client: TcpStream, service: &str) {
-        let started = Instant::now();
-        let cluster = self.shared.clusters.load().by_service.get(service).cloned();
-        let Some(mut cluster) = cluster else {
-            tracing::info!(service, "TCP: no such service");
-            self.log_unrouted_tcp(started, service);
-            return;
-        };
-        // A TcpRoute picks a backend per connection.
-        if let Some(routes) = self.shared.routes.load().get(service) {
-            if let Some(split) = &routes.tcp {
-                match split.pick() {
-                    Some(c) => cluster = c.clone(),
-                    None => {
-                        tracing::info!(
-                            service,
-                            "TCP: none of the route's backends has an endpoint"
-                        );
-                        self.log_unrouted_tcp(started, service);
-                        return;
-                    }
-                }
-            }
-        }
-        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
-        let mut min_tier = 0;
-        let policy = cluster.resilience.clone();
-        // The app's bytes taken while connecting (sent before the splice).
-        let mut first = Vec::new();
-        // The flow counts against the destination's connection limit.
-        let Some(_slot) = policy.limits.connection_slot() else {
-            self.count_failed_tcp(
-                &cluster.service,
-                crate::traffic::UNKNOWN,
-                Decision::CircuitOpen,
-            );
-            self.metrics
-                .circuit_open
-                .get_or_create(&crate::metrics::ReasonLabel {
-                    reason: "max-connections",
-                })
-                .inc();
-            tracing::info!(
-                service,
-                limit = policy.limits.max_connections,
-                "TCP: circuit open (CircuitBreaker maxConnections); connection closed"
-            );
-            self.log_outbound_tcp(
-                started,
-                &cluster.service,
-                crate::traffic::UNKNOWN,
-                None,
-                Decision::CircuitOpen,
-                (0, 0),
-            );
-            return;
-        };
-        for attempt in 0..policy.tcp_connect_attempts {
-            let Some((ep, tier)) = cluster.pick(&tried, min_tier) else {
-                break;
-            };
-            tried.push(ep.clone());
-            min_tier = tier + 1;
-            match connect_mesh_tcp(&self.shared, &ep.target, &client, &mut first, &self.metrics)
-                .await
-            {
-                Ok(mut up) => {
-                    let counts =
-                        self.shared
-                            .traffic
-                            .peer(Direction::Outbound, &cluster.service, &ep.zone);
-                    counts.connection(if attempt > 0 {
-                        Decision::Retried
-                    } else {
-                        Decision::None
-                    });
-                    let idle = policy.tcp_idle.unwrap_or(Duration::MAX);
-                    // This flow's own bytes, for its access log line.
-                    let (sent, received) = (Counter::default(), Counter::default());
-                    // What went out while connecting counts too.
-                    counts.sent.inc_by(first.len() as u64);
-                    sent.inc_by(first.len() as u64);
-                    let (to_dest, from_dest) =
-                        ([&counts.sent, &sent], [&counts.received, &received]);
-                    let flow = common::splice::copy_bidirectional_metered(
-                        &mut client,
-                        &mut up,
-                        idle,
-                        &to_dest,
-                        &from_dest,
-                    );
-                    let ended = match policy.stream_duration {
-                        Some(limit) => {
-                            tokio::time::timeout(limit, flow).await.unwrap_or_else(|_| {
-                                Err(std::io::Error::new(
-                                    std::io::ErrorKind::TimedOut,
-                                    format!("closed at the stream duration limit of {limit:?}"),
-                                ))
-                            })
-                        }
-                        None => flow.await,
-                    };
-                    if let Err(e) = ended {
-                        tracing::debug!(service, error = %e, "outbound TCP flow ended");
-                    }
-                    self.log_outbound_tcp(
-                        started,
-                        &cluster.service,
-                        &ep.zone,
-                        Some(ep.target.addr),
-                        if attempt > 0 {
-                            Decision::Retried
-                        } else {
-                            Decision::None
-                        },
-                        (sent.get(), received.get()),
-                    );
-                    return;
-                }
-                Err(e) => {
-                    self.metrics.upstream_connect_errors.inc();
-                    self.record_outcome(&cluster, &ep, crate::outlier::Outcome::Local);
-                    tracing::info!(service, endpoint = %ep.authority, error = %e, "TCP connect failed; trying another endpoint");
-                }
-            }
-        }
-        // No endpoint took the flow: its line has no upstream.
-        let decision = if tried.len() > 1 {
-            Decision::Retried
-        } else {
-            Decision::None
-        };
-        let zone = tried
-            .last()
-            .map(|e| e.zone.as_str())
-            .unwrap_or(crate::traffic::UNKNOWN);
-        self.count_failed_tcp(&cluster.service, zone, decision);
-        self.log_outbound_tcp(started, &cluster.service, zone, None, decision, (0, 0));
-    }
-
-    /// An outbound TCP flow that reached no endpoint, in the traffic
-    /// counts.
-    fn count_failed_tcp(&self, service: &str, zone: &str, decision: Decision) {
-        let counts = self.shared.traffic.peer(Direction::Outbound, service, zone);
-        counts.connection(decision);
-        counts.failed();
-    }
-
-    /// The line and count of a TCP flow with nowhere to go (no such
-    /// service, or no backend of its route with an endpoint).
-    fn log_unrouted_tcp(&self, started: Instant, service: &str) {
-        self.count_failed_tcp(service, crate::traffic::UNKNOWN, Decision::None);
-        self.log_outbound_tcp(
-            started,
-            service,
-            crate::traffic::UNKNOWN,
-            None,
-            Decision::None,
-            (0, 0),
-        );
-    }
-
-    /// The access log line of an outbound TCP flow (`upstream`: the
-    /// endpoint that took it; none when no endpoint did).
-    fn log_outbound_tcp(
-        &self,
-        started: Instant,
-        service: &str,
-        zone: &str,
-        upstream: Option<std::net::SocketAddr>,
-        decision: Decision,
-        (sent, received): (u64, u64),
-    ) {
-        if !self.shared.access_logs.wants(Direction::Outbound) {
-            return;
-        }
-        let (me, my_zone) = self.shared.traffic.me();
-        self.shared.access_logs.log(&observe::Line {
-            start: SystemTime::now() - started.elapsed(),
-            direction: Direction::Outbound,
-            protocol: "tcp",
-            source_service: &me,
-            source_zone: &my_zone,
-            source_identity: None,
-            destination_service: service,
-            destination_zone: zone,
-            upstream,
-            method: None,
-            authority: None,
-            path: None,
-            route: None,
-            status: None,
-            decision,
-            duration: started.elapsed(),
-            bytes_sent: Some(sent),
-            bytes_received: Some(received),
-        });
     }
 
     pub async fn outbound_http(

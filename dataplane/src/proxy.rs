@@ -3,7 +3,7 @@
 //! the pieces both directions share. The path itself is one file per layer:
 //!
 //! * `outbound.rs` — app → mesh: routing by service, the locality-aware
-//!   balancer, retries across localities;
+//!   balancer, retries across localities; `outbound_tcp.rs` for opaque TCP;
 //! * `pool.rs` — the connections kept open to each endpoint and to the app;
 //! * `connect.rs` — the mTLS connection to a destination sidecar, direct or
 //!   through a gateway of this zone;
