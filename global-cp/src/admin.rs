@@ -88,7 +88,7 @@ pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyh
                 "revision": dump_state.store.revision(),
                 "syncAddr": dump_state.config.sync_addr.to_string(),
                 "advertise": dump_state.config.advertised(),
-                "zones": crate::sync::zone_views(&dump_state).unwrap_or_default(),
+                "zones": crate::zones::zone_views(&dump_state).unwrap_or_default(),
             })
         },
     )
@@ -743,7 +743,7 @@ async fn inspect_dataplane(
     AxState(api): AxState<Api>,
     Path((zone, name)): Path<(String, String)>,
 ) -> Response {
-    use crate::sync::ExplainError;
+    use crate::zones::ExplainError;
     match api
         .state
         .zones
@@ -873,7 +873,7 @@ async fn inspect_traffic(AxState(api): AxState<Api>, Query(q): Query<WindowQuery
 }
 
 async fn inspect_zones(AxState(api): AxState<Api>) -> Response {
-    match crate::sync::zone_views(&api.state) {
+    match crate::zones::zone_views(&api.state) {
         Ok(v) => Json(json!({ "items": v })).into_response(),
         Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -19,6 +19,7 @@ pub mod rotation;
 pub mod store;
 pub mod sync;
 pub mod traffic;
+pub mod zones;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -95,7 +96,7 @@ pub struct State {
     pub config: Config,
     pub store: store::Store,
     pub authority: authority::Authority,
-    pub zones: sync::ZoneTable,
+    pub zones: zones::ZoneTable,
     pub metrics: sync::Metrics,
     /// The zones' live traffic figures.
     pub traffic: traffic::MeshTraffic,
@@ -121,7 +122,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
     let state = Arc::new(State {
         store,
         authority,
-        zones: sync::ZoneTable::default(),
+        zones: zones::ZoneTable::default(),
         metrics,
         traffic,
         drills: Default::default(),
@@ -135,7 +136,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
     sync::serve(state.clone()).await?;
     sync::withdraw_stale_at_start(&state);
     membership::spawn_maintenance(state.clone());
-    registry.register_collector(Box::new(sync::ZoneCollector(state.clone())));
+    registry.register_collector(Box::new(zones::ZoneCollector(state.clone())));
     registry.register(
         "store_call_duration_seconds",
         "Store calls (reads, and writes with their fsync), including the wait for the store",

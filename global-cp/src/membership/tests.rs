@@ -9,7 +9,8 @@ use model::token::TokenKind;
 use super::*;
 use crate::authority::Authority;
 use crate::store::Store;
-use crate::sync::{Metrics, ZoneTable};
+use crate::sync::Metrics;
+use crate::zones::ZoneTable;
 use crate::Config;
 
 /// A global's state over a fresh store; the folder is removed on drop.
