@@ -1,5 +1,8 @@
 //! The admin API: HTTP/JSON behind a bearer token, plus `/ready`,
-//! `/metrics` and `/config_dump`.
+//! `/metrics` and `/config_dump`. This file serves it and holds the
+//! resource endpoints; tokens and revocations are in `admin/tokens.rs`,
+//! the CA and audit log in `admin/ca.rs`, the inspect views in
+//! `admin/inspect.rs`, drills in `admin/drills.rs`.
 //!
 //! | method | path | what |
 //! |---|---|---|
@@ -13,7 +16,6 @@
 //! | POST | /api/v1/ca/rotate | `{"action": "start"}` or `{"action": "finish", "force": false}` |
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
@@ -23,18 +25,13 @@ use axum::{Json, Router};
 use common::telemetry::{self, Admin};
 use model::fsutil::write_private;
 use model::resource::{self, FieldError, Key, Resource};
-use model::token::{self, TokenKind};
+use model::token;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::store::StoreError;
 use crate::State;
-
-pub const ZONE_TOKEN_DEFAULT: Duration = Duration::from_secs(24 * 3600);
-pub const ZONE_TOKEN_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
-pub const DATAPLANE_TOKEN_DEFAULT: Duration = Duration::from_secs(90 * 24 * 3600);
-pub const DATAPLANE_TOKEN_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The admin credential: created at first start in `<data-dir>/admin-token`
 /// (mode 0600). `<data-dir>/ternctl.json` tells ternctl where and how to
@@ -59,7 +56,21 @@ pub fn init_credential(state: &State) -> anyhow::Result<String> {
     Ok(token)
 }
 
+mod ca;
 mod drills;
+mod inspect;
+mod tokens;
+
+use ca::{audit, ca_rotate, ca_status};
+use inspect::{
+    inspect_dataplane, inspect_dataplanes, inspect_service_series, inspect_services,
+    inspect_traffic, inspect_zones,
+};
+use tokens::{issue_token, list_tokens, revoke};
+pub use tokens::{
+    DATAPLANE_TOKEN_DEFAULT, DATAPLANE_TOKEN_MAX, MAX_INSTANCES_LIMIT, MAX_REASON_BYTES,
+    ZONE_TOKEN_DEFAULT, ZONE_TOKEN_MAX,
+};
 
 #[derive(Clone)]
 struct Api {
@@ -441,441 +452,6 @@ async fn delete_one(
         }
         Ok(false) => err(StatusCode::NOT_FOUND, format!("{key} not found")),
         Err(e) => store_err(e),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct TokenRequest {
-    kind: TokenKind,
-    zone: String,
-    service: Option<String>,
-    valid_for: Option<String>,
-    /// Zone tokens: authorize replacing an already joined zone's CA.
-    #[serde(default)]
-    rejoin: bool,
-    /// Dataplane and gateway tokens: instances registered at once.
-    max_instances: Option<u32>,
-}
-
-/// The most instances one dataplane or gateway token may be allowed.
-pub const MAX_INSTANCES_LIMIT: u32 = 10_000;
-
-async fn issue_token(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response {
-    let req: TokenRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad token request: {e}")),
-    };
-    if let Err(e) = resource::check_name("zone", &req.zone) {
-        return field_err(StatusCode::UNPROCESSABLE_ENTITY, &e);
-    }
-    let (default, max) = match req.kind {
-        TokenKind::Zone => (ZONE_TOKEN_DEFAULT, ZONE_TOKEN_MAX),
-        TokenKind::Dataplane | TokenKind::Gateway => (DATAPLANE_TOKEN_DEFAULT, DATAPLANE_TOKEN_MAX),
-    };
-    let valid_for = match req.valid_for.as_deref().map(humantime::parse_duration) {
-        None => default,
-        Some(Ok(d)) if d >= Duration::from_secs(1) && d <= max => d,
-        Some(Ok(_)) => {
-            return err(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!(
-                    "validFor must be between 1s and {}",
-                    humantime::format_duration(max)
-                ),
-            )
-        }
-        Some(Err(e)) => return err(StatusCode::UNPROCESSABLE_ENTITY, format!("validFor: {e}")),
-    };
-    let service = match (req.kind, req.service.as_deref()) {
-        (TokenKind::Dataplane, None) => {
-            return err(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "a dataplane token needs a service",
-            )
-        }
-        (TokenKind::Dataplane, Some(s)) => {
-            if let Err(e) = resource::check_name("service", s) {
-                return field_err(StatusCode::UNPROCESSABLE_ENTITY, &e);
-            }
-            Some(s)
-        }
-        (TokenKind::Zone | TokenKind::Gateway, _) => None,
-    };
-    if req.rejoin && req.kind != TokenKind::Zone {
-        return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "rejoin applies to zone tokens only",
-        );
-    }
-    match (req.kind, req.max_instances) {
-        (TokenKind::Zone, Some(_)) => {
-            return err(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "maxInstances applies to dataplane and gateway tokens only",
-            )
-        }
-        (_, Some(n)) if n == 0 || n > MAX_INSTANCES_LIMIT => {
-            return err(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("maxInstances must be between 1 and {MAX_INSTANCES_LIMIT}"),
-            )
-        }
-        _ => {}
-    }
-    let purpose = match (req.kind, req.rejoin) {
-        (TokenKind::Zone, true) => "rejoin",
-        (TokenKind::Zone, false) => "join",
-        _ => "",
-    };
-    let st = &api.state;
-    match st.authority.issue_token(
-        &st.store,
-        req.kind,
-        &req.zone,
-        service,
-        valid_for,
-        &st.config.advertised(),
-        purpose,
-        req.max_instances,
-    ) {
-        Ok((token, claims)) => {
-            tracing::info!(kind = req.kind.as_str(), zone = %req.zone, id = %claims.jti, purpose, "token issued");
-            if req.rejoin {
-                tracing::warn!(zone = %req.zone, id = %claims.jti, "re-join of the zone authorized");
-                if let Err(e) = st.store.record_audit(
-                    "zone.rejoin-authorized",
-                    &req.zone,
-                    &format!("token {}", claims.jti),
-                    token::now_unix(),
-                ) {
-                    return store_err(e);
-                }
-            }
-            Json(json!({
-                "token": token,
-                "id": claims.jti,
-                "expiresAt": token::fmt_unix(claims.exp),
-            }))
-            .into_response()
-        }
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-async fn list_tokens(AxState(api): AxState<Api>) -> Response {
-    let st = &api.state;
-    match st.store.tokens() {
-        Ok(t) => {
-            let items: Vec<Value> = t
-                .into_iter()
-                .map(|t| {
-                    let revoked = matches!(st.store.get("Revocation", &t.id), Ok(Some(_)));
-                    json!({
-                        "id": t.id, "kind": t.kind, "zone": t.zone, "service": t.service,
-                        "issuedAt": token::fmt_unix(t.issued_at),
-                        "expiresAt": token::fmt_unix(t.expires_at),
-                        "purpose": t.purpose,
-                        "usedAt": t.used_at.map(token::fmt_unix),
-                        "usedBy": t.used_by,
-                        "revoked": revoked,
-                        "expired": t.expires_at <= token::now_unix(),
-                    })
-                })
-                .collect();
-            Json(json!({ "items": items })).into_response()
-        }
-        Err(e) => store_err(e),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevokeRequest {
-    id: String,
-    reason: Option<String>,
-}
-
-/// The longest revocation reason. It is stored in the `Revocation`, which
-/// every zone validates against `MAX_RESOURCE_BYTES` and which cannot be
-/// deleted: one too large would have every zone refuse every later delta.
-pub const MAX_REASON_BYTES: usize = 1024;
-
-async fn revoke(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response {
-    let req: RevokeRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad revoke request: {e}")),
-    };
-    if let Some(n) = req
-        .reason
-        .as_ref()
-        .map(String::len)
-        .filter(|&n| n > MAX_REASON_BYTES)
-    {
-        return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "reason is {n} bytes; the limit is {MAX_REASON_BYTES}: shorten it (the token \
-                 was not revoked)"
-            ),
-        );
-    }
-    let st = &api.state;
-    match st.store.tokens() {
-        Ok(t) if t.iter().any(|t| t.id == req.id) => {}
-        Ok(_) => {
-            return err(
-                StatusCode::NOT_FOUND,
-                format!(
-                "no token with id {:?} was issued by this mesh; `ternctl get tokens` lists them",
-                req.id
-            ),
-            )
-        }
-        Err(e) => return store_err(e),
-    }
-    let now = token::fmt_unix(token::now_unix());
-    let r = Resource {
-        api_version: resource::API_VERSION.into(),
-        kind: "Revocation".into(),
-        metadata: resource::Metadata {
-            name: req.id.clone(),
-            ..Default::default()
-        },
-        spec: json!({ "revokedAt": now, "reason": req.reason }),
-    };
-    // The revocation, and what it takes away (a zone's trust and ingress),
-    // reach the zones as one change. Revoking a revoked token again takes
-    // away what is left (a zone CA issued despite the revocation): the
-    // operator's repair; when nothing is left it changes nothing.
-    let now_unix = token::now_unix();
-    let res = st.store.transact(|tx| {
-        let already = tx.get("Revocation", &req.id)?.is_some();
-        if !already {
-            tx.put(r, &now)?;
-            tx.audit(
-                "token.revoked",
-                &req.id,
-                req.reason.as_deref().unwrap_or(""),
-                now_unix,
-            )?;
-        }
-        Ok::<_, StoreError>((
-            already,
-            crate::membership::on_revoked(tx, &req.id, now_unix)?,
-        ))
-    });
-    match res {
-        Ok((true, zone)) => {
-            tracing::info!(id = %req.id, zone = ?zone, "token already revoked; its effects re-applied");
-            Json(json!({ "revoked": req.id, "already": true, "zone": zone })).into_response()
-        }
-        Ok((false, zone)) => {
-            tracing::warn!(id = %req.id, zone = ?zone, "token revoked");
-            Json(json!({ "revoked": req.id, "zone": zone })).into_response()
-        }
-        Err(e) => store_err(e),
-    }
-}
-
-fn refused(e: crate::membership::Refused) -> Response {
-    use crate::membership::Refused;
-    match e {
-        Refused::Denied(m) => err(StatusCode::CONFLICT, m),
-        Refused::Invalid(m) => err(StatusCode::UNPROCESSABLE_ENTITY, m),
-        other => err(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-    }
-}
-
-async fn ca_status(AxState(api): AxState<Api>) -> Response {
-    match crate::rotation::status(&api.state) {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => refused(e),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RotateRequest {
-    action: String,
-    #[serde(default)]
-    force: bool,
-}
-
-async fn ca_rotate(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response {
-    let req: RotateRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad rotate request: {e}")),
-    };
-    let st = api.state.clone();
-    // Key generation and signing: off the async threads.
-    let res = tokio::task::spawn_blocking(move || match req.action.as_str() {
-        "start" => crate::rotation::start(&st),
-        "finish" => crate::rotation::finish(&st, req.force),
-        other => Err(crate::membership::Refused::Invalid(format!(
-            "unknown action {other:?}; use start or finish"
-        ))),
-    })
-    .await;
-    match res {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => refused(e),
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-async fn audit(AxState(api): AxState<Api>) -> Response {
-    match api.state.store.audit(1000) {
-        Ok(items) => Json(json!({
-            "items": items.into_iter().map(|a| json!({
-                "at": token::fmt_unix(a.at), "action": a.action,
-                "subject": a.subject, "detail": a.detail,
-            })).collect::<Vec<_>>()
-        }))
-        .into_response(),
-        Err(e) => store_err(e),
-    }
-}
-
-/// A dataplane explained by its zone: the policies that apply to it and
-/// the rules, routes and endpoints they compile to.
-async fn inspect_dataplane(
-    AxState(api): AxState<Api>,
-    Path((zone, name)): Path<(String, String)>,
-) -> Response {
-    use crate::zones::ExplainError;
-    match api
-        .state
-        .zones
-        .explain(&zone, &name, Duration::from_secs(5))
-        .await
-    {
-        Ok(v) => Json(v).into_response(),
-        Err(e @ ExplainError::Zone(_)) => err(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e @ ExplainError::Offline(_)) => match member(&api, &zone) {
-            Ok(()) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            Err(r) => r,
-        },
-        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    }
-}
-
-/// A zone that ever joined this mesh, or a 404 naming the one that did not
-/// (asking it again would not help).
-fn member(api: &Api, zone: &str) -> Result<(), Response> {
-    match api.state.store.zone(zone) {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(err(
-            StatusCode::NOT_FOUND,
-            format!(
-                "zone {zone:?} has not joined this mesh; `ternctl inspect zones` lists its zones"
-            ),
-        )),
-        Err(e) => Err(store_err(e)),
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct ZoneQuery {
-    zone: Option<String>,
-}
-
-/// The proxies of one zone (`?zone=`) or of every zone online, asked of
-/// the zones now. A zone that does not answer is listed under `errors`.
-async fn inspect_dataplanes(AxState(api): AxState<Api>, Query(q): Query<ZoneQuery>) -> Response {
-    let zones = match q.zone {
-        Some(z) => {
-            if let Err(r) = member(&api, &z) {
-                return r;
-            }
-            vec![z]
-        }
-        None => api.state.zones.online(),
-    };
-    let asks = zones.iter().map(|z| {
-        let st = api.state.clone();
-        async move {
-            (
-                z.clone(),
-                st.zones.dataplanes(z, Duration::from_secs(5)).await,
-            )
-        }
-    });
-    let mut items = Vec::new();
-    let mut errors = serde_json::Map::new();
-    for (zone, r) in futures_util::future::join_all(asks).await {
-        match r {
-            Ok(serde_json::Value::Array(v)) => items.extend(v),
-            Ok(_) => {
-                errors.insert(zone, json!("the zone sent something other than a list"));
-            }
-            Err(e) => {
-                errors.insert(zone, json!(e.to_string()));
-            }
-        }
-    }
-    Json(json!({ "items": items, "errors": errors })).into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct WindowQuery {
-    window: Option<String>,
-}
-
-/// `?window=` (default 1m, at most what the global keeps).
-fn window(q: &WindowQuery) -> Result<std::time::Duration, Response> {
-    let Some(w) = &q.window else {
-        return Ok(std::time::Duration::from_secs(60));
-    };
-    match humantime::parse_duration(w) {
-        Ok(d) if !d.is_zero() && d <= crate::traffic::KEEP => Ok(d),
-        _ => Err(err(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "window {w:?}: expected a duration like 30s or 5m, at most {}",
-                humantime::format_duration(crate::traffic::KEEP)
-            ),
-        )),
-    }
-}
-
-/// Every service across zones: rates, errors, latency, instances.
-async fn inspect_services(AxState(api): AxState<Api>, Query(q): Query<WindowQuery>) -> Response {
-    match window(&q) {
-        Ok(w) => Json(json!({
-            "windowSeconds": w.as_secs_f64(),
-            "items": api.state.traffic.services(w),
-        }))
-        .into_response(),
-        Err(r) => r,
-    }
-}
-
-/// One service's report intervals per zone, for charts.
-async fn inspect_service_series(
-    AxState(api): AxState<Api>,
-    Path(name): Path<String>,
-    Query(q): Query<WindowQuery>,
-) -> Response {
-    match window(&q) {
-        Ok(w) => Json(json!({ "service": name, "zones": api.state.traffic.series(&name, w) }))
-            .into_response(),
-        Err(r) => r,
-    }
-}
-
-/// Zone-to-zone traffic and the service edges behind it.
-async fn inspect_traffic(AxState(api): AxState<Api>, Query(q): Query<WindowQuery>) -> Response {
-    match window(&q) {
-        Ok(w) => Json(api.state.traffic.traffic(w)).into_response(),
-        Err(r) => r,
-    }
-}
-
-async fn inspect_zones(AxState(api): AxState<Api>) -> Response {
-    match crate::zones::zone_views(&api.state) {
-        Ok(v) => Json(json!({ "items": v })).into_response(),
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -1,3 +1,4 @@
+use super::inspect::ZoneQuery;
 use super::*;
 use crate::membership::tests::{csr, fixture, token, Fixture};
 
