@@ -15,6 +15,7 @@ pub mod compile;
 pub mod drill;
 pub mod explain;
 pub mod global_client;
+pub mod inventory;
 pub mod local_policy;
 pub mod prober;
 pub mod proxy_server;
