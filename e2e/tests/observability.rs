@@ -346,14 +346,15 @@ fn json_lines(log: &str) -> Vec<serde_json::Value> {
 /// endpoint it went through, an opaque TCP connection gets a line with
 /// the bytes each way, and one that no endpoint took (an unknown service)
 /// gets a line with no upstream and is counted in
-/// `tern_proxy_traffic_tcp_failed_connections_total` (db's is not); lines
-/// for web never go to api's log and vice versa.
+/// `tern_proxy_traffic_tcp_failed_connections_total` (db's is not; once
+/// db's app is stopped, db's sidecar counts a flow it could not hand over
+/// as failed inbound); lines for web never go to api's log and vice versa.
 #[test]
 fn access_logs_are_off_by_default_and_follow_the_policy() {
     use std::io::{Read, Write};
     let m = Mesh::start("obs-logs", Net(72), None);
     let api = m.workload("z1", 12, "api", &[]);
-    let _db = m.tcp_echo_db(13);
+    let (db_app, _db_sidecar) = m.tcp_echo_db(13);
     let dir = m.s.path("web-logs");
     std::fs::create_dir_all(&dir).unwrap();
     let tcp_port = format!("tcp:db={}:16000", m.net.ip(40));
@@ -491,6 +492,34 @@ fn access_logs_are_off_by_default_and_follow_the_policy() {
         )
     };
     assert_eq!((opened("ghost"), opened("db")), (1.0, 1.0));
+    // With db's app gone (its endpoint still published: no HealthCheck),
+    // a flow reaches db's sidecar, which cannot hand it to the app: db's
+    // sidecar counts it as failed inbound, with web as its source.
+    let db_admin = m.net.addr(13, 15000);
+    let inbound_failed = || {
+        metric(
+            db_admin,
+            "tern_proxy_traffic_tcp_failed_connections_total",
+            &[
+                "direction=\"inbound\"",
+                "source_service=\"web\"",
+                "destination_service=\"db\"",
+            ],
+        )
+    };
+    assert_eq!(inbound_failed(), 0.0);
+    drop(db_app);
+    let mut s = std::net::TcpStream::connect(m.net.addr(40, 16000)).unwrap();
+    let _ = s.write_all(b"hello");
+    let mut rest = Vec::new();
+    s.set_read_timeout(Some(patient(T))).unwrap();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+    wait_for(
+        "db's sidecar counting the flow its app refused",
+        patient(T),
+        || (inbound_failed() == 1.0).then_some(()),
+    );
     assert!(
         json_lines(&web.sidecar.log_text()).is_empty(),
         "web logs to its file only"
