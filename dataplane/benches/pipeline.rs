@@ -1,6 +1,7 @@
 //! Per-request cost of the policy layers of the data path with a large
 //! policy set: 100 access rules and 100 HTTP route rules, the request
 //! matching only the last of each (the worst case: every rule is tried).
+//! Also the cost of writing one access log line.
 //! `cargo bench -p dataplane --bench pipeline`.
 
 use std::collections::HashMap;
@@ -115,5 +116,41 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// An access log line as the observed benchmark writes it (JSON, an
+/// inbound HTTP request with every field), into a reused buffer.
+fn access_log_line(c: &mut Criterion) {
+    use dataplane::metrics::Direction;
+    use dataplane::observe::Line;
+    let line = Line {
+        start: std::time::SystemTime::now(),
+        direction: Direction::Inbound,
+        protocol: "http",
+        source_service: "web",
+        source_zone: "eu-west-1",
+        source_identity: Some("spiffe://tern/zone/eu-west-1/svc/web"),
+        destination_service: "api",
+        destination_zone: "eu-west-1",
+        upstream: Some("127.0.0.1:8080".parse().unwrap()),
+        method: Some("GET"),
+        authority: Some("api"),
+        path: Some("/api/v1/items?page=2"),
+        route: None,
+        status: Some(200),
+        decision: common::traffic::Decision::None,
+        duration: std::time::Duration::from_micros(412),
+        bytes_sent: None,
+        bytes_received: None,
+    };
+    let mut buf = String::with_capacity(64 * 1024);
+    c.bench_function("access log: one JSON line", |b| {
+        b.iter(|| {
+            if buf.len() > 60 * 1024 {
+                buf.clear();
+            }
+            black_box(&line).json_into(&mut buf);
+        })
+    });
+}
+
+criterion_group!(benches, bench, access_log_line);
 criterion_main!(benches);
