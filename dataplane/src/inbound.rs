@@ -436,7 +436,8 @@ impl Proxy {
                     }
                     let id = peer.map(|(v, _)| v);
                     let mut resp = if is_upgrade(&req) {
-                        self.inbound_upgrade(app, id, chain, req).await
+                        let counts = self.inbound_counts(caller.as_deref());
+                        self.inbound_upgrade(app, id, chain, counts, req).await
                     } else {
                         self.to_app(app, id, req).await
                     };

@@ -338,12 +338,12 @@ impl prometheus_client::collector::Collector for Collector {
         for (name, help, pick) in [
             (
                 "traffic_tcp_sent_bytes",
-                "TCP bytes sent towards the destination",
+                "TCP bytes (opaque flows and upgraded connections) sent towards the destination",
                 0,
             ),
             (
                 "traffic_tcp_received_bytes",
-                "TCP bytes received from the destination",
+                "TCP bytes (opaque flows and upgraded connections) received from the destination",
                 1,
             ),
         ] {

@@ -30,7 +30,7 @@ use crate::proxy::{
     app_uri, empty, error_chain, error_response, mesh_request, path_of, strip_hop_by_hop, Body,
     Proxy, CLIENT_ID_HEADER, ERROR_HEADER,
 };
-use crate::traffic::Served;
+use crate::traffic::{Counts, Served};
 use common::traffic::Decision;
 
 /// An HTTP/1.1 request asking to switch protocols: `Connection: upgrade`
@@ -57,12 +57,22 @@ fn upgrade_headers(h: &mut HeaderMap) {
 }
 
 /// Copy between two upgraded connections until either side closes,
-/// nothing moves for `idle`, or `lifetime` (when set) has passed.
-async fn splice(a: OnUpgrade, b: OnUpgrade, idle: Duration, lifetime: Option<Duration>) {
+/// nothing moves for `idle`, or `lifetime` (when set) has passed. `a` is
+/// the side that asked for the upgrade: its bytes count as sent in the
+/// peer pair's `counts`, the other side's as received.
+async fn splice(
+    a: OnUpgrade,
+    b: OnUpgrade,
+    idle: Duration,
+    lifetime: Option<Duration>,
+    counts: Arc<Counts>,
+) {
     match tokio::join!(a, b) {
         (Ok(a), Ok(b)) => {
             let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
-            let copy = common::splice::copy_bidirectional_idle(&mut a, &mut b, idle);
+            let (sent, received) = ([&counts.sent], [&counts.received]);
+            let copy =
+                common::splice::copy_bidirectional_metered(&mut a, &mut b, idle, &sent, &received);
             match lifetime {
                 Some(limit) => {
                     if tokio::time::timeout(limit, copy).await.is_err() {
@@ -168,7 +178,18 @@ impl Proxy {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let to_mesh = hyper::upgrade::on(&mut resp);
                         let idle = policy.tcp_idle.unwrap_or(Duration::MAX);
-                        tokio::spawn(splice(from_app, to_mesh, idle, policy.stream_duration));
+                        let counts = self.shared.traffic.peer(
+                            crate::metrics::Direction::Outbound,
+                            &cluster.service,
+                            &ep.zone,
+                        );
+                        tokio::spawn(splice(
+                            from_app,
+                            to_mesh,
+                            idle,
+                            policy.stream_duration,
+                            counts,
+                        ));
                     }
                     return resp.map(crate::proxy::passed);
                 }
@@ -202,6 +223,7 @@ impl Proxy {
         app: SocketAddr,
         peer: Option<HeaderValue>,
         chain: Arc<[CertificateDer<'static>]>,
+        counts: Arc<Counts>,
         mut req: Request<Incoming>,
     ) -> Response<Body> {
         if self.app_protocol == Protocol::Http2 {
@@ -236,7 +258,11 @@ impl Proxy {
                     let idle = self.tcp_idle;
                     tokio::spawn(async move {
                         if let Err(why) = live
-                            .while_trusted(chain, splice(from_caller, to_app, idle, None), || {})
+                            .while_trusted(
+                                chain,
+                                splice(from_caller, to_app, idle, None, counts),
+                                || {},
+                            )
                             .await
                         {
                             tracing::warn!(reason = %why, "closed an upgraded inbound connection: its peer is no longer trusted");

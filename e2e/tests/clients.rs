@@ -175,7 +175,8 @@ fn grpcio_calls_of_every_shape_pass_through_sidecars_in_a_zone_and_across_zones(
 /// through the sidecars' HTTP listeners, in the zone and across zones: the
 /// upgrade succeeds with the negotiated subprotocol, 100 text messages and
 /// a 4 MiB binary message echo back intact, and the server sees the
-/// caller's verified identity on the upgrade request. Then an HttpRoute on
+/// caller's verified identity on the upgrade request; the sessions' bytes
+/// count as TCP bytes of their peer pair on both sidecars. Then an HttpRoute on
 /// `ws-near` applies to upgrades as to any request: a session opened to
 /// `ws-near` under `/far` lands on `ws-far`'s server (in the other zone)
 /// with the path rewritten and the route's header set; a redirect rule
@@ -195,13 +196,37 @@ fn websockets_cross_sidecars_and_zones_and_obey_routes_breakers_and_timeouts() {
             &["text", "binary_large", "identity"],
         );
     }
+    // The sessions' bytes count as the peer pair's TCP bytes on both
+    // sidecars (over a KiB each way to each service: `websockets`
+    // compresses, so the 4 MiB message crosses as about 17 KB; before,
+    // upgraded connections counted nothing).
+    let admin = t.net.addr(10, 15000);
+    let bytes = |at: SocketAddr, name: &str, filter: &str| metric_sum(at, name, filter);
+    const KIB: f64 = 1024.0;
+    for svc in ["ws-near", "ws-far"] {
+        let to = format!("destination_service=\"{svc}\"");
+        for name in [
+            "tern_proxy_traffic_tcp_sent_bytes_total{direction=\"outbound\"",
+            "tern_proxy_traffic_tcp_received_bytes_total{direction=\"outbound\"",
+        ] {
+            let n = bytes(admin, name, &to);
+            assert!(n > KIB, "{name} {svc}: {n}");
+        }
+    }
+    let near_admin = t.net.addr(11, 15000);
+    for name in [
+        "tern_proxy_traffic_tcp_sent_bytes_total{direction=\"inbound\",source_service=\"web\"",
+        "tern_proxy_traffic_tcp_received_bytes_total{direction=\"inbound\",source_service=\"web\"",
+    ] {
+        let n = bytes(near_admin, name, "");
+        assert!(n > KIB, "{name} at ws-near: {n}");
+    }
 
     t.g.apply(
         "apiVersion: tern.dev/v1alpha1\nkind: HttpRoute\nmetadata: {name: ws-routes}\nspec:\n  to: {service: ws-near}\n  rules:\n\
          \x20   - name: to-far\n      matches: [{path: {prefix: /far}}]\n      rewrite: {pathPrefix: /chat}\n      requestHeaders: {set: {x-route: to-far}}\n      backends: [{service: ws-far}]\n\
          \x20   - name: moved\n      matches: [{path: {exact: /moved}}]\n      redirect: {path: /chat, statusCode: 301}\n",
     );
-    let admin = t.net.addr(10, 15000);
     wait_for("the client sidecar holds ws-near's two routes", T, || {
         let d = get(admin, "x", "/config_dump").ok()?.json();
         (d["routes"]["ws-near"]["http"].as_array()?.len() == 2).then_some(())
