@@ -112,17 +112,8 @@ impl Proxy {
                         &to_dest,
                         &from_dest,
                     );
-                    let ended = match policy.stream_duration {
-                        Some(limit) => {
-                            tokio::time::timeout(limit, flow).await.unwrap_or_else(|_| {
-                                Err(std::io::Error::new(
-                                    std::io::ErrorKind::TimedOut,
-                                    format!("closed at the stream duration limit of {limit:?}"),
-                                ))
-                            })
-                        }
-                        None => flow.await,
-                    };
+                    let ended =
+                        crate::stream_limit::within_lifetime(policy.stream_duration, flow).await;
                     if let Err(e) = ended {
                         tracing::debug!(service, error = %e, "outbound TCP flow ended");
                     }

@@ -1,6 +1,6 @@
 //! Limits on a streamed HTTP body: an idle limit (no data for that long)
 //! and a duration limit (the whole stream), from the destination's
-//! `Timeout` policy. A body with no limit costs one branch per frame; a
+//! `Timeout` policy; and the duration limit of a spliced flow. A body with no limit costs one branch per frame; a
 //! limited one arms its timers only while it waits for data, and reads the
 //! clock when a frame arrives instead of resetting a timer.
 
@@ -13,6 +13,24 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
+
+/// A spliced flow (opaque TCP, an upgraded connection) cut at the
+/// destination's `streamDuration`, when it has one: the cut is a
+/// `TimedOut` error that names the limit.
+pub async fn within_lifetime<T>(
+    limit: Option<Duration>,
+    flow: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, flow).await.unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("closed at the stream duration limit of {limit:?}"),
+            ))
+        }),
+        None => flow.await,
+    }
+}
 
 /// A received body, with or without limits.
 pub struct Limited<B = Incoming> {

@@ -73,18 +73,8 @@ async fn splice(
             let (sent, received) = ([&counts.sent], [&counts.received]);
             let copy =
                 common::splice::copy_bidirectional_metered(&mut a, &mut b, idle, &sent, &received);
-            match lifetime {
-                Some(limit) => {
-                    if tokio::time::timeout(limit, copy).await.is_err() {
-                        tracing::debug!(
-                            ?limit,
-                            "closed an upgraded connection at its stream duration limit"
-                        );
-                    }
-                }
-                None => {
-                    let _ = copy.await;
-                }
+            if let Err(e) = crate::stream_limit::within_lifetime(lifetime, copy).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
             }
         }
         (a, b) => {

@@ -186,6 +186,13 @@ fn err(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into() }))).into_response()
 }
 
+/// A request body as `T`, or the 400 that says what was wrong with it
+/// (`what`: "token", "revoke", ...).
+fn request_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Response> {
+    serde_json::from_slice(body)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad {what} request: {e}")))
+}
+
 fn field_err(status: StatusCode, e: &FieldError) -> Response {
     (
         status,

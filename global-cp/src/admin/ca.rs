@@ -10,7 +10,7 @@ use model::token;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{err, store_err, Api};
+use super::{err, request_body, store_err, Api};
 
 fn refused(e: crate::membership::Refused) -> Response {
     use crate::membership::Refused;
@@ -37,9 +37,9 @@ struct RotateRequest {
 }
 
 pub(super) async fn ca_rotate(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response {
-    let req: RotateRequest = match serde_json::from_slice(&body) {
+    let req: RotateRequest = match request_body(&body, "rotate") {
         Ok(r) => r,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad rotate request: {e}")),
+        Err(refused) => return refused,
     };
     let st = api.state.clone();
     // Key generation and signing: off the async threads.

@@ -13,7 +13,7 @@ use model::token::{self, TokenKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{err, field_err, store_err, Api};
+use super::{err, field_err, request_body, store_err, Api};
 use crate::store::StoreError;
 
 /// Lifetimes a token gets when its request names none, and the longest it
@@ -41,9 +41,9 @@ struct TokenRequest {
 pub const MAX_INSTANCES_LIMIT: u32 = 10_000;
 
 pub(super) async fn issue_token(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response {
-    let req: TokenRequest = match serde_json::from_slice(&body) {
+    let req: TokenRequest = match request_body(&body, "token") {
         Ok(r) => r,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad token request: {e}")),
+        Err(refused) => return refused,
     };
     if let Err(e) = resource::check_name("zone", &req.zone) {
         return field_err(StatusCode::UNPROCESSABLE_ENTITY, &e);
@@ -181,9 +181,9 @@ struct RevokeRequest {
 pub const MAX_REASON_BYTES: usize = 1024;
 
 pub(super) async fn revoke(AxState(api): AxState<Api>, body: axum::body::Bytes) -> Response {
-    let req: RevokeRequest = match serde_json::from_slice(&body) {
+    let req: RevokeRequest = match request_body(&body, "revoke") {
         Ok(r) => r,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad revoke request: {e}")),
+        Err(refused) => return refused,
     };
     if let Some(n) = req
         .reason
