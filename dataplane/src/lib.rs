@@ -22,6 +22,7 @@ pub mod first_bytes;
 pub mod header_first;
 pub mod health;
 pub mod inbound;
+pub mod inbound_http;
 pub mod inbound_tcp;
 pub mod inbound_tls;
 pub mod last_known;
