@@ -1,6 +1,7 @@
 //! Code that Tern's components share.
 #![forbid(unsafe_code)]
 
+pub mod bind;
 pub mod flow;
 pub mod grpc;
 pub mod pki;

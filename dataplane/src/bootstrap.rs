@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
 use proto::v1 as pb;
 use serde::Deserialize;
 
@@ -15,6 +14,7 @@ use crate::config::{early_data_needs_tcp, Config, Listeners};
 use crate::protocol::Protocol;
 use crate::resilience;
 use crate::state::Shared;
+use crate::Error;
 
 /// Standalone bootstrap file.
 #[derive(Deserialize, Debug)]
@@ -108,19 +108,20 @@ fn http() -> String {
 fn compile_policies(
     p: &PoliciesSpec,
     mut clusters: Vec<pb::Cluster>,
-) -> anyhow::Result<(Vec<pb::Cluster>, Option<pb::InboundPolicy>)> {
+) -> Result<(Vec<pb::Cluster>, Option<pb::InboundPolicy>), Error> {
     let mut docs = Vec::new();
     for f in &p.files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?;
+        let text = read(f)?;
         match model::resource::parse_documents(&f.display().to_string(), &text) {
             Ok(rs) => docs.extend(rs),
-            Err(es) => bail!(
-                "{}",
-                es.iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            ),
+            Err(es) => {
+                return Err(Error::Config(
+                    es.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ))
+            }
         }
     }
     let values: Vec<serde_json::Value> = docs
@@ -153,39 +154,47 @@ fn compile_policies(
     Ok((clusters, Some(set.inbound(&facts))))
 }
 
+fn read(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        what: format!("read {}", path.display()),
+        source,
+    })
+}
+
 /// A standalone sidecar from its bootstrap file: identity, trust, clusters
 /// with their compiled policies, its listeners and its admin address.
 pub(crate) fn load(
     path: &Path,
     cfg: &Config,
     defaults: resilience::Defaults,
-) -> anyhow::Result<(Arc<Shared>, Listeners, SocketAddr)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+) -> Result<(Arc<Shared>, Listeners, SocketAddr), Error> {
+    let text = read(path)?;
     if let Some(line) = model::resource::too_deep(&text) {
-        bail!(
+        return Err(Error::Config(format!(
             "{}:{}: nested deeper than {} levels",
             path.display(),
             line + 1,
             model::resource::MAX_NESTING
-        );
+        )));
     }
-    let b: Bootstrap =
-        serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let read =
-        |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
+    let b: Bootstrap = serde_yaml::from_str(&text)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     let key_path = &b.identity.key;
     model::fsutil::check_private_file(key_path)?;
     let ident = common::tls::Identity::from_pem(&read(&b.identity.cert)?, &read(key_path)?)
-        .with_context(|| format!("{}: identity", path.display()))?;
+        .map_err(Error::certificate(format!("{}: identity", path.display())))?;
     // Standalone: trust whatever the roots file holds; no zones here.
     let policy = common::trust::TrustPolicy::from_pem(
         &b.trust_domain,
         &read(&b.identity.roots)?,
         common::trust::ZoneCas::Any,
     )
-    .with_context(|| format!("{}: identity.roots", path.display()))?;
+    .map_err(Error::certificate(format!(
+        "{}: identity.roots",
+        path.display()
+    )))?;
     let inbound_protocol = match &b.inbound {
-        Some(i) => Protocol::parse(&i.protocol).map_err(anyhow::Error::msg)?,
+        Some(i) => Protocol::parse(&i.protocol).map_err(Error::Config)?,
         None => Protocol::Http1,
     };
     early_data_needs_tcp(cfg.accept_early_data, inbound_protocol)?;
@@ -219,25 +228,27 @@ pub(crate) fn load(
         .collect();
     let (clusters, inbound) = match &b.policies {
         None => (clusters, None),
-        Some(p) => compile_policies(p, clusters)
-            .with_context(|| format!("{}: policies", path.display()))?,
+        Some(p) => compile_policies(p, clusters).map_err(|e| Error::Policies {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?,
     };
     shared
         .apply(&clusters, inbound.as_ref(), 1)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     let mut outbound = Vec::new();
     for o in &b.outbound {
         outbound.push((
             o.listen,
             o.service.clone(),
-            Protocol::parse(&o.protocol).map_err(anyhow::Error::msg)?,
+            Protocol::parse(&o.protocol).map_err(Error::Config)?,
         ));
     }
     let inbound = match &b.inbound {
         Some(i) => Some((
             i.listen,
             i.app,
-            Protocol::parse(&i.protocol).map_err(anyhow::Error::msg)?,
+            Protocol::parse(&i.protocol).map_err(Error::Config)?,
         )),
         None => None,
     };

@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 
 use crate::protocol::Protocol;
+use crate::Error;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "dataplane", version, about = "Tern sidecar proxy")]
@@ -155,27 +155,30 @@ pub(crate) fn parse_size(s: &str) -> Result<u32, String> {
 /// An `--outbound-port` value: `SERVICE=ADDR`, or `tcp:SERVICE=ADDR`.
 pub(crate) fn parse_outbound_port(
     s: &str,
-) -> anyhow::Result<(SocketAddr, Option<String>, Protocol)> {
+) -> Result<(SocketAddr, Option<String>, Protocol), Error> {
     let (proto, rest) = match s.strip_prefix("tcp:") {
         Some(r) => (Protocol::Tcp, r),
         None => (Protocol::Http1, s),
     };
-    let (svc, addr) = rest.split_once('=').with_context(|| {
-        format!("--outbound-port {s:?}: expected SERVICE=ADDR or tcp:SERVICE=ADDR")
+    let (svc, addr) = rest.split_once('=').ok_or_else(|| {
+        Error::Config(format!(
+            "--outbound-port {s:?}: expected SERVICE=ADDR or tcp:SERVICE=ADDR"
+        ))
     })?;
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("--outbound-port {s:?}: {addr:?} is not host:port"))?;
+    let addr: SocketAddr = addr.parse().map_err(|source| Error::Address {
+        what: format!("--outbound-port {s:?}: {addr:?} is not host:port"),
+        source,
+    })?;
     Ok((addr, Some(svc.to_string()), proto))
 }
 
 /// `--accept-early-data` is for opaque TCP apps; an HTTP app's callers
 /// pool their connections and never send early data.
-pub(crate) fn early_data_needs_tcp(on: bool, app: Protocol) -> anyhow::Result<()> {
+pub(crate) fn early_data_needs_tcp(on: bool, app: Protocol) -> Result<(), Error> {
     if on && app != Protocol::Tcp {
-        anyhow::bail!(
+        return Err(Error::Config(format!(
             "--accept-early-data applies to TCP apps only (this app speaks {app:?}); drop the flag or start the sidecar with --protocol tcp"
-        );
+        )));
     }
     Ok(())
 }

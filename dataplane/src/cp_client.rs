@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use common::pki;
 use common::sync::{Backoff, Chunk, DeltaReceiver, Outcome};
 use common::tls::{self, Expect, Identity, PinnedCaVerifier, SpiffeServerVerifier};
@@ -21,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 use crate::state::Shared;
+use crate::Error;
 
 pub struct CpOptions {
     pub address: String,
@@ -209,8 +209,11 @@ async fn run_once(
     status: &watch::Sender<CpStatus>,
     shutdown: &mut watch::Receiver<bool>,
     reporter: &mut crate::traffic::Reporter,
-) -> anyhow::Result<()> {
-    let claims = token::decode_unverified(&opts.token).context("the dataplane token")?;
+) -> Result<(), Error> {
+    let claims = token::decode_unverified(&opts.token).map_err(|source| Error::Token {
+        kind: "dataplane",
+        source,
+    })?;
     let expect = Expect::Exact(SpiffeId::zone_cp(&claims.td, &claims.zone));
     // First contact trusts only the root pinned in the token. Later
     // connections trust the roots the zone-cp sent (they change when the
@@ -249,11 +252,11 @@ async fn run_once(
         .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .map_err(|s| {
-            anyhow::anyhow!(
+            Error::Stream(format!(
                 "the zone control plane at {} refused: {}",
                 opts.address,
                 s.message()
-            )
+            ))
         })?
         .into_inner();
     status.send_modify(|s| {
@@ -295,13 +298,13 @@ async fn run_once(
             m = inbound.message() => {
                 let m = match m {
                     Ok(Some(m)) => m,
-                    Ok(None) => anyhow::bail!("the zone control plane closed the stream"),
-                    Err(s) => anyhow::bail!("{}", s.message()),
+                    Ok(None) => return Err(Error::Stream("the zone control plane closed the stream".into())),
+                    Err(s) => return Err(Error::Stream(s.message().to_string())),
                 };
                 match m.msg {
                     Some(zone_to_proxy::Msg::Trust(t)) => {
                         let policy = trust_policy(&claims.td, &t)
-                            .context("the trust bundle from the zone control plane")?;
+                            .map_err(Error::certificate("the trust bundle from the zone control plane".into()))?;
                         tracing::info!(roots = policy.roots().len(), zones = t.zone_cas.len(), "trust updated");
                         shared.set_trust(policy)?;
                         if let Some(lk) = &opts.last_known {

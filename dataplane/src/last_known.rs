@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use anyhow::Context;
 use common::tls::Identity;
 use prost::Message;
 use proto::v1 as pb;
 
 use crate::state::Shared;
+use crate::Error;
 
 const FILE: &str = "proxy-state.pb";
 
@@ -27,7 +27,7 @@ pub struct LastKnown {
 impl LastKnown {
     /// Open (creating it 0700) the state folder; refuse one other users can
     /// read, or a state file they can.
-    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+    pub fn open(dir: &Path) -> Result<Self, Error> {
         model::fsutil::private_dir(dir, &[FILE])?;
         Ok(Self {
             path: dir.join(FILE),
@@ -42,7 +42,7 @@ impl LastKnown {
     /// Install the kept state into `shared`: `Some(config version)` when a
     /// usable one was there, `None` when there was none or its certificate
     /// has expired.
-    pub fn restore(&self, trust_domain: &str, shared: &Shared) -> anyhow::Result<Option<u64>> {
+    pub fn restore(&self, trust_domain: &str, shared: &Shared) -> Result<Option<u64>, Error> {
         if !self.path.exists() {
             return Ok(None);
         }
@@ -97,11 +97,13 @@ pub fn install(
     what: &str,
     trust_domain: &str,
     shared: &Shared,
-) -> anyhow::Result<Option<pb::ProxyState>> {
-    let st =
-        pb::ProxyState::decode(bytes).with_context(|| format!("{what} is corrupt; delete it"))?;
+) -> Result<Option<pb::ProxyState>, Error> {
+    let st = pb::ProxyState::decode(bytes).map_err(|source| Error::Corrupt {
+        what: what.to_string(),
+        source,
+    })?;
     let ident = Identity::from_pem(&st.chain_pem, &st.key_pem)
-        .with_context(|| format!("{what}: the kept certificate"))?;
+        .map_err(Error::certificate(format!("{what}: the kept certificate")))?;
     if ident.not_after <= SystemTime::now() {
         tracing::info!(path = %what, "the kept certificate has expired; waiting for the zone control plane");
         return Ok(None);
@@ -110,16 +112,16 @@ pub fn install(
         return Ok(None);
     };
     let policy = crate::cp_client::trust_policy(trust_domain, trust)
-        .with_context(|| format!("{what}: the kept trust"))?;
+        .map_err(Error::certificate(format!("{what}: the kept trust")))?;
     for c in &st.clusters {
         crate::cp_client::validate(&c.service, c)
-            .map_err(|e| anyhow::anyhow!("{what}: the kept config: {}: {e}", c.service))?;
+            .map_err(|e| Error::Config(format!("{what}: the kept config: {}: {e}", c.service)))?;
     }
     shared.set_trust(policy)?;
     shared.set_identity(ident)?;
     shared
         .apply(&st.clusters, st.inbound.as_ref(), st.config_version)
-        .map_err(|e| anyhow::anyhow!("{what}: the kept config: {e}"))?;
+        .map_err(|e| Error::Config(format!("{what}: the kept config: {e}")))?;
     tracing::info!(version = st.config_version, services = st.clusters.len(), "serving with the last certificate, trust and config kept on disk until the zone control plane answers");
     Ok(Some(st))
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod connect;
 pub mod cp_client;
 pub mod drill;
+mod error;
 pub mod fault;
 pub mod first_bytes;
 pub mod header_first;
@@ -55,7 +56,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use proto::v1 as pb;
 use tokio::sync::watch;
 
@@ -65,6 +65,7 @@ use crate::state::Shared;
 
 pub use bootstrap::Bootstrap;
 pub use config::{positive_duration, Config};
+pub use error::Error;
 
 pub struct Running {
     pub shared: Arc<Shared>,
@@ -89,10 +90,10 @@ impl Running {
     }
 }
 
-pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+pub async fn start(cfg: Config) -> Result<Running, Error> {
     // Checked before waiting for a certificate from the zone-cp.
     let admin_token = common::telemetry::admin_token(cfg.admin_token_file.as_deref())
-        .context("--admin-token-file")?;
+        .map_err(Error::AdminToken)?;
     let defaults = resilience::Defaults {
         per_try_timeout: cfg.per_try_timeout,
         request_timeout: (!cfg.request_timeout.is_zero()).then_some(cfg.request_timeout),
@@ -138,17 +139,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     if let Some((listen, _, _)) = listeners.inbound {
         let l = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("bind inbound {listen}"))?;
+            .map_err(common::bind::failed("bind inbound", listen))?;
         tokio::spawn(proxy.clone().serve_inbound(l));
         tokio::spawn(proxy.clone().app_check_loop());
     }
     for (listen, service, protocol) in listeners.outbound {
         if protocol == Protocol::Tcp && service.is_none() {
-            bail!("a TCP outbound listener needs a service");
+            return Err(Error::Config(
+                "a TCP outbound listener needs a service".into(),
+            ));
         }
         let l = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("bind outbound {listen}"))?;
+            .map_err(common::bind::failed("bind outbound", listen))?;
         tokio::spawn(
             proxy
                 .clone()
@@ -161,7 +164,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .with_token(admin_token)
         .serve(admin_addr)
         .await
-        .with_context(|| format!("bind admin {admin_addr}"))?;
+        .map_err(common::bind::failed("bind admin", admin_addr))?;
     Ok(Running {
         shared,
         admin: admin_addr,
@@ -179,20 +182,25 @@ fn registered(
     metrics: metrics::Metrics,
     status_tx: watch::Sender<cp_client::CpStatus>,
     shutdown_rx: watch::Receiver<bool>,
-) -> anyhow::Result<(Arc<Shared>, Listeners, tokio::task::JoinHandle<()>)> {
+) -> Result<(Arc<Shared>, Listeners, tokio::task::JoinHandle<()>), Error> {
     let (Some(addr), Some(tf), Some(service)) = (&cfg.cp_address, &cfg.token_file, &cfg.service)
     else {
-        bail!("give --bootstrap FILE, or all of --cp-address, --token-file and --service");
+        return Err(Error::Config(
+            "give --bootstrap FILE, or all of --cp-address, --token-file and --service".into(),
+        ));
     };
     let token = model::fsutil::read_secret(tf)?;
-    model::token::decode_unverified(&token).context("the dataplane token")?;
-    let protocol = Protocol::parse(&cfg.protocol).map_err(anyhow::Error::msg)?;
+    model::token::decode_unverified(&token).map_err(|source| Error::Token {
+        kind: "dataplane",
+        source,
+    })?;
+    let protocol = Protocol::parse(&cfg.protocol).map_err(Error::Config)?;
     early_data_needs_tcp(cfg.accept_early_data, protocol)?;
     let mut labels = BTreeMap::new();
     for l in &cfg.labels {
         let (k, v) = l
             .split_once('=')
-            .with_context(|| format!("--label {l:?}: expected key=value"))?;
+            .ok_or_else(|| Error::Config(format!("--label {l:?}: expected key=value")))?;
         labels.insert(k.to_string(), v.to_string());
     }
     let instance = cfg.instance.clone().unwrap_or_else(|| {
@@ -227,9 +235,10 @@ fn registered(
     let mut outbound = Vec::new();
     if !cfg.outbound.is_empty() {
         outbound.push((
-            cfg.outbound
-                .parse()
-                .with_context(|| format!("--outbound {:?}", cfg.outbound))?,
+            cfg.outbound.parse().map_err(|source| Error::Address {
+                what: format!("--outbound {:?}", cfg.outbound),
+                source,
+            })?,
             None,
             Protocol::Http1,
         ));

@@ -18,6 +18,7 @@
 
 mod capture;
 pub mod dup;
+mod error;
 mod inbound;
 pub mod metrics;
 mod outbound;
@@ -29,7 +30,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use common::flow::FlowHeader;
 use common::telemetry::Admin;
@@ -39,6 +39,8 @@ use model::ident::SpiffeId;
 use proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+pub use error::Error;
 
 pub const QUIC_ALPN: &[u8] = b"tern-gw/1";
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -167,19 +169,24 @@ impl Running {
     }
 }
 
-pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+pub async fn start(cfg: Config) -> Result<Running, Error> {
     if cfg.idle_timeout <= cfg.keep_alive {
-        anyhow::bail!(
+        return Err(dataplane::Error::Config(format!(
             "--idle-timeout ({:?}) must be longer than --keep-alive ({:?}), or idle connections die between keep-alives",
             cfg.idle_timeout,
             cfg.keep_alive
-        );
+        ))
+        .into());
     }
     // Checked before waiting for an identity from the zone-cp.
     let admin_token = common::telemetry::admin_token(cfg.admin_token_file.as_deref())
-        .context("--admin-token-file")?;
-    let token = model::fsutil::read_secret(&cfg.token_file)?;
-    let claims = model::token::decode_unverified(&token).context("the gateway token")?;
+        .map_err(dataplane::Error::AdminToken)?;
+    let token = model::fsutil::read_secret(&cfg.token_file).map_err(dataplane::Error::File)?;
+    let claims =
+        model::token::decode_unverified(&token).map_err(|source| dataplane::Error::Token {
+            kind: "gateway",
+            source,
+        })?;
     let mut reg = prometheus_client::registry::Registry::with_prefix("tern_gateway");
     let dp_metrics = dataplane::metrics::Metrics::new(&mut reg);
     let metrics = metrics::Metrics::new(&mut reg);
@@ -219,7 +226,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         shutdown_rx,
     );
     let socket = std::net::UdpSocket::bind(cfg.quic_bind)
-        .with_context(|| format!("bind QUIC {}", cfg.quic_bind))?;
+        .map_err(common::bind::failed("bind QUIC", cfg.quic_bind))?;
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
     let dup = Arc::new(dup::DupSocket::new(Arc::new(udp::QuietSocket::new(
         socket,
@@ -270,7 +277,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
     let local = TcpListener::bind(cfg.local)
         .await
-        .with_context(|| format!("bind {}", cfg.local))?;
+        .map_err(common::bind::failed("bind", cfg.local))?;
     tokio::spawn(gw.clone().serve_local(local));
     tokio::spawn(gw.clone().serve_quic(endpoint));
     tokio::spawn(
@@ -311,7 +318,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     .with_token(admin_token)
     .serve(cfg.admin)
     .await
-    .with_context(|| format!("bind admin {}", cfg.admin))?;
+    .map_err(common::bind::failed("bind admin", cfg.admin))?;
     tracing::info!(zone = %claims.zone, local = %cfg.local, quic = %cfg.quic_bind, %public, "gateway started");
     Ok(Running {
         gateway: gw,
@@ -325,7 +332,7 @@ impl Gateway {
         &self,
         tls: &dataplane::state::Tls,
         endpoint: &quinn::Endpoint,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), Error> {
         let server = common::tls::server_config_mtls(&tls.ident, tls.policy.clone(), &[QUIC_ALPN])?;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server)?;
         let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));

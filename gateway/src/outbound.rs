@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use common::flow::{self, code};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -18,14 +17,14 @@ impl Gateway {
             let me = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = me.local_flow(tcp).await {
-                    match e.downcast_ref::<Refused>() {
-                        Some(r) => {
-                            me.metrics.refused(r.reason);
-                            tracing::info!(%peer, reason = r.reason, error = %e, "refused a flow from this zone");
+                    match e {
+                        FlowError::Refused { reason, .. } => {
+                            me.metrics.refused(reason);
+                            tracing::info!(%peer, reason, error = %e, "refused a flow from this zone");
                         }
                         // Spare connections that idled out, flows that
                         // ended with a reset: routine.
-                        None => {
+                        _ => {
                             tracing::debug!(%peer, error = %e, "local flow ended with an error")
                         }
                     }
@@ -34,21 +33,19 @@ impl Gateway {
         }
     }
 
-    async fn local_flow(&self, tcp: TcpStream) -> anyhow::Result<()> {
+    async fn local_flow(&self, tcp: TcpStream) -> Result<(), FlowError> {
         let cfg = self
             .local_tls
             .get()
-            .context(Refused::new("no-certificate"))
-            .context("no certificate yet (failing closed)")?;
+            .ok_or_else(|| refused("no-certificate", "no certificate yet (failing closed)"))?;
         let mut tls = tokio::time::timeout(
             HEADER_TIMEOUT,
             tokio_rustls::TlsAcceptor::from(cfg).accept(tcp),
         )
         .await
-        .context("TLS handshake timed out")??;
+        .map_err(timed_out("TLS handshake timed out"))??;
         let peer = common::tls::peer_identity(tls.get_ref().1.peer_certificates())
-            .context(Refused::new("no-identity"))
-            .context("no client identity")?;
+            .ok_or_else(|| refused("no-identity", "no client identity"))?;
         let chain: Arc<[common::rustls::pki_types::CertificateDer<'static>]> = tls
             .get_ref()
             .1
@@ -56,21 +53,24 @@ impl Gateway {
             .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
             .unwrap_or_default();
         if peer.zone_name() != Some(self.zone.as_str()) {
-            return Err(anyhow::Error::new(Refused::new("other-zone"))
-                .context(format!("{peer} is not a workload of zone {}", self.zone)));
+            return Err(refused(
+                "other-zone",
+                format!("{peer} is not a workload of zone {}", self.zone),
+            ));
         }
         // Sidecars keep spare connections ready for new flows, so the header
         // may come a while after the handshake.
         let mut header = tokio::time::timeout(SPARE_IDLE, flow::read(&mut tls))
             .await
-            .context("no flow header on an idle connection")??;
+            .map_err(timed_out("no flow header on an idle connection"))??;
         if header.dest_zone == self.zone {
-            return Err(
-                anyhow::Error::new(Refused::new("own-zone")).context(format!(
+            return Err(refused(
+                "own-zone",
+                format!(
                     "flow for our own zone {}; sidecars reach it directly",
                     self.zone
-                )),
-            );
+                ),
+            ));
         }
         // The source zone is what we authenticated, not what was claimed.
         header.source_zone = self.zone.clone();
@@ -85,7 +85,9 @@ impl Gateway {
             // Closing before any stream opens: the sidecar sees the
             // connection fail and fails over, as in a real partition.
             self.metrics.reset(code::DRILL_REFUSED);
-            anyhow::bail!("flow to zone {zone} refused by {drill}");
+            return Err(FlowError::Ended(format!(
+                "flow to zone {zone} refused by {drill}"
+            )));
         }
         // A flow opened for a sampled trace: our span (until the stream to
         // the other zone is open) joins it, and the other gateway's span
@@ -97,15 +99,16 @@ impl Gateway {
         let opened = async {
             let (mut send, recv) = self.remotes.open_stream(&self.shared, &zone).await?;
             send.write_all(&header.encode()?).await?;
-            anyhow::Ok((send, recv))
+            Ok::<_, Cause>((send, recv))
         }
         .await;
         if let Some(a) = span {
             self.finish_span(a, &header, "outbound", opened.is_err(), None);
         }
-        let (send, recv) = opened.map_err(|e| {
-            e.context(Refused::new("no-stream"))
-                .context(format!("no stream to zone {zone}"))
+        let (send, recv) = opened.map_err(|e| FlowError::Refused {
+            reason: "no-stream",
+            what: format!("no stream to zone {zone}"),
+            source: Some(e),
         })?;
         self.metrics.stream_opened(&zone, "outbound");
         let mut quic = tokio::io::join(recv, send);
@@ -136,51 +139,88 @@ impl Gateway {
         match self.shared.live.while_trusted(chain, splice, cut).await {
             Ok(_) => {}
             Err(why) => {
-                anyhow::bail!("closed a flow from {peer}: no longer trusted ({why})");
+                return Err(FlowError::Ended(format!(
+                    "closed a flow from {peer}: no longer trusted ({why})"
+                )));
             }
         }
         Ok(())
     }
 }
 
-/// A flow this gateway refused (as opposed to one that ended): counted by
-/// `reason` (a fixed word) and logged at info, so an operator sees why a
-/// sidecar's cross-zone connections fail.
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a flow from this zone ended early. Logged by its message alone;
+/// the cause, if any, is its source.
 #[derive(Debug, thiserror::Error)]
-#[error("refused ({reason})")]
-struct Refused {
-    reason: &'static str,
+enum FlowError {
+    /// A flow this gateway refused (as opposed to one that ended): counted
+    /// by `reason` (a fixed word) and logged at info, so an operator sees
+    /// why a sidecar's cross-zone connections fail.
+    #[error("{what}")]
+    Refused {
+        reason: &'static str,
+        what: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    #[error("{what}")]
+    TimedOut {
+        what: &'static str,
+        #[source]
+        source: tokio::time::error::Elapsed,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Header(#[from] flow::ReadError),
+    /// Cut by a drill, or by a trust change.
+    #[error("{0}")]
+    Ended(String),
 }
 
-impl Refused {
-    fn new(reason: &'static str) -> Self {
-        Self { reason }
+fn refused(reason: &'static str, what: impl Into<String>) -> FlowError {
+    FlowError::Refused {
+        reason,
+        what: what.into(),
+        source: None,
     }
+}
+
+fn timed_out(what: &'static str) -> impl FnOnce(tokio::time::error::Elapsed) -> FlowError {
+    move |source| FlowError::TimedOut { what, source }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A refusal is found under the context an error carries (so it is
-    /// counted and logged at info); an idle spare connection's timeout is
+    /// A refusal is logged by its own message and counted by its reason,
+    /// its cause kept as the source; an idle spare connection's timeout is
     /// not a refusal.
-    #[test]
-    fn a_refusal_is_told_from_a_flow_that_ended() {
-        let e = None::<()>
-            .context(Refused::new("no-certificate"))
-            .context("no certificate yet (failing closed)")
+    #[tokio::test]
+    async fn a_refusal_is_told_from_a_flow_that_ended() {
+        let cause = crate::Error::Remote("open stream to 127.0.0.1:1: timed out".into());
+        let e = FlowError::Refused {
+            reason: "no-stream",
+            what: "no stream to zone z2".into(),
+            source: Some(cause.into()),
+        };
+        assert!(matches!(
+            e,
+            FlowError::Refused {
+                reason: "no-stream",
+                ..
+            }
+        ));
+        assert_eq!(e.to_string(), "no stream to zone z2");
+        let cause = std::error::Error::source(&e).unwrap().to_string();
+        assert!(cause.contains("timed out"), "{cause}");
+        let idle = tokio::time::timeout(std::time::Duration::ZERO, std::future::pending::<()>())
+            .await
+            .map_err(timed_out("no flow header on an idle connection"))
             .unwrap_err();
-        assert_eq!(
-            e.downcast_ref::<Refused>().unwrap().reason,
-            "no-certificate"
-        );
-        let e = anyhow::anyhow!("open stream to 127.0.0.1:1: timed out")
-            .context(Refused::new("no-stream"))
-            .context("no stream to zone z2");
-        assert_eq!(e.downcast_ref::<Refused>().unwrap().reason, "no-stream");
-        assert!(format!("{e:#}").contains("timed out"), "{e:#}");
-        let e = anyhow::anyhow!("no flow header on an idle connection");
-        assert!(e.downcast_ref::<Refused>().is_none());
+        assert!(!matches!(idle, FlowError::Refused { .. }));
+        assert_eq!(idle.to_string(), "no flow header on an idle connection");
     }
 }

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use common::rustls::pki_types::CertificateDer;
 use common::tls::{self, Expect, Identity, SpiffeServerVerifier};
 use common::trust::TrustPolicy;
@@ -16,7 +15,7 @@ use dataplane::state::Shared;
 use model::ident::SpiffeId;
 
 use crate::metrics::Metrics;
-use crate::{Config, QUIC_ALPN};
+use crate::{Config, Error, QUIC_ALPN};
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long opening a stream on a connection may wait for stream credit.
@@ -149,14 +148,14 @@ impl Remotes {
             .clone()
     }
 
-    async fn dial(&self, addr: SocketAddr, zone: &str) -> anyhow::Result<quinn::Connection> {
+    async fn dial(&self, addr: SocketAddr, zone: &str) -> Result<quinn::Connection, Error> {
         let (ident, policy) = self
             .inner
             .ident
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .context("no gateway certificate yet")?;
+            .ok_or_else(|| Error::Remote("no gateway certificate yet".into()))?;
         let verifier = SpiffeServerVerifier::new(
             policy,
             Expect::Exact(SpiffeId::gateway(&self.inner.td, zone)),
@@ -168,7 +167,7 @@ impl Remotes {
         let connecting = self.inner.endpoint.connect_with(cc, addr, "tern.mesh")?;
         let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
             .await
-            .map_err(|_| anyhow::anyhow!("QUIC handshake with {addr} timed out"))??;
+            .map_err(|_| Error::Remote(format!("QUIC handshake with {addr} timed out")))??;
         tracing::info!(%addr, zone, "connected to remote gateway");
         self.watch_loss(&conn, zone);
         Ok(conn)
@@ -176,7 +175,7 @@ impl Remotes {
 
     /// A live connection to the gateway at `addr`, dialing if needed (one
     /// dial at a time per address).
-    pub async fn get(&self, addr: SocketAddr, zone: &str) -> anyhow::Result<quinn::Connection> {
+    pub async fn get(&self, addr: SocketAddr, zone: &str) -> Result<quinn::Connection, Error> {
         let slot = self.slot(addr);
         let mut s = slot.lock().await;
         s.zone = zone.to_string();
@@ -187,7 +186,9 @@ impl Remotes {
             s.conn = None;
         }
         if s.down_until.is_some_and(|t| t > Instant::now()) {
-            anyhow::bail!("gateway {addr} of zone {zone} is unreachable (recent dial failed)");
+            return Err(Error::Remote(format!(
+                "gateway {addr} of zone {zone} is unreachable (recent dial failed)"
+            )));
         }
         // Our own identity not installed yet (just started): not the
         // remote's fault, so it is not marked down.
@@ -198,7 +199,9 @@ impl Remotes {
             .unwrap_or_else(|e| e.into_inner())
             .is_none()
         {
-            anyhow::bail!("no gateway certificate yet (failing closed)");
+            return Err(Error::Remote(
+                "no gateway certificate yet (failing closed)".into(),
+            ));
         }
         match self.dial(addr, zone).await {
             Ok(c) => {
@@ -220,12 +223,12 @@ impl Remotes {
         &self,
         shared: &Shared,
         zone: &str,
-    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
         let clusters = shared.clusters.load_full();
         let cluster = clusters
             .by_service
             .get(&format!("{GATEWAYS_PREFIX}{zone}"))
-            .with_context(|| format!("no gateways known for zone {zone}"))?;
+            .ok_or_else(|| Error::Remote(format!("no gateways known for zone {zone}")))?;
         let mut addrs: Vec<SocketAddr> = cluster.endpoints.iter().map(|e| e.target.addr).collect();
         // Live connections first.
         let live: Vec<bool> = {
@@ -246,18 +249,18 @@ impl Remotes {
         };
         let mut order: Vec<(bool, SocketAddr)> = live.into_iter().zip(addrs.drain(..)).collect();
         order.sort_by_key(|(l, _)| !*l);
-        let mut last = anyhow::anyhow!("zone {zone} has no gateways");
+        let mut last = Error::Remote(format!("zone {zone} has no gateways"));
         for (_, addr) in order {
             match self.get(addr, zone).await {
                 // A peer at its stream limit makes open_bi wait: give up
                 // on it and try the zone's next gateway.
                 Ok(conn) => match tokio::time::timeout(STREAM_OPEN_TIMEOUT, conn.open_bi()).await {
                     Ok(Ok(s)) => return Ok(s),
-                    Ok(Err(e)) => last = anyhow::anyhow!("open stream to {addr}: {e}"),
+                    Ok(Err(e)) => last = Error::Remote(format!("open stream to {addr}: {e}")),
                     Err(_) => {
-                        last = anyhow::anyhow!(
+                        last = Error::Remote(format!(
                             "open stream to {addr}: no stream credit within {STREAM_OPEN_TIMEOUT:?}"
-                        )
+                        ))
                     }
                 },
                 Err(e) => last = e,

@@ -36,7 +36,7 @@ use crate::State;
 /// The admin credential: created at first start in `<data-dir>/admin-token`
 /// (mode 0600). `<data-dir>/ternctl.json` tells ternctl where and how to
 /// connect; point `TERN_CONFIG` at it.
-pub fn init_credential(state: &State) -> anyhow::Result<String> {
+pub fn init_credential(state: &State) -> Result<String, crate::Error> {
     let dir = &state.config.data_dir;
     let path = dir.join("admin-token");
     let token = match std::fs::read_to_string(&path) {
@@ -80,7 +80,11 @@ struct Api {
     sessions: Arc<crate::console::Sessions>,
 }
 
-pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyhow::Result<()> {
+pub async fn serve(
+    state: Arc<State>,
+    registry: Registry,
+    token: String,
+) -> Result<(), crate::Error> {
     let dump_state = state.clone();
     let ready_state = state.clone();
     let admin = Admin::new(
@@ -146,7 +150,10 @@ pub async fn serve(state: Arc<State>, registry: Registry, token: String) -> anyh
         .merge(console);
     telemetry::serve_router(router, state.config.admin_addr)
         .await
-        .map_err(|e| anyhow::anyhow!("bind admin API {}: {e}", state.config.admin_addr))?;
+        .map_err(common::bind::failed(
+            "bind admin API",
+            state.config.admin_addr,
+        ))?;
     Ok(())
 }
 

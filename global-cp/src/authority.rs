@@ -4,16 +4,15 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anyhow::Context;
-use common::pki::{self, Ca};
+use common::pki::{self, Ca, PkiError};
 use common::tls::{self, Identity};
 use common::trust::{TrustPolicy, ZoneCas};
 use model::ident::SpiffeId;
 use model::token::{self, Claims, Signer, TokenKind};
 use tokio::sync::watch;
 
-use crate::store::{Store, TokenRecord};
-use crate::Config;
+use crate::store::{Store, StoreError, TokenRecord};
+use crate::{Config, Error};
 
 pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Store keys (meta) of a root rotation in progress.
@@ -51,7 +50,7 @@ pub struct Authority {
 }
 
 impl Authority {
-    pub fn load_or_init(store: &Store, config: &Config) -> anyhow::Result<Self> {
+    pub fn load_or_init(store: &Store, config: &Config) -> Result<Self, Error> {
         let td =
             String::from_utf8(store.meta_init("trust_domain", config.trust_domain.as_bytes())?)?;
         if td != config.trust_domain {
@@ -60,7 +59,7 @@ impl Authority {
         }
         let root = match (store.meta_get("root_cert")?, store.meta_get("root_key")?) {
             (Some(c), Some(k)) => Ca::from_pem(&String::from_utf8(c)?, &String::from_utf8(k)?)
-                .context("load mesh root CA from the store")?,
+                .map_err(Error::RootCa)?,
             _ => {
                 let ca = Ca::new_root(&td, ROOT_VALIDITY)?;
                 // meta_init keeps the first writer's CA if two starts race.
@@ -79,7 +78,7 @@ impl Authority {
         };
         // During a root rotation the previous root stays trusted, and the
         // active one certified by it travels in chains.
-        let text = |k: &str| -> anyhow::Result<Option<String>> {
+        let text = |k: &str| -> Result<Option<String>, Error> {
             Ok(store.meta_get(k)?.map(String::from_utf8).transpose()?)
         };
         let mut trusted_pem = vec![root.cert_pem().to_string()];
@@ -106,7 +105,7 @@ impl Authority {
 
     /// Switch to a new set of roots (already in the store) and re-issue the
     /// serving certificate under the active one.
-    pub fn install_roots(&self, roots: Roots) -> anyhow::Result<()> {
+    pub fn install_roots(&self, roots: Roots) -> Result<(), PkiError> {
         *self.roots.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(roots);
         self.reissue()
     }
@@ -117,16 +116,16 @@ impl Authority {
 
     /// What the global accepts from clients: any trusted root; zones are
     /// checked by the sync handler against their records.
-    pub fn policy(&self) -> anyhow::Result<TrustPolicy> {
-        Ok(TrustPolicy::from_pem(
+    pub fn policy(&self) -> Result<TrustPolicy, PkiError> {
+        TrustPolicy::from_pem(
             &self.trust_domain,
             &self.roots().trusted_bundle(),
             ZoneCas::Any,
-        )?)
+        )
     }
 
     /// Issue a fresh serving certificate and publish it.
-    pub fn reissue(&self) -> anyhow::Result<()> {
+    pub fn reissue(&self) -> Result<(), PkiError> {
         let id = issue_serving(&self.roots(), &self.trust_domain)?;
         self.serving.send_replace(Arc::new(id));
         Ok(())
@@ -143,7 +142,7 @@ impl Authority {
         global_addr: &str,
         purpose: &str,
         max_instances: Option<u32>,
-    ) -> anyhow::Result<(String, Claims)> {
+    ) -> Result<(String, Claims), StoreError> {
         let now = token::now_unix();
         let claims = Claims {
             jti: token::random_id(),
@@ -199,7 +198,7 @@ pub fn renew_in(not_after: std::time::SystemTime, lifetime: Duration) -> Duratio
         .unwrap_or(Duration::from_secs(1))
 }
 
-fn issue_serving(roots: &Roots, td: &str) -> anyhow::Result<Identity> {
+fn issue_serving(roots: &Roots, td: &str) -> Result<Identity, PkiError> {
     let kc = pki::new_key_and_csr("tern-global")?;
     let id = SpiffeId::global(td);
     let leaf = roots
@@ -208,7 +207,7 @@ fn issue_serving(roots: &Roots, td: &str) -> anyhow::Result<Identity> {
     // The roots travel in the chain so that a zone can match its token's
     // pin (whichever trusted root that is).
     let chain = format!("{leaf}{}{}", roots.chain_extra_pem, roots.trusted_bundle());
-    Ok(tls::Identity::from_pem(&chain, &kc.key_pem)?)
+    tls::Identity::from_pem(&chain, &kc.key_pem)
 }
 
 #[cfg(test)]

@@ -471,11 +471,15 @@ async fn drive(
 /// At start: a `DrillRun` left by a global that died mid-drill is ended
 /// now (its zones may have restored already, at its deadline), and its
 /// report says so.
-pub fn recover(state: &State) -> anyhow::Result<()> {
-    for s in state.store.list(Some("DrillRun"))? {
+pub fn recover(state: &State) -> Result<(), String> {
+    for s in state
+        .store
+        .list(Some("DrillRun"))
+        .map_err(|e| e.to_string())?
+    {
         let name = s.resource.metadata.name.clone();
         let spec: Option<DrillRunSpec> = serde_json::from_value(s.resource.spec.clone()).ok();
-        restore(state, &name).map_err(anyhow::Error::msg)?;
+        restore(state, &name)?;
         let Some(spec) = spec else { continue };
         if let Some(mut r) = report(state, &name, Some(&spec.run)) {
             let now = now_ms();

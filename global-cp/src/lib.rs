@@ -13,6 +13,7 @@ pub mod admin;
 pub mod authority;
 pub mod console;
 pub mod drill;
+mod error;
 pub mod inventory;
 pub mod membership;
 pub mod rotation;
@@ -26,8 +27,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
+
+pub use error::Error;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "global-cp", version, about = "Tern global control plane")]
@@ -105,11 +107,12 @@ pub struct State {
 }
 
 /// Start everything; returns once listeners are bound.
-pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
+pub async fn start(config: Config) -> Result<Arc<State>, Error> {
     // The store holds the root CA and token signing keys.
     model::fsutil::private_dir(&config.data_dir, SECRET_FILES)?;
-    let store = store::Store::open(&config.data_dir.join("global.db"))
-        .with_context(|| format!("open store in {}", config.data_dir.display()))?;
+    let store = store::Store::open(&config.data_dir.join("global.db")).map_err(Error::start(
+        format!("open store in {}", config.data_dir.display()),
+    ))?;
     let authority = authority::Authority::load_or_init(&store, &config)?;
     let mut registry = prometheus_client::registry::Registry::with_prefix("tern_global");
     let metrics = sync::Metrics::new(&mut registry);
@@ -128,10 +131,10 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<State>> {
         drills: Default::default(),
         config: config.clone(),
     });
-    drill::recover(&state).context("end a drill left running")?;
+    drill::recover(&state).map_err(Error::Drill)?;
     membership::reconcile(&state, config.zone_ca_validity)
-        .context("bring zone records up to date")?;
-    rotation::ensure_published(&state).context("publish the mesh roots")?;
+        .map_err(Error::start("bring zone records up to date"))?;
+    rotation::ensure_published(&state).map_err(Error::start("publish the mesh roots"))?;
     let admin_token = admin::init_credential(&state)?;
     sync::serve(state.clone()).await?;
     sync::withdraw_stale_at_start(&state);

@@ -24,7 +24,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::inventory::Assembler;
 use crate::membership;
-use crate::State;
+use crate::store::StoreError;
+use crate::{Error, State};
 
 /// Deltas are cut into messages of about this size; a single resource is
 /// bounded by MAX_RESOURCE_BYTES, far below the gRPC message limit.
@@ -92,11 +93,14 @@ impl Metrics {
     }
 }
 
-pub async fn serve(state: Arc<State>) -> anyhow::Result<()> {
+pub async fn serve(state: Arc<State>) -> Result<(), Error> {
     crate::authority::spawn_rotation(state.clone());
     let listener = tokio::net::TcpListener::bind(state.config.sync_addr)
         .await
-        .map_err(|e| anyhow::anyhow!("bind sync endpoint {}: {e}", state.config.sync_addr))?;
+        .map_err(common::bind::failed(
+            "bind sync endpoint",
+            state.config.sync_addr,
+        ))?;
     let (cfg_tx, cfg_rx) = watch::channel(server_tls(&state)?);
     // Follow serving-certificate rotation.
     let st = state.clone();
@@ -127,7 +131,7 @@ pub async fn serve(state: Arc<State>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn server_tls(state: &State) -> anyhow::Result<Arc<common::rustls::ServerConfig>> {
+fn server_tls(state: &State) -> Result<Arc<common::rustls::ServerConfig>, Error> {
     let ident = state.authority.serving.borrow().clone();
     Ok(Arc::new(tls::server_config_optional_mtls(
         &ident,
@@ -287,7 +291,7 @@ fn to_pb(r: &Resource) -> pb::Resource {
 }
 
 /// Build the delta the sender wants from the store.
-fn build_delta(st: &State, want: Want) -> anyhow::Result<Option<Delta<pb::Resource>>> {
+fn build_delta(st: &State, want: Want) -> Result<Option<Delta<pb::Resource>>, StoreError> {
     let version = st.store.revision();
     let (full, upserts, removals) = match want {
         Want::Nothing => return Ok(None),

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-use crate::store::ZoneRecord;
+use crate::store::{StoreError, ZoneRecord};
 use crate::State;
 
 /// Live status of each zone, for the zones view.
@@ -262,7 +262,7 @@ pub struct ZoneView {
     pub inventory_refused: Option<String>,
 }
 
-pub fn zone_views(state: &State) -> anyhow::Result<Vec<ZoneView>> {
+pub fn zone_views(state: &State) -> Result<Vec<ZoneView>, StoreError> {
     let live = state.zones.snapshot();
     let rev = state.store.revision();
     Ok(state

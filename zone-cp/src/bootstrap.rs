@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context};
-use common::pki::{self, Ca};
+use common::pki::{self, Ca, PkiError};
 use common::tls::{self, Expect, Identity, PinnedCaVerifier};
 use common::trust::{TrustPolicy, ZoneCas};
 use model::fsutil::write_private;
@@ -18,7 +17,7 @@ use proto::v1::JoinRequest;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::Config;
+use crate::{Config, Error};
 
 const IDENTITY_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -57,8 +56,8 @@ pub struct ZoneCa {
 }
 
 impl ZoneCa {
-    pub fn new(cert_pem: &str, key_pem: &str, chain_extra: &str) -> anyhow::Result<Self> {
-        let ca = Ca::from_pem(cert_pem, key_pem).context("load zone CA")?;
+    pub fn new(cert_pem: &str, key_pem: &str, chain_extra: &str) -> Result<Self, Error> {
+        let ca = Ca::from_pem(cert_pem, key_pem).map_err(Error::certificate("load zone CA"))?;
         let der = ca.cert_der()?;
         let (not_before, not_after) = pki::validity(&der)?;
         Ok(Self {
@@ -104,12 +103,12 @@ pub fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
 }
 
 impl Boot {
-    pub async fn load_or_join(cfg: &Config) -> anyhow::Result<Self> {
+    pub async fn load_or_join(cfg: &Config) -> Result<Self, Error> {
         let (meta_p, ca_p, key_p, root_p) = paths(&cfg.data_dir);
         let token = match &cfg.token_file {
             Some(p) => Some(
                 model::fsutil::read_secret(p)
-                    .context("the zone token")?
+                    .map_err(Error::TokenFile)?
                     .trim()
                     .to_string(),
             ),
@@ -119,19 +118,22 @@ impl Boot {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         let rejoin = match (&stored, &token) {
-            (None, None) => bail!(
-                "zone {} has not joined yet and no --token-file was given; generate one with \
-                 `ternctl generate zone-token --zone {}`",
-                cfg.zone,
-                cfg.zone
-            ),
+            (None, None) => {
+                return Err(Error::Config(format!(
+                    "zone {} has not joined yet and no --token-file was given; generate one with \
+                     `ternctl generate zone-token --zone {}`",
+                    cfg.zone, cfg.zone
+                )))
+            }
             (None, Some(_)) => true,
-            (Some(s), _) if s.zone != cfg.zone => bail!(
-                "data dir {} belongs to zone {}, not {}",
-                cfg.data_dir.display(),
-                s.zone,
-                cfg.zone
-            ),
+            (Some(s), _) if s.zone != cfg.zone => {
+                return Err(Error::Config(format!(
+                    "data dir {} belongs to zone {}, not {}",
+                    cfg.data_dir.display(),
+                    s.zone,
+                    cfg.zone
+                )))
+            }
             (Some(s), Some(t)) => token::decode_unverified(t)
                 .map(|c| c.jti != s.token_id)
                 .unwrap_or(true),
@@ -142,7 +144,10 @@ impl Boot {
             join(cfg, &t).await?;
         }
         let joined: Joined =
-            serde_json::from_slice(&std::fs::read(&meta_p)?).context("read zone.json")?;
+            serde_json::from_slice(&std::fs::read(&meta_p)?).map_err(|source| Error::Decode {
+                what: "read zone.json".into(),
+                source,
+            })?;
         crate::ca::recover(&cfg.data_dir)?;
         let extra = std::fs::read_to_string(cfg.data_dir.join(CHAIN_EXTRA)).unwrap_or_default();
         let ca = ZoneCa::new(
@@ -184,7 +189,7 @@ impl Boot {
 
     /// Start signing with a new CA (already on disk) and re-issue the
     /// zone-cp's identity from it.
-    pub fn install_ca(&self, ca: ZoneCa) -> anyhow::Result<()> {
+    pub fn install_ca(&self, ca: ZoneCa) -> Result<(), PkiError> {
         let id = issue_identity(&ca, &self.roots_pem(), &self.trust_domain, &self.zone)?;
         *self.ca.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ca);
         self.identity.send_replace(Arc::new(id));
@@ -225,7 +230,7 @@ impl Boot {
     }
 }
 
-fn issue_identity(ca: &ZoneCa, root_pem: &str, td: &str, zone: &str) -> anyhow::Result<Identity> {
+fn issue_identity(ca: &ZoneCa, root_pem: &str, td: &str, zone: &str) -> Result<Identity, PkiError> {
     let kc = pki::new_key_and_csr("zone-cp")?;
     // Never past the CA's own expiry.
     let left = ca
@@ -239,16 +244,15 @@ fn issue_identity(ca: &ZoneCa, root_pem: &str, td: &str, zone: &str) -> anyhow::
         IDENTITY_VALIDITY.min(left).max(Duration::from_secs(1)),
     )?;
     let chain = format!("{leaf}{}{root_pem}", ca.chain_pem());
-    Ok(Identity::from_pem(&chain, &kc.key_pem)?)
+    Identity::from_pem(&chain, &kc.key_pem)
 }
 
-async fn join(cfg: &Config, token_text: &str) -> anyhow::Result<()> {
-    let claims = token::decode_unverified(token_text).context("the zone token")?;
+async fn join(cfg: &Config, token_text: &str) -> Result<(), Error> {
+    let claims = token::decode_unverified(token_text).map_err(Error::Token)?;
     // Zone and expiry are checked by the global, which logs the refusal too.
-    let global = claims
-        .global
-        .clone()
-        .context("the token carries no global address; is it a zone token?")?;
+    let global = claims.global.clone().ok_or_else(|| {
+        Error::Config("the token carries no global address; is it a zone token?".into())
+    })?;
     let verifier = PinnedCaVerifier::new(&claims.ca, Expect::Exact(SpiffeId::global(&claims.td)));
     let tls = tls::client_config(None, Arc::new(verifier), &[tls::ALPN_H2])?;
     let channel = common::grpc::tls_channel(global.clone(), Arc::new(tls));
@@ -285,16 +289,19 @@ async fn join(cfg: &Config, token_text: &str) -> anyhow::Result<()> {
         .await
         .map_err(|s| {
             tracing::error!(zone = %cfg.zone, reason = %s.message(), "the global refused the join");
-            anyhow::anyhow!(
+            Error::Global(format!(
                 "the global refused to join zone {}: {}",
                 cfg.zone,
                 s.message()
-            )
+            ))
         })?
         .into_inner();
-    let roots = pki::certs_from_pem(&resp.root_pem).context("the roots the global sent")?;
+    let roots = pki::certs_from_pem(&resp.root_pem)
+        .map_err(Error::certificate("the roots the global sent"))?;
     if !roots.iter().any(|r| pki::fingerprint(r) == claims.ca) {
-        bail!("the global sent roots that do not include the one the token pins");
+        return Err(Error::Global(
+            "the global sent roots that do not include the one the token pins".into(),
+        ));
     }
     let (meta_p, ca_p, key_p, root_p) = paths(&cfg.data_dir);
     write_private(&key_p, &kc.key_pem)?;

@@ -11,7 +11,6 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context};
 use common::pki;
 use model::fsutil::write_private;
 use model::ident::SpiffeId;
@@ -19,7 +18,7 @@ use proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use crate::bootstrap::{paths, Boot, ZoneCa, CHAIN_EXTRA};
-use crate::Zone;
+use crate::{Error, Zone};
 
 pub const PENDING: &str = "ca-renew-pending.json";
 
@@ -67,7 +66,7 @@ fn load_pending(dir: &Path) -> Option<Pending> {
 
 /// The renewal request: for the pending key when there is one (a request
 /// whose answer was lost), else for a new key, kept before it is sent.
-pub fn request(dir: &Path, current: &ZoneCa, zone: &str) -> anyhow::Result<pb::CaRenewal> {
+pub fn request(dir: &Path, current: &ZoneCa, zone: &str) -> Result<pb::CaRenewal, Error> {
     let p = match load_pending(dir) {
         Some(p) => p,
         None => {
@@ -87,16 +86,22 @@ pub fn request(dir: &Path, current: &ZoneCa, zone: &str) -> anyhow::Result<pb::C
 }
 
 /// Check and install a renewed CA; returns its fingerprint.
-pub fn install(boot: &Boot, issued: &pb::CaIssued) -> anyhow::Result<String> {
+pub fn install(boot: &Boot, issued: &pb::CaIssued) -> Result<String, Error> {
     let dir = &boot.data_dir;
-    let p = load_pending(dir).context("a renewed CA arrived, but no renewal is pending")?;
-    let der = pki::first_cert(&issued.intermediate_pem).context("the renewed CA")?;
+    let p = load_pending(dir)
+        .ok_or_else(|| Error::Renewal("a renewed CA arrived, but no renewal is pending".into()))?;
+    let der =
+        pki::first_cert(&issued.intermediate_pem).map_err(Error::certificate("the renewed CA"))?;
     if pki::cert_key_fingerprint(&der)? != pki::csr_key_fingerprint(&p.csr_pem)? {
-        bail!("the renewed CA does not certify the key this zone asked for");
+        return Err(Error::Renewal(
+            "the renewed CA does not certify the key this zone asked for".into(),
+        ));
     }
     let want = SpiffeId::zone(&boot.trust_domain, &boot.zone);
     if pki::spiffe_id_of(&der)? != want {
-        bail!("the renewed CA does not name {want}");
+        return Err(Error::Renewal(format!(
+            "the renewed CA does not name {want}"
+        )));
     }
     let new = ZoneCa::new(
         &issued.intermediate_pem,
@@ -131,7 +136,7 @@ pub fn on_active_root(z: &Zone, ca: &ZoneCa) -> bool {
 
 /// Take the roots and cross-signed chain the mesh publishes (`MeshTrust`):
 /// kept on disk, handed to proxies, and presented after the zone CA.
-pub fn follow_mesh_trust(z: &Zone) -> anyhow::Result<()> {
+pub fn follow_mesh_trust(z: &Zone) -> Result<(), Error> {
     let Some(t) = z.global.mesh_trust() else {
         return Ok(());
     };
@@ -155,7 +160,7 @@ pub fn follow_mesh_trust(z: &Zone) -> anyhow::Result<()> {
 
 /// At start: if a crash came between writing a renewed CA's certificate and
 /// its key, the pending key belongs to the certificate on disk; finish.
-pub fn recover(dir: &Path) -> anyhow::Result<()> {
+pub fn recover(dir: &Path) -> Result<(), Error> {
     let Some(p) = load_pending(dir) else {
         return Ok(());
     };

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use common::sync::{Backoff, Chunk, DeltaReceiver, Outcome};
 use common::tls::{self, Expect, SpiffeServerVerifier};
 use model::ident::SpiffeId;
@@ -23,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
 
 use crate::inventory::{inv_msg, inventory_diff};
-use crate::Zone;
+use crate::{Error, Zone};
 
 #[derive(Serialize, Deserialize, Default, Clone)]
 struct Persisted {
@@ -40,14 +39,15 @@ pub struct GlobalState {
 }
 
 impl GlobalState {
-    pub fn load(dir: &std::path::Path) -> anyhow::Result<Self> {
+    pub fn load(dir: &std::path::Path) -> Result<Self, Error> {
         let path = dir.join("global-state.json");
         let p: Persisted = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| {
-                format!(
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| Error::Decode {
+                what: format!(
                     "{} is corrupt; delete it to resync from the global",
                     path.display()
-                )
+                ),
+                source,
             })?,
             Err(_) => Persisted::default(),
         };
@@ -155,7 +155,7 @@ impl GlobalState {
     }
 
     /// Persist first, then publish: an ACK always means "on disk".
-    fn replace(&self, version: u64, resources: BTreeMap<String, Value>) -> anyhow::Result<()> {
+    fn replace(&self, version: u64, resources: BTreeMap<String, Value>) -> Result<(), Error> {
         let p = Persisted { version, resources };
         model::fsutil::write_private(&self.path, &serde_json::to_string(&p)?)?;
         *self.lock() = p;
@@ -234,7 +234,7 @@ pub const TRAFFIC_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// While a drill runs or is being observed.
 pub const DRILL_REPORT_EVERY: Duration = Duration::from_secs(1);
 
-async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
+async fn run_once(z: &Arc<Zone>) -> Result<(), Error> {
     let ident = z.boot.identity.borrow().clone();
     let verifier = SpiffeServerVerifier::new(
         Arc::new(z.boot.policy()),
@@ -273,7 +273,7 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
     let mut inbound = client
         .sync(ReceiverStream::new(rx).merge(ReceiverStream::new(inv_rx)))
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .map_err(|s| Error::Global(s.message().to_string()))?
         .into_inner();
     z.global.connected.store(true, Ordering::Relaxed);
     z.metrics.global_connected.set(1);
@@ -302,7 +302,7 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
                 let m = match m {
                     Ok(Some(m)) => m,
                     Ok(None) => return Ok(()),
-                    Err(s) => anyhow::bail!("{}", s.message()),
+                    Err(s) => return Err(Error::Global(s.message().to_string())),
                 };
                 let d = match m.msg {
                     Some(pb::global_message::Msg::Delta(d)) => d,
@@ -354,7 +354,7 @@ async fn run_once(z: &Arc<Zone>) -> anyhow::Result<()> {
                 }
             }
             permit = inv_tx.reserve(), if !outbox.is_empty() => {
-                let permit = permit.map_err(|_| anyhow::anyhow!("the sync stream to the global closed"))?;
+                let permit = permit.map_err(|_| Error::Global("the sync stream to the global closed".into()))?;
                 if let Some(chunk) = outbox.pop_front() {
                     permit.send(inv_msg(chunk));
                 }

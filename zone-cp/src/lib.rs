@@ -13,6 +13,7 @@ pub mod bootstrap;
 pub mod ca;
 pub mod compile;
 pub mod drill;
+mod error;
 pub mod explain;
 pub mod global_client;
 pub mod inventory;
@@ -28,13 +29,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use common::telemetry::Admin;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
+
+pub use error::Error;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "zone-cp", version, about = "Tern zone control plane")]
@@ -207,11 +209,11 @@ impl Zone {
     }
 }
 
-pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
+pub async fn start(config: Config) -> Result<Arc<Zone>, Error> {
     // Checked before joining the global, which may wait for it: a bad file
     // is reported at once, not once the zone has joined.
     let admin_token = common::telemetry::admin_token(config.admin_token_file.as_deref())
-        .context("--admin-token-file")?;
+        .map_err(Error::AdminToken)?;
     // The zone CA's key lives here.
     model::fsutil::private_dir(&config.data_dir, bootstrap::SECRET_FILES)?;
     let boot = bootstrap::Boot::load_or_join(&config).await?;
@@ -226,8 +228,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
     registry.load(&config.data_dir);
     prober::spawn(registry.clone());
     let local_policies = Arc::new(
-        local_policy::LocalPolicies::load(config.policy_dir.clone())
-            .map_err(|e| anyhow::anyhow!("--policy-dir: {e}"))?,
+        local_policy::LocalPolicies::load(config.policy_dir.clone()).map_err(Error::PolicyDir)?,
     );
     local_policies.spawn_poller();
     reg.register_collector(Box::new(registry::RegistryCollector(registry.clone())));
@@ -281,7 +282,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Zone>> {
     .with_token(admin_token)
     .serve(config.admin_addr)
     .await
-    .with_context(|| format!("bind admin {}", config.admin_addr))?;
+    .map_err(common::bind::failed("bind admin", config.admin_addr))?;
     tracing::info!(zone = %config.zone, proxies = %config.proxy_addr, admin = %config.admin_addr, "zone control plane started");
     Ok(zone)
 }

@@ -18,20 +18,19 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::compile::{self, ProxyKind};
 use crate::registry::Entry;
-use crate::Zone;
+use crate::{Error, Zone};
 use common::policy::ProxyFacts;
 use proto::ProxyItem;
 
-pub async fn serve(z: Arc<Zone>) -> anyhow::Result<()> {
+pub async fn serve(z: Arc<Zone>) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(z.config.proxy_addr)
         .await
-        .map_err(|e| anyhow::anyhow!("bind proxy endpoint {}: {e}", z.config.proxy_addr))?;
-    let build = |id: &tls::Identity| -> anyhow::Result<Arc<common::rustls::ServerConfig>> {
-        Ok(Arc::new(tls::server_config_no_client_auth(
-            id,
-            &[tls::ALPN_H2],
-        )?))
-    };
+        .map_err(common::bind::failed(
+            "bind proxy endpoint",
+            z.config.proxy_addr,
+        ))?;
+    let build =
+        |id: &tls::Identity| tls::server_config_no_client_auth(id, &[tls::ALPN_H2]).map(Arc::new);
     let (cfg_tx, cfg_rx) = watch::channel(build(&z.boot.identity.borrow())?);
     let zz = z.clone();
     tokio::spawn(async move {
