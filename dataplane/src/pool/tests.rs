@@ -196,3 +196,29 @@ async fn a_refused_connect_is_a_connect_error() {
         assert!(e.is_connect(), "{v:?}: {e}");
     }
 }
+
+/// A request no connection could be opened for comes back from
+/// `try_send` with its body unread (what lets an upgrade's body go to the
+/// next endpoint), and that same request then succeeds elsewhere.
+#[tokio::test]
+async fn a_request_no_connection_took_comes_back_with_its_body() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = l.local_addr().unwrap();
+    drop(l);
+    let live = server(false, None).await;
+    let (p, _) = pool(refused, Version::Http1);
+    let mut r = get(refused, "/next", http::Version::HTTP_11);
+    *r.body_mut() = Either::Right(Full::new(Bytes::from_static(b"the body")));
+    let Err(u) = p.try_send(r).await else {
+        panic!("a refused port answered");
+    };
+    assert!(u.error.is_connect(), "{}", u.error);
+    let back = u.request.expect("the request comes back");
+    let (parts, body) = back.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"the body");
+    let (next, _) = pool(live, Version::Http1);
+    let mut again = Request::from_parts(parts, Either::Right(Full::new(body)));
+    *again.uri_mut() = format!("http://{live}/next").parse().unwrap();
+    assert_eq!(text(next.send(again).await.unwrap()).await, "/next");
+}
