@@ -8,6 +8,8 @@
 //! is a plain sum, so aggregation at each level is exact; quantiles are
 //! estimated from the buckets, as Prometheus's `histogram_quantile` does.
 
+pub mod cadence;
+
 use proto::v1 as pb;
 
 /// Upper bounds of the latency buckets, in seconds: 0.1 ms doubling up to

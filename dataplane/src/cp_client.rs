@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::pki;
 use common::sync::{Backoff, Chunk, DeltaReceiver, Outcome};
 use common::tls::{self, Expect, Identity, PinnedCaVerifier, SpiffeServerVerifier};
+use common::traffic::cadence;
 use common::trust::{TrustPolicy, ZoneCas};
 use model::ident::SpiffeId;
 use model::token;
@@ -271,23 +272,22 @@ async fn run_once(
     health.mark_changed();
     let mut renew_at: Option<tokio::time::Instant> = None;
     // Traffic since the last report; the first report after a reconnect
-    // carries what happened while disconnected.
-    // Checked every second; sent every TRAFFIC_REPORT_EVERY, or as often
-    // as the config asks (faster while a drill runs).
-    let mut report = tokio::time::interval(Duration::from_secs(1));
-    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reported = tokio::time::Instant::now();
+    // carries what happened while disconnected. Sent on the wall-clock
+    // boundaries of TRAFFIC_REPORT_EVERY, or of the cadence the config
+    // asks (every second while a drill runs), which the zone's own reports
+    // follow (`common::traffic::cadence`).
+    let mut report = Box::pin(cadence::tick(Duration::ZERO));
     loop {
         tokio::select! {
-            _ = report.tick() => {
+            secs = &mut report => {
+                report.set(cadence::tick(Duration::ZERO));
                 let every = match shared.traffic_report_ms.load(std::sync::atomic::Ordering::Relaxed) {
                     0 => TRAFFIC_REPORT_EVERY,
                     ms => Duration::from_millis(ms.clamp(1000, 60_000) as u64),
                 };
-                if reported.elapsed() + Duration::from_millis(100) < every {
+                if !cadence::due(secs, every) {
                     continue;
                 }
-                reported = tokio::time::Instant::now();
                 let peers = reporter.changes(&shared.traffic);
                 if !peers.is_empty() {
                     tx.send_timeout(pb::ProxyMessage {

@@ -4,10 +4,12 @@ Usage: console.py CHROMIUM BASE_URL TOKEN_FILE OUT_DIR CHECKS_JSON
 
 CHECKS_JSON is a list of {"page": "#/zones", "expect": ["z1", ...]}: each
 page is opened after signing in, and passes once its view is rendered
-(`main[data-ready]`) and its text holds every expected string. A check may
+(`main[data-ready]`), its text holds every expected string, and each CSS
+selector in its optional "present" list matches an element. A check may
 also name a button to "click" (a CSS selector) and strings to expect
 "after" the click. A
-screenshot of each page is written to OUT_DIR/<name>.png. Before that, a
+screenshot of each page is written to OUT_DIR/<name>.png; its step line
+counts the chart lines and gives each chart's highest value. Before that, a
 wrong token must be refused on the login page, and the API must refuse a
 request without the session. Prints one JSON line per step; exits 1 on the
 first failure, saying what was seen.
@@ -155,18 +157,22 @@ async def main():
                 page, expect = c["page"], c["expect"]
                 name = c.get("name") or page.strip("#/").replace("/", "-") or "zones"
                 await p.eval(f"location.hash = {json.dumps(page)}; true")
-                want = json.dumps(expect)
+                want, present = json.dumps(expect), json.dumps(c.get("present", []))
                 text = await p.wait(
                     f"(() => {{ const v = document.getElementById('view');"
                     f" if (!v.dataset.ready) return null;"
+                    f" if (!{present}.every(q => v.querySelector(q))) return null;"
                     f" const t = v.innerText; return {want}.every(s => t.includes(s)) ? t : null; }})()",
                     c.get("seconds", 60))
                 shot = os.path.join(out, f"{name}.png")
                 await p.screenshot(shot)
                 if not text:
                     seen = await p.eval("document.getElementById('view').innerText")
-                    fail(name, f"expected {expect} on {page}; the view shows: {seen[:2000]}")
+                    missing = await p.eval(f"{present}.filter(q => !document.querySelector('#view ' + q))")
+                    fail(name, f"expected {expect} and elements {missing} on {page}; the view shows: {seen[:2000]}")
                 charts = await p.eval("document.querySelectorAll('#view svg polyline').length")
+                maxima = await p.eval("Object.fromEntries([...document.querySelectorAll('#view [data-chart]')]"
+                                      ".map(c => [c.dataset.chart, Number(c.dataset.max)]))")
                 if c.get("click"):
                     sel = json.dumps(c["click"])
                     clicked = await p.eval(f"(() => {{ const b = document.querySelector({sel}); if (!b) return false; b.click(); return true; }})()")
@@ -181,7 +187,7 @@ async def main():
                     if not seen:
                         now = await p.eval("document.getElementById('view').innerText")
                         fail(name, f"expected {c.get('after')} after clicking {c['click']}; the view shows: {now[:2000]}")
-                ok(name, page=page, screenshot=shot, charts=charts)
+                ok(name, page=page, screenshot=shot, charts=charts, maxima=maxima)
     finally:
         proc.kill()
         proc.wait()

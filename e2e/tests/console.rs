@@ -29,8 +29,12 @@ fn chromium() -> PathBuf {
 /// refuses it; a wrong token is refused with a message; the admin token,
 /// typed into the form, signs in. Then each page shows the mesh's live
 /// data: zones online; services per zone with their instance counts and
-/// charts of their rates and latency; one service's charts; the
-/// zone-to-zone matrix and service edges; the policies with where each
+/// charts of their rates and latency (a zone's rate the sum of its
+/// services' rates, never more than the traffic sent), and the opaque TCP service db with
+/// its connections counted and, for the instance whose app is gone, its
+/// failed connections in red (pay, plain HTTP, shows none); one service's
+/// charts, and db's chart of connections alone; the zone-to-zone matrix with
+/// web's TCP connections to db, and the service edges; the policies with where each
 /// applies; the dataplanes with their state; and one dataplane's explain
 /// view. A running drill shows on the drills page, its Abort button (the
 /// console's one write, sent with the session's CSRF token) ends it, and
@@ -43,14 +47,23 @@ fn the_console_shows_the_live_mesh_in_a_real_browser() {
     let _pay = m.workload("z1", 12, "pay", &[]);
     let _api1 = m.workload("z1", 13, "api", &[]);
     let _api2 = m.workload("z2", 42, "api", &[]);
-    let web = m.workload("z2", 40, "web", &[]);
-    wait_for("pay and api in web's config", T, || {
-        (!web.endpoints("pay").is_empty() && !web.endpoints("api").is_empty()).then_some(())
+    // db: an opaque TCP echo on two instances; db-15's app is stopped, so
+    // the flows its sidecar gets reach no app and count as failed.
+    let _db = m.tcp_echo_db(14);
+    let (db_gone, _db_gone_sidecar) = m.tcp_echo_db(15);
+    drop(db_gone);
+    let tcp_port = format!("tcp:db={}:16000", m.net.ip(40));
+    let web = m.workload("z2", 40, "web", &["--outbound-port", &tcp_port]);
+    wait_for("pay, api and both dbs in web's config", T, || {
+        (!web.endpoints("pay").is_empty()
+            && !web.endpoints("api").is_empty()
+            && web.endpoints("db").len() == 2)
+            .then_some(())
     });
     m.g.apply(&format!(
         "{H}kind: Retry\nmetadata: {{name: pay-retries}}\nspec:\n  targetRef: {{service: web}}\n  to: {{service: pay}}\n  http: {{attempts: 3, on: [5xx], budget: {{percent: 100, minPerSecond: 100}}}}\n---\n{H}kind: AccessLog\nmetadata: {{name: pay-log}}\nspec: {{targetRef: {{service: pay}}}}\n"
     ));
-    let _traffic = Traffic::start(&web, &["pay", "api"], None);
+    let _traffic = Traffic::start(&web, &["pay", "api"], Some(m.net.addr(40, 16000)));
     // Two reports from each zone at least, so charts have lines.
     wait_for("services with traffic at the global", patient(T), || {
         let v: serde_json::Value = serde_json::from_str(
@@ -62,7 +75,14 @@ fn the_console_shows_the_live_mesh_in_a_real_browser() {
             .iter()
             .filter(|s| s["total"]["requests"].as_u64().unwrap_or(0) > 100)
             .count();
-        (busy == 2).then_some(())
+        // db in z1: connections, some of them failed.
+        let db_z1 = v.as_array()?.iter().find(|s| s["service"] == "db")?["zones"]
+            .as_array()?
+            .iter()
+            .find(|z| z["zone"] == "z1")?
+            .clone();
+        let tcp = |k: &str| db_z1[k].as_f64().unwrap_or(0.0) > 0.0;
+        (busy == 2 && tcp("tcpCps") && tcp("tcpFailedCps")).then_some(())
     });
     std::thread::sleep(patient(std::time::Duration::from_secs(6)));
     m.g.apply(&format!(
@@ -74,9 +94,15 @@ fn the_console_shows_the_live_mesh_in_a_real_browser() {
     let _ = std::fs::remove_dir_all(&out);
     let checks = serde_json::json!([
         {"page": "#/zones", "expect": ["z1", "z2", "online"]},
-        {"page": "#/services", "expect": ["pay", "api", "z1", "z2", "1/1", "Requests per second by zone"]},
+        {"page": "#/services", "expect": ["pay", "api", "db", "z1", "z2", "1/1", "2/2", "Requests per second by zone"],
+         "present": ["tr[data-service='db'][data-zone='z1'] td.tcp-cps:not(.muted)",
+                     "tr[data-service='db'][data-zone='z1'] td.tcp-failed.bad",
+                     "tr[data-service='pay'][data-zone='z1'] td.tcp-failed.muted"]},
+        {"page": "#/service/db", "name": "service-db", "expect": ["Service db", "TCP connections per second (and failed)"],
+         "present": ["tr[data-zone='z1'] td.tcp-failed.bad"]},
         {"page": "#/service/pay", "name": "service-pay", "expect": ["Service pay", "z1", "Requests per second", "p99 latency"]},
-        {"page": "#/traffic", "expect": ["z2", "z1", "req/s", "web", "pay"]},
+        {"page": "#/traffic", "expect": ["z2", "z1", "req/s", "web", "pay", "conn/s"],
+         "present": ["tr[data-edge='web.z2>db.z1'] td.tcp-cps:not(.muted)"]},
         {"page": "#/policies", "expect": ["Retry", "pay-retries", "AccessLog", "pay-log", "service web → service pay"]},
         {"page": "#/dataplanes", "expect": ["pay-12", "web-40", "serving", "gateway", "z1", "z2"]},
         {"page": "#/dataplane/z1/pay-12", "name": "dataplane-pay-12", "expect": ["Dataplane pay-12", "outbound"]},
@@ -121,15 +147,66 @@ fn the_console_shows_the_live_mesh_in_a_real_browser() {
     assert!(step("wrong-token")["error"]
         .as_str()
         .is_some_and(|e| e.contains("not the admin token")));
-    for (page, min_lines) in [("services", 2), ("service-pay", 3)] {
+    for (page, min_lines) in [("services", 2), ("service-pay", 3), ("service-db", 2)] {
         let lines = step(page)["charts"].as_u64().unwrap_or(0);
         assert!(lines >= min_lines, "{page}: {lines} chart lines: {stdout}");
     }
+    // web calls pay and api one request at a time, 20 ms apart: under 50
+    // req/s each, so no zone serves 100. While the drill runs, zones report
+    // every second; the 5 s buckets of the rate-by-zone chart must average
+    // a service's reports, not add them up (which read 2-5x the rate).
+    let peak = step("services")["maxima"]["Requests per second by zone"]
+        .as_f64()
+        .unwrap_or(f64::MAX);
+    assert!(
+        peak > 0.0 && peak < 100.0,
+        "rate by zone peaks at {peak} req/s: {stdout}"
+    );
+    // The same from the API: no report interval of pay, before, during or
+    // after the drill, reads more than web sends (under 50 req/s), though
+    // zones and proxies reported every second during it and every 5 s
+    // around it (their reports fall on the same wall-clock boundaries).
+    let token = std::fs::read_to_string(m.g.data.join("admin-token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let r = http(
+        m.net.addr(1, 5681),
+        "GET",
+        "global",
+        "/api/v1/inspect/services/pay/series?window=10m",
+        &[("authorization", auth.as_str())],
+    )
+    .unwrap();
+    let series: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let points = series["zones"]["z1"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let fast = points
+        .iter()
+        .filter(|p| p["intervalMs"].as_u64() < Some(2000))
+        .count();
+    assert!(fast >= 3, "reports every second during the drill: {series}");
+    for p in &points {
+        let rps = p["rps"].as_f64().unwrap_or(f64::MAX);
+        assert!(
+            rps < 60.0,
+            "pay at {rps} req/s over {}: {series}",
+            p["intervalMs"]
+        );
+    }
+    // A TCP-only service charts its connections, not empty request charts.
+    let db = step("service-db")["maxima"].clone();
+    assert!(
+        db.get("Requests per second").is_none()
+            && db["TCP connections per second (and failed)"].as_f64() > Some(0.0),
+        "{db}"
+    );
     for name in [
         "login-refused",
         "zones",
         "services",
         "service-pay",
+        "service-db",
         "traffic",
         "policies",
         "dataplanes",

@@ -39,6 +39,23 @@ function ms(v) {
 function pct(v) {
   return typeof v === "number" ? (v * 100).toFixed(2) + "%" : "–";
 }
+function bytes(v) {
+  if (typeof v !== "number") return "–";
+  const units = ["B/s", "KB/s", "MB/s", "GB/s"];
+  let i = 0;
+  while (v >= 1000 && i < units.length - 1) { v /= 1000; i++; }
+  return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+// Opaque TCP figures as table cells: connections, those that reached no
+// endpoint (red when any did), and bytes, each muted when zero.
+const TCP_HEAD = ["TCP conn/s", "TCP failed/s", "TCP bytes"];
+function tcpCells(r) {
+  const cell = (cls, v, text, warn) =>
+    `<td class="num ${cls} ${v > 0 ? (warn ? "bad" : "") : "muted"}">${text}</td>`;
+  return cell("tcp-cps", r.tcpCps, num(r.tcpCps), false) +
+    cell("tcp-failed", r.tcpFailedCps, num(r.tcpFailedCps), true) +
+    cell("tcp-bps", r.tcpBps, bytes(r.tcpBps), false);
+}
 
 // A line chart of named series of [t, value] points, as inline SVG.
 function chart(title, series, unit) {
@@ -63,7 +80,7 @@ function chart(title, series, unit) {
     `<text x="${w - 70}" y="${h - 4}" font-size="11" fill="#6b7385">${esc(new Date(t1).toLocaleTimeString())}</text>`;
   const legend = names.map((n, i) =>
     `<span><i class="c${i % COLORS.length}"></i>${esc(n)}</span>`).join("");
-  return `<div class="card chart" data-chart="${esc(title)}"><h3>${esc(title)}</h3>` +
+  return `<div class="card chart" data-chart="${esc(title)}" data-max="${vmax}"><h3>${esc(title)}</h3>` +
     `<svg viewBox="0 0 ${w} ${h}" preserveAspectRatio="none" role="img" aria-label="${esc(title)}">${axis}${lines}</svg>` +
     `<div class="legend">${legend}</div></div>`;
 }
@@ -99,15 +116,21 @@ async function serviceCharts(names) {
   all.forEach((s, i) => {
     if (!s) return;
     for (const [zone, points] of Object.entries(s.zones)) {
-      const z = (byZone[zone] ||= new Map());
+      // Zones report every 5 s (every second while a drill runs), a few
+      // hundred ms apart: bucket by 5 s, a service's rate in a bucket being
+      // its requests there over the time its reports cover, and a zone's
+      // the sum over services.
+      const mine = new Map();
       for (const p of points) {
-        // Reports land within a second of each other: bucket by 5 s.
         const t = Math.round(p.t / 5000) * 5000;
-        z.set(t, (z.get(t) || 0) + p.rps);
+        const m = mine.get(t) || [0, 0];
+        mine.set(t, [m[0] + p.rps * p.intervalMs, m[1] + p.intervalMs]);
         if (typeof p.p99Ms === "number") {
           (p99[`${names[i]} in ${zone}`] ||= []).push([p.t, p.p99Ms]);
         }
       }
+      const z = (byZone[zone] ||= new Map());
+      for (const [t, [n, ms]] of mine) z.set(t, (z.get(t) || 0) + (ms > 0 ? n / ms : 0));
     }
   });
   const rate = {};
@@ -128,12 +151,12 @@ async function services() {
         `<td>${esc(z.zone)}</td>` +
         `<td class="num ${z.healthy < z.instances ? "warn" : ""}">${esc(z.healthy)}/${esc(z.instances)}</td>` +
         `<td class="num">${num(z.rps)}</td><td class="num ${z.errorRate > 0 ? "bad" : ""}">${pct(z.errorRate)}</td>` +
-        `<td class="num">${ms(z.p50Ms)}</td><td class="num">${ms(z.p99Ms)}</td></tr>`);
+        `<td class="num">${ms(z.p50Ms)}</td><td class="num">${ms(z.p99Ms)}</td>${tcpCells(z)}</tr>`);
     }
   }
   const charts = await serviceCharts(v.items.map((s) => s.service));
   return `<h2>Services <span class="muted">(last minute)</span></h2>` + charts + "<h3>Per zone</h3>" +
-    table(["Service", "Zone", "Healthy", "Req/s", "Errors", "p50", "p99"], rows);
+    table(["Service", "Zone", "Healthy", "Req/s", "Errors", "p50", "p99", ...TCP_HEAD], rows);
 }
 
 async function service(name) {
@@ -141,21 +164,28 @@ async function service(name) {
     api("/api/v1/inspect/services?window=1m"),
     api(`/api/v1/inspect/services/${encodeURIComponent(name)}/series?window=10m`),
   ]);
-  const rps = {}, p99 = {}, err = {};
+  const rps = {}, p99 = {}, err = {}, conns = {};
+  let tcp = false;
   for (const [zone, points] of Object.entries(s.zones)) {
     rps[zone] = points.map((p) => [p.t, p.rps]);
     p99[zone] = points.filter((p) => typeof p.p99Ms === "number").map((p) => [p.t, p.p99Ms]);
     err[zone] = points.map((p) => [p.t, p.errorRate * 100]);
+    conns[zone] = points.map((p) => [p.t, p.tcpCps]);
+    conns[`${zone} failed`] = points.map((p) => [p.t, p.tcpFailedCps]);
+    tcp ||= points.some((p) => p.tcpCps > 0);
   }
   const me = list.items.find((x) => x.service === name);
   const rows = (me ? me.zones : []).map((z) =>
     `<tr data-zone="${esc(z.zone)}"><td>${esc(z.zone)}</td><td class="num">${esc(z.healthy)}/${esc(z.instances)}</td>` +
     `<td class="num">${num(z.rps)}</td><td class="num">${pct(z.errorRate)}</td><td class="num">${ms(z.p99Ms)}</td>` +
-    `<td>${esc(Object.entries(z.decisions || {}).map(([k, n]) => `${k} ${num(n)}/s`).join(", ") || "–")}</td></tr>`);
+    `${tcpCells(z)}<td>${esc(Object.entries(z.decisions || {}).map(([k, n]) => `${k} ${num(n)}/s`).join(", ") || "–")}</td></tr>`);
+  // An opaque TCP service has no requests: its connections are its chart.
+  const http = !tcp || Object.values(rps).some((pts) => pts.some((p) => p[1] > 0));
   return `<h2>Service ${esc(name)}</h2><div class="grid">` +
-    chart("Requests per second", rps, "req/s") + chart("p99 latency", p99, "ms") +
-    chart("Errors (5xx share)", err, "%") + `</div><h3>Last minute</h3>` +
-    table(["Zone", "Healthy", "Req/s", "Errors", "p99", "Policy decisions"], rows);
+    (http ? chart("Requests per second", rps, "req/s") + chart("p99 latency", p99, "ms") +
+      chart("Errors (5xx share)", err, "%") : "") +
+    (tcp ? chart("TCP connections per second (and failed)", conns, "conn/s") : "") + `</div><h3>Last minute</h3>` +
+    table(["Zone", "Healthy", "Req/s", "Errors", "p99", ...TCP_HEAD, "Policy decisions"], rows);
 }
 
 async function traffic() {
@@ -167,14 +197,17 @@ async function traffic() {
     const f = cell(s, d);
     return f ? `<td class="cell" data-from="${esc(s)}" data-to="${esc(d)}">${num(f.rps)} req/s` +
       `<br><span class="${f.errorRate > 0 ? "bad" : "muted"}">${pct(f.errorRate)} err</span>` +
-      `<br><span class="muted">p99 ${ms(f.p99Ms)}</span></td>` : `<td class="cell muted">–</td>`;
+      `<br><span class="muted">p99 ${ms(f.p99Ms)}</span>` +
+      (f.tcpCps > 0 ? `<br>${num(f.tcpCps)} conn/s <span class="${f.tcpFailedCps > 0 ? "bad" : "muted"}">` +
+        `(${num(f.tcpFailedCps)} failed)</span>` : "") + `</td>` : `<td class="cell muted">–</td>`;
   }).join("")}</tr>`).join("");
-  const edges = v.edges.map((e) => `<tr><td>${esc(e.sourceService)}</td><td>${esc(e.sourceZone)}</td>` +
+  const edges = v.edges.map((e) => `<tr data-edge="${esc(e.sourceService)}.${esc(e.sourceZone)}>${esc(e.destinationService)}.${esc(e.destinationZone)}">` +
+    `<td>${esc(e.sourceService)}</td><td>${esc(e.sourceZone)}</td>` +
     `<td>${esc(e.destinationService)}</td><td>${esc(e.destinationZone)}</td><td class="num">${num(e.rps)}</td>` +
-    `<td class="num">${pct(e.errorRate)}</td><td class="num">${ms(e.p99Ms)}</td></tr>`);
+    `<td class="num">${pct(e.errorRate)}</td><td class="num">${ms(e.p99Ms)}</td>${tcpCells(e)}</tr>`);
   return `<h2>Zone to zone <span class="muted">(last minute, as callers see it)</span></h2>` +
     `<table class="matrix">${head}${body}</table><h3>Service edges</h3>` +
-    table(["From service", "Zone", "To service", "Zone", "Req/s", "Errors", "p99"], edges);
+    table(["From service", "Zone", "To service", "Zone", "Req/s", "Errors", "p99", ...TCP_HEAD], edges);
 }
 
 function applies(spec) {

@@ -97,11 +97,17 @@ pub struct TrafficView {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SeriesPoint {
-    /// Unix milliseconds at the end of the interval.
+    /// Unix milliseconds at the end of the interval, and its length.
     pub t: u64,
+    pub interval_ms: u64,
     pub rps: f64,
     pub error_rate: f64,
     pub p99_ms: Option<f64>,
+    /// Opaque TCP connections per second, those that reached no endpoint,
+    /// and bytes per second both ways.
+    pub tcp_cps: f64,
+    pub tcp_failed_cps: f64,
+    pub tcp_bps: f64,
     pub healthy: u32,
 }
 
@@ -361,9 +367,13 @@ impl MeshTraffic {
                                     .duration_since(SystemTime::UNIX_EPOCH)
                                     .unwrap_or_default()
                                     .as_millis() as u64,
+                                interval_ms: p.interval.as_millis() as u64,
                                 rps: r.rps,
                                 error_rate: r.error_rate,
                                 p99_ms: r.p99_ms,
+                                tcp_cps: r.tcp_cps,
+                                tcp_failed_cps: r.tcp_failed_cps,
+                                tcp_bps: r.tcp_bps,
                                 healthy: *healthy,
                             })
                         })

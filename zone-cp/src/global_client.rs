@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::sync::{Backoff, Chunk, DeltaReceiver, Outcome};
 use common::tls::{self, Expect, SpiffeServerVerifier};
+use common::traffic::cadence;
 use model::ident::SpiffeId;
 use model::resource::{self, MeshSpec, Resource};
 use proto::v1::global_sync_client::GlobalSyncClient;
@@ -233,6 +234,37 @@ pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 pub const TRAFFIC_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// While a drill runs or is being observed.
 pub const DRILL_REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How long after a boundary the zone takes its proxies' sums.
+const AFTER_PROXIES: Duration = Duration::from_millis(300);
+/// Boundaries the zone lets pass, once it sees a drill, before it reports
+/// every second: its proxies hear of the drill (and report every second)
+/// within milliseconds, and get at least 1.7 s. A zone reporting every
+/// second before its proxies do would count their 5 s reports in 1 s
+/// intervals.
+const PROXIES_FIRST: u64 = 2;
+
+/// The zone's reporting cadence: every second from [`PROXIES_FIRST`]
+/// boundaries after it saw a drill, until the drill ends.
+#[derive(Default)]
+struct Fast {
+    /// The first boundary (unix seconds) reported at the drill cadence.
+    from: Option<u64>,
+}
+
+impl Fast {
+    fn cadence(&mut self, drill: bool, secs: u64) -> Duration {
+        if !drill {
+            self.from = None;
+            return TRAFFIC_REPORT_EVERY;
+        }
+        let from = *self.from.get_or_insert(secs + PROXIES_FIRST);
+        if secs >= from {
+            DRILL_REPORT_EVERY
+        } else {
+            TRAFFIC_REPORT_EVERY
+        }
+    }
+}
 
 async fn run_once(z: &Arc<Zone>) -> Result<(), Error> {
     let ident = z.boot.identity.borrow().clone();
@@ -282,19 +314,20 @@ async fn run_once(z: &Arc<Zone>) -> Result<(), Error> {
     let mut renewal = crate::ca::Renewal::default();
     let mut ca_tick = tokio::time::interval(crate::ca::CHECK_EVERY);
     // Every TRAFFIC_REPORT_EVERY, and every second while a drill runs (or
-    // is being observed), so its guard and report see changes sooner.
-    let mut traffic_tick = tokio::time::interval(DRILL_REPORT_EVERY);
-    traffic_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reported = tokio::time::Instant::now();
+    // is being observed), so its guard and report see changes sooner: on
+    // the wall-clock boundaries the proxies report on, a little after them
+    // so that their reports are in (`common::traffic::cadence`).
+    let mut traffic_tick = Box::pin(cadence::tick(AFTER_PROXIES));
+    let mut fast = Fast::default();
     let mut send_full = false;
     loop {
         tokio::select! {
-            _ = traffic_tick.tick() => {
-                let every = if crate::drill::current(z).is_some() { DRILL_REPORT_EVERY } else { TRAFFIC_REPORT_EVERY };
-                if reported.elapsed() + Duration::from_millis(100) < every {
+            secs = &mut traffic_tick => {
+                traffic_tick.set(cadence::tick(AFTER_PROXIES));
+                let every = fast.cadence(crate::drill::current(z).is_some(), secs);
+                if !cadence::due(secs, every) {
                     continue;
                 }
-                reported = tokio::time::Instant::now();
                 let t = z.traffic.take(&z.registry.instance_counts());
                 tx.send_timeout(pb::ZoneMessage { msg: Some(zone_message::Msg::Traffic(t)) }, common::grpc::SEND_TIMEOUT).await?;
             }
@@ -372,5 +405,26 @@ async fn run_once(z: &Arc<Zone>) -> Result<(), Error> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every 5 s without a drill; with one, every second only from the
+    /// second boundary after the zone saw it (its proxies switch first);
+    /// back to 5 s when it ends, and the wait starts over for the next.
+    #[test]
+    fn the_zone_reports_every_second_only_after_its_proxies_do() {
+        let mut f = Fast::default();
+        assert_eq!(f.cadence(false, 99), TRAFFIC_REPORT_EVERY);
+        assert_eq!(f.cadence(true, 100), TRAFFIC_REPORT_EVERY);
+        assert_eq!(f.cadence(true, 101), TRAFFIC_REPORT_EVERY);
+        assert_eq!(f.cadence(true, 102), DRILL_REPORT_EVERY);
+        assert_eq!(f.cadence(true, 150), DRILL_REPORT_EVERY);
+        assert_eq!(f.cadence(false, 151), TRAFFIC_REPORT_EVERY);
+        assert_eq!(f.cadence(true, 200), TRAFFIC_REPORT_EVERY);
+        assert_eq!(f.cadence(true, 202), DRILL_REPORT_EVERY);
     }
 }

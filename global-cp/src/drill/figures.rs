@@ -262,9 +262,8 @@ pub fn service(
 /// served it has a rate in every point (0 where it served none), so a
 /// zone's line drops to 0 rather than skipping the gap. A zone report's
 /// requests are spread over the time it covers (its interval before it
-/// arrived) rather than put where it arrived. One artefact remains when a
-/// drill starts: a proxy's last 5 s report can arrive inside its zone's
-/// first 1 s report, and that bucket then shows more than was served.
+/// arrived) rather than put where it arrived; zone reports cover exactly
+/// the time of the proxy reports in them (`common::traffic::cadence`).
 pub fn points(samples: &[FlowSample], service: &str, first_ms: u64) -> Vec<Point> {
     let b = buckets(samples, service, first_ms, BUCKET_MS);
     let zones: std::collections::BTreeSet<&String> =
