@@ -112,7 +112,9 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
 /// from a real Prometheus scraping the global, both zone control planes,
 /// all four gateways and the sidecars of a two-zone mesh with HTTP
 /// traffic (within and across zones, some of it failing and retried) and
-/// opaque TCP traffic. A query that does not parse fails at once; one
+/// opaque TCP traffic (some to a db instance whose app is gone, some to a
+/// service that does not exist: the failed-connection panels need real
+/// failures, inbound and outbound). A query that does not parse fails at once; one
 /// that returns nothing fails after the patience limit, naming it.
 #[test]
 fn every_dashboard_query_returns_series_from_a_real_prometheus() {
@@ -124,13 +126,20 @@ fn every_dashboard_query_returns_series_from_a_real_prometheus() {
     let _pay = m.workload("z1", 12, "pay", &[]);
     let _api1 = m.workload("z1", 13, "api", &[]);
     let _db = m.tcp_echo_db(14);
+    let (db_gone, _db_gone_sidecar) = m.tcp_echo_db(15);
+    drop(db_gone);
     let _api2 = m.workload("z2", 42, "api", &[]);
     let tcp_port = format!("tcp:db={}:16000", m.net.ip(40));
-    let web = m.workload("z2", 40, "web", &["--outbound-port", &tcp_port]);
-    wait_for("pay, api and db in web's config", T, || {
-        let ok = ["pay", "api", "db"]
-            .iter()
-            .all(|s| !web.endpoints(s).is_empty());
+    let ghost_port = format!("tcp:ghost={}:16001", m.net.ip(40));
+    let web = m.workload(
+        "z2",
+        40,
+        "web",
+        &["--outbound-port", &tcp_port, "--outbound-port", &ghost_port],
+    );
+    wait_for("pay, api and both dbs in web's config", T, || {
+        let ok = ["pay", "api"].iter().all(|s| !web.endpoints(s).is_empty())
+            && web.endpoints("db").len() == 2;
         ok.then_some(())
     });
     m.g.apply(&format!(
@@ -149,6 +158,7 @@ fn every_dashboard_query_returns_series_from_a_real_prometheus() {
     .unwrap();
     assert_eq!(r.status, 200);
     let _traffic = Traffic::start(&web, &["pay", "api"], Some(m.net.addr(40, 16000)));
+    let _to_ghost = Traffic::start(&web, &[], Some(m.net.addr(40, 16001)));
 
     // Prometheus on this test's own loopback address, scraping every
     // admin port each second.
@@ -165,7 +175,7 @@ fn every_dashboard_query_returns_series_from_a_real_prometheus() {
         targets(&[1], 5681),
         targets(&[2, 3], 5680),
         targets(&[21, 22, 31, 32], 15090),
-        targets(&[12, 13, 14, 42, 40], 15000),
+        targets(&[12, 13, 14, 15, 42, 40], 15000),
     );
     let cfg = m.s.path("prometheus.yml");
     std::fs::write(&cfg, config).unwrap();
@@ -181,7 +191,7 @@ fn every_dashboard_query_returns_series_from_a_real_prometheus() {
             "--log.level=warn".into(),
         ],
     );
-    wait_for("Prometheus scraping all 12 targets", patient(T), || {
+    wait_for("Prometheus scraping all 13 targets", patient(T), || {
         let up = query(prom, "sum(up)").ok()?;
         let v = get(
             prom,
@@ -194,7 +204,7 @@ fn every_dashboard_query_returns_series_from_a_real_prometheus() {
             .as_str()?
             .parse::<f64>()
             .ok()?;
-        (up == 1 && n == 12.0).then_some(())
+        (up == 1 && n == 13.0).then_some(())
     });
 
     // Each query must parse now, and return series within the limit.
