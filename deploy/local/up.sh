@@ -4,7 +4,8 @@
 #   control plane, two east-west gateways (QUIC) and an `api` instance;
 #   `web` in eu-west-1 calling `api` (local first, failover by locality) and
 #   `billing`, which runs only in us-east-1 (always cross-region); `batch` in
-#   eu-west-2 calling billing too.
+#   eu-west-2 calling billing too; `ledger`, an opaque TCP service in
+#   eu-west-2 and us-east-1, that web reaches on a TCP port of its own.
 # It applies deploy/local/policies.yaml (an access rule on billing that only
 # web passes, and a route that sends 20% of web's /split calls to api in
 # us-east-1), prints who answered each call, and schedules a failover drill
@@ -23,7 +24,8 @@ for a in 127.0.0.1:5681 127.0.0.1:5685 \
          127.0.1.1:5678 127.0.2.1:5678 127.0.3.1:5678 \
          127.0.1.5:15443 127.0.2.5:15443 127.0.3.5:15443 \
          127.0.1.6:15443 127.0.2.6:15443 127.0.3.6:15443 \
-         127.0.1.10:15000 127.0.1.11:15000 127.0.2.10:15000 127.0.2.11:15000 127.0.3.11:15000 127.0.3.12:15000; do
+         127.0.1.10:15000 127.0.1.11:15000 127.0.2.10:15000 127.0.2.11:15000 127.0.3.11:15000 127.0.3.12:15000 \
+         127.0.2.12:15000 127.0.3.13:15000; do
   if (exec 3<>"/dev/tcp/${a%:*}/${a#*:}") 2>/dev/null; then
     echo "something already listens on $a; stop it (another local mesh?) and run again" >&2
     exit 1
@@ -94,14 +96,18 @@ zone() { # name region subnet
   wait_http "http://127.0.$n.5:15090/ready"
   wait_http "http://127.0.$n.6:15090/ready"
 }
-workload() { # zone subnet service host
+workload() { # zone subnet service host [sidecar flags...]
   local z=$1 n=$2 svc=$3 ip=127.0.$2.$4
+  shift 4
   local tok=$state/$svc-$z.token
   [ -f "$tok" ] || ctl generate dataplane-token --zone "$z" --service "$svc" --file "$tok" 2>/dev/null
-  start "app-$svc-$ip" "$bin/demo-app" --listen "$ip:8080" --name "$svc" --zone "$z"
+  local app=(--listen "$ip:8080" --name "$svc" --zone "$z")
+  # An opaque TCP service: the app echoes, after a line naming itself.
+  [ "${1:-}" = "--protocol" ] && [ "${2:-}" = tcp ] && app+=(--tcp-echo --greet)
+  start "app-$svc-$ip" "$bin/demo-app" "${app[@]}"
   start "sidecar-$svc-$ip" "$bin/dataplane" --cp-address "127.0.$n.1:5678" --token-file "$tok" --service "$svc" \
     --address "$ip" --inbound "$ip:15006" --app "$ip:8080" --outbound "$ip:15001" --admin "$ip:15000" \
-    --per-try-timeout 2s --health-interval 500ms
+    --per-try-timeout 2s --health-interval 500ms "$@"
   wait_http "http://$ip:15000/ready"
 }
 
@@ -112,7 +118,9 @@ workload eu-west-1 1 api 11
 workload eu-west-2 2 api 11
 workload us-east-1 3 api 11
 workload us-east-1 3 billing 12
-workload eu-west-1 1 web 10
+workload eu-west-2 2 ledger 12 --protocol tcp
+workload us-east-1 3 ledger 13 --protocol tcp
+workload eu-west-1 1 web 10 --outbound-port tcp:ledger=127.0.1.10:16000
 workload eu-west-2 2 batch 10
 ctl apply -f deploy/local/policies.yaml >/dev/null
 
@@ -130,7 +138,7 @@ scrape_configs:
   - {job_name: tern-global, static_configs: [{targets: ['127.0.0.1:5681']}]}
   - {job_name: tern-zone, static_configs: [{targets: ['127.0.1.1:5680', '127.0.2.1:5680', '127.0.3.1:5680']}]}
   - {job_name: tern-gateway, static_configs: [{targets: ['127.0.1.5:15090', '127.0.1.6:15090', '127.0.2.5:15090', '127.0.2.6:15090', '127.0.3.5:15090', '127.0.3.6:15090']}]}
-  - {job_name: tern-sidecar, static_configs: [{targets: ['127.0.1.10:15000', '127.0.1.11:15000', '127.0.2.10:15000', '127.0.2.11:15000', '127.0.3.11:15000', '127.0.3.12:15000']}]}
+  - {job_name: tern-sidecar, static_configs: [{targets: ['127.0.1.10:15000', '127.0.1.11:15000', '127.0.2.10:15000', '127.0.2.11:15000', '127.0.2.12:15000', '127.0.3.11:15000', '127.0.3.12:15000', '127.0.3.13:15000']}]}
 EOF
 
 cat <<EOF
@@ -143,6 +151,7 @@ Tern is running: a global control plane and three zones in two regions, on loopb
   curl -s -H 'Host: api' http://127.0.1.10:15001/hello       # web -> api (local zone first)
   curl -s -H 'Host: billing' http://127.0.1.10:15001/hello   # web -> billing, only in us-east-1 (QUIC gateways)
   curl -s -H 'Host: billing' http://127.0.2.10:15001/hello   # batch -> billing: 403, AccessPolicy/billing-callers
+  bash -c 'exec 3<>/dev/tcp/127.0.1.10/16000; head -1 <&3'   # web -> ledger, opaque TCP: "ledger ZONE"
   $bin/ternctl get accesspolicies; $bin/ternctl get httproutes   # from deploy/local/policies.yaml (docs/policies.md)
   $bin/ternctl inspect dataplane web-127.0.1.10-15006 --zone eu-west-1   # what applies to web, and its routes
 
@@ -163,8 +172,9 @@ Drills (docs/drills.md):
   Prometheus config: $state/prometheus.yml   Grafana dashboards: deploy/grafana/*.json
 Logs: $state/logs        Ctrl-C stops everything.
 
-Demo traffic; each line says which zone answered web's calls, what batch
-got from billing, and where ten of web's calls to api's /split went:
+Demo traffic; each line says which zone answered web's calls (HTTP, and
+opaque TCP to ledger), what batch got from billing, and where ten of web's
+calls to api's /split went:
 EOF
 
 zone_of() { sed -n 's/.*"zone":"\([a-z0-9-]*\)".*/\1/p'; }
@@ -181,6 +191,11 @@ batch_billing() { # a 403 names the rule that denied it
     "access denied by "*) printf '403 (%s)' "${out#access denied by }" ;;
     *) printf '%s' "$(printf '%s' "$out" | zone_of)" ;;
   esac
+}
+ledger() { # an opaque TCP connection through web's sidecar; ledger greets with its zone
+  local out
+  out=$(timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.1.10/16000; head -1 <&3' 2>/dev/null) || out=""
+  printf '%s' "${out#ledger }" | grep . || printf FAILED
 }
 split() { # ten calls to /split, counted by zone
   for _ in $(seq 1 10); do
@@ -234,9 +249,9 @@ for e in r["events"][int(sys.argv[1]):]:
 }
 
 while true; do
-  a=$(call api); b=$(call billing); d=$(batch_billing)
-  printf '%s  web -> api: %-10s  web -> billing: %-10s  batch -> billing: %s  web -> api/split x10: %s\n' \
-    "$(date +%T)" "$a" "$b" "$d" "$(split)"
+  a=$(call api); b=$(call billing); d=$(batch_billing); l=$(ledger)
+  printf '%s  web -> api: %-10s  web -> billing: %-10s  web -> ledger (tcp): %-10s  batch -> billing: %s  web -> api/split x10: %s\n' \
+    "$(date +%T)" "$a" "$b" "$l" "$d" "$(split)"
   drill_events
   sleep 1
 done
