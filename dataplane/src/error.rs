@@ -31,6 +31,13 @@ pub enum Error {
         #[source]
         source: model::token::TokenError,
     },
+    /// The token file is missing, unreadable, or open to other users.
+    #[error("the {kind} token (--token-file): {source}")]
+    TokenFile {
+        kind: &'static str,
+        #[source]
+        source: model::fsutil::FsError,
+    },
     /// A file or folder is missing, unreadable, or open to other users.
     #[error(transparent)]
     File(#[from] model::fsutil::FsError),

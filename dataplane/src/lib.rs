@@ -189,7 +189,10 @@ fn registered(
             "give --bootstrap FILE, or all of --cp-address, --token-file and --service".into(),
         ));
     };
-    let token = model::fsutil::read_secret(tf)?;
+    let token = model::fsutil::read_secret(tf).map_err(|source| Error::TokenFile {
+        kind: "dataplane",
+        source,
+    })?;
     model::token::decode_unverified(&token).map_err(|source| Error::Token {
         kind: "dataplane",
         source,

@@ -181,7 +181,12 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     // Checked before waiting for an identity from the zone-cp.
     let admin_token = common::telemetry::admin_token(cfg.admin_token_file.as_deref())
         .map_err(dataplane::Error::AdminToken)?;
-    let token = model::fsutil::read_secret(&cfg.token_file).map_err(dataplane::Error::File)?;
+    let token = model::fsutil::read_secret(&cfg.token_file).map_err(|source| {
+        dataplane::Error::TokenFile {
+            kind: "gateway",
+            source,
+        }
+    })?;
     let claims =
         model::token::decode_unverified(&token).map_err(|source| dataplane::Error::Token {
             kind: "gateway",
