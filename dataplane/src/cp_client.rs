@@ -276,11 +276,11 @@ async fn run_once(
     // boundaries of TRAFFIC_REPORT_EVERY, or of the cadence the config
     // asks (every second while a drill runs), which the zone's own reports
     // follow (`common::traffic::cadence`).
-    let mut report = Box::pin(cadence::tick(Duration::ZERO));
+    let mut report = Box::pin(cadence::tick_after(Duration::ZERO, 0));
     loop {
         tokio::select! {
             secs = &mut report => {
-                report.set(cadence::tick(Duration::ZERO));
+                report.set(cadence::tick_after(Duration::ZERO, secs));
                 let every = match shared.traffic_report_ms.load(std::sync::atomic::Ordering::Relaxed) {
                     0 => TRAFFIC_REPORT_EVERY,
                     ms => Duration::from_millis(ms.clamp(1000, 60_000) as u64),

@@ -18,9 +18,14 @@ impl Gateway {
             tokio::spawn(async move {
                 if let Err(e) = me.local_flow(tcp).await {
                     match e {
-                        FlowError::Refused { reason, .. } => {
+                        FlowError::Refused {
+                            reason, ref source, ..
+                        } => {
                             me.metrics.refused(reason);
-                            tracing::info!(%peer, reason, error = %e, "refused a flow from this zone");
+                            // The cause says what to fix (no stream to that
+                            // zone: which gateway, and why).
+                            let cause = source.as_ref().map(|c| c.to_string()).unwrap_or_default();
+                            tracing::info!(%peer, reason, error = %e, cause, "refused a flow from this zone");
                         }
                         // Spare connections that idled out, flows that
                         // ended with a reset: routine.

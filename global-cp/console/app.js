@@ -66,7 +66,8 @@ function chart(title, series, unit) {
   }
   const w = 600, h = 160, pad = 34;
   const t0 = Math.min(...pts.map((p) => p[0])), t1 = Math.max(...pts.map((p) => p[0]));
-  const vmax = Math.max(...pts.map((p) => p[1]), 1e-9);
+  const top = Math.max(...pts.map((p) => p[1]));
+  const vmax = Math.max(top, 1e-9);
   const x = (t) => pad + (t1 === t0 ? 0 : ((t - t0) / (t1 - t0)) * (w - pad - 8));
   const y = (v) => h - 18 - (v / vmax) * (h - 30);
   const lines = names.map((n, i) => {
@@ -80,7 +81,7 @@ function chart(title, series, unit) {
     `<text x="${w - 70}" y="${h - 4}" font-size="11" fill="#6b7385">${esc(new Date(t1).toLocaleTimeString())}</text>`;
   const legend = names.map((n, i) =>
     `<span><i class="c${i % COLORS.length}"></i>${esc(n)}</span>`).join("");
-  return `<div class="card chart" data-chart="${esc(title)}" data-max="${vmax}"><h3>${esc(title)}</h3>` +
+  return `<div class="card chart" data-chart="${esc(title)}" data-max="${top}"><h3>${esc(title)}</h3>` +
     `<svg viewBox="0 0 ${w} ${h}" preserveAspectRatio="none" role="img" aria-label="${esc(title)}">${axis}${lines}</svg>` +
     `<div class="legend">${legend}</div></div>`;
 }

@@ -15,7 +15,7 @@ pub enum Error {
     AdminToken(#[source] common::telemetry::AdminTokenError),
     #[error("--policy-dir: {0}")]
     PolicyDir(String),
-    #[error("the zone token: {0}")]
+    #[error("the zone token (--token-file): {0}")]
     TokenFile(#[source] model::fsutil::FsError),
     #[error("the zone token: {0}")]
     Token(#[source] model::token::TokenError),

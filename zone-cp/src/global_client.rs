@@ -317,13 +317,13 @@ async fn run_once(z: &Arc<Zone>) -> Result<(), Error> {
     // is being observed), so its guard and report see changes sooner: on
     // the wall-clock boundaries the proxies report on, a little after them
     // so that their reports are in (`common::traffic::cadence`).
-    let mut traffic_tick = Box::pin(cadence::tick(AFTER_PROXIES));
+    let mut traffic_tick = Box::pin(cadence::tick_after(AFTER_PROXIES, 0));
     let mut fast = Fast::default();
     let mut send_full = false;
     loop {
         tokio::select! {
             secs = &mut traffic_tick => {
-                traffic_tick.set(cadence::tick(AFTER_PROXIES));
+                traffic_tick.set(cadence::tick_after(AFTER_PROXIES, secs));
                 let every = fast.cadence(crate::drill::current(z).is_some(), secs);
                 if !cadence::due(secs, every) {
                     continue;

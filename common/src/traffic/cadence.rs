@@ -5,7 +5,11 @@
 //! zone's interval holds exactly its proxies' reports for that interval,
 //! and a rate (counts over the zone's interval) is the rate of that time,
 //! not a 5 s report counted in a 1 s interval (which read 2-5x the rate
-//! when the cadence changed) or two 1 s reports in one.
+//! when the cadence changed) or two 1 s reports in one. This holds while
+//! a proxy's report reaches its zone within the zone's offset after the
+//! boundary (0.3 s), clock skew included: keep the hosts' clocks in sync
+//! (NTP). A later report is counted in the next interval; totals stay
+//! exact either way, only that interval's rate is off.
 
 use std::time::{Duration, SystemTime};
 
@@ -36,16 +40,24 @@ pub fn due(secs: u64, every: Duration) -> bool {
     secs % every.as_secs().max(1) == 0
 }
 
-/// Sleep until the next tick; the boundary it stands for.
-pub async fn tick(offset: Duration) -> u64 {
+/// Sleep until the next tick whose boundary is not `last` (the one the
+/// previous tick stood for; 0 at first); that boundary. A clock stepped
+/// back by less than a second would otherwise give the same boundary
+/// twice; one stepped back further gives an earlier boundary, and
+/// reporting goes on from there.
+pub async fn tick_after(offset: Duration, last: u64) -> u64 {
     let offset_ms = offset.as_millis() as u64;
-    let now = unix_ms(SystemTime::now());
-    tokio::time::sleep(Duration::from_millis(next_tick(now, offset_ms) - now)).await;
-    // Woken late (a busy machine) still counts for the boundary it was for.
-    boundary(
-        unix_ms(SystemTime::now()).max(next_tick(now, offset_ms)),
-        offset_ms,
-    )
+    loop {
+        let now = unix_ms(SystemTime::now());
+        let at = next_tick(now, offset_ms);
+        tokio::time::sleep(Duration::from_millis(at - now)).await;
+        // Woken late (a busy machine) still counts for the boundary it
+        // was for; woken "early" (the clock stepped back), too.
+        let b = boundary(unix_ms(SystemTime::now()).max(at), offset_ms);
+        if b != last {
+            return b;
+        }
+    }
 }
 
 #[cfg(test)]
