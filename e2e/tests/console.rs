@@ -28,8 +28,8 @@ fn chromium() -> PathBuf {
 /// Signed out, the console sends a browser to its login page and the API
 /// refuses it; a wrong token is refused with a message; the admin token,
 /// typed into the form, signs in. Then each page shows the mesh's live
-/// data: zones online; services per zone with their instance counts and
-/// charts of their rates and latency (a zone's rate the sum of its
+/// data: zones online with their regions; services per zone with their
+/// instance counts and charts of their rates and latency (a zone's rate the sum of its
 /// services' rates, never more than the traffic sent), and the opaque TCP service db with
 /// its connections counted and, for the instance whose app is gone, its
 /// failed connections in red (pay, plain HTTP, shows none); one service's
@@ -125,7 +125,8 @@ fn the_console_shows_the_live_mesh_in_a_real_browser() {
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     let _ = std::fs::remove_dir_all(&out);
     let checks = serde_json::json!([
-        {"page": "#/zones", "expect": ["z1", "z2", "online"]},
+        {"page": "#/zones", "expect": ["z1", "z2", "online"],
+         "present": ["tr[data-zone='z1'] td[data-region='eu']", "tr[data-zone='z2'] td[data-region='us']"]},
         {"page": "#/services", "expect": ["pay", "api", "db", "z1", "z2", "1/1", "2/2", "Requests per second by zone"],
          "present": ["tr[data-service='db'][data-zone='z1'] td.tcp-cps:not(.muted)",
                      "tr[data-service='db'][data-zone='z1'] td.tcp-failed.bad",

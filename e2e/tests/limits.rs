@@ -99,8 +99,10 @@ fn responses_over_the_header_limit_get_an_error_that_says_so_and_eject_nothing()
     assert_eq!(r.status, 431, "{r:?}");
 }
 
-/// Bad flag values stop the sidecar or gateway with exit code 64 and a
-/// message that names the flag, rather than being replaced by a default.
+/// Bad flag values stop the sidecar, gateway or global with exit code 64
+/// and a message that names the flag, rather than being replaced by a
+/// default (the global's: a sync address on every interface with no
+/// --advertise, which would put 0.0.0.0 in zone tokens).
 #[test]
 fn bad_flag_values_are_refused_at_start() {
     let dataplane = [
@@ -132,7 +134,12 @@ fn bad_flag_values_are_refused_at_start() {
                 ][..],
                 *a,
             )
-        }));
+        }))
+        .chain([(
+            "global-cp",
+            &["--data-dir", "/nonexistent"][..],
+            &["--sync-addr", "0.0.0.0:5685"][..],
+        )]);
     for (program, base, args) in cases {
         let o = std::process::Command::new(bin(program))
             .args(base)

@@ -99,7 +99,7 @@ async function zones() {
     const svcs = Object.entries(z.services || {}).map(([k, n]) => `${esc(k)} (${esc(n)})`).join(", ");
     return `<tr data-zone="${esc(z.name)}"><td>${esc(z.name)}</td>` +
       `<td class="${z.online ? "ok" : "bad"}">${z.online ? "online" : "offline"}</td>` +
-      `<td>${esc(z.region || "–")}</td><td>${esc(z.lastSeen || "–")}</td>` +
+      `<td data-region="${esc(z.region || "")}">${esc(z.region || "–")}</td><td>${esc(z.lastSeen || "–")}</td>` +
       `<td class="num">${esc(z.ackedVersion)} / ${esc(z.globalVersion)}</td>` +
       `<td class="num">${esc(z.connectedProxies)}</td><td>${svcs || "–"}</td>` +
       `<td class="${z.lastNack ? "bad" : "muted"}">${esc(z.lastNack || "none")}</td></tr>`;

@@ -81,6 +81,14 @@ impl Config {
         {
             return Err("--zone-ca-validity must be between 30s and 10 years".into());
         }
+        // Zone tokens carry the advertised address: 0.0.0.0 is not one a
+        // zone can dial.
+        if self.advertise.is_none() && self.sync_addr.ip().is_unspecified() {
+            return Err(format!(
+                "--sync-addr {} listens on every address, so zone tokens need an address zones can dial: pass --advertise HOST:PORT",
+                self.sync_addr
+            ));
+        }
         Ok(())
     }
     pub fn advertised(&self) -> String {

@@ -247,6 +247,9 @@ impl ZoneTable {
 #[serde(rename_all = "camelCase")]
 pub struct ZoneView {
     pub name: String,
+    /// The region the zone reports (or, while it is offline, the one its
+    /// published ZoneIngress names); empty if neither is known.
+    pub region: String,
     pub online: bool,
     pub last_seen: Option<String>,
     pub joined_at: String,
@@ -265,6 +268,16 @@ pub struct ZoneView {
 pub fn zone_views(state: &State) -> Result<Vec<ZoneView>, StoreError> {
     let live = state.zones.snapshot();
     let rev = state.store.revision();
+    // Offline zones keep their published region (ZoneIngress).
+    let published: BTreeMap<String, String> = state
+        .store
+        .list(Some("ZoneIngress"))?
+        .into_iter()
+        .filter_map(|s| {
+            let spec = model::resource::ZoneIngressSpec::from_resource(&s.resource)?;
+            Some((s.resource.metadata.name, spec.region))
+        })
+        .collect();
     Ok(state
         .store
         .zones()?
@@ -272,7 +285,13 @@ pub fn zone_views(state: &State) -> Result<Vec<ZoneView>, StoreError> {
         .map(|r: ZoneRecord| {
             let l = live.get(&r.name).cloned().unwrap_or_default();
             let last_seen = l.last_seen.max(r.last_seen);
+            let region = if l.region.is_empty() {
+                published.get(&r.name).cloned().unwrap_or_default()
+            } else {
+                l.region
+            };
             ZoneView {
+                region,
                 online: l.online,
                 last_seen: (last_seen > 0).then(|| token::fmt_unix(last_seen)),
                 joined_at: token::fmt_unix(r.joined_at),

@@ -558,7 +558,7 @@ pub struct MeshSpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MtlsSpec {
     /// Lifetime of workload certificates. Proxies renew once a third of it
-    /// has passed, so the default (24h) outlasts a 12h zone-cp outage.
+    /// has passed, so the default (24h) outlasts a 16h zone-cp outage.
     #[serde(default = "default_cert_ttl")]
     pub workload_cert_ttl: Dur,
 }

@@ -229,6 +229,7 @@ pub async fn run(api: &Api, what: Inspect) -> anyhow::Result<()> {
             table(
                 &[
                     "ZONE",
+                    "REGION",
                     "STATUS",
                     "LAST SEEN",
                     "ACKED/GLOBAL",
@@ -250,6 +251,10 @@ pub async fn run(api: &Api, what: Inspect) -> anyhow::Result<()> {
                             .unwrap_or_default();
                         vec![
                             s(z, "/name"),
+                            match s(z, "/region") {
+                                r if r.is_empty() => "-".into(),
+                                r => r,
+                            },
                             if z["online"] == true {
                                 "online".into()
                             } else {

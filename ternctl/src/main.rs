@@ -59,7 +59,8 @@ enum Cmd {
     },
     /// List resources of a kind, or show one.
     Get {
-        /// mesh(es), zone(s), revocation(s) or tokens.
+        /// Any resource kind, plural or singular (meshes, zones, retries,
+        /// drills, ...), or tokens.
         kind: String,
         name: Option<String>,
         #[arg(short, long, value_enum, default_value = "table")]

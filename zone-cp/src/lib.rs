@@ -70,8 +70,8 @@ pub struct Config {
     /// How long a proxy may leave a config delta unanswered.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub ack_timeout: Duration,
-    /// A folder of zone-local policy documents (AccessPolicy, MtlsPolicy,
-    /// HttpRoute, TcpRoute) for this zone's proxies only; re-read when its
+    /// A folder of zone-local policy documents (any policy kind, listed in
+    /// docs/policies.md) for this zone's proxies only; re-read when its
     /// files change. The global's policies win at equal specificity, and a
     /// request its access rules deny stays denied (docs/policies.md).
     #[arg(long)]
