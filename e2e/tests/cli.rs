@@ -1,6 +1,7 @@
 //! ternctl: apply from files, folders and stdin; clear errors that name the
-//! file, line, document and field; nothing applied when any document is bad;
-//! optimistic concurrency.
+//! file, line, document and field; nothing applied when any document is bad
+//! or would be refused by the global; optimistic concurrency; names checked
+//! before they go into a URL; an unreachable global explained.
 mod support;
 
 use support::*;
@@ -98,12 +99,50 @@ fn apply_get_delete_and_clear_errors() {
         "{}",
         stderr(&o)
     );
-    // System kinds are not writable by apply.
-    let o = g.ternctl_stdin(&["apply", "-f", "-"], Some("apiVersion: tern.dev/v1alpha1\nkind: Revocation\nmetadata: {name: abc}\nspec: {revokedAt: now}\n"));
+    // System kinds are not writable by apply; refusals only the global can
+    // make (that, or a stale version) stop the whole batch, a valid first
+    // document included.
+    let o = g.ternctl_stdin(&["apply", "-f", "-"], Some("apiVersion: tern.dev/v1alpha1\nkind: Zone\nmetadata: {name: first-ok}\n---\napiVersion: tern.dev/v1alpha1\nkind: Revocation\nmetadata: {name: abc}\nspec: {revokedAt: now}\n"));
     assert!(
-        !o.status.success() && stderr(&o).contains("written by the control plane"),
+        !o.status.success()
+            && stderr(&o).contains("written by the control plane")
+            && stderr(&o).contains("nothing was applied"),
         "{}",
         stderr(&o)
+    );
+    assert!(
+        !g.ctl(&["get", "zones"]).contains("first-ok"),
+        "a batch the global refuses in part applies nothing"
+    );
+    // Applied again as it is: unchanged.
+    let same = "apiVersion: tern.dev/v1alpha1\nkind: Zone\nmetadata:\n  name: eu-1\nspec:\n  description: Paris\n";
+    let out = String::from_utf8_lossy(&g.ternctl_stdin(&["apply", "-f", "-"], Some(same)).stdout)
+        .to_string();
+    assert!(out.contains("zone/eu-1 unchanged (version 2)"), "{out}");
+    // A name that is not a resource name never reaches a URL: `eu-1?x`
+    // would otherwise delete eu-1.
+    let o = g.ternctl(&["delete", "zone", "eu-1?x"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("is not a resource name"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(g.ctl(&["get", "zones"]).contains("eu-1"));
+    let o = g.ternctl(&["delete", "tokens", "abc"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("ternctl revoke"),
+        "{}",
+        stderr(&o)
+    );
+    // A global that is not there: the cause in words, no debug dump.
+    let o = g.ternctl(&["get", "zones", "--server", "http://127.0.0.1:9"]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success()
+            && e.contains("cannot reach the global control plane at http://127.0.0.1:9")
+            && e.contains("Connection refused")
+            && !e.contains("Os {"),
+        "{e}"
     );
 
     // The admin API refuses a missing or wrong credential.

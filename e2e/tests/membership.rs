@@ -28,6 +28,11 @@ fn a_zone_token_joins_once_and_only_an_admin_rejoin_replaces_a_zone() {
     let net = Net(45);
     let g = Global::start(&s.0, net);
     let t1 = g.zone_token("z1");
+    // A second token for z1, issued before z1 joins.
+    let t2 = g.token_file(
+        "z1-again.token",
+        &["generate", "zone-token", "--zone", "z1"],
+    );
     let first = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&t1));
     wait_for("z1 online", T, || {
         g.zone("z1").filter(|z| z["online"] == true)
@@ -37,13 +42,17 @@ fn a_zone_token_joins_once_and_only_an_admin_rejoin_replaces_a_zone() {
     // A second party (its own data folder) with the same token.
     let mut second = ZoneCp::start_in(&s.0, net, 3, "z1", "r1", Some(&t1), "second");
     refused(&mut second, "was already used to join zone z1");
-    // ... or with a fresh token for the joined zone.
-    let t2 = g.token_file(
-        "z1-again.token",
-        &["generate", "zone-token", "--zone", "z1"],
-    );
+    // ... or with another token, issued before z1 joined.
     let mut third = ZoneCp::start_in(&s.0, net, 4, "z1", "r1", Some(&t2), "third");
     refused(&mut third, "has already joined");
+    // Nor is a plain token issued for a zone that has joined: it could never
+    // be used, and the refusal says how to re-join.
+    let o = g.ternctl(&["generate", "zone-token", "--zone", "z1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("has already joined") && err.contains("--rejoin"),
+        "{err}"
+    );
     let tokens = g.ctl(&["get", "tokens"]);
     let used = model::token::decode_unverified(&std::fs::read_to_string(&t1).unwrap())
         .unwrap()

@@ -397,17 +397,15 @@ async fn put_one(
                 None => "created",
             },
             Ok(Some(old)) => {
-                if let Some(v) = r.metadata.resource_version {
-                    if old.resource.metadata.resource_version != Some(v) {
-                        return err(
-                            StatusCode::CONFLICT,
-                            format!(
-                                "{}/{} changed since version {v} (now {:?}); get it again and reapply",
-                                r.kind,
-                                r.metadata.name,
-                                old.resource.metadata.resource_version
-                            ),
-                        );
+                if let Some(sent) = r.metadata.resource_version {
+                    let current = old.resource.metadata.resource_version.unwrap_or(0);
+                    if current != sent {
+                        // The same refusal the write would give.
+                        return store_err(StoreError::Conflict {
+                            key: r.key(),
+                            sent,
+                            current,
+                        });
                     }
                 }
                 if old.resource.spec == r.spec && old.resource.metadata.labels == r.metadata.labels

@@ -55,6 +55,12 @@ fn live(cas: Vec<ZoneCaRecord>, now: u64) -> Vec<ZoneCaRecord> {
         .collect()
 }
 
+/// Whether `zone` has joined (holds a live intermediate): a plain zone
+/// token could not join it again, only a re-join token.
+pub fn has_joined(st: &State, zone: &str) -> Result<bool, StoreError> {
+    Ok(!live(st.store.zone_cas(zone)?, token::now_unix()).is_empty())
+}
+
 /// What a zone receives when it joins.
 pub struct Admitted {
     pub intermediate_pem: String,
@@ -141,7 +147,8 @@ fn join_in(
         }
         return Err(denied(format!(
             "token {jti} was already used to join zone {} at {}; a zone token joins \
-             once. Generate a new one with `ternctl generate zone-token --zone {zone}`",
+             once. If that zone control plane lost its data, authorize a re-join with \
+             `ternctl generate zone-token --zone {zone} --rejoin`",
             rec.used_by.as_deref().unwrap_or("?"),
             token::fmt_unix(used_at)
         )));

@@ -110,7 +110,7 @@ impl Api {
             .client
             .request(req.body(Full::new(bytes))?)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the global control plane at {}: {e:?}; is it running? (--server / TERN_CONFIG)", self.server))?;
+            .map_err(|e| anyhow::anyhow!("cannot reach the global control plane at {}: {}; is it running, and is that its admin address? (--server / TERN_CONFIG)", self.server, chain(&e)))?;
         let status = resp.status().as_u16();
         // `299 - "text"`, as Kubernetes sends them.
         let warnings = resp
@@ -139,18 +139,46 @@ impl Api {
     ) -> anyhow::Result<Value> {
         let (status, v) = self.call(method, path, body).await?;
         if status >= 400 {
-            bail!(
-                "{}",
-                v.get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("request failed")
-            );
+            match v.get("error").and_then(Value::as_str) {
+                Some(e) if !e.trim().is_empty() => bail!("{e}"),
+                _ => bail!(
+                    "the global answered {status}{} to {method} {path}",
+                    hyper::StatusCode::from_u16(status)
+                        .ok()
+                        .and_then(|s| s.canonical_reason())
+                        .map(|r| format!(" {r}"))
+                        .unwrap_or_default()
+                ),
+            }
         }
         Ok(v)
     }
 }
 
-/// A query parameter value, percent-encoded.
+/// A resource's name, checked before it goes into a URL path: a `?` or
+/// `#` in it would otherwise cut the path short and name another resource.
+pub(crate) fn name(n: &str) -> anyhow::Result<&str> {
+    model::resource::check_name("name", n)
+        .map_err(|e| anyhow::anyhow!("{n:?} is not a resource name: {}", e.message))?;
+    Ok(n)
+}
+
+/// What went wrong reaching the global, cause by cause (no debug dumps).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = c.source();
+    }
+    parts.join(": ")
+}
+
+/// A query parameter value (or a path segment that is not a resource
+/// name), percent-encoded.
 pub(crate) fn enc(v: &str) -> String {
     v.bytes()
         .map(|b| match b {

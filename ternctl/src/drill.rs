@@ -45,6 +45,11 @@ pub enum ReportOutput {
 }
 
 pub async fn run(api: &Api, cmd: DrillCmd) -> anyhow::Result<()> {
+    if let DrillCmd::Run { name, .. } | DrillCmd::Abort { name } | DrillCmd::Report { name, .. } =
+        &cmd
+    {
+        crate::api::name(name)?;
+    }
     match cmd {
         DrillCmd::Run { name, wait } => {
             let v = api

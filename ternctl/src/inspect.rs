@@ -61,7 +61,7 @@ pub async fn run(api: &Api, what: Inspect) -> anyhow::Result<()> {
             let v = api
                 .ok(
                     "GET",
-                    &format!("/api/v1/inspect/dataplanes/{zone}/{name}"),
+                    &format!("/api/v1/inspect/dataplanes/{}/{}", enc(&zone), enc(&name)),
                     None,
                 )
                 .await?;

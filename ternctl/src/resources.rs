@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 use crate::api::{Api, Target};
 use crate::output::{print_value, s, table, Output};
 
-/// Validate every document locally, then send each; nothing is sent while
-/// any document is invalid.
+/// Validate every document locally, then at the global as a dry run, then
+/// send each; nothing is written while any document is invalid or would be
+/// refused.
 pub async fn apply(target: Target, files: &[String], dry_run: bool) -> anyhow::Result<()> {
     let mut docs: Vec<(String, usize, Resource)> = Vec::new();
     let mut errors = Vec::new();
@@ -35,50 +36,86 @@ pub async fn apply(target: Target, files: &[String], dry_run: bool) -> anyhow::R
         bail!("no resources found in {}", files.join(", "));
     }
     let api = Api::new(target)?;
-    let mut failed = 0;
-    for (file, _, r) in docs {
-        let info = resource::kind_info(&r.kind).expect("validated");
-        let path = format!(
-            "/api/v1/{}/{}{}",
-            info.plural,
-            r.metadata.name,
-            if dry_run { "?dryRun=true" } else { "" }
-        );
+    // Every document as a dry run first: the global checks what only it
+    // can (versions, kinds it writes itself), and nothing is written while
+    // any document would be refused.
+    let mut results = Vec::with_capacity(docs.len());
+    let mut refused = 0;
+    for (file, _, r) in &docs {
         let (status, v, warnings) = api
-            .call_warned("PUT", &path, Some(&serde_json::to_value(&r)?))
+            .call_warned("PUT", &put_path(r, true), Some(&serde_json::to_value(r)?))
             .await?;
-        let what = format!("{}/{}", r.kind.to_lowercase(), r.metadata.name);
         for w in &warnings {
             eprintln!("warning: {w}");
         }
+        if status == 200 {
+            results.push(s(&v, "/result"));
+        } else {
+            refused += 1;
+            eprintln!(
+                "error: {file}: {}: {}",
+                what(r),
+                v.get("error").and_then(Value::as_str).unwrap_or("refused")
+            );
+        }
+    }
+    if refused > 0 {
+        bail!("{refused} resource(s) would be refused; nothing was applied");
+    }
+    if dry_run {
+        for ((_, _, r), result) in docs.iter().zip(&results) {
+            println!("{} {result} (dry run)", what(r));
+        }
+        return Ok(());
+    }
+    let mut failed = 0;
+    for ((file, _, r), result) in docs.iter().zip(&results) {
+        let (status, v) = api
+            .call("PUT", &put_path(r, false), Some(&serde_json::to_value(r)?))
+            .await?;
         match status {
-            200 if dry_run => println!("{what} {} (dry run)", s(&v, "/result")),
-            201 => println!("{what} created"),
+            201 => println!("{} created", what(r)),
             200 => println!(
-                "{what} applied (version {})",
+                "{} {} (version {})",
+                what(r),
+                // A document the dry run found new was created meanwhile.
+                if result == "created" {
+                    "configured"
+                } else {
+                    result
+                },
                 s(&v, "/metadata/resourceVersion")
             ),
             _ => {
+                // Changed by someone else since the dry run.
                 failed += 1;
                 eprintln!(
-                    "error: {file}: {what}: {}",
+                    "error: {file}: {}: {}",
+                    what(r),
                     v.get("error").and_then(Value::as_str).unwrap_or("failed")
                 );
             }
         }
     }
     if failed > 0 {
-        bail!(
-            "{failed} resource(s) {}",
-            if dry_run {
-                "would be refused"
-            } else {
-                "were not applied"
-            }
-        );
+        bail!("{failed} resource(s) were not applied (changed since the dry run)");
     }
 
     Ok(())
+}
+
+fn put_path(r: &Resource, dry_run: bool) -> String {
+    let info = resource::kind_info(&r.kind).expect("validated");
+    format!(
+        "/api/v1/{}/{}{}",
+        info.plural,
+        r.metadata.name,
+        if dry_run { "?dryRun=true" } else { "" }
+    )
+}
+
+fn what(r: &Resource) -> String {
+    format!("{}/{}", r.kind.to_lowercase(), r.metadata.name)
 }
 
 /// One resource, or every resource of a kind.
@@ -90,7 +127,14 @@ pub async fn get(
 ) -> anyhow::Result<()> {
     let p = plural(kind)?;
     let items: Vec<Value> = match &name {
-        Some(n) => vec![api.ok("GET", &format!("/api/v1/{p}/{n}"), None).await?],
+        Some(n) => vec![
+            api.ok(
+                "GET",
+                &format!("/api/v1/{p}/{}", crate::api::name(n)?),
+                None,
+            )
+            .await?,
+        ],
         None => api.ok("GET", &format!("/api/v1/{p}"), None).await?["items"]
             .as_array()
             .cloned()
@@ -126,9 +170,16 @@ pub async fn get(
 }
 
 pub async fn delete(api: &Api, kind: &str, name: &str) -> anyhow::Result<()> {
+    if matches!(kind, "token" | "tokens") {
+        bail!("tokens are not deleted: revoke one with `ternctl revoke ID` (its id from `ternctl get tokens`)");
+    }
     let p = plural(kind)?;
-    api.ok("DELETE", &format!("/api/v1/{p}/{name}"), None)
-        .await?;
+    api.ok(
+        "DELETE",
+        &format!("/api/v1/{p}/{}", crate::api::name(name)?),
+        None,
+    )
+    .await?;
     println!("{}/{name} deleted", kind.to_lowercase());
     Ok(())
 }

@@ -108,6 +108,24 @@ pub(super) async fn issue_token(AxState(api): AxState<Api>, body: axum::body::By
         _ => "",
     };
     let st = &api.state;
+    // A plain token for a zone that has joined could never be used.
+    if req.kind == TokenKind::Zone && !req.rejoin {
+        match crate::membership::has_joined(st, &req.zone) {
+            Ok(false) => {}
+            Ok(true) => {
+                return err(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "zone {} has already joined, and a zone joins once. If its zone control \
+                         plane lost its data, authorize a re-join with `ternctl generate \
+                         zone-token --zone {} --rejoin`",
+                        req.zone, req.zone
+                    ),
+                )
+            }
+            Err(e) => return store_err(e),
+        }
+    }
     match st.authority.issue_token(
         &st.store,
         req.kind,
