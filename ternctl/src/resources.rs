@@ -52,11 +52,7 @@ pub async fn apply(target: Target, files: &[String], dry_run: bool) -> anyhow::R
             results.push(s(&v, "/result"));
         } else {
             refused += 1;
-            eprintln!(
-                "error: {file}: {}: {}",
-                what(r),
-                v.get("error").and_then(Value::as_str).unwrap_or("refused")
-            );
+            report(file, r, &v);
         }
     }
     if refused > 0 {
@@ -89,11 +85,7 @@ pub async fn apply(target: Target, files: &[String], dry_run: bool) -> anyhow::R
             _ => {
                 // Changed by someone else since the dry run.
                 failed += 1;
-                eprintln!(
-                    "error: {file}: {}: {}",
-                    what(r),
-                    v.get("error").and_then(Value::as_str).unwrap_or("failed")
-                );
+                report(file, r, &v);
             }
         }
     }
@@ -112,6 +104,12 @@ fn put_path(r: &Resource, dry_run: bool) -> String {
         r.metadata.name,
         if dry_run { "?dryRun=true" } else { "" }
     )
+}
+
+/// The global's refusal of one document.
+fn report(file: &str, r: &Resource, v: &Value) {
+    let why = v.get("error").and_then(Value::as_str).unwrap_or("refused");
+    eprintln!("error: {file}: {}: {why}", what(r));
 }
 
 fn what(r: &Resource) -> String {
