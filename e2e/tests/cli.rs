@@ -169,7 +169,8 @@ fn apply_get_delete_and_clear_errors() {
         "90d",
     ]);
     assert!(
-        !o.status.success() && stderr(&o).contains("validFor must be between 1s and 30days"),
+        !o.status.success()
+            && stderr(&o).contains("validFor (ternctl: --valid-for) must be between 1s and 30d"),
         "{}",
         stderr(&o)
     );

@@ -99,10 +99,11 @@ fn responses_over_the_header_limit_get_an_error_that_says_so_and_eject_nothing()
     assert_eq!(r.status, 431, "{r:?}");
 }
 
-/// Bad flag values stop the sidecar, gateway or global with exit code 64
-/// and a message that names the flag, rather than being replaced by a
-/// default (the global's: a sync address on every interface with no
-/// --advertise, which would put 0.0.0.0 in zone tokens).
+/// Bad flag values stop the sidecar, gateway, global or zone-cp with exit
+/// code 64 and a message that names the flag, rather than being replaced
+/// by a default (the global's: a sync address on every interface with no
+/// --advertise, which would put 0.0.0.0 in zone tokens; the zone-cp's: a
+/// zero grace period).
 #[test]
 fn bad_flag_values_are_refused_at_start() {
     let dataplane = [
@@ -135,11 +136,18 @@ fn bad_flag_values_are_refused_at_start() {
                 *a,
             )
         }))
-        .chain([(
-            "global-cp",
-            &["--data-dir", "/nonexistent"][..],
-            &["--sync-addr", "0.0.0.0:5685"][..],
-        )]);
+        .chain([
+            (
+                "global-cp",
+                &["--data-dir", "/nonexistent"][..],
+                &["--sync-addr", "0.0.0.0:5685"][..],
+            ),
+            (
+                "zone-cp",
+                &["--zone", "z1", "--data-dir", "/nonexistent"][..],
+                &["--deregister-after", "0s"][..],
+            ),
+        ]);
     for (program, base, args) in cases {
         let o = std::process::Command::new(bin(program))
             .args(base)

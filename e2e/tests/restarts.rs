@@ -24,8 +24,53 @@ fn killed_global_loses_nothing_and_zones_resume() {
     let docs = "apiVersion: tern.dev/v1alpha1\nkind: Mesh\nmetadata:\n  name: default\nspec:\n  mtls:\n    workloadCertTtl: 2h\n---\napiVersion: tern.dev/v1alpha1\nkind: Zone\nmetadata:\n  name: z1\n  labels: {team: infra}\nspec:\n  description: first\n";
     g.apply(docs);
     let zt = g.token_file("z.token", &["generate", "zone-token", "--zone", "z1"]);
-    let _z = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&zt));
+    let z = ZoneCp::start(&s.0, net, 2, "z1", "r1", Some(&zt));
     let before = synced(&g, "z1");
+    // A second global or zone-cp started on a running one's data folder
+    // (other ports) exits at once, saying who holds it, instead of sharing
+    // and overwriting the store.
+    let path = |p: &std::path::Path| p.display().to_string();
+    let at = |h: u8, port: u16| net.addr(h, port).to_string();
+    for (name, program, args, holder) in [
+        (
+            "global-2",
+            "global-cp",
+            vec![
+                "--data-dir".into(),
+                path(&g.data),
+                "--sync-addr".into(),
+                at(9, 5685),
+                "--admin-addr".into(),
+                at(9, 5681),
+            ],
+            g.proc.pid(),
+        ),
+        (
+            "zone-2",
+            "zone-cp",
+            vec![
+                "--zone".into(),
+                "z1".into(),
+                "--region".into(),
+                "r1".into(),
+                "--data-dir".into(),
+                path(&z.data),
+                "--proxy-addr".into(),
+                at(8, 5678),
+                "--admin-addr".into(),
+                at(8, 5680),
+            ],
+            z.proc.pid(),
+        ),
+    ] {
+        let mut second = spawn(&s.0, name, program, &args);
+        assert_eq!(second.wait_exit(T), Some(1), "{}", second.log_text());
+        let log = second.log_text();
+        assert!(
+            log.contains("in use by another process") && log.contains(&format!("pid {holder}")),
+            "{log}"
+        );
+    }
     // A write acknowledged just before the crash: the global is killed
     // (SIGKILL) the moment `apply` returns. (A process crash keeps the
     // page cache, so this proves the write is committed before the

@@ -103,6 +103,8 @@ impl Config {
 pub const SECRET_FILES: &[&str] = &["global.db", "admin-token", "ternctl.json"];
 
 pub struct State {
+    /// The data folder, held while this global runs.
+    _data_lock: model::fsutil::DirLock,
     pub config: Config,
     pub store: store::Store,
     pub authority: authority::Authority,
@@ -118,6 +120,7 @@ pub struct State {
 pub async fn start(config: Config) -> Result<Arc<State>, Error> {
     // The store holds the root CA and token signing keys.
     model::fsutil::private_dir(&config.data_dir, SECRET_FILES)?;
+    let data_lock = model::fsutil::lock_dir(&config.data_dir)?;
     let store = store::Store::open(&config.data_dir.join("global.db")).map_err(Error::start(
         format!("open store in {}", config.data_dir.display()),
     ))?;
@@ -131,6 +134,7 @@ pub async fn start(config: Config) -> Result<Arc<State>, Error> {
         traffic.dropped.clone(),
     );
     let state = Arc::new(State {
+        _data_lock: data_lock,
         store,
         authority,
         zones: zones::ZoneTable::default(),

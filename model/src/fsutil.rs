@@ -28,6 +28,13 @@ pub enum FsError {
         mode: u32,
         fix: &'static str,
     },
+    #[error("{0} is not a folder; give a folder (it is made if missing)")]
+    NotDir(PathBuf),
+    #[error(
+        "{path} is in use by another process ({holder}); two control planes on one data \
+         folder would overwrite each other's state: stop it, or give this one its own folder"
+    )]
+    InUse { path: PathBuf, holder: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FsError + '_ {
@@ -91,6 +98,9 @@ pub fn private_dir(path: &Path, secret_files: &[&str]) -> Result<(), FsError> {
         // The umask can only remove bits; make sure of the result.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io(path))?;
     }
+    if !path.is_dir() {
+        return Err(FsError::NotDir(path.to_path_buf()));
+    }
     check_private_dir(path)?;
     for f in secret_files {
         let p = path.join(f);
@@ -99,6 +109,50 @@ pub fn private_dir(path: &Path, secret_files: &[&str]) -> Result<(), FsError> {
         }
     }
     Ok(())
+}
+
+/// A data folder held by this process alone, until it exits (an advisory
+/// `flock` on `<folder>/lock`, which the kernel releases with the process,
+/// even after SIGKILL).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// Hold `dir` for this process, or say which process holds it.
+pub fn lock_dir(dir: &Path) -> Result<DirLock, FsError> {
+    use std::io::{Read, Seek};
+    let path = dir.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io(&path))?;
+    if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        if e != rustix::io::Errno::WOULDBLOCK {
+            return Err(FsError::Io {
+                path,
+                error: e.into(),
+            });
+        }
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        let holder = match pid.trim() {
+            "" => "a process that has not written its pid yet".to_string(),
+            p => format!("pid {p}"),
+        };
+        return Err(FsError::InUse {
+            path: dir.to_path_buf(),
+            holder,
+        });
+    }
+    file.set_len(0).map_err(io(&path))?;
+    file.rewind().map_err(io(&path))?;
+    writeln!(file, "{}", std::process::id()).map_err(io(&path))?;
+    Ok(DirLock { _file: file })
 }
 
 /// Create an empty file with mode 0600 if it does not exist (so that a
@@ -219,6 +273,29 @@ mod tests {
         std::fs::write(&db, "x").unwrap();
         create_private_file(&db).unwrap();
         assert_eq!(std::fs::read_to_string(&db).unwrap(), "x");
+        // A file where the folder should be: said so, not "chmod".
+        let e = private_dir(&db, &[]).unwrap_err().to_string();
+        assert!(e.contains("is not a folder"), "{e}");
         let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn a_data_folder_is_held_by_one_holder_at_a_time() {
+        use super::*;
+        let dir = std::env::temp_dir().join(format!("tern-fslock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        private_dir(&dir, &[]).unwrap();
+        let first = lock_dir(&dir).unwrap();
+        // flock holds per open file: a second open, even in this process,
+        // is refused and told who holds the folder.
+        let e = lock_dir(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains("in use by another process")
+                && e.contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
+        drop(first);
+        let _again = lock_dir(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -84,6 +84,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         model::resource::check_name("--zone", &self.zone).map_err(|e| e.message)?;
         model::resource::check_name("--region", &self.region).map_err(|e| e.message)?;
+        for (flag, d) in [
+            ("--deregister-after", self.deregister_after),
+            ("--ack-timeout", self.ack_timeout),
+        ] {
+            if d < std::time::Duration::from_secs(1) {
+                return Err(format!("{flag} must be at least 1s"));
+            }
+        }
         Ok(())
     }
 }
@@ -164,6 +172,8 @@ impl Metrics {
 }
 
 pub struct Zone {
+    /// The data folder, held while this zone-cp runs.
+    _data_lock: model::fsutil::DirLock,
     pub config: Config,
     pub boot: bootstrap::Boot,
     pub global: global_client::GlobalState,
@@ -216,6 +226,7 @@ pub async fn start(config: Config) -> Result<Arc<Zone>, Error> {
         .map_err(Error::AdminToken)?;
     // The zone CA's key lives here.
     model::fsutil::private_dir(&config.data_dir, bootstrap::SECRET_FILES)?;
+    let data_lock = model::fsutil::lock_dir(&config.data_dir)?;
     let boot = bootstrap::Boot::load_or_join(&config).await?;
     let global = global_client::GlobalState::load(&config.data_dir)?;
     let mut reg = Registry::with_prefix("tern_zone");
@@ -239,6 +250,7 @@ pub async fn start(config: Config) -> Result<Arc<Zone>, Error> {
         traffic.dropped.clone(),
     );
     let zone = Arc::new(Zone {
+        _data_lock: data_lock,
         traffic,
         drills: Default::default(),
         local_policies,

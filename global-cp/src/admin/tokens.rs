@@ -59,12 +59,17 @@ pub(super) async fn issue_token(AxState(api): AxState<Api>, body: axum::body::By
             return err(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!(
-                    "validFor must be between 1s and {}",
-                    humantime::format_duration(max)
+                    "validFor (ternctl: --valid-for) must be between 1s and {}d",
+                    max.as_secs() / 86_400
                 ),
             )
         }
-        Some(Err(e)) => return err(StatusCode::UNPROCESSABLE_ENTITY, format!("validFor: {e}")),
+        Some(Err(e)) => {
+            return err(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("validFor (ternctl: --valid-for): {e}; give a duration such as 12h or 30d"),
+            )
+        }
     };
     let service = match (req.kind, req.service.as_deref()) {
         (TokenKind::Dataplane, None) => {

@@ -42,6 +42,7 @@ pub(crate) fn fixture(name: &str) -> Fixture {
     let authority = Authority::load_or_init(&store, &config).unwrap();
     let mut reg = prometheus_client::registry::Registry::default();
     let st = Arc::new(State {
+        _data_lock: model::fsutil::lock_dir(&dir).unwrap(),
         store,
         authority,
         zones: ZoneTable::default(),
