@@ -114,6 +114,16 @@ fn apply_get_delete_and_clear_errors() {
         !g.ctl(&["get", "zones"]).contains("first-ok"),
         "a batch the global refuses in part applies nothing"
     );
+    // The same resource twice in one batch: refused, not the last one winning.
+    let o = g.ternctl_stdin(&["apply", "-f", "-"], Some("apiVersion: tern.dev/v1alpha1\nkind: Zone\nmetadata: {name: twice}\nspec: {description: one}\n---\napiVersion: tern.dev/v1alpha1\nkind: Zone\nmetadata: {name: twice}\nspec: {description: two}\n"));
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("document 2 (Zone/twice) repeats document 1")
+            && stderr(&o).contains("nothing was applied"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!g.ctl(&["get", "zones"]).contains("twice"));
     // Applied again as it is: unchanged.
     let same = "apiVersion: tern.dev/v1alpha1\nkind: Zone\nmetadata:\n  name: eu-1\nspec:\n  description: Paris\n";
     let out = String::from_utf8_lossy(&g.ternctl_stdin(&["apply", "-f", "-"], Some(same)).stdout)

@@ -26,11 +26,29 @@ pub async fn apply(target: Target, files: &[String], dry_run: bool) -> anyhow::R
             Err(es) => errors.extend(es),
         }
     }
-    if !errors.is_empty() {
+    // The same resource twice in one batch: the second would silently
+    // replace the first.
+    let mut seen = std::collections::HashMap::new();
+    let mut repeated = Vec::new();
+    for (file, i, r) in &docs {
+        if let Some((f0, i0)) = seen.insert(r.key(), (file, i)) {
+            repeated.push(format!(
+                "{file}: document {i} ({}/{}) repeats document {i0} of {f0}; give each resource once",
+                r.kind, r.metadata.name
+            ));
+        }
+    }
+    if !errors.is_empty() || !repeated.is_empty() {
         for e in &errors {
             eprintln!("error: {e}");
         }
-        bail!("{} invalid document(s); nothing was applied", errors.len());
+        for e in &repeated {
+            eprintln!("error: {e}");
+        }
+        bail!(
+            "{} invalid document(s); nothing was applied",
+            errors.len() + repeated.len()
+        );
     }
     if docs.is_empty() {
         bail!("no resources found in {}", files.join(", "));
