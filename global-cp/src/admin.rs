@@ -423,7 +423,7 @@ async fn put_one(
     let shown = r.clone();
     match api.state.store.put(r, &token::fmt_unix(token::now_unix())) {
         Ok((stored, created)) => {
-            tracing::info!(resource = %stored.key(), version = ?stored.metadata.resource_version, created, "resource applied");
+            tracing::info!(resource = %stored.key(), version = stored.metadata.resource_version.unwrap_or(0), created, "resource applied");
             for w in &warnings {
                 tracing::warn!(resource = %stored.key(), warning = %w, "stored, but it matches nothing yet");
             }

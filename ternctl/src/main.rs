@@ -50,6 +50,8 @@ impl Cli {
 enum Cmd {
     /// Create or update resources from files, folders or stdin (`-f -`).
     Apply {
+        /// Files, folders (their *.yaml, *.yml and *.json) or `-` for
+        /// stdin; each may hold several documents.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
         /// Validate and show what would change (created, configured,

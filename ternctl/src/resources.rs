@@ -177,7 +177,9 @@ pub async fn get(
                     s(r, "/metadata/name"),
                     s(r, "/metadata/resourceVersion"),
                     s(r, "/metadata/updateTimestamp"),
-                    r.get("spec").map(|x| x.to_string()).unwrap_or_default(),
+                    r.get("spec")
+                        .filter(|x| !x.is_null())
+                        .map_or_else(|| "-".into(), |x| x.to_string()),
                 ]
             })
             .collect(),

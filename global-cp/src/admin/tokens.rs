@@ -269,11 +269,11 @@ pub(super) async fn revoke(AxState(api): AxState<Api>, body: axum::body::Bytes) 
     });
     match res {
         Ok((true, zone)) => {
-            tracing::info!(id = %req.id, zone = ?zone, "token already revoked; its effects re-applied");
+            tracing::info!(id = %req.id, zone = zone.as_deref().unwrap_or("-"), "token already revoked; its effects re-applied");
             Json(json!({ "revoked": req.id, "already": true, "zone": zone })).into_response()
         }
         Ok((false, zone)) => {
-            tracing::warn!(id = %req.id, zone = ?zone, "token revoked");
+            tracing::warn!(id = %req.id, zone = zone.as_deref().unwrap_or("-"), "token revoked");
             Json(json!({ "revoked": req.id, "zone": zone })).into_response()
         }
         Err(e) => store_err(e),
